@@ -1,0 +1,130 @@
+//! The command line: `sluice run | snapshot | check | status | teardown`.
+//!
+//! Owns argument parsing and exit codes. Exit codes distinguish bad usage or
+//! configuration (2) from runtime failure (1) (DESIGN invariant 8).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit code for a run that failed at runtime (a server went away, ...).
+pub const EXIT_RUNTIME: i32 = 1;
+/// Exit code for bad usage or bad configuration: fix the input, do not retry.
+pub const EXIT_CONFIG: i32 = 2;
+/// Exit code for a subcommand that is not built yet.
+pub const EXIT_NOT_IMPLEMENTED: i32 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Stream PostgreSQL changes into Elasticsearch, exactly once in effect",
+    long_about = "Sluice reads PostgreSQL's write-ahead log through logical replication \
+                  (pgoutput), turns each changed row into a search document according to \
+                  the mappings in mappings/*.toml, and writes it to Elasticsearch with \
+                  versioned bulk requests. Progress is kept in the replication slot, so \
+                  crashes and restarts never lose or duplicate a change."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: `human` on a terminal, `json` for log collectors.
+    #[arg(long, global = true, value_enum, env = "SLUICE_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Path to the configuration file.
+    #[arg(
+        long,
+        short = 'c',
+        env = "SLUICE_CONFIG",
+        default_value = "sluice.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream changes continuously: preflight checks, publication and slot,
+    /// initial snapshot if configured, then the live stream until SIGTERM.
+    Run(ConfigArg),
+    /// Backfill tables through the same pipeline, while `run` keeps streaming.
+    Snapshot(SnapshotArgs),
+    /// Check configuration, mappings and both servers; report every problem.
+    Check(ConfigArg),
+    /// Show slot state, confirmed LSN, lag, retained WAL, snapshots, dead letters.
+    Status(StatusArgs),
+    /// Drop the replication slot, the publication and Sluice's state index.
+    Teardown(TeardownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only these tables (`schema.table`); default: every mapped table.
+    #[arg(long = "table", value_name = "SCHEMA.TABLE")]
+    pub tables: Vec<String>,
+    /// Build into a fresh index and swap the alias when caught up.
+    #[arg(long)]
+    pub reindex: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Required: confirms that the slot and publication should be dropped.
+    #[arg(long)]
+    pub yes_drop_slot: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_defaults_to_sluice_toml() {
+        let cli = Cli::try_parse_from(["sluice", "check"]).unwrap();
+        match cli.command {
+            Command::Check(c) => assert_eq!(c.config, PathBuf::from("sluice.toml")),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_takes_several_tables() {
+        let cli = Cli::try_parse_from([
+            "sluice", "snapshot", "--table", "public.a", "--table", "public.b",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Snapshot(s) => assert_eq!(s.tables, ["public.a", "public.b"]),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The operator endpoint: `/metrics`, `/health`, `/ready`.

@@ -1,0 +1,19 @@
+//! Sluice: stream PostgreSQL changes into Elasticsearch, exactly once in effect.
+//!
+//! Layers, each knowing only the one below it through plain data types:
+//! `source` (WAL and snapshot reads → `Change`), `transform` (`Change` →
+//! `BulkOp`), `sink` (`BulkOp` → Elasticsearch), `checkpoint` (what is durable
+//! → the slot's confirmed LSN), wired by `pipeline`. See `DESIGN.md` in the
+//! shared folder for the invariants every change must keep.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod lsn;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod transform;
+
+pub use lsn::Lsn;

@@ -1,0 +1,2 @@
+//! Wiring: source → transform → sink with bounded channels, and shutdown.
+//! Keeps DESIGN invariant 7 (bounded memory).

@@ -1,0 +1,14 @@
+//! The source layer: reads PostgreSQL.
+//!
+//! Owns the replication connection, the pgoutput decoder, value conversion,
+//! publication/slot management and snapshot reads. It yields `SourceEvent`s in
+//! WAL order and keeps exact LSN bookkeeping: the version of every change is
+//! its transaction's commit LSN (DESIGN invariant 2).
+
+pub mod change;
+pub mod pg_config;
+
+pub use change::{
+    Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, Row, SourceEvent,
+};
+pub use pg_config::{PgConnectConfig, SslMode};

@@ -1,0 +1,52 @@
+//! `BulkOp`: one Elasticsearch bulk action, the transformer's output and the
+//! sink's input.
+//!
+//! Every op carries the version it must be written with (DESIGN invariant 2)
+//! and where it came from, so a rejected op can be dead-lettered with its
+//! source table, key and LSN (invariant 5).
+
+use std::sync::Arc;
+
+use crate::lsn::Lsn;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpAction {
+    /// Index (create or replace) the document; `doc` is its serialized JSON.
+    Index { doc: Vec<u8> },
+    /// Delete the document.
+    Delete,
+}
+
+/// Where an op came from, for dead letters and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpOrigin {
+    /// `schema.table`.
+    pub table: Arc<str>,
+    /// The source row's key as JSON (`{"id": 7}`).
+    pub key: String,
+    /// The commit LSN (or snapshot point) the op was produced at.
+    pub lsn: Lsn,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkOp {
+    pub action: OpAction,
+    pub index: Arc<str>,
+    pub id: String,
+    pub routing: Option<String>,
+    pub pipeline: Option<Arc<str>>,
+    /// Written as `version` with `version_type=external_gte`.
+    pub version: u64,
+    pub origin: OpOrigin,
+}
+
+impl BulkOp {
+    /// Bytes this op adds to a bulk request body, roughly (for batching).
+    pub fn approx_size(&self) -> usize {
+        let doc = match &self.action {
+            OpAction::Index { doc } => doc.len() + 1,
+            OpAction::Delete => 0,
+        };
+        96 + self.index.len() + self.id.len() + doc
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests against the real PostgreSQL and Elasticsearch started by
+//! `./dev services up`. One test binary (one link step) with a module per area.
+
+mod support;
+
+mod foundation;

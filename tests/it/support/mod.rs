@@ -1,0 +1,334 @@
+//! Test harness for integration tests against the real PostgreSQL and
+//! Elasticsearch that `./dev services up` starts.
+//!
+//! Each test gets its own database (created with a unique name and dropped
+//! afterwards, with its replication slots) and its own index-name prefix, so
+//! tests run in parallel without seeing each other. There are no bare sleeps:
+//! `wait_until` polls a condition with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use elasticsearch::Elasticsearch;
+use elasticsearch::http::transport::Transport;
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+/// Connection facts exported by `./dev services env`.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Superuser URL (database part is replaced per test).
+    pub pg_url: String,
+    /// The non-superuser REPLICATION role Sluice normally runs as.
+    pub pg_repl_url: String,
+    /// CA that signed the server's TLS certificate.
+    pub pg_ca: String,
+    /// Directory with `pg_ctl`, `pg_recvlogical`, ...
+    pub pg_bin: String,
+    pub es_url: String,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: integration tests need the local services. \
+             Run `./dev test`, or `eval \"$(./dev services up)\"` before `cargo test`."
+        )
+    })
+}
+
+pub fn services() -> &'static Services {
+    static S: OnceLock<Services> = OnceLock::new();
+    S.get_or_init(|| Services {
+        pg_url: var("SLUICE_TEST_PG_URL"),
+        pg_repl_url: var("SLUICE_TEST_PG_REPL_URL"),
+        pg_ca: var("SLUICE_TEST_PG_CA"),
+        pg_bin: var("SLUICE_TEST_PG_BIN"),
+        es_url: var("SLUICE_TEST_ES_URL"),
+    })
+}
+
+/// A name no other test (in this or a parallel process) uses.
+pub fn unique_name(kind: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{kind}_{}_{n}_{:x}", std::process::id(), nanos & 0xffff)
+}
+
+/// Replace the database name in a PostgreSQL URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("valid PostgreSQL URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A private database for one test, dropped (with its slots) when this drops.
+pub struct TestDb {
+    pub name: String,
+    /// Superuser connection to this database.
+    pub admin: Client,
+    /// Prefix for every index this test creates (`t-<unique>-`).
+    pub index_prefix: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let s = services();
+        let name = unique_name("sluice_t");
+        let root = connect(&s.pg_url).await;
+        root.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let admin = connect(&with_database(&s.pg_url, &name)).await;
+        // The replication role may read everything the test creates.
+        admin
+            .batch_execute(
+                "GRANT USAGE ON SCHEMA public TO sluice;
+                 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO sluice;",
+            )
+            .await
+            .expect("grant the replication role");
+        let index_prefix = format!("{}-", name.replace('_', "-"));
+        TestDb {
+            name,
+            admin,
+            index_prefix,
+        }
+    }
+
+    /// Superuser URL for this database.
+    pub fn url(&self) -> String {
+        with_database(&services().pg_url, &self.name)
+    }
+
+    /// Replication-role URL for this database.
+    pub fn repl_url(&self) -> String {
+        with_database(&services().pg_repl_url, &self.name)
+    }
+
+    /// An index name private to this test.
+    pub fn index(&self, name: &str) -> String {
+        format!("{}{name}", self.index_prefix)
+    }
+
+    pub async fn sql(&self, sql: &str) {
+        self.admin
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("SQL failed: {e}\n{sql}"));
+    }
+
+    /// Rows of a query as JSON objects (`SELECT to_jsonb(t) ...` style).
+    pub async fn json_rows(&self, query: &str) -> Vec<Value> {
+        let wrapped = format!("SELECT to_jsonb(q) FROM ({query}) q");
+        self.admin
+            .query(&wrapped, &[])
+            .await
+            .unwrap_or_else(|e| panic!("query failed: {e}\n{query}"))
+            .iter()
+            .map(|r| r.get::<_, Value>(0))
+            .collect()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let prefix = self.index_prefix.clone();
+        // Async cleanup from a synchronous Drop: a private runtime on a thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let root = connect(&services().pg_url).await;
+                let _ = root
+                    .batch_execute(&format!(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                           WHERE database = '{name}' AND active_pid IS NOT NULL;"
+                    ))
+                    .await;
+                for _ in 0..50 {
+                    let r = root
+                        .batch_execute(&format!(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                               WHERE database = '{name}';
+                             DROP DATABASE IF EXISTS {name} WITH (FORCE);"
+                        ))
+                        .await;
+                    if r.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let es = Es::new();
+                let _ = es.delete_indices(&format!("{prefix}*")).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Poll `check` until it returns `Some`, or panic after `timeout` naming `what`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Elasticsearch helpers for tests, on the official client.
+pub struct Es {
+    pub client: Elasticsearch,
+}
+
+impl Es {
+    pub fn new() -> Es {
+        let transport = Transport::single_node(&services().es_url).expect("ES URL");
+        Es {
+            client: Elasticsearch::new(transport),
+        }
+    }
+
+    pub async fn refresh(&self, index: &str) {
+        self.client
+            .indices()
+            .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[index]))
+            .send()
+            .await
+            .expect("refresh");
+    }
+
+    pub async fn delete_indices(&self, pattern: &str) -> Result<(), elasticsearch::Error> {
+        self.client
+            .indices()
+            .delete(elasticsearch::indices::IndicesDeleteParts::Index(&[
+                pattern,
+            ]))
+            .send()
+            .await
+            .map(|_| ())
+    }
+
+    /// Every document of an index as `_id → (_version, _source)`; empty if the
+    /// index does not exist. Refreshes first so recent writes are visible.
+    pub async fn all_docs(&self, index: &str) -> BTreeMap<String, (u64, Value)> {
+        self.refresh(index).await;
+        let mut out = BTreeMap::new();
+        let mut search_after: Option<Value> = None;
+        loop {
+            let mut body = serde_json::json!({
+                "size": 5000,
+                "version": true,
+                "sort": [{"_id": "asc"}],
+                "query": {"match_all": {}}
+            });
+            if let Some(sa) = &search_after {
+                body["search_after"] = sa.clone();
+            }
+            let resp = self
+                .client
+                .search(elasticsearch::SearchParts::Index(&[index]))
+                .body(body)
+                .send()
+                .await
+                .expect("search");
+            if resp.status_code().as_u16() == 404 {
+                return out;
+            }
+            let v: Value = resp.json().await.expect("search response");
+            let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                return out;
+            }
+            for h in &hits {
+                out.insert(
+                    h["_id"].as_str().unwrap().to_string(),
+                    (h["_version"].as_u64().unwrap_or(0), h["_source"].clone()),
+                );
+            }
+            search_after = hits.last().map(|h| h["sort"].clone());
+        }
+    }
+
+    /// Sources only, `_id → _source`.
+    pub async fn sources(&self, index: &str) -> BTreeMap<String, Value> {
+        self.all_docs(index)
+            .await
+            .into_iter()
+            .map(|(k, (_, s))| (k, s))
+            .collect()
+    }
+}
+
+/// Assert that `index` holds exactly the rows of `query` (JSON objects keyed
+/// by `id_column`, compared whole) and nothing else.
+pub async fn assert_index_matches(db: &TestDb, es: &Es, index: &str, query: &str, id_column: &str) {
+    let expected: BTreeMap<String, Value> = db
+        .json_rows(query)
+        .await
+        .into_iter()
+        .map(|row| {
+            let id = match &row[id_column] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (id, row)
+        })
+        .collect();
+    let actual = es.sources(index).await;
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !actual.contains_key(*k))
+        .collect();
+    let extra: Vec<_> = actual
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    let differ: Vec<_> = expected
+        .iter()
+        .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
+        .map(|(k, v)| format!("{k}: table {v} vs index {}", actual[k]))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "index {index} does not match the table: {} missing (e.g. {:?}), {} extra (e.g. {:?}), {} differ:\n{}",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>(),
+        differ.len(),
+        differ.join("\n")
+    );
+}
