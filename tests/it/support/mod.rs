@@ -168,15 +168,19 @@ impl Drop for TestDb {
                            WHERE database = '{name}' AND active_pid IS NOT NULL;"
                     ))
                     .await;
+                // Separate statements: DROP DATABASE refuses to run inside the
+                // implicit transaction of a multi-statement query.
                 for _ in 0..50 {
-                    let r = root
+                    let slots = root
                         .batch_execute(&format!(
                             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                               WHERE database = '{name}';
-                             DROP DATABASE IF EXISTS {name} WITH (FORCE);"
+                               WHERE database = '{name}'"
                         ))
                         .await;
-                    if r.is_ok() {
+                    let drop = root
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                    if slots.is_ok() && drop.is_ok() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
