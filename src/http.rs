@@ -1,1 +1,351 @@
 //! The operator endpoint: `/metrics`, `/health`, `/ready`.
+//!
+//! Owns the HTTP server on the `[http]` listen address and the two handles
+//! the rest of the process uses to tell it how things are:
+//! - [`Health`] (liveness, `/health`): 200 while the process and its
+//!   long-running tasks are alive. Tasks register a [`Heartbeat`] and beat it
+//!   from their loops; a heartbeat silent for longer than its allowance, or
+//!   `set_alive(false)`, turns `/health` into 503 so an orchestrator restarts
+//!   the process.
+//! - [`ReadyState`] (readiness, `/ready`): 200 only while the pipeline is
+//!   connected and Snapshotting or Streaming; 503 naming the state otherwise.
+//!
+//! `/metrics` renders the Prometheus recorder installed by `metrics::install`.
+//! Nothing here prints configuration, so no secret can leak through it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+/// Where the pipeline is. Readiness is true in `Snapshotting` and `Streaming`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum PipelineState {
+    /// Connecting, preflight checks, creating the slot and publication.
+    Starting = 0,
+    /// Connected and backfilling tables (the stream may run alongside).
+    Snapshotting = 1,
+    /// Connected and applying the live stream.
+    Streaming = 2,
+    /// Shutting down: finishing in-flight batches, confirming the final LSN.
+    Stopping = 3,
+}
+
+impl PipelineState {
+    fn from_u8(v: u8) -> PipelineState {
+        match v {
+            1 => PipelineState::Snapshotting,
+            2 => PipelineState::Streaming,
+            3 => PipelineState::Stopping,
+            _ => PipelineState::Starting,
+        }
+    }
+
+    pub fn is_ready(self) -> bool {
+        matches!(self, PipelineState::Snapshotting | PipelineState::Streaming)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineState::Starting => "starting",
+            PipelineState::Snapshotting => "snapshotting",
+            PipelineState::Streaming => "streaming",
+            PipelineState::Stopping => "stopping",
+        }
+    }
+}
+
+/// Shared readiness state; clone it into the pipeline, which calls `set` on
+/// each transition. Starts in `Starting`.
+#[derive(Debug, Clone, Default)]
+pub struct ReadyState(Arc<AtomicU8>);
+
+impl ReadyState {
+    pub fn new() -> ReadyState {
+        ReadyState::default()
+    }
+
+    pub fn set(&self, state: PipelineState) {
+        let old = PipelineState::from_u8(self.0.swap(state as u8, Ordering::SeqCst));
+        if old != state {
+            tracing::info!(from = old.as_str(), to = state.as_str(), "pipeline state");
+        }
+    }
+
+    pub fn get(&self) -> PipelineState {
+        PipelineState::from_u8(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[derive(Debug)]
+struct Beat {
+    last: Instant,
+    allowance: Duration,
+}
+
+#[derive(Debug)]
+struct HealthInner {
+    alive: AtomicBool,
+    beats: Mutex<BTreeMap<String, Beat>>,
+}
+
+/// Liveness: cloneable; `set_alive(false)` when a fatal error leaves the
+/// process unable to recover by itself, and [`Health::heartbeat`] for each
+/// long-running task.
+#[derive(Debug, Clone)]
+pub struct Health(Arc<HealthInner>);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health(Arc::new(HealthInner {
+            alive: AtomicBool::new(true),
+            beats: Mutex::new(BTreeMap::new()),
+        }))
+    }
+}
+
+/// One task's heartbeat. Beat it at least once per `allowance` from the
+/// task's loop (also while it waits: select on a timer). Dropping it
+/// unregisters the task (a task that ends normally is not a liveness failure;
+/// one that panics should be noticed by its owner, which calls `set_alive`).
+#[derive(Debug)]
+pub struct Heartbeat {
+    health: Health,
+    name: String,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        if let Some(b) = self.health.beats().get_mut(&self.name) {
+            b.last = Instant::now();
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.health.beats().remove(&self.name);
+    }
+}
+
+/// What `/health` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthReport {
+    pub alive: bool,
+    /// Tasks whose heartbeat is overdue.
+    pub stalled: Vec<String>,
+}
+
+impl Health {
+    pub fn new() -> Health {
+        Health::default()
+    }
+
+    fn beats(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Beat>> {
+        self.0.beats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_alive(&self, alive: bool) {
+        self.0.alive.store(alive, Ordering::SeqCst);
+    }
+
+    /// Registers a task by name; `/health` fails if it does not beat within
+    /// `allowance`. Registering a name again replaces the old registration.
+    pub fn heartbeat(&self, name: &str, allowance: Duration) -> Heartbeat {
+        self.beats().insert(
+            name.to_string(),
+            Beat {
+                last: Instant::now(),
+                allowance,
+            },
+        );
+        Heartbeat {
+            health: self.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn report(&self) -> HealthReport {
+        let now = Instant::now();
+        let stalled = self
+            .beats()
+            .iter()
+            .filter(|(_, b)| now.duration_since(b.last) > b.allowance)
+            .map(|(n, _)| n.clone())
+            .collect();
+        HealthReport {
+            alive: self.0.alive.load(Ordering::SeqCst),
+            stalled,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        let r = self.report();
+        r.alive && r.stalled.is_empty()
+    }
+}
+
+/// Everything the server shows. Clone the `health` and `ready` handles into
+/// the tasks that update them before passing this to [`serve`].
+#[derive(Clone)]
+pub struct HttpHandles {
+    pub metrics: PrometheusHandle,
+    pub health: Health,
+    pub ready: ReadyState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(
+        "cannot listen on {addr} for /metrics, /health and /ready: {source} \
+         (change [http] listen in the configuration)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP endpoint failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+pub fn router(handles: HttpHandles) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/health", get(health_handler))
+        .route("/ready", get(ready_handler))
+        .with_state(handles)
+}
+
+async fn metrics_handler(State(h): State<HttpHandles>) -> Response {
+    let body = crate::metrics::render(&h.metrics);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn health_handler(State(h): State<HttpHandles>) -> Response {
+    let report = h.health.report();
+    let code = if report.alive && report.stalled.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(report)).into_response()
+}
+
+#[derive(Serialize)]
+struct ReadyBody {
+    ready: bool,
+    state: PipelineState,
+}
+
+async fn ready_handler(State(h): State<HttpHandles>) -> Response {
+    let state = h.ready.get();
+    let code = if state.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = ReadyBody {
+        ready: state.is_ready(),
+        state,
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+/// Binds the listen address; a busy or forbidden address is a clear error.
+/// Separate from [`serve_on`] so the caller learns the bound port (`:0`).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })
+}
+
+/// Serves until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve_on(
+    listener: TcpListener,
+    handles: HttpHandles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /health and /ready");
+    }
+    axum::serve(listener, router(handles))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(HttpError::Serve)
+}
+
+/// Binds `addr` and serves until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    handles: HttpHandles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    let listener = bind(addr).await?;
+    serve_on(listener, handles, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_snapshotting_and_streaming_are_ready() {
+        let r = ReadyState::new();
+        assert_eq!(r.get(), PipelineState::Starting);
+        assert!(!r.get().is_ready());
+        r.set(PipelineState::Snapshotting);
+        assert!(r.get().is_ready());
+        r.set(PipelineState::Streaming);
+        assert!(r.get().is_ready());
+        r.set(PipelineState::Stopping);
+        assert!(!r.get().is_ready());
+    }
+
+    #[test]
+    fn a_heartbeat_past_its_allowance_makes_the_process_unhealthy() {
+        let h = Health::new();
+        let beat = h.heartbeat("stream", Duration::from_millis(20));
+        assert!(h.is_healthy());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(h.report().stalled, ["stream"]);
+        beat.beat();
+        assert!(h.is_healthy());
+    }
+
+    #[test]
+    fn a_dropped_heartbeat_no_longer_counts() {
+        let h = Health::new();
+        let beat = h.heartbeat("snapshot", Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(!h.is_healthy());
+        drop(beat);
+        assert!(h.is_healthy());
+    }
+
+    #[test]
+    fn set_alive_false_is_unhealthy() {
+        let h = Health::new();
+        h.clone().set_alive(false);
+        assert!(!h.is_healthy());
+    }
+}

@@ -10,10 +10,13 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod logging;
 pub mod lsn;
+pub mod metrics;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod transform;
 
 pub use lsn::Lsn;

@@ -1,0 +1,959 @@
+//! `sluice status` and `sluice teardown`: what the slot, the publication and
+//! Sluice's indices look like, and how to remove them safely.
+//!
+//! Reads PostgreSQL (`pg_replication_slots`, `pg_publication`, the server's
+//! WAL position) and Elasticsearch (dead-letter count, snapshot progress in
+//! the state index). The state index's document shape belongs to the snapshot
+//! feature, so the reader is tolerant: a missing index means "no snapshot
+//! recorded", unknown fields are ignored.
+//!
+//! Teardown keeps DESIGN invariant 1 safe: it refuses to drop a slot that a
+//! running Sluice is streaming from (dropping it would lose the checkpoint
+//! under a live process), and it checks everything before dropping anything.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use elasticsearch::Elasticsearch;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::error::SqlState;
+
+use crate::Lsn;
+use crate::source::PgConnectConfig;
+
+mod es_client;
+mod pg_conn;
+
+pub use es_client::{EsClientError, build_es_client, describe_es_error};
+pub use pg_conn::connect_pg;
+
+/// The names status and teardown look at, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub slot: String,
+    pub publication: String,
+    pub dead_letter_index: String,
+    pub state_index: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// `user@host:port/dbname` (never the password).
+    pub database: String,
+    pub server_version: String,
+    pub wal_level: String,
+    pub in_recovery: bool,
+    #[serde(serialize_with = "lsn_text")]
+    pub server_wal_lsn: Lsn,
+    pub slot: SlotStatus,
+    pub publication: PublicationStatus,
+    pub snapshots: SnapshotStatus,
+    pub dead_letters: DeadLetterStatus,
+    /// Problems an operator should act on, in plain words.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SlotStatus {
+    Missing { name: String },
+    Present(Box<SlotInfo>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotInfo {
+    pub name: String,
+    pub slot_type: String,
+    pub plugin: Option<String>,
+    /// The database the slot belongs to (logical slots are per database).
+    pub database: Option<String>,
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    /// `application_name` of the process holding the slot, if visible.
+    pub active_application: Option<String>,
+    #[serde(serialize_with = "opt_lsn_text")]
+    pub confirmed_flush_lsn: Option<Lsn>,
+    #[serde(serialize_with = "opt_lsn_text")]
+    pub restart_lsn: Option<Lsn>,
+    /// Server WAL position minus confirmed flush LSN.
+    pub lag_bytes: Option<u64>,
+    /// Server WAL position minus restart LSN: what the slot keeps on disk.
+    pub retained_wal_bytes: Option<u64>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// Bytes that can still be written before the slot is in danger of
+    /// losing WAL (`max_slot_wal_keep_size`); none when unlimited.
+    pub safe_wal_size: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicationStatus {
+    pub name: String,
+    pub exists: bool,
+    pub owner: Option<String>,
+    pub all_tables: bool,
+    pub tables: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SnapshotStatus {
+    /// The state index does not exist: no snapshot ever recorded progress.
+    NoneRecorded { index: String },
+    Recorded {
+        index: String,
+        tables: Vec<TableSnapshot>,
+        /// Documents without a `table` field (another writer, another version).
+        unrecognized_documents: u64,
+        /// More documents than one read returns; the counts are partial.
+        truncated: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TableSnapshot {
+    pub table: String,
+    pub chunks: u64,
+    pub chunks_done: u64,
+    /// Chunk count per state word as stored (`done`, `running`, ...).
+    pub states: BTreeMap<String, u64>,
+    pub rows: u64,
+    pub last_update: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterStatus {
+    pub index: String,
+    /// `None`: the dead-letter index does not exist (nothing was rejected).
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot connect to PostgreSQL at {target}: {message}")]
+    PgConnect { target: String, message: String },
+    #[error("PostgreSQL query failed ({what}) on {target}: {message}")]
+    PgQuery {
+        what: &'static str,
+        target: String,
+        message: String,
+    },
+    #[error(
+        "sslmode={mode} is configured for {target}, but status/teardown cannot open TLS \
+         connections to PostgreSQL yet; use sslmode=prefer or disable for this command"
+    )]
+    PgTlsUnavailable { mode: String, target: String },
+    #[error("Elasticsearch request failed ({what}): {message}")]
+    Es { what: &'static str, message: String },
+    #[error(transparent)]
+    EsClient(#[from] EsClientError),
+}
+
+impl StatusError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StatusError::PgTlsUnavailable { .. } | StatusError::EsClient(_) => {
+                crate::cli::EXIT_CONFIG
+            }
+            _ => crate::cli::EXIT_RUNTIME,
+        }
+    }
+}
+
+fn lsn_text<S: serde::Serializer>(l: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&l.to_string())
+}
+
+fn opt_lsn_text<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match l {
+        Some(l) => s.serialize_str(&l.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+fn parse_lsn(text: Option<String>) -> Option<Lsn> {
+    text.and_then(|t| t.parse().ok())
+}
+
+fn pg_err(
+    what: &'static str,
+    pg: &PgConnectConfig,
+) -> impl Fn(tokio_postgres::Error) -> StatusError {
+    let target = pg.to_string();
+    move |e| StatusError::PgQuery {
+        what,
+        target: target.clone(),
+        message: pg_conn::describe_pg_error(&e),
+    }
+}
+
+/// Reads the slot's row; `Missing` if there is none.
+async fn read_slot(
+    client: &tokio_postgres::Client,
+    pg: &PgConnectConfig,
+    slot: &str,
+    server_lsn: Lsn,
+) -> Result<SlotStatus, StatusError> {
+    let row = client
+        .query_opt(
+            "SELECT s.slot_type, s.plugin, s.database, s.active, s.active_pid,
+                    s.confirmed_flush_lsn::text, s.restart_lsn::text, s.wal_status,
+                    s.safe_wal_size, a.application_name
+               FROM pg_replication_slots s
+               LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
+              WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(pg_err("reading pg_replication_slots", pg))?;
+    let Some(row) = row else {
+        return Ok(SlotStatus::Missing { name: slot.into() });
+    };
+    let confirmed = parse_lsn(row.get(5));
+    let restart = parse_lsn(row.get(6));
+    let diff = |l: Option<Lsn>| l.map(|l| server_lsn.0.saturating_sub(l.0));
+    let application: Option<String> = row.get(9);
+    Ok(SlotStatus::Present(Box::new(SlotInfo {
+        name: slot.into(),
+        slot_type: row.get(0),
+        plugin: row.get(1),
+        database: row.get(2),
+        active: row.get(3),
+        active_pid: row.get(4),
+        active_application: application.filter(|a| !a.is_empty()),
+        confirmed_flush_lsn: confirmed,
+        restart_lsn: restart,
+        lag_bytes: diff(confirmed),
+        retained_wal_bytes: diff(restart),
+        wal_status: row.get(7),
+        safe_wal_size: row.get(8),
+    })))
+}
+
+async fn server_wal_lsn(
+    client: &tokio_postgres::Client,
+    pg: &PgConnectConfig,
+) -> Result<(Lsn, bool), StatusError> {
+    // On a standby the current insert position does not exist; what it has
+    // received is the comparable position.
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(),
+                    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                          ELSE pg_current_wal_lsn() END)::text",
+            &[],
+        )
+        .await
+        .map_err(pg_err("reading the server's WAL position", pg))?;
+    Ok((parse_lsn(row.get(1)).unwrap_or_default(), row.get(0)))
+}
+
+async fn read_publication(
+    client: &tokio_postgres::Client,
+    pg: &PgConnectConfig,
+    name: &str,
+) -> Result<PublicationStatus, StatusError> {
+    let row = client
+        .query_opt(
+            "SELECT pg_get_userbyid(pubowner)::text, puballtables FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(pg_err("reading pg_publication", pg))?;
+    let Some(row) = row else {
+        return Ok(PublicationStatus {
+            name: name.into(),
+            exists: false,
+            owner: None,
+            all_tables: false,
+            tables: vec![],
+        });
+    };
+    let tables = client
+        .query(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables
+              WHERE pubname = $1 ORDER BY 1",
+            &[&name],
+        )
+        .await
+        .map_err(pg_err("reading pg_publication_tables", pg))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(PublicationStatus {
+        name: name.into(),
+        exists: true,
+        owner: row.get(0),
+        all_tables: row.get(1),
+        tables,
+    })
+}
+
+/// Gathers the whole report. PostgreSQL and Elasticsearch are both required:
+/// an unreachable server is an error, not a half-empty report.
+pub async fn gather(
+    pg: &PgConnectConfig,
+    es: &Elasticsearch,
+    targets: &Targets,
+) -> Result<StatusReport, StatusError> {
+    let client = connect_pg(pg, "sluice-status").await?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('wal_level')",
+            &[],
+        )
+        .await
+        .map_err(pg_err("reading server settings", pg))?;
+    let (server_version, wal_level): (String, String) = (row.get(0), row.get(1));
+    let (server_lsn, in_recovery) = server_wal_lsn(&client, pg).await?;
+    let slot = read_slot(&client, pg, &targets.slot, server_lsn).await?;
+    let publication = read_publication(&client, pg, &targets.publication).await?;
+    let snapshots = read_snapshots(es, &targets.state_index).await?;
+    let dead_letters = DeadLetterStatus {
+        index: targets.dead_letter_index.clone(),
+        count: count_docs(es, &targets.dead_letter_index).await?,
+    };
+    let mut report = StatusReport {
+        database: pg.to_string(),
+        server_version,
+        wal_level,
+        in_recovery,
+        server_wal_lsn: server_lsn,
+        slot,
+        publication,
+        snapshots,
+        dead_letters,
+        warnings: vec![],
+    };
+    report.warnings = warnings(&report, &pg.dbname);
+    Ok(report)
+}
+
+fn warnings(r: &StatusReport, dbname: &str) -> Vec<String> {
+    let mut w = vec![];
+    if r.wal_level != "logical" {
+        w.push(format!(
+            "wal_level is {}: logical replication needs wal_level = logical (then restart PostgreSQL)",
+            r.wal_level
+        ));
+    }
+    match &r.slot {
+        SlotStatus::Missing { name } => w.push(format!(
+            "replication slot {name} does not exist: `sluice run` creates it (with an initial snapshot)"
+        )),
+        SlotStatus::Present(s) => {
+            if s.database.as_deref().is_some_and(|d| d != dbname) {
+                w.push(format!(
+                    "slot {} belongs to database {}, not {dbname}: another application uses this slot name",
+                    s.name,
+                    s.database.as_deref().unwrap_or("?")
+                ));
+            }
+            if s.wal_status.as_deref() == Some("lost") {
+                w.push(format!(
+                    "slot {} has lost required WAL (max_slot_wal_keep_size): it cannot stream again; \
+                     tear down and run again with a fresh snapshot",
+                    s.name
+                ));
+            } else if s.wal_status.as_deref() == Some("unreserved") {
+                w.push(format!(
+                    "slot {} is about to lose WAL (wal_status unreserved): Sluice must catch up now",
+                    s.name
+                ));
+            }
+            if !s.active {
+                w.push(format!(
+                    "slot {} is not in use: no Sluice is streaming, and the slot keeps WAL on the server's disk",
+                    s.name
+                ));
+            }
+        }
+    }
+    if !r.publication.exists {
+        w.push(format!(
+            "publication {} does not exist: `sluice run` creates it, or create it as a table owner (see docs/operations.md)",
+            r.publication.name
+        ));
+    }
+    if r.dead_letters.count.is_some_and(|c| c > 0) {
+        w.push(format!(
+            "{} documents in the dead-letter index {}: Elasticsearch rejected them; fix the mapping and re-snapshot those rows",
+            r.dead_letters.count.unwrap_or(0),
+            r.dead_letters.index
+        ));
+    }
+    w
+}
+
+fn es_err(what: &'static str) -> impl Fn(elasticsearch::Error) -> StatusError {
+    move |e| StatusError::Es {
+        what,
+        message: describe_es_error(&e),
+    }
+}
+
+/// Document count of `index`, `None` if it does not exist.
+async fn count_docs(es: &Elasticsearch, index: &str) -> Result<Option<u64>, StatusError> {
+    let resp = es
+        .count(elasticsearch::CountParts::Index(&[index]))
+        .send()
+        .await
+        .map_err(es_err("counting dead letters"))?;
+    let code = resp.status_code().as_u16();
+    if code == 404 {
+        return Ok(None);
+    }
+    let body: Value = resp.json().await.map_err(es_err("counting dead letters"))?;
+    if !(200..300).contains(&code) {
+        return Err(StatusError::Es {
+            what: "counting dead letters",
+            message: format!("HTTP {code}: {}", es_reason(&body)),
+        });
+    }
+    Ok(body["count"].as_u64())
+}
+
+fn es_reason(body: &Value) -> String {
+    body["error"]["reason"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body["error"].to_string())
+}
+
+/// How many state documents one status read looks at.
+const STATE_READ_LIMIT: u64 = 10_000;
+
+async fn read_snapshots(es: &Elasticsearch, index: &str) -> Result<SnapshotStatus, StatusError> {
+    let resp = es
+        .search(elasticsearch::SearchParts::Index(&[index]))
+        .body(serde_json::json!({
+            "size": STATE_READ_LIMIT,
+            "track_total_hits": true,
+            "query": {"match_all": {}}
+        }))
+        .send()
+        .await
+        .map_err(es_err("reading the snapshot state index"))?;
+    let code = resp.status_code().as_u16();
+    if code == 404 {
+        return Ok(SnapshotStatus::NoneRecorded {
+            index: index.into(),
+        });
+    }
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(es_err("reading the snapshot state index"))?;
+    if !(200..300).contains(&code) {
+        return Err(StatusError::Es {
+            what: "reading the snapshot state index",
+            message: format!("HTTP {code}: {}", es_reason(&body)),
+        });
+    }
+    let hits = body["hits"]["hits"].as_array().cloned().unwrap_or_default();
+    let total = body["hits"]["total"]["value"].as_u64().unwrap_or(0);
+    let sources: Vec<Value> = hits.into_iter().map(|h| h["_source"].clone()).collect();
+    let (tables, unrecognized) = summarize_snapshot_docs(&sources);
+    Ok(SnapshotStatus::Recorded {
+        index: index.into(),
+        tables,
+        unrecognized_documents: unrecognized,
+        truncated: total > sources.len() as u64,
+    })
+}
+
+fn is_done_word(s: &str) -> bool {
+    matches!(
+        s.to_ascii_lowercase().as_str(),
+        "done" | "complete" | "completed" | "finished" | "succeeded"
+    )
+}
+
+/// Folds state documents into one line per table. A document counts as one
+/// chunk; fields read: `table`, `state`/`status`, `rows`/`rows_done`,
+/// `updated_at`/`finished_at`. Anything else is ignored.
+pub fn summarize_snapshot_docs(docs: &[Value]) -> (Vec<TableSnapshot>, u64) {
+    let mut tables: BTreeMap<String, TableSnapshot> = BTreeMap::new();
+    let mut unrecognized = 0;
+    for d in docs {
+        let Some(table) = d["table"].as_str() else {
+            unrecognized += 1;
+            continue;
+        };
+        let t = tables
+            .entry(table.to_string())
+            .or_insert_with(|| TableSnapshot {
+                table: table.to_string(),
+                ..Default::default()
+            });
+        t.chunks += 1;
+        let state = d["state"]
+            .as_str()
+            .or_else(|| d["status"].as_str())
+            .unwrap_or("unknown");
+        if is_done_word(state) {
+            t.chunks_done += 1;
+        }
+        *t.states.entry(state.to_string()).or_default() += 1;
+        t.rows += d["rows"]
+            .as_u64()
+            .or_else(|| d["rows_done"].as_u64())
+            .unwrap_or(0);
+        let updated = d["updated_at"]
+            .as_str()
+            .or_else(|| d["finished_at"].as_str());
+        if let Some(u) = updated
+            && t.last_update.as_deref().is_none_or(|l| l < u)
+        {
+            t.last_update = Some(u.to_string());
+        }
+    }
+    (tables.into_values().collect(), unrecognized)
+}
+
+/// Bytes as a human reads them (`1.5 MiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn opt_bytes(n: Option<u64>) -> String {
+    n.map_or("-".into(), human_bytes)
+}
+
+/// The report as the table `sluice status` prints.
+pub fn render_human(r: &StatusReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Sluice status for {} (PostgreSQL {}, wal_level={}{})",
+        r.database,
+        r.server_version,
+        r.wal_level,
+        if r.in_recovery { ", standby" } else { "" }
+    );
+    let _ = writeln!(o, "  server WAL position   {}", r.server_wal_lsn);
+    match &r.slot {
+        SlotStatus::Missing { name } => {
+            let _ = writeln!(o, "  replication slot      {name}: does not exist");
+        }
+        SlotStatus::Present(s) => {
+            let holder = match (s.active, s.active_pid) {
+                (true, Some(pid)) => format!(
+                    "active, pid {pid}{}",
+                    s.active_application
+                        .as_deref()
+                        .map(|a| format!(" ({a})"))
+                        .unwrap_or_default()
+                ),
+                (true, None) => "active".into(),
+                (false, _) => "inactive (no Sluice is streaming)".into(),
+            };
+            let _ = writeln!(
+                o,
+                "  replication slot      {} ({}, {}): {holder}",
+                s.name,
+                s.slot_type,
+                s.plugin.as_deref().unwrap_or("-")
+            );
+            let lsn = |l: Option<Lsn>| l.map_or("-".into(), |l| l.to_string());
+            let _ = writeln!(o, "  confirmed flush LSN   {}", lsn(s.confirmed_flush_lsn));
+            let _ = writeln!(o, "  lag                   {}", opt_bytes(s.lag_bytes));
+            let _ = writeln!(o, "  restart LSN           {}", lsn(s.restart_lsn));
+            let _ = writeln!(
+                o,
+                "  retained WAL          {} (wal_status {}{})",
+                opt_bytes(s.retained_wal_bytes),
+                s.wal_status.as_deref().unwrap_or("-"),
+                s.safe_wal_size
+                    .map(|b| format!(
+                        ", {} left before max_slot_wal_keep_size",
+                        human_bytes(b.max(0) as u64)
+                    ))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let p = &r.publication;
+    if p.exists {
+        let tables = if p.all_tables {
+            "all tables".to_string()
+        } else {
+            format!("{} tables: {}", p.tables.len(), p.tables.join(", "))
+        };
+        let _ = writeln!(
+            o,
+            "  publication           {} (owner {}): {tables}",
+            p.name,
+            p.owner.as_deref().unwrap_or("?")
+        );
+    } else {
+        let _ = writeln!(o, "  publication           {}: does not exist", p.name);
+    }
+    match &r.snapshots {
+        SnapshotStatus::NoneRecorded { index } => {
+            let _ = writeln!(
+                o,
+                "  snapshots             no snapshot recorded (no index {index})"
+            );
+        }
+        SnapshotStatus::Recorded {
+            index,
+            tables,
+            unrecognized_documents,
+            truncated,
+        } => {
+            let _ = writeln!(
+                o,
+                "  snapshots             {} table(s) in {index}{}",
+                tables.len(),
+                if *truncated {
+                    " (first 10000 documents only)"
+                } else {
+                    ""
+                }
+            );
+            for t in tables {
+                let others: Vec<String> = t
+                    .states
+                    .iter()
+                    .filter(|(s, _)| !is_done_word(s))
+                    .map(|(s, n)| format!("{n} {s}"))
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    "    {:<30} {}/{} chunks done, {} rows{}{}",
+                    t.table,
+                    t.chunks_done,
+                    t.chunks,
+                    t.rows,
+                    if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", others.join(", "))
+                    },
+                    t.last_update
+                        .as_deref()
+                        .map(|u| format!(", last update {u}"))
+                        .unwrap_or_default()
+                );
+            }
+            if *unrecognized_documents > 0 {
+                let _ = writeln!(
+                    o,
+                    "    ({unrecognized_documents} documents without a table field ignored)"
+                );
+            }
+        }
+    }
+    match r.dead_letters.count {
+        Some(n) => {
+            let _ = writeln!(
+                o,
+                "  dead letters          {n} (index {})",
+                r.dead_letters.index
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "  dead letters          0 (no index {})",
+                r.dead_letters.index
+            );
+        }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(o, "warning: {w}");
+    }
+    o
+}
+
+/// The report as `sluice status --json` prints it.
+pub fn render_json(r: &StatusReport) -> String {
+    serde_json::to_string_pretty(r).expect("a status report always serializes")
+}
+
+// ---- teardown ----------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TeardownReport {
+    pub slot_dropped: bool,
+    pub publication_dropped: bool,
+    pub state_index_deleted: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TeardownError {
+    #[error(
+        "teardown drops replication slot {slot} (its position is lost: a later `sluice run` \
+         starts over with a snapshot), publication {publication} and index {state_index}; \
+         rerun with --yes-drop-slot to confirm"
+    )]
+    NotConfirmed {
+        slot: String,
+        publication: String,
+        state_index: String,
+    },
+    #[error(
+        "replication slot {slot} is in use by process {pid}{}: another Sluice is streaming from it; \
+         stop that one first (nothing was dropped)",
+        application.as_deref().map(|a| format!(" ({a})")).unwrap_or_default()
+    )]
+    SlotActive {
+        slot: String,
+        pid: i32,
+        application: Option<String>,
+    },
+    #[error(
+        "replication slot {slot} belongs to database {database}, not {configured}: \
+         refusing to drop another database's slot (nothing was dropped)"
+    )]
+    SlotInOtherDatabase {
+        slot: String,
+        database: String,
+        configured: String,
+    },
+    #[error(
+        "publication {publication} is owned by {owner}, and {user} may not drop it: \
+         run `DROP PUBLICATION {publication}` as {owner}, or teardown as that role (nothing was dropped)"
+    )]
+    PublicationNotOwned {
+        publication: String,
+        owner: String,
+        user: String,
+    },
+    #[error(transparent)]
+    Status(#[from] StatusError),
+}
+
+impl TeardownError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TeardownError::NotConfirmed { .. } => crate::cli::EXIT_CONFIG,
+            TeardownError::Status(e) => e.exit_code(),
+            _ => crate::cli::EXIT_RUNTIME,
+        }
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Drops the slot, the publication and the state index, after checking that
+/// all three may be dropped (confirmed, slot idle and ours, publication
+/// droppable by this role). The target and dead-letter indices stay: they
+/// are the user's data.
+pub async fn teardown(
+    pg: &PgConnectConfig,
+    es: &Elasticsearch,
+    targets: &Targets,
+    yes_drop_slot: bool,
+) -> Result<TeardownReport, TeardownError> {
+    if !yes_drop_slot {
+        return Err(TeardownError::NotConfirmed {
+            slot: targets.slot.clone(),
+            publication: targets.publication.clone(),
+            state_index: targets.state_index.clone(),
+        });
+    }
+    let client = connect_pg(pg, "sluice-teardown").await?;
+    let (server_lsn, _) = server_wal_lsn(&client, pg).await?;
+    let slot = read_slot(&client, pg, &targets.slot, server_lsn).await?;
+    if let SlotStatus::Present(s) = &slot {
+        if let Some(db) = &s.database
+            && db != &pg.dbname
+        {
+            return Err(TeardownError::SlotInOtherDatabase {
+                slot: s.name.clone(),
+                database: db.clone(),
+                configured: pg.dbname.clone(),
+            });
+        }
+        if s.active {
+            return Err(TeardownError::SlotActive {
+                slot: s.name.clone(),
+                pid: s.active_pid.unwrap_or(0),
+                application: s.active_application.clone(),
+            });
+        }
+    }
+    let publication = client
+        .query_opt(
+            "SELECT pg_get_userbyid(pubowner)::text, pg_has_role(pubowner, 'USAGE'), current_user::text
+               FROM pg_publication WHERE pubname = $1",
+            &[&targets.publication],
+        )
+        .await
+        .map_err(pg_err("reading pg_publication", pg))?;
+    if let Some(row) = &publication
+        && !row.get::<_, bool>(1)
+    {
+        return Err(TeardownError::PublicationNotOwned {
+            publication: targets.publication.clone(),
+            owner: row.get(0),
+            user: row.get(2),
+        });
+    }
+
+    let mut report = TeardownReport {
+        slot_dropped: false,
+        publication_dropped: false,
+        state_index_deleted: false,
+    };
+    if matches!(slot, SlotStatus::Present(_)) {
+        match client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&targets.slot])
+            .await
+        {
+            Ok(_) => report.slot_dropped = true,
+            // A Sluice started between the check and the drop.
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
+                return Err(TeardownError::SlotActive {
+                    slot: targets.slot.clone(),
+                    pid: 0,
+                    application: None,
+                });
+            }
+            Err(e) => return Err(pg_err("dropping the replication slot", pg)(e).into()),
+        }
+        tracing::info!(slot = %targets.slot, "dropped replication slot");
+    }
+    if publication.is_some() {
+        client
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                quote_ident(&targets.publication)
+            ))
+            .await
+            .map_err(pg_err("dropping the publication", pg))?;
+        report.publication_dropped = true;
+        tracing::info!(publication = %targets.publication, "dropped publication");
+    }
+    let resp = es
+        .indices()
+        .delete(elasticsearch::indices::IndicesDeleteParts::Index(&[
+            &targets.state_index,
+        ]))
+        .send()
+        .await
+        .map_err(|e| StatusError::Es {
+            what: "deleting the state index",
+            message: describe_es_error(&e),
+        })?;
+    match resp.status_code().as_u16() {
+        404 => {}
+        c if (200..300).contains(&c) => {
+            report.state_index_deleted = true;
+            tracing::info!(index = %targets.state_index, "deleted state index");
+        }
+        c => {
+            let body: Value = resp.json().await.unwrap_or_default();
+            return Err(StatusError::Es {
+                what: "deleting the state index",
+                message: format!("HTTP {c}: {}", es_reason(&body)),
+            }
+            .into());
+        }
+    }
+    Ok(report)
+}
+
+/// What teardown did, in words.
+pub fn render_teardown(t: &TeardownReport, targets: &Targets) -> String {
+    let line = |done: bool, what: &str, name: &str, absent: &str| {
+        if done {
+            format!("dropped {what} {name}\n")
+        } else {
+            format!("{what} {name} {absent}\n")
+        }
+    };
+    let mut o = String::new();
+    o += &line(
+        t.slot_dropped,
+        "replication slot",
+        &targets.slot,
+        "did not exist",
+    );
+    o += &line(
+        t.publication_dropped,
+        "publication",
+        &targets.publication,
+        "did not exist",
+    );
+    o += &line(
+        t.state_index_deleted,
+        "state index",
+        &targets.state_index,
+        "did not exist",
+    );
+    o
+}
+
+// ---- slot gauges ---------------------------------------------------------------
+
+/// Refreshes `sluice_replication_lag_bytes` and `sluice_slot_retained_wal_bytes`
+/// from the server every `interval` until `shutdown` resolves. Spawn it beside
+/// the pipeline; a failed read is logged and retried at the next tick (the
+/// gauges keep their last values).
+pub async fn run_slot_gauges(
+    pg: PgConnectConfig,
+    slot: String,
+    interval: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match connect_pg(&pg, "sluice-metrics").await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read slot gauges");
+                    continue;
+                }
+            };
+        }
+        let Some(c) = &client else { continue };
+        let res = async {
+            let (lsn, _) = server_wal_lsn(c, &pg).await?;
+            read_slot(c, &pg, &slot, lsn).await
+        }
+        .await;
+        match res {
+            Ok(SlotStatus::Present(s)) => set_slot_gauges(&s),
+            Ok(SlotStatus::Missing { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read slot gauges"),
+        }
+    }
+}
+
+/// Sets the slot gauges from one reading.
+pub fn set_slot_gauges(s: &SlotInfo) {
+    use crate::metrics::names;
+    if let Some(b) = s.lag_bytes {
+        metrics::gauge!(names::REPLICATION_LAG_BYTES).set(b as f64);
+    }
+    if let Some(b) = s.retained_wal_bytes {
+        metrics::gauge!(names::SLOT_RETAINED_WAL_BYTES).set(b as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests;
