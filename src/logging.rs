@@ -15,6 +15,7 @@ use std::io::IsTerminal;
 use tracing::Dispatch;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
@@ -67,12 +68,14 @@ where
     }
 }
 
-/// Installs the global logger: call once, first thing in `main`.
+/// Installs the global logger: call once, first thing in `main`. Records of
+/// crates that use `log` rather than `tracing` (tokio-postgres) are bridged
+/// into it.
 pub fn init(format: LogFormat) -> Result<(), LoggingError> {
     let filter = env_filter()?;
     let ansi = std::io::stderr().is_terminal();
     let d = dispatch(format, filter, std::io::stderr, ansi);
-    tracing::dispatcher::set_global_default(d).map_err(|_| LoggingError::AlreadyInstalled)
+    d.try_init().map_err(|_| LoggingError::AlreadyInstalled)
 }
 
 const MASK: &str = "<redacted>";

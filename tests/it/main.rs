@@ -4,3 +4,5 @@
 mod support;
 
 mod foundation;
+mod ops;
+mod ops_status;

@@ -1,0 +1,342 @@
+//! `sluice status` and `sluice teardown` against a real slot, publication and
+//! indices.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::status::{
+    SlotStatus, SnapshotStatus, TeardownError, gather, render_human, render_json, teardown,
+};
+
+use crate::ops::{es_config, pg_config_from_url, targets};
+use crate::support::{Es, TestDb, connect, services, wait_until};
+
+async fn slot_and_publication(db: &TestDb) {
+    let t = targets(db);
+    db.sql(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, body text);
+         CREATE PUBLICATION {} FOR TABLE items;",
+        t.publication
+    ))
+    .await;
+    let repl = connect(&db.repl_url()).await;
+    repl.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&t.slot],
+    )
+    .await
+    .expect("create slot");
+}
+
+async fn index_docs(es: &Es, index: &str, docs: &[Value]) {
+    for d in docs {
+        let r = es
+            .client
+            .index(elasticsearch::IndexParts::Index(index))
+            .body(d.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status_code().is_success(), "{:?}", r.text().await);
+    }
+    es.refresh(index).await;
+}
+
+#[tokio::test]
+async fn status_reports_slot_lag_retained_wal_snapshots_and_dead_letters() {
+    let db = TestDb::new().await;
+    slot_and_publication(&db).await;
+    let t = targets(&db);
+    let pg = pg_config_from_url(&db.repl_url());
+    let es = sluice::status::build_es_client(&es_config()).unwrap();
+
+    let r = gather(&pg, &es, &t).await.expect("status");
+    let SlotStatus::Present(s) = &r.slot else {
+        panic!("slot missing: {r:?}")
+    };
+    assert!(!s.active);
+    assert_eq!(s.plugin.as_deref(), Some("pgoutput"));
+    assert_eq!(s.database.as_deref(), Some(db.name.as_str()));
+    assert!(matches!(r.snapshots, SnapshotStatus::NoneRecorded { .. }));
+    assert_eq!(r.dead_letters.count, None);
+    assert_eq!(r.publication.tables, ["public.items"]);
+    assert!(render_human(&r).contains("no snapshot recorded"));
+
+    // WAL written after the slot's creation is lag: nobody consumes it.
+    db.sql("INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g")
+        .await;
+    index_docs(
+        &Es::new(),
+        &t.dead_letter_index,
+        &vec![json!({"table": "public.items", "error": "mapper_parsing_exception"}); 2],
+    )
+    .await;
+    index_docs(
+        &Es::new(),
+        &t.state_index,
+        &[
+            json!({"table": "public.items", "chunk": 0, "state": "done", "rows": 1000}),
+            json!({"table": "public.items", "chunk": 1, "state": "running", "rows": 400}),
+        ],
+    )
+    .await;
+
+    let r = gather(&pg, &es, &t).await.expect("status");
+    let SlotStatus::Present(s) = &r.slot else {
+        panic!()
+    };
+    let confirmed = s.confirmed_flush_lsn.expect("confirmed LSN");
+    let restart = s.restart_lsn.expect("restart LSN");
+    let lag = s.lag_bytes.unwrap();
+    let retained = s.retained_wal_bytes.unwrap();
+    assert_eq!(lag, r.server_wal_lsn.0 - confirmed.0);
+    assert_eq!(retained, r.server_wal_lsn.0 - restart.0);
+    // 2000 rows of ~200 bytes: at least 400 kB of WAL, far below a gigabyte.
+    assert!((400_000..1 << 30).contains(&lag), "lag {lag}");
+    assert!(retained >= lag, "retained {retained} < lag {lag}");
+    assert_eq!(s.wal_status.as_deref(), Some("reserved"));
+    assert_eq!(r.dead_letters.count, Some(2));
+    let SnapshotStatus::Recorded { tables, .. } = &r.snapshots else {
+        panic!("{r:?}")
+    };
+    assert_eq!(tables.len(), 1);
+    assert_eq!(
+        (tables[0].chunks, tables[0].chunks_done, tables[0].rows),
+        (2, 1, 1400)
+    );
+
+    let v: Value = serde_json::from_str(&render_json(&r)).unwrap();
+    for key in [
+        "database",
+        "server_version",
+        "wal_level",
+        "server_wal_lsn",
+        "slot",
+        "publication",
+        "snapshots",
+        "dead_letters",
+        "warnings",
+    ] {
+        assert!(v.get(key).is_some(), "no {key} in {v}");
+    }
+    assert_eq!(v["slot"]["state"], "present");
+    assert_eq!(v["slot"]["lag_bytes"], lag);
+    assert_eq!(v["slot"]["confirmed_flush_lsn"], confirmed.to_string());
+    assert!(v["database"].as_str().unwrap().starts_with("sluice@"));
+    assert_eq!(v["snapshots"]["tables"][0]["table"], "public.items");
+    assert_eq!(v["dead_letters"]["count"], 2);
+    let human = render_human(&r);
+    assert!(human.contains("1/2 chunks done, 1400 rows"), "{human}");
+    assert!(human.contains("dead letters          2"), "{human}");
+}
+
+#[tokio::test]
+async fn status_of_a_database_without_a_slot_says_so() {
+    let db = TestDb::new().await;
+    let pg = pg_config_from_url(&db.repl_url());
+    let es = sluice::status::build_es_client(&es_config()).unwrap();
+    let r = gather(&pg, &es, &targets(&db)).await.unwrap();
+    assert!(matches!(r.slot, SlotStatus::Missing { .. }));
+    assert!(!r.publication.exists);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("does not exist")),
+        "{:?}",
+        r.warnings
+    );
+}
+
+/// Holds the slot active the way a running Sluice would: a walsender
+/// streaming from it to `pg_recvlogical`.
+fn hold_slot(db: &TestDb, slot: &str, publication: &str) -> tokio::process::Child {
+    tokio::process::Command::new(format!("{}/pg_recvlogical", services().pg_bin))
+        .args([
+            "-d",
+            &db.repl_url(),
+            "--slot",
+            slot,
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            &format!("publication_names={publication}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pg_recvlogical")
+}
+
+async fn slot_pid(db: &TestDb, slot: &str) -> Option<i32> {
+    db.admin
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.get(0))
+}
+
+async fn count(index: &str) -> u64 {
+    let r = Es::new()
+        .client
+        .count(elasticsearch::CountParts::Index(&[index]))
+        .send()
+        .await
+        .unwrap();
+    r.json::<Value>().await.unwrap()["count"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+async fn exists(db: &TestDb, sql: &str, name: &str) -> bool {
+    db.admin.query_opt(sql, &[&name]).await.unwrap().is_some()
+}
+
+#[tokio::test]
+async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle() {
+    let db = TestDb::new().await;
+    // Least privilege: the replication role owns the table and creates the
+    // publication, so it may drop it too.
+    db.sql(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY);
+         ALTER TABLE items OWNER TO sluice;
+         GRANT CREATE ON DATABASE {} TO sluice;",
+        db.name
+    ))
+    .await;
+    let t = targets(&db);
+    let repl = connect(&db.repl_url()).await;
+    repl.batch_execute(&format!(
+        "CREATE PUBLICATION {} FOR TABLE items",
+        t.publication
+    ))
+    .await
+    .unwrap();
+    repl.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&t.slot],
+    )
+    .await
+    .unwrap();
+    index_docs(
+        &Es::new(),
+        &t.state_index,
+        &[json!({"table": "public.items", "state": "done"})],
+    )
+    .await;
+    let pg = pg_config_from_url(&db.repl_url());
+    let es = sluice::status::build_es_client(&es_config()).unwrap();
+
+    let err = teardown(&pg, &es, &t, false).await.unwrap_err();
+    assert!(matches!(err, TeardownError::NotConfirmed { .. }), "{err}");
+    assert!(err.to_string().contains("--yes-drop-slot"));
+    assert_eq!(err.exit_code(), sluice::cli::EXIT_CONFIG);
+
+    let mut holder = hold_slot(&db, &t.slot, &t.publication);
+    let pid = wait_until(
+        Duration::from_secs(20),
+        "pg_recvlogical to hold the slot",
+        || async { slot_pid(&db, &t.slot).await },
+    )
+    .await;
+    let err = teardown(&pg, &es, &t, true).await.unwrap_err();
+    match &err {
+        TeardownError::SlotActive { pid: p, .. } => assert_eq!(*p, pid),
+        other => panic!("expected SlotActive, got {other}"),
+    }
+    assert!(err.to_string().contains(&format!("process {pid}")), "{err}");
+    // Nothing was dropped.
+    assert!(
+        exists(
+            &db,
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &t.slot
+        )
+        .await
+    );
+    assert!(
+        exists(
+            &db,
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &t.publication
+        )
+        .await
+    );
+    assert_eq!(count(&t.state_index).await, 1);
+
+    holder.kill().await.unwrap();
+    let _ = holder.wait().await;
+    wait_until(
+        Duration::from_secs(20),
+        "the slot to be released",
+        || async { slot_pid(&db, &t.slot).await.is_none().then_some(()) },
+    )
+    .await;
+
+    let done = teardown(&pg, &es, &t, true).await.expect("teardown");
+    assert!(
+        done.slot_dropped && done.publication_dropped && done.state_index_deleted,
+        "{done:?}"
+    );
+    assert!(
+        !exists(
+            &db,
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &t.slot
+        )
+        .await
+    );
+    assert!(
+        !exists(
+            &db,
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &t.publication
+        )
+        .await
+    );
+    let resp = Es::new()
+        .client
+        .indices()
+        .exists(elasticsearch::indices::IndicesExistsParts::Index(&[
+            &t.state_index
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status_code().as_u16(), 404);
+
+    // Again: nothing left, nothing to do, no error.
+    let again = teardown(&pg, &es, &t, true).await.expect("second teardown");
+    assert!(!again.slot_dropped && !again.publication_dropped && !again.state_index_deleted);
+}
+
+#[tokio::test]
+async fn teardown_drops_nothing_when_it_may_not_drop_the_publication() {
+    let db = TestDb::new().await;
+    slot_and_publication(&db).await; // publication owned by the superuser
+    let t = targets(&db);
+    let pg = pg_config_from_url(&db.repl_url());
+    let es = sluice::status::build_es_client(&es_config()).unwrap();
+    let err = teardown(&pg, &es, &t, true).await.unwrap_err();
+    assert!(
+        matches!(err, TeardownError::PublicationNotOwned { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("sluice_admin"), "{err}");
+    assert!(
+        exists(
+            &db,
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &t.slot
+        )
+        .await
+    );
+}
