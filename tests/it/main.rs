@@ -6,3 +6,4 @@ mod support;
 mod foundation;
 mod ops;
 mod ops_status;
+mod ops_tls;
