@@ -5,5 +5,6 @@ mod support;
 
 mod foundation;
 mod ops;
+mod ops_packaging;
 mod ops_status;
 mod ops_tls;

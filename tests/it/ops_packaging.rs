@@ -1,0 +1,101 @@
+//! The packaging files (Dockerfile, compose, Kubernetes, Grafana) cannot run
+//! here; `scripts/check-packaging.sh` checks what can be checked, and these
+//! tests run it, on the real tree and on a broken copy (so the checks are
+//! known to fail when they should).
+
+use std::path::Path;
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn check(root: &Path) -> (bool, String) {
+    let out = Command::new("bash")
+        .arg(Path::new(ROOT).join("scripts/check-packaging.sh"))
+        .env("SLUICE_BIN", env!("CARGO_BIN_EXE_sluice"))
+        .env("SLUICE_PACKAGING_ROOT", root)
+        .output()
+        .expect("run scripts/check-packaging.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_packaging_files_parse_and_match_the_binary_and_the_metrics() {
+    let (ok, text) = check(Path::new(ROOT));
+    assert!(ok, "scripts/check-packaging.sh failed:\n{text}");
+    assert!(!text.contains("SKIPPED"), "checks were skipped:\n{text}");
+    assert!(text.contains("readinessProbe -> /ready"), "{text}");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for dir in ["docker", "deploy", "dashboards", "docs", "src"] {
+        copy_tree(&Path::new(ROOT).join(dir), &root.join(dir));
+    }
+    edit(
+        &root.join("dashboards/grafana-sluice.json"),
+        "sum(rate(sluice_retries_total",
+        "sum(rate(sluice_made_up_total",
+    );
+    let deployment = root.join("deploy/k8s/deployment.yaml");
+    edit(
+        &deployment,
+        r#""--log-format", "json""#,
+        r#""--no-such-flag""#,
+    );
+    edit(
+        &deployment,
+        "- name: SLUICE_LOG\n",
+        "- name: SLUICE_UNREAD\n",
+    );
+    edit(&deployment, "path: /ready", "path: /health");
+    edit(
+        &root.join("docker/Dockerfile"),
+        "USER 65532:65532",
+        "USER root",
+    );
+    edit(
+        &root.join("docker/compose.yml"),
+        "command: [\"run\"",
+        "command: [\"runn\"",
+    );
+
+    let (ok, text) = check(root);
+    assert!(!ok, "the broken copy passed:\n{text}");
+    for expected in [
+        "metric sluice_made_up_total is not described",
+        "metric sluice_retries_total is described but no dashboard panel shows it",
+        "has no flag --no-such-flag",
+        "env SLUICE_UNREAD is given to sluice but nothing reads it",
+        "readinessProbe must GET /ready",
+        "must end with a non-root USER",
+        "`sluice runn` is not a subcommand",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+}
