@@ -94,11 +94,15 @@ impl ReadyState {
 struct Beat {
     last: Instant,
     allowance: Duration,
+    /// Which registration owns the entry, so dropping a replaced heartbeat
+    /// does not unregister its successor.
+    generation: u64,
 }
 
 #[derive(Debug)]
 struct HealthInner {
     alive: AtomicBool,
+    generation: std::sync::atomic::AtomicU64,
     beats: Mutex<BTreeMap<String, Beat>>,
 }
 
@@ -112,6 +116,7 @@ impl Default for Health {
     fn default() -> Self {
         Health(Arc::new(HealthInner {
             alive: AtomicBool::new(true),
+            generation: std::sync::atomic::AtomicU64::new(0),
             beats: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -125,11 +130,14 @@ impl Default for Health {
 pub struct Heartbeat {
     health: Health,
     name: String,
+    generation: u64,
 }
 
 impl Heartbeat {
     pub fn beat(&self) {
-        if let Some(b) = self.health.beats().get_mut(&self.name) {
+        if let Some(b) = self.health.beats().get_mut(&self.name)
+            && b.generation == self.generation
+        {
             b.last = Instant::now();
         }
     }
@@ -137,7 +145,10 @@ impl Heartbeat {
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.health.beats().remove(&self.name);
+        let mut beats = self.health.beats();
+        if beats.get(&self.name).map(|b| b.generation) == Some(self.generation) {
+            beats.remove(&self.name);
+        }
     }
 }
 
@@ -165,16 +176,19 @@ impl Health {
     /// Registers a task by name; `/health` fails if it does not beat within
     /// `allowance`. Registering a name again replaces the old registration.
     pub fn heartbeat(&self, name: &str, allowance: Duration) -> Heartbeat {
+        let generation = self.0.generation.fetch_add(1, Ordering::SeqCst);
         self.beats().insert(
             name.to_string(),
             Beat {
                 last: Instant::now(),
                 allowance,
+                generation,
             },
         );
         Heartbeat {
             health: self.clone(),
             name: name.to_string(),
+            generation,
         }
     }
 
@@ -340,6 +354,16 @@ mod tests {
         assert!(!h.is_healthy());
         drop(beat);
         assert!(h.is_healthy());
+    }
+
+    #[test]
+    fn dropping_a_replaced_heartbeat_keeps_its_successor() {
+        let h = Health::new();
+        let old = h.heartbeat("stream", Duration::from_secs(60));
+        let _new = h.heartbeat("stream", Duration::ZERO);
+        drop(old);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(h.report().stalled, ["stream"]);
     }
 
     #[test]

@@ -209,6 +209,26 @@ pub fn render(handle: &PrometheusHandle) -> String {
     handle.render()
 }
 
+/// Sets `sluice_replication_lag_seconds` after a transaction committed at
+/// `commit_time` was applied; clock skew never makes it negative.
+pub fn record_applied_commit(commit_time: std::time::SystemTime) {
+    let lag = std::time::SystemTime::now()
+        .duration_since(commit_time)
+        .unwrap_or_default();
+    metrics::gauge!(names::REPLICATION_LAG_SECONDS).set(lag.as_secs_f64());
+}
+
+/// Sets `sluice_replication_lag_seconds` to 0: nothing is in flight (a
+/// keepalive arrived with no open transaction), so idle tables read as caught up.
+pub fn record_caught_up() {
+    metrics::gauge!(names::REPLICATION_LAG_SECONDS).set(0.0);
+}
+
+/// Sets `sluice_confirmed_flush_lsn` when the checkpoint confirms `lsn`.
+pub fn record_confirmed_flush(lsn: crate::Lsn) {
+    metrics::gauge!(names::CONFIRMED_FLUSH_LSN).set(lsn.0 as f64);
+}
+
 fn describe_all() {
     for spec in CATALOGUE {
         match spec.kind {

@@ -684,6 +684,23 @@ pub fn render_json(r: &StatusReport) -> String {
     serde_json::to_string_pretty(r).expect("a status report always serializes")
 }
 
+/// `sluice status [--json]` in one call: connects to both servers and
+/// returns the text to print on stdout.
+pub async fn status_command(
+    pg: &PgConnectConfig,
+    es: &crate::sink::EsConfig,
+    targets: &Targets,
+    json: bool,
+) -> Result<String, StatusError> {
+    let client = build_es_client(es)?;
+    let report = gather(pg, &client, targets).await?;
+    Ok(if json {
+        render_json(&report) + "\n"
+    } else {
+        render_human(&report)
+    })
+}
+
 // ---- teardown ----------------------------------------------------------------
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -899,6 +916,18 @@ pub fn render_teardown(t: &TeardownReport, targets: &Targets) -> String {
         "did not exist",
     );
     o
+}
+
+/// `sluice teardown [--yes-drop-slot]` in one call: returns the text to print.
+pub async fn teardown_command(
+    pg: &PgConnectConfig,
+    es: &crate::sink::EsConfig,
+    targets: &Targets,
+    yes_drop_slot: bool,
+) -> Result<String, TeardownError> {
+    let client = build_es_client(es).map_err(StatusError::from)?;
+    let report = teardown(pg, &client, targets, yes_drop_slot).await?;
+    Ok(render_teardown(&report, targets))
 }
 
 // ---- slot gauges ---------------------------------------------------------------

@@ -340,3 +340,93 @@ async fn teardown_drops_nothing_when_it_may_not_drop_the_publication() {
         .await
     );
 }
+
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+#[tokio::test]
+async fn slot_gauges_follow_the_server_until_shutdown() {
+    let db = TestDb::new().await;
+    slot_and_publication(&db).await;
+    db.sql("INSERT INTO items SELECT g, repeat('y', 200) FROM generate_series(1, 2000) g")
+        .await;
+    let t = targets(&db);
+    let pg = pg_config_from_url(&db.repl_url());
+    let es = sluice::status::build_es_client(&es_config()).unwrap();
+    let before = match gather(&pg, &es, &t).await.unwrap().slot {
+        SlotStatus::Present(s) => s.retained_wal_bytes.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let handle = sluice::metrics::install().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sluice::status::run_slot_gauges(
+        pg.clone(),
+        t.slot.clone(),
+        Duration::from_millis(100),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let seen = wait_until(
+        Duration::from_secs(10),
+        "the retained-WAL gauge",
+        || async {
+            gauge(
+                &sluice::metrics::render(&handle),
+                "sluice_slot_retained_wal_bytes",
+            )
+            .filter(|v| *v >= before as f64)
+        },
+    )
+    .await;
+    // The slot is not consumed, so what it retains only grows.
+    let after = match gather(&pg, &es, &t).await.unwrap().slot {
+        SlotStatus::Present(s) => s.retained_wal_bytes.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(seen <= after as f64, "gauge {seen} > retained {after}");
+    let lag = gauge(
+        &sluice::metrics::render(&handle),
+        "sluice_replication_lag_bytes",
+    )
+    .unwrap();
+    assert!(lag >= 400_000.0, "lag gauge {lag}");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the gauge task stops on shutdown")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_status_and_teardown_commands_print_what_they_did() {
+    let db = TestDb::new().await;
+    let t = targets(&db);
+    let pg = pg_config_from_url(&db.url()); // as the superuser, like a DBA
+    let json = sluice::status::status_command(&pg, &es_config(), &t, true)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["slot"]["state"], "missing");
+    slot_and_publication(&db).await;
+    let text = sluice::status::status_command(&pg, &es_config(), &t, false)
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!("replication slot      {}", t.slot)),
+        "{text}"
+    );
+    let out = sluice::status::teardown_command(&pg, &es_config(), &t, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "dropped replication slot {}\ndropped publication {}\nstate index {} did not exist\n",
+            t.slot, t.publication, t.state_index
+        )
+    );
+}
