@@ -101,6 +101,8 @@ pub struct PublicationStatus {
 pub enum SnapshotStatus {
     /// The state index does not exist: no snapshot ever recorded progress.
     NoneRecorded { index: String },
+    /// Elasticsearch could not be read; the PostgreSQL part still shows.
+    Unavailable { index: String, error: String },
     Recorded {
         index: String,
         tables: Vec<TableSnapshot>,
@@ -125,8 +127,10 @@ pub struct TableSnapshot {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetterStatus {
     pub index: String,
-    /// `None`: the dead-letter index does not exist (nothing was rejected).
+    /// `None`: the dead-letter index does not exist (nothing was rejected),
+    /// or it could not be read (`error` says why).
     pub count: Option<u64>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -309,10 +313,26 @@ pub async fn gather(
     let (server_lsn, in_recovery) = server_wal_lsn(&client, pg).await?;
     let slot = read_slot(&client, pg, &targets.slot, server_lsn).await?;
     let publication = read_publication(&client, pg, &targets.publication).await?;
-    let snapshots = read_snapshots(es, &targets.state_index).await?;
-    let dead_letters = DeadLetterStatus {
-        index: targets.dead_letter_index.clone(),
-        count: count_docs(es, &targets.dead_letter_index).await?,
+    // During an Elasticsearch outage the slot is what an operator needs to
+    // see (is WAL piling up?), so Elasticsearch errors become part of the
+    // report instead of hiding it.
+    let snapshots = read_snapshots(es, &targets.state_index)
+        .await
+        .unwrap_or_else(|e| SnapshotStatus::Unavailable {
+            index: targets.state_index.clone(),
+            error: e.to_string(),
+        });
+    let dead_letters = match count_docs(es, &targets.dead_letter_index).await {
+        Ok(count) => DeadLetterStatus {
+            index: targets.dead_letter_index.clone(),
+            count,
+            error: None,
+        },
+        Err(e) => DeadLetterStatus {
+            index: targets.dead_letter_index.clone(),
+            count: None,
+            error: Some(e.to_string()),
+        },
     };
     let mut report = StatusReport {
         database: pg.to_string(),
@@ -375,6 +395,9 @@ fn warnings(r: &StatusReport, dbname: &str) -> Vec<String> {
             "publication {} does not exist: `sluice run` creates it, or create it as a table owner (see docs/operations.md)",
             r.publication.name
         ));
+    }
+    if let Some(e) = &r.dead_letters.error {
+        w.push(format!("Elasticsearch could not be read: {e}"));
     }
     if r.dead_letters.count.is_some_and(|c| c > 0) {
         w.push(format!(
@@ -602,6 +625,9 @@ pub fn render_human(r: &StatusReport) -> String {
         let _ = writeln!(o, "  publication           {}: does not exist", p.name);
     }
     match &r.snapshots {
+        SnapshotStatus::Unavailable { index, .. } => {
+            let _ = writeln!(o, "  snapshots             unknown: cannot read {index}");
+        }
         SnapshotStatus::NoneRecorded { index } => {
             let _ = writeln!(
                 o,
@@ -658,6 +684,13 @@ pub fn render_human(r: &StatusReport) -> String {
         }
     }
     match r.dead_letters.count {
+        None if r.dead_letters.error.is_some() => {
+            let _ = writeln!(
+                o,
+                "  dead letters          unknown: cannot read {}",
+                r.dead_letters.index
+            );
+        }
         Some(n) => {
             let _ = writeln!(
                 o,

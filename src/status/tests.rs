@@ -64,6 +64,7 @@ fn report(slot: SlotStatus) -> StatusReport {
         dead_letters: DeadLetterStatus {
             index: "sluice-dead-letters".into(),
             count: None,
+            error: None,
         },
         warnings: vec![],
     }

@@ -430,3 +430,38 @@ async fn the_status_and_teardown_commands_print_what_they_did() {
         )
     );
 }
+
+#[tokio::test]
+async fn status_still_shows_the_slot_when_elasticsearch_is_down() {
+    let db = TestDb::new().await;
+    slot_and_publication(&db).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let es = sluice::sink::EsConfig {
+        urls: vec![format!("http://{closed}")],
+        request_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let text = sluice::status::status_command(
+        &pg_config_from_url(&db.repl_url()),
+        &es,
+        &targets(&db),
+        false,
+    )
+    .await
+    .expect("a report despite Elasticsearch");
+    assert!(
+        text.contains("replication slot      ") && text.contains("inactive"),
+        "{text}"
+    );
+    assert!(
+        text.contains("snapshots             unknown: cannot read"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: Elasticsearch could not be read"),
+        "{text}"
+    );
+}
