@@ -1,5 +1,6 @@
 use serde_json::json;
 
+use super::teardown::quote_ident;
 use super::*;
 
 #[test]
