@@ -376,6 +376,7 @@ async fn json_logs_of_a_status_run_with_known_secrets_never_contain_them() {
     use base64::Engine as _;
     let basic_header =
         base64::engine::general_purpose::STANDARD.encode(format!("sluice:{es_secret}"));
+    let metrics = sluice::metrics::render(&sluice::metrics::install().unwrap());
     for secret in [
         pg_secret.as_str(),
         es_secret,
@@ -387,5 +388,6 @@ async fn json_logs_of_a_status_run_with_known_secrets_never_contain_them() {
             "secret {secret:?} in the logs:\n{text}"
         );
         assert!(!err_text.contains(secret));
+        assert!(!metrics.contains(secret), "secret {secret:?} in /metrics");
     }
 }
