@@ -33,6 +33,10 @@ CREATE TABLE orders (
     placed_at   timestamptz,
     deleted_at  timestamptz         -- soft delete: set means "gone"
 );
+-- The publication's row filter (mappings/orders.toml) reads `status`, which
+-- is not part of the primary key: PostgreSQL then requires the whole old row
+-- for updates and deletes. `sluice check` reports this if it is missing.
+ALTER TABLE orders REPLICA IDENTITY FULL;
 
 CREATE TABLE order_items (
     order_id    bigint NOT NULL REFERENCES orders(id) ON DELETE CASCADE,

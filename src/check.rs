@@ -1,0 +1,724 @@
+//! `sluice check`: read the configuration and mappings, connect to both
+//! servers, and report every problem at once (DESIGN invariant 8).
+//!
+//! Each check adds a [`Problem`] rather than stopping, so one run lists all
+//! that must be fixed. Problems the user fixes in configuration, mappings or
+//! server settings exit with `EXIT_CONFIG` (2); a server that cannot be
+//! reached at all exits with `EXIT_RUNTIME` (1).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use elasticsearch::Elasticsearch;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::transport::{MultiNodeConnectionPool, TransportBuilder};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
+use crate::config::doc_shape::document_fields;
+use crate::config::{
+    Catalog, CatalogTable, Config, Conversion, FieldSource, IndexName, Mapping, load_catalog,
+};
+use crate::sink::{EsAuth, EsConfig};
+use crate::source::{PgConnectConfig, ReplicaIdentity, SslMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// Fix the configuration, a mapping, the schema or a server setting.
+    Config,
+    /// A server could not be reached.
+    Unreachable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub message: String,
+}
+
+/// Everything `check` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub problems: Vec<Problem>,
+    /// What was verified, for the summary.
+    pub facts: Vec<String>,
+}
+
+impl Report {
+    fn problem(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            kind: ProblemKind::Config,
+            message: message.into(),
+        });
+    }
+
+    fn unreachable(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            kind: ProblemKind::Unreachable,
+            message: message.into(),
+        });
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        if self.problems.is_empty() {
+            0
+        } else if self.problems.iter().any(|p| p.kind == ProblemKind::Config) {
+            EXIT_CONFIG
+        } else {
+            EXIT_RUNTIME
+        }
+    }
+}
+
+/// `sluice check --config <path>`: print the findings, return the exit code.
+pub async fn run(path: &Path) -> i32 {
+    let mut config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!(
+                "sluice check: {} problem(s) in the configuration:",
+                errors.0.len()
+            );
+            for e in &errors.0 {
+                eprintln!("  ✗ {e}");
+            }
+            return EXIT_CONFIG;
+        }
+    };
+    let report = check(&mut config).await;
+    if report.problems.is_empty() {
+        println!("sluice check: all good");
+        for f in &report.facts {
+            println!("  ✓ {f}");
+        }
+    } else {
+        eprintln!("sluice check: {} problem(s):", report.problems.len());
+        for p in &report.problems {
+            eprintln!("  ✗ {}", p.message);
+        }
+    }
+    report.exit_code()
+}
+
+/// Run every check against the servers `config` names. Binds the mappings
+/// to the catalog on the way (as start-up does).
+pub async fn check(config: &mut Config) -> Report {
+    let mut report = Report::default();
+    let catalog = check_postgres(config, &mut report).await;
+    check_elasticsearch(config, catalog.as_ref(), &mut report).await;
+    report
+}
+
+/// A `tokio_postgres::Config` for ordinary SQL connections.
+pub fn pg_client_config(pg: &PgConnectConfig) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&pg.host)
+        .port(pg.port)
+        .user(&pg.user)
+        .dbname(&pg.dbname)
+        .application_name(&pg.application_name)
+        .connect_timeout(Duration::from_secs(pg.connect_timeout_secs.max(1)))
+        .ssl_mode(match pg.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+    if let Some(p) = &pg.password {
+        c.password(p);
+    }
+    c
+}
+
+/// Connect for ordinary SQL. `prefer` falls back to plain text.
+// TODO(tls): require / verify-ca / verify-full need the rustls connector the
+// source layer is building; until it is wired, they fail with a clear error.
+pub async fn pg_connect(pg: &PgConnectConfig) -> anyhow::Result<tokio_postgres::Client> {
+    if matches!(
+        pg.sslmode,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+    ) {
+        anyhow::bail!(
+            "sslmode={:?} needs TLS, which `sluice check` does not support yet; use sslmode=prefer or disable for now",
+            pg.sslmode
+        );
+    }
+    let (client, conn) = pg_client_config(pg)
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {pg}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("PostgreSQL connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// An Elasticsearch client from `EsConfig` (auth, CA, timeout).
+pub fn es_client(es: &EsConfig) -> anyhow::Result<Elasticsearch> {
+    let urls = es
+        .urls
+        .iter()
+        .map(|u| url::Url::parse(u).with_context(|| format!("bad Elasticsearch URL `{u}`")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!urls.is_empty(), "no Elasticsearch URL configured");
+    let pool = MultiNodeConnectionPool::round_robin(urls, None);
+    let mut b = TransportBuilder::new(pool).timeout(es.request_timeout);
+    b = match &es.auth {
+        EsAuth::None => b,
+        EsAuth::Basic { username, password } => {
+            b.auth(Credentials::Basic(username.clone(), password.clone()))
+        }
+        EsAuth::ApiKey(k) => b.auth(Credentials::EncodedApiKey(k.clone())),
+    };
+    if es.insecure_skip_verify {
+        tracing::warn!("Elasticsearch TLS certificates are NOT verified (insecure_skip_verify)");
+        b = b.cert_validation(CertificateValidation::None);
+    } else if let Some(ca) = &es.ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        let cert = Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        b = b.cert_validation(CertificateValidation::Full(cert));
+    }
+    Ok(Elasticsearch::new(b.build()?))
+}
+
+async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Catalog> {
+    let client = match pg_connect(&config.postgres).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.unreachable(format!("PostgreSQL: {e:#}"));
+            return None;
+        }
+    };
+    let pg = config.postgres.to_string();
+    match client.query_one("SELECT current_setting('server_version_num')::int, current_setting('server_version'), current_setting('wal_level')", &[]).await {
+        Ok(r) => {
+            let (num, ver, wal): (i32, String, String) = (r.get(0), r.get(1), r.get(2));
+            if num < 150000 {
+                report.problem(format!("PostgreSQL {ver} at {pg} is too old: Sluice needs 15 or newer (row filters and column lists in publications)"));
+            }
+            if wal != "logical" {
+                report.problem(format!("PostgreSQL wal_level is `{wal}`: set `wal_level = logical` in postgresql.conf and restart the server"));
+            }
+            report.facts.push(format!("PostgreSQL {ver} at {pg}, wal_level={wal}"));
+        }
+        Err(e) => report.problem(format!("PostgreSQL: cannot read server settings: {e}")),
+    }
+    let role = client
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await;
+    match role {
+        Ok(r) if r.get::<_, bool>(0) => {}
+        Ok(_) => report.problem(format!(
+            "PostgreSQL role `{}` lacks the REPLICATION privilege: run `ALTER ROLE {} REPLICATION`",
+            config.postgres.user, config.postgres.user
+        )),
+        Err(e) => report.problem(format!("PostgreSQL: cannot read the role: {e}")),
+    }
+    let slots = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                    current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int",
+            &[&config.slot],
+        )
+        .await;
+    match slots {
+        Ok(r) => {
+            let (free, exists, senders): (i32, bool, i32) = (r.get(0), r.get(1), r.get(2));
+            if exists {
+                report.facts.push(format!(
+                    "replication slot `{}` exists (streaming resumes from it)",
+                    config.slot
+                ));
+            } else if free < 1 {
+                report.problem(format!("PostgreSQL has no free replication slot for `{}`: raise max_replication_slots or drop an unused slot", config.slot));
+            } else {
+                report.facts.push(format!(
+                    "{free} free replication slot(s); `{}` will be created",
+                    config.slot
+                ));
+            }
+            if senders < 1 {
+                report.problem("PostgreSQL has no free WAL sender: raise max_wal_senders");
+            }
+        }
+        Err(e) => report.problem(format!("PostgreSQL: cannot read replication slots: {e}")),
+    }
+
+    let catalog = match load_catalog(&client, &config.mappings.schemas()).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.problem(format!("PostgreSQL: cannot read the catalog: {e}"));
+            return None;
+        }
+    };
+    if let Err(errors) = config.mappings.validate_against_catalog(&catalog) {
+        for e in errors.0 {
+            report.problem(e.to_string());
+        }
+    }
+    for (schema, table) in config.mappings.tables() {
+        let q = format!("{schema}.{table}");
+        let Some(t) = catalog.tables.get(&q) else {
+            continue;
+        };
+        let ident = quote_table(&schema, &table);
+        match client
+            .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&ident])
+            .await
+        {
+            Ok(r) if r.get::<_, bool>(0) => {}
+            Ok(_) => report.problem(format!(
+                "PostgreSQL role `{}` may not read {q}: run `GRANT SELECT ON {ident} TO {}`",
+                config.postgres.user, config.postgres.user
+            )),
+            Err(e) => report.problem(format!("{q}: cannot check privileges: {e}")),
+        }
+        let Some(m) = config.mappings.for_table(&q).next() else {
+            continue;
+        };
+        if let Some(filter) = &m.filter {
+            check_row_filter(&client, m, t, filter, report).await;
+        }
+    }
+    let mapped = config.mappings.list.len();
+    report.facts.push(format!(
+        "{mapped} mapping(s) over {} table(s) match the catalog",
+        config.mappings.tables().len()
+    ));
+    Some(catalog)
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_table(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// Ask PostgreSQL to parse the filter, and check that it only reads replica
+/// identity columns: PostgreSQL refuses UPDATE and DELETE on a table whose
+/// publication row filter reads other columns (unless REPLICA IDENTITY FULL).
+async fn check_row_filter(
+    client: &tokio_postgres::Client,
+    m: &Mapping,
+    t: &CatalogTable,
+    filter: &str,
+    report: &mut Report,
+) {
+    let at = format!(
+        "{} line {}: `filter`",
+        m.file.display(),
+        m.filter_line.unwrap_or(m.table_line)
+    );
+    let sql = format!(
+        "EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM ONLY {} AS sluice_filter WHERE ({filter})",
+        quote_table(&t.schema, &t.name)
+    );
+    let plan: Value = match client.query_one(&sql, &[]).await {
+        Ok(r) => r.get(0),
+        Err(e) => {
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
+            report.problem(format!("{at}: PostgreSQL rejects the row filter: {msg}"));
+            return;
+        }
+    };
+    let mut filters = Vec::new();
+    collect_filters(&plan, &mut filters);
+    if t.replica_identity == ReplicaIdentity::Full {
+        return;
+    }
+    let mut outside: Vec<String> = Vec::new();
+    for f in &filters {
+        for col in filter_columns(f) {
+            if !t.replica_identity_columns.contains(&col) && !outside.contains(&col) {
+                outside.push(col);
+            }
+        }
+    }
+    if !outside.is_empty() {
+        report.problem(format!(
+            "{at}: the row filter reads {} outside {}.{}'s replica identity; PostgreSQL would then refuse UPDATE and DELETE on the table; run `ALTER TABLE {} REPLICA IDENTITY FULL` or filter on key columns only",
+            outside.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
+            t.schema,
+            t.name,
+            quote_table(&t.schema, &t.name)
+        ));
+    }
+}
+
+fn collect_filters(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                if k == "Filter" || k == "One-Time Filter" {
+                    if let Value::String(s) = x {
+                        out.push(s.clone());
+                    }
+                } else {
+                    collect_filters(x, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_filters(x, out)),
+        _ => {}
+    }
+}
+
+/// Columns a VERBOSE plan's filter reads, from `sluice_filter.<column>`.
+fn filter_columns(filter: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = filter;
+    while let Some(p) = rest.find("sluice_filter.") {
+        let after = &rest[p + "sluice_filter.".len()..];
+        let (name, consumed) = if let Some(q) = after.strip_prefix('"') {
+            let mut name = String::new();
+            let mut chars = q.char_indices();
+            let mut end = q.len();
+            while let Some((i, c)) = chars.next() {
+                if c == '"' {
+                    if q[i + 1..].starts_with('"') {
+                        name.push('"');
+                        chars.next();
+                        continue;
+                    }
+                    end = i + 1;
+                    break;
+                }
+                name.push(c);
+            }
+            (name, end + 1)
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(after.len());
+            (after[..end].to_string(), end)
+        };
+        if !name.is_empty() {
+            out.push(name);
+        }
+        rest = &after[consumed.min(after.len())..];
+    }
+    out
+}
+
+/// What kind of JSON a document field receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Number,
+    Text,
+    Timestamp,
+    Bool,
+    Object,
+    Unknown,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Number => "numbers",
+            Kind::Text => "text",
+            Kind::Timestamp => "timestamps",
+            Kind::Bool => "booleans",
+            Kind::Object => "JSON objects",
+            Kind::Unknown => "values",
+        }
+    }
+}
+
+fn kind_of_pg_type(t: &str) -> Kind {
+    let base = t.trim_end_matches("[]");
+    let base = base.split('(').next().unwrap_or(base).trim();
+    match base {
+        "smallint" | "integer" | "bigint" | "numeric" | "real" | "double precision" | "oid" => {
+            Kind::Number
+        }
+        "boolean" => Kind::Bool,
+        "json" | "jsonb" => Kind::Object,
+        "date" | "timestamp without time zone" | "timestamp with time zone" => Kind::Timestamp,
+        "text"
+        | "character varying"
+        | "character"
+        | "uuid"
+        | "citext"
+        | "name"
+        | "inet"
+        | "time without time zone"
+        | "interval" => Kind::Text,
+        _ => Kind::Unknown,
+    }
+}
+
+fn kind_of_field(source: &FieldSource, t: &CatalogTable) -> Kind {
+    match source {
+        FieldSource::Constant(v) => match v {
+            Value::Number(_) => Kind::Number,
+            Value::Bool(_) => Kind::Bool,
+            Value::String(_) => Kind::Text,
+            Value::Object(_) => Kind::Object,
+            _ => Kind::Unknown,
+        },
+        FieldSource::Template(_) => Kind::Text,
+        FieldSource::Column { column, convert } => match convert {
+            Conversion::Float | Conversion::Integer | Conversion::EpochMillis => Kind::Number,
+            Conversion::String | Conversion::Split(_) => Kind::Text,
+            Conversion::Timestamp(_) => Kind::Unknown, // any format: ES decides
+            Conversion::Json => Kind::Unknown,
+            Conversion::None => t
+                .column(column)
+                .map(|c| kind_of_pg_type(&c.type_name))
+                .unwrap_or(Kind::Unknown),
+        },
+    }
+}
+
+/// Whether Elasticsearch accepts `kind` in a field mapped as `es_type`.
+fn compatible(kind: Kind, es_type: &str) -> bool {
+    const NUMERIC: [&str; 9] = [
+        "long",
+        "integer",
+        "short",
+        "byte",
+        "double",
+        "float",
+        "half_float",
+        "scaled_float",
+        "unsigned_long",
+    ];
+    let numeric = NUMERIC.contains(&es_type);
+    let object = matches!(es_type, "object" | "nested" | "flattened");
+    match kind {
+        Kind::Unknown => true,
+        Kind::Object => object,
+        _ if object => false,
+        Kind::Number => es_type != "boolean",
+        Kind::Bool => !numeric && es_type != "date" && es_type != "date_nanos",
+        Kind::Timestamp => !numeric && es_type != "boolean",
+        // Text may hold dates Elasticsearch parses; numbers it cannot.
+        Kind::Text => !numeric && es_type != "boolean",
+    }
+}
+
+/// `{"version": {"number": ...}}` from the local node's info.
+async fn node_version(es: &Elasticsearch) -> anyhow::Result<Value> {
+    let r = es
+        .nodes()
+        .info(elasticsearch::nodes::NodesInfoParts::NodeId(&["_local"]))
+        .filter_path(&["nodes.*.version"])
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status_code().is_success(),
+        "HTTP {}",
+        r.status_code().as_u16()
+    );
+    let v: Value = r.json().await?;
+    let number = v["nodes"]
+        .as_object()
+        .and_then(|n| n.values().next())
+        .and_then(|n| n["version"].as_str())
+        .unwrap_or("?")
+        .to_string();
+    Ok(serde_json::json!({ "version": { "number": number } }))
+}
+
+/// `properties` of an index mapping flattened to `a.b → type`.
+fn flatten_properties(props: &Value, prefix: &str, out: &mut BTreeMap<String, String>) {
+    let Some(p) = props.as_object() else { return };
+    for (name, def) in p {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        let ty = def
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("object")
+            .to_string();
+        out.insert(path.clone(), ty);
+        if let Some(sub) = def.get("properties") {
+            flatten_properties(sub, &path, out);
+        }
+    }
+}
+
+async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report: &mut Report) {
+    let es = match es_client(&config.elasticsearch) {
+        Ok(c) => c,
+        Err(e) => {
+            report.problem(format!("Elasticsearch: {e:#}"));
+            return;
+        }
+    };
+    let urls = config.elasticsearch.urls.join(", ");
+    let info = match es.info().send().await {
+        Ok(r) if r.status_code().is_success() => r.json::<Value>().await.unwrap_or_default(),
+        Ok(r) if matches!(r.status_code().as_u16(), 401 | 403) => {
+            report.problem(format!(
+                "Elasticsearch at {urls} answered HTTP {}: check `username`/`password` or `api_key` in [elasticsearch]",
+                r.status_code().as_u16()
+            ));
+            return;
+        }
+        // Some proxies and locked-down clusters refuse `GET /`: ask a node.
+        Ok(_) => match node_version(&es).await {
+            Ok(v) => v,
+            Err(e) => {
+                report.problem(format!(
+                    "Elasticsearch at {urls}: cannot read its version: {e}"
+                ));
+                return;
+            }
+        },
+        Err(e) => {
+            report.unreachable(format!("Elasticsearch at {urls} is not reachable: {e}"));
+            return;
+        }
+    };
+    let version = info["version"]["number"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    let distribution = info["version"]["distribution"]
+        .as_str()
+        .unwrap_or("elasticsearch");
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if distribution == "elasticsearch" && major < 7 {
+        report.problem(format!(
+            "Elasticsearch {version} is too old: Sluice needs 7 or newer"
+        ));
+    }
+    report
+        .facts
+        .push(format!("{distribution} {version} at {urls}"));
+
+    let Some(catalog) = catalog else { return };
+    for m in &config.mappings.list {
+        let Some(t) = catalog.tables.get(&*m.qualified_table) else {
+            continue;
+        };
+        let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        let Ok(fields) = document_fields(m, &names) else {
+            continue;
+        };
+        let pattern = match &m.index {
+            IndexName::Fixed(n) => n.to_string(),
+            IndexName::Template(tpl) => tpl.wildcard(),
+        };
+        let resp = es
+            .indices()
+            .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+                &pattern,
+            ]))
+            .allow_no_indices(true)
+            .ignore_unavailable(true)
+            .send()
+            .await;
+        let body: Value = match resp {
+            Ok(r) if r.status_code().as_u16() == 404 => continue,
+            Ok(r) if r.status_code().is_success() => r.json().await.unwrap_or_default(),
+            Ok(r) => {
+                report.problem(format!(
+                    "Elasticsearch: cannot read the mapping of `{pattern}`: HTTP {}",
+                    r.status_code().as_u16()
+                ));
+                continue;
+            }
+            Err(e) => {
+                report.unreachable(format!(
+                    "Elasticsearch: cannot read the mapping of `{pattern}`: {e}"
+                ));
+                continue;
+            }
+        };
+        let Some(indices) = body.as_object() else {
+            continue;
+        };
+        for (index, def) in indices {
+            let mut types = BTreeMap::new();
+            flatten_properties(&def["mappings"]["properties"], "", &mut types);
+            for f in &fields {
+                let path = f.path.join(".");
+                let Some(es_type) = types.get(&path) else {
+                    continue;
+                };
+                let kind = kind_of_field(&f.source, t);
+                if !compatible(kind, es_type) {
+                    let from = match &f.source {
+                        FieldSource::Column { column, .. } => format!("column `{column}`"),
+                        FieldSource::Template(_) => "a template".into(),
+                        FieldSource::Constant(_) => "a constant".into(),
+                    };
+                    report.problem(format!(
+                        "{}: field `{path}` would receive {} (from {from}) but index `{index}` maps it as `{es_type}`; change the index mapping or convert the field in [fields]",
+                        m.file.display(),
+                        kind.describe(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_columns_are_read_from_verbose_plans() {
+        assert_eq!(
+            filter_columns(
+                "((sluice_filter.status <> 'draft'::text) AND (sluice_filter.\"Total\"\"x\" > 1))"
+            ),
+            vec!["status".to_string(), "Total\"x".to_string()]
+        );
+        assert!(filter_columns("(1 = 1)").is_empty());
+    }
+
+    #[test]
+    fn field_kinds_meet_index_types_as_elasticsearch_would() {
+        let cases = [
+            (Kind::Text, "long", false),
+            (Kind::Text, "keyword", true),
+            (Kind::Number, "keyword", true),
+            (Kind::Number, "date", true),
+            (Kind::Number, "boolean", false),
+            (Kind::Object, "keyword", false),
+            (Kind::Text, "object", false),
+            (Kind::Timestamp, "date", true),
+            (Kind::Text, "date", true),
+            (Kind::Bool, "boolean", true),
+            (Kind::Unknown, "long", true),
+        ];
+        for (k, t, ok) in cases {
+            assert_eq!(compatible(k, t), ok, "{k:?} into {t}");
+        }
+    }
+
+    #[test]
+    fn postgres_types_map_to_kinds() {
+        assert_eq!(kind_of_pg_type("numeric(12,2)"), Kind::Number);
+        assert_eq!(kind_of_pg_type("character varying(20)"), Kind::Text);
+        assert_eq!(kind_of_pg_type("timestamp with time zone"), Kind::Timestamp);
+        assert_eq!(kind_of_pg_type("jsonb"), Kind::Object);
+        assert_eq!(kind_of_pg_type("geometry"), Kind::Unknown);
+    }
+}
