@@ -196,62 +196,48 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
         }
     };
     let pg = config.postgres.to_string();
-    match client.query_one("SELECT current_setting('server_version_num')::int, current_setting('server_version'), current_setting('wal_level')", &[]).await {
-        Ok(r) => {
-            let (num, ver, wal): (i32, String, String) = (r.get(0), r.get(1), r.get(2));
-            if num < 150000 {
-                report.problem(format!("PostgreSQL {ver} at {pg} is too old: Sluice needs 15 or newer (row filters and column lists in publications)"));
-            }
-            if wal != "logical" {
-                report.problem(format!("PostgreSQL wal_level is `{wal}`: set `wal_level = logical` in postgresql.conf and restart the server"));
-            }
-            report.facts.push(format!("PostgreSQL {ver} at {pg}, wal_level={wal}"));
-        }
-        Err(e) => report.problem(format!("PostgreSQL: cannot read server settings: {e}")),
-    }
-    let role = client
+    let settings = client
         .query_one(
-            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await;
-    match role {
-        Ok(r) if r.get::<_, bool>(0) => {}
-        Ok(_) => report.problem(format!(
-            "PostgreSQL role `{}` lacks the REPLICATION privilege: run `ALTER ROLE {} REPLICATION`",
-            config.postgres.user, config.postgres.user
-        )),
-        Err(e) => report.problem(format!("PostgreSQL: cannot read the role: {e}")),
-    }
-    let slots = client
-        .query_one(
-            "SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'),
+                    current_setting('wal_level'),
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+                    current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
                     EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
                     current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int",
             &[&config.slot],
         )
         .await;
-    match slots {
+    match settings {
         Ok(r) => {
-            let (free, exists, senders): (i32, bool, i32) = (r.get(0), r.get(1), r.get(2));
-            if exists {
-                report.facts.push(format!(
+            let s = ServerFacts {
+                version_num: r.get(0),
+                version: r.get(1),
+                wal_level: r.get(2),
+                can_replicate: r.get::<_, Option<bool>>(3).unwrap_or(false),
+                free_slots: r.get(4),
+                slot_exists: r.get(5),
+                free_wal_senders: r.get(6),
+            };
+            for p in s.problems(&config.postgres.user, &config.slot) {
+                report.problem(p);
+            }
+            report.facts.push(format!(
+                "PostgreSQL {} at {pg}, wal_level={}",
+                s.version, s.wal_level
+            ));
+            report.facts.push(if s.slot_exists {
+                format!(
                     "replication slot `{}` exists (streaming resumes from it)",
                     config.slot
-                ));
-            } else if free < 1 {
-                report.problem(format!("PostgreSQL has no free replication slot for `{}`: raise max_replication_slots or drop an unused slot", config.slot));
+                )
             } else {
-                report.facts.push(format!(
-                    "{free} free replication slot(s); `{}` will be created",
-                    config.slot
-                ));
-            }
-            if senders < 1 {
-                report.problem("PostgreSQL has no free WAL sender: raise max_wal_senders");
-            }
+                format!(
+                    "{} free replication slot(s); `{}` will be created",
+                    s.free_slots, config.slot
+                )
+            });
         }
-        Err(e) => report.problem(format!("PostgreSQL: cannot read replication slots: {e}")),
+        Err(e) => report.problem(format!("PostgreSQL: cannot read server settings: {e}")),
     }
 
     let catalog = match load_catalog(&client, &config.mappings.schemas()).await {
@@ -296,6 +282,54 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
         config.mappings.tables().len()
     ));
     Some(catalog)
+}
+
+/// What `check` reads from the server before looking at tables.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    pub version_num: i32,
+    pub version: String,
+    pub wal_level: String,
+    /// REPLICATION or superuser.
+    pub can_replicate: bool,
+    pub free_slots: i32,
+    pub slot_exists: bool,
+    pub free_wal_senders: i32,
+}
+
+impl ServerFacts {
+    /// Each server-level problem, with what to do about it.
+    pub fn problems(&self, user: &str, slot: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.version_num < 150000 {
+            out.push(format!(
+                "PostgreSQL {} is too old: Sluice needs 15 or newer (row filters and column lists in publications)",
+                self.version
+            ));
+        }
+        if self.wal_level != "logical" {
+            out.push(format!(
+                "PostgreSQL wal_level is `{}`: set `wal_level = logical` in postgresql.conf and restart the server",
+                self.wal_level
+            ));
+        }
+        if !self.can_replicate {
+            out.push(format!(
+                "PostgreSQL role `{user}` lacks the REPLICATION privilege: run `ALTER ROLE {user} REPLICATION`"
+            ));
+        }
+        if !self.slot_exists && self.free_slots < 1 {
+            out.push(format!(
+                "PostgreSQL has no free replication slot for `{slot}`: raise max_replication_slots (restart needed) or drop an unused slot"
+            ));
+        }
+        if self.free_wal_senders < 1 {
+            out.push(
+                "PostgreSQL has no free WAL sender: raise max_wal_senders (restart needed)".into(),
+            );
+        }
+        out
+    }
 }
 
 fn quote_ident(s: &str) -> String {
@@ -681,6 +715,46 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_facts_report_each_unmet_requirement() {
+        let ok = ServerFacts {
+            version_num: 150004,
+            version: "15.4".into(),
+            wal_level: "logical".into(),
+            can_replicate: true,
+            free_slots: 3,
+            slot_exists: false,
+            free_wal_senders: 5,
+        };
+        assert!(ok.problems("sluice", "s").is_empty());
+        let bad = ServerFacts {
+            version_num: 140009,
+            version: "14.9".into(),
+            wal_level: "replica".into(),
+            can_replicate: false,
+            free_slots: 0,
+            slot_exists: false,
+            free_wal_senders: 0,
+        };
+        let p = bad.problems("app", "s").join("\n");
+        for w in [
+            "14.9 is too old",
+            "wal_level is `replica`",
+            "`app` lacks the REPLICATION",
+            "no free replication slot",
+            "no free WAL sender",
+        ] {
+            assert!(p.contains(w), "{w} in {p}");
+        }
+        // An existing slot needs no free one.
+        let resume = ServerFacts {
+            free_slots: 0,
+            slot_exists: true,
+            ..ok
+        };
+        assert!(resume.problems("sluice", "s").is_empty());
+    }
 
     #[test]
     fn filter_columns_are_read_from_verbose_plans() {
