@@ -95,6 +95,37 @@ pub struct PublicationTable {
     pub columns: Option<Vec<String>>,
 }
 
+impl PublicationTable {
+    /// The table's part of `CREATE/ALTER PUBLICATION ... FOR TABLE`:
+    /// `"public"."orders" ("id", "total") WHERE (status <> 'draft')`.
+    pub fn to_sql(&self) -> String {
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let mut out = format!("{}.{}", q(&self.schema), q(&self.table));
+        if let Some(cols) = &self.columns {
+            let cols: Vec<String> = cols.iter().map(|c| q(c)).collect();
+            out.push_str(&format!(" ({})", cols.join(", ")));
+        }
+        if let Some(f) = &self.row_filter {
+            out.push_str(&format!(" WHERE ({f})"));
+        }
+        out
+    }
+}
+
+/// Read the catalog for the mapped schemas and validate the mappings
+/// against it (binding primary keys). Call once at start-up, before
+/// `publication_tables` and `Transformer::new`. A mapping problem is an
+/// `Err` holding [`ConfigErrors`] (exit code 2); a failed query is any
+/// other error.
+pub async fn validate_against_database(
+    mappings: &mut Mappings,
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<Catalog> {
+    let catalog = load_catalog(client, &mappings.schemas()).await?;
+    mappings.validate_against_catalog(&catalog)?;
+    Ok(catalog)
+}
+
 /// How to create one target index (or, for a templated name, an index
 /// template matching `pattern`).
 #[derive(Debug, Clone, PartialEq)]

@@ -354,7 +354,7 @@ impl Cx<'_> {
             version: self.change.version.as_version(),
             origin: OpOrigin {
                 table: self.table.clone(),
-                key: key_json(plan, v).to_string(),
+                key: key_text(plan, v),
                 lsn: self.change.version,
             },
         }
@@ -390,15 +390,15 @@ impl Cx<'_> {
             IndexPlan::Template { parts, cache } => {
                 self.scratch.clear();
                 render(parts, v, self.change.commit_time, self.scratch)?;
-                let name = self.scratch.to_lowercase();
-                match cache.get(name.as_str()) {
+                // Keyed by the rendered text, so a hit allocates nothing.
+                match cache.get(self.scratch.as_str()) {
                     Some(a) => a.clone(),
                     None => {
                         if cache.len() > 10_000 {
                             cache.clear();
                         }
-                        let a: Arc<str> = name.as_str().into();
-                        cache.insert(name.into_boxed_str(), a.clone());
+                        let a: Arc<str> = self.scratch.to_lowercase().into();
+                        cache.insert(self.scratch.as_str().into(), a.clone());
                         a
                     }
                 }
@@ -509,6 +509,22 @@ impl Cx<'_> {
             },
         }
     }
+}
+
+/// `key_json` as compact text, written directly (this runs for every op).
+fn key_text(plan: &Plan, v: View) -> String {
+    let mut buf = Vec::with_capacity(32);
+    buf.push(b'{');
+    for (i, (p, n)) in plan.id_cols.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_json_str(&mut buf, n);
+        buf.push(b':');
+        write_value(&mut buf, v.get(*p).unwrap_or(&NULL));
+    }
+    buf.push(b'}');
+    String::from_utf8(buf).expect("JSON text is UTF-8")
 }
 
 /// The row's `_id` columns and values (`{"id": 7}`), for origins and errors.

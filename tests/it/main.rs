@@ -4,4 +4,5 @@
 mod support;
 
 mod check;
+mod config;
 mod foundation;
