@@ -46,6 +46,8 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// What was verified, for the summary.
     pub facts: Vec<String>,
+    /// Risks that do not fail the check.
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -90,6 +92,9 @@ pub async fn run(path: &Path) -> i32 {
         }
     };
     let report = check(&mut config).await;
+    for w in &report.warnings {
+        eprintln!("  ⚠ {w}");
+    }
     if report.problems.is_empty() {
         println!("sluice check: all good");
         for f in &report.facts {
@@ -546,6 +551,54 @@ fn compatible(kind: Kind, es_type: &str) -> bool {
     }
 }
 
+/// An existing index that forgets delete tombstones sooner than the replay
+/// window risks resurrecting deleted documents (DESIGN invariant 3).
+async fn check_gc_deletes(es: &Elasticsearch, index: &str, config: &Config, report: &mut Report) {
+    let Ok(r) = es
+        .indices()
+        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::IndexName(
+            &[index],
+            &["index.gc_deletes"],
+        ))
+        .include_defaults(true)
+        .flat_settings(true)
+        .send()
+        .await
+    else {
+        return;
+    };
+    let Ok(v) = r.json::<Value>().await else {
+        return;
+    };
+    let s = &v[index];
+    let value = s["settings"]["index.gc_deletes"]
+        .as_str()
+        .or(s["defaults"]["index.gc_deletes"].as_str())
+        .unwrap_or("60s");
+    let secs = parse_es_duration(value);
+    let want = config.pipeline.gc_deletes.as_secs();
+    if secs.is_some_and(|s| s < want) {
+        report.warnings.push(format!(
+            "index `{index}` has index.gc_deletes={value}, shorter than the replay window ({want}s, pipeline.gc_deletes_secs): a replayed write could resurrect a deleted document; run `PUT {index}/_settings {{\"index.gc_deletes\": \"{want}s\"}}`"
+        ));
+    }
+}
+
+/// `60s`, `5m`, `1h`, `1d`, `500ms` → whole seconds.
+fn parse_es_duration(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => n / 1000,
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return None,
+    })
+}
+
 /// `{"version": {"number": ...}}` from the local node's info.
 async fn node_version(es: &Elasticsearch) -> anyhow::Result<Value> {
     let r = es
@@ -687,6 +740,7 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
             continue;
         };
         for (index, def) in indices {
+            check_gc_deletes(&es, index, config, report).await;
             let mut types = BTreeMap::new();
             flatten_properties(&def["mappings"]["properties"], "", &mut types);
             for f in &fields {
@@ -785,6 +839,14 @@ mod tests {
         for (k, t, ok) in cases {
             assert_eq!(compatible(k, t), ok, "{k:?} into {t}");
         }
+    }
+
+    #[test]
+    fn elasticsearch_durations_parse_to_seconds() {
+        assert_eq!(parse_es_duration("60s"), Some(60));
+        assert_eq!(parse_es_duration("2h"), Some(7200));
+        assert_eq!(parse_es_duration("1d"), Some(86400));
+        assert_eq!(parse_es_duration("x"), None);
     }
 
     #[test]

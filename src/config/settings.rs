@@ -173,7 +173,7 @@ struct RawPipeline {
     linger_ms: Option<u64>,
     concurrency: Option<Spanned<usize>>,
     memory_bound_bytes: Option<Spanned<usize>>,
-    dead_letter_index: Option<String>,
+    dead_letter_index: Option<Spanned<String>>,
     gc_deletes_secs: Option<Spanned<u64>>,
 }
 
@@ -352,7 +352,15 @@ pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings
             "pipeline.memory_bound_bytes",
             d.memory_bound_bytes,
         ),
-        dead_letter_index: p.dead_letter_index.clone().unwrap_or(d.dead_letter_index),
+        dead_letter_index: match &p.dead_letter_index {
+            None => d.dead_letter_index,
+            Some(n) => {
+                if let Some(m) = super::mapping::index_name_problem(n.get_ref()) {
+                    cx.err(n.span(), "pipeline.dead_letter_index", m);
+                }
+                n.get_ref().clone()
+            }
+        },
         gc_deletes: Duration::from_secs(cx.positive(
             &p.gc_deletes_secs,
             "pipeline.gc_deletes_secs",
@@ -730,6 +738,7 @@ mod tests {
         assert!(parse("[elasticsearch]\nusername = \"u\"\napi_key = \"k\"\n").is_err());
         assert!(parse("[postgres]\nurl = \"postgres://a@b/c\"\nhost = \"x\"\n").is_err());
         assert!(parse("[postgres]\nslot = \"Bad-Name\"\n").is_err());
+        assert!(parse("[pipeline]\ndead_letter_index = \"Dead\"\n").is_err());
     }
 
     #[test]
