@@ -1,2 +1,368 @@
 //! Configuration: `sluice.toml` and `mappings/*.toml` into validated, typed
-//! config. Errors name the file, line and key (DESIGN invariant 8).
+//! config. Errors name the file, line and key (DESIGN invariant 8), and every
+//! problem is reported at once.
+//!
+//! Entry points: [`Config::load`] reads everything; [`Mappings::publication_tables`]
+//! says what to publish (with row filters and column lists);
+//! [`Mappings::validate_against_catalog`] checks column names against the
+//! live database; [`Mappings::index_specs`] says how to create indices.
+
+pub mod catalog;
+pub mod diag;
+pub mod doc_shape;
+pub mod mapping;
+pub mod settings;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use catalog::{Catalog, CatalogColumn, CatalogTable, load_catalog};
+pub use diag::{ConfigError, ConfigErrors};
+pub use mapping::{
+    Conversion, Field, FieldSource, IndexName, Mapping, OnDelete, OnTruncate, parse_mapping,
+};
+pub use settings::{
+    Env, HttpConfig, PipelineConfig, ProcessEnv, Settings, SnapshotConfig, SnapshotMode,
+    parse_settings,
+};
+pub use template::{Template, TemplatePart};
+
+use crate::sink::EsConfig;
+use crate::source::{PgConnectConfig, ReplicaIdentity};
+
+/// Everything Sluice needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `sluice.toml` it came from.
+    pub file: PathBuf,
+    pub postgres: PgConnectConfig,
+    pub slot: String,
+    pub publication: String,
+    pub elasticsearch: EsConfig,
+    pub pipeline: PipelineConfig,
+    pub snapshot: SnapshotConfig,
+    pub http: HttpConfig,
+    pub mappings_dir: PathBuf,
+    pub mappings: Mappings,
+}
+
+impl Config {
+    /// Read `sluice.toml` and every `*.toml` in its `mappings_dir`, with
+    /// `${ENV}` from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_with_env(path, &ProcessEnv)
+    }
+
+    pub fn load_with_env(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path, format!("cannot read the configuration file: {e}"))
+                .hint("pass `--config <file>` or set SLUICE_CONFIG")
+        })?;
+        let s = parse_settings(path, &text, env)?;
+        let mappings = Mappings::load_dir(&s.mappings_dir)?;
+        Ok(Config {
+            file: path.to_path_buf(),
+            postgres: s.postgres,
+            slot: s.slot,
+            publication: s.publication,
+            elasticsearch: s.elasticsearch,
+            pipeline: s.pipeline,
+            snapshot: s.snapshot,
+            http: s.http,
+            mappings_dir: s.mappings_dir,
+            mappings,
+        })
+    }
+
+    pub fn http_listen(&self) -> SocketAddr {
+        self.http.listen
+    }
+}
+
+/// One table of the publication, as `CREATE PUBLICATION ... FOR TABLE
+/// schema.table (columns) WHERE (row_filter)` needs it. The snapshot reader
+/// uses the same `row_filter` as its WHERE clause (DESIGN: filtered rows
+/// never leave the server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationTable {
+    pub schema: String,
+    pub table: String,
+    pub row_filter: Option<String>,
+    /// `None`: every column.
+    pub columns: Option<Vec<String>>,
+}
+
+impl PublicationTable {
+    /// The table's part of `CREATE/ALTER PUBLICATION ... FOR TABLE`:
+    /// `"public"."orders" ("id", "total") WHERE (status <> 'draft')`.
+    pub fn to_sql(&self) -> String {
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let mut out = format!("{}.{}", q(&self.schema), q(&self.table));
+        if let Some(cols) = &self.columns {
+            let cols: Vec<String> = cols.iter().map(|c| q(c)).collect();
+            out.push_str(&format!(" ({})", cols.join(", ")));
+        }
+        if let Some(f) = &self.row_filter {
+            out.push_str(&format!(" WHERE ({f})"));
+        }
+        out
+    }
+}
+
+/// Read the catalog for the mapped schemas and validate the mappings
+/// against it (binding primary keys). Call once at start-up, before
+/// `publication_tables` and `Transformer::new`. A mapping problem is an
+/// `Err` holding [`ConfigErrors`] (exit code 2); a failed query is any
+/// other error.
+pub async fn validate_against_database(
+    mappings: &mut Mappings,
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<Catalog> {
+    let catalog = load_catalog(client, &mappings.schemas()).await?;
+    mappings.validate_against_catalog(&catalog)?;
+    Ok(catalog)
+}
+
+/// How to create one target index (or, for a templated name, an index
+/// template matching `pattern`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSpec {
+    /// The index name, or a wildcard pattern (`orders-*`) when templated.
+    pub pattern: String,
+    pub templated: bool,
+    /// Ready-made create-index body (`settings` incl. `index.gc_deletes`,
+    /// `mappings`, `aliases`); for templates, use it as `template`.
+    pub body: serde_json::Value,
+    pub alias: Option<String>,
+}
+
+/// Every mapping, validated together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mappings {
+    pub list: Vec<Mapping>,
+}
+
+impl Mappings {
+    /// Load every `*.toml` file of `dir` (sorted by name).
+    pub fn load_dir(dir: &Path) -> Result<Mappings, ConfigErrors> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            ConfigError::new(dir, format!("cannot read the mappings directory: {e}"))
+                .key("mappings_dir")
+                .hint("set `mappings_dir` in sluice.toml (relative to it)")
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        let mut texts = Vec::new();
+        let mut errors = ConfigErrors::default();
+        for f in files {
+            match std::fs::read_to_string(&f) {
+                Ok(t) => texts.push((f, t)),
+                Err(e) => errors.push(ConfigError::new(&f, format!("cannot read: {e}"))),
+            }
+        }
+        let refs: Vec<(&Path, &str)> = texts
+            .iter()
+            .map(|(f, t)| (f.as_path(), t.as_str()))
+            .collect();
+        match Self::from_texts(&refs) {
+            Ok(m) if errors.is_empty() => Ok(m),
+            Ok(_) => Err(errors),
+            Err(e) => {
+                errors.0.extend(e.0);
+                Err(errors)
+            }
+        }
+    }
+
+    /// Parse mapping texts (`(file, text)`), then check them together.
+    pub fn from_texts(files: &[(&Path, &str)]) -> Result<Mappings, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let mut list = Vec::new();
+        for (f, t) in files {
+            match parse_mapping(f, t) {
+                Ok(m) => list.push(m),
+                Err(e) => errors.0.extend(e.0),
+            }
+        }
+        if files.is_empty() {
+            errors.push(
+                ConfigError::new(Path::new("mappings"), "no mapping files (*.toml) found")
+                    .hint("add one, e.g. copy mappings/orders.toml from the Sluice repository"),
+            );
+        }
+        // All mappings of one table share one publication entry, so they
+        // must agree on its row filter: PostgreSQL evaluates the filter, the
+        // transformer cannot.
+        let mut first_filter: BTreeMap<&str, &Mapping> = BTreeMap::new();
+        for m in &list {
+            match first_filter.get(&*m.qualified_table) {
+                None => {
+                    first_filter.insert(&m.qualified_table, m);
+                }
+                Some(first) if first.filter != m.filter => errors.push(
+                    ConfigError::new(
+                        &m.file,
+                        format!(
+                            "row filter differs from {}'s for the same table {} ({:?} vs {:?})",
+                            first.file.display(),
+                            m.qualified_table,
+                            m.filter,
+                            first.filter
+                        ),
+                    )
+                    .at(m.filter_line.or(Some(m.table_line)))
+                    .key("filter")
+                    .hint("mappings of one table must use the same `filter` (the publication holds one per table); filter with a view or split the table"),
+                ),
+                Some(_) => {}
+            }
+        }
+        let mappings = Mappings { list };
+        if let Err(e) = mappings.index_specs_checked("86400s") {
+            errors.0.extend(e.0);
+        }
+        errors.into_result(mappings)
+    }
+
+    /// Distinct `(schema, table)` pairs, in mapping order.
+    pub fn tables(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for m in &self.list {
+            let k = (m.schema.clone(), m.table.clone());
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// Schemas the mappings use (for `load_catalog`).
+    pub fn schemas(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.list.iter().map(|m| m.schema.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    /// The mappings fed by `schema.table`.
+    pub fn for_table<'a>(&'a self, qualified: &'a str) -> impl Iterator<Item = &'a Mapping> {
+        self.list
+            .iter()
+            .filter(move |m| &*m.qualified_table == qualified)
+    }
+
+    /// Check every mapping against the live catalog and bind primary keys
+    /// and replica identities. Call at start-up (and from `check`) before
+    /// `publication_tables` and before building the transformer.
+    pub fn validate_against_catalog(&mut self, catalog: &Catalog) -> Result<(), ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        for m in &mut self.list {
+            catalog::validate_mapping(m, catalog, &mut errors);
+        }
+        errors.into_result(())
+    }
+
+    /// One publication entry per table. Column lists are used only when
+    /// every mapping of the table lists its columns (`include`) and the
+    /// replica identity is known and not FULL (PostgreSQL requires the list
+    /// to cover the replica identity); otherwise the whole row is published.
+    pub fn publication_tables(&self) -> Vec<PublicationTable> {
+        self.tables()
+            .into_iter()
+            .map(|(schema, table)| {
+                let q = format!("{schema}.{table}");
+                let ms: Vec<&Mapping> = self.for_table(&q).collect();
+                let row_filter = ms[0].filter.clone();
+                let columns = ms.iter().try_fold(Vec::<String>::new(), |mut acc, m| {
+                    let inc = m.include.as_ref()?;
+                    let (ident, ident_cols) = m.replica_identity.as_ref()?;
+                    if *ident == ReplicaIdentity::Full {
+                        return None;
+                    }
+                    if m.id_columns.is_none() {
+                        acc.extend(m.primary_key.clone()?);
+                    }
+                    acc.extend(ident_cols.iter().cloned());
+                    acc.extend(inc.iter().cloned());
+                    acc.extend(m.referenced_columns().map(str::to_string));
+                    Some(acc)
+                });
+                let columns = columns.map(|mut c| {
+                    let mut seen = std::collections::HashSet::new();
+                    c.retain(|x| seen.insert(x.clone()));
+                    c
+                });
+                PublicationTable {
+                    schema,
+                    table,
+                    row_filter,
+                    columns,
+                }
+            })
+            .collect()
+    }
+
+    /// How to create each target index: settings (with `index.gc_deletes`),
+    /// mappings and alias, one entry per distinct index name or pattern.
+    pub fn index_specs(&self, gc_deletes_setting: &str) -> Vec<IndexSpec> {
+        self.index_specs_checked(gc_deletes_setting)
+            .unwrap_or_else(|_| unreachable!("index specs were checked at load time"))
+    }
+
+    fn index_specs_checked(&self, gc: &str) -> Result<Vec<IndexSpec>, ConfigErrors> {
+        let mut out: Vec<(IndexSpec, &Mapping)> = Vec::new();
+        let mut errors = ConfigErrors::default();
+        for m in &self.list {
+            let pattern = m.index_pattern();
+            let spec = IndexSpec {
+                templated: matches!(m.index, IndexName::Template(_)),
+                body: m.create_index_body(gc),
+                alias: m.alias.clone(),
+                pattern,
+            };
+            match out.iter_mut().find(|(s, _)| s.pattern == spec.pattern) {
+                None => out.push((spec, m)),
+                Some((existing, first)) => {
+                    let explicit = |x: &Mapping| {
+                        x.index_settings.is_some()
+                            || x.index_mappings.is_some()
+                            || x.alias.is_some()
+                    };
+                    if !explicit(m) {
+                        continue;
+                    }
+                    if !explicit(first) {
+                        *existing = spec;
+                        *first = m;
+                    } else if existing.body != spec.body {
+                        errors.push(
+                            ConfigError::new(
+                                &m.file,
+                                format!(
+                                    "index `{}` is also configured by {} with different settings, mappings or alias",
+                                    spec.pattern,
+                                    first.file.display()
+                                ),
+                            )
+                            .key("index")
+                            .hint("configure a shared index in one mapping file only"),
+                        );
+                    }
+                }
+            }
+        }
+        errors.into_result(out.into_iter().map(|(s, _)| s).collect())
+    }
+}
+
+/// Shared handle for the transformer and other stages.
+pub type SharedMappings = Arc<Mappings>;
+
+#[cfg(test)]
+mod tests;

@@ -1,9 +1,559 @@
-//! The transform layer: a pure function from a `Change` and a mapping to
-//! bulk operations.
+//! The transform layer: a pure function from a `Change` and the mappings to
+//! bulk operations (`index` with the full document, or `delete`).
 //!
 //! It keeps DESIGN invariant 6: an unchanged TOAST value never becomes a null
-//! or a placeholder in a document.
+//! or a placeholder in a document. When the new row has an unchanged value a
+//! mapping needs and no full old row supplies it, the whole change fails with
+//! [`TransformError::NeedsFullRow`] and nothing is emitted, so the pipeline
+//! re-reads the row.
+//!
+//! Rules, per mapping of the changed table:
+//! - insert → index (or delete, if the soft-delete column is set);
+//! - update → the same; and if the document's location (`_id`, index or
+//!   routing) moved — the key changed, or with REPLICA IDENTITY FULL a
+//!   templated index / routing column changed — delete at the old location
+//!   first (skipped with `on_delete = "ignore"`);
+//! - delete → delete (nothing with `on_delete = "ignore"`). Row-filter
+//!   transitions need nothing special: PostgreSQL sends a row leaving the
+//!   filter as a delete and a row entering it as an insert;
+//! - truncate → `on_truncate`: `log` (default) emits nothing and logs an
+//!   error, `fail` returns [`TransformError::Truncated`]. A bulk request
+//!   cannot delete "all documents of a table"; re-snapshot to clean up.
+//!
+//! `_id` is the primary key's values (or the `id` columns) as text, joined
+//! with `|` (`id_separator`), after `id_prefix`.
 
+mod convert;
 pub mod op;
+mod plan;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 
 pub use op::{BulkOp, OpAction, OpOrigin};
+
+use crate::config::{Mapping, Mappings, OnDelete, OnTruncate};
+use crate::source::{Change, ChangeKind, Datum, OldRow, Relation, Row};
+use convert::{push_text, write_converted, write_json_str, write_value};
+use plan::{IndexPlan, Leaf, Node, PartPlan, Plan};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TransformError {
+    /// The new row lacks an unchanged TOAST value the mapping needs and no
+    /// full old row supplies it: re-read the row by `key` and transform
+    /// that instead. Nothing was emitted for this change.
+    #[error(
+        "{table} row {key}: column `{column}` is an unchanged TOAST value that mapping `{mapping}` needs; the row must be read again"
+    )]
+    NeedsFullRow {
+        table: Arc<str>,
+        mapping: Arc<str>,
+        column: String,
+        /// The key columns and values, as a JSON object.
+        key: Value,
+    },
+    #[error("{table}: mapping `{mapping}` uses column `{column}`, which the table no longer has")]
+    MissingColumn {
+        table: Arc<str>,
+        mapping: Arc<str>,
+        column: String,
+    },
+    #[error(
+        "{table}: mapping `{mapping}` has no `_id` columns (no primary key known); set `id` in the mapping"
+    )]
+    NoId { table: Arc<str>, mapping: Arc<str> },
+    #[error("{table}: mapping `{mapping}`: {reason}")]
+    Plan {
+        table: Arc<str>,
+        mapping: Arc<str>,
+        reason: String,
+    },
+    #[error("{table} row {key}: `_id` column `{column}` is NULL")]
+    NullId {
+        table: Arc<str>,
+        column: String,
+        key: Value,
+    },
+    #[error(
+        "{table} row {key}: the old row does not carry column `{column}`, needed to find the document (use REPLICA IDENTITY FULL)"
+    )]
+    MissingOldValue {
+        table: Arc<str>,
+        column: String,
+        key: Value,
+    },
+    #[error("{table} row {key}: column `{column}` for mapping `{mapping}`: {reason}")]
+    Convert {
+        table: Arc<str>,
+        mapping: Arc<str>,
+        column: String,
+        reason: String,
+        key: Value,
+    },
+    #[error("{table} was truncated and mapping `{mapping}` has `on_truncate = \"fail\"`")]
+    Truncated { table: Arc<str>, mapping: Arc<str> },
+}
+
+/// Why a value could not be read.
+enum Miss {
+    Unchanged(usize),
+    NotInOld(usize),
+    Convert(usize, String),
+    NullId(usize),
+}
+
+static NULL: Value = Value::Null;
+
+/// Where to read column values: the new row (holes filled from a full old
+/// row), or the old row (non-key columns of a key-only old row taken from
+/// the new row when there is one, since they did not change it).
+#[derive(Clone, Copy)]
+enum View<'a> {
+    New {
+        new: &'a Row,
+        old_full: Option<&'a Row>,
+    },
+    Old {
+        old: &'a OldRow,
+        rel: &'a Relation,
+        new: Option<&'a Row>,
+    },
+}
+
+fn datum(d: &Datum) -> Option<&Value> {
+    match d {
+        Datum::Null => Some(&NULL),
+        Datum::Value(v) => Some(v),
+        Datum::Unchanged => None,
+    }
+}
+
+impl<'a> View<'a> {
+    fn get(self, pos: usize) -> Result<&'a Value, Miss> {
+        let from = |row: Option<&'a Row>| row.and_then(|r| r.get(pos)).and_then(datum);
+        match self {
+            View::New { new, old_full } => from(Some(new))
+                .or_else(|| from(old_full))
+                .ok_or(Miss::Unchanged(pos)),
+            View::Old { old, rel, new } => match old {
+                OldRow::Full(r) => from(Some(r))
+                    .or_else(|| from(new))
+                    .ok_or(Miss::Unchanged(pos)),
+                OldRow::Key(r) if rel.columns.get(pos).is_some_and(|c| c.is_key) => {
+                    from(Some(r)).ok_or(Miss::NotInOld(pos))
+                }
+                OldRow::Key(_) => from(new).ok_or(Miss::NotInOld(pos)),
+            },
+        }
+    }
+}
+
+/// Where a document lives.
+#[derive(PartialEq)]
+struct Location {
+    index: Arc<str>,
+    id: String,
+    routing: Option<String>,
+}
+
+struct RelEntry {
+    rel: Arc<Relation>,
+    table: Arc<str>,
+    plans: Result<Vec<Plan>, TransformError>,
+}
+
+/// Turns changes into bulk operations. Holds per-relation plans and index
+/// name caches, hence `&mut self`; otherwise a pure function of its input.
+pub struct Transformer {
+    by_table: HashMap<String, Vec<Arc<Mapping>>>,
+    relations: HashMap<u32, RelEntry>,
+    doc_hint: usize,
+    scratch: String,
+}
+
+impl Transformer {
+    pub fn new(mappings: &Mappings) -> Transformer {
+        let mut by_table: HashMap<String, Vec<Arc<Mapping>>> = HashMap::new();
+        for m in &mappings.list {
+            by_table
+                .entry(m.qualified_table.to_string())
+                .or_default()
+                .push(Arc::new(m.clone()));
+        }
+        Transformer {
+            by_table,
+            relations: HashMap::new(),
+            doc_hint: 256,
+            scratch: String::new(),
+        }
+    }
+
+    /// Whether any mapping reads `schema.table`.
+    pub fn maps_table(&self, qualified: &str) -> bool {
+        self.by_table.contains_key(qualified)
+    }
+
+    /// Append the ops for `change` to `out` and return how many. On error
+    /// nothing is appended (all mappings of the change, or none).
+    pub fn transform(
+        &mut self,
+        change: &Change,
+        out: &mut Vec<BulkOp>,
+    ) -> Result<usize, TransformError> {
+        let start = out.len();
+        let rel = &change.relation;
+        let fresh = match self.relations.get_mut(&rel.id) {
+            Some(e) if Arc::ptr_eq(&e.rel, rel) => false,
+            Some(e) if *e.rel == **rel => {
+                e.rel = rel.clone();
+                false
+            }
+            _ => true,
+        };
+        if fresh {
+            let table: Arc<str> = rel.qualified_name().into();
+            let plans = self
+                .by_table
+                .get(&*table)
+                .map(|ms| {
+                    ms.iter()
+                        .map(|m| Plan::build(m.clone(), rel))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .unwrap_or_else(|| Ok(Vec::new()));
+            self.relations.insert(
+                rel.id,
+                RelEntry {
+                    rel: rel.clone(),
+                    table,
+                    plans,
+                },
+            );
+        }
+        let entry = self.relations.get_mut(&rel.id).expect("just inserted");
+        let plans = match &mut entry.plans {
+            Ok(p) => p,
+            Err(e) => return Err(e.clone()),
+        };
+        let mut cx = Cx {
+            change,
+            table: &entry.table,
+            scratch: &mut self.scratch,
+            doc_hint: &mut self.doc_hint,
+        };
+        for plan in plans.iter_mut() {
+            if let Err(e) = cx.apply(plan, out) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+        Ok(out.len() - start)
+    }
+}
+
+struct Cx<'a> {
+    change: &'a Change,
+    table: &'a Arc<str>,
+    scratch: &'a mut String,
+    doc_hint: &'a mut usize,
+}
+
+impl Cx<'_> {
+    fn apply(&mut self, plan: &mut Plan, out: &mut Vec<BulkOp>) -> Result<(), TransformError> {
+        let rel = &*self.change.relation;
+        match &self.change.kind {
+            ChangeKind::Insert { new } => {
+                let v = View::New {
+                    new,
+                    old_full: None,
+                };
+                self.upsert(plan, v, out)
+                    .map_err(|m| self.error(plan, v, m))
+            }
+            ChangeKind::Update { old, new } => {
+                let old_full = match old {
+                    Some(OldRow::Full(r)) => Some(r),
+                    _ => None,
+                };
+                let nv = View::New { new, old_full };
+                if let Some(old) = old
+                    && plan.mapping.on_delete == OnDelete::Delete
+                {
+                    let ov = View::Old {
+                        old,
+                        rel,
+                        new: Some(new),
+                    };
+                    let before = self.locate(plan, ov).map_err(|m| self.error(plan, ov, m))?;
+                    let after = self.locate(plan, nv).map_err(|m| self.error(plan, nv, m))?;
+                    if before != after {
+                        out.push(self.op(plan, ov, before, OpAction::Delete));
+                    }
+                }
+                self.upsert(plan, nv, out)
+                    .map_err(|m| self.error(plan, nv, m))
+            }
+            ChangeKind::Delete { old } => {
+                if plan.mapping.on_delete == OnDelete::Ignore {
+                    return Ok(());
+                }
+                let ov = View::Old {
+                    old,
+                    rel,
+                    new: None,
+                };
+                let loc = self.locate(plan, ov).map_err(|m| self.error(plan, ov, m))?;
+                out.push(self.op(plan, ov, loc, OpAction::Delete));
+                Ok(())
+            }
+            ChangeKind::Truncate => match plan.mapping.on_truncate {
+                OnTruncate::Log => {
+                    tracing::error!(
+                        table = %self.table,
+                        mapping = %plan.mapping.name,
+                        index = %plan.mapping.index_pattern(),
+                        "TRUNCATE received: its documents stay in Elasticsearch; run `sluice snapshot --reindex` to rebuild the index"
+                    );
+                    Ok(())
+                }
+                OnTruncate::Fail => Err(TransformError::Truncated {
+                    table: self.table.clone(),
+                    mapping: plan.mapping.name.clone(),
+                }),
+            },
+        }
+    }
+
+    fn upsert(&mut self, plan: &mut Plan, v: View, out: &mut Vec<BulkOp>) -> Result<(), Miss> {
+        let loc = self.locate(plan, v)?;
+        if let Some(p) = plan.soft_delete {
+            let flag = v.get(p)?;
+            if !matches!(flag, Value::Null | Value::Bool(false)) {
+                out.push(self.op(plan, v, loc, OpAction::Delete));
+                return Ok(());
+            }
+        }
+        let mut doc = Vec::with_capacity(*self.doc_hint);
+        self.write_doc(plan, v, &mut doc)?;
+        *self.doc_hint = (*self.doc_hint).max(doc.len() + 16);
+        out.push(self.op(plan, v, loc, OpAction::Index { doc }));
+        Ok(())
+    }
+
+    fn op(&self, plan: &Plan, v: View, loc: Location, action: OpAction) -> BulkOp {
+        BulkOp {
+            action,
+            index: loc.index,
+            id: loc.id,
+            routing: loc.routing,
+            pipeline: plan.mapping.pipeline.clone(),
+            version: self.change.version.as_version(),
+            origin: OpOrigin {
+                table: self.table.clone(),
+                key: key_text(plan, v),
+                lsn: self.change.version,
+            },
+        }
+    }
+
+    fn locate(&mut self, plan: &mut Plan, v: View) -> Result<Location, Miss> {
+        let m = &plan.mapping;
+        let mut id = String::with_capacity(m.id_prefix.len() + 16);
+        id.push_str(&m.id_prefix);
+        for (i, (p, _)) in plan.id_cols.iter().enumerate() {
+            if i > 0 {
+                id.push_str(&m.id_separator);
+            }
+            let val = v.get(*p)?;
+            if val.is_null() {
+                return Err(Miss::NullId(*p));
+            }
+            push_text(&mut id, val);
+        }
+        let routing = match plan.routing {
+            Some(p) => match v.get(p)? {
+                Value::Null => None,
+                val => {
+                    let mut s = String::new();
+                    push_text(&mut s, val);
+                    Some(s)
+                }
+            },
+            None => None,
+        };
+        let index = match &mut plan.index {
+            IndexPlan::Fixed(n) => n.clone(),
+            IndexPlan::Template { parts, cache } => {
+                self.scratch.clear();
+                render(parts, v, self.change.commit_time, self.scratch)?;
+                // Keyed by the rendered text, so a hit allocates nothing.
+                match cache.get(self.scratch.as_str()) {
+                    Some(a) => a.clone(),
+                    None => {
+                        if cache.len() > 10_000 {
+                            cache.clear();
+                        }
+                        let a: Arc<str> = self.scratch.to_lowercase().into();
+                        cache.insert(self.scratch.as_str().into(), a.clone());
+                        a
+                    }
+                }
+            }
+        };
+        Ok(Location { index, id, routing })
+    }
+
+    fn write_doc(&mut self, plan: &Plan, v: View, buf: &mut Vec<u8>) -> Result<(), Miss> {
+        buf.push(b'{');
+        let mut first = true;
+        for (k, node) in &plan.doc {
+            if !first {
+                buf.push(b',');
+            }
+            first = false;
+            buf.extend_from_slice(k);
+            self.write_node(node, v, buf)?;
+        }
+        for &p in &plan.merges {
+            match v.get(p)? {
+                Value::Null => {}
+                Value::Object(map) => {
+                    for (k, val) in map {
+                        if plan.root_keys.iter().any(|r| r == k) {
+                            continue;
+                        }
+                        if !first {
+                            buf.push(b',');
+                        }
+                        first = false;
+                        write_json_str(buf, k);
+                        buf.push(b':');
+                        write_value(buf, val);
+                    }
+                }
+                other => {
+                    return Err(Miss::Convert(
+                        p,
+                        format!("`merge` needs a JSON object, got {other}"),
+                    ));
+                }
+            }
+        }
+        buf.push(b'}');
+        Ok(())
+    }
+
+    fn write_node(&mut self, node: &Node, v: View, buf: &mut Vec<u8>) -> Result<(), Miss> {
+        match node {
+            Node::Object(children) => {
+                buf.push(b'{');
+                for (i, (k, child)) in children.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    buf.extend_from_slice(k);
+                    self.write_node(child, v, buf)?;
+                }
+                buf.push(b'}');
+            }
+            Node::Leaf(Leaf::Column(p, conv)) => {
+                write_converted(buf, v.get(*p)?, conv).map_err(|e| Miss::Convert(*p, e))?
+            }
+            Node::Leaf(Leaf::Constant(bytes)) => buf.extend_from_slice(bytes),
+            Node::Leaf(Leaf::Template(parts)) => {
+                self.scratch.clear();
+                render(parts, v, self.change.commit_time, self.scratch)?;
+                write_json_str(buf, self.scratch);
+            }
+        }
+        Ok(())
+    }
+
+    fn error(&self, plan: &Plan, v: View, miss: Miss) -> TransformError {
+        let rel = &self.change.relation;
+        let name = |p: usize| {
+            rel.columns
+                .get(p)
+                .map(|c| c.name.clone())
+                .unwrap_or_default()
+        };
+        let table = self.table.clone();
+        let key = key_json(plan, v);
+        match miss {
+            Miss::Unchanged(p) => TransformError::NeedsFullRow {
+                table,
+                mapping: plan.mapping.name.clone(),
+                column: name(p),
+                key,
+            },
+            Miss::NotInOld(p) => TransformError::MissingOldValue {
+                table,
+                column: name(p),
+                key,
+            },
+            Miss::NullId(p) => TransformError::NullId {
+                table,
+                column: name(p),
+                key,
+            },
+            Miss::Convert(p, reason) => TransformError::Convert {
+                table,
+                mapping: plan.mapping.name.clone(),
+                column: name(p),
+                reason,
+                key,
+            },
+        }
+    }
+}
+
+/// `key_json` as compact text, written directly (this runs for every op).
+fn key_text(plan: &Plan, v: View) -> String {
+    let mut buf = Vec::with_capacity(32);
+    buf.push(b'{');
+    for (i, (p, n)) in plan.id_cols.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_json_str(&mut buf, n);
+        buf.push(b':');
+        write_value(&mut buf, v.get(*p).unwrap_or(&NULL));
+    }
+    buf.push(b'}');
+    String::from_utf8(buf).expect("JSON text is UTF-8")
+}
+
+/// The row's `_id` columns and values (`{"id": 7}`), for origins and errors.
+fn key_json(plan: &Plan, v: View) -> Value {
+    Value::Object(
+        plan.id_cols
+            .iter()
+            .map(|(p, n)| (n.clone(), v.get(*p).cloned().unwrap_or(Value::Null)))
+            .collect(),
+    )
+}
+
+fn render(
+    parts: &[PartPlan],
+    v: View,
+    commit_time: DateTime<Utc>,
+    out: &mut String,
+) -> Result<(), Miss> {
+    for part in parts {
+        match part {
+            PartPlan::Literal(l) => out.push_str(l),
+            PartPlan::Column(p) => push_text(out, v.get(*p)?),
+            PartPlan::CommitTime(f) => {
+                let _ = write!(out, "{}", commit_time.format(f));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,6 +3,8 @@
 
 mod support;
 
+mod check;
+mod config;
 mod foundation;
 mod ops;
 mod ops_packaging;

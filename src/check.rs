@@ -1,0 +1,691 @@
+//! `sluice check`: read the configuration and mappings, connect to both
+//! servers, and report every problem at once (DESIGN invariant 8).
+//!
+//! Each check adds a [`Problem`] rather than stopping, so one run lists all
+//! that must be fixed. Problems the user fixes in configuration, mappings or
+//! server settings exit with `EXIT_CONFIG` (2); a server that cannot be
+//! reached at all exits with `EXIT_RUNTIME` (1).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use elasticsearch::Elasticsearch;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::transport::{MultiNodeConnectionPool, TransportBuilder};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+mod compat;
+
+use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
+use crate::config::doc_shape::document_fields;
+use crate::config::{Catalog, CatalogTable, Config, FieldSource, IndexName, Mapping, load_catalog};
+use crate::sink::{EsAuth, EsConfig};
+use crate::source::{PgConnectConfig, ReplicaIdentity, SslMode};
+use compat::{compatible, flatten_properties, kind_of_field, parse_es_duration};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// Fix the configuration, a mapping, the schema or a server setting.
+    Config,
+    /// A server could not be reached.
+    Unreachable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub message: String,
+}
+
+/// Everything `check` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub problems: Vec<Problem>,
+    /// What was verified, for the summary.
+    pub facts: Vec<String>,
+    /// Risks that do not fail the check.
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    fn problem(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            kind: ProblemKind::Config,
+            message: message.into(),
+        });
+    }
+
+    fn unreachable(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            kind: ProblemKind::Unreachable,
+            message: message.into(),
+        });
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        if self.problems.is_empty() {
+            0
+        } else if self.problems.iter().any(|p| p.kind == ProblemKind::Config) {
+            EXIT_CONFIG
+        } else {
+            EXIT_RUNTIME
+        }
+    }
+}
+
+/// `sluice check --config <path>`: print the findings, return the exit code.
+pub async fn run(path: &Path) -> i32 {
+    let mut config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!(
+                "sluice check: {} problem(s) in the configuration:",
+                errors.0.len()
+            );
+            for e in &errors.0 {
+                eprintln!("  ✗ {e}");
+            }
+            return EXIT_CONFIG;
+        }
+    };
+    let report = check(&mut config).await;
+    for w in &report.warnings {
+        eprintln!("  ⚠ {w}");
+    }
+    if report.problems.is_empty() {
+        println!("sluice check: all good");
+        for f in &report.facts {
+            println!("  ✓ {f}");
+        }
+    } else {
+        eprintln!("sluice check: {} problem(s):", report.problems.len());
+        for p in &report.problems {
+            eprintln!("  ✗ {}", p.message);
+        }
+    }
+    report.exit_code()
+}
+
+/// Run every check against the servers `config` names. Binds the mappings
+/// to the catalog on the way (as start-up does).
+pub async fn check(config: &mut Config) -> Report {
+    let mut report = Report::default();
+    let catalog = check_postgres(config, &mut report).await;
+    check_elasticsearch(config, catalog.as_ref(), &mut report).await;
+    report
+}
+
+/// A `tokio_postgres::Config` for ordinary SQL connections.
+pub fn pg_client_config(pg: &PgConnectConfig) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&pg.host)
+        .port(pg.port)
+        .user(&pg.user)
+        .dbname(&pg.dbname)
+        .application_name(&pg.application_name)
+        .connect_timeout(Duration::from_secs(pg.connect_timeout_secs.max(1)))
+        .ssl_mode(match pg.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+    if let Some(p) = &pg.password {
+        c.password(p);
+    }
+    c
+}
+
+/// Connect for ordinary SQL. `prefer` falls back to plain text.
+// TODO(tls): require / verify-ca / verify-full need the rustls connector the
+// source layer is building; until it is wired, they fail with a clear error.
+pub async fn pg_connect(pg: &PgConnectConfig) -> anyhow::Result<tokio_postgres::Client> {
+    if matches!(
+        pg.sslmode,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+    ) {
+        anyhow::bail!(
+            "sslmode={:?} needs TLS, which `sluice check` does not support yet; use sslmode=prefer or disable for now",
+            pg.sslmode
+        );
+    }
+    let (client, conn) = pg_client_config(pg)
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {pg}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("PostgreSQL connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// An Elasticsearch client from `EsConfig` (auth, CA, timeout).
+pub fn es_client(es: &EsConfig) -> anyhow::Result<Elasticsearch> {
+    let urls = es
+        .urls
+        .iter()
+        .map(|u| url::Url::parse(u).with_context(|| format!("bad Elasticsearch URL `{u}`")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!urls.is_empty(), "no Elasticsearch URL configured");
+    let pool = MultiNodeConnectionPool::round_robin(urls, None);
+    let mut b = TransportBuilder::new(pool).timeout(es.request_timeout);
+    b = match &es.auth {
+        EsAuth::None => b,
+        EsAuth::Basic { username, password } => {
+            b.auth(Credentials::Basic(username.clone(), password.clone()))
+        }
+        EsAuth::ApiKey(k) => b.auth(Credentials::EncodedApiKey(k.clone())),
+    };
+    if es.insecure_skip_verify {
+        tracing::warn!("Elasticsearch TLS certificates are NOT verified (insecure_skip_verify)");
+        b = b.cert_validation(CertificateValidation::None);
+    } else if let Some(ca) = &es.ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        let cert = Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        b = b.cert_validation(CertificateValidation::Full(cert));
+    }
+    Ok(Elasticsearch::new(b.build()?))
+}
+
+async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Catalog> {
+    let client = match pg_connect(&config.postgres).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.unreachable(format!("PostgreSQL: {e:#}"));
+            return None;
+        }
+    };
+    let pg = config.postgres.to_string();
+    let settings = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'),
+                    current_setting('wal_level'),
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+                    current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                    current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int",
+            &[&config.slot],
+        )
+        .await;
+    match settings {
+        Ok(r) => {
+            let s = ServerFacts {
+                version_num: r.get(0),
+                version: r.get(1),
+                wal_level: r.get(2),
+                can_replicate: r.get::<_, Option<bool>>(3).unwrap_or(false),
+                free_slots: r.get(4),
+                slot_exists: r.get(5),
+                free_wal_senders: r.get(6),
+            };
+            for p in s.problems(&config.postgres.user, &config.slot) {
+                report.problem(p);
+            }
+            report.facts.push(format!(
+                "PostgreSQL {} at {pg}, wal_level={}",
+                s.version, s.wal_level
+            ));
+            report.facts.push(if s.slot_exists {
+                format!(
+                    "replication slot `{}` exists (streaming resumes from it)",
+                    config.slot
+                )
+            } else {
+                format!(
+                    "{} free replication slot(s); `{}` will be created",
+                    s.free_slots, config.slot
+                )
+            });
+        }
+        Err(e) => report.problem(format!("PostgreSQL: cannot read server settings: {e}")),
+    }
+
+    let catalog = match load_catalog(&client, &config.mappings.schemas()).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.problem(format!("PostgreSQL: cannot read the catalog: {e}"));
+            return None;
+        }
+    };
+    if let Err(errors) = config.mappings.validate_against_catalog(&catalog) {
+        for e in errors.0 {
+            report.problem(e.to_string());
+        }
+    }
+    for (schema, table) in config.mappings.tables() {
+        let q = format!("{schema}.{table}");
+        let Some(t) = catalog.tables.get(&q) else {
+            continue;
+        };
+        let ident = quote_table(&schema, &table);
+        match client
+            .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&ident])
+            .await
+        {
+            Ok(r) if r.get::<_, bool>(0) => {}
+            Ok(_) => report.problem(format!(
+                "PostgreSQL role `{}` may not read {q}: run `GRANT SELECT ON {ident} TO {}`",
+                config.postgres.user, config.postgres.user
+            )),
+            Err(e) => report.problem(format!("{q}: cannot check privileges: {e}")),
+        }
+        let Some(m) = config.mappings.for_table(&q).next() else {
+            continue;
+        };
+        if let Some(filter) = &m.filter {
+            check_row_filter(&client, m, t, filter, report).await;
+        }
+    }
+    let mapped = config.mappings.list.len();
+    report.facts.push(format!(
+        "{mapped} mapping(s) over {} table(s) match the catalog",
+        config.mappings.tables().len()
+    ));
+    Some(catalog)
+}
+
+/// What `check` reads from the server before looking at tables.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    pub version_num: i32,
+    pub version: String,
+    pub wal_level: String,
+    /// REPLICATION or superuser.
+    pub can_replicate: bool,
+    pub free_slots: i32,
+    pub slot_exists: bool,
+    pub free_wal_senders: i32,
+}
+
+impl ServerFacts {
+    /// Each server-level problem, with what to do about it.
+    pub fn problems(&self, user: &str, slot: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.version_num < 150000 {
+            out.push(format!(
+                "PostgreSQL {} is too old: Sluice needs 15 or newer (row filters and column lists in publications)",
+                self.version
+            ));
+        }
+        if self.wal_level != "logical" {
+            out.push(format!(
+                "PostgreSQL wal_level is `{}`: set `wal_level = logical` in postgresql.conf and restart the server",
+                self.wal_level
+            ));
+        }
+        if !self.can_replicate {
+            out.push(format!(
+                "PostgreSQL role `{user}` lacks the REPLICATION privilege: run `ALTER ROLE {user} REPLICATION`"
+            ));
+        }
+        if !self.slot_exists && self.free_slots < 1 {
+            out.push(format!(
+                "PostgreSQL has no free replication slot for `{slot}`: raise max_replication_slots (restart needed) or drop an unused slot"
+            ));
+        }
+        if self.free_wal_senders < 1 {
+            out.push(
+                "PostgreSQL has no free WAL sender: raise max_wal_senders (restart needed)".into(),
+            );
+        }
+        out
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_table(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// Ask PostgreSQL to parse the filter, and check that it only reads replica
+/// identity columns: PostgreSQL refuses UPDATE and DELETE on a table whose
+/// publication row filter reads other columns (unless REPLICA IDENTITY FULL).
+async fn check_row_filter(
+    client: &tokio_postgres::Client,
+    m: &Mapping,
+    t: &CatalogTable,
+    filter: &str,
+    report: &mut Report,
+) {
+    let at = format!(
+        "{} line {}: `filter`",
+        m.file.display(),
+        m.filter_line.unwrap_or(m.table_line)
+    );
+    let sql = format!(
+        "EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM ONLY {} AS sluice_filter WHERE ({filter})",
+        quote_table(&t.schema, &t.name)
+    );
+    let plan: Value = match client.query_one(&sql, &[]).await {
+        Ok(r) => r.get(0),
+        Err(e) => {
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
+            report.problem(format!("{at}: PostgreSQL rejects the row filter: {msg}"));
+            return;
+        }
+    };
+    let mut filters = Vec::new();
+    collect_filters(&plan, &mut filters);
+    if t.replica_identity == ReplicaIdentity::Full {
+        return;
+    }
+    let mut outside: Vec<String> = Vec::new();
+    for f in &filters {
+        for col in filter_columns(f) {
+            if !t.replica_identity_columns.contains(&col) && !outside.contains(&col) {
+                outside.push(col);
+            }
+        }
+    }
+    if !outside.is_empty() {
+        report.problem(format!(
+            "{at}: the row filter reads {} outside {}.{}'s replica identity; PostgreSQL would then refuse UPDATE and DELETE on the table; run `ALTER TABLE {} REPLICA IDENTITY FULL` or filter on key columns only",
+            outside.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
+            t.schema,
+            t.name,
+            quote_table(&t.schema, &t.name)
+        ));
+    }
+}
+
+fn collect_filters(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                if k == "Filter" || k == "One-Time Filter" {
+                    if let Value::String(s) = x {
+                        out.push(s.clone());
+                    }
+                } else {
+                    collect_filters(x, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_filters(x, out)),
+        _ => {}
+    }
+}
+
+/// Columns a VERBOSE plan's filter reads, from `sluice_filter.<column>`.
+fn filter_columns(filter: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = filter;
+    while let Some(p) = rest.find("sluice_filter.") {
+        let after = &rest[p + "sluice_filter.".len()..];
+        let (name, consumed) = if let Some(q) = after.strip_prefix('"') {
+            let mut name = String::new();
+            let mut chars = q.char_indices();
+            let mut end = q.len();
+            while let Some((i, c)) = chars.next() {
+                if c == '"' {
+                    if q[i + 1..].starts_with('"') {
+                        name.push('"');
+                        chars.next();
+                        continue;
+                    }
+                    end = i + 1;
+                    break;
+                }
+                name.push(c);
+            }
+            (name, end + 1)
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(after.len());
+            (after[..end].to_string(), end)
+        };
+        if !name.is_empty() {
+            out.push(name);
+        }
+        rest = &after[consumed.min(after.len())..];
+    }
+    out
+}
+
+/// An existing index that forgets delete tombstones sooner than the replay
+/// window risks resurrecting deleted documents (DESIGN invariant 3).
+async fn check_gc_deletes(es: &Elasticsearch, index: &str, config: &Config, report: &mut Report) {
+    let Ok(r) = es
+        .indices()
+        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::IndexName(
+            &[index],
+            &["index.gc_deletes"],
+        ))
+        .include_defaults(true)
+        .flat_settings(true)
+        .send()
+        .await
+    else {
+        return;
+    };
+    let Ok(v) = r.json::<Value>().await else {
+        return;
+    };
+    let s = &v[index];
+    let value = s["settings"]["index.gc_deletes"]
+        .as_str()
+        .or(s["defaults"]["index.gc_deletes"].as_str())
+        .unwrap_or("60s");
+    let secs = parse_es_duration(value);
+    let want = config.pipeline.gc_deletes.as_secs();
+    if secs.is_some_and(|s| s < want) {
+        report.warnings.push(format!(
+            "index `{index}` has index.gc_deletes={value}, shorter than the replay window ({want}s, pipeline.gc_deletes_secs): a replayed write could resurrect a deleted document; run `PUT {index}/_settings {{\"index.gc_deletes\": \"{want}s\"}}`"
+        ));
+    }
+}
+
+/// `{"version": {"number": ...}}` from the local node's info.
+async fn node_version(es: &Elasticsearch) -> anyhow::Result<Value> {
+    let r = es
+        .nodes()
+        .info(elasticsearch::nodes::NodesInfoParts::NodeId(&["_local"]))
+        .filter_path(&["nodes.*.version"])
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status_code().is_success(),
+        "HTTP {}",
+        r.status_code().as_u16()
+    );
+    let v: Value = r.json().await?;
+    let number = v["nodes"]
+        .as_object()
+        .and_then(|n| n.values().next())
+        .and_then(|n| n["version"].as_str())
+        .unwrap_or("?")
+        .to_string();
+    Ok(serde_json::json!({ "version": { "number": number } }))
+}
+
+async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report: &mut Report) {
+    let es = match es_client(&config.elasticsearch) {
+        Ok(c) => c,
+        Err(e) => {
+            report.problem(format!("Elasticsearch: {e:#}"));
+            return;
+        }
+    };
+    let urls = config.elasticsearch.urls.join(", ");
+    let info = match es.info().send().await {
+        Ok(r) if r.status_code().is_success() => r.json::<Value>().await.unwrap_or_default(),
+        Ok(r) if matches!(r.status_code().as_u16(), 401 | 403) => {
+            report.problem(format!(
+                "Elasticsearch at {urls} answered HTTP {}: check `username`/`password` or `api_key` in [elasticsearch]",
+                r.status_code().as_u16()
+            ));
+            return;
+        }
+        // Some proxies and locked-down clusters refuse `GET /`: ask a node.
+        Ok(_) => match node_version(&es).await {
+            Ok(v) => v,
+            Err(e) => {
+                report.problem(format!(
+                    "Elasticsearch at {urls}: cannot read its version: {e}"
+                ));
+                return;
+            }
+        },
+        Err(e) => {
+            report.unreachable(format!("Elasticsearch at {urls} is not reachable: {e}"));
+            return;
+        }
+    };
+    let version = info["version"]["number"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    let distribution = info["version"]["distribution"]
+        .as_str()
+        .unwrap_or("elasticsearch");
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if distribution == "elasticsearch" && major < 7 {
+        report.problem(format!(
+            "Elasticsearch {version} is too old: Sluice needs 7 or newer"
+        ));
+    }
+    report
+        .facts
+        .push(format!("{distribution} {version} at {urls}"));
+
+    let Some(catalog) = catalog else { return };
+    for m in &config.mappings.list {
+        let Some(t) = catalog.tables.get(&*m.qualified_table) else {
+            continue;
+        };
+        let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        let Ok(fields) = document_fields(m, &names) else {
+            continue;
+        };
+        let pattern = match &m.index {
+            IndexName::Fixed(n) => n.to_string(),
+            IndexName::Template(tpl) => tpl.wildcard(),
+        };
+        let resp = es
+            .indices()
+            .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+                &pattern,
+            ]))
+            .allow_no_indices(true)
+            .ignore_unavailable(true)
+            .send()
+            .await;
+        let body: Value = match resp {
+            Ok(r) if r.status_code().as_u16() == 404 => continue,
+            Ok(r) if r.status_code().is_success() => r.json().await.unwrap_or_default(),
+            Ok(r) => {
+                report.problem(format!(
+                    "Elasticsearch: cannot read the mapping of `{pattern}`: HTTP {}",
+                    r.status_code().as_u16()
+                ));
+                continue;
+            }
+            Err(e) => {
+                report.unreachable(format!(
+                    "Elasticsearch: cannot read the mapping of `{pattern}`: {e}"
+                ));
+                continue;
+            }
+        };
+        let Some(indices) = body.as_object() else {
+            continue;
+        };
+        for (index, def) in indices {
+            check_gc_deletes(&es, index, config, report).await;
+            let mut types = BTreeMap::new();
+            flatten_properties(&def["mappings"]["properties"], "", &mut types);
+            for f in &fields {
+                let path = f.path.join(".");
+                let Some(es_type) = types.get(&path) else {
+                    continue;
+                };
+                let kind = kind_of_field(&f.source, t);
+                if !compatible(kind, es_type) {
+                    let from = match &f.source {
+                        FieldSource::Column { column, .. } => format!("column `{column}`"),
+                        FieldSource::Template(_) => "a template".into(),
+                        FieldSource::Constant(_) => "a constant".into(),
+                    };
+                    report.problem(format!(
+                        "{}: field `{path}` would receive {} (from {from}) but index `{index}` maps it as `{es_type}`; change the index mapping or convert the field in [fields]",
+                        m.file.display(),
+                        kind.describe(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_facts_report_each_unmet_requirement() {
+        let ok = ServerFacts {
+            version_num: 150004,
+            version: "15.4".into(),
+            wal_level: "logical".into(),
+            can_replicate: true,
+            free_slots: 3,
+            slot_exists: false,
+            free_wal_senders: 5,
+        };
+        assert!(ok.problems("sluice", "s").is_empty());
+        let bad = ServerFacts {
+            version_num: 140009,
+            version: "14.9".into(),
+            wal_level: "replica".into(),
+            can_replicate: false,
+            free_slots: 0,
+            slot_exists: false,
+            free_wal_senders: 0,
+        };
+        let p = bad.problems("app", "s").join("\n");
+        for w in [
+            "14.9 is too old",
+            "wal_level is `replica`",
+            "`app` lacks the REPLICATION",
+            "no free replication slot",
+            "no free WAL sender",
+        ] {
+            assert!(p.contains(w), "{w} in {p}");
+        }
+        // An existing slot needs no free one.
+        let resume = ServerFacts {
+            free_slots: 0,
+            slot_exists: true,
+            ..ok
+        };
+        assert!(resume.problems("sluice", "s").is_empty());
+    }
+
+    #[test]
+    fn filter_columns_are_read_from_verbose_plans() {
+        assert_eq!(
+            filter_columns(
+                "((sluice_filter.status <> 'draft'::text) AND (sluice_filter.\"Total\"\"x\" > 1))"
+            ),
+            vec!["status".to_string(), "Total\"x".to_string()]
+        );
+        assert!(filter_columns("(1 = 1)").is_empty());
+    }
+}

@@ -1,0 +1,770 @@
+//! `sluice.toml`: connections and tuning, parsed strictly (unknown keys are
+//! errors) into the shared `PgConnectConfig` / `EsConfig` plus typed tuning.
+//!
+//! Secrets come from `${ENV}` interpolation or `password_file`, never need to
+//! sit in the file, and never appear in errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::diag::{ConfigError, ConfigErrors, from_toml_error, line_of};
+use crate::sink::{EsAuth, EsConfig};
+use crate::source::{PgConnectConfig, SslMode};
+
+/// `[pipeline]`: batching and back-pressure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Flush a bulk request at this many documents.
+    pub batch_max_docs: usize,
+    /// Flush a bulk request at this many body bytes.
+    pub batch_max_bytes: usize,
+    /// Flush a partial batch after this long.
+    pub linger: Duration,
+    /// Concurrent bulk requests in flight.
+    pub concurrency: usize,
+    /// Upper bound for bytes of changes/ops held between stages.
+    pub memory_bound_bytes: usize,
+    /// Where rejected documents go (DESIGN invariant 5).
+    pub dead_letter_index: String,
+    /// `index.gc_deletes` for indices Sluice creates: must cover the longest
+    /// replay window (DESIGN invariant 3).
+    pub gc_deletes: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_max_docs: 5_000,
+            batch_max_bytes: 10 * 1024 * 1024,
+            linger: Duration::from_millis(200),
+            concurrency: 4,
+            memory_bound_bytes: 256 * 1024 * 1024,
+            dead_letter_index: "sluice-dead-letters".into(),
+            gc_deletes: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The value for the `index.gc_deletes` setting (`"86400s"`).
+    pub fn gc_deletes_setting(&self) -> String {
+        format!("{}s", self.gc_deletes.as_secs().max(1))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Snapshot every mapped table when the slot is first created, then stream.
+    #[default]
+    Initial,
+    /// Never snapshot; stream only.
+    Never,
+    /// Snapshot, then exit without streaming.
+    InitialOnly,
+}
+
+/// `[snapshot]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotConfig {
+    pub mode: SnapshotMode,
+    pub parallel_readers: usize,
+    pub chunk_rows: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            mode: SnapshotMode::Initial,
+            parallel_readers: 4,
+            chunk_rows: 50_000,
+        }
+    }
+}
+
+/// `[http]`: metrics and health endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:9187".parse().unwrap(),
+        }
+    }
+}
+
+/// Everything in `sluice.toml` except the mappings themselves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub postgres: PgConnectConfig,
+    /// Replication slot name (default `sluice`).
+    pub slot: String,
+    /// Publication name (default `sluice`).
+    pub publication: String,
+    pub elasticsearch: EsConfig,
+    pub pipeline: PipelineConfig,
+    pub snapshot: SnapshotConfig,
+    pub http: HttpConfig,
+    /// Absolute, or relative to the directory of `sluice.toml`, resolved.
+    pub mappings_dir: PathBuf,
+}
+
+// ---- raw file shape -------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    mappings_dir: Option<String>,
+    #[serde(default)]
+    postgres: RawPostgres,
+    #[serde(default)]
+    elasticsearch: RawElasticsearch,
+    #[serde(default)]
+    pipeline: RawPipeline,
+    #[serde(default)]
+    snapshot: RawSnapshot,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    port: Option<u16>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    dbname: Option<Spanned<String>>,
+    sslmode: Option<SslMode>,
+    ssl_root_cert: Option<String>,
+    application_name: Option<String>,
+    connect_timeout_secs: Option<u64>,
+    slot: Option<Spanned<String>>,
+    publication: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawElasticsearch {
+    urls: Option<Spanned<Vec<String>>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    api_key: Option<Spanned<String>>,
+    ca_file: Option<String>,
+    insecure_skip_verify: Option<bool>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    batch_max_docs: Option<Spanned<usize>>,
+    batch_max_bytes: Option<Spanned<usize>>,
+    linger_ms: Option<u64>,
+    concurrency: Option<Spanned<usize>>,
+    memory_bound_bytes: Option<Spanned<usize>>,
+    dead_letter_index: Option<Spanned<String>>,
+    gc_deletes_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshot {
+    mode: Option<SnapshotMode>,
+    parallel_readers: Option<Spanned<usize>>,
+    chunk_rows: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+}
+
+/// Reads environment variables; a seam so tests need not touch the process env.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// Replace every `${NAME}` with the variable's value. `$${` stays a literal `${`.
+pub fn interpolate(value: &str, env: &dyn Env) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| "`${` without a closing `}`".to_string())?;
+            let name = &tail[..end];
+            let v = env
+                .var(name)
+                .ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            out.push_str(&v);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    env: &'a dyn Env,
+    errors: ConfigErrors,
+}
+
+impl Ctx<'_> {
+    fn line(&self, span: std::ops::Range<usize>) -> Option<usize> {
+        Some(line_of(self.text, span.start))
+    }
+
+    fn err(&mut self, span: std::ops::Range<usize>, key: &str, msg: impl Into<String>) {
+        let line = self.line(span);
+        self.errors
+            .push(ConfigError::new(self.file, msg).at(line).key(key));
+    }
+
+    fn interp(&mut self, v: &Spanned<String>, key: &str) -> String {
+        match interpolate(v.get_ref(), self.env) {
+            Ok(s) => s,
+            Err(m) => {
+                self.err(v.span(), key, m);
+                String::new()
+            }
+        }
+    }
+
+    fn read_secret_file(&mut self, v: &Spanned<String>, key: &str) -> String {
+        let p = resolve(self.file, v.get_ref());
+        match std::fs::read_to_string(&p) {
+            Ok(s) => s.trim_end_matches(['\n', '\r']).to_string(),
+            Err(e) => {
+                self.err(v.span(), key, format!("cannot read {}: {e}", p.display()));
+                String::new()
+            }
+        }
+    }
+
+    fn positive<T: PartialOrd + Default + Copy>(
+        &mut self,
+        v: &Option<Spanned<T>>,
+        key: &str,
+        default: T,
+    ) -> T {
+        match v {
+            Some(s) if *s.get_ref() <= T::default() => {
+                self.err(s.span(), key, "must be greater than zero");
+                default
+            }
+            Some(s) => *s.get_ref(),
+            None => default,
+        }
+    }
+}
+
+/// A path from the config file, relative to the file's directory.
+pub fn resolve(config_file: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        config_file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// Parse `sluice.toml` text. `file` is used for messages and relative paths.
+pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings, ConfigErrors> {
+    let raw: RawSettings = toml::from_str(text).map_err(|e| from_toml_error(file, text, &e))?;
+    let mut cx = Ctx {
+        file,
+        text,
+        env,
+        errors: ConfigErrors::default(),
+    };
+    let postgres = postgres(&mut cx, &raw.postgres);
+    let name = |v: &Option<Spanned<String>>, cx: &mut Ctx, key: &str| match v {
+        Some(s) if !valid_pg_name(s.get_ref()) => {
+            cx.err(
+                s.span(),
+                key,
+                "must be lower-case letters, digits and `_`, at most 63 characters",
+            );
+            String::new()
+        }
+        Some(s) => s.get_ref().clone(),
+        None => "sluice".to_string(),
+    };
+    let slot = name(&raw.postgres.slot, &mut cx, "postgres.slot");
+    let publication = name(&raw.postgres.publication, &mut cx, "postgres.publication");
+    let elasticsearch = elasticsearch(&mut cx, &raw.elasticsearch);
+
+    let d = PipelineConfig::default();
+    let p = &raw.pipeline;
+    let pipeline = PipelineConfig {
+        batch_max_docs: cx.positive(
+            &p.batch_max_docs,
+            "pipeline.batch_max_docs",
+            d.batch_max_docs,
+        ),
+        batch_max_bytes: cx.positive(
+            &p.batch_max_bytes,
+            "pipeline.batch_max_bytes",
+            d.batch_max_bytes,
+        ),
+        linger: p.linger_ms.map(Duration::from_millis).unwrap_or(d.linger),
+        concurrency: cx.positive(&p.concurrency, "pipeline.concurrency", d.concurrency),
+        memory_bound_bytes: cx.positive(
+            &p.memory_bound_bytes,
+            "pipeline.memory_bound_bytes",
+            d.memory_bound_bytes,
+        ),
+        dead_letter_index: match &p.dead_letter_index {
+            None => d.dead_letter_index,
+            Some(n) => {
+                if let Some(m) = super::mapping::index_name_problem(n.get_ref()) {
+                    cx.err(n.span(), "pipeline.dead_letter_index", m);
+                }
+                n.get_ref().clone()
+            }
+        },
+        gc_deletes: Duration::from_secs(cx.positive(
+            &p.gc_deletes_secs,
+            "pipeline.gc_deletes_secs",
+            d.gc_deletes.as_secs(),
+        )),
+    };
+    let ds = SnapshotConfig::default();
+    let snapshot = SnapshotConfig {
+        mode: raw.snapshot.mode.unwrap_or_default(),
+        parallel_readers: cx.positive(
+            &raw.snapshot.parallel_readers,
+            "snapshot.parallel_readers",
+            ds.parallel_readers,
+        ),
+        chunk_rows: cx.positive(
+            &raw.snapshot.chunk_rows,
+            "snapshot.chunk_rows",
+            ds.chunk_rows,
+        ),
+    };
+    let http = match &raw.http.listen {
+        None => HttpConfig::default(),
+        Some(l) => match l.get_ref().parse::<SocketAddr>() {
+            Ok(listen) => HttpConfig { listen },
+            Err(_) => {
+                cx.err(
+                    l.span(),
+                    "http.listen",
+                    format!(
+                        "`{}` is not an address:port like `0.0.0.0:9187`",
+                        l.get_ref()
+                    ),
+                );
+                HttpConfig::default()
+            }
+        },
+    };
+    let mappings_dir = resolve(file, raw.mappings_dir.as_deref().unwrap_or("mappings"));
+    let settings = Settings {
+        postgres,
+        slot,
+        publication,
+        elasticsearch,
+        pipeline,
+        snapshot,
+        http,
+        mappings_dir,
+    };
+    cx.errors.into_result(settings)
+}
+
+fn valid_pg_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn postgres(cx: &mut Ctx, raw: &RawPostgres) -> PgConnectConfig {
+    let mut pg = PgConnectConfig::default();
+    if let Some(u) = &raw.url {
+        for (set, key) in [
+            (raw.host.is_some(), "host"),
+            (raw.port.is_some(), "port"),
+            (raw.user.is_some(), "user"),
+            (raw.dbname.is_some(), "dbname"),
+        ] {
+            if set {
+                cx.err(
+                    u.span(),
+                    "postgres.url",
+                    format!("`url` and `{key}` are both set"),
+                );
+                cx.errors.0.last_mut().unwrap().hint = Some(format!(
+                    "put the {key} in the URL or drop `url` and use fields"
+                ));
+            }
+        }
+        let url = cx.interp(u, "postgres.url");
+        if let Err(m) = apply_pg_url(&mut pg, &url) {
+            cx.err(u.span(), "postgres.url", m);
+        }
+    }
+    if let Some(v) = &raw.host {
+        pg.host = cx.interp(v, "postgres.host");
+    }
+    if let Some(p) = raw.port {
+        pg.port = p;
+    }
+    if let Some(v) = &raw.user {
+        pg.user = cx.interp(v, "postgres.user");
+    }
+    if let Some(v) = &raw.dbname {
+        pg.dbname = cx.interp(v, "postgres.dbname");
+    }
+    match (&raw.password, &raw.password_file) {
+        (Some(p), Some(_)) => cx.err(
+            p.span(),
+            "postgres.password",
+            "`password` and `password_file` are both set; keep one",
+        ),
+        (Some(p), None) => pg.password = Some(cx.interp(p, "postgres.password")),
+        (None, Some(f)) => pg.password = Some(cx.read_secret_file(f, "postgres.password_file")),
+        (None, None) => {}
+    }
+    if let Some(m) = raw.sslmode {
+        pg.sslmode = m;
+    }
+    if let Some(ca) = &raw.ssl_root_cert {
+        pg.ssl_root_cert = Some(resolve(cx.file, ca));
+    }
+    if let Some(a) = &raw.application_name {
+        pg.application_name = a.clone();
+    }
+    if let Some(t) = raw.connect_timeout_secs {
+        pg.connect_timeout_secs = t;
+    }
+    pg
+}
+
+/// Fill `pg` from a `postgres://user:password@host:port/db?sslmode=...` URL.
+pub fn apply_pg_url(pg: &mut PgConnectConfig, url: &str) -> Result<(), String> {
+    let u = url::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
+    if u.scheme() != "postgres" && u.scheme() != "postgresql" {
+        return Err(format!(
+            "scheme `{}` is not `postgres://` or `postgresql://`",
+            u.scheme()
+        ));
+    }
+    let dec = |s: &str| {
+        url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    if let Some(h) = u.host_str() {
+        pg.host = h.trim_start_matches('[').trim_end_matches(']').to_string();
+    }
+    if let Some(p) = u.port() {
+        pg.port = p;
+    }
+    if !u.username().is_empty() {
+        pg.user = dec(u.username());
+    }
+    if let Some(p) = u.password() {
+        pg.password = Some(dec(p));
+    }
+    let db = u.path().trim_start_matches('/');
+    if !db.is_empty() {
+        pg.dbname = dec(db);
+    }
+    for (k, v) in u.query_pairs() {
+        match &*k {
+            "sslmode" => {
+                pg.sslmode = match &*v {
+                    "disable" => SslMode::Disable,
+                    "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => return Err(format!("unknown sslmode `{other}`")),
+                }
+            }
+            "sslrootcert" => pg.ssl_root_cert = Some(PathBuf::from(&*v)),
+            "application_name" => pg.application_name = v.into_owned(),
+            "connect_timeout" => {
+                pg.connect_timeout_secs = v
+                    .parse()
+                    .map_err(|_| format!("connect_timeout `{v}` is not a number of seconds"))?
+            }
+            "host" => pg.host = v.into_owned(),
+            other => return Err(format!("unsupported URL parameter `{other}`")),
+        }
+    }
+    Ok(())
+}
+
+fn elasticsearch(cx: &mut Ctx, raw: &RawElasticsearch) -> EsConfig {
+    let mut es = EsConfig::default();
+    if let Some(urls) = &raw.urls {
+        if urls.get_ref().is_empty() {
+            cx.err(urls.span(), "elasticsearch.urls", "needs at least one URL");
+        }
+        let mut out = Vec::new();
+        for u in urls.get_ref() {
+            let s = Spanned::new(urls.span(), u.clone());
+            let v = cx.interp(&s, "elasticsearch.urls");
+            match url::Url::parse(&v) {
+                Ok(p) if p.scheme() == "http" || p.scheme() == "https" => out.push(v),
+                _ => cx.err(
+                    urls.span(),
+                    "elasticsearch.urls",
+                    format!("`{u}` is not an http:// or https:// URL"),
+                ),
+            }
+        }
+        es.urls = out;
+    }
+    let password = match (&raw.password, &raw.password_file) {
+        (Some(p), Some(_)) => {
+            cx.err(
+                p.span(),
+                "elasticsearch.password",
+                "`password` and `password_file` are both set; keep one",
+            );
+            None
+        }
+        (Some(p), None) => Some(cx.interp(p, "elasticsearch.password")),
+        (None, Some(f)) => Some(cx.read_secret_file(f, "elasticsearch.password_file")),
+        (None, None) => None,
+    };
+    es.auth = match (&raw.username, password, &raw.api_key) {
+        (Some(u), _, Some(_)) => {
+            cx.err(
+                u.span(),
+                "elasticsearch.username",
+                "basic auth and `api_key` are both set; keep one",
+            );
+            EsAuth::None
+        }
+        (Some(u), password, None) => EsAuth::Basic {
+            username: cx.interp(u, "elasticsearch.username"),
+            password: password.unwrap_or_default(),
+        },
+        (None, Some(_), _) => {
+            let span = raw
+                .password
+                .as_ref()
+                .map(|p| p.span())
+                .or(raw.password_file.as_ref().map(|p| p.span()))
+                .unwrap_or(0..0);
+            cx.err(
+                span,
+                "elasticsearch.password",
+                "a password without `username`; add `username`",
+            );
+            EsAuth::None
+        }
+        (None, None, Some(k)) => EsAuth::ApiKey(cx.interp(k, "elasticsearch.api_key")),
+        (None, None, None) => EsAuth::None,
+    };
+    if let Some(ca) = &raw.ca_file {
+        es.ca_file = Some(resolve(cx.file, ca));
+    }
+    es.insecure_skip_verify = raw.insecure_skip_verify.unwrap_or(false);
+    if let Some(t) = raw.request_timeout_ms {
+        es.request_timeout = Duration::from_millis(t);
+    }
+    es
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PGPASSWORD" => Some("s3cret".into()),
+            "ES_KEY" => Some("a2V5".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Settings, ConfigErrors> {
+        parse_settings(Path::new("/etc/sluice/sluice.toml"), text, &env)
+    }
+
+    #[test]
+    fn an_empty_file_means_every_default() {
+        let s = parse("").unwrap();
+        assert_eq!(s.slot, "sluice");
+        assert_eq!(s.publication, "sluice");
+        assert_eq!(s.postgres, PgConnectConfig::default());
+        assert_eq!(s.elasticsearch, EsConfig::default());
+        assert_eq!(s.pipeline, PipelineConfig::default());
+        assert_eq!(s.snapshot.mode, SnapshotMode::Initial);
+        assert_eq!(s.mappings_dir, PathBuf::from("/etc/sluice/mappings"));
+    }
+
+    #[test]
+    fn a_url_fills_every_connection_field_and_env_fills_the_password() {
+        let s = parse(
+            r#"
+            [postgres]
+            url = "postgres://app:${PGPASSWORD}@db.internal:5433/shop?sslmode=verify-full&sslrootcert=/ca.pem"
+            slot = "shop_slot"
+            "#,
+        )
+        .unwrap();
+        let pg = &s.postgres;
+        assert_eq!(
+            (
+                pg.host.as_str(),
+                pg.port,
+                pg.user.as_str(),
+                pg.dbname.as_str()
+            ),
+            ("db.internal", 5433, "app", "shop")
+        );
+        assert_eq!(pg.password.as_deref(), Some("s3cret"));
+        assert_eq!(pg.sslmode, SslMode::VerifyFull);
+        assert_eq!(pg.ssl_root_cert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(s.slot, "shop_slot");
+    }
+
+    #[test]
+    fn fields_work_without_a_url_and_relative_files_resolve_next_to_the_config() {
+        let s = parse(
+            r#"
+            [postgres]
+            host = "db"
+            user = "sluice"
+            dbname = "app"
+            sslmode = "verify-ca"
+            ssl_root_cert = "certs/ca.pem"
+            [elasticsearch]
+            urls = ["https://es1:9200", "https://es2:9200"]
+            api_key = "${ES_KEY}"
+            ca_file = "certs/es.pem"
+            request_timeout_ms = 5000
+            [pipeline]
+            batch_max_docs = 100
+            linger_ms = 50
+            gc_deletes_secs = 3600
+            [snapshot]
+            mode = "initial_only"
+            parallel_readers = 2
+            [http]
+            listen = "127.0.0.1:9999"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.postgres.ssl_root_cert,
+            Some(PathBuf::from("/etc/sluice/certs/ca.pem"))
+        );
+        assert_eq!(s.elasticsearch.urls.len(), 2);
+        assert!(s.elasticsearch.auth == EsAuth::ApiKey("a2V5".into()));
+        assert_eq!(s.elasticsearch.request_timeout, Duration::from_secs(5));
+        assert_eq!(s.pipeline.batch_max_docs, 100);
+        assert_eq!(s.pipeline.gc_deletes_setting(), "3600s");
+        assert_eq!(s.snapshot.mode, SnapshotMode::InitialOnly);
+        assert_eq!(s.snapshot.parallel_readers, 2);
+        assert_eq!(s.http.listen.port(), 9999);
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_line_and_suggests_the_right_one() {
+        let e = parse("[pipeline]\nbatch_max_doc = 10\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("batch_max_doc"), "{msg}");
+        assert!(msg.contains("did you mean `batch_max_docs`?"), "{msg}");
+    }
+
+    #[test]
+    fn an_unset_variable_is_an_error_that_never_shows_a_secret() {
+        let e = parse("[postgres]\nhost = \"h\"\npassword = \"${NOPE}\"\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("`NOPE` is not set"), "{msg}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = parse(
+            "[pipeline]\nconcurrency = 0\n[snapshot]\nchunk_rows = 0\n[http]\nlisten = \"nope\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn conflicting_credentials_are_rejected() {
+        assert!(parse("[elasticsearch]\nusername = \"u\"\napi_key = \"k\"\n").is_err());
+        assert!(parse("[postgres]\nurl = \"postgres://a@b/c\"\nhost = \"x\"\n").is_err());
+        assert!(parse("[postgres]\nslot = \"Bad-Name\"\n").is_err());
+        assert!(parse("[pipeline]\ndead_letter_index = \"Dead\"\n").is_err());
+    }
+
+    #[test]
+    fn password_files_are_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "hunter2\n").unwrap();
+        let cfg = dir.path().join("sluice.toml");
+        let s = parse_settings(
+            &cfg,
+            "[elasticsearch]\nusername = \"elastic\"\npassword_file = \"pw\"\n",
+            &env,
+        )
+        .unwrap();
+        assert!(
+            s.elasticsearch.auth
+                == EsAuth::Basic {
+                    username: "elastic".into(),
+                    password: "hunter2".into()
+                }
+        );
+    }
+
+    #[test]
+    fn interpolation_handles_escapes_and_missing_braces() {
+        assert_eq!(interpolate("a$b", &env).unwrap(), "a$b");
+        assert_eq!(interpolate("$${X}", &env).unwrap(), "${X}");
+        assert!(interpolate("${X", &env).is_err());
+    }
+}

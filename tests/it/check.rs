@@ -1,0 +1,435 @@
+//! `sluice check` against the real servers: a clean setup passes, and each
+//! kind of problem is reported (all of them in one run).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use sluice::check::{Report, check};
+use sluice::config::Config;
+
+use crate::support::{Es, TestDb, services, unique_name, with_database};
+
+const DEMO_SCHEMA: &str = include_str!("../../scripts/demo-schema.sql");
+
+/// A config directory: `sluice.toml` pointing at this test's database
+/// (as the non-superuser replication role unless `pg_url` says otherwise)
+/// and the given mapping files, with index names prefixed for isolation.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(db: &TestDb, pg_url: &str, es_url: &str, mappings: &[(&str, String)]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mappings")).unwrap();
+        std::fs::write(
+            dir.path().join("sluice.toml"),
+            format!(
+                "[postgres]\nurl = \"{pg_url}\"\nsslmode = \"disable\"\nslot = \"{}\"\n[elasticsearch]\nurls = [\"{es_url}\"]\nrequest_timeout_ms = 5000\n",
+                unique_name("slot")
+            ),
+        )
+        .unwrap();
+        for (name, text) in mappings {
+            let text = text.replace("index = \"", &format!("index = \"{}", db.index_prefix));
+            std::fs::write(dir.path().join("mappings").join(name), text).unwrap();
+        }
+        Setup { dir }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sluice.toml")
+    }
+
+    async fn check(&self) -> Report {
+        let mut config = Config::load(&self.config_path()).unwrap_or_else(|e| panic!("{e}"));
+        check(&mut config).await
+    }
+}
+
+fn shipped_mappings() -> Vec<(&'static str, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let name: &'static str = Box::leak(
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+                .into_boxed_str(),
+        );
+        out.push((name, std::fs::read_to_string(&p).unwrap()));
+    }
+    out
+}
+
+fn messages(r: &Report) -> String {
+    r.problems
+        .iter()
+        .map(|p| p.message.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn assert_reports(r: &Report, wants: &[&str]) {
+    let all = messages(r);
+    for w in wants {
+        assert!(all.contains(w), "expected {w:?} among the problems:\n{all}");
+    }
+}
+
+async fn orders_db() -> TestDb {
+    let db = TestDb::new().await;
+    db.sql(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL, total numeric(12,2), note text);",
+    )
+    .await;
+    db
+}
+
+fn orders_mapping(extra: &str) -> Vec<(&'static str, String)> {
+    vec![(
+        "orders.toml",
+        format!("table = \"public.orders\"\nindex = \"orders\"\n{extra}"),
+    )]
+}
+
+#[tokio::test]
+async fn the_demo_schema_and_shipped_mappings_pass_with_exit_code_zero() {
+    let db = TestDb::new().await;
+    db.sql(DEMO_SCHEMA).await;
+    let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &shipped_mappings());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(setup.config_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("all good"), "{stdout}");
+    assert!(stdout.contains("PostgreSQL 15"), "{stdout}");
+    assert!(stdout.contains("8.19"), "{stdout}");
+}
+
+#[tokio::test]
+async fn missing_tables_and_columns_are_named_with_a_suggestion() {
+    let db = orders_db().await;
+    let mut mappings = orders_mapping("\ninclude = [\"id\", \"totl\"]\n");
+    mappings.push((
+        "other.toml",
+        "table = \"public.ordrs\"\nindex = \"x\"\n".into(),
+    ));
+    let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &mappings);
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[
+            "orders.toml line 4: `include`: column `totl` does not exist in public.orders; did you mean `total`?",
+            "other.toml line 1: `table`: table `public.ordrs` does not exist; did you mean `public.orders`?",
+        ],
+    );
+    assert_eq!(r.exit_code(), 2);
+}
+
+#[tokio::test]
+async fn a_table_without_primary_key_or_full_identity_is_reported() {
+    let db = TestDb::new().await;
+    db.sql("CREATE TABLE events (id bigint, body text);").await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &[(
+            "events.toml",
+            "table = \"public.events\"\nindex = \"events\"\n".into(),
+        )],
+    );
+    assert_reports(
+        &setup.check().await,
+        &["public.events has no primary key", "REPLICA IDENTITY FULL"],
+    );
+    // With REPLICA IDENTITY FULL and chosen id columns it is fine.
+    db.sql("ALTER TABLE events REPLICA IDENTITY FULL").await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &[(
+            "events.toml",
+            "table = \"public.events\"\nindex = \"events\"\nid = [\"id\"]\n".into(),
+        )],
+    );
+    let r = setup.check().await;
+    assert!(r.problems.is_empty(), "{}", messages(&r));
+}
+
+#[tokio::test]
+async fn a_table_the_role_cannot_read_is_reported() {
+    let db = orders_db().await;
+    db.sql("REVOKE SELECT ON orders FROM sluice").await;
+    let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &orders_mapping(""));
+    assert_reports(
+        &setup.check().await,
+        &[
+            "may not read public.orders",
+            "GRANT SELECT ON \"public\".\"orders\" TO sluice",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_role_without_replication_is_reported() {
+    let db = orders_db().await;
+    let role = unique_name("norepl");
+    db.sql(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT SELECT ON orders TO {role};"
+    ))
+    .await;
+    let mut url = url::Url::parse(&with_database(&services().pg_url, &db.name)).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some("pw")).unwrap();
+    let setup = Setup::new(&db, url.as_str(), &services().es_url, &orders_mapping(""));
+    let r = setup.check().await;
+    db.sql(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await;
+    assert_reports(
+        &r,
+        &[&format!("role `{role}` lacks the REPLICATION privilege")],
+    );
+}
+
+#[tokio::test]
+async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
+    let db = orders_db().await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping("filter = \"totl > 1\"\n"),
+    );
+    assert_reports(
+        &setup.check().await,
+        &[
+            "orders.toml line 3: `filter`: PostgreSQL rejects the row filter: column \"totl\" does not exist",
+        ],
+    );
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping("filter = \"status <> 'draft'\"\n"),
+    );
+    assert_reports(
+        &setup.check().await,
+        &["reads `status` outside public.orders's replica identity"],
+    );
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping("filter = \"id > 10\"\n"),
+    );
+    let r = setup.check().await;
+    assert!(r.problems.is_empty(), "{}", messages(&r));
+}
+
+#[tokio::test]
+async fn an_existing_index_mapping_that_would_reject_our_documents_is_reported() {
+    let db = orders_db().await;
+    let es = Es::new();
+    let index = db.index("orders");
+    es.client
+        .indices()
+        .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
+        .body(json!({"mappings": {"properties": {"note": {"type": "long"}, "total": {"type": "double"}}}}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status_code()
+        .unwrap();
+    let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &orders_mapping(""));
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[&format!(
+            "field `note` would receive text (from column `note`) but index `{index}` maps it as `long`"
+        )],
+    );
+    assert_eq!(
+        r.problems.len(),
+        1,
+        "total (numeric → double) is fine:\n{}",
+        messages(&r)
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_elasticsearch_exits_with_the_runtime_code() {
+    let db = orders_db().await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        "http://127.0.0.1:9",
+        &orders_mapping(""),
+    );
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &["Elasticsearch at http://127.0.0.1:9 is not reachable"],
+    );
+    assert_eq!(r.exit_code(), 1);
+}
+
+#[tokio::test]
+async fn every_problem_is_reported_in_one_run() {
+    let db = orders_db().await;
+    db.sql("REVOKE SELECT ON orders FROM sluice").await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        "http://127.0.0.1:9",
+        &orders_mapping("include = [\"id\", \"totl\"]\nfilter = \"nope(\"\n"),
+    );
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[
+            "`totl` does not exist",
+            "may not read public.orders",
+            "rejects the row filter",
+            "not reachable",
+        ],
+    );
+    assert_eq!(r.exit_code(), 2);
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_with_code_two_and_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[postgres]\nhost = \"x\"\n\n[pipeline]\nlinger = 5\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(dir.path().join("sluice.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("sluice.toml line 5: `linger`: unknown key; did you mean `linger_ms`?"),
+        "{stderr}"
+    );
+}
+
+/// A private PostgreSQL (the shared one must not be reconfigured) with
+/// `wal_level = replica` and no replication slots; stopped on drop.
+struct PrivatePg {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePg {
+    fn start(settings: &[&str]) -> PrivatePg {
+        let bin = Path::new(&services().pg_bin).to_path_buf();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::process::Command::new("chown")
+            .args(["postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        run(&[
+            bin.join("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.path().display()
+        );
+        for s in settings {
+            opts.push_str(&format!(" -c {s}"));
+        }
+        run(&[
+            bin.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            dir.path().join("log").to_str().unwrap(),
+            "-w",
+            "start",
+        ]);
+        PrivatePg { dir, port }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let bin = Path::new(&services().pg_bin).join("pg_ctl");
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin)
+            .args(["-D"])
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_server_without_logical_wal_or_free_slots_is_reported() {
+    let pg = PrivatePg::start(&["wal_level=replica", "max_replication_slots=0"]);
+    let client = crate::support::connect(&pg.url()).await;
+    client
+        .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, total numeric)")
+        .await
+        .unwrap();
+    let db = TestDb::new().await; // only for the index prefix and cleanup
+    let setup = Setup::new(&db, &pg.url(), &services().es_url, &orders_mapping(""));
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[
+            "wal_level is `replica`: set `wal_level = logical`",
+            "no free replication slot",
+        ],
+    );
+    assert_eq!(r.problems.len(), 2, "{}", messages(&r));
+    assert_eq!(r.exit_code(), 2);
+}
