@@ -64,6 +64,8 @@ pub struct Checkpoint {
     unreplaced: Vec<u64>,
     /// Abandoned entries still tracked (so the common case skips a scan).
     abandoned: usize,
+    /// Transactions confirmed since the last `take_completed`.
+    completed: Vec<TxTicket>,
     confirmed: Lsn,
 }
 
@@ -76,6 +78,7 @@ impl Checkpoint {
             open: None,
             unreplaced: Vec::new(),
             abandoned: 0,
+            completed: Vec::new(),
             confirmed: start,
         }
     }
@@ -214,6 +217,12 @@ impl Checkpoint {
         }
     }
 
+    /// Transactions with ops that were confirmed since the last call, in
+    /// stream order (for per-transaction bookkeeping such as metrics).
+    pub fn take_completed(&mut self) -> Vec<TxTicket> {
+        std::mem::take(&mut self.completed)
+    }
+
     fn is_back(&self, seq: u64) -> bool {
         seq + 1 == self.next_seq()
     }
@@ -254,7 +263,10 @@ impl Checkpoint {
         while !self.entries.is_empty() && self.is_done(self.base) {
             let lsn = match self.entries.pop_front().expect("not empty") {
                 Entry::Done { lsn } => Some(lsn),
-                Entry::Tx { end, .. } => end,
+                Entry::Tx { end, .. } => {
+                    self.completed.push(TxTicket(self.base));
+                    end
+                }
                 Entry::Abandoned { .. } => {
                     self.abandoned -= 1;
                     None
@@ -288,6 +300,8 @@ mod tests {
         assert!(c.ack(t, 1));
         assert_eq!(c.confirmed(), l(110));
         assert_eq!(c.pending(), 0);
+        assert_eq!(c.take_completed(), vec![t]);
+        assert!(c.take_completed().is_empty());
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn index_spec(name: &str) -> IndexSpec {
                 "id": { "type": "keyword" },
                 "action": { "type": "keyword" },
                 "routing": { "type": "keyword" },
-                "version": { "type": "unsigned_long" },
+                "version": { "type": "long" },
                 "status": { "type": "short" },
                 "error": { "properties": {
                     "type": { "type": "keyword" },

@@ -147,13 +147,32 @@ impl Indexer {
         self.budget_total as usize - self.budget.available_permits()
     }
 
-    /// Stop taking ops, send everything queued, wait until every op is
-    /// resolved (this waits out retries: bound it with a timeout if needed).
-    pub async fn finish(self) {
+    /// Stop taking ops, send everything queued and wait until every op is
+    /// resolved, for at most `timeout` (retries can last as long as
+    /// Elasticsearch is down). Returns false if it timed out: the workers are
+    /// then aborted and their unacknowledged ops are simply never confirmed.
+    pub async fn finish(self, timeout: Duration) -> bool {
         drop(self.workers);
-        for h in self.handles {
-            if let Err(e) = h.await {
-                tracing::error!(error = %e, "bulk worker failed");
+        let mut handles = self.handles;
+        let all = futures::future::join_all(handles.iter_mut());
+        match tokio::time::timeout(timeout, all).await {
+            Ok(results) => {
+                for r in results {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "bulk worker failed");
+                    }
+                }
+                true
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_secs = timeout.as_secs_f64(),
+                    "in-flight bulks did not finish in time; they will be replayed on restart"
+                );
+                for h in &handles {
+                    h.abort();
+                }
+                false
             }
         }
     }

@@ -4,3 +4,6 @@
 mod support;
 
 mod foundation;
+mod pipeline;
+mod sink;
+mod sink_proxy;
