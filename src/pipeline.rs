@@ -1,2 +1,379 @@
 //! Wiring: source → transform → sink with bounded channels, and shutdown.
-//! Keeps DESIGN invariant 7 (bounded memory).
+//! Keeps DESIGN invariant 7 (bounded memory) and, through the checkpoint,
+//! invariant 1: the LSN published on the `watch` channel never passes a
+//! change Elasticsearch has not acknowledged.
+//!
+//! ```text
+//! SourceEvent ─(bounded mpsc)─▶ transform task ─(bounded)─▶ coordinator ─submit─▶ Indexer
+//!                                                             ▲    │                 │
+//!                                     watch<Lsn> ◀─ Checkpoint ◀───┴──── acks ◀──────┘
+//! ```
+//!
+//! The coordinator registers every op with the checkpoint before handing it
+//! to the indexer (whose byte budget bounds what is in flight), so an ack can
+//! never precede its registration. A transaction of any size streams through
+//! piecewise: nothing waits for its Commit except the confirmation.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use elasticsearch::Elasticsearch;
+use tokio::sync::{mpsc, watch};
+
+use crate::checkpoint::{Checkpoint, CheckpointError, TxTicket};
+use crate::lsn::Lsn;
+use crate::sink::indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
+use crate::source::{Change, ChangeKind, SourceEvent};
+use crate::transform::BulkOp;
+
+/// How the pipeline runs.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub indexer: IndexerConfig,
+    /// Changes buffered between the transform step and the indexer.
+    pub transform_buffer: usize,
+    /// After a shutdown signal (or the end of the source), how long to wait
+    /// for in-flight bulks before giving up on them (they are replayed on the
+    /// next start, as they were never confirmed).
+    pub drain_timeout: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            indexer: IndexerConfig::default(),
+            transform_buffer: 1024,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot transform a change of {table} at {lsn}: {message}")]
+    Transform {
+        table: String,
+        lsn: Lsn,
+        message: String,
+    },
+    #[error("the source stream is inconsistent: {0}")]
+    Stream(#[from] CheckpointError),
+    #[error("a change arrived outside a transaction (at {0})")]
+    ChangeOutsideTransaction(Lsn),
+    #[error(transparent)]
+    Indexer(#[from] IndexerClosed),
+}
+
+/// Why `run` returned without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The shutdown future completed.
+    Shutdown,
+    /// The source closed its channel.
+    SourceEnded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineSummary {
+    /// The final confirmed flush LSN (also the last value published).
+    pub confirmed: Lsn,
+    pub stopped_by: StopReason,
+    /// Ops handed to the indexer.
+    pub ops_submitted: u64,
+    /// False if the drain timeout cut off in-flight bulks.
+    pub drained: bool,
+}
+
+/// What the transform task hands the coordinator.
+enum Work {
+    Begin(Lsn),
+    Ops {
+        ops: Vec<BulkOp>,
+        table: Arc<str>,
+        op: &'static str,
+        lsn: Lsn,
+    },
+    Commit(Lsn),
+    Keepalive(Lsn),
+    Failed(PipelineError),
+}
+
+fn op_label(kind: &ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Insert { .. } => "insert",
+        ChangeKind::Update { .. } => "update",
+        ChangeKind::Delete { .. } => "delete",
+        ChangeKind::Truncate => "truncate",
+    }
+}
+
+/// The running pipeline's parts.
+pub struct Pipeline {
+    client: Elasticsearch,
+    config: PipelineConfig,
+}
+
+/// Per-transaction counts of changes, reported as applied at confirmation.
+type TxStats = HashMap<u64, Vec<(Arc<str>, &'static str, u64)>>;
+
+impl Pipeline {
+    pub fn new(client: Elasticsearch, config: PipelineConfig) -> Pipeline {
+        Pipeline { client, config }
+    }
+
+    /// Run until `shutdown` completes, the source closes `events`, or an
+    /// error. `start` is the slot's confirmed flush LSN; every advance of the
+    /// confirmed LSN is published on `confirmed` (the reader sends it in
+    /// standby status updates). In-flight bulks are finished (within
+    /// `drain_timeout`) and the final confirmed LSN published before return,
+    /// on errors too.
+    pub async fn run<T, E, S>(
+        self,
+        start: Lsn,
+        events: mpsc::Receiver<SourceEvent>,
+        transform: T,
+        confirmed: watch::Sender<Lsn>,
+        shutdown: S,
+    ) -> Result<PipelineSummary, PipelineError>
+    where
+        T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), E> + Send + 'static,
+        E: Display + Send + 'static,
+        S: Future<Output = ()> + Send,
+    {
+        let (work_tx, mut work_rx) = mpsc::channel(self.config.transform_buffer.max(1));
+        let transformer = tokio::spawn(transform_loop(events, transform, work_tx));
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let indexer = Indexer::start(self.client, self.config.indexer.clone(), ack_tx);
+
+        let mut co = Coordinator {
+            cp: Checkpoint::new(start),
+            current: None,
+            stats: HashMap::new(),
+            confirmed,
+            ops_submitted: 0,
+        };
+        co.publish();
+        tokio::pin!(shutdown);
+
+        let outcome: Result<StopReason, PipelineError> = 'run: loop {
+            tokio::select! {
+                biased;
+                Some(acks) = ack_rx.recv() => co.apply(&acks),
+                _ = &mut shutdown => break 'run Ok(StopReason::Shutdown),
+                work = work_rx.recv() => {
+                    let Some(work) = work else { break 'run Ok(StopReason::SourceEnded) };
+                    match work {
+                        Work::Begin(lsn) => co.begin(lsn),
+                        Work::Commit(end) => {
+                            if let Err(e) = co.commit(end) { break 'run Err(e.into()) }
+                        }
+                        Work::Keepalive(lsn) => co.keepalive(lsn),
+                        Work::Failed(e) => break 'run Err(e),
+                        Work::Ops { ops, table, op, lsn } => {
+                            let tx = match co.register(ops.len(), table, op, lsn) {
+                                Ok(tx) => tx,
+                                Err(e) => break 'run Err(e),
+                            };
+                            for bulk_op in ops {
+                                let submit = indexer.submit(bulk_op, tx.0);
+                                tokio::pin!(submit);
+                                // Keep confirming while the budget makes us wait.
+                                loop {
+                                    tokio::select! {
+                                        biased;
+                                        r = &mut submit => match r {
+                                            Ok(()) => break,
+                                            Err(e) => break 'run Err(e.into()),
+                                        },
+                                        Some(acks) = ack_rx.recv() => co.apply(&acks),
+                                        _ = &mut shutdown => break 'run Ok(StopReason::Shutdown),
+                                    }
+                                }
+                                co.ops_submitted += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+
+        // Stop taking events: the reader sees its channel close.
+        drop(work_rx);
+        transformer.abort();
+        match &outcome {
+            Ok(reason) => tracing::info!(?reason, "pipeline stopping; finishing in-flight bulks"),
+            Err(e) => tracing::error!(error = %e, "pipeline failed; finishing in-flight bulks"),
+        }
+        let finish = indexer.finish(self.config.drain_timeout);
+        tokio::pin!(finish);
+        let drained = loop {
+            tokio::select! {
+                drained = &mut finish => break drained,
+                Some(acks) = ack_rx.recv() => co.apply(&acks),
+            }
+        };
+        while let Ok(acks) = ack_rx.try_recv() {
+            co.apply(&acks);
+        }
+        co.publish();
+        let confirmed = co.cp.confirmed();
+        tracing::info!(confirmed = %confirmed, drained, "pipeline stopped");
+        outcome.map(|stopped_by| PipelineSummary {
+            confirmed,
+            stopped_by,
+            ops_submitted: co.ops_submitted,
+            drained,
+        })
+    }
+}
+
+struct Coordinator {
+    cp: Checkpoint,
+    current: Option<TxTicket>,
+    stats: TxStats,
+    confirmed: watch::Sender<Lsn>,
+    ops_submitted: u64,
+}
+
+impl Coordinator {
+    fn begin(&mut self, final_lsn: Lsn) {
+        if let Some(open) = self.current.take() {
+            tracing::info!(
+                abandoned = ?open,
+                final_lsn = %final_lsn,
+                "a transaction began while another was open (the reader reconnected); \
+                 the open one will be delivered again"
+            );
+            self.stats.remove(&open.0);
+        }
+        self.current = Some(self.cp.begin(final_lsn));
+    }
+
+    fn register(
+        &mut self,
+        n: usize,
+        table: Arc<str>,
+        op: &'static str,
+        lsn: Lsn,
+    ) -> Result<TxTicket, PipelineError> {
+        let tx = self
+            .current
+            .ok_or(PipelineError::ChangeOutsideTransaction(lsn))?;
+        self.cp.add_ops(tx, n as u64)?;
+        let counts = self.stats.entry(tx.0).or_default();
+        match counts
+            .iter_mut()
+            .find(|(t, o, _)| *o == op && **t == *table)
+        {
+            Some((_, _, c)) => *c += 1,
+            None => counts.push((table, op, 1)),
+        }
+        Ok(tx)
+    }
+
+    fn commit(&mut self, end: Lsn) -> Result<(), CheckpointError> {
+        self.current = None;
+        if self.cp.commit(end)? {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    fn keepalive(&mut self, wal_end: Lsn) {
+        if self.cp.keepalive(wal_end) {
+            self.publish();
+        }
+    }
+
+    fn apply(&mut self, acks: &[Ack]) {
+        let mut advanced = false;
+        for a in acks {
+            advanced |= self.cp.ack(TxTicket(a.tag), a.count);
+        }
+        if advanced {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        for tx in self.cp.take_completed() {
+            for (table, op, n) in self.stats.remove(&tx.0).unwrap_or_default() {
+                metrics::counter!("sluice_changes_applied_total", "table" => table.to_string(), "op" => op)
+                    .increment(n);
+            }
+        }
+        let lsn = self.cp.confirmed();
+        metrics::gauge!("sluice_confirmed_flush_lsn").set(lsn.0 as f64);
+        self.confirmed.send_if_modified(|cur| {
+            if lsn > *cur {
+                *cur = lsn;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// `schema.table` of a change, allocated once per table (and again after a
+/// rename, which a new Relation message announces).
+fn table_name(cache: &mut HashMap<u32, Arc<str>>, change: &Change) -> Arc<str> {
+    let r = &change.relation;
+    let fresh = |n: &str| {
+        n.len() == r.schema.len() + 1 + r.name.len()
+            && n.starts_with(r.schema.as_str())
+            && n.ends_with(r.name.as_str())
+    };
+    match cache.get(&r.id) {
+        Some(n) if fresh(n) => n.clone(),
+        _ => {
+            let n: Arc<str> = Arc::from(r.qualified_name());
+            cache.insert(r.id, n.clone());
+            n
+        }
+    }
+}
+
+/// Turn source events into work for the coordinator, in stream order.
+async fn transform_loop<T, E>(
+    mut events: mpsc::Receiver<SourceEvent>,
+    mut transform: T,
+    work: mpsc::Sender<Work>,
+) where
+    T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), E>,
+    E: Display,
+{
+    let mut tables: HashMap<u32, Arc<str>> = HashMap::new();
+    while let Some(ev) = events.recv().await {
+        let w = match ev {
+            SourceEvent::Begin { final_lsn, .. } => Work::Begin(final_lsn),
+            SourceEvent::Commit { end_lsn, .. } => Work::Commit(end_lsn),
+            SourceEvent::Keepalive { wal_end } => Work::Keepalive(wal_end),
+            SourceEvent::Message { .. } => continue,
+            SourceEvent::Change(change) => {
+                let mut ops = Vec::new();
+                match transform(&change, &mut ops) {
+                    Ok(()) if ops.is_empty() => continue,
+                    Ok(()) => Work::Ops {
+                        ops,
+                        table: table_name(&mut tables, &change),
+                        op: op_label(&change.kind),
+                        lsn: change.version,
+                    },
+                    Err(e) => Work::Failed(PipelineError::Transform {
+                        table: change.relation.qualified_name(),
+                        lsn: change.version,
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        };
+        let failed = matches!(w, Work::Failed(_));
+        if work.send(w).await.is_err() || failed {
+            return;
+        }
+    }
+}

@@ -4,6 +4,16 @@
 //! index creation. Keeps DESIGN invariants 2, 3 and 5: versioned writes,
 //! long-enough delete tombstones, nothing dropped silently.
 
+pub mod bulk;
+pub mod classify;
+pub mod client;
+pub mod dead_letter;
 pub mod es_config;
+pub mod indexer;
+pub mod indices;
 
+pub use classify::{ItemOutcome, classify_item, classify_request};
+pub use client::build_client;
 pub use es_config::{EsAuth, EsConfig};
+pub use indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
+pub use indices::{EnsureOutcome, IndexError, IndexSpec, ensure_index};

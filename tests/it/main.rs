@@ -10,3 +10,6 @@ mod ops;
 mod ops_packaging;
 mod ops_status;
 mod ops_tls;
+mod pipeline;
+mod sink;
+mod sink_proxy;

@@ -249,12 +249,31 @@ impl Es {
     pub async fn all_docs(&self, index: &str) -> BTreeMap<String, (u64, Value)> {
         self.refresh(index).await;
         let mut out = BTreeMap::new();
+        // Elasticsearch 8 refuses to sort on `_id`; page through a point in
+        // time in `_shard_doc` order instead, and fail loudly on any error
+        // (an empty result must mean an empty index).
+        let pit = self
+            .client
+            .open_point_in_time(elasticsearch::OpenPointInTimeParts::Index(&[index]))
+            .keep_alive("1m")
+            .send()
+            .await
+            .expect("open point in time");
+        if pit.status_code().as_u16() == 404 {
+            return out;
+        }
+        let pit: Value = pit.json().await.expect("point in time response");
+        let pit_id = pit["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no point in time for {index}: {pit}"))
+            .to_string();
         let mut search_after: Option<Value> = None;
         loop {
             let mut body = serde_json::json!({
                 "size": 5000,
                 "version": true,
-                "sort": [{"_id": "asc"}],
+                "pit": {"id": pit_id, "keep_alive": "1m"},
+                "sort": [{"_shard_doc": "asc"}],
                 "query": {"match_all": {}}
             });
             if let Some(sa) = &search_after {
@@ -262,18 +281,17 @@ impl Es {
             }
             let resp = self
                 .client
-                .search(elasticsearch::SearchParts::Index(&[index]))
+                .search(elasticsearch::SearchParts::None)
                 .body(body)
                 .send()
                 .await
                 .expect("search");
-            if resp.status_code().as_u16() == 404 {
-                return out;
-            }
+            let status = resp.status_code().as_u16();
             let v: Value = resp.json().await.expect("search response");
+            assert!(status == 200, "search of {index} failed: {v}");
             let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
             if hits.is_empty() {
-                return out;
+                break;
             }
             for h in &hits {
                 out.insert(
@@ -283,6 +301,13 @@ impl Es {
             }
             search_after = hits.last().map(|h| h["sort"].clone());
         }
+        let _ = self
+            .client
+            .close_point_in_time()
+            .body(serde_json::json!({"id": pit_id}))
+            .send()
+            .await;
+        out
     }
 
     /// Sources only, `_id → _source`.

@@ -1,0 +1,156 @@
+//! Dead letters: documents Elasticsearch refused for a reason retrying cannot
+//! fix, stored with everything needed to replay them by hand (DESIGN
+//! invariant 5: nothing is dropped silently).
+
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::indices::IndexSpec;
+use crate::transform::{BulkOp, OpAction};
+
+/// Documents larger than this are stored truncated, as a string, so the dead
+/// letter itself always fits.
+pub const MAX_STORED_DOC_BYTES: usize = 1 << 20;
+
+/// The dead-letter record for `op`, refused with `status` and `error`.
+pub fn record(op: &BulkOp, status: u16, error_type: &str, reason: &str) -> Value {
+    let (action, doc, truncated) = match &op.action {
+        OpAction::Delete => ("delete", Value::Null, false),
+        OpAction::Index { doc } => {
+            let (doc, truncated) = stored_doc(doc);
+            ("index", doc, truncated)
+        }
+    };
+    json!({
+        "@timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "index": &*op.index,
+        "id": op.id,
+        "action": action,
+        "routing": op.routing,
+        "version": op.version,
+        "status": status,
+        "error": { "type": error_type, "reason": reason },
+        "table": &*op.origin.table,
+        "key": op.origin.key,
+        "lsn": op.origin.lsn.to_string(),
+        "doc": doc,
+        "doc_truncated": truncated,
+    })
+}
+
+/// The original document: as JSON when it parses and fits, else as a string.
+fn stored_doc(doc: &[u8]) -> (Value, bool) {
+    if doc.len() > MAX_STORED_DOC_BYTES {
+        let mut end = MAX_STORED_DOC_BYTES;
+        while end > 0 && !is_char_boundary(doc, end) {
+            end -= 1;
+        }
+        let s = String::from_utf8_lossy(&doc[..end]).into_owned();
+        return (Value::String(s), true);
+    }
+    match serde_json::from_slice::<Value>(doc) {
+        Ok(v) => (v, false),
+        Err(_) => (
+            Value::String(String::from_utf8_lossy(doc).into_owned()),
+            false,
+        ),
+    }
+}
+
+fn is_char_boundary(b: &[u8], i: usize) -> bool {
+    i >= b.len() || (b[i] as i8) >= -0x40
+}
+
+/// The dead-letter index: the document is stored but not indexed
+/// (`enabled: false`), so any document fits whatever its shape.
+pub fn index_spec(name: &str) -> IndexSpec {
+    IndexSpec {
+        name: name.to_string(),
+        settings: json!({ "index": { "number_of_replicas": 0 } }),
+        mappings: json!({
+            "dynamic": false,
+            "properties": {
+                "@timestamp": { "type": "date" },
+                "index": { "type": "keyword" },
+                "id": { "type": "keyword" },
+                "action": { "type": "keyword" },
+                "routing": { "type": "keyword" },
+                "version": { "type": "long" },
+                "status": { "type": "short" },
+                "error": { "properties": {
+                    "type": { "type": "keyword" },
+                    "reason": { "type": "text" }
+                } },
+                "table": { "type": "keyword" },
+                "key": { "type": "keyword" },
+                "lsn": { "type": "keyword" },
+                "doc": { "type": "object", "enabled": false },
+                "doc_truncated": { "type": "boolean" }
+            }
+        }),
+        alias: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::lsn::Lsn;
+    use crate::transform::OpOrigin;
+
+    fn op(doc: &[u8]) -> BulkOp {
+        BulkOp {
+            action: OpAction::Index { doc: doc.to_vec() },
+            index: Arc::from("items"),
+            id: "7".into(),
+            routing: None,
+            pipeline: None,
+            version: 0x16_B374_D848,
+            origin: OpOrigin {
+                table: Arc::from("public.items"),
+                key: "{\"id\":7}".into(),
+                lsn: Lsn(0x16_B374_D848),
+            },
+        }
+    }
+
+    #[test]
+    fn a_record_names_the_target_the_error_and_the_source() {
+        let r = record(
+            &op(br#"{"n":"x"}"#),
+            400,
+            "document_parsing_exception",
+            "bad n",
+        );
+        assert_eq!(r["index"], "items");
+        assert_eq!(r["id"], "7");
+        assert_eq!(r["action"], "index");
+        assert_eq!(r["error"]["type"], "document_parsing_exception");
+        assert_eq!(r["error"]["reason"], "bad n");
+        assert_eq!(r["table"], "public.items");
+        assert_eq!(r["key"], "{\"id\":7}");
+        assert_eq!(r["lsn"], "16/B374D848");
+        assert_eq!(r["doc"], json!({"n": "x"}));
+        assert_eq!(r["doc_truncated"], false);
+        assert!(r["@timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn an_unparseable_document_is_kept_as_a_string() {
+        let r = record(&op(b"{not json"), 400, "x", "y");
+        assert_eq!(r["doc"], "{not json");
+    }
+
+    #[test]
+    fn a_huge_document_is_truncated_on_a_character_boundary() {
+        let mut doc = b"\"".to_vec();
+        doc.extend("é".repeat(MAX_STORED_DOC_BYTES).as_bytes());
+        let r = record(&op(&doc), 413, "x", "too large");
+        let s = r["doc"].as_str().unwrap();
+        assert!(s.len() <= MAX_STORED_DOC_BYTES);
+        assert!(!s.contains('\u{FFFD}'));
+        assert_eq!(r["doc_truncated"], true);
+    }
+}

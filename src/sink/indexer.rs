@@ -1,0 +1,556 @@
+//! The bulk indexer: batches `BulkOp`s into `_bulk` requests, sends several
+//! at once, and resolves every item to done (acknowledged), retried or
+//! dead-lettered.
+//!
+//! Ops are partitioned by (index, _id) over `concurrency` workers; each worker
+//! has one request in flight and resolves a batch fully before the next, so
+//! writes to one document reach Elasticsearch in stream order (DESIGN
+//! invariant 2). Retryable failures are retried (only the failed items, plus
+//! later items of the same document) with jittered exponential backoff for as
+//! long as it takes; other rejections go to the dead-letter index (invariant
+//! 5). Memory is bounded by a byte budget held from `submit` until the op is
+//! acknowledged (invariant 7).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::{BufMut, Bytes, BytesMut};
+use elasticsearch::Elasticsearch;
+use elasticsearch::http::Method;
+use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use super::bulk::{self, ItemResult};
+use super::classify::{ItemOutcome, RequestOutcome, classify_item, classify_request};
+use super::dead_letter;
+use crate::transform::BulkOp;
+
+/// How the indexer batches and sends.
+#[derive(Debug, Clone)]
+pub struct IndexerConfig {
+    /// Bulk requests in flight at once (one per worker).
+    pub concurrency: usize,
+    /// A batch closes at this many ops...
+    pub max_batch_docs: usize,
+    /// ...or this many body bytes...
+    pub max_batch_bytes: usize,
+    /// ...or this long after its first op arrived.
+    pub linger: Duration,
+    /// Bytes of ops accepted but not yet acknowledged; `submit` waits beyond.
+    pub max_in_flight_bytes: usize,
+    /// Where rejected documents go.
+    pub dead_letter_index: String,
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        IndexerConfig {
+            concurrency: 4,
+            max_batch_docs: 5_000,
+            max_batch_bytes: 8 << 20,
+            linger: Duration::from_millis(20),
+            max_in_flight_bytes: 128 << 20,
+            dead_letter_index: "sluice-dead-letters".into(),
+            retry_min_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `count` ops submitted with `tag` are done: written, refused as stale, or
+/// stored as dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub tag: u64,
+    pub count: u64,
+}
+
+/// The indexer stopped (a worker died); nothing more can be submitted.
+#[derive(Debug, thiserror::Error)]
+#[error("the bulk indexer has stopped")]
+pub struct IndexerClosed;
+
+struct Item {
+    op: BulkOp,
+    tag: u64,
+    cost: u32,
+}
+
+/// Handle to the running workers.
+pub struct Indexer {
+    workers: Vec<mpsc::Sender<Item>>,
+    handles: Vec<JoinHandle<()>>,
+    budget: Arc<Semaphore>,
+    budget_total: u32,
+}
+
+impl Indexer {
+    /// Start the workers. Acknowledgements arrive on `acks` (unbounded so a
+    /// worker never waits on the consumer, which may itself wait in `submit`;
+    /// its size is bounded by the ops in flight).
+    pub fn start(
+        client: Elasticsearch,
+        config: IndexerConfig,
+        acks: mpsc::UnboundedSender<Vec<Ack>>,
+    ) -> Indexer {
+        let concurrency = config.concurrency.max(1);
+        let budget_total = config.max_in_flight_bytes.clamp(1 << 16, u32::MAX as usize) as u32;
+        let budget = Arc::new(Semaphore::new(budget_total as usize));
+        let config = Arc::new(config);
+        let mut workers = Vec::with_capacity(concurrency);
+        let mut handles = Vec::with_capacity(concurrency);
+        for id in 0..concurrency {
+            let (tx, rx) = mpsc::channel(config.max_batch_docs.max(1) * 2);
+            let w = Worker {
+                id,
+                client: client.clone(),
+                config: config.clone(),
+                rx,
+                acks: acks.clone(),
+                budget: budget.clone(),
+            };
+            workers.push(tx);
+            handles.push(tokio::spawn(w.run()));
+        }
+        Indexer {
+            workers,
+            handles,
+            budget,
+            budget_total,
+        }
+    }
+
+    /// Queue one op; `tag` comes back in its `Ack`. Waits while the in-flight
+    /// byte budget is spent. Ops for one document must be submitted in stream
+    /// order (from one task).
+    pub async fn submit(&self, op: BulkOp, tag: u64) -> Result<(), IndexerClosed> {
+        let cost = (op.approx_size().min(self.budget_total as usize)) as u32;
+        self.budget
+            .acquire_many(cost)
+            .await
+            .map_err(|_| IndexerClosed)?
+            .forget();
+        let w = bulk::partition(&op, self.workers.len());
+        self.workers[w]
+            .send(Item { op, tag, cost })
+            .await
+            .map_err(|_| IndexerClosed)
+    }
+
+    /// Bytes currently accepted but not acknowledged.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.budget_total as usize - self.budget.available_permits()
+    }
+
+    /// Stop taking ops, send everything queued and wait until every op is
+    /// resolved, for at most `timeout` (retries can last as long as
+    /// Elasticsearch is down). Returns false if it timed out: the workers are
+    /// then aborted and their unacknowledged ops are simply never confirmed.
+    pub async fn finish(self, timeout: Duration) -> bool {
+        drop(self.workers);
+        let mut handles = self.handles;
+        let all = futures::future::join_all(handles.iter_mut());
+        match tokio::time::timeout(timeout, all).await {
+            Ok(results) => {
+                for r in results {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "bulk worker failed");
+                    }
+                }
+                true
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_secs = timeout.as_secs_f64(),
+                    "in-flight bulks did not finish in time; they will be replayed on restart"
+                );
+                for h in &handles {
+                    h.abort();
+                }
+                false
+            }
+        }
+    }
+}
+
+struct Worker {
+    id: usize,
+    client: Elasticsearch,
+    config: Arc<IndexerConfig>,
+    rx: mpsc::Receiver<Item>,
+    acks: mpsc::UnboundedSender<Vec<Ack>>,
+    budget: Arc<Semaphore>,
+}
+
+/// The raw outcome of one HTTP request.
+type Sent = Result<(u16, Bytes), elasticsearch::Error>;
+
+impl Worker {
+    async fn run(mut self) {
+        let mut closed = false;
+        while !closed {
+            let Some(first) = self.rx.recv().await else {
+                break;
+            };
+            let mut bytes = first.op.approx_size();
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.config.linger;
+            while batch.len() < self.config.max_batch_docs && bytes < self.config.max_batch_bytes {
+                let next = match self.rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                            Ok(item) => item,
+                            Err(_) => break,
+                        }
+                    }
+                };
+                match next {
+                    Some(item) => {
+                        bytes += item.op.approx_size();
+                        batch.push(item);
+                    }
+                    None => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            self.process(batch, bytes).await;
+        }
+        tracing::debug!(worker = self.id, "bulk worker done");
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(self.config.retry_min_delay)
+            .with_max_delay(self.config.retry_max_delay)
+            .without_max_times()
+            .build()
+    }
+
+    /// Resolve every item of `items` (ack, dead-letter) before returning.
+    async fn process(&self, mut items: Vec<Item>, size_hint: usize) {
+        let mut backoff = self.backoff();
+        let mut attempt = 0u32;
+        loop {
+            if attempt > 0 {
+                let delay = backoff.next().unwrap_or(self.config.retry_max_delay);
+                metrics::counter!("sluice_retries_total").increment(1);
+                tokio::time::sleep(delay).await;
+            }
+            attempt += 1;
+            let body = bulk::render(items.iter().map(|i| &i.op), size_hint);
+            let sent = self.send(body).await;
+            let status = sent.as_ref().ok().map(|(s, _)| *s);
+            match classify_request(status) {
+                RequestOutcome::RetryAll => {
+                    log_request_failure(self.id, &sent, items.len(), attempt);
+                    metrics::counter!("sluice_bulk_items_total", "outcome" => "retried")
+                        .increment(items.len() as u64);
+                }
+                RequestOutcome::Split => {
+                    let (status, text) = match &sent {
+                        Ok((s, b)) => (*s, String::from_utf8_lossy(b).into_owned()),
+                        Err(_) => unreachable!("a split needs a response"),
+                    };
+                    if items.len() == 1 {
+                        let item = items.pop().expect("one item");
+                        let reason = truncate(&text, 4096);
+                        let res = ItemResult {
+                            status,
+                            error: Some(bulk::ItemError {
+                                kind: Some(format!("http_{status}")),
+                                reason: Some(reason),
+                            }),
+                        };
+                        self.dead_letter(vec![(item, res)]).await;
+                        return;
+                    }
+                    tracing::warn!(
+                        worker = self.id,
+                        status,
+                        items = items.len(),
+                        "bulk request refused as a whole; splitting it to find the bad item"
+                    );
+                    let second = items.split_off(items.len() / 2);
+                    Box::pin(self.process(items, size_hint / 2)).await;
+                    Box::pin(self.process(second, size_hint / 2)).await;
+                    return;
+                }
+                RequestOutcome::Items => {
+                    let (_, body) = sent.as_ref().expect("items need a response");
+                    match bulk::parse_response(body) {
+                        Ok(results) if results.len() == items.len() => {
+                            items = self.resolve(items, results).await;
+                            if items.is_empty() {
+                                return;
+                            }
+                        }
+                        other => {
+                            tracing::error!(
+                                worker = self.id,
+                                sent = items.len(),
+                                got = ?other.as_ref().map(|r| r.len()).map_err(|e| e.to_string()),
+                                "unreadable bulk response; retrying the whole request"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sort items by their results: ack the done ones, dead-letter the bad
+    /// ones, return those to send again.
+    async fn resolve(&self, items: Vec<Item>, results: Vec<ItemResult>) -> Vec<Item> {
+        let mut done = Vec::with_capacity(items.len());
+        let mut dead = Vec::new();
+        let mut retry = Vec::new();
+        // Documents with a retried item: their later items are retried too,
+        // even if they succeeded, so the retried earlier write cannot land
+        // after them (they may share a version).
+        let mut retry_docs: HashSet<(Arc<str>, String)> = HashSet::new();
+        let (mut ok, mut conflict) = (0u64, 0u64);
+        for (item, res) in items.into_iter().zip(results) {
+            let outcome = classify_item(
+                bulk::action_kind(&item.op),
+                res.status,
+                res.error.as_ref().and_then(|e| e.kind.as_deref()),
+            );
+            let doc = (item.op.index.clone(), item.op.id.clone());
+            let follows_retry = !retry_docs.is_empty() && retry_docs.contains(&doc);
+            match outcome {
+                ItemOutcome::Retry => {
+                    retry_docs.insert(doc);
+                    retry.push((item, res));
+                }
+                ItemOutcome::DeadLetter => dead.push((item, res)),
+                ItemOutcome::Done | ItemOutcome::Conflict if follows_retry => {
+                    retry.push((item, res))
+                }
+                ItemOutcome::Done => {
+                    ok += 1;
+                    done.push(item);
+                }
+                ItemOutcome::Conflict => {
+                    conflict += 1;
+                    done.push(item);
+                }
+            }
+        }
+        metrics::counter!("sluice_bulk_items_total", "outcome" => "ok").increment(ok);
+        metrics::counter!("sluice_bulk_items_total", "outcome" => "conflict").increment(conflict);
+        self.ack(&done);
+        drop(done);
+        if !dead.is_empty() {
+            self.dead_letter(dead).await;
+        }
+        if let Some((_, first)) = retry.first() {
+            metrics::counter!("sluice_bulk_items_total", "outcome" => "retried")
+                .increment(retry.len() as u64);
+            tracing::warn!(
+                worker = self.id,
+                items = retry.len(),
+                status = first.status,
+                error = ?first.error,
+                "bulk items failed transiently; retrying them"
+            );
+        }
+        retry.into_iter().map(|(i, _)| i).collect()
+    }
+
+    /// Store rejected items in the dead-letter index (retrying until it
+    /// worked), then acknowledge them.
+    async fn dead_letter(&self, dead: Vec<(Item, ItemResult)>) {
+        let dl_index = &self.config.dead_letter_index;
+        let mut records: Vec<(usize, serde_json::Value, bool)> = dead
+            .iter()
+            .enumerate()
+            .map(|(i, (item, res))| {
+                let (kind, reason) = res
+                    .error
+                    .as_ref()
+                    .map(|e| {
+                        (
+                            e.kind.clone().unwrap_or_default(),
+                            e.reason.clone().unwrap_or_default(),
+                        )
+                    })
+                    .unwrap_or_default();
+                tracing::error!(
+                    index = %item.op.index,
+                    id = %item.op.id,
+                    table = %item.op.origin.table,
+                    key = %item.op.origin.key,
+                    lsn = %item.op.origin.lsn,
+                    status = res.status,
+                    error_type = %kind,
+                    reason = %reason,
+                    dead_letter_index = %dl_index,
+                    "Elasticsearch rejected a document; storing it as a dead letter"
+                );
+                let rec = dead_letter::record(&item.op, res.status, &kind, &reason);
+                (i, rec, false)
+            })
+            .collect();
+        let mut backoff = self.backoff();
+        let mut attempt = 0;
+        while !records.is_empty() {
+            if attempt > 0 {
+                let delay = backoff.next().unwrap_or(self.config.retry_max_delay);
+                metrics::counter!("sluice_retries_total").increment(1);
+                tokio::time::sleep(delay).await;
+            }
+            attempt += 1;
+            let mut buf = BytesMut::new();
+            for (_, rec, _) in &records {
+                buf.put_slice(b"{\"index\":{\"_index\":");
+                buf.put_slice(serde_json::to_string(dl_index).expect("string").as_bytes());
+                buf.put_slice(b"}}\n");
+                serde_json::to_writer((&mut buf).writer(), rec).expect("a Value serializes");
+                buf.put_u8(b'\n');
+            }
+            let sent = self.send(buf.freeze()).await;
+            let results = match &sent {
+                Ok((s, body)) if (200..300).contains(s) => bulk::parse_response(body)
+                    .ok()
+                    .filter(|r| r.len() == records.len()),
+                _ => None,
+            };
+            let Some(results) = results else {
+                log_request_failure(self.id, &sent, records.len(), attempt);
+                continue;
+            };
+            let mut still = Vec::new();
+            for ((i, mut rec, simplified), res) in records.into_iter().zip(results) {
+                let err_type = res.error.as_ref().and_then(|e| e.kind.as_deref());
+                let item = &dead[i].0;
+                match classify_item(super::classify::ActionKind::Index, res.status, err_type) {
+                    ItemOutcome::Done | ItemOutcome::Conflict => {
+                        metrics::counter!("sluice_dead_letters_total", "table" => item.op.origin.table.to_string())
+                            .increment(1);
+                        metrics::counter!("sluice_bulk_items_total", "outcome" => "dead_lettered")
+                            .increment(1);
+                    }
+                    ItemOutcome::Retry => still.push((i, rec, simplified)),
+                    ItemOutcome::DeadLetter if !simplified => {
+                        // The dead-letter index itself refused it (e.g. it was
+                        // created by hand with another mapping): keep the
+                        // document as a plain string and try again.
+                        tracing::warn!(error = ?res.error, dead_letter_index = %dl_index,
+                            "the dead-letter index refused a record; retrying with the document as text");
+                        rec["doc"] = serde_json::Value::String(rec["doc"].to_string());
+                        still.push((i, rec, true));
+                    }
+                    ItemOutcome::DeadLetter => {
+                        // Last resort: the log line is the dead letter.
+                        metrics::counter!("sluice_dead_letters_total", "table" => item.op.origin.table.to_string())
+                            .increment(1);
+                        metrics::counter!("sluice_dead_letter_write_failures_total").increment(1);
+                        tracing::error!(error = ?res.error, dead_letter_index = %dl_index, record = %rec,
+                            "the dead-letter index refused a record; it is kept only in this log line");
+                    }
+                }
+            }
+            records = still;
+        }
+        let items: Vec<Item> = dead.into_iter().map(|(i, _)| i).collect();
+        self.ack(&items);
+    }
+
+    fn ack(&self, items: &[Item]) {
+        if items.is_empty() {
+            return;
+        }
+        let mut acks: Vec<Ack> = Vec::new();
+        let mut cost = 0usize;
+        for it in items {
+            cost += it.cost as usize;
+            match acks.last_mut() {
+                Some(a) if a.tag == it.tag => a.count += 1,
+                _ => acks.push(Ack {
+                    tag: it.tag,
+                    count: 1,
+                }),
+            }
+        }
+        // A closed ack channel means the consumer is gone (shutting down):
+        // nothing is confirmed then, which is the safe side.
+        let _ = self.acks.send(acks);
+        self.budget.add_permits(cost);
+    }
+
+    async fn send(&self, body: Bytes) -> Sent {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        let len = body.len() as u64;
+        let started = Instant::now();
+        let result = async {
+            let resp = self
+                .client
+                .send(
+                    Method::Post,
+                    "/_bulk",
+                    headers,
+                    Some(&[("filter_path", bulk::BULK_FILTER_PATH)]),
+                    Some(body),
+                    None,
+                )
+                .await?;
+            let status = resp.status_code().as_u16();
+            let bytes = resp.bytes().await?;
+            Ok((status, bytes))
+        }
+        .await;
+        metrics::histogram!("sluice_bulk_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok((s, _)) if (200..300).contains(s) => "ok",
+            _ => "error",
+        };
+        metrics::counter!("sluice_bulk_requests_total", "outcome" => outcome).increment(1);
+        if outcome == "ok" {
+            metrics::counter!("sluice_bulk_bytes_sent_total").increment(len);
+        }
+        result
+    }
+}
+
+fn log_request_failure(worker: usize, sent: &Sent, items: usize, attempt: u32) {
+    // The first failures are routine (a node restarting); keep repeating
+    // ones visible without flooding the log.
+    let loud = attempt <= 3 || attempt.is_power_of_two();
+    match sent {
+        Err(e) if loud => tracing::warn!(
+            worker, items, attempt, error = %e, timeout = e.is_timeout(),
+            "bulk request failed; retrying with backoff"
+        ),
+        Ok((status, body)) if loud => tracing::warn!(
+            worker, items, attempt, status, body = %truncate(&String::from_utf8_lossy(body), 512),
+            "bulk request refused; retrying with backoff"
+        ),
+        _ => {}
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

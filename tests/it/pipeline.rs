@@ -1,0 +1,461 @@
+//! The generic pipeline against the real Elasticsearch, fed by hand with
+//! `SourceEvent`s (no PostgreSQL needed): the confirmed LSN follows what
+//! Elasticsearch acknowledged — never past an unacknowledged transaction,
+//! held through an outage, advanced after it — and shutdown is graceful.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+use sluice::Lsn;
+use sluice::pipeline::{Pipeline, PipelineConfig, PipelineSummary, StopReason};
+use sluice::sink::indices::{IndexSpec, ensure_index};
+use sluice::sink::{IndexerConfig, dead_letter};
+use sluice::source::{
+    Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, SourceEvent,
+};
+use sluice::transform::{BulkOp, OpAction, OpOrigin};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::sink::client_for;
+use crate::sink_proxy::Proxy;
+use crate::support::{Es, TestDb, services, wait_until};
+
+fn relation(id: u32, name: &str) -> Arc<Relation> {
+    Arc::new(Relation {
+        id,
+        schema: "public".into(),
+        name: name.into(),
+        replica_identity: ReplicaIdentity::Default,
+        columns: vec![
+            Column {
+                name: "id".into(),
+                type_oid: 20,
+                type_modifier: -1,
+                is_key: true,
+            },
+            Column {
+                name: "n".into(),
+                type_oid: 25,
+                type_modifier: -1,
+                is_key: false,
+            },
+        ],
+    })
+}
+
+fn row(id: i64, n: Value) -> Vec<Datum> {
+    vec![Datum::Value(json!(id)), Datum::Value(n)]
+}
+
+/// A minimal stand-in for the real transformer: table `public.<t>` goes to
+/// the index `indices[t]`; other tables are filtered out (no ops).
+fn transformer(
+    indices: HashMap<String, String>,
+) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static {
+    move |c: &Change, out: &mut Vec<BulkOp>| {
+        let Some(index) = indices.get(&c.relation.name) else {
+            return Ok(());
+        };
+        let to_doc = |r: &Vec<Datum>| {
+            let mut m = Map::new();
+            for (col, d) in c.relation.columns.iter().zip(r) {
+                if let Datum::Value(v) = d {
+                    m.insert(col.name.clone(), v.clone());
+                }
+            }
+            Value::Object(m)
+        };
+        let (action, key_row) = match &c.kind {
+            ChangeKind::Insert { new } | ChangeKind::Update { new, .. } => (
+                OpAction::Index {
+                    doc: serde_json::to_vec(&to_doc(new)).unwrap(),
+                },
+                new,
+            ),
+            ChangeKind::Delete { old } => (OpAction::Delete, old.row()),
+            ChangeKind::Truncate => return Err("truncate is not supported here".into()),
+        };
+        let Datum::Value(id) = &key_row[0] else {
+            return Err("no key".into());
+        };
+        out.push(BulkOp {
+            action,
+            index: Arc::from(index.as_str()),
+            id: id.to_string(),
+            routing: None,
+            pipeline: None,
+            version: c.version.as_version(),
+            origin: OpOrigin {
+                table: Arc::from(c.relation.qualified_name()),
+                key: json!({ "id": id }).to_string(),
+                lsn: c.version,
+            },
+        });
+        Ok(())
+    }
+}
+
+/// Builds the events of transactions.
+struct Feed {
+    tx: mpsc::Sender<SourceEvent>,
+}
+
+impl Feed {
+    async fn send(&self, ev: SourceEvent) {
+        self.tx.send(ev).await.expect("pipeline is running");
+    }
+
+    async fn begin(&self, final_lsn: u64) {
+        self.send(SourceEvent::Begin {
+            final_lsn: Lsn(final_lsn),
+            commit_time: Utc::now(),
+            xid: final_lsn as u32,
+        })
+        .await;
+    }
+
+    async fn change(&self, rel: &Arc<Relation>, version: u64, kind: ChangeKind) {
+        self.send(SourceEvent::Change(Change {
+            relation: rel.clone(),
+            kind,
+            version: Lsn(version),
+            commit_time: Utc::now(),
+        }))
+        .await;
+    }
+
+    async fn insert(&self, rel: &Arc<Relation>, version: u64, id: i64, n: Value) {
+        self.change(rel, version, ChangeKind::Insert { new: row(id, n) })
+            .await;
+    }
+
+    async fn delete(&self, rel: &Arc<Relation>, version: u64, id: i64) {
+        self.change(
+            rel,
+            version,
+            ChangeKind::Delete {
+                old: OldRow::Key(vec![Datum::Value(json!(id)), Datum::Null]),
+            },
+        )
+        .await;
+    }
+
+    async fn commit(&self, final_lsn: u64, end_lsn: u64) {
+        self.send(SourceEvent::Commit {
+            commit_lsn: Lsn(final_lsn),
+            end_lsn: Lsn(end_lsn),
+        })
+        .await;
+    }
+
+    /// A whole transaction inserting `ids` with `n = id * mult`.
+    async fn insert_tx(&self, rel: &Arc<Relation>, lsn: u64, ids: std::ops::Range<i64>, mult: i64) {
+        self.begin(lsn).await;
+        for id in ids {
+            self.insert(rel, lsn, id, json!(id * mult)).await;
+        }
+        self.commit(lsn, lsn + 8).await;
+    }
+}
+
+struct Running {
+    feed: Feed,
+    confirmed: watch::Receiver<Lsn>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<PipelineSummary, sluice::pipeline::PipelineError>>,
+}
+
+impl Running {
+    fn start(es_url: &str, dead_letters: &str, indices: HashMap<String, String>) -> Running {
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let (confirmed_tx, confirmed) = watch::channel(Lsn(1));
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let config = PipelineConfig {
+            indexer: IndexerConfig {
+                concurrency: 3,
+                max_batch_docs: 40,
+                linger: Duration::from_millis(5),
+                max_in_flight_bytes: 1 << 20,
+                dead_letter_index: dead_letters.to_string(),
+                retry_min_delay: Duration::from_millis(50),
+                retry_max_delay: Duration::from_secs(1),
+                ..IndexerConfig::default()
+            },
+            transform_buffer: 16,
+            drain_timeout: Duration::from_secs(30),
+        };
+        let pipeline = Pipeline::new(client_for(es_url), config);
+        let task = tokio::spawn(pipeline.run(
+            Lsn(1),
+            events_rx,
+            transformer(indices),
+            confirmed_tx,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        Running {
+            feed: Feed { tx: events_tx },
+            confirmed,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn wait_confirmed(&self, lsn: u64, within: Duration) {
+        let rx = self.confirmed.clone();
+        wait_until(within, &format!("confirmed LSN {}", Lsn(lsn)), || {
+            let c = *rx.borrow();
+            async move { (c >= Lsn(lsn)).then_some(()) }
+        })
+        .await;
+        assert_eq!(*self.confirmed.borrow(), Lsn(lsn), "never past the goal");
+    }
+
+    async fn shutdown(mut self) -> PipelineSummary {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().expect("pipeline ends cleanly")
+    }
+}
+
+fn indices(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(t, i)| (t.to_string(), i.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_pipeline_confirms_acknowledged_transactions_and_shuts_down_gracefully() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("items");
+    let items = relation(1, "items");
+    let filtered = relation(2, "audit_log");
+    let run = Running::start(
+        &services().es_url,
+        &db.index("dead"),
+        indices(&[("items", &index)]),
+    );
+
+    run.feed
+        .send(SourceEvent::Keepalive { wal_end: Lsn(50) })
+        .await;
+    run.wait_confirmed(50, Duration::from_secs(10)).await;
+
+    // 300 inserts, row 7 changed three times inside the transaction.
+    run.feed.begin(100).await;
+    for id in 0..300 {
+        run.feed.insert(&items, 100, id, json!(id)).await;
+    }
+    run.feed
+        .change(
+            &items,
+            100,
+            ChangeKind::Update {
+                old: None,
+                new: row(7, json!(-7)),
+            },
+        )
+        .await;
+    run.feed.delete(&items, 100, 7).await;
+    run.feed.insert(&items, 100, 7, json!(77)).await;
+    run.feed.commit(100, 110).await;
+    // A transaction that touches only a table no mapping wants.
+    run.feed.begin(120).await;
+    run.feed.insert(&filtered, 120, 1, json!("ignored")).await;
+    run.feed.commit(120, 130).await;
+    // Deletes and updates.
+    run.feed.begin(140).await;
+    run.feed.delete(&items, 140, 0).await;
+    run.feed
+        .change(
+            &items,
+            140,
+            ChangeKind::Update {
+                old: None,
+                new: row(1, json!(11)),
+            },
+        )
+        .await;
+    run.feed.commit(140, 150).await;
+    run.wait_confirmed(150, Duration::from_secs(30)).await;
+
+    // An open transaction at shutdown is written but never confirmed.
+    run.feed.begin(160).await;
+    run.feed.insert(&items, 160, 1000, json!(1000)).await;
+    let summary = run.shutdown().await;
+    assert_eq!(summary.confirmed, Lsn(150));
+    assert_eq!(summary.stopped_by, StopReason::Shutdown);
+    assert!(summary.drained);
+
+    let mut docs = es.all_docs(&index).await;
+    // The open transaction's write may or may not have been taken before the
+    // shutdown signal; either way it was not confirmed.
+    docs.remove("1000");
+    let missing: Vec<i64> = (1..300)
+        .filter(|i| !docs.contains_key(&i.to_string()))
+        .collect();
+    assert_eq!(docs.len(), 299, "row 0 deleted; missing: {missing:?}");
+    assert_eq!(docs["7"], (100, json!({"id": 7, "n": 77})));
+    assert_eq!(docs["1"], (140, json!({"id": 1, "n": 11})));
+    assert_eq!(docs["299"], (100, json!({"id": 299, "n": 299})));
+    assert!(!docs.contains_key("0"));
+    assert!(es.sources(&db.index("dead")).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_confirmed_lsn_never_passes_an_unacknowledged_transaction() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let blocked = db.index("blocked");
+    let open = db.index("open");
+    let client = client_for(&services().es_url);
+    ensure_index(
+        &client,
+        &IndexSpec {
+            name: blocked.clone(),
+            settings: json!({"index": {"number_of_replicas": 0, "blocks.write": true}}),
+            mappings: Value::Null,
+            alias: None,
+        },
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    let a = relation(1, "a");
+    let b = relation(2, "b");
+    let run = Running::start(
+        &services().es_url,
+        &db.index("dead"),
+        indices(&[("a", &blocked), ("b", &open)]),
+    );
+
+    run.feed.insert_tx(&b, 100, 0..5, 1).await; // confirmed: 108
+    run.feed.insert_tx(&a, 200, 0..3, 1).await; // refused: write block
+    run.feed.insert_tx(&b, 300, 5..10, 1).await; // acknowledged, but after a
+    run.wait_confirmed(108, Duration::from_secs(10)).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the later transaction's writes",
+        || async { (es.sources(&open).await.len() == 10).then_some(()) },
+    )
+    .await;
+    // Give acks time to arrive; the confirmed LSN must stay put.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(*run.confirmed.borrow(), Lsn(108));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    client
+        .indices()
+        .put_settings(elasticsearch::indices::IndicesPutSettingsParts::Index(&[
+            &blocked,
+        ]))
+        .body(json!({"index.blocks.write": false}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status_code()
+        .unwrap();
+    run.wait_confirmed(308, Duration::from_secs(30)).await;
+    assert_eq!(es.sources(&blocked).await.len(), 3);
+    assert_eq!(run.shutdown().await.confirmed, Lsn(308));
+}
+
+#[tokio::test]
+async fn a_mapping_conflict_is_dead_lettered_and_the_stream_goes_on() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("typed");
+    let dl = db.index("dead");
+    let client = client_for(&services().es_url);
+    let window = Duration::from_secs(600);
+    ensure_index(
+        &client,
+        &IndexSpec {
+            name: index.clone(),
+            settings: json!({"number_of_replicas": 0}),
+            mappings: json!({"properties": {"n": {"type": "long"}}}),
+            alias: None,
+        },
+        window,
+    )
+    .await
+    .unwrap();
+    ensure_index(&client, &dead_letter::index_spec(&dl), window)
+        .await
+        .unwrap();
+    let t = relation(1, "typed");
+    let run = Running::start(&services().es_url, &dl, indices(&[("typed", &index)]));
+
+    run.feed.begin(100).await;
+    run.feed.insert(&t, 100, 1, json!(1)).await;
+    run.feed.insert(&t, 100, 2, json!("two")).await;
+    run.feed.commit(100, 110).await;
+    run.feed.insert_tx(&t, 200, 3..4, 1).await;
+    run.wait_confirmed(208, Duration::from_secs(20)).await;
+    run.shutdown().await;
+
+    assert_eq!(
+        es.sources(&index).await.keys().collect::<Vec<_>>(),
+        vec!["1", "3"]
+    );
+    let dead: Vec<Value> = es.sources(&dl).await.into_values().collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], "2");
+    assert_eq!(dead[0]["table"], "public.typed");
+    assert_eq!(dead[0]["lsn"], Lsn(100).to_string());
+    assert_eq!(dead[0]["doc"], json!({"id": 2, "n": "two"}));
+}
+
+#[tokio::test]
+async fn an_elasticsearch_outage_holds_the_checkpoint_and_loses_nothing() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("items");
+    let proxy = Proxy::start(&services().es_url).await;
+    let items = relation(1, "items");
+    let run = Running::start(
+        &proxy.url(),
+        &db.index("dead"),
+        indices(&[("items", &index)]),
+    );
+
+    run.feed.insert_tx(&items, 100, 0..50, 1).await;
+    run.wait_confirmed(108, Duration::from_secs(10)).await;
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    run.feed.insert_tx(&items, 200, 50..150, 1).await;
+    run.feed.insert_tx(&items, 300, 0..150, 2).await;
+    // The reader reconnects mid-transaction and delivers it again.
+    run.feed.begin(400).await;
+    run.feed.insert(&items, 400, 7, json!("partial")).await;
+    run.feed.insert_tx(&items, 400, 0..150, 3).await;
+    run.feed
+        .send(SourceEvent::Keepalive { wal_end: Lsn(500) })
+        .await;
+
+    while cut_at.elapsed() < Duration::from_secs(21) {
+        assert_eq!(*run.confirmed.borrow(), Lsn(108), "held during the outage");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    proxy.restore().await;
+    run.wait_confirmed(500, Duration::from_secs(60)).await;
+    let summary = run.shutdown().await;
+    assert_eq!(summary.confirmed, Lsn(500));
+
+    let docs = es.all_docs(&index).await;
+    assert_eq!(docs.len(), 150);
+    for (id, (version, doc)) in &docs {
+        let id: i64 = id.parse().unwrap();
+        assert_eq!(*version, 400);
+        assert_eq!(*doc, json!({"id": id, "n": id * 3}));
+    }
+}
