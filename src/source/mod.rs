@@ -6,9 +6,19 @@
 //! its transaction's commit LSN (DESIGN invariant 2).
 
 pub mod change;
+pub mod decoder;
 pub mod pg_config;
+pub mod pgoutput;
+pub mod types;
+pub mod value;
+mod value_parse;
 
 pub use change::{
     Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, Row, SourceEvent,
 };
+pub use decoder::{Decoder, DecoderError};
 pub use pg_config::{PgConnectConfig, SslMode};
+pub use types::{Conv, TypeCatalog, TypeInfo};
+pub use value::{
+    InfiniteTime, NonFiniteFloat, NumericMode, ValueError, ValueOptions, convert_text,
+};
