@@ -80,11 +80,10 @@ impl TypeCatalog {
     pub fn insert(&mut self, info: TypeInfo) {
         // A name-only entry (pgoutput Type message) never replaces a full one.
         if info.typtype == b'?'
-            && let Some(old) = self.types.get_mut(&info.oid)
+            && let Some(old) = self.types.get(&info.oid)
+            && old.typtype != b'?'
         {
-            if old.typtype != b'?' {
-                return;
-            }
+            return;
         }
         self.types.insert(info.oid, info);
     }
