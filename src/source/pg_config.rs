@@ -74,3 +74,219 @@ impl fmt::Display for PgConnectConfig {
         )
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PgConfigError {
+    #[error("PostgreSQL connection string is not valid: {0}")]
+    Invalid(String),
+    #[error("unknown sslmode `{0}` (use disable, prefer, require, verify-ca or verify-full)")]
+    SslMode(String),
+    #[error("cannot read the PostgreSQL password from {source_name}: {reason}")]
+    Password { source_name: String, reason: String },
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = PgConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => return Err(PgConfigError::SslMode(other.into())),
+        })
+    }
+}
+
+impl PgConnectConfig {
+    /// Parse a `postgres://user:pass@host:port/db?sslmode=...` URL or a
+    /// libpq key/value string (`host=... port=... dbname=...`). Parameters:
+    /// host, port, user, password, dbname, sslmode, sslrootcert,
+    /// application_name, connect_timeout. A `host` query parameter starting
+    /// with `/` selects a Unix socket directory.
+    pub fn parse(s: &str) -> Result<PgConnectConfig, PgConfigError> {
+        let s = s.trim();
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Self::from_url(s)
+        } else {
+            Self::from_key_values(s)
+        }
+    }
+
+    pub fn from_url(s: &str) -> Result<PgConnectConfig, PgConfigError> {
+        // Never echo the URL back: it may hold the password.
+        let u = url::Url::parse(s).map_err(|e| PgConfigError::Invalid(e.to_string()))?;
+        if !matches!(u.scheme(), "postgres" | "postgresql") {
+            return Err(PgConfigError::Invalid(format!(
+                "unsupported scheme `{}`",
+                u.scheme()
+            )));
+        }
+        let mut cfg = PgConnectConfig::default();
+        let dec = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        if let Some(h) = u.host_str() {
+            cfg.host = h.trim_start_matches('[').trim_end_matches(']').to_string();
+        }
+        if let Some(p) = u.port() {
+            cfg.port = p;
+        }
+        if !u.username().is_empty() {
+            cfg.user = dec(u.username());
+        }
+        cfg.password = u.password().map(dec);
+        let db = u.path().trim_start_matches('/');
+        if !db.is_empty() {
+            cfg.dbname = dec(db);
+        }
+        for (k, v) in u.query_pairs() {
+            cfg.set(&k, &v)?;
+        }
+        Ok(cfg)
+    }
+
+    pub fn from_key_values(s: &str) -> Result<PgConnectConfig, PgConfigError> {
+        let mut cfg = PgConnectConfig::default();
+        for pair in s.split_whitespace() {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                PgConfigError::Invalid(format!(
+                    "`{}` is not key=value",
+                    pair.split('=').next().unwrap_or("")
+                ))
+            })?;
+            cfg.set(k, v.trim_matches('\''))?;
+        }
+        Ok(cfg)
+    }
+
+    fn set(&mut self, key: &str, v: &str) -> Result<(), PgConfigError> {
+        match key {
+            "host" => self.host = v.into(),
+            "port" => {
+                self.port = v
+                    .parse()
+                    .map_err(|_| PgConfigError::Invalid(format!("port `{v}` is not a number")))?
+            }
+            "user" => self.user = v.into(),
+            "password" => self.password = Some(v.into()),
+            "dbname" => self.dbname = v.into(),
+            "sslmode" => self.sslmode = v.parse()?,
+            "sslrootcert" => self.ssl_root_cert = Some(v.into()),
+            "application_name" => self.application_name = v.into(),
+            "connect_timeout" => {
+                self.connect_timeout_secs = v.parse().map_err(|_| {
+                    PgConfigError::Invalid(format!("connect_timeout `{v}` is not a number"))
+                })?
+            }
+            other => {
+                return Err(PgConfigError::Invalid(format!(
+                    "unknown parameter `{other}`"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the password from an environment variable (if set) or a file
+    /// (first line), overriding any password in the URL.
+    pub fn with_password_from(
+        mut self,
+        env_var: Option<&str>,
+        file: Option<&std::path::Path>,
+    ) -> Result<PgConnectConfig, PgConfigError> {
+        if let Some(var) = env_var {
+            match std::env::var(var) {
+                Ok(p) => {
+                    self.password = Some(p);
+                    return Ok(self);
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(PgConfigError::Password {
+                        source_name: format!("${var}"),
+                        reason: "not valid UTF-8".into(),
+                    });
+                }
+                Err(std::env::VarError::NotPresent) => {}
+            }
+        }
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| PgConfigError::Password {
+                source_name: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            self.password = Some(text.lines().next().unwrap_or("").to_string());
+        }
+        Ok(self)
+    }
+
+    /// True when `host` names a Unix socket directory.
+    pub fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_url_with_tls_parameters_and_encoded_password() {
+        let c = PgConnectConfig::parse(
+            "postgres://sluice:p%40ss@db.example:6543/app?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.user.as_str()),
+            ("db.example", 6543, "sluice")
+        );
+        assert_eq!(c.password.as_deref(), Some("p@ss"));
+        assert_eq!(c.dbname, "app");
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        assert_eq!(c.ssl_root_cert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(c.application_name, "x");
+    }
+
+    #[test]
+    fn parses_key_values_and_unix_socket_hosts() {
+        let c = PgConnectConfig::parse(
+            "host=/var/run/postgresql port=5433 user=u dbname=d sslmode=disable",
+        )
+        .unwrap();
+        assert!(c.is_unix_socket());
+        assert_eq!((c.port, c.sslmode), (5433, SslMode::Disable));
+        let u = PgConnectConfig::parse("postgresql:///d?host=/tmp&user=u").unwrap();
+        assert_eq!(u.host, "/tmp");
+    }
+
+    #[test]
+    fn rejects_bad_sslmode_and_unknown_keys_without_echoing_secrets() {
+        let e = PgConnectConfig::parse("postgres://u:secret@h/d?sslmode=maybe").unwrap_err();
+        assert!(e.to_string().contains("maybe") && !e.to_string().contains("secret"));
+        assert!(PgConnectConfig::parse("host=h bogus=1").is_err());
+        assert!(PgConnectConfig::parse("mysql://h").is_err());
+    }
+
+    #[test]
+    fn debug_and_display_never_print_the_password() {
+        let c = PgConnectConfig::parse("postgres://u:hunter2@h/d").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn password_comes_from_a_file_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let c = PgConnectConfig::parse("postgres://u:old@h/d")
+            .unwrap()
+            .with_password_from(Some("SLUICE_SURELY_UNSET_VAR"), Some(&f))
+            .unwrap();
+        assert_eq!(c.password.as_deref(), Some("s3cret"));
+    }
+}

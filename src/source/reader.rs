@@ -1,0 +1,276 @@
+//! The reader task: replication stream → decoded `SourceEvent`s → a bounded
+//! channel, with standby status updates and reconnects.
+//!
+//! Invariants kept here:
+//! - Only `flushed` (what the checkpoint says is durable downstream) is ever
+//!   confirmed to the slot (DESIGN invariant 1); status updates go out on a
+//!   timer and on request, also while the reader is blocked on a full channel
+//!   (backpressure must not get the connection killed by `wal_sender_timeout`).
+//! - Changes are forwarded one by one as they are decoded (invariant 7).
+//! - After a connection loss the stream restarts from the slot's confirmed
+//!   position: a transaction that was open when the connection dropped is
+//!   sent again from its Begin. Consumers therefore may see `Begin` while a
+//!   previous transaction is still open, and must treat that as "the open
+//!   transaction was cut off and will be replayed whole" — its changes are
+//!   resent with the same version, so idempotent writes make it harmless.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Interval, MissedTickBehavior};
+
+use crate::lsn::Lsn;
+use crate::source::change::SourceEvent;
+use crate::source::decoder::Decoder;
+use crate::source::error::{SourceError, is_retryable};
+use crate::source::pg_config::PgConnectConfig;
+use crate::source::replication::{ReplMessage, ReplicationConnection, ReplicationStream};
+use crate::source::types::TypeCatalog;
+use crate::source::value::ValueOptions;
+
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    pub pg: PgConnectConfig,
+    pub slot: String,
+    pub publications: Vec<String>,
+    /// Where to start if the checkpoint has nothing newer (the slot's
+    /// confirmed position wins on the server side anyway).
+    pub start_lsn: Lsn,
+    /// Forward `pg_logical_emit_message` messages.
+    pub messages: bool,
+    /// Standby status update period; keep it well under `wal_sender_timeout`.
+    pub status_interval: Duration,
+    pub value_options: ValueOptions,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Give up after this many consecutive failed reconnects (`None`: never).
+    pub max_reconnects: Option<usize>,
+}
+
+impl ReaderConfig {
+    pub fn new(
+        pg: PgConnectConfig,
+        slot: impl Into<String>,
+        publications: Vec<String>,
+    ) -> ReaderConfig {
+        ReaderConfig {
+            pg,
+            slot: slot.into(),
+            publications,
+            start_lsn: Lsn::ZERO,
+            messages: true,
+            status_interval: Duration::from_secs(10),
+            value_options: ValueOptions::default(),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            max_reconnects: None,
+        }
+    }
+}
+
+enum End {
+    Shutdown,
+}
+
+/// Stream the slot into `tx` until `shutdown` turns true (or its sender is
+/// dropped), `tx` is closed, or a non-retryable error occurs.
+///
+/// `initial` lets a caller that created the slot (and did snapshot work on
+/// that connection) hand over its connection for the first session.
+pub async fn run_reader(
+    cfg: ReaderConfig,
+    initial: Option<ReplicationConnection>,
+    tx: mpsc::Sender<SourceEvent>,
+    flushed: watch::Receiver<Lsn>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SourceError> {
+    let builder = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(cfg.min_backoff)
+        .with_max_delay(cfg.max_backoff)
+        .without_max_times();
+    let mut backoff = builder.build();
+    let mut failures = 0usize;
+    let mut decoder = Decoder::new(cfg.value_options, TypeCatalog::new());
+    let mut initial = initial;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let mut progressed = false;
+        let result = session(
+            &cfg,
+            initial.take(),
+            &mut decoder,
+            &tx,
+            &flushed,
+            &mut shutdown,
+            &mut progressed,
+        )
+        .await;
+        match result {
+            Ok(End::Shutdown) => return Ok(()),
+            Err(e) if is_retryable(&e) => {
+                if progressed {
+                    backoff = builder.build();
+                    failures = 0;
+                }
+                failures += 1;
+                if cfg.max_reconnects.is_some_and(|m| failures > m) {
+                    return Err(e);
+                }
+                let delay = backoff.next().unwrap_or(cfg.max_backoff);
+                tracing::warn!(error = %e, retry_in = ?delay, attempt = failures, "replication connection failed; reconnecting");
+                metrics::counter!("sluice_retries_total").increment(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn send_status(
+    stream: &mut ReplicationStream,
+    flushed: &watch::Receiver<Lsn>,
+) -> Result<(), SourceError> {
+    let lsn = *flushed.borrow();
+    stream.send_status(lsn, lsn, lsn, false).await
+}
+
+async fn session(
+    cfg: &ReaderConfig,
+    conn: Option<ReplicationConnection>,
+    decoder: &mut Decoder,
+    tx: &mpsc::Sender<SourceEvent>,
+    flushed: &watch::Receiver<Lsn>,
+    shutdown: &mut watch::Receiver<bool>,
+    progressed: &mut bool,
+) -> Result<End, SourceError> {
+    let conn = match conn {
+        Some(c) => c,
+        None => ReplicationConnection::connect(&cfg.pg).await?,
+    };
+    let start = cfg.start_lsn.max(*flushed.borrow());
+    let mut stream = conn
+        .start_replication(&cfg.slot, start, &cfg.publications, cfg.messages)
+        .await?;
+    tracing::info!(slot = %cfg.slot, %start, "replication started");
+    // Whatever was open is resent whole from its Begin.
+    decoder.reset_transaction();
+    let mut timer = tokio::time::interval(cfg.status_interval);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut out = Vec::with_capacity(8);
+    let mut sql: Option<tokio_postgres::Client> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                let _ = send_status(&mut stream, flushed).await;
+                return Ok(End::Shutdown);
+            }
+            _ = timer.tick() => send_status(&mut stream, flushed).await?,
+            msg = stream.recv() => {
+                match msg? {
+                    None => return Err(SourceError::Closed),
+                    Some(ReplMessage::Keepalive { wal_end, reply_requested }) => {
+                        if reply_requested {
+                            send_status(&mut stream, flushed).await?;
+                        }
+                        if !decoder.in_transaction() {
+                            // Only an optimization (lets idle slots advance): never block on it.
+                            let _ = tx.try_send(SourceEvent::Keepalive { wal_end });
+                        }
+                    }
+                    Some(ReplMessage::XLogData { data, .. }) => {
+                        *progressed = true;
+                        decoder.decode(&data, &mut out)?;
+                        if !decoder.pending_types().is_empty() {
+                            resolve_types(cfg, decoder, &mut sql).await;
+                        }
+                        for ev in out.drain(..) {
+                            if let SourceEvent::Change(c) = &ev {
+                                metrics::counter!("sluice_changes_received_total",
+                                    "table" => c.relation.qualified_name(), "op" => op_name(&c.kind)).increment(1);
+                            }
+                            if !forward(ev, tx, &mut stream, &mut timer, flushed, shutdown).await? {
+                                let _ = send_status(&mut stream, flushed).await;
+                                return Ok(End::Shutdown);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn op_name(k: &crate::source::change::ChangeKind) -> &'static str {
+    use crate::source::change::ChangeKind::*;
+    match k {
+        Insert { .. } => "insert",
+        Update { .. } => "update",
+        Delete { .. } => "delete",
+        Truncate => "truncate",
+    }
+}
+
+/// Send one event, keeping the connection alive with status updates while
+/// the channel is full. `Ok(false)`: shut down (or the consumer is gone).
+async fn forward(
+    ev: SourceEvent,
+    tx: &mpsc::Sender<SourceEvent>,
+    stream: &mut ReplicationStream,
+    timer: &mut Interval,
+    flushed: &watch::Receiver<Lsn>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, SourceError> {
+    // Fast path: room in the channel.
+    let ev = match tx.try_send(ev) {
+        Ok(()) => return Ok(true),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(false),
+        Err(mpsc::error::TrySendError::Full(ev)) => ev,
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(false),
+            permit = tx.reserve() => {
+                return match permit {
+                    Ok(p) => {
+                        p.send(ev);
+                        Ok(true)
+                    }
+                    Err(_) => Ok(false),
+                };
+            }
+            _ = timer.tick() => send_status(stream, flushed).await?,
+        }
+    }
+}
+
+/// Look up type OIDs that Relation messages named and the catalog did not
+/// know (domains, enums, extension types). On failure the columns stay
+/// text, with a warning, rather than stopping replication.
+async fn resolve_types(
+    cfg: &ReaderConfig,
+    decoder: &mut Decoder,
+    sql: &mut Option<tokio_postgres::Client>,
+) {
+    let mut catalog = decoder.types().clone();
+    let result = async {
+        if sql.as_ref().is_none_or(|c| c.is_closed()) {
+            *sql = Some(crate::source::manage::connect_sql(&cfg.pg).await?);
+        }
+        catalog.refresh(sql.as_ref().unwrap()).await?;
+        Ok::<_, SourceError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot read the type catalog; columns of unknown types are indexed as text");
+    }
+    decoder.set_types(catalog);
+}
