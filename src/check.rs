@@ -147,9 +147,13 @@ pub async fn pg_connect(pg: &PgConnectConfig) -> anyhow::Result<tokio_postgres::
         pg.sslmode,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
     ) {
+        let mode = match pg.sslmode {
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            _ => "verify-full",
+        };
         anyhow::bail!(
-            "sslmode={:?} needs TLS, which `sluice check` does not support yet; use sslmode=prefer or disable for now",
-            pg.sslmode
+            "sslmode={mode} needs TLS, which is not wired into `sluice check` yet; use sslmode=prefer or disable for now"
         );
     }
     let (client, conn) = pg_client_config(pg)

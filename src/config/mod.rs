@@ -15,9 +15,7 @@ pub mod settings;
 pub mod template;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub use catalog::{Catalog, CatalogColumn, CatalogTable, load_catalog};
 pub use diag::{ConfigError, ConfigErrors};
@@ -75,10 +73,6 @@ impl Config {
             mappings_dir: s.mappings_dir,
             mappings,
         })
-    }
-
-    pub fn http_listen(&self) -> SocketAddr {
-        self.http.listen
     }
 }
 
@@ -360,9 +354,6 @@ impl Mappings {
         errors.into_result(out.into_iter().map(|(s, _)| s).collect())
     }
 }
-
-/// Shared handle for the transformer and other stages.
-pub type SharedMappings = Arc<Mappings>;
 
 #[cfg(test)]
 mod tests;

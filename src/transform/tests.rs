@@ -213,6 +213,10 @@ fn jsonb_merges_into_the_root_without_overriding_mapped_fields() {
     assert_eq!(summary(&ops)[0].4, json!({"id":1,"color":"red"}));
     let err = run(&mut t, &insert(&r, &[json!(2), json!("not an object")])).unwrap_err();
     assert!(matches!(err, TransformError::Convert { .. }), "{err}");
+    // Without `merge`, jsonb is kept under its own field.
+    let mut kept = transformer(&["table = \"public.orders\"\nindex = \"o\"\n"]);
+    let ops = run(&mut kept, &insert(&r, &[json!(1), json!({"color":"red"})])).unwrap();
+    assert_eq!(summary(&ops)[0].4, json!({"id":1,"attrs":{"color":"red"}}));
 }
 
 #[test]
