@@ -152,6 +152,15 @@ impl Mappings {
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .collect();
         files.sort();
+        if files.is_empty() {
+            return Err(ConfigError::new(
+                dir,
+                "no mapping files (*.toml) in the mappings directory",
+            )
+            .key("mappings_dir")
+            .hint("add one per table and index; see mappings/README.md in the Sluice repository")
+            .into());
+        }
         let mut texts = Vec::new();
         let mut errors = ConfigErrors::default();
         for f in files {
