@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 
 mod compat;
+mod publication;
 
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::doc_shape::document_fields;
@@ -286,6 +287,7 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
             check_row_filter(&client, m, t, filter, report).await;
         }
     }
+    publication::check_publication(&client, config, report).await;
     let mapped = config.mappings.list.len();
     report.facts.push(format!(
         "{mapped} mapping(s) over {} table(s) match the catalog",
