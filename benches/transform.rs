@@ -96,6 +96,21 @@ fn bench(c: &mut Criterion) {
             std::hint::black_box(&out);
         })
     });
+    // The same with a templated index name (column + commit time).
+    let templated = MAPPING.replace(
+        "index = \"orders\"",
+        "index = \"orders-{region}-{commit_time:%Y.%m}\"",
+    );
+    let mappings = Mappings::from_texts(&[(Path::new("orders.toml"), templated.as_str())]).unwrap();
+    let mut tt = Transformer::new(&mappings);
+    g.bench_function("transformer_templated_index", |b| {
+        b.iter(|| {
+            out.clear();
+            tt.transform(std::hint::black_box(&change), &mut out)
+                .unwrap();
+            std::hint::black_box(&out);
+        })
+    });
     // Baseline: the same document through serde_json::Map and to_vec.
     let names: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
     g.bench_function("baseline_serde_map", |b| {

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 
 mod compat;
+mod publication;
 
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::doc_shape::document_fields;
@@ -147,9 +148,13 @@ pub async fn pg_connect(pg: &PgConnectConfig) -> anyhow::Result<tokio_postgres::
         pg.sslmode,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
     ) {
+        let mode = match pg.sslmode {
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            _ => "verify-full",
+        };
         anyhow::bail!(
-            "sslmode={:?} needs TLS, which `sluice check` does not support yet; use sslmode=prefer or disable for now",
-            pg.sslmode
+            "sslmode={mode} needs TLS, which is not wired into `sluice check` yet; use sslmode=prefer or disable for now"
         );
     }
     let (client, conn) = pg_client_config(pg)
@@ -282,6 +287,7 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
             check_row_filter(&client, m, t, filter, report).await;
         }
     }
+    publication::check_publication(&client, config, report).await;
     let mapped = config.mappings.list.len();
     report.facts.push(format!(
         "{mapped} mapping(s) over {} table(s) match the catalog",

@@ -170,9 +170,10 @@ pub fn validate_mapping(m: &mut Mapping, catalog: &Catalog, errors: &mut ConfigE
     if m.on_delete == OnDelete::Delete && t.replica_identity != ReplicaIdentity::Full {
         let ident = &t.replica_identity_columns;
         let mut locating: Vec<(&str, &str)> = Vec::new();
-        if let Some(ids) = &m.id_columns {
-            locating.extend(ids.iter().map(|c| (c.as_str(), "id")));
-        }
+        // The default `_id` is the primary key, which a REPLICA IDENTITY
+        // USING INDEX table does not necessarily send.
+        let ids = m.id_columns.as_ref().unwrap_or(&t.primary_key);
+        locating.extend(ids.iter().map(|c| (c.as_str(), "id")));
         if let Some(r) = &m.routing {
             locating.push((r, "routing"));
         }
@@ -187,6 +188,11 @@ pub fn validate_mapping(m: &mut Mapping, catalog: &Catalog, errors: &mut ConfigE
                     .find(|r| r.key == key && r.column == col)
                     .map(|r| r.line)
                     .unwrap_or(m.table_line);
+                let key = if m.id_columns.is_none() && key == "id" {
+                    "table"
+                } else {
+                    key
+                };
                 let mut e = at(line).key(key);
                 e.message = format!(
                     "column `{col}` is not part of {q}'s replica identity, so a DELETE does not carry it and the document could not be found"

@@ -15,9 +15,7 @@ pub mod settings;
 pub mod template;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub use catalog::{Catalog, CatalogColumn, CatalogTable, load_catalog};
 pub use diag::{ConfigError, ConfigErrors};
@@ -75,10 +73,6 @@ impl Config {
             mappings_dir: s.mappings_dir,
             mappings,
         })
-    }
-
-    pub fn http_listen(&self) -> SocketAddr {
-        self.http.listen
     }
 }
 
@@ -158,6 +152,15 @@ impl Mappings {
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .collect();
         files.sort();
+        if files.is_empty() {
+            return Err(ConfigError::new(
+                dir,
+                "no mapping files (*.toml) in the mappings directory",
+            )
+            .key("mappings_dir")
+            .hint("add one per table and index; see mappings/README.md in the Sluice repository")
+            .into());
+        }
         let mut texts = Vec::new();
         let mut errors = ConfigErrors::default();
         for f in files {
@@ -360,9 +363,6 @@ impl Mappings {
         errors.into_result(out.into_iter().map(|(s, _)| s).collect())
     }
 }
-
-/// Shared handle for the transformer and other stages.
-pub type SharedMappings = Arc<Mappings>;
 
 #[cfg(test)]
 mod tests;

@@ -201,6 +201,15 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_string_round_trips_through_the_escaper(s in ".*") {
+            let mut buf = Vec::new();
+            write_json_str(&mut buf, &s);
+            proptest::prop_assert_eq!(serde_json::from_slice::<String>(&buf).unwrap(), s);
+        }
+    }
+
     #[test]
     fn conversions_table() {
         use Conversion::*;

@@ -173,6 +173,7 @@ pub struct Transformer {
     relations: HashMap<u32, RelEntry>,
     doc_hint: usize,
     scratch: String,
+    times: TimeCache,
 }
 
 impl Transformer {
@@ -189,6 +190,7 @@ impl Transformer {
             relations: HashMap::new(),
             doc_hint: 256,
             scratch: String::new(),
+            times: TimeCache::default(),
         }
     }
 
@@ -244,6 +246,7 @@ impl Transformer {
             table: &entry.table,
             scratch: &mut self.scratch,
             doc_hint: &mut self.doc_hint,
+            times: &mut self.times,
         };
         for plan in plans.iter_mut() {
             if let Err(e) = cx.apply(plan, out) {
@@ -260,6 +263,7 @@ struct Cx<'a> {
     table: &'a Arc<str>,
     scratch: &'a mut String,
     doc_hint: &'a mut usize,
+    times: &'a mut TimeCache,
 }
 
 impl Cx<'_> {
@@ -389,7 +393,7 @@ impl Cx<'_> {
             IndexPlan::Fixed(n) => n.clone(),
             IndexPlan::Template { parts, cache } => {
                 self.scratch.clear();
-                render(parts, v, self.change.commit_time, self.scratch)?;
+                render(parts, v, self.change.commit_time, self.times, self.scratch)?;
                 // Keyed by the rendered text, so a hit allocates nothing.
                 match cache.get(self.scratch.as_str()) {
                     Some(a) => a.clone(),
@@ -466,7 +470,7 @@ impl Cx<'_> {
             Node::Leaf(Leaf::Constant(bytes)) => buf.extend_from_slice(bytes),
             Node::Leaf(Leaf::Template(parts)) => {
                 self.scratch.clear();
-                render(parts, v, self.change.commit_time, self.scratch)?;
+                render(parts, v, self.change.commit_time, self.times, self.scratch)?;
                 write_json_str(buf, self.scratch);
             }
         }
@@ -537,19 +541,45 @@ fn key_json(plan: &Plan, v: View) -> Value {
     )
 }
 
+/// Formatted commit times, per format. Changes of one transaction share a
+/// commit time, and strftime costs more than the rest of a row.
+#[derive(Default)]
+struct TimeCache {
+    entries: Vec<(String, DateTime<Utc>, String)>,
+}
+
+impl TimeCache {
+    fn get(&mut self, fmt: &str, t: DateTime<Utc>) -> &str {
+        let i = match self.entries.iter().position(|e| e.0 == fmt) {
+            Some(i) => i,
+            None => {
+                self.entries
+                    .push((fmt.to_string(), t, t.format(fmt).to_string()));
+                return &self.entries.last().expect("just pushed").2;
+            }
+        };
+        let e = &mut self.entries[i];
+        if e.1 != t {
+            e.1 = t;
+            e.2.clear();
+            let _ = write!(e.2, "{}", t.format(fmt));
+        }
+        &e.2
+    }
+}
+
 fn render(
     parts: &[PartPlan],
     v: View,
     commit_time: DateTime<Utc>,
+    times: &mut TimeCache,
     out: &mut String,
 ) -> Result<(), Miss> {
     for part in parts {
         match part {
             PartPlan::Literal(l) => out.push_str(l),
             PartPlan::Column(p) => push_text(out, v.get(*p)?),
-            PartPlan::CommitTime(f) => {
-                let _ = write!(out, "{}", commit_time.format(f));
-            }
+            PartPlan::CommitTime(f) => out.push_str(times.get(f, commit_time)),
         }
     }
     Ok(())

@@ -213,6 +213,10 @@ fn jsonb_merges_into_the_root_without_overriding_mapped_fields() {
     assert_eq!(summary(&ops)[0].4, json!({"id":1,"color":"red"}));
     let err = run(&mut t, &insert(&r, &[json!(2), json!("not an object")])).unwrap_err();
     assert!(matches!(err, TransformError::Convert { .. }), "{err}");
+    // Without `merge`, jsonb is kept under its own field.
+    let mut kept = transformer(&["table = \"public.orders\"\nindex = \"o\"\n"]);
+    let ops = run(&mut kept, &insert(&r, &[json!(1), json!({"color":"red"})])).unwrap();
+    assert_eq!(summary(&ops)[0].4, json!({"id":1,"attrs":{"color":"red"}}));
 }
 
 #[test]
@@ -545,4 +549,28 @@ fn conversion_failures_name_the_column() {
         matches!(err, TransformError::Convert { ref column, .. } if column == "note"),
         "{err}"
     );
+}
+
+proptest::proptest! {
+    /// Whatever the values, the document is valid JSON holding exactly them.
+    #[test]
+    fn documents_are_valid_json_for_any_values(
+        name in ".*",
+        note in proptest::option::of(".*"),
+        n in proptest::num::i64::ANY,
+        f in -1.0e300f64..1.0e300,
+    ) {
+        let r = rel(6, &[("id", true), ("name", false), ("note", false), ("f", false)], ReplicaIdentity::Default);
+        let mut t = transformer(&["table = \"public.orders\"\nindex = \"o\"\n[fields]\nlabel = { template = \"{name}/{note}\" }\n"]);
+        let note_v = note.clone().map(Value::from).unwrap_or(Value::Null);
+        let ops = run(&mut t, &insert(&r, &[json!(n), json!(name), note_v.clone(), json!(f)])).unwrap();
+        let doc = &summary(&ops)[0].4;
+        let label = format!("{name}/{}", note.unwrap_or_default());
+        // Both sides through the same printer and parser (serde_json parses
+        // floats within an ulp unless `float_roundtrip` is on).
+        let want = json!({"id": n, "name": name, "note": note_v, "f": f, "label": label});
+        let want: Value = serde_json::from_slice(&serde_json::to_vec(&want).unwrap()).unwrap();
+        proptest::prop_assert_eq!(doc, &want);
+        proptest::prop_assert_eq!(&ops[0].id, &n.to_string());
+    }
 }

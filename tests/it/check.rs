@@ -99,6 +99,8 @@ fn orders_mapping(extra: &str) -> Vec<(&'static str, String)> {
 async fn the_demo_schema_and_shipped_mappings_pass_with_exit_code_zero() {
     let db = TestDb::new().await;
     db.sql(DEMO_SCHEMA).await;
+    // The tables' owner publishes them (the replication role may not).
+    db.sql("CREATE PUBLICATION sluice FOR ALL TABLES").await;
     let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &shipped_mappings());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["check", "--config"])
@@ -155,7 +157,8 @@ async fn a_table_without_primary_key_or_full_identity_is_reported() {
         &["public.events has no primary key", "REPLICA IDENTITY FULL"],
     );
     // With REPLICA IDENTITY FULL and chosen id columns it is fine.
-    db.sql("ALTER TABLE events REPLICA IDENTITY FULL").await;
+    db.sql("ALTER TABLE events REPLICA IDENTITY FULL; CREATE PUBLICATION sluice FOR TABLE events")
+        .await;
     let setup = Setup::new(
         &db,
         &db.repl_url(),
@@ -181,6 +184,30 @@ async fn a_table_the_role_cannot_read_is_reported() {
             "GRANT SELECT ON \"public\".\"orders\" TO sluice",
         ],
     );
+}
+
+#[tokio::test]
+async fn a_publication_the_role_cannot_create_is_reported_with_the_sql_to_run() {
+    let db = orders_db().await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping("include = [\"id\", \"total\"]\nfilter = \"id > 0\"\n"),
+    );
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[
+            "publication `sluice` does not exist and role `sluice` cannot create it (it does not own public.orders); as the tables' owner run: CREATE PUBLICATION sluice FOR TABLE \"public\".\"orders\" (\"id\", \"total\") WHERE (id > 0);",
+        ],
+    );
+    // The SQL it suggests works, and then the check passes.
+    let sql = messages(&r);
+    let sql = &sql[sql.find("CREATE PUBLICATION").unwrap()..];
+    db.sql(sql).await;
+    let r = setup.check().await;
+    assert!(r.problems.is_empty(), "{}", messages(&r));
 }
 
 #[tokio::test]
@@ -229,6 +256,8 @@ async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
         &setup.check().await,
         &["reads `status` outside public.orders's replica identity"],
     );
+    db.sql("CREATE PUBLICATION sluice FOR TABLE orders WHERE (id > 10)")
+        .await;
     let setup = Setup::new(
         &db,
         &db.repl_url(),
@@ -253,6 +282,7 @@ async fn an_existing_index_mapping_that_would_reject_our_documents_is_reported()
         .unwrap()
         .error_for_status_code()
         .unwrap();
+    db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
     let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &orders_mapping(""));
     let r = setup.check().await;
     assert_reports(
@@ -272,6 +302,7 @@ async fn an_existing_index_mapping_that_would_reject_our_documents_is_reported()
 #[tokio::test]
 async fn an_unreachable_elasticsearch_exits_with_the_runtime_code() {
     let db = orders_db().await;
+    db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
     let setup = Setup::new(
         &db,
         &db.repl_url(),
