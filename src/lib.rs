@@ -15,6 +15,7 @@ pub mod logging;
 pub mod lsn;
 pub mod metrics;
 pub mod pipeline;
+pub mod run;
 pub mod sink;
 pub mod source;
 pub mod status;

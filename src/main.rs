@@ -1,40 +1,105 @@
-//! The `sluice` binary: parses the command line and reports errors at the edge.
+//! The `sluice` binary: parses the command line, sets up logging, dispatches
+//! to the subcommand and turns its outcome into an exit code (2: bad usage or
+//! configuration, 1: runtime failure, 0: success).
+
+use std::path::Path;
 
 use clap::Parser;
-use sluice::cli::{Cli, Command, EXIT_NOT_IMPLEMENTED, EXIT_RUNTIME, LogFormat};
+use sluice::cli::{Cli, Command, EXIT_CONFIG, EXIT_NOT_IMPLEMENTED, EXIT_RUNTIME};
+use sluice::config::Config;
+use sluice::status::Targets;
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let name = match &cli.command {
-        Command::Check(args) => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("sluice: cannot start the async runtime: {e}");
-                    std::process::exit(EXIT_RUNTIME);
-                }
-            };
-            let code = runtime.block_on(sluice::check::run(&args.config));
-            std::process::exit(code);
+    if let Err(e) = sluice::logging::init(cli.log_format) {
+        eprintln!("sluice: {e}");
+        std::process::exit(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            std::process::exit(EXIT_RUNTIME);
         }
-        Command::Run(_) => "run",
-        Command::Snapshot(_) => "snapshot",
-        Command::Status(_) => "status",
-        Command::Teardown(_) => "teardown",
     };
-    eprintln!("sluice {name}: not built yet (see the open issues); nothing was done");
-    std::process::exit(EXIT_NOT_IMPLEMENTED);
+    let code = runtime.block_on(dispatch(cli.command));
+    // Do not wait for lingering background tasks (HTTP keep-alives, ...).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+async fn dispatch(command: Command) -> i32 {
+    match command {
+        Command::Check(args) => sluice::check::run(&args.config).await,
+        Command::Run(args) => sluice::run::main(&args.config).await,
+        Command::Status(args) => {
+            let Some((cfg, targets)) = load_for_ops(&args.config.config) else {
+                return EXIT_CONFIG;
+            };
+            match sluice::status::status_command(
+                &cfg.postgres,
+                &cfg.elasticsearch,
+                &targets,
+                args.json,
+            )
+            .await
+            {
+                Ok(text) => {
+                    print!("{text}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("sluice status: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+        Command::Teardown(args) => {
+            let Some((cfg, targets)) = load_for_ops(&args.config.config) else {
+                return EXIT_CONFIG;
+            };
+            match sluice::status::teardown_command(
+                &cfg.postgres,
+                &cfg.elasticsearch,
+                &targets,
+                args.yes_drop_slot,
+            )
+            .await
+            {
+                Ok(text) => {
+                    print!("{text}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("sluice teardown: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+        Command::Snapshot(_) => {
+            eprintln!("sluice snapshot: not built yet (see the open issues); nothing was done");
+            EXIT_NOT_IMPLEMENTED
+        }
+    }
+}
+
+fn load_for_ops(path: &Path) -> Option<(Config, Targets)> {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let targets = Targets {
+                slot: cfg.slot.clone(),
+                publication: cfg.publication.clone(),
+                dead_letter_index: cfg.pipeline.dead_letter_index.clone(),
+                state_index: sluice::config::STATE_INDEX.to_string(),
+            };
+            Some((cfg, targets))
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
     }
 }

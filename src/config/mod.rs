@@ -31,6 +31,10 @@ pub use template::{Template, TemplatePart};
 use crate::sink::EsConfig;
 use crate::source::{PgConnectConfig, ReplicaIdentity};
 
+/// The Elasticsearch index where Sluice keeps its own state (snapshot
+/// progress, running reindexes).
+pub const STATE_INDEX: &str = "sluice-state";
+
 /// Everything Sluice needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct Config {

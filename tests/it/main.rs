@@ -11,5 +11,6 @@ mod ops_packaging;
 mod ops_status;
 mod ops_tls;
 mod pipeline;
+mod run;
 mod sink;
 mod sink_proxy;
