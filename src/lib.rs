@@ -13,6 +13,7 @@ pub mod http;
 pub mod lsn;
 pub mod pipeline;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod transform;
 
