@@ -214,6 +214,14 @@ pub async fn start(
 /// Reindexes in progress: for each, the pipeline also writes every op aimed
 /// at `alias` to `build_index`.
 pub async fn active(state: &StateStore) -> Result<Vec<ReindexState>, SnapshotError> {
+    // A refresh of the small state index makes a just-started reindex
+    // visible to the next poll.
+    let _ = state
+        .es
+        .indices()
+        .refresh(IndicesRefreshParts::Index(&[&state.index]))
+        .send()
+        .await?;
     let resp = state
         .es
         .search(elasticsearch::SearchParts::Index(&[&state.index]))
