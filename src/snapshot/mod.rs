@@ -15,6 +15,7 @@
 //! column text to JSON (`ValueConverter`), how to connect (`PgConnector`),
 //! and where rows go (`SnapshotSink`, with a per-batch acknowledgement).
 
+pub mod backfill;
 pub mod catalog;
 pub mod copy_text;
 pub mod plan;

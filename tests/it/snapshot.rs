@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sluice::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
 use sluice::snapshot::progress::Progress;
 use sluice::snapshot::run::SnapshotDeps;
 use sluice::snapshot::seams::BoxFuture;
@@ -534,7 +535,7 @@ async fn without_the_raised_tombstone_lifetime_the_same_stale_write_resurrects_t
     bulk_write(&es, &index, 20, &[Write::Delete { id: "1".into() }])
         .await
         .unwrap();
-    let resurrected = wait_until(
+    wait_until(
         Duration::from_secs(20),
         "the tombstone to be pruned",
         || {
@@ -552,12 +553,11 @@ async fn without_the_raised_tombstone_lifetime_the_same_stale_write_resurrects_t
                 )
                 .await
                 .unwrap();
-                sources(&es, index).await.contains_key("1").then_some(())
+                sources(es, index).await.contains_key("1").then_some(())
             }
         },
     )
     .await;
-    let _ = resurrected;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -614,34 +614,54 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
     };
 
     let state = StateStore::new(es.client.clone(), db.index("state"));
-    let mapping_settings = json!({"index": {"number_of_shards": 1, "refresh_interval": "1s"}});
-    let mappings = json!({"properties": {"name": {"type": "keyword"}}});
-    let r = reindex::start(&state, &alias, &mapping_settings, &mappings, "48h")
-        .await
-        .unwrap();
-    assert_eq!(r.old_indices, vec![first.clone()]);
-    let active = reindex::active(&state).await.unwrap();
-    assert_eq!(
-        active.len(),
-        1,
-        "a running pipeline would see the reindex: {active:?}"
-    );
-    // What a running pipeline does when it sees the reindex (no stream here).
-    reindex::acknowledge_dual_write(&state, &alias, sluice::Lsn(1))
-        .await
-        .unwrap();
-    reindex::wait_for_dual_write(&state, &alias, Duration::from_secs(5))
-        .await
-        .unwrap();
-
-    run_snapshot(
-        &deps(&db, TestSink::new(&r.build_index), log),
-        &job(&[("public.items", &r.build_index)], 2, 5_000),
-    )
+    // A running pipeline: polls for reindexes, then reports that it writes
+    // to both indices (no workload here, so from any LSN).
+    let pipeline = {
+        let (state, alias) = (state.clone(), alias.clone());
+        tokio::spawn(async move {
+            let seen = wait_until(Duration::from_secs(30), "a reindex to start", || {
+                let state = state.clone();
+                async move {
+                    let a = reindex::active(&state).await.unwrap();
+                    (!a.is_empty()).then_some(a)
+                }
+            })
+            .await;
+            reindex::acknowledge_dual_write(&state, &alias, sluice::Lsn(1))
+                .await
+                .unwrap();
+            seen
+        })
+    };
+    let req = BackfillRequest {
+        targets: vec![BackfillTarget {
+            table: TableSpec::parse("public.items"),
+            index: alias.clone(),
+            settings: json!({"index": {"number_of_shards": 1, "refresh_interval": "1s"}}),
+            mappings: json!({"properties": {"name": {"type": "keyword"}}}),
+        }],
+        reindex: true,
+        delete_old: false,
+        gc_deletes: "48h".into(),
+        wait_for_stream: Some(Duration::from_secs(30)),
+        options: SnapshotOptions {
+            readers: 2,
+            chunk_rows: 5_000,
+            batch_rows: 1_000,
+        },
+    };
+    let summary = backfill(&deps(&db, TestSink::new(&first), log), &req, |overrides| {
+        TestSink::new(&overrides[&alias])
+    })
     .await
-    .unwrap();
-    let done = reindex::finish(&state, &alias, false).await.unwrap();
-    assert_eq!(done.status, reindex::ReindexStatus::Swapped);
+    .expect("reindex");
+    assert_eq!(summary.tables[0].rows, rows as u64);
+    let seen = pipeline.await.unwrap();
+    let r = reindex::load(&state, &alias).await.unwrap().unwrap();
+    assert_eq!(seen[0].build_index, r.build_index);
+    assert_eq!(r.old_indices, vec![first.clone()]);
+    assert_eq!(r.status, reindex::ReindexStatus::Swapped);
+    assert!(reindex::active(&state).await.unwrap().is_empty());
     // A few more queries after the swap.
     let after = sources(&es, &alias).await.len();
     stop.store(true, Ordering::Relaxed);
