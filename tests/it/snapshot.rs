@@ -722,3 +722,42 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
     );
     assert_exact(&db, &es, &alias, "SELECT * FROM items", &["id"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_ctid_snapshot_starts_over_when_the_table_was_rewritten() {
+    let db = TestDb::new().await;
+    db.sql(
+        "CREATE TABLE nokey (a int4, b text);
+         ALTER TABLE nokey REPLICA IDENTITY FULL;
+         INSERT INTO nokey SELECT i, 'b' || i FROM generate_series(1, 5000) i;
+         ANALYZE nokey;",
+    )
+    .await;
+    let index = db.index("nokey");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let job = job(&[("public.nokey", &index)], 1, 500);
+    // First attempt: the pipeline never acknowledges anything.
+    let (dropping, mut rx) = ChannelSink::new(1);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    run_snapshot(&deps(&db, Arc::new(dropping), log.clone()), &job)
+        .await
+        .expect_err("nothing was acknowledged");
+    drain.abort();
+    let state = StateStore::new(Es::new().client, db.index("state"));
+    let first = state
+        .load_table("public.nokey", &index)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // VACUUM FULL moves every row to a new ctid: the old page ranges mean
+    // nothing now.
+    db.sql("DELETE FROM nokey WHERE a % 2 = 0; VACUUM FULL nokey;")
+        .await;
+    let summary = run_snapshot(&deps(&db, TestSink::new(&index), log), &job)
+        .await
+        .expect("snapshot");
+    assert_ne!(summary.tables[0].run_id, first.run_id);
+    assert_eq!(summary.tables[0].chunks_resumed, 0);
+    assert_exact(&db, &Es::new(), &index, "SELECT * FROM nokey", &["a", "b"]).await;
+}
