@@ -178,17 +178,36 @@ async fn a_snapshot_killed_at_random_points_resumes_under_new_snapshots_to_an_ex
     let deps = deps(&db, trip.clone(), log.clone());
     let job = job(&[("public.items", &index)], 3, 2_000);
 
+    let state = StateStore::new(Es::new().client, db.index("state"));
+    let recorded = || async {
+        match state.load_table("public.items", &index).await.unwrap() {
+            Some(st) => state.done_chunks(&st.run_id).await.unwrap().0.len(),
+            None => 0,
+        }
+    };
     for kill in 0..4 {
-        let seen = trip.rows.load(Ordering::SeqCst);
-        let at = seen + 1 + rand::random::<u64>() % (rows as u64 / 6);
-        trip.at.store(at, Ordering::SeqCst);
         let mut run = {
             let (deps, job) = (deps.clone(), job.clone());
             tokio::spawn(async move { run_snapshot(&deps, &job).await })
         };
-        tokio::select! {
-            _ = trip.hit.notified() => run.abort(),
-            done = &mut run => panic!("attempt {kill} finished before its kill point: {done:?}"),
+        if kill % 2 == 0 {
+            // At a random row, wherever the readers are.
+            let seen = trip.rows.load(Ordering::SeqCst);
+            let at = seen + 1 + rand::random::<u64>() % (rows as u64 / 6);
+            trip.at.store(at, Ordering::SeqCst);
+            tokio::select! {
+                _ = trip.hit.notified() => run.abort(),
+                done = &mut run => panic!("attempt {kill} finished before its kill point: {done:?}"),
+            }
+        } else {
+            // Right after a chunk was recorded, while others are in flight.
+            let before = recorded().await;
+            tokio::select! {
+                _ = wait_until(Duration::from_secs(60), "a chunk to be recorded", || async {
+                    (recorded().await > before).then_some(())
+                }) => run.abort(),
+                done = &mut run => panic!("attempt {kill} finished before its kill point: {done:?}"),
+            }
         }
     }
     let summary = run_snapshot(&deps, &job)
@@ -752,8 +771,8 @@ async fn an_interrupted_ctid_snapshot_starts_over_when_the_table_was_rewritten()
 
     // VACUUM FULL moves every row to a new ctid: the old page ranges mean
     // nothing now.
-    db.sql("DELETE FROM nokey WHERE a % 2 = 0; VACUUM FULL nokey;")
-        .await;
+    db.sql("DELETE FROM nokey WHERE a % 2 = 0").await;
+    db.sql("VACUUM FULL nokey").await;
     let summary = run_snapshot(&deps(&db, TestSink::new(&index), log), &job)
         .await
         .expect("snapshot");
