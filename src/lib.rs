@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod run;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod transform;

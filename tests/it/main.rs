@@ -14,3 +14,5 @@ mod pipeline;
 mod run;
 mod sink;
 mod sink_proxy;
+mod snapshot;
+mod snapshot_support;

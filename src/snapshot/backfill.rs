@@ -1,0 +1,143 @@
+//! The `sluice snapshot [--table ...] [--reindex]` flow around a run:
+//! prepare the destinations, run (or resume) the snapshot, then make the
+//! result live.
+//!
+//! - Without `--reindex`: rows go to the mapping's index; its delete
+//!   tombstones are kept for the backfill's duration (DESIGN invariant 3,
+//!   `tombstones`) and restored afterwards.
+//! - With `--reindex`: each mapped alias gets a build index (`reindex`);
+//!   snapshot rows are written to the build index only (the sink applies
+//!   `Prepared::index_overrides` to snapshot ops), the running stream writes
+//!   to both; `complete` swaps the aliases.
+//!
+//! Every step is idempotent, so after a crash the same command picks up the
+//! same build index, the saved tombstone settings and the remaining chunks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::SnapshotError;
+use super::catalog::TableSpec;
+use super::run::{SnapshotDeps, SnapshotJob, SnapshotOptions, SnapshotSummary, TableJob};
+use super::seams::SnapshotSink;
+use super::state::StateStore;
+use super::{reindex, run_snapshot, tombstones};
+
+/// One mapped table and where the mapping writes it.
+#[derive(Debug, Clone)]
+pub struct BackfillTarget {
+    pub table: TableSpec,
+    /// The mapping's index or alias.
+    pub index: String,
+    /// The mapping's index settings and mappings (used for a build index).
+    pub settings: Value,
+    pub mappings: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackfillRequest {
+    pub targets: Vec<BackfillTarget>,
+    pub reindex: bool,
+    /// Delete the old index after the alias swap (`--delete-old`).
+    pub delete_old: bool,
+    /// `index.gc_deletes` while the backfill runs.
+    pub gc_deletes: String,
+    /// With `--reindex`: how long to wait for a running `sluice run` to start
+    /// dual writing; `None` when no stream runs (nothing else writes).
+    pub wait_for_stream: Option<Duration>,
+    pub options: SnapshotOptions,
+}
+
+/// What `prepare` set up.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub job: SnapshotJob,
+    /// Mapping index/alias → build index: the sink must write snapshot ops
+    /// aimed at the key to the value instead (reindex only).
+    pub index_overrides: BTreeMap<String, String>,
+    reindex: bool,
+    indices: Vec<String>,
+}
+
+pub async fn prepare(state: &StateStore, req: &BackfillRequest) -> Result<Prepared, SnapshotError> {
+    state.ensure().await?;
+    let mut index_overrides = BTreeMap::new();
+    let mut indices: Vec<String> = Vec::new();
+    for t in &req.targets {
+        if indices.contains(&t.index) {
+            continue;
+        }
+        indices.push(t.index.clone());
+        if req.reindex {
+            let r =
+                reindex::start(state, &t.index, &t.settings, &t.mappings, &req.gc_deletes).await?;
+            index_overrides.insert(t.index.clone(), r.build_index);
+        } else {
+            tombstones::extend(state, &t.index, &req.gc_deletes).await?;
+        }
+    }
+    if req.reindex
+        && let Some(timeout) = req.wait_for_stream
+    {
+        for alias in index_overrides.keys() {
+            let from = reindex::wait_for_dual_write(state, alias, timeout).await?;
+            tracing::info!(%alias, %from, "the stream writes to both indices");
+        }
+    }
+    let tables = req
+        .targets
+        .iter()
+        .map(|t| TableJob {
+            spec: t.table.clone(),
+            target: index_overrides
+                .get(&t.index)
+                .cloned()
+                .unwrap_or_else(|| t.index.clone()),
+        })
+        .collect();
+    Ok(Prepared {
+        job: SnapshotJob {
+            tables,
+            options: req.options.clone(),
+        },
+        index_overrides,
+        reindex: req.reindex,
+        indices,
+    })
+}
+
+/// Make a finished backfill live: swap aliases (reindex) or restore the
+/// tombstone lifetime. Call only after `run_snapshot` succeeded.
+pub async fn complete(
+    state: &StateStore,
+    prepared: &Prepared,
+    delete_old: bool,
+) -> Result<(), SnapshotError> {
+    for index in &prepared.indices {
+        if prepared.reindex {
+            let r = reindex::finish(state, index, delete_old).await?;
+            tracing::info!(alias = %index, index = %r.build_index, "alias swapped");
+        } else {
+            tombstones::restore(state, index).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The whole flow. `make_sink` gets the index overrides, so snapshot ops of
+/// a reindex land in the build index.
+pub async fn backfill(
+    deps: &SnapshotDeps,
+    req: &BackfillRequest,
+    make_sink: impl FnOnce(&BTreeMap<String, String>) -> Arc<dyn SnapshotSink>,
+) -> Result<SnapshotSummary, SnapshotError> {
+    let prepared = prepare(&deps.state, req).await?;
+    let mut deps = deps.clone();
+    deps.sink = make_sink(&prepared.index_overrides);
+    let summary = run_snapshot(&deps, &prepared.job).await?;
+    complete(&deps.state, &prepared, req.delete_old).await?;
+    Ok(summary)
+}

@@ -1,0 +1,145 @@
+//! Snapshots and backfills: read whole tables inside an exported snapshot and
+//! hand their rows to the pipeline as `Insert` changes.
+//!
+//! Keeps DESIGN invariant 4 (exact snapshots): every reader imports the same
+//! exported snapshot (`SET TRANSACTION SNAPSHOT`), every row is versioned with
+//! the snapshot's consistent point minus one, and a chunk is recorded as done
+//! only after the sink reports all of its documents durable in Elasticsearch,
+//! so an interrupted run resumes its remaining chunks under a new snapshot.
+//! Also keeps invariant 3 for backfills (`tombstones`): delete tombstones
+//! outlive the backfill, so a stale snapshot row never resurrects a document
+//! the stream deleted.
+//!
+//! Seams the rest of Sluice plugs in (see `seams`): how to export a snapshot
+//! (`SnapshotExporter`; the replication slot in production), how to convert a
+//! column text to JSON (`ValueConverter`), how to connect (`PgConnector`),
+//! and where rows go (`SnapshotSink`, with a per-batch acknowledgement).
+
+pub mod backfill;
+pub mod catalog;
+pub mod copy_text;
+pub mod plan;
+pub mod progress;
+pub mod reader;
+pub mod reindex;
+pub mod run;
+pub mod seams;
+pub mod state;
+pub mod tombstones;
+
+pub use catalog::{TableInfo, TableSpec};
+pub use plan::{Bounds, Chunk};
+pub use run::{SnapshotJob, SnapshotOptions, SnapshotSummary, TableJob, run_snapshot};
+pub use seams::{
+    AckFuture, ChannelSink, ExportedSnapshot, PgConnector, SinkError, SnapshotBatch,
+    SnapshotExporter, SnapshotSink, ValueConverter,
+};
+pub use state::StateStore;
+
+/// Everything that can stop a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("table {0} does not exist (or is not a table)")]
+    NoSuchTable(String),
+    #[error("table {table} has no column `{column}` (named in the mapping's column list)")]
+    NoSuchColumn { table: String, column: String },
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("reading COPY data of {table}: {source}")]
+    Copy {
+        table: String,
+        source: copy_text::CopyParseError,
+    },
+    #[error("converting {table}.{column} (type oid {type_oid}): {message}")]
+    Convert {
+        table: String,
+        column: String,
+        type_oid: u32,
+        message: String,
+    },
+    #[error("the sink failed: {0}")]
+    Sink(#[from] SinkError),
+    #[error("Elasticsearch: {0}")]
+    Elasticsearch(#[from] elasticsearch::Error),
+    #[error("Elasticsearch answered {status} to {what}: {body}")]
+    EsStatus {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("exporting the snapshot: {0}")]
+    Export(String),
+    #[error("snapshot state in Elasticsearch is unreadable: {0}")]
+    State(String),
+    #[error("reindex: {0}")]
+    Reindex(String),
+    #[error("a snapshot reader stopped: {0}")]
+    Reader(String),
+}
+
+impl SnapshotError {
+    /// Whether running the same command again may succeed (the run resumes
+    /// where it stopped). Pure, so it is tested as one.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SnapshotError::Postgres(e) => e.as_db_error().is_none() || e.is_closed(),
+            SnapshotError::Sink(SinkError::Closed) => true,
+            SnapshotError::Sink(SinkError::Failed(_)) => true,
+            SnapshotError::Elasticsearch(_) => true,
+            SnapshotError::EsStatus { status, .. } => *status == 429 || *status >= 500,
+            SnapshotError::Export(_) => true,
+            SnapshotError::NoSuchTable(_)
+            | SnapshotError::NoSuchColumn { .. }
+            | SnapshotError::Copy { .. }
+            | SnapshotError::Convert { .. }
+            | SnapshotError::State(_)
+            | SnapshotError::Reindex(_) => false,
+            SnapshotError::Reader(_) => true,
+        }
+    }
+}
+
+/// Check an Elasticsearch response status, keeping the body for the error.
+pub(crate) async fn es_ok(
+    what: &str,
+    resp: elasticsearch::http::response::Response,
+) -> Result<serde_json::Value, SnapshotError> {
+    let status = resp.status_code().as_u16();
+    let text = resp.text().await?;
+    if (200..300).contains(&status) {
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(SnapshotError::EsStatus {
+            what: what.to_string(),
+            status,
+            body: text.chars().take(500).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_is_not_retryable_but_outages_are() {
+        assert!(!SnapshotError::NoSuchTable("public.x".into()).is_retryable());
+        assert!(
+            SnapshotError::EsStatus {
+                what: "bulk".into(),
+                status: 503,
+                body: String::new()
+            }
+            .is_retryable()
+        );
+        assert!(
+            !SnapshotError::EsStatus {
+                what: "create index".into(),
+                status: 400,
+                body: String::new()
+            }
+            .is_retryable()
+        );
+        assert!(SnapshotError::Sink(SinkError::Closed).is_retryable());
+    }
+}
