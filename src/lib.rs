@@ -6,6 +6,7 @@
 //! → the slot's confirmed LSN), wired by `pipeline`. See `DESIGN.md` in the
 //! shared folder for the invariants every change must keep.
 
+pub mod backfill;
 pub mod check;
 pub mod checkpoint;
 pub mod cli;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use clap::Parser;
-use sluice::cli::{Cli, Command, EXIT_CONFIG, EXIT_NOT_IMPLEMENTED, EXIT_RUNTIME};
+use sluice::cli::{Cli, Command, EXIT_CONFIG, EXIT_RUNTIME};
 use sluice::config::Config;
 use sluice::status::Targets;
 
@@ -79,10 +79,7 @@ async fn dispatch(command: Command) -> i32 {
                 }
             }
         }
-        Command::Snapshot(_) => {
-            eprintln!("sluice snapshot: not built yet (see the open issues); nothing was done");
-            EXIT_NOT_IMPLEMENTED
-        }
+        Command::Snapshot(args) => sluice::backfill::command(&args).await,
     }
 }
 

@@ -90,7 +90,11 @@ enum SlotStart {
 /// Resume the configured slot, or create it through the replication
 /// protocol so that the initial snapshot is exactly the slot's consistent
 /// point (DESIGN invariant 4).
-async fn open_slot(pg: &tokio_postgres::Client, cfg: &Config) -> Result<SlotStart, SourceError> {
+async fn open_slot(
+    pg: &tokio_postgres::Client,
+    es: &elasticsearch::Elasticsearch,
+    cfg: &Config,
+) -> Result<SlotStart, SourceError> {
     let exists = pg
         .query_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
@@ -126,6 +130,13 @@ async fn open_slot(pg: &tokio_postgres::Client, cfg: &Config) -> Result<SlotStar
     } else {
         source::SnapshotAction::NoExport
     };
+    if export {
+        // Marked before the slot exists, so a crash before the load finishes
+        // is noticed on restart.
+        crate::backfill::begin_initial(cfg, es)
+            .await
+            .map_err(|e| SourceError::Protocol(format!("recording the initial snapshot: {e}")))?;
+    }
     let mut conn = source::ReplicationConnection::connect(&cfg.postgres).await?;
     let created = conn.create_slot(&cfg.slot, false, action).await?;
     tracing::info!(slot = %created.slot_name, consistent_point = %created.consistent_point, "created the replication slot");
@@ -234,13 +245,22 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     .context("preparing the dead-letter index")?;
 
     // The slot: create it (with an exported snapshot for the initial load) or resume it.
-    let slot = open_slot(&pg, &cfg)
+    let slot = open_slot(&pg, &es, &cfg)
         .await
         .map_err(|e| source_failure(e, &format!("replication slot `{}`", cfg.slot)))?;
-    let (start, initial_conn) = match slot {
+    let start = match slot {
         SlotStart::Existing { confirmed_flush } => {
             tracing::info!(slot = %cfg.slot, %confirmed_flush, "resuming from the replication slot");
-            (confirmed_flush, None)
+            if cfg.snapshot.mode != SnapshotMode::Never
+                && crate::backfill::initial_pending(&cfg, &es)
+                    .await
+                    .context("reading the snapshot state")?
+            {
+                tracing::info!("the initial snapshot was interrupted: resuming its remaining chunks");
+                ready.set(PipelineState::Snapshotting);
+                crate::backfill::initial_load(&cfg, &es, &pg, None).await?;
+            }
+            confirmed_flush
         }
         SlotStart::Created {
             consistent_point,
@@ -254,10 +274,11 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
                 ),
                 Some(name) => {
                     ready.set(PipelineState::Snapshotting);
-                    initial_snapshot(&cfg, &es, &name, consistent_point).await?;
+                    crate::backfill::initial_load(&cfg, &es, &pg, Some((conn, name, consistent_point)))
+                        .await?;
                 }
             }
-            (consistent_point, Some(conn))
+            consistent_point
         }
     };
     if cfg.snapshot.mode == SnapshotMode::InitialOnly {
@@ -265,7 +286,7 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
         return Ok(());
     }
 
-    stream(cfg, pg, es, start, initial_conn, ready, health, shutdown).await
+    stream(cfg, pg, es, start, ready, health, shutdown).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -274,7 +295,6 @@ async fn stream(
     pg: tokio_postgres::Client,
     es: elasticsearch::Elasticsearch,
     start: Lsn,
-    initial_conn: Option<source::ReplicationConnection>,
     ready: ReadyState,
     health: Health,
     shutdown: watch::Receiver<bool>,
@@ -291,7 +311,7 @@ async fn stream(
     reader_cfg.start_lsn = start;
     let reader = tokio::spawn(source::run_reader(
         reader_cfg,
-        initial_conn,
+        None,
         events_tx,
         confirmed_rx.clone(),
         reader_stop_rx,
@@ -348,7 +368,7 @@ async fn stream(
     }
 }
 
-fn pipeline_config(cfg: &Config) -> PipelineConfig {
+pub(crate) fn pipeline_config(cfg: &Config) -> PipelineConfig {
     let p = &cfg.pipeline;
     PipelineConfig {
         indexer: IndexerConfig {
@@ -479,16 +499,3 @@ async fn ensure_mapping_indices(
     Ok(())
 }
 
-/// The initial load of every mapped table inside the slot's exported snapshot.
-async fn initial_snapshot(
-    cfg: &Config,
-    _es: &elasticsearch::Elasticsearch,
-    snapshot_name: &str,
-    consistent_point: Lsn,
-) -> Result<(), Failure> {
-    tracing::warn!(
-        slot = %cfg.slot, snapshot = snapshot_name, %consistent_point,
-        "the snapshot reader is not wired into `run` yet: NO SNAPSHOT WAS TAKEN; existing rows are not loaded, streaming starts at the consistent point"
-    );
-    Ok(())
-}

@@ -26,6 +26,12 @@ use super::seams::SnapshotSink;
 use super::state::StateStore;
 use super::{reindex, run_snapshot, tombstones};
 
+/// A templated index name (`orders-{region}`) names no single index whose
+/// settings could be changed; its documents are still written.
+fn is_templated(index: &str) -> bool {
+    index.contains('{')
+}
+
 /// One mapped table and where the mapping writes it.
 #[derive(Debug, Clone)]
 pub struct BackfillTarget {
@@ -75,7 +81,7 @@ pub async fn prepare(state: &StateStore, req: &BackfillRequest) -> Result<Prepar
             let r =
                 reindex::start(state, &t.index, &t.settings, &t.mappings, &req.gc_deletes).await?;
             index_overrides.insert(t.index.clone(), r.build_index);
-        } else {
+        } else if !is_templated(&t.index) {
             tombstones::extend(state, &t.index, &req.gc_deletes).await?;
         }
     }
@@ -120,7 +126,7 @@ pub async fn complete(
         if prepared.reindex {
             let r = reindex::finish(state, index, delete_old).await?;
             tracing::info!(alias = %index, index = %r.build_index, "alias swapped");
-        } else {
+        } else if !is_templated(index) {
             tombstones::restore(state, index).await?;
         }
     }

@@ -24,6 +24,7 @@ pub mod reader;
 pub mod reindex;
 pub mod run;
 pub mod seams;
+pub mod sink;
 pub mod state;
 pub mod tombstones;
 
@@ -67,6 +68,8 @@ pub enum SnapshotError {
         status: u16,
         body: String,
     },
+    #[error("connecting to PostgreSQL: {0}")]
+    Connect(String),
     #[error("exporting the snapshot: {0}")]
     Export(String),
     #[error("snapshot state in Elasticsearch is unreadable: {0}")]
@@ -87,7 +90,7 @@ impl SnapshotError {
             SnapshotError::Sink(SinkError::Failed(_)) => true,
             SnapshotError::Elasticsearch(_) => true,
             SnapshotError::EsStatus { status, .. } => *status == 429 || *status >= 500,
-            SnapshotError::Export(_) => true,
+            SnapshotError::Export(_) | SnapshotError::Connect(_) => true,
             SnapshotError::NoSuchTable(_)
             | SnapshotError::NoSuchColumn { .. }
             | SnapshotError::Copy { .. }

@@ -23,7 +23,7 @@ pub type ValueConverter = Arc<dyn Fn(u32, &str) -> Result<serde_json::Value, Str
 /// database, with whatever TLS the config asks for; the connection task is
 /// spawned by the connector.
 pub type PgConnector = Arc<
-    dyn Fn() -> BoxFuture<'static, Result<tokio_postgres::Client, tokio_postgres::Error>>
+    dyn Fn() -> BoxFuture<'static, Result<tokio_postgres::Client, super::SnapshotError>>
         + Send
         + Sync,
 >;

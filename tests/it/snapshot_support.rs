@@ -38,7 +38,9 @@ pub fn connector(url: String) -> PgConnector {
     Arc::new(move || {
         let url = url.clone();
         Box::pin(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(sluice::snapshot::SnapshotError::from)?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });

@@ -1,0 +1,324 @@
+//! Snapshot wiring: plugs the real source (connections, exported snapshots,
+//! value conversion), transformer and indexer into the `snapshot` module,
+//! for the initial load of `sluice run` and for `sluice snapshot`.
+//!
+//! Keeps DESIGN invariant 4 at the edge: an initial load reads the snapshot
+//! the main slot exported at its creation (version P − 1); anything resumed
+//! or backfilled later reads a snapshot exported by a temporary slot, whose
+//! point P2 is again older than every change the stream has not yet applied.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use elasticsearch::Elasticsearch;
+
+use crate::cli::{EXIT_CONFIG, EXIT_NOT_IMPLEMENTED, EXIT_RUNTIME, SnapshotArgs};
+use crate::config::{Config, STATE_INDEX};
+use crate::run::pipeline_config;
+use crate::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
+use crate::snapshot::progress::Progress;
+use crate::snapshot::run::SnapshotDeps;
+use crate::snapshot::seams::{ExportedSnapshot, PgConnector, SnapshotExporter, ValueConverter};
+use crate::snapshot::sink::IndexerSink;
+use crate::snapshot::{SnapshotError, SnapshotJob, SnapshotOptions, StateStore, TableJob, TableSpec};
+use crate::source::{self, ReplicationConnection, SnapshotAction, SourceError};
+use crate::transform::Transformer;
+
+/// The mapped tables as snapshot specs (row filter and column list included,
+/// so filtered rows never leave the server), one per table.
+pub fn table_specs(cfg: &Config) -> Vec<TableSpec> {
+    cfg.mappings
+        .publication_tables()
+        .into_iter()
+        .map(|t| TableSpec {
+            schema: t.schema,
+            name: t.table,
+            filter: t.row_filter,
+            columns: t.columns,
+        })
+        .collect()
+}
+
+fn connector(cfg: &Config) -> PgConnector {
+    let pg = cfg.postgres.clone();
+    Arc::new(move || {
+        let pg = pg.clone();
+        Box::pin(async move {
+            source::connect_sql(&pg).await.map_err(|e| match e {
+                SourceError::Sql(e) => SnapshotError::Postgres(e),
+                other => SnapshotError::Connect(other.to_string()),
+            })
+        })
+    })
+}
+
+async fn converter(pg: &tokio_postgres::Client) -> anyhow::Result<ValueConverter> {
+    let catalog = source::TypeCatalog::load(pg).await.context("reading the type catalog")?;
+    let opts = source::ValueOptions::default();
+    Ok(Arc::new(move |oid, text| {
+        source::convert_text(oid, text, &opts, &catalog).map_err(|e| e.to_string())
+    }))
+}
+
+/// The main slot's exported snapshot, handed out once. Dropping the guard
+/// (the replication connection) after every reader imported it is fine: the
+/// slot is permanent and streaming reconnects to it.
+fn main_slot_exporter(conn: ReplicationConnection, name: String, point: crate::Lsn) -> SnapshotExporter {
+    let once = Arc::new(Mutex::new(Some(conn)));
+    Arc::new(move || {
+        let conn = once.lock().expect("exporter").take();
+        let name = name.clone();
+        Box::pin(async move {
+            let conn = conn.ok_or("the slot's exported snapshot was already used")?;
+            Ok(ExportedSnapshot {
+                name,
+                consistent_point: point,
+                guard: Box::new(conn),
+            })
+        })
+    })
+}
+
+/// A fresh snapshot from a temporary slot, for resumed and later backfills.
+fn temporary_slot_exporter(cfg: &Config) -> SnapshotExporter {
+    let pg = cfg.postgres.clone();
+    let base = cfg.slot.clone();
+    Arc::new(move || {
+        let pg = pg.clone();
+        let name = format!("{}_snap_{}", base, std::process::id())
+            .chars()
+            .take(63)
+            .collect::<String>();
+        Box::pin(async move {
+            let mut conn = ReplicationConnection::connect(&pg).await.map_err(|e| e.to_string())?;
+            let slot = conn
+                .create_slot(&name, true, SnapshotAction::Export)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(ExportedSnapshot {
+                name: slot.snapshot_name.ok_or("the temporary slot exported no snapshot")?,
+                consistent_point: slot.consistent_point,
+                guard: Box::new(conn),
+            })
+        })
+    })
+}
+
+fn options(cfg: &Config) -> SnapshotOptions {
+    SnapshotOptions {
+        readers: cfg.snapshot.parallel_readers.max(1),
+        chunk_rows: cfg.snapshot.chunk_rows.max(1),
+        ..SnapshotOptions::default()
+    }
+}
+
+async fn deps(
+    cfg: &Config,
+    es: &Elasticsearch,
+    pg: &tokio_postgres::Client,
+    exporter: SnapshotExporter,
+    overrides: HashMap<String, String>,
+) -> anyhow::Result<SnapshotDeps> {
+    let sink = IndexerSink::start(
+        es.clone(),
+        pipeline_config(cfg).indexer,
+        Transformer::new(&cfg.mappings),
+        overrides,
+    );
+    Ok(SnapshotDeps {
+        connector: connector(cfg),
+        exporter,
+        converter: converter(pg).await?,
+        sink: Arc::new(sink),
+        state: StateStore::new(es.clone(), STATE_INDEX),
+        progress: Arc::new(Progress::auto()),
+    })
+}
+
+/// The initial load's marker in the state index: written before the slot
+/// exists, so a crash anywhere between creating the slot and finishing the
+/// load is noticed on restart (`pending`) and the load resumed.
+fn marker_id(slot: &str) -> String {
+    format!("initial|{slot}")
+}
+
+fn target(slot: &str) -> String {
+    format!("initial:{slot}")
+}
+
+/// Before creating the slot: forget any earlier initial load for this slot
+/// name and mark a new one pending.
+pub async fn begin_initial(cfg: &Config, es: &Elasticsearch) -> Result<(), SnapshotError> {
+    let state = StateStore::new(es.clone(), STATE_INDEX);
+    state.ensure().await?;
+    for spec in table_specs(cfg) {
+        let id = format!("table|{}|{}", spec.qualified_name(), target(&cfg.slot));
+        let _ = es
+            .delete(elasticsearch::DeleteParts::IndexId(STATE_INDEX, &id))
+            .send()
+            .await?;
+    }
+    state
+        .put(&marker_id(&cfg.slot), &serde_json::json!({"kind": "initial", "status": "pending"}))
+        .await
+}
+
+/// Whether an initial load for this slot was started and not finished.
+pub async fn initial_pending(cfg: &Config, es: &Elasticsearch) -> Result<bool, SnapshotError> {
+    let state = StateStore::new(es.clone(), STATE_INDEX);
+    state.ensure().await?;
+    Ok(state
+        .get(&marker_id(&cfg.slot))
+        .await?
+        .is_some_and(|d| d["status"] == "pending"))
+}
+
+/// Load every mapped table: from the main slot's snapshot when `exported`
+/// is given (the slot was just created), else from a temporary slot's
+/// (resuming an interrupted initial load: only the chunks not yet recorded).
+pub async fn initial_load(
+    cfg: &Config,
+    es: &Elasticsearch,
+    pg: &tokio_postgres::Client,
+    exported: Option<(ReplicationConnection, String, crate::Lsn)>,
+) -> anyhow::Result<()> {
+    let exporter = match exported {
+        Some((conn, name, point)) => main_slot_exporter(conn, name, point),
+        None => temporary_slot_exporter(cfg),
+    };
+    let deps = deps(cfg, es, pg, exporter, HashMap::new()).await?;
+    let job = SnapshotJob {
+        tables: table_specs(cfg)
+            .into_iter()
+            .map(|spec| TableJob { spec, target: target(&cfg.slot) })
+            .collect(),
+        options: options(cfg),
+    };
+    let summary = crate::snapshot::run_snapshot(&deps, &job).await.context("initial snapshot")?;
+    let rows: u64 = summary.tables.iter().map(|t| t.rows).sum();
+    tracing::info!(tables = summary.tables.len(), rows, point = ?summary.point, "initial snapshot done");
+    deps.state
+        .put(&marker_id(&cfg.slot), &serde_json::json!({"kind": "initial", "status": "done"}))
+        .await?;
+    Ok(())
+}
+
+/// `sluice snapshot [--table ...]`: backfill while `run` streams (or alone).
+pub async fn command(args: &SnapshotArgs) -> i32 {
+    match snapshot_command(args).await {
+        Ok(()) => 0,
+        Err((code, e)) => {
+            tracing::error!(error = %format!("{e:#}"), "sluice snapshot failed");
+            eprintln!("sluice snapshot: {e:#}");
+            code
+        }
+    }
+}
+
+async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error)> {
+    let config_err = |e: anyhow::Error| (EXIT_CONFIG, e);
+    let runtime_err = |e: anyhow::Error| (EXIT_RUNTIME, e);
+    if args.reindex {
+        return Err((
+            EXIT_NOT_IMPLEMENTED,
+            anyhow::anyhow!(
+                "--reindex is not wired into the CLI yet (the stream's dual writes are missing); nothing was done"
+            ),
+        ));
+    }
+    let mut cfg = Config::load(&args.config.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
+    let pg = source::connect_sql(&cfg.postgres)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL {}", cfg.postgres))
+        .map_err(runtime_err)?;
+    crate::config::validate_against_database(&mut cfg.mappings, &pg)
+        .await
+        .map_err(config_err)?;
+    let es = crate::sink::client::build_client(&cfg.elasticsearch)
+        .map_err(|e| config_err(anyhow::anyhow!("[elasticsearch]: {e}")))?;
+
+    let all = table_specs(&cfg);
+    let wanted: Vec<TableSpec> = if args.tables.is_empty() {
+        all
+    } else {
+        let mut out = Vec::new();
+        for name in &args.tables {
+            let spec = TableSpec::parse(name);
+            match all.iter().find(|t| t.schema == spec.schema && t.name == spec.name) {
+                Some(t) => out.push(t.clone()),
+                None => {
+                    return Err(config_err(anyhow::anyhow!(
+                        "--table {name}: no mapping in {} reads this table",
+                        cfg.mappings_dir.display()
+                    )));
+                }
+            }
+        }
+        out
+    };
+    let targets = backfill_targets(&cfg, &wanted);
+    let deps = deps(&cfg, &es, &pg, temporary_slot_exporter(&cfg), HashMap::new())
+        .await
+        .map_err(runtime_err)?;
+    let req = BackfillRequest {
+        targets,
+        reindex: false,
+        delete_old: false,
+        gc_deletes: cfg.pipeline.gc_deletes_setting(),
+        wait_for_stream: None,
+        options: options(&cfg),
+    };
+    let sink = deps.sink.clone();
+    let summary = backfill(&deps, &req, |_| sink).await.map_err(|e| {
+        let code = if e.is_retryable() { EXIT_RUNTIME } else { EXIT_CONFIG };
+        (code, anyhow::Error::new(e))
+    })?;
+    for t in &summary.tables {
+        println!(
+            "{}: {} rows read ({} of {} chunks were already done)",
+            t.table, t.rows, t.chunks_resumed, t.chunks
+        );
+    }
+    Ok(())
+}
+
+/// One backfill target per table and fixed index of its mappings. Templated
+/// index names have no single index to protect with tombstones; their rows
+/// are still written, because the transformer applies every mapping of a
+/// table to each row it reads.
+fn backfill_targets(cfg: &Config, tables: &[TableSpec]) -> Vec<BackfillTarget> {
+    let mut out = Vec::new();
+    for spec in tables {
+        let qualified = spec.qualified_name();
+        let mut fixed: Vec<BackfillTarget> = cfg
+            .mappings
+            .for_table(&qualified)
+            .filter_map(|m| match &m.index {
+                crate::config::IndexName::Fixed(name) => Some(BackfillTarget {
+                    table: spec.clone(),
+                    index: name.to_string(),
+                    settings: m.index_settings.clone().unwrap_or_default(),
+                    mappings: m.index_mappings.clone().unwrap_or_default(),
+                }),
+                crate::config::IndexName::Template(_) => None,
+            })
+            .collect();
+        if fixed.is_empty() {
+            tracing::warn!(table = %qualified, "every mapping of this table has a templated index name: backfilled without extending delete tombstones");
+        }
+        if fixed.is_empty() {
+            // The table must still be read; `{` marks a name with no index
+            // behind it, which the backfill leaves out of tombstone handling.
+            let m = cfg.mappings.for_table(&qualified).next().expect("a mapped table");
+            fixed.push(BackfillTarget {
+                table: spec.clone(),
+                index: m.index_pattern(),
+                settings: serde_json::Value::Null,
+                mappings: serde_json::Value::Null,
+            });
+        }
+        out.extend(fixed);
+    }
+    out
+}
