@@ -4,3 +4,6 @@
 mod support;
 
 mod foundation;
+mod source;
+mod source_manage;
+mod source_restart;
