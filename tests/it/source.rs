@@ -220,7 +220,7 @@ async fn every_type_round_trips_from_a_real_insert_through_the_stream() {
         assert_eq!(got.get(k), Some(v), "column {k}");
     }
     assert_eq!(got.len(), expected.len());
-    assert_eq!(c.relation.columns[0].is_key, true);
+    assert!(c.relation.columns[0].is_key);
     reader.stop().await.unwrap();
 }
 
@@ -434,8 +434,7 @@ async fn tls_verify_full_accepts_the_test_ca_for_localhost_and_127_0_0_1_and_a_w
     );
     let err = connect_sql(&cfg)
         .await
-        .err()
-        .expect("SQL with a wrong CA is refused");
+        .expect_err("SQL with a wrong CA is refused");
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"

@@ -29,13 +29,13 @@ async fn row_filters_and_column_lists_keep_rows_and_columns_on_the_server() {
         columns: Some(vec!["id".into(), "status".into(), "price".into()]),
     };
     assert_eq!(
-        ensure_publication(&admin, "pub", &[table.clone()])
+        ensure_publication(&admin, "pub", std::slice::from_ref(&table))
             .await
             .unwrap(),
         PublicationChange::Created
     );
     assert_eq!(
-        ensure_publication(&admin, "pub", &[table.clone()])
+        ensure_publication(&admin, "pub", std::slice::from_ref(&table))
             .await
             .unwrap(),
         PublicationChange::Unchanged,
@@ -250,7 +250,7 @@ async fn rows_are_re_read_by_key_with_the_same_conversion() {
     let rows = fetch_rows_by_key(
         &repl,
         &ch[0].relation,
-        &[new.clone()],
+        std::slice::from_ref(new),
         &ValueOptions::default(),
         &TypeCatalog::new(),
     )
