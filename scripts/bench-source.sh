@@ -25,23 +25,30 @@ CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int, status text, total 
   discount float8, paid bool, created_at timestamptz, ref uuid, note varchar(100), attrs jsonb);
 GRANT SELECT ON orders TO sluice;
 CREATE PUBLICATION bench_pub FOR TABLE orders;
-SELECT 1 FROM pg_create_logical_replication_slot('bench_sluice', 'pgoutput');
-SELECT 1 FROM pg_create_logical_replication_slot('bench_recv', 'pgoutput');
+SELECT FROM pg_create_logical_replication_slot('bench_sluice', 'pgoutput');
+SELECT FROM pg_create_logical_replication_slot('bench_recv', 'pgoutput');
 SQL
 for ((start = 1; start <= ROWS; start += PER_TX)); do
   end=$((start + PER_TX - 1)); ((end > ROWS)) && end=$ROWS
   echo "INSERT INTO orders SELECT g, g % 1000, 'shipped', g * 0.01, 0.15, true, now(), gen_random_uuid(), 'leave at the door', '{\"gift\": false, \"items\": 3}' FROM generate_series($start, $end) g;"
 done | $PSQL "$ADMIN_URL" >/dev/null
+$PSQL "$ADMIN_URL" -c "CHECKPOINT" >/dev/null
 END_LSN=$($PSQL "$ADMIN_URL" -c "SELECT pg_current_wal_lsn()")
 
-# pg_recvlogical: same protocol options, output to /dev/null.
-t0=$(date +%s.%N)
-"$SLUICE_TEST_PG_BIN/pg_recvlogical" -d "$REPL_URL" --slot bench_recv --start --endpos "$END_LSN" \
-  -o proto_version=1 -o publication_names=bench_pub -f /dev/null --no-loop
-t1=$(date +%s.%N)
-RECV_S=$(echo "$t1 - $t0" | bc -l)
-
-read -r CHANGES SLUICE_S < <(target/release/examples/source_drain "$REPL_URL" bench_sluice bench_pub "$END_LSN")
+run_recv() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$SLUICE_TEST_PG_BIN/pg_recvlogical" -d "$REPL_URL" --slot bench_recv --start --endpos "$END_LSN" \
+    -o proto_version=1 -o publication_names=bench_pub -f /dev/null --no-loop
+  t1=$(date +%s.%N)
+  RECV_S=$(echo "$t1 - $t0" | bc -l)
+}
+run_sluice() {
+  read -r CHANGES SLUICE_S < <(target/release/examples/source_drain "$REPL_URL" bench_sluice bench_pub "$END_LSN")
+}
+# Both drain the same WAL (each from its own slot, same protocol options);
+# ORDER=sluice-first swaps who reads the WAL first (page cache effects).
+if [[ "${ORDER:-recv-first}" == sluice-first ]]; then run_sluice; run_recv; else run_recv; run_sluice; fi
 
 python3 - "$ROWS" "$RECV_S" "$CHANGES" "$SLUICE_S" <<'PY'
 import sys
