@@ -297,9 +297,10 @@ async fn a_huge_single_transaction_streams_through_in_bounded_memory() {
         base / 1024,
         peak / 1024
     );
-    // Held whole, the rows would take hundreds of MiB (≥ 250 bytes each).
+    // Held whole, 1M rows would take well over 400 MiB (≥ 450 bytes each
+    // decoded); the margin absorbs other tests running in this process.
     assert!(
-        growth_mib < 100,
+        growth_mib < 200,
         "RSS grew by {growth_mib} MiB while streaming {n} rows"
     );
     reader.stop().await.unwrap();
