@@ -510,3 +510,80 @@ async fn a_keepalive_is_forwarded_while_idle_and_confirmed_flush_reaches_the_slo
     assert!(confirmed >= end);
     reader.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_slot_created_with_an_exported_snapshot_hands_its_connection_to_the_reader() {
+    let db = TestDb::new().await;
+    db.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await;
+    let admin = connect_sql(&admin_config(&db)).await.unwrap();
+    ensure_publication(&admin, "sluice_pub", &[PublishedTable::new("public", "t")])
+        .await
+        .unwrap();
+    let mut conn = ReplicationConnection::connect(&repl_config(&db))
+        .await
+        .unwrap();
+    let slot = unique_name("slot");
+    let created = conn
+        .create_slot(&slot, false, SnapshotAction::Export)
+        .await
+        .unwrap();
+    db.sql("INSERT INTO t VALUES (2)").await;
+    // The snapshot sees exactly what committed before the consistent point.
+    let snap_reader = connect_sql(&repl_config(&db)).await.unwrap();
+    let ids: Vec<i32> = {
+        snap_reader
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{}';",
+                created.snapshot_name.clone().unwrap()
+            ))
+            .await
+            .unwrap();
+        let rows = snap_reader
+            .query("SELECT id FROM t ORDER BY id", &[])
+            .await
+            .unwrap();
+        snap_reader.batch_execute("COMMIT").await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    assert_eq!(ids, [1]);
+    db.sql("SELECT pg_logical_emit_message(false, 'sluice.test', 'hello')")
+        .await;
+
+    // Then the same connection starts streaming: row 2 and the message arrive.
+    let (tx, mut rx) = mpsc::channel(16);
+    let (_flushed, flushed_rx) = watch::channel(Lsn::ZERO);
+    let (stop, stop_rx) = watch::channel(false);
+    let cfg = ReaderConfig::new(repl_config(&db), slot.clone(), vec!["sluice_pub".into()]);
+    let handle = tokio::spawn(run_reader(cfg, Some(conn), tx, flushed_rx, stop_rx));
+    let mut got_row = None;
+    let mut got_message = false;
+    while got_row.is_none() || !got_message {
+        let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("events arrive")
+            .expect("the reader runs");
+        match ev {
+            SourceEvent::Change(c) => {
+                assert!(c.version >= created.consistent_point);
+                got_row = Some(new_row(&c)[0].clone());
+            }
+            SourceEvent::Message {
+                prefix,
+                content,
+                transactional,
+                ..
+            } => {
+                assert_eq!(
+                    (prefix.as_str(), content.as_slice(), transactional),
+                    ("sluice.test", &b"hello"[..], false)
+                );
+                got_message = true;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(got_row, Some(Datum::Value(json!(2))));
+    stop.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
