@@ -8,11 +8,16 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
+use serde_json::Value;
+
 use crate::lsn::Lsn;
+use crate::source::change::{Datum, Relation, Row};
 use crate::source::error::SourceError;
 use crate::source::pg_config::{PgConnectConfig, SslMode};
 use crate::source::tls::{MakeRustlsConnect, client_config};
+use crate::source::types::TypeCatalog;
 use crate::source::value::SESSION_SETTINGS;
+use crate::source::value::{ValueOptions, convert};
 
 /// Open an ordinary SQL connection with the same TLS rules as the
 /// replication connection and the session settings value conversion expects.
@@ -49,7 +54,10 @@ pub async fn connect_sql(cfg: &PgConnectConfig) -> Result<Client, SourceError> {
             } else {
                 tokio_postgres::config::SslMode::Require
             });
-            let (client, conn) = c.connect(MakeRustlsConnect(tc)).await?;
+            let (client, conn) = c
+                .connect(MakeRustlsConnect(tc))
+                .await
+                .map_err(|e| connect_error(cfg, e))?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "SQL connection ended");
@@ -59,7 +67,10 @@ pub async fn connect_sql(cfg: &PgConnectConfig) -> Result<Client, SourceError> {
         }
         _ => {
             c.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            let (client, conn) = c.connect(tokio_postgres::NoTls).await?;
+            let (client, conn) = c
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| connect_error(cfg, e))?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "SQL connection ended");
@@ -67,6 +78,25 @@ pub async fn connect_sql(cfg: &PgConnectConfig) -> Result<Client, SourceError> {
             });
             Ok(client)
         }
+    }
+}
+
+/// tokio-postgres hides the cause of TLS failures in the error's source
+/// chain; bring it into the message (e.g. "invalid peer certificate").
+fn connect_error(cfg: &PgConnectConfig, e: tokio_postgres::Error) -> SourceError {
+    let mut chain = Vec::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(s) = src {
+        chain.push(s.to_string());
+        src = s.source();
+    }
+    if e.to_string().contains("TLS") {
+        SourceError::Tls {
+            target: cfg.to_string(),
+            reason: format!("{e}: {}", chain.join(": ")),
+        }
+    } else {
+        SourceError::Sql(e)
     }
 }
 
@@ -460,6 +490,118 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, SourceError>
         .execute("SELECT pg_drop_replication_slot($1)", &[&name])
         .await?;
     Ok(true)
+}
+
+/// Re-read the current rows for `keys` (rows in `rel`'s column order; only
+/// the key columns are used) and convert them like streamed values. Used to
+/// fill unchanged TOAST values when REPLICA IDENTITY is not FULL (DESIGN
+/// invariant 6). Rows deleted meanwhile are simply absent; order is arbitrary.
+pub async fn fetch_rows_by_key(
+    client: &Client,
+    rel: &Relation,
+    keys: &[Row],
+    opts: &ValueOptions,
+    catalog: &TypeCatalog,
+) -> Result<Vec<Row>, SourceError> {
+    let key_idx: Vec<usize> = rel
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_key)
+        .map(|(i, _)| i)
+        .collect();
+    if key_idx.is_empty() {
+        return Err(SourceError::Setup(format!(
+            "table {} has no key columns in its replica identity, so rows cannot be re-read by key",
+            rel.qualified_name()
+        )));
+    }
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut key_types = Vec::with_capacity(key_idx.len());
+    for &i in &key_idx {
+        let c = &rel.columns[i];
+        let t: String = client
+            .query_one(
+                "SELECT format_type($1::oid, $2::int)",
+                &[&c.type_oid, &c.type_modifier],
+            )
+            .await?
+            .get(0);
+        key_types.push(t);
+    }
+    let mut params: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); key_idx.len()];
+    for key in keys {
+        for (p, &i) in params.iter_mut().zip(&key_idx) {
+            p.push(match key.get(i) {
+                Some(Datum::Value(Value::String(s))) => Some(s.clone()),
+                Some(Datum::Value(Value::Bool(b))) => {
+                    Some(if *b { "t".into() } else { "f".into() })
+                }
+                Some(Datum::Value(v)) => Some(v.to_string()),
+                _ => None,
+            });
+        }
+    }
+    let select = rel
+        .columns
+        .iter()
+        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let key_cols = key_idx
+        .iter()
+        .map(|&i| quote_ident(&rel.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unnest_args = (1..=key_idx.len())
+        .map(|n| format!("${n}::text[]"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let aliases = (1..=key_idx.len())
+        .map(|n| format!("k{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let casts = key_types
+        .iter()
+        .enumerate()
+        .map(|(n, t)| format!("k{}::{t}", n + 1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {select} FROM {}.{} WHERE ({key_cols}) IN (SELECT {casts} FROM unnest({unnest_args}) AS u({aliases}))",
+        quote_ident(&rel.schema),
+        quote_ident(&rel.name)
+    );
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = client.query(&sql, &refs).await?;
+    let convs: Vec<_> = rel
+        .columns
+        .iter()
+        .map(|c| catalog.resolve(c.type_oid))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            (0..rel.columns.len())
+                .map(|i| match r.get::<_, Option<&str>>(i) {
+                    None => Ok(Datum::Null),
+                    Some(text) => convert(&convs[i], text, opts)
+                        .map(Datum::Value)
+                        .map_err(|e| {
+                            SourceError::Setup(format!(
+                                "{}.{}: {e}",
+                                rel.qualified_name(),
+                                rel.columns[i].name
+                            ))
+                        }),
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -538,7 +538,9 @@ impl ReplicationStream {
                         }
                     }
                 }
-                b'c' => return Ok(None),
+                // CopyDone, or the command ending (a server shutting down
+                // may skip straight to CommandComplete/ReadyForQuery).
+                b'c' | b'C' | b'Z' => return Ok(None),
                 b'E' => {
                     return Err(SourceError::Server {
                         command: "START_REPLICATION".into(),

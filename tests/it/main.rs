@@ -16,3 +16,6 @@ mod sink;
 mod sink_proxy;
 mod snapshot;
 mod snapshot_support;
+mod source;
+mod source_manage;
+mod source_restart;

@@ -1,0 +1,589 @@
+//! The WAL reader against the real PostgreSQL: the replication connection
+//! (SCRAM as the non-superuser role, TLS), value conversion of every type
+//! from a real INSERT through the stream, updates/deletes with and without
+//! REPLICA IDENTITY FULL, a primary-key change and ALTER TABLE mid-stream.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::Lsn;
+use sluice::source::{
+    Change, ChangeKind, Datum, OldRow, PgConnectConfig, PublishedTable, ReaderConfig,
+    ReplicationConnection, SnapshotAction, SourceError, SourceEvent, SslMode, connect_sql,
+    ensure_publication, ensure_slot, run_reader,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::support::{TestDb, services, unique_name};
+
+/// Replication-role config for a test database (SCRAM over TCP, no TLS).
+pub fn repl_config(db: &TestDb) -> PgConnectConfig {
+    let mut c = PgConnectConfig::parse(&db.repl_url()).unwrap();
+    c.sslmode = SslMode::Disable;
+    c
+}
+
+pub fn admin_config(db: &TestDb) -> PgConnectConfig {
+    let mut c = PgConnectConfig::parse(&db.url()).unwrap();
+    c.sslmode = SslMode::Disable;
+    c
+}
+
+/// A running reader task and the ends of its channels.
+pub struct Reader {
+    pub rx: mpsc::Receiver<SourceEvent>,
+    pub flushed: watch::Sender<Lsn>,
+    shutdown: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<Result<(), SourceError>>,
+}
+
+impl Reader {
+    pub fn start(cfg: ReaderConfig, capacity: usize) -> Reader {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (flushed, flushed_rx) = watch::channel(Lsn::ZERO);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let handle = tokio::spawn(run_reader(cfg, None, tx, flushed_rx, shutdown_rx));
+        Reader {
+            rx,
+            flushed,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// The next event, or a panic after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> SourceEvent {
+        match tokio::time::timeout(timeout, self.rx.recv()).await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => {
+                let result = (&mut self.handle).await;
+                panic!("the reader stopped: {result:?}")
+            }
+            Err(_) => panic!("no event from the reader within {timeout:?}"),
+        }
+    }
+
+    /// The next `n` changes (skipping Begin/Commit/keepalives).
+    pub async fn changes(&mut self, n: usize) -> Vec<Change> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            if let SourceEvent::Change(c) = self.next(Duration::from_secs(30)).await {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    pub async fn stop(self) -> Result<(), SourceError> {
+        let _ = self.shutdown.send(true);
+        drop(self.rx);
+        self.handle.await.expect("reader task panicked")
+    }
+}
+
+/// Create a publication for `tables` (as the owner) and a slot, and start a
+/// reader as the replication role.
+pub async fn stream(db: &TestDb, tables: &[&str]) -> (Reader, String) {
+    let admin = connect_sql(&admin_config(db)).await.unwrap();
+    let published: Vec<_> = tables
+        .iter()
+        .map(|t| PublishedTable::new("public", t))
+        .collect();
+    ensure_publication(&admin, "sluice_pub", &published)
+        .await
+        .unwrap();
+    let repl = connect_sql(&repl_config(db)).await.unwrap();
+    let slot = unique_name("slot");
+    ensure_slot(&repl, &slot, None).await.unwrap();
+    let cfg = ReaderConfig::new(repl_config(db), slot.clone(), vec!["sluice_pub".into()]);
+    (Reader::start(cfg, 1024), slot)
+}
+
+fn new_row(c: &Change) -> &Vec<Datum> {
+    match &c.kind {
+        ChangeKind::Insert { new } | ChangeKind::Update { new, .. } => new,
+        other => panic!("expected a new row, got {other:?}"),
+    }
+}
+
+fn by_name(c: &Change, row: &[Datum]) -> serde_json::Map<String, Value> {
+    c.relation
+        .columns
+        .iter()
+        .zip(row)
+        .map(|(col, d)| {
+            let v = match d {
+                Datum::Null => Value::Null,
+                Datum::Unchanged => json!("<unchanged>"),
+                Datum::Value(v) => v.clone(),
+            };
+            (col.name.clone(), v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_replication_role_authenticates_with_scram_identifies_the_system_and_creates_an_exported_slot()
+ {
+    let db = TestDb::new().await;
+    let mut conn = ReplicationConnection::connect(&repl_config(&db))
+        .await
+        .unwrap();
+    let sys = conn.identify_system().await.unwrap();
+    assert_eq!(sys.dbname.as_deref(), Some(db.name.as_str()));
+    assert!(sys.xlogpos > Lsn::ZERO);
+    let slot = unique_name("slot");
+    let created = conn
+        .create_slot(&slot, true, SnapshotAction::Export)
+        .await
+        .unwrap();
+    assert_eq!(created.slot_name, slot);
+    assert!(created.consistent_point >= sys.xlogpos);
+    let snap = created.snapshot_name.expect("an exported snapshot name");
+    // The snapshot is importable from another session while this connection stays open.
+    db.admin
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snap}'; COMMIT;"
+        ))
+        .await
+        .expect("the exported snapshot can be imported");
+
+    // Over the Unix socket (trust for local connections on the test server).
+    let mut local = repl_config(&db);
+    local.host = "/var/tmp/sluice-dev/pg/run".into();
+    local.password = None;
+    let sock = std::path::Path::new(&local.host).join(format!(".s.PGSQL.{}", local.port));
+    if sock.exists() {
+        let mut conn = ReplicationConnection::connect(&local)
+            .await
+            .expect("Unix socket connection");
+        assert_eq!(
+            conn.identify_system().await.unwrap().system_id,
+            sys.system_id
+        );
+        connect_sql(&local).await.expect("SQL over the Unix socket");
+    }
+
+    let mut bad = repl_config(&db);
+    bad.password = Some("wrong".into());
+    let err = ReplicationConnection::connect(&bad)
+        .await
+        .err()
+        .expect("a wrong password is refused");
+    assert!(matches!(err, SourceError::Auth { .. }), "{err}");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the password never appears in errors: {err}"
+    );
+}
+
+#[tokio::test]
+async fn every_type_round_trips_from_a_real_insert_through_the_stream() {
+    let db = TestDb::new().await;
+    db.sql(
+        "CREATE EXTENSION IF NOT EXISTS hstore; CREATE EXTENSION IF NOT EXISTS citext;
+         CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+         CREATE TABLE types (
+           id int PRIMARY KEY, b bool, i2 int2, i8 int8, f4 float4, f8 float8, fnan float8,
+           n numeric, nbig numeric, t text, vc varchar(10), bp char(3), nm name, ci citext,
+           u uuid, d date, tm time, ttz timetz, ts timestamp, tstz timestamptz, tinf timestamptz,
+           iv interval, ivneg interval, by bytea, j json, jb jsonb, ai int[], at text[], a2 int[][],
+           aempty int[], e mood, dm posint, adm posint[], ine inet, cidr_ cidr, mac macaddr, m money,
+           h hstore, r int4range, tr tstzrange, rempty int4range, p point, tv tsvector, x xml,
+           bt bit(4), nul text);",
+    )
+    .await;
+    let (mut reader, _slot) = stream(&db, &["types"]).await;
+    db.sql(
+        r#"INSERT INTO types VALUES (
+           1, true, -32768, 9223372036854775807, 1.5, -2.25, 'NaN',
+           123.4500, 12345678901234567890.123456789, 'zürich ✓', 'abc', 'ab', 'nm', 'MiXed',
+           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2024-02-29', '13:45:00.5', '13:45:00+02',
+           '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+02', 'infinity',
+           '1 year 2 mons 3 days 04:05:06', '-1 days -00:00:01', '\x48656c6c6f',
+           '{"a": [1, null]}', '{"b": {"c": true}}', '{1,NULL,3}', '{"a b","c\"d",NULL}',
+           '{{1,2},{3,4}}', '{}', 'happy', 7, '{1,2}', '192.168.0.1/24', '10.0.0.0/8',
+           '08:00:2b:01:02:03', '1234.56', '"k"=>"v", "n"=>NULL', '[1,10)',
+           '[2024-01-01 00:00:00+00,2024-02-01 00:00:00+00)', 'empty', '(13.4,52.5)',
+           'a fat cat', '<a>1</a>', B'1010', NULL)"#,
+    )
+    .await;
+    let changes = reader.changes(1).await;
+    let c = &changes[0];
+    assert_eq!(c.relation.qualified_name(), "public.types");
+    let got = by_name(c, new_row(c));
+    let expected = json!({
+        "id": 1, "b": true, "i2": -32768, "i8": 9223372036854775807i64, "f4": 1.5, "f8": -2.25,
+        "fnan": null, "n": 123.45, "nbig": "12345678901234567890.123456789", "t": "zürich ✓",
+        "vc": "abc", "bp": "ab ", "nm": "nm", "ci": "MiXed",
+        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "d": "2024-02-29", "tm": "13:45:00.5",
+        "ttz": "13:45:00+02:00", "ts": "2024-01-02T03:04:05.123456", "tstz": "2024-01-02T01:04:05Z",
+        "tinf": null, "iv": "P1Y2M3DT4H5M6S", "ivneg": "P-1DT-1S", "by": "SGVsbG8=",
+        "j": {"a": [1, null]}, "jb": {"b": {"c": true}}, "ai": [1, null, 3],
+        "at": ["a b", "c\"d", null], "a2": [[1, 2], [3, 4]], "aempty": [], "e": "happy", "dm": 7,
+    });
+    let more = json!({
+        "adm": [1, 2], "ine": "192.168.0.1/24", "cidr_": "10.0.0.0/8", "mac": "08:00:2b:01:02:03",
+        "m": 1234.56, "h": {"k": "v", "n": null}, "r": {"gte": 1, "lt": 10},
+        "tr": {"gte": "2024-01-01T00:00:00Z", "lt": "2024-02-01T00:00:00Z"}, "rempty": null,
+        "p": {"lat": 52.5, "lon": 13.4}, "tv": "'a' 'cat' 'fat'", "x": "<a>1</a>", "bt": "1010",
+        "nul": null,
+    });
+    let mut expected = expected.as_object().unwrap().clone();
+    expected.extend(more.as_object().unwrap().clone());
+    for (k, v) in &expected {
+        assert_eq!(got.get(k), Some(v), "column {k}");
+    }
+    assert_eq!(got.len(), expected.len());
+    assert!(c.relation.columns[0].is_key);
+    reader.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn updates_carry_old_rows_per_replica_identity_and_a_key_change_carries_the_old_key() {
+    let db = TestDb::new().await;
+    db.sql(
+        "CREATE TABLE plain (id int PRIMARY KEY, v text, big text);
+         CREATE TABLE full_ (id int PRIMARY KEY, v text);
+         ALTER TABLE full_ REPLICA IDENTITY FULL;
+         INSERT INTO plain VALUES (1, 'a', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 5000) g));
+         INSERT INTO full_ VALUES (1, 'a');",
+    )
+    .await;
+    let (mut reader, _slot) = stream(&db, &["plain", "full_"]).await;
+    db.sql(
+        "UPDATE plain SET v = 'b' WHERE id = 1;
+         UPDATE full_ SET v = 'b' WHERE id = 1;
+         UPDATE plain SET id = 2 WHERE id = 1;
+         DELETE FROM plain WHERE id = 2;
+         DELETE FROM full_ WHERE id = 1;",
+    )
+    .await;
+    let ch = reader.changes(5).await;
+    // Without FULL: no old row, and the big TOASTed value is marked unchanged, never null.
+    assert_eq!(
+        ch[0].kind,
+        ChangeKind::Update {
+            old: None,
+            new: vec![
+                Datum::Value(json!(1)),
+                Datum::Value(json!("b")),
+                Datum::Unchanged
+            ]
+        }
+    );
+    // FULL: the whole old row.
+    assert_eq!(
+        ch[1].kind,
+        ChangeKind::Update {
+            old: Some(OldRow::Full(vec![
+                Datum::Value(json!(1)),
+                Datum::Value(json!("a"))
+            ])),
+            new: vec![Datum::Value(json!(1)), Datum::Value(json!("b"))]
+        }
+    );
+    // Primary key change: the old key comes along.
+    match &ch[2].kind {
+        ChangeKind::Update {
+            old: Some(OldRow::Key(old)),
+            new,
+        } => {
+            assert_eq!(old[0], Datum::Value(json!(1)));
+            assert_eq!(new[0], Datum::Value(json!(2)));
+        }
+        other => panic!("expected an update with the old key, got {other:?}"),
+    }
+    assert!(
+        matches!(&ch[3].kind, ChangeKind::Delete { old: OldRow::Key(k) } if k[0] == Datum::Value(json!(2)) && k[1] == Datum::Null)
+    );
+    assert!(
+        matches!(&ch[4].kind, ChangeKind::Delete { old: OldRow::Full(r) } if r[1] == Datum::Value(json!("b")))
+    );
+    // One batch is one implicit transaction: one version for all five.
+    assert!(ch.windows(2).all(|w| w[0].version == w[1].version));
+    reader.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn alter_table_mid_stream_changes_how_later_rows_decode_and_versions_are_commit_lsns() {
+    let db = TestDb::new().await;
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, n int, gone text)")
+        .await;
+    let (mut reader, _slot) = stream(&db, &["t"]).await;
+    db.sql("BEGIN; INSERT INTO t VALUES (1, 5, 'x'); INSERT INTO t VALUES (2, 6, 'y'); COMMIT;")
+        .await;
+    db.sql(
+        "ALTER TABLE t ADD COLUMN added bool DEFAULT true;
+         ALTER TABLE t DROP COLUMN gone;
+         ALTER TABLE t RENAME COLUMN n TO label;
+         ALTER TABLE t ALTER COLUMN label TYPE text;",
+    )
+    .await;
+    db.sql("INSERT INTO t VALUES (3, 'seven', false)").await;
+    db.sql("TRUNCATE t").await;
+    let mut events = Vec::new();
+    loop {
+        let ev = reader.next(Duration::from_secs(30)).await;
+        let done = matches!(&ev, SourceEvent::Change(c) if c.kind == ChangeKind::Truncate);
+        events.push(ev);
+        if done {
+            break;
+        }
+    }
+    let SourceEvent::Begin { final_lsn, .. } = events
+        .iter()
+        .find(|e| matches!(e, SourceEvent::Begin { .. }))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    let changes: Vec<&Change> = events
+        .iter()
+        .filter_map(|e| {
+            if let SourceEvent::Change(c) = e {
+                Some(c)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(changes[0].version, *final_lsn);
+    assert_eq!(
+        changes[1].version, *final_lsn,
+        "one transaction, one version"
+    );
+    let commit_lsn = events
+        .iter()
+        .find_map(|e| {
+            if let SourceEvent::Commit { commit_lsn, .. } = e {
+                Some(*commit_lsn)
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        commit_lsn, *final_lsn,
+        "Begin's final_lsn is the commit LSN"
+    );
+    assert_eq!(
+        by_name(changes[0], new_row(changes[0])),
+        json!({"id": 1, "n": 5, "gone": "x"})
+            .as_object()
+            .unwrap()
+            .clone()
+    );
+    assert_eq!(
+        by_name(changes[2], new_row(changes[2])),
+        json!({"id": 3, "label": "seven", "added": false})
+            .as_object()
+            .unwrap()
+            .clone()
+    );
+    assert_eq!(changes[3].kind, ChangeKind::Truncate);
+    reader.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_verify_full_accepts_the_test_ca_for_localhost_and_127_0_0_1_and_a_wrong_ca_is_refused()
+{
+    let db = TestDb::new().await;
+    for host in ["localhost", "127.0.0.1"] {
+        let mut cfg = repl_config(&db);
+        cfg.host = host.into();
+        cfg.sslmode = SslMode::VerifyFull;
+        cfg.ssl_root_cert = Some(services().pg_ca.clone().into());
+        let mut conn = ReplicationConnection::connect(&cfg)
+            .await
+            .unwrap_or_else(|e| panic!("verify-full to {host}: {e}"));
+        conn.identify_system().await.unwrap();
+        let sql = connect_sql(&cfg)
+            .await
+            .unwrap_or_else(|e| panic!("SQL verify-full to {host}: {e}"));
+        let ssl: bool = sql
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ssl, "the SQL connection is encrypted");
+    }
+
+    // A CA generated here never signed the server's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("other-ca.crt");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=not-the-ca",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("k.pem"))
+        .arg("-out")
+        .arg(&ca)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let mut cfg = repl_config(&db);
+    cfg.sslmode = SslMode::VerifyFull;
+    cfg.ssl_root_cert = Some(ca);
+    let err = ReplicationConnection::connect(&cfg)
+        .await
+        .err()
+        .expect("a wrong CA is refused");
+    assert!(matches!(err, SourceError::Tls { .. }), "{err}");
+    assert!(
+        err.to_string().contains("certificate"),
+        "the error says why: {err}"
+    );
+    let err = connect_sql(&cfg)
+        .await
+        .expect_err("SQL with a wrong CA is refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // require: encrypted without checking.
+    let mut cfg = repl_config(&db);
+    cfg.sslmode = SslMode::Require;
+    ReplicationConnection::connect(&cfg)
+        .await
+        .unwrap()
+        .identify_system()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_keepalive_is_forwarded_while_idle_and_confirmed_flush_reaches_the_slot() {
+    let db = TestDb::new().await;
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let (mut reader, slot) = {
+        let admin = connect_sql(&admin_config(&db)).await.unwrap();
+        ensure_publication(&admin, "sluice_pub", &[PublishedTable::new("public", "t")])
+            .await
+            .unwrap();
+        let repl = connect_sql(&repl_config(&db)).await.unwrap();
+        let slot = unique_name("slot");
+        ensure_slot(&repl, &slot, None).await.unwrap();
+        let mut cfg = ReaderConfig::new(repl_config(&db), slot.clone(), vec!["sluice_pub".into()]);
+        cfg.status_interval = Duration::from_millis(200);
+        (Reader::start(cfg, 16), slot)
+    };
+    db.sql("INSERT INTO t VALUES (1)").await;
+    let end = loop {
+        if let SourceEvent::Commit { end_lsn, .. } = reader.next(Duration::from_secs(30)).await {
+            break end_lsn;
+        }
+    };
+    // Idle after the commit: the server's keepalives come through as events.
+    let wal_end = loop {
+        if let SourceEvent::Keepalive { wal_end } = reader.next(Duration::from_secs(40)).await {
+            break wal_end;
+        }
+    };
+    assert!(wal_end >= end);
+    reader.flushed.send(end).unwrap();
+    let confirmed = crate::support::wait_until(Duration::from_secs(20), "the slot to confirm the flushed LSN", || async {
+        let row = db
+            .admin
+            .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .unwrap();
+        let lsn: Lsn = row.get::<_, String>(0).parse().unwrap();
+        (lsn >= end).then_some(lsn)
+    })
+    .await;
+    assert!(confirmed >= end);
+    reader.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slot_created_with_an_exported_snapshot_hands_its_connection_to_the_reader() {
+    let db = TestDb::new().await;
+    db.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await;
+    let admin = connect_sql(&admin_config(&db)).await.unwrap();
+    ensure_publication(&admin, "sluice_pub", &[PublishedTable::new("public", "t")])
+        .await
+        .unwrap();
+    let mut conn = ReplicationConnection::connect(&repl_config(&db))
+        .await
+        .unwrap();
+    let slot = unique_name("slot");
+    let created = conn
+        .create_slot(&slot, false, SnapshotAction::Export)
+        .await
+        .unwrap();
+    db.sql("INSERT INTO t VALUES (2)").await;
+    // The snapshot sees exactly what committed before the consistent point.
+    let snap_reader = connect_sql(&repl_config(&db)).await.unwrap();
+    let ids: Vec<i32> = {
+        snap_reader
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{}';",
+                created.snapshot_name.clone().unwrap()
+            ))
+            .await
+            .unwrap();
+        let rows = snap_reader
+            .query("SELECT id FROM t ORDER BY id", &[])
+            .await
+            .unwrap();
+        snap_reader.batch_execute("COMMIT").await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    assert_eq!(ids, [1]);
+    db.sql("SELECT pg_logical_emit_message(false, 'sluice.test', 'hello')")
+        .await;
+
+    // Then the same connection starts streaming: row 2 and the message arrive.
+    let (tx, mut rx) = mpsc::channel(16);
+    let (_flushed, flushed_rx) = watch::channel(Lsn::ZERO);
+    let (stop, stop_rx) = watch::channel(false);
+    let cfg = ReaderConfig::new(repl_config(&db), slot.clone(), vec!["sluice_pub".into()]);
+    let handle = tokio::spawn(run_reader(cfg, Some(conn), tx, flushed_rx, stop_rx));
+    let mut got_row = None;
+    let mut got_message = false;
+    while got_row.is_none() || !got_message {
+        let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("events arrive")
+            .expect("the reader runs");
+        match ev {
+            SourceEvent::Change(c) => {
+                assert!(c.version >= created.consistent_point);
+                got_row = Some(new_row(&c)[0].clone());
+            }
+            SourceEvent::Message {
+                prefix,
+                content,
+                transactional,
+                ..
+            } => {
+                assert_eq!(
+                    (prefix.as_str(), content.as_slice(), transactional),
+                    ("sluice.test", &b"hello"[..], false)
+                );
+                got_message = true;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(got_row, Some(Datum::Value(json!(2))));
+    stop.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
