@@ -4,7 +4,7 @@
 //! CPU used and the peak RSS against the configured in-flight byte bound
 //! (DESIGN invariant 7: the transaction streams through, never held whole).
 //!
-//! `cargo bench --bench bulk_pipeline -- [changes=1000000] [max_in_flight_mb=64]`
+//! `cargo bench --bench bulk_pipeline -- [changes=1000000] [memory_mb=64]`
 //! with SLUICE_TEST_ES_URL set (scripts/bench-bulk.sh runs it too). Asserts
 //! only that everything was confirmed and indexed.
 
@@ -125,10 +125,7 @@ fn main() {
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (confirmed_tx, mut confirmed) = watch::channel(Lsn(1));
         let config = PipelineConfig {
-            indexer: IndexerConfig {
-                max_in_flight_bytes: budget_mb << 20,
-                ..IndexerConfig::default()
-            },
+            indexer: IndexerConfig::default().fit_memory(budget_mb << 20),
             ..PipelineConfig::default()
         };
         let rss0 = status_kb("VmRSS:");
@@ -235,7 +232,9 @@ fn main() {
             cpu.as_secs_f64(),
             cpu.as_secs_f64() * 1e6 / n as f64
         );
-        println!("| in-flight byte bound (max_in_flight_bytes) | {budget_mb} MB |");
+        println!(
+            "| memory bound given to IndexerConfig::fit_memory (queued ops + request bodies) | {budget_mb} MB |"
+        );
         println!(
             "| peak RSS (VmHWM) / max sampled RSS / RSS before | {} MB / {} MB / {} MB |",
             status_kb("VmHWM:") / 1024,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bulk indexer throughput vs the raw `_bulk` ceiling on the dev Elasticsearch.
-# Usage: scripts/bench-bulk.sh [docs=200000] [rounds=3] [pipeline_changes=1000000] [max_in_flight_mb=64]
+# Usage: scripts/bench-bulk.sh [docs=200000] [rounds=3] [pipeline_changes=1000000] [memory_mb=64]
 # Prints a per-run table and a Markdown summary (for BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -62,6 +62,24 @@ impl Default for IndexerConfig {
     }
 }
 
+impl IndexerConfig {
+    /// Roughly the most memory the indexer holds: ops accepted but not yet
+    /// acknowledged, plus one rendered request body per worker.
+    pub fn memory_estimate(&self) -> usize {
+        self.max_in_flight_bytes + self.concurrency.max(1) * self.max_batch_bytes
+    }
+
+    /// Size the budgets so `memory_estimate()` stays within `bytes`: request
+    /// bodies get at most a quarter of it, queued ops the rest.
+    pub fn fit_memory(mut self, bytes: usize) -> Self {
+        let workers = self.concurrency.max(1);
+        let per_body = (bytes / 4 / workers).clamp(64 << 10, self.max_batch_bytes);
+        self.max_batch_bytes = per_body;
+        self.max_in_flight_bytes = bytes.saturating_sub(per_body * workers).max(1 << 20);
+        self
+    }
+}
+
 /// `count` ops submitted with `tag` are done: written, refused as stale, or
 /// stored as dead letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,6 +559,22 @@ fn log_request_failure(worker: usize, sent: &Sent, items: usize, attempt: u32) {
             "bulk request refused; retrying with backoff"
         ),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_bound_splits_between_queued_ops_and_request_bodies() {
+        let c = IndexerConfig::default().fit_memory(64 << 20);
+        assert!(c.memory_estimate() <= 64 << 20);
+        assert_eq!(c.max_batch_bytes, 4 << 20, "a quarter over 4 workers");
+        assert_eq!(c.max_in_flight_bytes, 48 << 20);
+        let big = IndexerConfig::default().fit_memory(1 << 30);
+        assert_eq!(big.max_batch_bytes, 8 << 20, "never above the batch size");
+        assert!(big.memory_estimate() <= 1 << 30);
     }
 }
 

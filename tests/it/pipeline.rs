@@ -432,21 +432,29 @@ async fn an_elasticsearch_outage_holds_the_checkpoint_and_loses_nothing() {
 
     proxy.cut();
     let cut_at = Instant::now();
-    run.feed.insert_tx(&items, 200, 50..150, 1).await;
-    run.feed.insert_tx(&items, 300, 0..150, 2).await;
-    // The reader reconnects mid-transaction and delivers it again.
-    run.feed.begin(400).await;
-    run.feed.insert(&items, 400, 7, json!("partial")).await;
-    run.feed.insert_tx(&items, 400, 0..150, 3).await;
-    run.feed
-        .send(SourceEvent::Keepalive { wal_end: Lsn(500) })
-        .await;
+    // Fed from a task: once the in-flight budget and the bounded channels
+    // are full, backpressure blocks the feeder (as it would the reader).
+    let feed = Feed {
+        tx: run.feed.tx.clone(),
+    };
+    let rel = items.clone();
+    let feeder = tokio::spawn(async move {
+        feed.insert_tx(&rel, 200, 50..150, 1).await;
+        feed.insert_tx(&rel, 300, 0..150, 2).await;
+        // The reader reconnects mid-transaction and delivers it again.
+        feed.begin(400).await;
+        feed.insert(&rel, 400, 7, json!(-1)).await;
+        feed.insert_tx(&rel, 400, 0..150, 3).await;
+        feed.send(SourceEvent::Keepalive { wal_end: Lsn(500) })
+            .await;
+    });
 
     while cut_at.elapsed() < Duration::from_secs(21) {
         assert_eq!(*run.confirmed.borrow(), Lsn(108), "held during the outage");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     proxy.restore().await;
+    feeder.await.unwrap();
     run.wait_confirmed(500, Duration::from_secs(60)).await;
     let summary = run.shutdown().await;
     assert_eq!(summary.confirmed, Lsn(500));
