@@ -562,6 +562,17 @@ fn log_request_failure(worker: usize, sent: &Sent, items: usize, attempt: u32) {
     }
 }
 
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,15 +587,4 @@ mod tests {
         assert_eq!(big.max_batch_bytes, 8 << 20, "never above the batch size");
         assert!(big.memory_estimate() <= 1 << 30);
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
