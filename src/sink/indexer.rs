@@ -20,12 +20,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use elasticsearch::Elasticsearch;
 use elasticsearch::http::Method;
 use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OnceCell, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::bulk::{self, ItemResult};
 use super::classify::{ItemOutcome, RequestOutcome, classify_item, classify_request};
 use super::dead_letter;
+use super::indices::ensure_index;
 use crate::transform::BulkOp;
 
 /// How the indexer batches and sends.
@@ -120,6 +121,7 @@ impl Indexer {
         let budget_total = config.max_in_flight_bytes.clamp(1 << 16, u32::MAX as usize) as u32;
         let budget = Arc::new(Semaphore::new(budget_total as usize));
         let config = Arc::new(config);
+        let dead_letter_ready = Arc::new(OnceCell::new());
         let mut workers = Vec::with_capacity(concurrency);
         let mut handles = Vec::with_capacity(concurrency);
         for id in 0..concurrency {
@@ -131,6 +133,7 @@ impl Indexer {
                 rx,
                 acks: acks.clone(),
                 budget: budget.clone(),
+                dead_letter_ready: dead_letter_ready.clone(),
             };
             workers.push(tx);
             handles.push(tokio::spawn(w.run()));
@@ -203,6 +206,10 @@ struct Worker {
     rx: mpsc::Receiver<Item>,
     acks: mpsc::UnboundedSender<Vec<Ack>>,
     budget: Arc<Semaphore>,
+    /// Set once the dead-letter index was ensured (lazily, at the first
+    /// dead letter), so it gets its unindexed-document mapping rather than
+    /// whatever dynamic mapping the first record would cause.
+    dead_letter_ready: Arc<OnceCell<()>>,
 }
 
 /// The raw outcome of one HTTP request.
@@ -389,6 +396,15 @@ impl Worker {
     /// worked), then acknowledge them.
     async fn dead_letter(&self, dead: Vec<(Item, ItemResult)>) {
         let dl_index = &self.config.dead_letter_index;
+        self.dead_letter_ready
+            .get_or_init(|| async {
+                let spec = dead_letter::index_spec(dl_index);
+                if let Err(e) = ensure_index(&self.client, &spec, Duration::from_secs(60)).await {
+                    tracing::warn!(error = %e, dead_letter_index = %dl_index,
+                        "cannot prepare the dead-letter index; writing to it anyway");
+                }
+            })
+            .await;
         let mut records: Vec<(usize, serde_json::Value, bool)> = dead
             .iter()
             .enumerate()
