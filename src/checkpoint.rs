@@ -29,6 +29,8 @@ enum Entry {
     Tx {
         final_lsn: Lsn,
         outstanding: u64,
+        /// Whether any op was ever added (its ticket may be referenced).
+        had_ops: bool,
         end: Option<Lsn>,
     },
     /// Confirmable as soon as everything before it is: a keepalive's WAL end
@@ -131,6 +133,7 @@ impl Checkpoint {
         self.entries.push_back(Entry::Tx {
             final_lsn,
             outstanding: 0,
+            had_ops: false,
             end: None,
         });
         // This transaction (or a later one) stands in for abandoned ones it
@@ -162,8 +165,13 @@ impl Checkpoint {
             return Err(CheckpointError::NotOpen(tx));
         }
         match self.get_mut(tx.0) {
-            Some(Entry::Tx { outstanding, .. }) => {
+            Some(Entry::Tx {
+                outstanding,
+                had_ops,
+                ..
+            }) => {
                 *outstanding += n;
+                *had_ops |= n > 0;
                 Ok(())
             }
             _ => Err(CheckpointError::NotOpen(tx)),
@@ -177,14 +185,11 @@ impl Checkpoint {
             return Err(CheckpointError::CommitWithoutBegin(end_lsn));
         };
         let entry = self.get_mut(seq).expect("open entry is tracked");
-        let Entry::Tx {
-            outstanding, end, ..
-        } = entry
-        else {
+        let Entry::Tx { had_ops, end, .. } = entry else {
             unreachable!("open entry is a transaction")
         };
         *end = Some(end_lsn);
-        if *outstanding == 0 && self.is_back(seq) && !self.is_replacement(seq) {
+        if !*had_ops && self.is_back(seq) && !self.is_replacement(seq) {
             // Nothing to wait for and nothing refers to it: fold it into a
             // `Done` marker so runs of filtered transactions cost O(1).
             self.entries.pop_back();
@@ -444,6 +449,18 @@ mod tests {
         assert!(c.commit(l(110)).unwrap());
         assert_eq!(c.confirmed(), l(110));
         assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn a_transaction_acknowledged_before_its_commit_is_reported_completed() {
+        let mut c = Checkpoint::new(l(0));
+        let t = c.begin(l(100));
+        c.add_ops(t, 1).unwrap();
+        c.ack(t, 1);
+        c.commit(l(110)).unwrap();
+        assert_eq!(c.take_completed(), vec![t]);
+        let u = c.begin(l(200));
+        assert_ne!(u, t, "tickets of transactions with ops are never reused");
     }
 
     #[test]

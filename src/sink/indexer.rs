@@ -20,12 +20,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use elasticsearch::Elasticsearch;
 use elasticsearch::http::Method;
 use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OnceCell, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::bulk::{self, ItemResult};
 use super::classify::{ItemOutcome, RequestOutcome, classify_item, classify_request};
 use super::dead_letter;
+use super::indices::ensure_index;
 use crate::transform::BulkOp;
 
 /// How the indexer batches and sends.
@@ -59,6 +60,24 @@ impl Default for IndexerConfig {
             retry_min_delay: Duration::from_millis(100),
             retry_max_delay: Duration::from_secs(10),
         }
+    }
+}
+
+impl IndexerConfig {
+    /// Roughly the most memory the indexer holds: ops accepted but not yet
+    /// acknowledged, plus one rendered request body per worker.
+    pub fn memory_estimate(&self) -> usize {
+        self.max_in_flight_bytes + self.concurrency.max(1) * self.max_batch_bytes
+    }
+
+    /// Size the budgets so `memory_estimate()` stays within `bytes`: request
+    /// bodies get at most a quarter of it, queued ops the rest.
+    pub fn fit_memory(mut self, bytes: usize) -> Self {
+        let workers = self.concurrency.max(1);
+        let per_body = (bytes / 4 / workers).clamp(64 << 10, self.max_batch_bytes);
+        self.max_batch_bytes = per_body;
+        self.max_in_flight_bytes = bytes.saturating_sub(per_body * workers).max(1 << 20);
+        self
     }
 }
 
@@ -102,6 +121,7 @@ impl Indexer {
         let budget_total = config.max_in_flight_bytes.clamp(1 << 16, u32::MAX as usize) as u32;
         let budget = Arc::new(Semaphore::new(budget_total as usize));
         let config = Arc::new(config);
+        let dead_letter_ready = Arc::new(OnceCell::new());
         let mut workers = Vec::with_capacity(concurrency);
         let mut handles = Vec::with_capacity(concurrency);
         for id in 0..concurrency {
@@ -113,6 +133,7 @@ impl Indexer {
                 rx,
                 acks: acks.clone(),
                 budget: budget.clone(),
+                dead_letter_ready: dead_letter_ready.clone(),
             };
             workers.push(tx);
             handles.push(tokio::spawn(w.run()));
@@ -185,6 +206,10 @@ struct Worker {
     rx: mpsc::Receiver<Item>,
     acks: mpsc::UnboundedSender<Vec<Ack>>,
     budget: Arc<Semaphore>,
+    /// Set once the dead-letter index was ensured (lazily, at the first
+    /// dead letter), so it gets its unindexed-document mapping rather than
+    /// whatever dynamic mapping the first record would cause.
+    dead_letter_ready: Arc<OnceCell<()>>,
 }
 
 /// The raw outcome of one HTTP request.
@@ -192,37 +217,20 @@ type Sent = Result<(u16, Bytes), elasticsearch::Error>;
 
 impl Worker {
     async fn run(mut self) {
-        let mut closed = false;
-        while !closed {
-            let Some(first) = self.rx.recv().await else {
+        let limits = BatchLimits {
+            docs: self.config.max_batch_docs.max(1),
+            bytes: self.config.max_batch_bytes,
+            linger: self.config.linger,
+        };
+        loop {
+            let Some(batch) = collect_batch(&mut self.rx, |i| i.op.approx_size(), limits).await
+            else {
                 break;
             };
-            let mut bytes = first.op.approx_size();
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.config.linger;
-            while batch.len() < self.config.max_batch_docs && bytes < self.config.max_batch_bytes {
-                let next = match self.rx.try_recv() {
-                    Ok(item) => Some(item),
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                            Ok(item) => item,
-                            Err(_) => break,
-                        }
-                    }
-                };
-                match next {
-                    Some(item) => {
-                        bytes += item.op.approx_size();
-                        batch.push(item);
-                    }
-                    None => {
-                        closed = true;
-                        break;
-                    }
-                }
+            self.process(batch.items, batch.bytes).await;
+            if batch.closed {
+                break;
             }
-            self.process(batch, bytes).await;
         }
         tracing::debug!(worker = self.id, "bulk worker done");
     }
@@ -311,31 +319,15 @@ impl Worker {
     /// Sort items by their results: ack the done ones, dead-letter the bad
     /// ones, return those to send again.
     async fn resolve(&self, items: Vec<Item>, results: Vec<ItemResult>) -> Vec<Item> {
+        let fates = triage(items.iter().map(|i| &i.op), &results);
         let mut done = Vec::with_capacity(items.len());
         let mut dead = Vec::new();
         let mut retry = Vec::new();
-        // Documents with a retried item: their later items are retried too,
-        // even if they succeeded, so the retried earlier write cannot land
-        // after them (they may share a version).
-        let mut retry_docs: HashSet<(Arc<str>, String)> = HashSet::new();
         let (mut ok, mut conflict) = (0u64, 0u64);
-        for (item, res) in items.into_iter().zip(results) {
-            let outcome = classify_item(
-                bulk::action_kind(&item.op),
-                res.status,
-                res.error.as_ref().and_then(|e| e.kind.as_deref()),
-            );
-            let doc = (item.op.index.clone(), item.op.id.clone());
-            let follows_retry = !retry_docs.is_empty() && retry_docs.contains(&doc);
-            match outcome {
-                ItemOutcome::Retry => {
-                    retry_docs.insert(doc);
-                    retry.push((item, res));
-                }
+        for ((item, res), fate) in items.into_iter().zip(results).zip(fates) {
+            match fate {
+                ItemOutcome::Retry => retry.push((item, res)),
                 ItemOutcome::DeadLetter => dead.push((item, res)),
-                ItemOutcome::Done | ItemOutcome::Conflict if follows_retry => {
-                    retry.push((item, res))
-                }
                 ItemOutcome::Done => {
                     ok += 1;
                     done.push(item);
@@ -371,6 +363,15 @@ impl Worker {
     /// worked), then acknowledge them.
     async fn dead_letter(&self, dead: Vec<(Item, ItemResult)>) {
         let dl_index = &self.config.dead_letter_index;
+        self.dead_letter_ready
+            .get_or_init(|| async {
+                let spec = dead_letter::index_spec(dl_index);
+                if let Err(e) = ensure_index(&self.client, &spec, Duration::from_secs(60)).await {
+                    tracing::warn!(error = %e, dead_letter_index = %dl_index,
+                        "cannot prepare the dead-letter index; writing to it anyway");
+                }
+            })
+            .await;
         let mut records: Vec<(usize, serde_json::Value, bool)> = dead
             .iter()
             .enumerate()
@@ -527,6 +528,92 @@ impl Worker {
     }
 }
 
+/// When a batch closes.
+#[derive(Debug, Clone, Copy)]
+struct BatchLimits {
+    docs: usize,
+    bytes: usize,
+    linger: Duration,
+}
+
+struct Batch<T> {
+    items: Vec<T>,
+    bytes: usize,
+    /// The channel closed: this is the last batch.
+    closed: bool,
+}
+
+/// Wait for a first item, then gather more until the batch holds `docs`
+/// items or `bytes` bytes, or `linger` has passed since the first one, or the
+/// channel closes. `None`: closed and empty.
+async fn collect_batch<T>(
+    rx: &mut mpsc::Receiver<T>,
+    size: impl Fn(&T) -> usize,
+    limits: BatchLimits,
+) -> Option<Batch<T>> {
+    let first = rx.recv().await?;
+    let mut batch = Batch {
+        bytes: size(&first),
+        items: vec![first],
+        closed: false,
+    };
+    let deadline = tokio::time::Instant::now() + limits.linger;
+    while batch.items.len() < limits.docs && batch.bytes < limits.bytes {
+        let next = match rx.try_recv() {
+            Ok(item) => Some(item),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(item) => item,
+                    Err(_) => break,
+                }
+            }
+        };
+        match next {
+            Some(item) => {
+                batch.bytes += size(&item);
+                batch.items.push(item);
+            }
+            None => {
+                batch.closed = true;
+                break;
+            }
+        }
+    }
+    Some(batch)
+}
+
+/// The fate of each item of a bulk response, in request order: its
+/// classification, except that once an item of a document must be retried,
+/// every later item of that document is retried too, even if it succeeded —
+/// otherwise the retried earlier write could land after it (items of one
+/// transaction share a version, so `external_gte` would accept it).
+fn triage<'a>(ops: impl Iterator<Item = &'a BulkOp>, results: &[ItemResult]) -> Vec<ItemOutcome> {
+    let mut retry_docs: HashSet<(&str, &str)> = HashSet::new();
+    ops.zip(results)
+        .map(|(op, res)| {
+            let outcome = classify_item(
+                bulk::action_kind(op),
+                res.status,
+                res.error.as_ref().and_then(|e| e.kind.as_deref()),
+            );
+            let doc = (&*op.index, op.id.as_str());
+            match outcome {
+                ItemOutcome::Retry => {
+                    retry_docs.insert(doc);
+                    ItemOutcome::Retry
+                }
+                ItemOutcome::Done | ItemOutcome::Conflict
+                    if !retry_docs.is_empty() && retry_docs.contains(&doc) =>
+                {
+                    ItemOutcome::Retry
+                }
+                other => other,
+            }
+        })
+        .collect()
+}
+
 fn log_request_failure(worker: usize, sent: &Sent, items: usize, attempt: u32) {
     // The first failures are routine (a node restarting); keep repeating
     // ones visible without flooding the log.
@@ -553,4 +640,143 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::lsn::Lsn;
+    use crate::transform::{OpAction, OpOrigin};
+
+    fn op(id: &str) -> BulkOp {
+        BulkOp {
+            action: OpAction::Index {
+                doc: b"{}".to_vec(),
+            },
+            index: Arc::from("i"),
+            id: id.into(),
+            routing: None,
+            pipeline: None,
+            version: 1,
+            origin: OpOrigin {
+                table: Arc::from("public.t"),
+                key: String::new(),
+                lsn: Lsn(1),
+            },
+        }
+    }
+
+    fn res(status: u16, kind: Option<&str>) -> ItemResult {
+        ItemResult {
+            status,
+            error: kind.map(|k| bulk::ItemError {
+                kind: Some(k.into()),
+                reason: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn later_items_of_a_retried_document_are_retried_even_if_they_succeeded() {
+        let ops = [op("a"), op("b"), op("a"), op("a"), op("b"), op("c")];
+        let results = [
+            res(429, Some("es_rejected_execution_exception")),
+            res(201, None),
+            res(200, None),
+            res(409, Some("version_conflict_engine_exception")),
+            res(200, None),
+            res(400, Some("document_parsing_exception")),
+        ];
+        use ItemOutcome::*;
+        assert_eq!(
+            triage(ops.iter(), &results),
+            vec![Retry, Done, Retry, Retry, Done, DeadLetter]
+        );
+    }
+
+    #[test]
+    fn an_earlier_success_of_a_retried_document_stays_done() {
+        let ops = [op("a"), op("a")];
+        let results = [res(200, None), res(503, None)];
+        use ItemOutcome::*;
+        assert_eq!(triage(ops.iter(), &results), vec![Done, Retry]);
+    }
+
+    fn limits(docs: usize, bytes: usize, linger_ms: u64) -> BatchLimits {
+        BatchLimits {
+            docs,
+            bytes,
+            linger: Duration::from_millis(linger_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_closes_at_its_document_count() {
+        let (tx, mut rx) = mpsc::channel(100);
+        for i in 0..10usize {
+            tx.send(i).await.unwrap();
+        }
+        let b = collect_batch(&mut rx, |_| 1, limits(4, 1000, 10_000))
+            .await
+            .unwrap();
+        assert_eq!(b.items, vec![0, 1, 2, 3]);
+        assert!(!b.closed);
+    }
+
+    #[tokio::test]
+    async fn a_batch_closes_once_it_reaches_its_byte_size() {
+        let (tx, mut rx) = mpsc::channel(100);
+        for s in [300usize, 300, 300, 300] {
+            tx.send(s).await.unwrap();
+        }
+        let b = collect_batch(&mut rx, |s| *s, limits(100, 800, 10_000))
+            .await
+            .unwrap();
+        assert_eq!(b.items.len(), 3);
+        assert_eq!(b.bytes, 900);
+    }
+
+    #[tokio::test]
+    async fn a_batch_closes_after_the_linger_time_with_what_it_has() {
+        let (tx, mut rx) = mpsc::channel(100);
+        tx.send(1usize).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let b = collect_batch(&mut rx, |_| 1, limits(100, 1000, 25))
+            .await
+            .unwrap();
+        assert_eq!(b.items, vec![1]);
+        assert!(started.elapsed() >= Duration::from_millis(25));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_closed_channel_ends_the_last_batch_and_then_the_worker() {
+        let (tx, mut rx) = mpsc::channel(100);
+        tx.send(1usize).await.unwrap();
+        tx.send(2).await.unwrap();
+        drop(tx);
+        let b = collect_batch(&mut rx, |_| 1, limits(100, 1000, 10_000))
+            .await
+            .unwrap();
+        assert_eq!(b.items, vec![1, 2]);
+        assert!(b.closed);
+        assert!(
+            collect_batch(&mut rx, |_| 1, limits(100, 1000, 10))
+                .await
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_memory_bound_splits_between_queued_ops_and_request_bodies() {
+        let c = IndexerConfig::default().fit_memory(64 << 20);
+        assert!(c.memory_estimate() <= 64 << 20);
+        assert_eq!(c.max_batch_bytes, 4 << 20, "a quarter over 4 workers");
+        assert_eq!(c.max_in_flight_bytes, 48 << 20);
+        let big = IndexerConfig::default().fit_memory(1 << 30);
+        assert_eq!(big.max_batch_bytes, 8 << 20, "never above the batch size");
+        assert!(big.memory_estimate() <= 1 << 30);
+    }
 }

@@ -388,9 +388,8 @@ async fn a_mapping_conflict_is_dead_lettered_and_the_stream_goes_on() {
     )
     .await
     .unwrap();
-    ensure_index(&client, &dead_letter::index_spec(&dl), window)
-        .await
-        .unwrap();
+    // The dead-letter index is not created beforehand: the indexer creates
+    // it at the first dead letter, with its unindexed-document mapping.
     let t = relation(1, "typed");
     let run = Running::start(&services().es_url, &dl, indices(&[("typed", &index)]));
 
@@ -412,6 +411,22 @@ async fn a_mapping_conflict_is_dead_lettered_and_the_stream_goes_on() {
     assert_eq!(dead[0]["table"], "public.typed");
     assert_eq!(dead[0]["lsn"], Lsn(100).to_string());
     assert_eq!(dead[0]["doc"], json!({"id": 2, "n": "two"}));
+    let mapping: Value = es
+        .client
+        .indices()
+        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+            &dl,
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        mapping[&dl]["mappings"]["properties"]["doc"],
+        dead_letter::index_spec(&dl).mappings["properties"]["doc"]
+    );
 }
 
 #[tokio::test]
@@ -432,21 +447,29 @@ async fn an_elasticsearch_outage_holds_the_checkpoint_and_loses_nothing() {
 
     proxy.cut();
     let cut_at = Instant::now();
-    run.feed.insert_tx(&items, 200, 50..150, 1).await;
-    run.feed.insert_tx(&items, 300, 0..150, 2).await;
-    // The reader reconnects mid-transaction and delivers it again.
-    run.feed.begin(400).await;
-    run.feed.insert(&items, 400, 7, json!("partial")).await;
-    run.feed.insert_tx(&items, 400, 0..150, 3).await;
-    run.feed
-        .send(SourceEvent::Keepalive { wal_end: Lsn(500) })
-        .await;
+    // Fed from a task: once the in-flight budget and the bounded channels
+    // are full, backpressure blocks the feeder (as it would the reader).
+    let feed = Feed {
+        tx: run.feed.tx.clone(),
+    };
+    let rel = items.clone();
+    let feeder = tokio::spawn(async move {
+        feed.insert_tx(&rel, 200, 50..150, 1).await;
+        feed.insert_tx(&rel, 300, 0..150, 2).await;
+        // The reader reconnects mid-transaction and delivers it again.
+        feed.begin(400).await;
+        feed.insert(&rel, 400, 7, json!(-1)).await;
+        feed.insert_tx(&rel, 400, 0..150, 3).await;
+        feed.send(SourceEvent::Keepalive { wal_end: Lsn(500) })
+            .await;
+    });
 
     while cut_at.elapsed() < Duration::from_secs(21) {
         assert_eq!(*run.confirmed.borrow(), Lsn(108), "held during the outage");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     proxy.restore().await;
+    feeder.await.unwrap();
     run.wait_confirmed(500, Duration::from_secs(60)).await;
     let summary = run.shutdown().await;
     assert_eq!(summary.confirmed, Lsn(500));
@@ -458,4 +481,44 @@ async fn an_elasticsearch_outage_holds_the_checkpoint_and_loses_nothing() {
         assert_eq!(*version, 400);
         assert_eq!(*doc, json!({"id": id, "n": id * 3}));
     }
+}
+
+#[tokio::test]
+async fn a_change_the_transformer_rejects_stops_the_pipeline_before_its_transaction() {
+    let db = TestDb::new().await;
+    let index = db.index("items");
+    let items = relation(1, "items");
+    let run = Running::start(
+        &services().es_url,
+        &db.index("dead"),
+        indices(&[("items", &index)]),
+    );
+    run.feed.insert_tx(&items, 100, 0..3, 1).await;
+    run.feed.begin(200).await;
+    run.feed.insert(&items, 200, 3, json!(3)).await;
+    run.feed.change(&items, 200, ChangeKind::Truncate).await;
+    let _ = run
+        .feed
+        .tx
+        .send(SourceEvent::Commit {
+            commit_lsn: Lsn(200),
+            end_lsn: Lsn(208),
+        })
+        .await;
+    let confirmed = run.confirmed.clone();
+    let err = run
+        .task
+        .await
+        .unwrap()
+        .expect_err("the transform error stops the pipeline");
+    assert!(
+        matches!(&err, sluice::pipeline::PipelineError::Transform { table, lsn, .. }
+            if table == "public.items" && *lsn == Lsn(200)),
+        "{err}"
+    );
+    assert_eq!(
+        *confirmed.borrow(),
+        Lsn(108),
+        "never past the failed transaction"
+    );
 }
