@@ -364,3 +364,46 @@ async fn a_huge_single_transaction_streams_through_in_bounded_memory() {
     );
     reader.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_and_cleartext_password_authentication_work_too() {
+    let pg = tokio::task::spawn_blocking(|| PrivatePg::start_with("password_encryption = md5"))
+        .await
+        .unwrap();
+    let sql = connect_sql(&pg.config()).await.unwrap();
+    sql.batch_execute(
+        "CREATE ROLE md5user LOGIN REPLICATION PASSWORD 'pw5'; CREATE ROLE clearuser LOGIN REPLICATION PASSWORD 'pwc';",
+    )
+    .await
+    .unwrap();
+    std::fs::write(
+        pg.data().join("pg_hba.conf"),
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all clearuser 127.0.0.1/32 password\nhost replication clearuser 127.0.0.1/32 password\nhost all all 127.0.0.1/32 md5\nhost replication all 127.0.0.1/32 md5\n",
+    )
+    .unwrap();
+    assert!(pg_ctl(&["-D", pg.data().to_str().unwrap(), "reload"]).success());
+    for (user, pw) in [("md5user", "pw5"), ("clearuser", "pwc")] {
+        let mut cfg = pg.config();
+        cfg.user = user.into();
+        // Once the reload applies, a wrong password is refused...
+        let mut wrong = cfg.clone();
+        wrong.password = Some("wrong".into());
+        let err = crate::support::wait_until(Duration::from_secs(10), "pg_hba reload", || {
+            let wrong = wrong.clone();
+            async move {
+                match sluice::source::ReplicationConnection::connect(&wrong).await {
+                    Err(e @ sluice::source::SourceError::Auth { .. }) => Some(e),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        assert!(!err.to_string().contains("wrong"), "{err}");
+        // ...and the right one accepted.
+        cfg.password = Some(pw.into());
+        let mut conn = sluice::source::ReplicationConnection::connect(&cfg)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        conn.identify_system().await.unwrap();
+    }
+}
