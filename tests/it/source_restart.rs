@@ -230,8 +230,9 @@ async fn a_postgres_restart_mid_stream_loses_no_change() {
     drop(sql);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_channel_does_not_get_the_connection_killed_by_wal_sender_timeout() {
+/// Stall a capacity-1 consumer for 3× wal_sender_timeout (2 s) and check the
+/// walsender survived and nothing was replayed.
+async fn stall_consumer(status_interval: Duration) {
     let pg = tokio::task::spawn_blocking(|| PrivatePg::start_with("wal_sender_timeout = '2s'"))
         .await
         .unwrap();
@@ -245,7 +246,7 @@ async fn a_full_channel_does_not_get_the_connection_killed_by_wal_sender_timeout
         .unwrap();
     ensure_slot(&sql, "s", None).await.unwrap();
     let mut rcfg = ReaderConfig::new(cfg.clone(), "s", vec!["p".into()]);
-    rcfg.status_interval = Duration::from_millis(500);
+    rcfg.status_interval = status_interval;
     // Capacity 1: the reader blocks on the second event.
     let mut reader = Reader::start(rcfg, 1);
     sql.batch_execute("INSERT INTO t SELECT generate_series(1, 100)")
@@ -282,6 +283,18 @@ async fn a_full_channel_does_not_get_the_connection_killed_by_wal_sender_timeout
     }
     assert_eq!(begins, 1, "no reconnect replayed the transaction");
     reader.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_channel_does_not_get_the_connection_killed_thanks_to_timed_status_updates() {
+    stall_consumer(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_channel_does_not_get_the_connection_killed_thanks_to_keepalive_replies() {
+    // The timer never fires during the stall: only answering the server's
+    // keepalive requests (at wal_sender_timeout / 2) keeps the connection.
+    stall_consumer(Duration::from_secs(3600)).await;
 }
 
 fn rss_kib() -> u64 {
