@@ -4,6 +4,20 @@
 //! publication/slot management and snapshot reads. It yields `SourceEvent`s in
 //! WAL order and keeps exact LSN bookkeeping: the version of every change is
 //! its transaction's commit LSN (DESIGN invariant 2).
+//!
+//! Entry points:
+//! - `run_reader(ReaderConfig, Option<ReplicationConnection>, mpsc::Sender<SourceEvent>,
+//!   watch::Receiver<Lsn> /* flushed */, watch::Receiver<bool> /* shutdown */)`: the
+//!   streaming task (status updates, reconnects with backoff).
+//! - `ReplicationConnection::{connect, identify_system, create_slot, start_replication}`.
+//! - `connect_sql`, `check_server`, `check_tables`, `ensure_publication`,
+//!   `ensure_slot`, `drop_slot`, `drop_publication`, `fetch_rows_by_key`.
+//! - `convert_text` / `TypeCatalog` / `ValueOptions` for snapshot reads, with
+//!   sessions set up per `value::SESSION_SETTINGS` (`connect_sql` does that).
+//!
+//! After a reconnect the stream resumes from the slot's confirmed position,
+//! so a `Begin` may arrive while the previous transaction was never
+//! committed downstream: that transaction is being replayed whole.
 
 pub mod change;
 pub mod decoder;

@@ -4,8 +4,10 @@
 //! Invariants kept here:
 //! - Only `flushed` (what the checkpoint says is durable downstream) is ever
 //!   confirmed to the slot (DESIGN invariant 1); status updates go out on a
-//!   timer and on request, also while the reader is blocked on a full channel
-//!   (backpressure must not get the connection killed by `wal_sender_timeout`).
+//!   timer and at once when a keepalive asks, also while the reader is
+//!   blocked on a full channel (it then reads up to `MAX_READ_AHEAD` messages
+//!   ahead, in order), so backpressure never gets the connection killed by
+//!   `wal_sender_timeout`.
 //! - Changes are forwarded one by one as they are decoded (invariant 7).
 //! - After a connection loss the stream restarts from the slot's confirmed
 //!   position: a transaction that was open when the connection dropped is
@@ -14,6 +16,7 @@
 //!   transaction was cut off and will be replayed whole" — its changes are
 //!   resent with the same version, so idempotent writes make it harmless.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -165,47 +168,79 @@ async fn session(
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut out = Vec::with_capacity(8);
     let mut sql: Option<tokio_postgres::Client> = None;
+    // Messages read while blocked on a full channel (see `forward`).
+    let mut pending: VecDeque<ReplMessage> = VecDeque::new();
     loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => {
-                let _ = send_status(&mut stream, flushed).await;
-                return Ok(End::Shutdown);
-            }
-            _ = timer.tick() => send_status(&mut stream, flushed).await?,
-            msg = stream.recv() => {
-                match msg? {
+        let msg = match pending.pop_front() {
+            Some(m) => m,
+            None => tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    let _ = send_status(&mut stream, flushed).await;
+                    return Ok(End::Shutdown);
+                }
+                _ = timer.tick() => {
+                    send_status(&mut stream, flushed).await?;
+                    continue;
+                }
+                msg = stream.recv() => match msg? {
                     None => return Err(SourceError::Closed),
-                    Some(ReplMessage::Keepalive { wal_end, reply_requested }) => {
-                        if reply_requested {
-                            send_status(&mut stream, flushed).await?;
-                        }
-                        if !decoder.in_transaction() {
-                            // Only an optimization (lets idle slots advance): never block on it.
-                            let _ = tx.try_send(SourceEvent::Keepalive { wal_end });
-                        }
+                    Some(m) => m,
+                },
+            },
+        };
+        match msg {
+            ReplMessage::Keepalive {
+                wal_end,
+                reply_requested,
+            } => {
+                if reply_requested {
+                    send_status(&mut stream, flushed).await?;
+                }
+                if !decoder.in_transaction() {
+                    // Only an optimization (lets idle slots advance): never block on it.
+                    let _ = tx.try_send(SourceEvent::Keepalive { wal_end });
+                }
+            }
+            ReplMessage::XLogData { data, .. } => {
+                *progressed = true;
+                decoder.decode(&data, &mut out)?;
+                if !decoder.pending_types().is_empty() {
+                    resolve_types(cfg, decoder, &mut sql).await;
+                }
+                for ev in out.drain(..) {
+                    if let SourceEvent::Change(c) = &ev {
+                        metrics::counter!("sluice_changes_received_total",
+                            "table" => c.relation.qualified_name(), "op" => op_name(&c.kind))
+                        .increment(1);
                     }
-                    Some(ReplMessage::XLogData { data, .. }) => {
-                        *progressed = true;
-                        decoder.decode(&data, &mut out)?;
-                        if !decoder.pending_types().is_empty() {
-                            resolve_types(cfg, decoder, &mut sql).await;
-                        }
-                        for ev in out.drain(..) {
-                            if let SourceEvent::Change(c) = &ev {
-                                metrics::counter!("sluice_changes_received_total",
-                                    "table" => c.relation.qualified_name(), "op" => op_name(&c.kind)).increment(1);
-                            }
-                            if !forward(ev, tx, &mut stream, &mut timer, flushed, shutdown).await? {
-                                let _ = send_status(&mut stream, flushed).await;
-                                return Ok(End::Shutdown);
-                            }
-                        }
+                    let mut link = Link {
+                        stream: &mut stream,
+                        timer: &mut timer,
+                        flushed,
+                        pending: &mut pending,
+                    };
+                    if !forward(ev, tx, &mut link, shutdown).await? {
+                        let _ = send_status(&mut stream, flushed).await;
+                        return Ok(End::Shutdown);
                     }
                 }
             }
         }
     }
+}
+
+/// How many stream messages `forward` may read ahead while the channel is
+/// full (to answer keepalive requests at once); beyond that only the timer
+/// keeps the connection alive.
+const MAX_READ_AHEAD: usize = 128;
+
+/// The connection-side state `forward` needs while it waits.
+struct Link<'a> {
+    stream: &'a mut ReplicationStream,
+    timer: &'a mut Interval,
+    flushed: &'a watch::Receiver<Lsn>,
+    pending: &'a mut VecDeque<ReplMessage>,
 }
 
 fn op_name(k: &crate::source::change::ChangeKind) -> &'static str {
@@ -218,14 +253,14 @@ fn op_name(k: &crate::source::change::ChangeKind) -> &'static str {
     }
 }
 
-/// Send one event, keeping the connection alive with status updates while
-/// the channel is full. `Ok(false)`: shut down (or the consumer is gone).
+/// Send one event, keeping the connection alive while the channel is full:
+/// status updates on the timer, and keepalive requests answered at once
+/// (messages read meanwhile are queued in order in `pending`).
+/// `Ok(false)`: shut down (or the consumer is gone).
 async fn forward(
     ev: SourceEvent,
     tx: &mpsc::Sender<SourceEvent>,
-    stream: &mut ReplicationStream,
-    timer: &mut Interval,
-    flushed: &watch::Receiver<Lsn>,
+    link: &mut Link<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, SourceError> {
     // Fast path: room in the channel.
@@ -235,6 +270,7 @@ async fn forward(
         Err(mpsc::error::TrySendError::Full(ev)) => ev,
     };
     loop {
+        let can_read = link.pending.len() < MAX_READ_AHEAD;
         tokio::select! {
             biased;
             _ = shutdown.changed() => return Ok(false),
@@ -247,7 +283,15 @@ async fn forward(
                     Err(_) => Ok(false),
                 };
             }
-            _ = timer.tick() => send_status(stream, flushed).await?,
+            _ = link.timer.tick() => send_status(link.stream, link.flushed).await?,
+            msg = link.stream.recv(), if can_read => match msg? {
+                None => return Err(SourceError::Closed),
+                Some(ReplMessage::Keepalive { wal_end, reply_requested: true }) => {
+                    send_status(link.stream, link.flushed).await?;
+                    link.pending.push_back(ReplMessage::Keepalive { wal_end, reply_requested: false });
+                }
+                Some(m) => link.pending.push_back(m),
+            },
         }
     }
 }

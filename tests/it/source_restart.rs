@@ -230,8 +230,9 @@ async fn a_postgres_restart_mid_stream_loses_no_change() {
     drop(sql);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_channel_does_not_get_the_connection_killed_by_wal_sender_timeout() {
+/// Stall a capacity-1 consumer for 3× wal_sender_timeout (2 s) and check the
+/// walsender survived and nothing was replayed.
+async fn stall_consumer(status_interval: Duration) {
     let pg = tokio::task::spawn_blocking(|| PrivatePg::start_with("wal_sender_timeout = '2s'"))
         .await
         .unwrap();
@@ -245,7 +246,7 @@ async fn a_full_channel_does_not_get_the_connection_killed_by_wal_sender_timeout
         .unwrap();
     ensure_slot(&sql, "s", None).await.unwrap();
     let mut rcfg = ReaderConfig::new(cfg.clone(), "s", vec!["p".into()]);
-    rcfg.status_interval = Duration::from_millis(500);
+    rcfg.status_interval = status_interval;
     // Capacity 1: the reader blocks on the second event.
     let mut reader = Reader::start(rcfg, 1);
     sql.batch_execute("INSERT INTO t SELECT generate_series(1, 100)")
@@ -282,6 +283,18 @@ async fn a_full_channel_does_not_get_the_connection_killed_by_wal_sender_timeout
     }
     assert_eq!(begins, 1, "no reconnect replayed the transaction");
     reader.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_channel_does_not_get_the_connection_killed_thanks_to_timed_status_updates() {
+    stall_consumer(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_channel_does_not_get_the_connection_killed_thanks_to_keepalive_replies() {
+    // The timer never fires during the stall: only answering the server's
+    // keepalive requests (at wal_sender_timeout / 2) keeps the connection.
+    stall_consumer(Duration::from_secs(3600)).await;
 }
 
 fn rss_kib() -> u64 {
@@ -363,4 +376,47 @@ async fn a_huge_single_transaction_streams_through_in_bounded_memory() {
         "RSS grew by {growth_mib} MiB while streaming {n} rows"
     );
     reader.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_and_cleartext_password_authentication_work_too() {
+    let pg = tokio::task::spawn_blocking(|| PrivatePg::start_with("password_encryption = md5"))
+        .await
+        .unwrap();
+    let sql = connect_sql(&pg.config()).await.unwrap();
+    sql.batch_execute(
+        "CREATE ROLE md5user LOGIN REPLICATION PASSWORD 'pw5'; CREATE ROLE clearuser LOGIN REPLICATION PASSWORD 'pwc';",
+    )
+    .await
+    .unwrap();
+    std::fs::write(
+        pg.data().join("pg_hba.conf"),
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all clearuser 127.0.0.1/32 password\nhost replication clearuser 127.0.0.1/32 password\nhost all all 127.0.0.1/32 md5\nhost replication all 127.0.0.1/32 md5\n",
+    )
+    .unwrap();
+    assert!(pg_ctl(&["-D", pg.data().to_str().unwrap(), "reload"]).success());
+    for (user, pw) in [("md5user", "pw5"), ("clearuser", "pwc")] {
+        let mut cfg = pg.config();
+        cfg.user = user.into();
+        // Once the reload applies, a wrong password is refused...
+        let mut wrong = cfg.clone();
+        wrong.password = Some("wrong".into());
+        let err = crate::support::wait_until(Duration::from_secs(10), "pg_hba reload", || {
+            let wrong = wrong.clone();
+            async move {
+                match sluice::source::ReplicationConnection::connect(&wrong).await {
+                    Err(e @ sluice::source::SourceError::Auth { .. }) => Some(e),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        assert!(!err.to_string().contains("wrong"), "{err}");
+        // ...and the right one accepted.
+        cfg.password = Some(pw.into());
+        let mut conn = sluice::source::ReplicationConnection::connect(&cfg)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        conn.identify_system().await.unwrap();
+    }
 }
