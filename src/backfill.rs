@@ -21,7 +21,9 @@ use crate::snapshot::progress::Progress;
 use crate::snapshot::run::SnapshotDeps;
 use crate::snapshot::seams::{ExportedSnapshot, PgConnector, SnapshotExporter, ValueConverter};
 use crate::snapshot::sink::IndexerSink;
-use crate::snapshot::{SnapshotError, SnapshotJob, SnapshotOptions, StateStore, TableJob, TableSpec};
+use crate::snapshot::{
+    SnapshotError, SnapshotJob, SnapshotOptions, StateStore, TableJob, TableSpec,
+};
 use crate::source::{self, ReplicationConnection, SnapshotAction, SourceError};
 use crate::transform::Transformer;
 
@@ -54,7 +56,9 @@ fn connector(cfg: &Config) -> PgConnector {
 }
 
 async fn converter(pg: &tokio_postgres::Client) -> anyhow::Result<ValueConverter> {
-    let catalog = source::TypeCatalog::load(pg).await.context("reading the type catalog")?;
+    let catalog = source::TypeCatalog::load(pg)
+        .await
+        .context("reading the type catalog")?;
     let opts = source::ValueOptions::default();
     Ok(Arc::new(move |oid, text| {
         source::convert_text(oid, text, &opts, &catalog).map_err(|e| e.to_string())
@@ -64,7 +68,11 @@ async fn converter(pg: &tokio_postgres::Client) -> anyhow::Result<ValueConverter
 /// The main slot's exported snapshot, handed out once. Dropping the guard
 /// (the replication connection) after every reader imported it is fine: the
 /// slot is permanent and streaming reconnects to it.
-fn main_slot_exporter(conn: ReplicationConnection, name: String, point: crate::Lsn) -> SnapshotExporter {
+fn main_slot_exporter(
+    conn: ReplicationConnection,
+    name: String,
+    point: crate::Lsn,
+) -> SnapshotExporter {
     let once = Arc::new(Mutex::new(Some(conn)));
     Arc::new(move || {
         let conn = once.lock().expect("exporter").take();
@@ -91,13 +99,17 @@ fn temporary_slot_exporter(cfg: &Config) -> SnapshotExporter {
             .take(63)
             .collect::<String>();
         Box::pin(async move {
-            let mut conn = ReplicationConnection::connect(&pg).await.map_err(|e| e.to_string())?;
+            let mut conn = ReplicationConnection::connect(&pg)
+                .await
+                .map_err(|e| e.to_string())?;
             let slot = conn
                 .create_slot(&name, true, SnapshotAction::Export)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(ExportedSnapshot {
-                name: slot.snapshot_name.ok_or("the temporary slot exported no snapshot")?,
+                name: slot
+                    .snapshot_name
+                    .ok_or("the temporary slot exported no snapshot")?,
                 consistent_point: slot.consistent_point,
                 guard: Box::new(conn),
             })
@@ -160,7 +172,10 @@ pub async fn begin_initial(cfg: &Config, es: &Elasticsearch) -> Result<(), Snaps
             .await?;
     }
     state
-        .put(&marker_id(&cfg.slot), &serde_json::json!({"kind": "initial", "status": "pending"}))
+        .put(
+            &marker_id(&cfg.slot),
+            &serde_json::json!({"kind": "initial", "status": "pending"}),
+        )
         .await
 }
 
@@ -191,15 +206,23 @@ pub async fn initial_load(
     let job = SnapshotJob {
         tables: table_specs(cfg)
             .into_iter()
-            .map(|spec| TableJob { spec, target: target(&cfg.slot) })
+            .map(|spec| TableJob {
+                spec,
+                target: target(&cfg.slot),
+            })
             .collect(),
         options: options(cfg),
     };
-    let summary = crate::snapshot::run_snapshot(&deps, &job).await.context("initial snapshot")?;
+    let summary = crate::snapshot::run_snapshot(&deps, &job)
+        .await
+        .context("initial snapshot")?;
     let rows: u64 = summary.tables.iter().map(|t| t.rows).sum();
     tracing::info!(tables = summary.tables.len(), rows, point = ?summary.point, "initial snapshot done");
     deps.state
-        .put(&marker_id(&cfg.slot), &serde_json::json!({"kind": "initial", "status": "done"}))
+        .put(
+            &marker_id(&cfg.slot),
+            &serde_json::json!({"kind": "initial", "status": "done"}),
+        )
         .await?;
     Ok(())
 }
@@ -227,7 +250,8 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
             ),
         ));
     }
-    let mut cfg = Config::load(&args.config.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
+    let mut cfg =
+        Config::load(&args.config.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
     let pg = source::connect_sql(&cfg.postgres)
         .await
         .with_context(|| format!("connecting to PostgreSQL {}", cfg.postgres))
@@ -245,7 +269,10 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         let mut out = Vec::new();
         for name in &args.tables {
             let spec = TableSpec::parse(name);
-            match all.iter().find(|t| t.schema == spec.schema && t.name == spec.name) {
+            match all
+                .iter()
+                .find(|t| t.schema == spec.schema && t.name == spec.name)
+            {
                 Some(t) => out.push(t.clone()),
                 None => {
                     return Err(config_err(anyhow::anyhow!(
@@ -258,9 +285,15 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         out
     };
     let targets = backfill_targets(&cfg, &wanted);
-    let deps = deps(&cfg, &es, &pg, temporary_slot_exporter(&cfg), HashMap::new())
-        .await
-        .map_err(runtime_err)?;
+    let deps = deps(
+        &cfg,
+        &es,
+        &pg,
+        temporary_slot_exporter(&cfg),
+        HashMap::new(),
+    )
+    .await
+    .map_err(runtime_err)?;
     let req = BackfillRequest {
         targets,
         reindex: false,
@@ -271,7 +304,11 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
     };
     let sink = deps.sink.clone();
     let summary = backfill(&deps, &req, |_| sink).await.map_err(|e| {
-        let code = if e.is_retryable() { EXIT_RUNTIME } else { EXIT_CONFIG };
+        let code = if e.is_retryable() {
+            EXIT_RUNTIME
+        } else {
+            EXIT_CONFIG
+        };
         (code, anyhow::Error::new(e))
     })?;
     for t in &summary.tables {
@@ -310,7 +347,11 @@ fn backfill_targets(cfg: &Config, tables: &[TableSpec]) -> Vec<BackfillTarget> {
         if fixed.is_empty() {
             // The table must still be read; `{` marks a name with no index
             // behind it, which the backfill leaves out of tombstone handling.
-            let m = cfg.mappings.for_table(&qualified).next().expect("a mapped table");
+            let m = cfg
+                .mappings
+                .for_table(&qualified)
+                .next()
+                .expect("a mapped table");
             fixed.push(BackfillTarget {
                 table: spec.clone(),
                 index: m.index_pattern(),

@@ -256,7 +256,9 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
                     .await
                     .context("reading the snapshot state")?
             {
-                tracing::info!("the initial snapshot was interrupted: resuming its remaining chunks");
+                tracing::info!(
+                    "the initial snapshot was interrupted: resuming its remaining chunks"
+                );
                 ready.set(PipelineState::Snapshotting);
                 crate::backfill::initial_load(&cfg, &es, &pg, None).await?;
             }
@@ -274,8 +276,13 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
                 ),
                 Some(name) => {
                     ready.set(PipelineState::Snapshotting);
-                    crate::backfill::initial_load(&cfg, &es, &pg, Some((conn, name, consistent_point)))
-                        .await?;
+                    crate::backfill::initial_load(
+                        &cfg,
+                        &es,
+                        &pg,
+                        Some((conn, name, consistent_point)),
+                    )
+                    .await?;
                 }
             }
             consistent_point
@@ -498,4 +505,3 @@ async fn ensure_mapping_indices(
     }
     Ok(())
 }
-

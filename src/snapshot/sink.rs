@@ -64,7 +64,10 @@ impl IndexerSink {
         IndexerSink {
             indexer,
             transformer: Mutex::new(transformer),
-            overrides: overrides.into_iter().map(|(k, v)| (k, Arc::from(v))).collect(),
+            overrides: overrides
+                .into_iter()
+                .map(|(k, v)| (k, Arc::from(v)))
+                .collect(),
             waiting,
             next_tag: AtomicU64::new(1),
         }
@@ -115,7 +118,8 @@ impl SnapshotSink for IndexerSink {
                         .map_err(|_| SinkError::Closed)?;
                 }
             }
-            let ack: AckFuture = Box::pin(async move { rx.await.unwrap_or(Err(SinkError::Closed)) });
+            let ack: AckFuture =
+                Box::pin(async move { rx.await.unwrap_or(Err(SinkError::Closed)) });
             Ok(ack)
         })
     }

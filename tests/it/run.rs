@@ -399,3 +399,111 @@ async fn kill_dash_nine_at_random_moments_loses_and_duplicates_nothing() {
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
     eprintln!("{kills} kills, {} starts", sluice.starts);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initial_snapshot_loads_existing_rows_exactly_even_when_killed_midway() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("books");
+    db.sql(
+        "CREATE TABLE books (id bigint PRIMARY KEY, title text, copies int);
+         INSERT INTO books SELECT g, 'book ' || g, g % 17 FROM generate_series(1, 60000) g;
+         CREATE PUBLICATION sluice FOR TABLE books;",
+    )
+    .await;
+    let mut sluice = Sluice::new(
+        &db,
+        "[snapshot]\nmode = \"initial\"\nchunk_rows = 2000\nparallel_readers = 2\n",
+        &[("books.toml", mapping("public.books", &index, ""))],
+    );
+    let url = db.url();
+    // Writes racing the snapshot: each must win over the snapshot's rows.
+    let workload = tokio::spawn(async move {
+        let client = crate::support::connect(&url).await;
+        for i in 0..300i64 {
+            client
+                .batch_execute(&format!(
+                    "UPDATE books SET copies = copies + 100 WHERE id = {a};
+                     DELETE FROM books WHERE id = {b};
+                     INSERT INTO books VALUES ({c}, 'late', 1);",
+                    a = 1 + (i * 97) % 60000,
+                    b = 1 + (i * 89 + 7) % 60000,
+                    c = 100_000 + i
+                ))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::rng().random());
+    for _ in 0..3 {
+        sluice.start();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..700))).await;
+        sluice.kill9();
+    }
+    sluice.start();
+    workload.await.unwrap();
+    wait_converged(&db, &es, &index, "SELECT * FROM books", &mut sluice).await;
+    let log = sluice.log_text();
+    assert!(
+        log.contains("initial snapshot done"),
+        "the snapshot never completed:\n{log}"
+    );
+    eprintln!(
+        "resumed after a kill: {}",
+        log.contains("resuming its remaining chunks")
+    );
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_snapshot_backfills_a_table_mapped_later_while_run_streams() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let (ia, ib) = (db.index("a"), db.index("b"));
+    db.sql(
+        "CREATE TABLE a (id bigint PRIMARY KEY, v text);
+         CREATE TABLE b (id bigint PRIMARY KEY, v text);
+         INSERT INTO b SELECT g, 'old ' || g FROM generate_series(1, 5000) g;
+         CREATE PUBLICATION sluice FOR TABLE a;",
+    )
+    .await;
+    let mut sluice = Sluice::new(
+        &db,
+        "[snapshot]\nmode = \"never\"\n",
+        &[("a.toml", mapping("public.a", &ia, ""))],
+    );
+    sluice.start();
+    wait_streaming(&db, &mut sluice).await;
+    db.sql("INSERT INTO a SELECT g, 'a' FROM generate_series(1, 100) g")
+        .await;
+    wait_converged(&db, &es, &ia, "SELECT * FROM a", &mut sluice).await;
+
+    // Map table b too: the owner adds it to the publication, Sluice restarts
+    // to stream it, and a backfill loads the rows it already had.
+    std::fs::write(
+        sluice.dir.path().join("mappings/b.toml"),
+        mapping("public.b", &ib, ""),
+    )
+    .unwrap();
+    db.sql("ALTER PUBLICATION sluice ADD TABLE b").await;
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.start();
+    wait_streaming(&db, &mut sluice).await;
+    db.sql("UPDATE b SET v = 'new' WHERE id % 10 = 0; DELETE FROM b WHERE id % 13 = 0; INSERT INTO b VALUES (9999, 'fresh')")
+        .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["snapshot", "--table", "public.b", "--config"])
+        .arg(sluice.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sluice snapshot failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db.sql("UPDATE b SET v = 'after' WHERE id % 7 = 0").await;
+    wait_converged(&db, &es, &ib, "SELECT * FROM b", &mut sluice).await;
+    wait_converged(&db, &es, &ia, "SELECT * FROM a", &mut sluice).await;
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+}
