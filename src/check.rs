@@ -16,7 +16,6 @@ use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::transport::{MultiNodeConnectionPool, TransportBuilder};
 use serde_json::Value;
-use tokio_postgres::NoTls;
 
 mod compat;
 mod publication;
@@ -120,53 +119,13 @@ pub async fn check(config: &mut Config) -> Report {
     report
 }
 
-/// A `tokio_postgres::Config` for ordinary SQL connections.
-pub fn pg_client_config(pg: &PgConnectConfig) -> tokio_postgres::Config {
-    let mut c = tokio_postgres::Config::new();
-    c.host(&pg.host)
-        .port(pg.port)
-        .user(&pg.user)
-        .dbname(&pg.dbname)
-        .application_name(&pg.application_name)
-        .connect_timeout(Duration::from_secs(pg.connect_timeout_secs.max(1)))
-        .ssl_mode(match pg.sslmode {
-            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            _ => tokio_postgres::config::SslMode::Require,
-        });
-    if let Some(p) = &pg.password {
-        c.password(p);
-    }
-    c
-}
-
 /// Connect for ordinary SQL. `prefer` falls back to plain text.
 // TODO(tls): require / verify-ca / verify-full need the rustls connector the
 // source layer is building; until it is wired, they fail with a clear error.
 pub async fn pg_connect(pg: &PgConnectConfig) -> anyhow::Result<tokio_postgres::Client> {
-    if matches!(
-        pg.sslmode,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-    ) {
-        let mode = match pg.sslmode {
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            _ => "verify-full",
-        };
-        anyhow::bail!(
-            "sslmode={mode} needs TLS, which is not wired into `sluice check` yet; use sslmode=prefer or disable for now"
-        );
-    }
-    let (client, conn) = pg_client_config(pg)
-        .connect(NoTls)
+    crate::source::connect_sql(pg)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {pg}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("PostgreSQL connection closed: {e}");
-        }
-    });
-    Ok(client)
+        .with_context(|| format!("cannot connect to PostgreSQL at {pg}"))
 }
 
 /// An Elasticsearch client from `EsConfig` (auth, CA, timeout).

@@ -383,10 +383,11 @@ pub(crate) fn pipeline_config(cfg: &Config) -> PipelineConfig {
             max_batch_docs: p.batch_max_docs,
             max_batch_bytes: p.batch_max_bytes,
             linger: p.linger,
-            max_in_flight_bytes: p.memory_bound_bytes,
             dead_letter_index: p.dead_letter_index.clone(),
             ..IndexerConfig::default()
-        },
+        }
+        // The memory bound covers queued ops and request bodies together.
+        .fit_memory(p.memory_bound_bytes),
         ..PipelineConfig::default()
     }
 }

@@ -145,11 +145,7 @@ pub enum StatusError {
         target: String,
         message: String,
     },
-    #[error(
-        "sslmode={mode} is configured for {target}, but status/teardown cannot open TLS \
-         connections to PostgreSQL yet; use sslmode=prefer or disable for this command"
-    )]
-    PgTlsUnavailable { mode: String, target: String },
+
     #[error("Elasticsearch request failed ({what}): {message}")]
     Es { what: &'static str, message: String },
     #[error(transparent)]
@@ -159,9 +155,7 @@ pub enum StatusError {
 impl StatusError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            StatusError::PgTlsUnavailable { .. } | StatusError::EsClient(_) => {
-                crate::cli::EXIT_CONFIG
-            }
+            StatusError::EsClient(_) => crate::cli::EXIT_CONFIG,
             _ => crate::cli::EXIT_RUNTIME,
         }
     }

@@ -40,7 +40,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             batch_max_docs: 5_000,
             batch_max_bytes: 10 * 1024 * 1024,
-            linger: Duration::from_millis(200),
+            linger: Duration::from_millis(25),
             concurrency: 4,
             memory_bound_bytes: 256 * 1024 * 1024,
             dead_letter_index: "sluice-dead-letters".into(),
