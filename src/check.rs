@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use elasticsearch::Elasticsearch;
@@ -24,7 +23,7 @@ use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::doc_shape::document_fields;
 use crate::config::{Catalog, CatalogTable, Config, FieldSource, IndexName, Mapping, load_catalog};
 use crate::sink::{EsAuth, EsConfig};
-use crate::source::{PgConnectConfig, ReplicaIdentity, SslMode};
+use crate::source::{PgConnectConfig, ReplicaIdentity};
 use compat::{compatible, flatten_properties, kind_of_field, parse_es_duration};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
