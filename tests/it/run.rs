@@ -114,6 +114,24 @@ listen = "127.0.0.1:0"
         c.try_wait().unwrap().map(|s| s.code().unwrap_or(-1))
     }
 
+    /// The address `/metrics`, `/health` and `/ready` are served on (the
+    /// config asks for port 0), from the start-up log line.
+    pub fn http_addr(&self) -> String {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("serving /metrics"))
+            .expect("http started");
+        let at = line.find("addr=").expect("addr field") + 5;
+        line[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -230,12 +248,48 @@ async fn run_streams_inserts_updates_deletes_and_key_changes_into_the_index() {
     )
     .await;
     wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
+
+    // The operator's view agrees with the work done.
+    let addr = sluice.http_addr();
+    assert_eq!(http_get(&addr, "/ready").0, 200, "ready while streaming");
+    let metrics = http_get(&addr, "/metrics").1;
+    let applied = |op: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("sluice_changes_applied_total{"))
+            .filter(|l| l.contains("table=\"public.items\"") && l.contains(&format!("op=\"{op}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(applied("insert"), 500.0, "{metrics}");
+    assert_eq!(applied("delete"), 45.0, "{metrics}");
+    // 71 renames, 20 key changes (110 of 100..=120 was deleted), 3 in one transaction.
+    assert_eq!(applied("update"), (71 + 20 + 3) as f64, "{metrics}");
     assert_eq!(
         sluice.terminate(),
         0,
         "graceful exit\n{}",
         sluice.log_text()
     );
+}
+
+/// A bare HTTP/1.0 GET: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
