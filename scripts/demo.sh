@@ -24,14 +24,20 @@ search() { # index, query-string: print the hits compactly
     python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print(f"   {r[\"hits\"][\"total\"][\"value\"]} hit(s)")
+print("   %d hit(s)" % r["hits"]["total"]["value"])
 for h in r["hits"]["hits"]:
     print("   ", h["_index"], h["_id"], json.dumps(h["_source"], ensure_ascii=False)[:160])'
 }
 wait_for() { # description, command...
   local what=$1; shift
-  for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  echo "timed out waiting for $what" >&2; return 1
+  for _ in $(seq 1 300); do
+    "$@" >/dev/null 2>&1 && return 0
+    if [ -n "${PID:-}" ] && ! kill -0 "$PID" 2>/dev/null; then
+      echo "sluice exited while waiting for $what; its log:" >&2; tail -20 "$WORK/sluice.log" >&2; return 1
+    fi
+    sleep 0.2
+  done
+  echo "timed out waiting for $what; sluice log: $WORK/sluice.log" >&2; return 1
 }
 
 step "Building sluice"
@@ -39,11 +45,12 @@ cargo build --release --quiet --bin sluice
 SLUICE=$ROOT/target/release/sluice
 
 step "Creating the demo shop database '$DB'"
-"${PSQL[@]}" "$SLUICE_TEST_PG_URL" <<SQL
+"${PSQL[@]}" "$SLUICE_TEST_PG_URL" >/dev/null <<SQL
 SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '$DB' AND active_pid IS NOT NULL;
 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$DB';
 SQL
-"${PSQL[@]}" "$SLUICE_TEST_PG_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+
+"${PSQL[@]}" "$SLUICE_TEST_PG_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" 2>/dev/null
 "${PSQL[@]}" "$ADMIN_URL" -f scripts/demo-schema.sql
 "${PSQL[@]}" "$ADMIN_URL" <<'SQL'
 -- A few thousand realistic rows on top of the schema's examples.
@@ -67,7 +74,7 @@ SELECT 1 + (g * 7) % 1000, (ARRAY['placed','shipped','draft','cancelled'])[1 + g
        now() - (g || ' minutes')::interval
 FROM generate_series(1, 3000) g;
 INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price)
-SELECT o.id, l, 1 + (o.id * l) % 200, 1 + l % 3, 19.99 FROM orders o, generate_series(1, 2) l;
+SELECT o.id, l, 1 + (o.id * l) % 200, 1 + l % 3, 19.99 FROM orders o, generate_series(1, 2) l WHERE o.id > 2;
 SQL
 "${PSQL[@]}" "$ADMIN_URL" -Atc "SELECT 'customers ' || count(*) FROM customers UNION ALL SELECT 'products ' || count(*) FROM products
   UNION ALL SELECT 'orders ' || count(*) FROM orders UNION ALL SELECT 'order_items ' || count(*) FROM order_items" | sed 's/^/   /'
@@ -122,20 +129,21 @@ echo "   INSERT a customer 'Katherine Johnson' (US, gold)"
   VALUES ('katherine@example.com', 'Katherine', 'Johnson', 'US', '{\"tier\": \"gold\"}')"
 echo "   UPDATE product SKU-7: new name 'Noise-cancelling headset', price 129.00"
 "${PSQL[@]}" "$ADMIN_URL" -c "UPDATE products SET name = 'Noise-cancelling headset', price = 129.00 WHERE sku = 'SKU-7'"
-echo "   UPDATE order 5 from draft to placed (enters the orders index through the row filter)"
-"${PSQL[@]}" "$ADMIN_URL" -c "UPDATE orders SET status = 'placed' WHERE id = 5"
+DRAFT=$("${PSQL[@]}" "$ADMIN_URL" -Atc "SELECT min(id) FROM orders WHERE status = 'draft'")
+echo "   UPDATE order $DRAFT from draft to placed (enters the orders index through the row filter)"
+"${PSQL[@]}" "$ADMIN_URL" -c "UPDATE orders SET status = 'placed' WHERE id = $DRAFT"
 echo "   DELETE customer 3's orders and customer 3"
 "${PSQL[@]}" "$ADMIN_URL" -c "DELETE FROM orders WHERE customer_id = 3" -c "DELETE FROM customers WHERE id = 3"
 
 wait_for "Katherine in the index" bash -c "curl -fsS '$ES/customers/_search?q=Katherine' | grep -q katherine || curl -fsS '$ES/customers/_search?q=Katherine' | grep -q Katherine"
 wait_for "the product rename" bash -c "curl -fsS '$ES/products/_search?q=name:Noise-cancelling' | grep -q 'Noise-cancelling'"
-wait_for "order 5 in the orders index" curl -fsS "$ES/orders/_doc/5"
+wait_for "order $DRAFT in the orders index" curl -fsS "$ES/orders/_doc/$DRAFT"
 wait_for "customer 3 gone" bash -c "! curl -fsS '$ES/customers-v1/_doc/3' >/dev/null 2>&1"
 
 step "Searches"
 echo " customers: Katherine"; search customers Katherine
 echo " products: name:Noise-cancelling"; search products 'name:Noise-cancelling'
-echo " orders: _id 5"; search orders '_id:5'
+echo " orders: _id $DRAFT"; search orders "_id:$DRAFT"
 echo " customers: _id 3 (deleted)"; search customers '_id:3'
 
 step "Metrics (a few)"

@@ -489,43 +489,60 @@ fn is_done_word(s: &str) -> bool {
     )
 }
 
-/// Folds state documents into one line per table. A document counts as one
-/// chunk; fields read: `table`, `state`/`status`, `rows`/`rows_done`,
-/// `updated_at`/`finished_at`. Anything else is ignored.
+/// Folds the snapshot feature's state documents into one line per table
+/// and target: a `kind = "table"` document holds the plan (`plan`, one entry
+/// per chunk), `status` and `run_id`; `kind = "chunk"` documents record each
+/// chunk of a run once it is durable (`run_id`, `rows`, `done_at`). Chunks of
+/// superseded runs, and other kinds (initial-load markers, reindexes,
+/// tombstones), are not counted; documents with no `kind` are unrecognized.
 pub fn summarize_snapshot_docs(docs: &[Value]) -> (Vec<TableSnapshot>, u64) {
     let mut tables: BTreeMap<String, TableSnapshot> = BTreeMap::new();
+    let mut by_run: BTreeMap<String, String> = BTreeMap::new();
     let mut unrecognized = 0;
-    for d in docs {
-        let Some(table) = d["table"].as_str() else {
+    for d in docs.iter().filter(|d| d["kind"] == "table") {
+        let (Some(table), Some(run)) = (d["table"].as_str(), d["run_id"].as_str()) else {
             unrecognized += 1;
             continue;
         };
-        let t = tables
-            .entry(table.to_string())
-            .or_insert_with(|| TableSnapshot {
-                table: table.to_string(),
-                ..Default::default()
-            });
-        t.chunks += 1;
-        let state = d["state"]
-            .as_str()
-            .or_else(|| d["status"].as_str())
-            .unwrap_or("unknown");
-        if is_done_word(state) {
-            t.chunks_done += 1;
-        }
-        *t.states.entry(state.to_string()).or_default() += 1;
-        t.rows += d["rows"]
-            .as_u64()
-            .or_else(|| d["rows_done"].as_u64())
-            .unwrap_or(0);
-        let updated = d["updated_at"]
-            .as_str()
-            .or_else(|| d["finished_at"].as_str());
-        if let Some(u) = updated
-            && t.last_update.as_deref().is_none_or(|l| l < u)
-        {
-            t.last_update = Some(u.to_string());
+        let key = match d["target"].as_str() {
+            Some(target) => format!("{table} → {target}"),
+            None => table.to_string(),
+        };
+        let state = d["status"].as_str().unwrap_or("unknown").to_string();
+        let t = TableSnapshot {
+            table: key.clone(),
+            chunks: d["plan"].as_array().map_or(0, |p| p.len() as u64),
+            states: BTreeMap::from([(state, 1)]),
+            last_update: d["finished_at"]
+                .as_str()
+                .or_else(|| d["started_at"].as_str())
+                .map(str::to_string),
+            ..Default::default()
+        };
+        by_run.insert(run.to_string(), key.clone());
+        tables.insert(key, t);
+    }
+    for d in docs {
+        match d["kind"].as_str() {
+            Some("table") => {}
+            Some("chunk") => {
+                let Some(t) = d["run_id"]
+                    .as_str()
+                    .and_then(|r| by_run.get(r))
+                    .and_then(|k| tables.get_mut(k))
+                else {
+                    continue; // a superseded run
+                };
+                t.chunks_done += 1;
+                t.rows += d["rows"].as_u64().unwrap_or(0);
+                if let Some(u) = d["done_at"].as_str()
+                    && t.last_update.as_deref().is_none_or(|l| l < u)
+                {
+                    t.last_update = Some(u.to_string());
+                }
+            }
+            Some(_) => {}
+            None => unrecognized += 1,
         }
     }
     (tables.into_values().collect(), unrecognized)

@@ -4,20 +4,26 @@ use super::teardown::quote_ident;
 use super::*;
 
 #[test]
-fn snapshot_documents_fold_into_one_line_per_table() {
+fn snapshot_documents_fold_into_one_line_per_table_and_target() {
     let docs = vec![
-        json!({"table": "public.a", "state": "done", "rows": 10, "updated_at": "2026-01-01T00:00:01Z"}),
-        json!({"table": "public.a", "state": "running", "rows": 3, "updated_at": "2026-01-01T00:00:02Z"}),
-        json!({"table": "public.b", "status": "completed", "rows_done": 7}),
+        json!({"kind": "table", "table": "public.a", "target": "a", "run_id": "r2", "status": "running",
+               "plan": [1, 2, 3], "started_at": "2026-01-01T00:00:00Z"}),
+        json!({"kind": "chunk", "run_id": "r2", "table": "public.a", "rows": 10, "done_at": "2026-01-01T00:00:01Z"}),
+        json!({"kind": "chunk", "run_id": "r2", "table": "public.a", "rows": 3, "done_at": "2026-01-01T00:00:02Z"}),
+        json!({"kind": "chunk", "run_id": "r1", "table": "public.a", "rows": 99}),
+        json!({"kind": "table", "table": "public.b", "target": "b", "run_id": "r3", "status": "done",
+               "plan": [1], "finished_at": "2026-01-02T00:00:00Z"}),
+        json!({"kind": "chunk", "run_id": "r3", "table": "public.b", "rows": 7}),
+        json!({"kind": "initial", "status": "done"}),
         json!({"chunk": 4}),
     ];
     let (tables, unrecognized) = summarize_snapshot_docs(&docs);
     assert_eq!(unrecognized, 1);
     assert_eq!(tables.len(), 2);
-    assert_eq!(tables[0].table, "public.a");
+    assert_eq!(tables[0].table, "public.a → a");
     assert_eq!(
         (tables[0].chunks, tables[0].chunks_done, tables[0].rows),
-        (2, 1, 13)
+        (3, 2, 13)
     );
     assert_eq!(
         tables[0].last_update.as_deref(),

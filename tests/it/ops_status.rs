@@ -76,8 +76,10 @@ async fn status_reports_slot_lag_retained_wal_snapshots_and_dead_letters() {
         &Es::new(),
         &t.state_index,
         &[
-            json!({"table": "public.items", "chunk": 0, "state": "done", "rows": 1000}),
-            json!({"table": "public.items", "chunk": 1, "state": "running", "rows": 400}),
+            json!({"kind": "table", "table": "public.items", "target": "items", "run_id": "r1",
+                   "status": "running", "plan": [0, 1]}),
+            json!({"kind": "chunk", "run_id": "r1", "table": "public.items", "chunk": 0, "rows": 1000}),
+            json!({"kind": "chunk", "run_id": "r1", "table": "public.items", "chunk": 1, "rows": 400}),
         ],
     )
     .await;
@@ -103,7 +105,7 @@ async fn status_reports_slot_lag_retained_wal_snapshots_and_dead_letters() {
     assert_eq!(tables.len(), 1);
     assert_eq!(
         (tables[0].chunks, tables[0].chunks_done, tables[0].rows),
-        (2, 1, 1400)
+        (2, 2, 1400)
     );
 
     let v: Value = serde_json::from_str(&render_json(&r)).unwrap();
@@ -124,10 +126,10 @@ async fn status_reports_slot_lag_retained_wal_snapshots_and_dead_letters() {
     assert_eq!(v["slot"]["lag_bytes"], lag);
     assert_eq!(v["slot"]["confirmed_flush_lsn"], confirmed.to_string());
     assert!(v["database"].as_str().unwrap().starts_with("sluice@"));
-    assert_eq!(v["snapshots"]["tables"][0]["table"], "public.items");
+    assert_eq!(v["snapshots"]["tables"][0]["table"], "public.items → items");
     assert_eq!(v["dead_letters"]["count"], 2);
     let human = render_human(&r);
-    assert!(human.contains("1/2 chunks done, 1400 rows"), "{human}");
+    assert!(human.contains("2/2 chunks done, 1400 rows"), "{human}");
     assert!(human.contains("dead letters          2"), "{human}");
 }
 
