@@ -9,4 +9,5 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO sluice;
 -- The table owner creates the publication, so Sluice needs no ownership.
 -- It must match what mappings/ need (`sluice check` prints the statement).
 CREATE PUBLICATION sluice FOR TABLE public.customers, public.products,
-    public.orders WHERE (status <> 'draft'), public.order_items;
+    public.orders WHERE (status <> 'draft'), public.order_items
+    WITH (publish_via_partition_root = true);

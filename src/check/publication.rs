@@ -70,7 +70,7 @@ pub async fn check_publication(
             };
             let list: Vec<String> = wanted.iter().map(|t| t.to_sql()).collect();
             report.problem(format!(
-                "publication `{name}` does not exist and role `{}` cannot create it ({why}); as the tables' owner run: CREATE PUBLICATION {name} FOR TABLE {};",
+                "publication `{name}` does not exist and role `{}` cannot create it ({why}); as the tables' owner run: CREATE PUBLICATION {name} FOR TABLE {} WITH (publish_via_partition_root = true);",
                 config.postgres.user,
                 list.join(", ")
             ));

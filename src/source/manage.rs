@@ -196,7 +196,7 @@ pub async fn ensure_publication(
         .await?;
     let Some(row) = existing else {
         let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish = 'insert, update, delete, truncate')",
+            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)",
             quote_ident(name)
         );
         client
@@ -206,6 +206,25 @@ pub async fn ensure_publication(
         return Ok(PublicationChange::Created);
     };
     let (all_tables, all_ops): (bool, bool) = (row.get(0), row.get(1));
+    // Partitioned tables must be published as their root: snapshot rows and
+    // mappings name the parent, not the partition a row lives in.
+    let leaf_named: bool = client
+        .query_one(
+            "SELECT NOT p.pubviaroot AND EXISTS (
+                 SELECT 1 FROM pg_publication_rel r JOIN pg_class c ON c.oid = r.prrelid
+                  WHERE r.prpubid = p.oid AND c.relkind = 'p')
+               FROM pg_publication p WHERE p.pubname = $1",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    if leaf_named {
+        return Err(SourceError::Setup(format!(
+            "publication `{name}` publishes a partitioned table without publish_via_partition_root: \
+             run `ALTER PUBLICATION {} SET (publish_via_partition_root = true);` as its owner",
+            quote_ident(name)
+        )));
+    }
     let mut change = PublicationChange::Unchanged;
     if !all_ops {
         let sql = format!(

@@ -199,7 +199,7 @@ async fn a_publication_the_role_cannot_create_is_reported_with_the_sql_to_run() 
     assert_reports(
         &r,
         &[
-            "publication `sluice` does not exist and role `sluice` cannot create it (it does not own public.orders); as the tables' owner run: CREATE PUBLICATION sluice FOR TABLE \"public\".\"orders\" (\"id\", \"total\") WHERE (id > 0);",
+            "publication `sluice` does not exist and role `sluice` cannot create it (it does not own public.orders); as the tables' owner run: CREATE PUBLICATION sluice FOR TABLE \"public\".\"orders\" (\"id\", \"total\") WHERE (id > 0) WITH (publish_via_partition_root = true);",
         ],
     );
     // The SQL it suggests works, and then the check passes.

@@ -561,3 +561,35 @@ async fn sluice_snapshot_backfills_a_table_mapped_later_while_run_streams() {
     wait_converged(&db, &es, &ia, "SELECT * FROM a", &mut sluice).await;
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_is_snapshotted_and_streamed_under_its_root_name() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("events");
+    db.sql(
+        "CREATE TABLE events (id bigint, kind text, PRIMARY KEY (id)) PARTITION BY RANGE (id);
+         CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (0) TO (1000);
+         CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (1000) TO (MAXVALUE);
+         GRANT SELECT ON events_low, events_high TO sluice;
+         INSERT INTO events SELECT g, 'old' FROM generate_series(1, 1500) g;
+         CREATE PUBLICATION sluice FOR TABLE events WITH (publish_via_partition_root = true);",
+    )
+    .await;
+    let mut sluice = Sluice::new(
+        &db,
+        "",
+        &[("events.toml", mapping("public.events", &index, ""))],
+    );
+    sluice.start();
+    wait_streaming(&db, &mut sluice).await;
+    db.sql(
+        "UPDATE events SET kind = 'new' WHERE id % 3 = 0;
+         DELETE FROM events WHERE id % 5 = 0;
+         UPDATE events SET id = id + 1000 WHERE id BETWEEN 990 AND 995;
+         INSERT INTO events VALUES (5000, 'fresh');",
+    )
+    .await;
+    wait_converged(&db, &es, &index, "SELECT * FROM events", &mut sluice).await;
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+}
