@@ -95,6 +95,8 @@ impl TestDb {
         let s = services();
         let name = unique_name("sluice_t");
         let root = connect(&s.pg_url).await;
+        static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        SWEPT.get_or_init(|| sweep_stale_databases(&root)).await;
         root.batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
@@ -162,34 +164,62 @@ impl Drop for TestDb {
                 .unwrap();
             rt.block_on(async move {
                 let root = connect(&services().pg_url).await;
-                let _ = root
-                    .batch_execute(&format!(
-                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
-                           WHERE database = '{name}' AND active_pid IS NOT NULL;"
-                    ))
-                    .await;
-                // Separate statements: DROP DATABASE refuses to run inside the
-                // implicit transaction of a multi-statement query.
-                for _ in 0..50 {
-                    let slots = root
-                        .batch_execute(&format!(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                               WHERE database = '{name}'"
-                        ))
-                        .await;
-                    let drop = root
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                    if slots.is_ok() && drop.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                drop_database(&root, &name).await;
                 let es = Es::new();
                 let _ = es.delete_indices(&format!("{prefix}*")).await;
             });
         })
         .join();
+    }
+}
+
+/// Drop a test database and its replication slots, ending whatever still
+/// holds them (a walsender may take a moment to notice its client died).
+async fn drop_database(root: &Client, name: &str) {
+    // Separate statements: DROP DATABASE refuses to run inside the implicit
+    // transaction of a multi-statement query.
+    for _ in 0..100 {
+        let _ = root
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                   WHERE database = '{name}' AND active_pid IS NOT NULL"
+            ))
+            .await;
+        let slots = root
+            .batch_execute(&format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                   WHERE database = '{name}' AND NOT active"
+            ))
+            .await;
+        let drop = root
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+        if slots.is_ok() && drop.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("warning: could not drop test database {name}");
+}
+
+/// Test databases whose test process is gone (a run that was killed) are
+/// dropped by the next run, so leftovers never accumulate slots and WAL.
+async fn sweep_stale_databases(root: &Client) {
+    let rows = root
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'sluice\\_t\\_%'",
+            &[],
+        )
+        .await
+        .unwrap_or_default();
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| {
+            p != std::process::id() && !std::path::Path::new(&format!("/proc/{p}")).exists()
+        }) {
+            drop_database(root, &name).await;
+        }
     }
 }
 
