@@ -11,9 +11,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use elasticsearch::Elasticsearch;
-use elasticsearch::auth::Credentials;
-use elasticsearch::cert::{Certificate, CertificateValidation};
-use elasticsearch::http::transport::{MultiNodeConnectionPool, TransportBuilder};
 use serde_json::Value;
 
 mod compat;
@@ -22,7 +19,7 @@ mod publication;
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::doc_shape::document_fields;
 use crate::config::{Catalog, CatalogTable, Config, FieldSource, IndexName, Mapping, load_catalog};
-use crate::sink::{EsAuth, EsConfig};
+use crate::sink::EsConfig;
 use crate::source::{PgConnectConfig, ReplicaIdentity};
 use compat::{compatible, flatten_properties, kind_of_field, parse_es_duration};
 
@@ -129,31 +126,7 @@ pub async fn pg_connect(pg: &PgConnectConfig) -> anyhow::Result<tokio_postgres::
 
 /// An Elasticsearch client from `EsConfig` (auth, CA, timeout).
 pub fn es_client(es: &EsConfig) -> anyhow::Result<Elasticsearch> {
-    let urls = es
-        .urls
-        .iter()
-        .map(|u| url::Url::parse(u).with_context(|| format!("bad Elasticsearch URL `{u}`")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(!urls.is_empty(), "no Elasticsearch URL configured");
-    let pool = MultiNodeConnectionPool::round_robin(urls, None);
-    let mut b = TransportBuilder::new(pool).timeout(es.request_timeout);
-    b = match &es.auth {
-        EsAuth::None => b,
-        EsAuth::Basic { username, password } => {
-            b.auth(Credentials::Basic(username.clone(), password.clone()))
-        }
-        EsAuth::ApiKey(k) => b.auth(Credentials::EncodedApiKey(k.clone())),
-    };
-    if es.insecure_skip_verify {
-        tracing::warn!("Elasticsearch TLS certificates are NOT verified (insecure_skip_verify)");
-        b = b.cert_validation(CertificateValidation::None);
-    } else if let Some(ca) = &es.ca_file {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        let cert = Certificate::from_pem(&pem)
-            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
-        b = b.cert_validation(CertificateValidation::Full(cert));
-    }
-    Ok(Elasticsearch::new(b.build()?))
+    Ok(crate::sink::client::build_client(es)?)
 }
 
 async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Catalog> {

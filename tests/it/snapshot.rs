@@ -143,6 +143,10 @@ impl SnapshotSink for Tripwire {
     fn write(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<AckFuture, SinkError>> {
         let n = changes.len() as u64;
         Box::pin(async move {
+            // Paced, so the test's kills land mid-run however fast the
+            // build is (an attempt finishing first would leave the last
+            // attempt nothing to resume).
+            tokio::time::sleep(Duration::from_millis(15)).await;
             let ack = self.inner.write(changes).await?;
             let total = self.rows.fetch_add(n, Ordering::SeqCst) + n;
             let at = self.at.load(Ordering::SeqCst);
@@ -176,7 +180,8 @@ async fn a_snapshot_killed_at_random_points_resumes_under_new_snapshots_to_an_ex
         hit: Notify::new(),
     });
     let deps = deps(&db, trip.clone(), log.clone());
-    let job = job(&[("public.items", &index)], 3, 2_000);
+    // Small chunks, so four kills always leave work for the last attempt.
+    let job = job(&[("public.items", &index)], 3, 1_000);
 
     let state = StateStore::new(Es::new().client, db.index("state"));
     let recorded = || async {
@@ -193,7 +198,7 @@ async fn a_snapshot_killed_at_random_points_resumes_under_new_snapshots_to_an_ex
         if kill % 2 == 0 {
             // At a random row, wherever the readers are.
             let seen = trip.rows.load(Ordering::SeqCst);
-            let at = seen + 1 + rand::random::<u64>() % (rows as u64 / 6);
+            let at = seen + 1 + rand::random::<u64>() % (rows as u64 / 12);
             trip.at.store(at, Ordering::SeqCst);
             tokio::select! {
                 _ = trip.hit.notified() => run.abort(),
