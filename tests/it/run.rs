@@ -253,13 +253,12 @@ async fn run_streams_inserts_updates_deletes_and_key_changes_into_the_index() {
     let addr = sluice.http_addr();
     assert_eq!(http_get(&addr, "/ready").0, 200, "ready while streaming");
     let metrics = http_get(&addr, "/metrics").1;
-    let applied = |op: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("sluice_changes_applied_total{"))
-            .filter(|l| l.contains("table=\"public.items\"") && l.contains(&format!("op=\"{op}\"")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let applied = |op: &str| {
+        metric_sum(
+            &metrics,
+            "sluice_changes_applied_total",
+            &["table=\"public.items\"", &format!("op=\"{op}\"")],
+        )
     };
     assert_eq!(applied("insert"), 500.0, "{metrics}");
     assert_eq!(applied("delete"), 45.0, "{metrics}");
@@ -271,6 +270,16 @@ async fn run_streams_inserts_updates_deletes_and_key_changes_into_the_index() {
         "graceful exit\n{}",
         sluice.log_text()
     );
+}
+
+/// The sum of a Prometheus metric's series whose labels contain all `labels`.
+fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A bare HTTP/1.0 GET: (status, body).
@@ -639,11 +648,11 @@ async fn sigterm_during_a_busy_stream_exits_cleanly_and_the_restart_replays_noth
     sluice.start();
     wait_converged(&db, &es, &index, "SELECT * FROM busy", &mut sluice).await;
     let metrics = http_get(&sluice.http_addr(), "/metrics").1;
-    let conflicts: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("sluice_bulk_items_total{") && l.contains("outcome=\"conflict\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let conflicts = metric_sum(
+        &metrics,
+        "sluice_bulk_items_total",
+        &["outcome=\"conflict\""],
+    );
     assert_eq!(
         conflicts, 0.0,
         "the restart re-sent changes already applied ({before} docs before the stop)"
