@@ -144,6 +144,25 @@ async fn send_status(
     stream.send_status(lsn, lsn, lsn, false).await
 }
 
+/// How long a shutdown waits for the server to acknowledge the end of the
+/// stream before simply closing the socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Send the final confirmed LSN and end the stream cleanly. Errors here are
+/// only logged: the status update is already written, and the next start
+/// resumes from whatever the slot recorded, so nothing can be lost.
+async fn close(mut stream: ReplicationStream, flushed: &watch::Receiver<Lsn>) -> End {
+    let result = match send_status(&mut stream, flushed).await {
+        Ok(()) => stream.finish(CLOSE_TIMEOUT).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => tracing::info!(confirmed = %*flushed.borrow(), "replication stream closed"),
+        Err(e) => tracing::warn!(error = %e, "replication stream did not close cleanly"),
+    }
+    End::Shutdown
+}
+
 async fn session(
     cfg: &ReaderConfig,
     conn: Option<ReplicationConnection>,
@@ -175,10 +194,7 @@ async fn session(
             Some(m) => m,
             None => tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
-                    let _ = send_status(&mut stream, flushed).await;
-                    return Ok(End::Shutdown);
-                }
+                _ = shutdown.changed() => return Ok(close(stream, flushed).await),
                 _ = timer.tick() => {
                     send_status(&mut stream, flushed).await?;
                     continue;
@@ -221,8 +237,7 @@ async fn session(
                         pending: &mut pending,
                     };
                     if !forward(ev, tx, &mut link, shutdown).await? {
-                        let _ = send_status(&mut stream, flushed).await;
-                        return Ok(End::Shutdown);
+                        return Ok(close(stream, flushed).await);
                     }
                 }
             }

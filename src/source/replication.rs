@@ -558,6 +558,47 @@ impl ReplicationStream {
         }
     }
 
+    /// End the stream the way the protocol intends: CopyDone, then read
+    /// until the server's ReadyForQuery, then Terminate. The walsender handles
+    /// our last status update before it answers, and it releases the slot
+    /// when START_REPLICATION ends, so once this returns the confirmed LSN is
+    /// recorded and the slot is free for a successor. Bounded by `timeout`:
+    /// a server that does not answer gets the socket closed instead, which
+    /// still delivers everything already written.
+    pub async fn finish(mut self, timeout: std::time::Duration) -> Result<(), SourceError> {
+        frontend::copy_done(&mut self.conn.wbuf);
+        self.conn.flush().await?;
+        let drain = async {
+            loop {
+                let (tag, body) = self.conn.read_frame().await?;
+                match tag {
+                    b'Z' => return Ok(()),
+                    b'E' => {
+                        return Err(SourceError::Server {
+                            command: "CopyDone".into(),
+                            error: parse_error(&body),
+                        });
+                    }
+                    // Data still in flight, the server's CopyDone,
+                    // CommandComplete and notices are all expected here.
+                    _ => {}
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, drain).await {
+            Ok(result) => result?,
+            Err(_) => {
+                tracing::warn!(
+                    ?timeout,
+                    "the server did not end the replication stream in time; closing the connection"
+                );
+                return Ok(());
+            }
+        }
+        frontend::terminate(&mut self.conn.wbuf);
+        self.conn.flush().await
+    }
+
     /// Standby status update: `flush`/`apply` tell the server what may be
     /// discarded; `write` is reported equal to flush (we hold nothing durable
     /// beyond it).

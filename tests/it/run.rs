@@ -324,6 +324,19 @@ async fn sigterm_confirms_the_final_lsn_so_a_restart_replays_nothing() {
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 
     let slot = format!("sluice_{}", db.name);
+    let active: bool = db
+        .admin
+        .query_one(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !active,
+        "a clean exit ends the stream, so the slot is already free for a successor"
+    );
     let pending: i64 = db
         .admin
         .query_one(
