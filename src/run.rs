@@ -207,6 +207,11 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     source::check_server(&pg)
         .await
         .map_err(|e| source_failure(e, "PostgreSQL server"))?;
+    if cfg.heartbeat_interval.is_some() {
+        source::heartbeat::preflight(&pg, &cfg.postgres.user)
+            .await
+            .map_err(|e| source_failure(e, "heartbeat"))?;
+    }
     crate::config::validate_against_database(&mut cfg.mappings, &pg).await?;
     let published: Vec<PublishedTable> = cfg
         .mappings
@@ -330,6 +335,15 @@ async fn stream(
         Duration::from_secs(15),
         wait_true(shutdown.clone()),
     ));
+    // Heartbeat messages let the slot advance while only unpublished tables
+    // write (see source::heartbeat); the checkpoint confirms them in order.
+    let wal_heartbeat = cfg.heartbeat_interval.map(|every| {
+        tokio::spawn(source::heartbeat::run_heartbeat(
+            cfg.postgres.clone(),
+            every,
+            wait_true(shutdown.clone()),
+        ))
+    });
     let heartbeat = health.heartbeat("pipeline", Duration::from_secs(120));
     let beat = tokio::spawn({
         let mut confirmed = confirmed_rx.clone();
@@ -364,6 +378,9 @@ async fn stream(
     let reader_result = reader.await;
     beat.abort();
     gauges.abort();
+    if let Some(h) = wal_heartbeat {
+        h.abort();
+    }
     let summary = result.context("pipeline")?;
     tracing::info!(confirmed = %summary.confirmed, drained = summary.drained, ops = summary.ops_submitted, "stopped");
     match reader_result {

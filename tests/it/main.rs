@@ -12,6 +12,7 @@ mod ops_status;
 mod ops_tls;
 mod pipeline;
 mod run;
+mod run_outage;
 mod sink;
 mod sink_proxy;
 mod snapshot;

@@ -98,18 +98,32 @@ impl PrivatePg {
 
     /// Stop (fast: active connections are cut) and start again.
     pub fn restart(&self) {
+        self.restart_mode("fast");
+    }
+
+    /// Stop with `pg_ctl stop -m <mode>` (`fast`, or `immediate`: a crash,
+    /// recovered from the WAL at the start) and start again.
+    pub fn restart_mode(&self, mode: &str) {
         let st = pg_ctl(&[
             "-D",
             self.data().to_str().unwrap(),
             "-m",
-            "fast",
+            mode,
             "-t",
             "120",
             "-w",
             "stop",
         ]);
-        assert!(st.success());
+        assert!(st.success(), "pg_ctl stop -m {mode}");
         self.pg_ctl_start();
+    }
+
+    /// Superuser URL of the `postgres` database (trust auth, no TLS).
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
     }
 
     pub fn config(&self) -> PgConnectConfig {
