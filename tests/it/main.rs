@@ -6,6 +6,7 @@ mod support;
 mod check;
 mod config;
 mod foundation;
+mod heartbeat;
 mod ops;
 mod ops_packaging;
 mod ops_status;

@@ -240,17 +240,34 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
     let indices = Indices::new();
     let es = Es::new();
     let index = indices.name("accounts");
+    let docs_index = indices.name("docs");
     let admin = crate::support::connect(&pg.url()).await;
     admin.batch_execute(ACCOUNTS).await.unwrap();
+    // Updates of `docs` leave a TOASTed column unchanged, so Sluice re-reads
+    // those rows on its SQL connection, which the restarts close too.
+    admin
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+             ALTER PUBLICATION sluice ADD TABLE docs;",
+        )
+        .await
+        .unwrap();
     let setup = private_setup(&pg, &indices);
     let mut sluice = Sluice::with_setup(
         &setup,
-        &[("a.toml", mapping("public.accounts", &index, ""))],
+        &[
+            ("a.toml", mapping("public.accounts", &index, "")),
+            ("d.toml", mapping("public.docs", &docs_index, "")),
+        ],
     );
     sluice.start();
     wait_active(&admin, "sluice", &mut sluice).await;
     admin
-        .batch_execute("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
+        .batch_execute(
+            "INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g;
+             INSERT INTO docs SELECT g, (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 400) i), 0
+               FROM generate_series(1, 5) g;",
+        )
         .await
         .unwrap();
     let workload = Workload::start(pg.url(), "accounts", 201, rand::rng().random());
@@ -281,6 +298,10 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
         .await;
         let admin = crate::support::connect(&pg.url()).await;
         wait_active(&admin, "sluice", &mut sluice).await;
+        admin
+            .batch_execute("UPDATE docs SET n = n + 1")
+            .await
+            .unwrap();
     }
     let committed = workload.stop().await;
     eprintln!("{committed} transactions during the test");
@@ -302,6 +323,18 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
     )
     .await;
     assert_index_matches_on(&admin, &es, &index, query, "id").await;
+    let docs = "SELECT * FROM docs";
+    poll(
+        &mut sluice,
+        Duration::from_secs(60),
+        "docs to match",
+        async || {
+            let d = es.sources(&docs_index).await;
+            d.len() == 5 && d.values().all(|d| d["n"] == 2)
+        },
+    )
+    .await;
+    assert_index_matches_on(&admin, &es, &docs_index, docs, "id").await;
     let log = sluice.log_text();
     assert!(
         log.contains("reconnecting"),
