@@ -104,3 +104,14 @@ pub async fn run_heartbeat(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::source::{PgConnectConfig, ReaderConfig};
+
+    #[test]
+    fn the_reader_asks_for_logical_messages_so_heartbeats_reach_the_pipeline() {
+        let cfg = ReaderConfig::new(PgConnectConfig::default(), "s", vec!["p".into()]);
+        assert!(cfg.messages);
+    }
+}

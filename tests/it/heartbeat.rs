@@ -36,7 +36,7 @@ async fn lsn(client: &Client, sql: &str) -> Lsn {
     s.parse().unwrap()
 }
 
-async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64) -> Outcome {
+async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64, starve: bool) -> Outcome {
     let pg = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap();
     let indices = Indices::new();
     let admin = connect(&pg.url()).await;
@@ -69,6 +69,24 @@ async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64) -> Outco
     )
     .await;
 
+    if starve {
+        // The walsender at the lowest CPU priority, competing with the
+        // writers: it falls behind and stays behind.
+        let pid: i32 = admin
+            .query_one(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'sluice'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let st = std::process::Command::new("renice")
+            .args(["-n", "19", "-p", &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
     let load_start = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sessions = if load == Load::Heavy { 2 } else { 1 };
@@ -274,13 +292,22 @@ fn report(name: &str, o: &Outcome) {
     );
 }
 
+/// `cargo test --test it measure_slot -- --ignored --nocapture`; with
+/// `SLUICE_MEASURE_STARVE=1` the walsender runs at nice 19 under the heavy
+/// load (an attempt to make it fall behind for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, prints a table"]
 async fn measure_slot_advance_with_and_without_heartbeat() {
-    for load in [Load::Light, Load::Heavy] {
+    let starve = std::env::var("SLUICE_MEASURE_STARVE").is_ok();
+    let loads: &[Load] = if starve {
+        &[Load::Heavy]
+    } else {
+        &[Load::Light, Load::Heavy]
+    };
+    for &load in loads {
         for hb in [None, Some(500)] {
-            let o = slot_measure(hb, load, 30).await;
-            report(&format!("{load:?} heartbeat={hb:?}"), &o);
+            let o = slot_measure(hb, load, 30, starve).await;
+            report(&format!("{load:?} heartbeat={hb:?} starved={starve}"), &o);
         }
     }
 }
