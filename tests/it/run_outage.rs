@@ -342,3 +342,45 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
     );
     assert_eq!(sluice.terminate(), 0, "{log}");
 }
+
+/// What a fast PostgreSQL shutdown does while Sluice cannot apply (its
+/// Elasticsearch is cut off): the walsender waits for Sluice to confirm
+/// everything it sent, so on PostgreSQL 15 the stop does not finish (it
+/// printed `success=false after 20s`) until Elasticsearch is back. Kept as a
+/// measurement: docs/operations.md tells operators to stop Sluice first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn measure_a_fast_postgres_shutdown_during_an_elasticsearch_outage() {
+    let pg = std::sync::Arc::new(tokio::task::spawn_blocking(PrivatePg::start).await.unwrap());
+    let indices = Indices::new();
+    let index = indices.name("accounts");
+    let admin = crate::support::connect(&pg.url()).await;
+    admin.batch_execute(ACCOUNTS).await.unwrap();
+    let proxy = Proxy::start(&crate::support::services().es_url).await;
+    let setup = Setup {
+        es_url: proxy.url(),
+        ..private_setup(&pg, &indices)
+    };
+    let mut sluice = Sluice::with_setup(
+        &setup,
+        &[("a.toml", mapping("public.accounts", &index, ""))],
+    );
+    sluice.start();
+    wait_active(&admin, "sluice", &mut sluice).await;
+    proxy.cut();
+    admin
+        .batch_execute("INSERT INTO accounts VALUES (1, 0, 'unapplied')")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let p = pg.clone();
+    let stopped =
+        tokio::task::spawn_blocking(move || super::source_restart::pg_ctl_stop(&p, "fast", 20))
+            .await
+            .unwrap();
+    eprintln!(
+        "pg_ctl stop -m fast -t 20 while Sluice cannot apply: success={stopped} after {:?}",
+        started.elapsed()
+    );
+    proxy.restore().await;
+}

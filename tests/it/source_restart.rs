@@ -33,6 +33,21 @@ fn pg_ctl(args: &[&str]) -> std::process::ExitStatus {
         .expect("pg_ctl")
 }
 
+/// `pg_ctl stop -m <mode> -t <secs>`: whether it stopped in time.
+pub fn pg_ctl_stop(pg: &PrivatePg, mode: &str, secs: u32) -> bool {
+    pg_ctl(&[
+        "-D",
+        pg.data().to_str().unwrap(),
+        "-m",
+        mode,
+        "-t",
+        &secs.to_string(),
+        "-w",
+        "stop",
+    ])
+    .success()
+}
+
 impl PrivatePg {
     pub fn start() -> PrivatePg {
         PrivatePg::start_with("")
