@@ -28,7 +28,8 @@ struct Outcome {
     load_start: Lsn,
     /// (seconds since the load started, current WAL − confirmed, confirmed − load_start).
     samples: Vec<(f64, i64, i64)>,
-    retained_metric: f64,
+    /// WAL the slot retains at the end (server position − restart LSN), bytes.
+    retained: f64,
 }
 
 async fn lsn(client: &Client, sql: &str) -> Lsn {
@@ -36,7 +37,16 @@ async fn lsn(client: &Client, sql: &str) -> Lsn {
     s.parse().unwrap()
 }
 
-async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64, starve: bool) -> Outcome {
+/// A private cluster where Sluice streams the published table `quiet`
+/// (idle after one row) while `busy` is not published.
+struct QuietBusy {
+    pg: PrivatePg,
+    _indices: Indices,
+    admin: Client,
+    sluice: Sluice,
+}
+
+async fn quiet_busy(heartbeat_ms: Option<u64>, observer: bool) -> QuietBusy {
     let pg = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap();
     let indices = Indices::new();
     let admin = connect(&pg.url()).await;
@@ -48,6 +58,13 @@ async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64, starve: 
         )
         .await
         .unwrap();
+    if observer {
+        // A second slot reads back what the slot's database received.
+        admin
+            .batch_execute("SELECT pg_create_logical_replication_slot('observer', 'pgoutput')")
+            .await
+            .unwrap();
+    }
     let mut setup = private_setup(&pg, &indices);
     if let Some(ms) = heartbeat_ms {
         setup.postgres_extra = format!("heartbeat_interval_ms = {ms}");
@@ -68,10 +85,77 @@ async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64, starve: 
         async || crate::run::count(&es, &index).await == 1,
     )
     .await;
+    QuietBusy {
+        pg,
+        _indices: indices,
+        admin,
+        sluice,
+    }
+}
 
+/// Writers on the unpublished table until the returned sender says stop.
+fn write_busy(
+    url: String,
+    load: Load,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sessions = if load == Load::Heavy { 2 } else { 1 };
+    let writers = (0..sessions)
+        .map(|_| {
+            let url = url.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let c = connect(&url).await;
+                let sql = match load {
+                    Load::Light => {
+                        "INSERT INTO busy (payload) SELECT repeat('x', 500) FROM generate_series(1, 10)"
+                    }
+                    Load::Heavy => {
+                        "INSERT INTO busy (payload) SELECT repeat('x', 200) FROM generate_series(1, 50000)"
+                    }
+                };
+                while !*stop.borrow() {
+                    c.batch_execute(sql).await.unwrap();
+                    if load == Load::Light {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (stop_tx, writers)
+}
+
+/// (seconds since `started`, current WAL − confirmed, confirmed − `from`).
+async fn sample(admin: &Client, started: Instant, from: Lsn) -> ((f64, i64, i64), Lsn) {
+    let current = lsn(admin, "SELECT pg_current_wal_lsn()::text").await;
+    let confirmed = confirmed_flush(admin, "sluice").await;
+    (
+        (
+            started.elapsed().as_secs_f64(),
+            (current.0 - confirmed.0) as i64,
+            confirmed.0 as i64 - from.0 as i64,
+        ),
+        confirmed,
+    )
+}
+
+async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64, starve: bool) -> Outcome {
+    let QuietBusy {
+        pg,
+        _indices,
+        admin,
+        mut sluice,
+    } = quiet_busy(heartbeat_ms, false).await;
     if starve {
         // The walsender at the lowest CPU priority, competing with the
-        // writers: it falls behind and stays behind.
+        // writers: an attempt to make it fall behind and stay behind.
         let pid: i32 = admin
             .query_one(
                 "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'sluice'",
@@ -88,118 +172,40 @@ async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64, starve: 
         assert!(st.success());
     }
     let load_start = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let sessions = if load == Load::Heavy { 2 } else { 1 };
-    let mut writers = Vec::new();
-    for _ in 0..sessions {
-        let url = pg.url();
-        let mut stop = stop_rx.clone();
-        writers.push(tokio::spawn(async move {
-            let c = connect(&url).await;
-            while !*stop.borrow() {
-                let sql = match load {
-                    Load::Light => {
-                        "INSERT INTO busy (payload) SELECT repeat('x', 500) FROM generate_series(1, 10)"
-                    }
-                    Load::Heavy => {
-                        "INSERT INTO busy (payload) SELECT repeat('x', 200) FROM generate_series(1, 50000)"
-                    }
-                };
-                c.batch_execute(sql).await.unwrap();
-                if load == Load::Light {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-            }
-        }));
-    }
+    let (stop, writers) = write_busy(pg.url(), load);
     let started = Instant::now();
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(sluice.exited().is_none(), "{}", sluice.log_text());
-        let current = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
-        let confirmed = confirmed_flush(&admin, "sluice").await;
-        samples.push((
-            started.elapsed().as_secs_f64(),
-            (current.0 - confirmed.0) as i64,
-            confirmed.0 as i64 - load_start.0 as i64,
-        ));
+        samples.push(sample(&admin, started, load_start).await.0);
     }
-    let _ = stop_tx.send(true);
+    let _ = stop.send(true);
     for w in writers {
         w.await.unwrap();
     }
-    let retained_metric = metric(&sluice, "sluice_slot_retained_wal_bytes");
+    // Sluice's own gauge (refreshed every 15 s) after a 30 s run.
+    let retained = metric(&sluice, "sluice_slot_retained_wal_bytes");
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
     Outcome {
         load_start,
         samples,
-        retained_metric,
+        retained,
     }
 }
 
-/// Light unpublished load for `secs` seconds with the published table idle:
-/// the slot must move past WAL written during the load, and the number of
-/// heartbeat messages the slot's database received (read back through a
-/// second slot) is returned with the outcome.
+/// Light unpublished load with the published table idle: the slot must
+/// move past WAL written during the load. Also returns how many heartbeat
+/// messages the slot's database received (read back through a second slot).
 async fn moves_past_unpublished_wal(heartbeat_ms: Option<u64>) -> (Outcome, i64) {
-    let pg = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap();
-    let indices = Indices::new();
-    let admin = connect(&pg.url()).await;
-    admin
-        .batch_execute(
-            "CREATE TABLE quiet (id int PRIMARY KEY, v text);
-             CREATE TABLE busy (id bigserial PRIMARY KEY, payload text);
-             CREATE PUBLICATION sluice FOR TABLE quiet;",
-        )
-        .await
-        .unwrap();
-    // A second slot reads back what the slot's database received.
-    admin
-        .batch_execute("SELECT pg_create_logical_replication_slot('observer', 'pgoutput')")
-        .await
-        .unwrap();
-    let mut setup = private_setup(&pg, &indices);
-    if let Some(ms) = heartbeat_ms {
-        setup.postgres_extra = format!("heartbeat_interval_ms = {ms}");
-    }
-    let index = indices.name("quiet");
-    let mut sluice = Sluice::with_setup(&setup, &[("q.toml", mapping("public.quiet", &index, ""))]);
-    sluice.start();
-    wait_active(&admin, "sluice", &mut sluice).await;
-    admin
-        .batch_execute("INSERT INTO quiet VALUES (1, 'only change')")
-        .await
-        .unwrap();
-    let es = Es::new();
-    poll(
-        &mut sluice,
-        Duration::from_secs(30),
-        "the quiet row",
-        async || crate::run::count(&es, &index).await == 1,
-    )
-    .await;
-
+    let QuietBusy {
+        pg,
+        _indices,
+        admin,
+        mut sluice,
+    } = quiet_busy(heartbeat_ms, true).await;
     let load_start = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
-    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-    let url = pg.url();
-    let writer = tokio::spawn(async move {
-        let c = connect(&url).await;
-        while !*stop.borrow() {
-            c.batch_execute(
-                "INSERT INTO busy (payload) SELECT repeat('x', 500) FROM generate_series(1, 10)",
-            )
-            .await
-            .unwrap();
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                _ = stop.changed() => {}
-            }
-        }
-    });
+    let (stop, writers) = write_busy(pg.url(), Load::Light);
     // WAL the unpublished table wrote in the first seconds of the load...
     let started = Instant::now();
     poll(
@@ -217,20 +223,25 @@ async fn moves_past_unpublished_wal(heartbeat_ms: Option<u64>) -> (Outcome, i64)
         Duration::from_secs(40),
         "the slot to pass the unpublished WAL",
         async || {
-            let confirmed = confirmed_flush(&admin, "sluice").await;
-            let current = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
-            samples.push((
-                started.elapsed().as_secs_f64(),
-                (current.0 - confirmed.0) as i64,
-                confirmed.0 as i64 - load_start.0 as i64,
-            ));
+            let (s, confirmed) = sample(&admin, started, load_start).await;
+            samples.push(s);
             confirmed > mark
         },
     )
     .await;
-    let _ = stop_tx.send(true);
-    writer.await.unwrap();
-    let retained_metric = metric(&sluice, "sluice_slot_retained_wal_bytes");
+    let _ = stop.send(true);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let retained: f64 = admin
+        .query_one(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::float8 FROM pg_replication_slots
+             WHERE slot_name = 'sluice'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
     let heartbeats: i64 = admin
         .query_one(
@@ -246,7 +257,7 @@ async fn moves_past_unpublished_wal(heartbeat_ms: Option<u64>) -> (Outcome, i64)
         Outcome {
             load_start,
             samples,
-            retained_metric,
+            retained,
         },
         heartbeats,
     )
@@ -273,21 +284,19 @@ async fn the_slot_moves_past_unpublished_wal_while_published_tables_are_idle() {
 
 fn report(name: &str, o: &Outcome) {
     let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+    // The last sample of each second is enough to read.
+    let n = o.samples.len();
     let line: Vec<String> = o
         .samples
         .iter()
-        // One sample per second is enough to read.
-        .scan(-1i64, |last, s| {
-            let sec = s.0 as i64;
-            Some((sec != std::mem::replace(last, sec)).then_some(s))
-        })
-        .flatten()
-        .map(|(t, lag, adv)| format!("{t:.0}s lag {:.1} adv {:.1}", mib(*lag), mib(*adv)))
+        .enumerate()
+        .filter(|(i, s)| *i + 1 == n || o.samples[i + 1].0 as i64 != s.0 as i64)
+        .map(|(_, (t, lag, adv))| format!("{t:.1}s lag {:.1} adv {:.1}", mib(*lag), mib(*adv)))
         .collect();
     eprintln!(
-        "{name}: load from {}; retained metric {:.1} MiB; {}",
+        "{name}: load from {}; retained {:.1} MiB; {}",
         o.load_start,
-        o.retained_metric / (1024.0 * 1024.0),
+        o.retained / (1024.0 * 1024.0),
         line.join(" | ")
     );
 }
