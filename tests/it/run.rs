@@ -477,34 +477,8 @@ async fn kill_dash_nine_at_random_moments_loses_and_duplicates_nothing() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut next_id = 1_000i64;
         for _ in 0..600 {
-            let n = rng.random_range(1..=5);
-            let mut sql = String::from("BEGIN;");
-            for _ in 0..n {
-                let id = rng.random_range(1..next_id);
-                match rng.random_range(0..10) {
-                    0..=3 => {
-                        next_id += 1;
-                        sql += &format!(
-                            "INSERT INTO accounts VALUES ({next_id}, {}, 'new');",
-                            rng.random_range(0..1000)
-                        );
-                    }
-                    4..=6 => {
-                        sql += &format!(
-                            "UPDATE accounts SET balance = balance + {} WHERE id = {id};",
-                            rng.random_range(1..100)
-                        )
-                    }
-                    7..=8 => sql += &format!("DELETE FROM accounts WHERE id = {id};"),
-                    _ => {
-                        next_id += 1;
-                        sql += &format!(
-                            "UPDATE accounts SET id = {next_id}, note = 'moved' WHERE id = {id};"
-                        );
-                    }
-                }
-            }
-            sql += "COMMIT;";
+            let sql =
+                crate::support::workload::random_transaction(&mut rng, "accounts", &mut next_id);
             client.batch_execute(&sql).await.unwrap();
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..8))).await;
         }
