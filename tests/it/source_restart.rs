@@ -94,7 +94,7 @@ impl PrivatePg {
         self.dir.path().join("data")
     }
 
-    fn pg_ctl_start(&self) {
+    pub fn pg_ctl_start(&self) {
         let log = self.dir.path().join("log");
         let st = pg_ctl(&[
             "-D",
