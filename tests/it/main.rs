@@ -11,6 +11,7 @@ mod ops_packaging;
 mod ops_status;
 mod ops_tls;
 mod pipeline;
+mod reindex_run;
 mod run;
 mod sink;
 mod sink_proxy;

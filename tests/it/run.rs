@@ -149,12 +149,12 @@ fn unsafe_sigterm(pid: u32) {
         .status();
 }
 
-fn mapping(table: &str, index: &str, extra: &str) -> String {
+pub(crate) fn mapping(table: &str, index: &str, extra: &str) -> String {
     format!("table = \"{table}\"\nindex = \"{index}\"\n{extra}\n")
 }
 
 /// Poll `check` every 100 ms until it is true; fail early if Sluice exits.
-async fn poll(
+pub(crate) async fn poll(
     sluice: &mut Sluice,
     timeout: Duration,
     what: &str,
@@ -181,7 +181,7 @@ async fn poll(
 }
 
 /// Wait until the slot is held by a running Sluice (it streams from then on).
-async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
+pub(crate) async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
     let slot = format!("sluice_{}", db.name);
     poll(
         sluice,
@@ -202,7 +202,13 @@ async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
 }
 
 /// Wait until the index equals the table (then assert it once more, whole).
-async fn wait_converged(db: &TestDb, es: &Es, index: &str, query: &str, sluice: &mut Sluice) {
+pub(crate) async fn wait_converged(
+    db: &TestDb,
+    es: &Es,
+    index: &str,
+    query: &str,
+    sluice: &mut Sluice,
+) {
     poll(
         sluice,
         Duration::from_secs(90),

@@ -1,0 +1,360 @@
+//! The stream's half of `sluice snapshot --reindex`: while a reindex of an
+//! alias is building, every change is also transformed with the reindex's
+//! *new* mapping and written to the build index (same id, routing, version
+//! and version type), next to the old-shape write through the alias.
+//!
+//! Naming rule: a reindex replaces the name a mapping's `index` gives (an
+//! alias over one index, or a concrete index that becomes an alias of the
+//! same name). The stream always writes that name, so after the swap it
+//! writes through the alias into the new index without any change.
+//!
+//! Mapping rule: the build index gets documents of the mapping files the
+//! reindex stored when it started (`ReindexState::mapping_files`), the old
+//! index keeps getting the mapping this process loaded. So searches on the
+//! alias stay correct during the build and the build index is exact under
+//! the new mapping, with no restart. After the swap this process keeps
+//! writing the alias with the new mapping; a restart loads the edited
+//! mapping directory.
+//!
+//! Ordering (DESIGN invariant 4 for the build index): the decision "does this
+//! change go to the build index too" and the record of the highest commit
+//! LSN transformed so far are taken under one lock, and a route is installed
+//! under the same lock. So when a route is installed after commit LSN V was
+//! seen, every later change belongs to a transaction with commit LSN > V and
+//! is dual-written: the acknowledgement `L = V + 1` (or the start LSN if
+//! nothing was seen) is true the moment it is published. The snapshot's
+//! point P is exported after it, so P ≥ L. Replays (a reader reconnect or a
+//! restart) are dual-written as well: a restarted process polls before it
+//! streams. Duplicates go into the same op list as the originals, so the
+//! checkpoint confirms a transaction only when both copies are settled;
+//! a rejected duplicate is dead-lettered like any op.
+//!
+//! Swap (see `reindex::finish`): in `swapping` the process stops writing
+//! the old shape through the alias, then waits until its confirmed LSN
+//! passes the last commit LSN it had transformed (every old-shape write is
+//! settled) before acknowledging, so no old-shape write can land in the new
+//! index after the alias moves.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::config::{IndexName, Mappings};
+use crate::lsn::Lsn;
+use crate::snapshot::reindex::{self, ReindexState, ReindexStatus};
+use crate::snapshot::{SnapshotError, StateStore};
+use crate::source::Change;
+use crate::transform::BulkOp;
+
+/// A transform step as the pipeline runs it.
+pub type TransformFn = Box<dyn FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send>;
+
+/// Builds a transform step (with TOAST refetch) for a set of mappings.
+pub type MakeTransform = Box<dyn Fn(&Mappings) -> TransformFn + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Old shape through the alias, new shape to the build index.
+    Building,
+    /// New shape only, to the build index (swapping or swapped).
+    Switched,
+}
+
+struct Route {
+    alias: Arc<str>,
+    build_index: Arc<str>,
+    phase: Phase,
+    transform: TransformFn,
+}
+
+#[derive(Default)]
+struct Shared {
+    routes: Vec<Route>,
+    /// Highest commit LSN of any change transformed so far.
+    last_version: Option<Lsn>,
+}
+
+/// Routes shared between the transform step and the poller.
+#[derive(Clone, Default)]
+pub struct DualWrite {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl DualWrite {
+    pub fn new() -> DualWrite {
+        DualWrite::default()
+    }
+
+    /// Wrap the pipeline's transform step.
+    pub fn wrap(
+        &self,
+        mut main: impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static,
+    ) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static {
+        let shared = self.shared.clone();
+        move |change, out| {
+            let mut sh = shared.lock().expect("dual-write routes");
+            sh.last_version = Some(
+                sh.last_version
+                    .map_or(change.version, |v| v.max(change.version)),
+            );
+            if sh.routes.is_empty() {
+                drop(sh);
+                return main(change, out);
+            }
+            let first = out.len();
+            main(change, out)?;
+            for route in sh.routes.iter_mut() {
+                if route.phase == Phase::Switched {
+                    let mut i = first;
+                    while i < out.len() {
+                        if *out[i].index == *route.alias {
+                            out.remove(i);
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+                let mut extra = Vec::new();
+                (route.transform)(change, &mut extra)?;
+                out.extend(
+                    extra
+                        .into_iter()
+                        .filter(|op| *op.index == *route.alias)
+                        .map(|mut op| {
+                            op.index = route.build_index.clone();
+                            op
+                        }),
+                );
+            }
+            Ok(())
+        }
+    }
+
+    /// Install a route; returns the highest commit LSN seen before it.
+    fn install(&self, route: Route) -> Option<Lsn> {
+        let mut sh = self.shared.lock().expect("dual-write routes");
+        sh.routes.retain(|r| r.alias != route.alias);
+        sh.routes.push(route);
+        sh.last_version
+    }
+
+    /// Stop writing the old shape of `alias`; returns the highest commit LSN
+    /// seen before (its old-shape writes may still be in flight).
+    fn switch(&self, alias: &str) -> Option<Lsn> {
+        let mut sh = self.shared.lock().expect("dual-write routes");
+        for r in sh.routes.iter_mut().filter(|r| &*r.alias == alias) {
+            r.phase = Phase::Switched;
+        }
+        sh.last_version
+    }
+
+    fn remove(&self, alias: &str, build_index: &str) {
+        let mut sh = self.shared.lock().expect("dual-write routes");
+        sh.routes
+            .retain(|r| !(&*r.alias == alias && &*r.build_index == build_index));
+    }
+
+    fn routes(&self) -> Vec<(String, String, Phase)> {
+        let sh = self.shared.lock().expect("dual-write routes");
+        sh.routes
+            .iter()
+            .map(|r| (r.alias.to_string(), r.build_index.to_string(), r.phase))
+            .collect()
+    }
+}
+
+/// What the poller works with.
+pub struct PollerSetup {
+    pub dual: DualWrite,
+    pub state: StateStore,
+    pub pg: Arc<tokio_postgres::Client>,
+    /// What this process loaded (its publication covers these tables).
+    pub loaded: Mappings,
+    pub make_transform: MakeTransform,
+    /// This deployment's slot: only its reindexes are ours.
+    pub slot: String,
+    /// The slot's confirmed LSN at start: nothing before it is replayed.
+    pub start: Lsn,
+    /// The pipeline's confirmed LSN.
+    pub confirmed: watch::Receiver<Lsn>,
+}
+
+/// Polls the state index for reindexes and drives the routes.
+pub struct Poller {
+    setup: PollerSetup,
+    /// Aliases switched in `swapping`, with the last commit LSN seen then,
+    /// waiting for it to be confirmed before acknowledging.
+    pending_switch: Vec<(String, Option<Lsn>)>,
+    /// Dual-write acknowledgements not yet published.
+    pending_ack: Vec<(String, Lsn)>,
+    /// Build indices whose route could not be built (logged once).
+    refused: Vec<String>,
+}
+
+impl Poller {
+    pub fn new(setup: PollerSetup) -> Poller {
+        Poller {
+            setup,
+            pending_switch: Vec::new(),
+            pending_ack: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// The mappings the build index is written with.
+    async fn new_mappings(&self, r: &ReindexState) -> Result<Mappings, String> {
+        if r.mapping_files.is_empty() {
+            return Ok(self.setup.loaded.clone());
+        }
+        let files: Vec<(std::path::PathBuf, &str)> = r
+            .mapping_files
+            .iter()
+            .map(|f| (std::path::PathBuf::from(&f.path), f.text.as_str()))
+            .collect();
+        let refs: Vec<(&std::path::Path, &str)> =
+            files.iter().map(|(p, t)| (p.as_path(), *t)).collect();
+        let mut m = Mappings::from_texts(&refs).map_err(|e| e.to_string())?;
+        crate::config::validate_against_database(&mut m, &self.setup.pg)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        for nm in &m.list {
+            if !matches!(&nm.index, IndexName::Fixed(n) if **n == *r.alias) {
+                return Err(format!(
+                    "{} writes to {} and not to `{}`",
+                    nm.file.display(),
+                    nm.index_pattern(),
+                    r.alias
+                ));
+            }
+            if self
+                .setup
+                .loaded
+                .for_table(&nm.qualified_table)
+                .next()
+                .is_none()
+            {
+                return Err(format!(
+                    "{} reads {}, which this `sluice run` does not stream (restart it with \
+                     the new mapping directory so the publication includes the table)",
+                    nm.file.display(),
+                    nm.qualified_table
+                ));
+            }
+        }
+        Ok(m)
+    }
+
+    /// One poll: install routes for new reindexes, acknowledge, switch,
+    /// and drop routes of abandoned ones. A failed poll changes nothing.
+    pub async fn poll(&mut self) -> Result<(), SnapshotError> {
+        let active = reindex::active_for(&self.setup.state, &self.setup.slot).await?;
+        let routes = self.setup.dual.routes();
+        for r in &active {
+            let have = routes
+                .iter()
+                .find(|(a, b, _)| *a == r.alias && *b == r.build_index);
+            let phase = match have {
+                Some((_, _, p)) => *p,
+                None => {
+                    if self.refused.contains(&r.build_index) {
+                        continue;
+                    }
+                    let mappings = match self.new_mappings(r).await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::error!(alias = %r.alias, build_index = %r.build_index, error = %e,
+                                "cannot write the reindex's build index with its mapping; not dual-writing");
+                            self.refused.push(r.build_index.clone());
+                            continue;
+                        }
+                    };
+                    let phase = if r.status == ReindexStatus::Building {
+                        Phase::Building
+                    } else {
+                        Phase::Switched
+                    };
+                    let seen = self.setup.dual.install(Route {
+                        alias: r.alias.as_str().into(),
+                        build_index: r.build_index.as_str().into(),
+                        phase,
+                        transform: (self.setup.make_transform)(&mappings),
+                    });
+                    let from = seen
+                        .map_or(self.setup.start, |v| Lsn(v.0 + 1))
+                        .max(self.setup.start);
+                    tracing::info!(alias = %r.alias, build_index = %r.build_index, %from,
+                        "writing every change of `{}` to {} as well", r.alias, r.build_index);
+                    if phase == Phase::Switched {
+                        self.pending_switch.push((r.alias.clone(), seen));
+                    } else if r.dual_write_from.is_none() {
+                        // Valid from now on, so kept until published.
+                        self.pending_ack.push((r.alias.clone(), from));
+                    }
+                    phase
+                }
+            };
+            if r.status == ReindexStatus::Swapping && phase == Phase::Building {
+                let seen = self.setup.dual.switch(&r.alias);
+                tracing::info!(alias = %r.alias, build_index = %r.build_index,
+                    "swapping: writing `{}` only to {} from now on", r.alias, r.build_index);
+                self.pending_switch.push((r.alias.clone(), seen));
+            }
+        }
+        for (alias, build, _) in &routes {
+            if active
+                .iter()
+                .any(|r| r.alias == *alias && r.build_index == *build)
+            {
+                continue;
+            }
+            match reindex::load(&self.setup.state, alias).await? {
+                Some(r) if r.status == ReindexStatus::Swapped && r.build_index == *build => {
+                    // Keep writing the new shape (the alias now points at it).
+                    self.setup.dual.switch(alias);
+                }
+                Some(r) if r.build_index == *build => {}
+                _ => {
+                    tracing::warn!(%alias, build_index = %build,
+                        "the reindex was abandoned: no longer writing its build index");
+                    self.setup.dual.remove(alias, build);
+                }
+            }
+        }
+        while let Some((alias, from)) = self.pending_ack.first().cloned() {
+            reindex::acknowledge_dual_write(&self.setup.state, &alias, from).await?;
+            self.pending_ack.remove(0);
+        }
+        let confirmed = *self.setup.confirmed.borrow();
+        let mut i = 0;
+        while i < self.pending_switch.len() {
+            let (alias, seen) = self.pending_switch[i].clone();
+            if seen.is_none_or(|v| confirmed > v) {
+                reindex::acknowledge_switch(&self.setup.state, &alias).await?;
+                tracing::info!(%alias, %confirmed, "every old-shape write of `{alias}` is settled");
+                self.pending_switch.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Poll every `every` until `stop` completes; failures are logged and
+    /// retried (the routes stay as they are).
+    pub async fn run(
+        mut self,
+        every: std::time::Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.poll().await {
+                tracing::warn!(error = %e, "polling for reindexes failed; retrying");
+            }
+        }
+    }
+}
