@@ -163,6 +163,13 @@ impl DualWrite {
     }
 }
 
+/// The acknowledgement for a route installed after commit LSN `seen`
+/// (`None`: before any change): every later transaction commits after
+/// `seen`, and nothing before the slot's start is streamed again.
+fn dual_write_from(seen: Option<Lsn>, start: Lsn) -> Lsn {
+    seen.map_or(start, |v| Lsn(v.0 + 1)).max(start)
+}
+
 /// What the poller works with.
 pub struct PollerSetup {
     pub dual: DualWrite,
@@ -279,9 +286,7 @@ impl Poller {
                         phase,
                         transform: (self.setup.make_transform)(&mappings),
                     });
-                    let from = seen
-                        .map_or(self.setup.start, |v| Lsn(v.0 + 1))
-                        .max(self.setup.start);
+                    let from = dual_write_from(seen, self.setup.start);
                     tracing::info!(alias = %r.alias, build_index = %r.build_index, %from,
                         "writing every change of `{}` to {} as well", r.alias, r.build_index);
                     if phase == Phase::Switched {
@@ -356,5 +361,165 @@ impl Poller {
                 tracing::warn!(error = %e, "polling for reindexes failed; retrying");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{ChangeKind, Relation, ReplicaIdentity};
+    use crate::transform::{OpAction, OpOrigin};
+
+    fn change(version: u64) -> Change {
+        Change {
+            relation: Arc::new(Relation {
+                id: 1,
+                schema: "public".into(),
+                name: "items".into(),
+                replica_identity: ReplicaIdentity::Default,
+                columns: Vec::new(),
+            }),
+            kind: ChangeKind::Truncate,
+            version: Lsn(version),
+            commit_time: chrono::Utc::now(),
+        }
+    }
+
+    fn op(index: &str, doc: &str, c: &Change) -> BulkOp {
+        BulkOp {
+            action: OpAction::Index {
+                doc: doc.as_bytes().to_vec(),
+            },
+            index: index.into(),
+            id: "7".into(),
+            routing: Some("r".into()),
+            pipeline: None,
+            version: c.version.0,
+            origin: OpOrigin {
+                table: "public.items".into(),
+                key: "{\"id\":7}".into(),
+                lsn: c.version,
+            },
+        }
+    }
+
+    /// The loaded mapping writes the old shape to `items` and to `other`.
+    fn main_step(c: &Change, out: &mut Vec<BulkOp>) -> Result<(), String> {
+        out.push(op("items", "old", c));
+        out.push(op("other", "old", c));
+        Ok(())
+    }
+
+    /// The reindex's mapping: the new shape (its other targets are ignored).
+    fn route(phase: Phase) -> Route {
+        Route {
+            alias: "items".into(),
+            build_index: "items-2".into(),
+            phase,
+            transform: Box::new(|c: &Change, out: &mut Vec<BulkOp>| {
+                out.push(op("items", "new", c));
+                out.push(op("elsewhere", "new", c));
+                Ok(())
+            }),
+        }
+    }
+
+    fn targets(ops: &[BulkOp]) -> Vec<(String, String)> {
+        ops.iter()
+            .map(|o| match &o.action {
+                OpAction::Index { doc } => {
+                    (o.index.to_string(), String::from_utf8(doc.clone()).unwrap())
+                }
+                OpAction::Delete => (o.index.to_string(), "delete".into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_a_reindex_the_main_step_runs_alone() {
+        let dual = DualWrite::new();
+        let mut step = dual.wrap(main_step);
+        let mut out = Vec::new();
+        step(&change(10), &mut out).unwrap();
+        assert_eq!(
+            targets(&out),
+            [
+                ("items".into(), "old".into()),
+                ("other".into(), "old".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_route_reports_the_highest_commit_lsn_seen_before_it_so_every_later_transaction_is_duplicated()
+     {
+        let dual = DualWrite::new();
+        let mut step = dual.wrap(main_step);
+        let mut out = Vec::new();
+        step(&change(30), &mut out).unwrap();
+        // A replayed, older transaction does not lower the mark.
+        step(&change(20), &mut out).unwrap();
+        assert_eq!(out.len(), 4, "nothing duplicated before the route");
+        assert_eq!(dual.install(route(Phase::Building)), Some(Lsn(30)));
+        out.clear();
+        step(&change(31), &mut out).unwrap();
+        assert_eq!(
+            targets(&out),
+            [
+                ("items".into(), "old".into()),
+                ("other".into(), "old".into()),
+                ("items-2".into(), "new".into()),
+            ]
+        );
+        // The duplicate is the same write: id, routing, version.
+        let (orig, dup) = (&out[0], &out[2]);
+        assert_eq!(
+            (&dup.id, &dup.routing, dup.version),
+            (&orig.id, &orig.routing, orig.version)
+        );
+    }
+
+    #[test]
+    fn a_route_installed_before_any_change_reports_none() {
+        let dual = DualWrite::new();
+        assert_eq!(dual.install(route(Phase::Building)), None);
+    }
+
+    #[test]
+    fn the_acknowledged_lsn_follows_the_last_change_seen_and_never_precedes_the_start() {
+        assert_eq!(dual_write_from(None, Lsn(100)), Lsn(100));
+        assert_eq!(dual_write_from(Some(Lsn(150)), Lsn(100)), Lsn(151));
+        // A replay of a transaction before the start (reconnect) does not
+        // move the acknowledgement back.
+        assert_eq!(dual_write_from(Some(Lsn(50)), Lsn(100)), Lsn(100));
+    }
+
+    #[test]
+    fn after_the_switch_the_alias_gets_only_the_new_shape_and_other_indices_are_untouched() {
+        let dual = DualWrite::new();
+        let mut step = dual.wrap(main_step);
+        dual.install(route(Phase::Building));
+        let mut out = Vec::new();
+        step(&change(40), &mut out).unwrap();
+        assert_eq!(dual.switch("items"), Some(Lsn(40)));
+        out.clear();
+        step(&change(41), &mut out).unwrap();
+        assert_eq!(
+            targets(&out),
+            [
+                ("other".into(), "old".into()),
+                ("items-2".into(), "new".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn removing_a_route_by_its_build_index_keeps_a_newer_route_of_the_same_alias() {
+        let dual = DualWrite::new();
+        dual.install(route(Phase::Building));
+        dual.remove("items", "items-1");
+        assert_eq!(dual.routes().len(), 1);
+        dual.remove("items", "items-2");
+        assert!(dual.routes().is_empty());
     }
 }
