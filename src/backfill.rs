@@ -394,6 +394,16 @@ fn reindex_targets(cfg: &Config, tables: &[TableSpec]) -> anyhow::Result<Vec<Bac
                     m.index_pattern()
                 ),
             };
+            if let Some(alias) = &m.alias {
+                anyhow::bail!(
+                    "{}: the mapping writes `{name}` and adds the alias `{alias}`; a reindex \
+                     replaces the name the mapping writes to, and would leave `{alias}` on the old \
+                     index. Write and search through one name instead: set index = \"{alias}\" \
+                     and remove `alias` (Sluice writes through an alias over one index), restart \
+                     `sluice run`, then reindex",
+                    m.file.display()
+                );
+            }
             let writers: Vec<_> = cfg
                 .mappings
                 .list
