@@ -286,10 +286,18 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         let mut aliases: Vec<&str> = targets.iter().map(|t| t.index.as_str()).collect();
         aliases.dedup();
         for alias in aliases {
-            match crate::snapshot::reindex::abandon(&state, alias).await {
+            let wait = std::time::Duration::from_secs(args.stream_timeout);
+            match crate::snapshot::reindex::abandon(&state, alias, Some(wait)).await {
                 Ok(Some(build)) => println!("{alias}: reindex abandoned, {build} deleted"),
                 Ok(None) => println!("{alias}: no reindex in progress"),
-                Err(e) => return Err((EXIT_RUNTIME, anyhow::Error::new(e))),
+                Err(e) => {
+                    let code = if e.is_retryable() {
+                        EXIT_RUNTIME
+                    } else {
+                        EXIT_CONFIG
+                    };
+                    return Err((code, anyhow::Error::new(e)));
+                }
             }
         }
         return Ok(());

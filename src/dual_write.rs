@@ -148,10 +148,13 @@ impl DualWrite {
         sh.last_version
     }
 
-    fn remove(&self, alias: &str, build_index: &str) {
+    /// Drop a route; returns the highest commit LSN seen before (its
+    /// build-index writes may still be in flight).
+    fn remove(&self, alias: &str, build_index: &str) -> Option<Lsn> {
         let mut sh = self.shared.lock().expect("dual-write routes");
         sh.routes
             .retain(|r| !(&*r.alias == alias && &*r.build_index == build_index));
+        sh.last_version
     }
 
     fn routes(&self) -> Vec<(String, String, Phase)> {
@@ -260,6 +263,19 @@ impl Poller {
             let have = routes
                 .iter()
                 .find(|(a, b, _)| *a == r.alias && *b == r.build_index);
+            if r.status == ReindexStatus::Abandoning {
+                if have.is_some() {
+                    let seen = self.setup.dual.remove(&r.alias, &r.build_index);
+                    tracing::warn!(alias = %r.alias, build_index = %r.build_index,
+                        "the reindex is abandoned: no longer writing {}", r.build_index);
+                    self.pending_switch.push((r.alias.clone(), seen));
+                } else if !r.stream_switched
+                    && !self.pending_switch.iter().any(|(a, _)| *a == r.alias)
+                {
+                    self.pending_switch.push((r.alias.clone(), None));
+                }
+                continue;
+            }
             let phase = match have {
                 Some((_, _, p)) => *p,
                 None => {
@@ -320,7 +336,7 @@ impl Poller {
                 Some(r) if r.build_index == *build => {}
                 _ => {
                     tracing::warn!(%alias, build_index = %build,
-                        "the reindex was abandoned: no longer writing its build index");
+                        "the reindex is gone: no longer writing its build index");
                     self.setup.dual.remove(alias, build);
                 }
             }
@@ -335,7 +351,7 @@ impl Poller {
             let (alias, seen) = self.pending_switch[i].clone();
             if seen.is_none_or(|v| confirmed > v) {
                 reindex::acknowledge_switch(&self.setup.state, &alias).await?;
-                tracing::info!(%alias, %confirmed, "every old-shape write of `{alias}` is settled");
+                tracing::info!(%alias, %confirmed, "every write `{alias}` no longer makes is settled");
                 self.pending_switch.remove(i);
             } else {
                 i += 1;

@@ -80,6 +80,9 @@ pub enum ReindexStatus {
     /// stops writing the alias's old shape (see `finish`).
     Swapping,
     Swapped,
+    /// Being given up (`--abandon`): the stream stops writing the build
+    /// index, then the build index and this record are deleted.
+    Abandoning,
 }
 
 fn doc_id(alias: &str) -> String {
@@ -217,6 +220,13 @@ pub async fn start(
     if let Some(r) = load(state, alias).await?
         && r.status != ReindexStatus::Swapped
     {
+        if r.status == ReindexStatus::Abandoning {
+            return Err(SnapshotError::Reindex(format!(
+                "the reindex of `{alias}` into `{}` is being abandoned: finish that with \
+                 `sluice snapshot --reindex --abandon` first",
+                r.build_index
+            )));
+        }
         if r.mapping_files != mapping_files {
             return Err(SnapshotError::Reindex(format!(
                 "a reindex of `{alias}` into `{}` (started {}) is still building with a \
@@ -269,16 +279,50 @@ pub async fn start(
     Ok(r)
 }
 
-/// Give up a building reindex: delete its build index and its state
-/// document. The running stream stops writing the build index at its next
-/// poll (a write racing the deletion fails the pipeline's bulk item with
-/// `index_not_found` and is dead-lettered, never retried forever).
-pub async fn abandon(state: &StateStore, alias: &str) -> Result<Option<String>, SnapshotError> {
-    let Some(r) = load(state, alias).await? else {
+/// Give up a reindex that is not swapped yet: mark it `abandoning`, wait
+/// (with `wait_for_stream`) until the running stream stopped writing the
+/// build index and every such write is settled — a later write would make
+/// Elasticsearch create the deleted index again — then delete the build
+/// index and the record. Returns the deleted build index.
+pub async fn abandon(
+    state: &StateStore,
+    alias: &str,
+    wait_for_stream: Option<Duration>,
+) -> Result<Option<String>, SnapshotError> {
+    let Some(mut r) = load(state, alias).await? else {
         return Ok(None);
     };
     if r.status == ReindexStatus::Swapped {
         return Ok(None);
+    }
+    if r.status != ReindexStatus::Abandoning {
+        r.status = ReindexStatus::Abandoning;
+        r.stream_switched = false;
+        save(state, &r).await?;
+    }
+    if let Some(timeout) = wait_for_stream {
+        tracing::info!(%alias, build_index = %r.build_index,
+            "waiting for `sluice run` to stop writing to {}", r.build_index);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !load(state, alias).await?.is_some_and(|r| r.stream_switched) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SnapshotError::NoStream(format!(
+                    "no running `sluice run` stopped writing to {} within {timeout:?}: start \
+                     `sluice run` with this configuration, then run this command again",
+                    r.build_index
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let resp = state
+        .es
+        .indices()
+        .delete(IndicesDeleteParts::Index(&[&r.build_index]))
+        .send()
+        .await?;
+    if resp.status_code().as_u16() != 404 {
+        es_ok(&format!("delete {}", r.build_index), resp).await?;
     }
     let resp = state
         .es
@@ -290,15 +334,6 @@ pub async fn abandon(state: &StateStore, alias: &str) -> Result<Option<String>, 
         .send()
         .await?;
     es_ok(&format!("delete state document of {alias}"), resp).await?;
-    let resp = state
-        .es
-        .indices()
-        .delete(IndicesDeleteParts::Index(&[&r.build_index]))
-        .send()
-        .await?;
-    if resp.status_code().as_u16() != 404 {
-        es_ok(&format!("delete {}", r.build_index), resp).await?;
-    }
     Ok(Some(r.build_index))
 }
 
@@ -320,7 +355,7 @@ pub async fn active(state: &StateStore) -> Result<Vec<ReindexState>, SnapshotErr
             "size": 1000,
             "query": {"bool": {"filter": [
                 {"term": {"kind": "reindex"}},
-                {"terms": {"status": ["building", "swapping"]}}
+                {"terms": {"status": ["building", "swapping", "abandoning"]}}
             ]}}
         }))
         .send()
@@ -408,7 +443,11 @@ pub async fn acknowledge_switch(state: &StateStore, alias: &str) -> Result<(), S
     let Some(mut r) = load(state, alias).await? else {
         return Err(SnapshotError::Reindex(format!("no reindex of {alias}")));
     };
-    if r.status == ReindexStatus::Swapping && !r.stream_switched {
+    if matches!(
+        r.status,
+        ReindexStatus::Swapping | ReindexStatus::Abandoning
+    ) && !r.stream_switched
+    {
         r.stream_switched = true;
         save(state, &r).await?;
     }

@@ -17,7 +17,12 @@ use crate::support::{Es, TestDb, assert_index_matches};
 
 /// `sluice snapshot --reindex ...` with the test's config: (exit code, stderr).
 async fn reindex(sluice: &Sluice, extra: &[&str]) -> (i32, String) {
+    reindex_waiting(sluice, 120, extra).await
+}
+
+async fn reindex_waiting(sluice: &Sluice, stream_timeout: u64, extra: &[&str]) -> (i32, String) {
     let config = sluice.config_path();
+    let timeout = stream_timeout.to_string();
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -25,7 +30,7 @@ async fn reindex(sluice: &Sluice, extra: &[&str]) -> (i32, String) {
                 "snapshot",
                 "--reindex",
                 "--stream-timeout",
-                "120",
+                &timeout,
                 "--config",
             ])
             .arg(&config)
@@ -287,5 +292,62 @@ async fn a_concrete_name_needs_delete_old_and_a_second_reindex_keeps_the_old_ind
     // The kept index stopped changing at the swap: the new row is not in it.
     es.refresh(&first[0]).await;
     assert!(!es.sources(&first[0]).await.contains_key("5000"));
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abandoned() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let name = db.index("items");
+    items(&db, 500).await;
+    let mut sluice = Sluice::new(
+        &db,
+        "",
+        &[("items.toml", mapping("public.items", &name, ""))],
+    );
+    sluice.start();
+    wait_streaming(&db, &mut sluice).await;
+    wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
+    let (code, stderr) = reindex(&sluice, &["--delete-old"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let live = behind(&es, &name).await;
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+
+    // Nobody streams: the command says so and exits 1, keeping the build.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, stderr) = reindex_waiting(&sluice, 2, &[]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("start `sluice run`"), "{stderr}");
+    let build = format!("{name}-2");
+    let builds: Vec<String> = behind(&es, &format!("{name}-*"))
+        .await
+        .into_iter()
+        .filter(|i| !live.contains(i))
+        .collect();
+    assert_eq!(builds.len(), 1, "one build index: {builds:?}");
+    assert!(builds[0].starts_with(&build[..build.len() - 1]));
+
+    // A (re)started stream picks the reindex up before streaming, and then
+    // abandoning it stops the dual writes before the build index goes.
+    sluice.start();
+    wait_streaming(&db, &mut sluice).await;
+    db.sql("UPDATE items SET qty = 7 WHERE id <= 20").await;
+    let (code, stderr) = reindex(&sluice, &["--abandon"]).await;
+    assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());
+    assert!(!exists(&es, &builds[0]).await, "the build index is deleted");
+    assert!(
+        sluice.log_text().contains("the reindex is abandoned"),
+        "{}",
+        sluice.log_text()
+    );
+    // Later changes reach the live index only; the build index stays gone.
+    db.sql("UPDATE items SET qty = 8 WHERE id <= 20").await;
+    wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
+    assert!(
+        !exists(&es, &builds[0]).await,
+        "not recreated by a late write"
+    );
+    assert_eq!(behind(&es, &name).await, live, "the name never moved");
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 }
