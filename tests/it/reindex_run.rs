@@ -351,3 +351,83 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
     assert_eq!(behind(&es, &name).await, live, "the name never moved");
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_killed_during_the_build_dual_writes_everything_it_replays_after_restart() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let name = db.index("items");
+    let rows = 3_000;
+    items(&db, rows).await;
+    let mut sluice = Sluice::new(
+        &db,
+        "",
+        &[("items.toml", mapping("public.items", &name, ""))],
+    );
+    sluice.start();
+    wait_streaming(&db, &mut sluice).await;
+    wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
+    let (code, stderr) = reindex(&sluice, &["--delete-old"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = workload(&db, rows, stop.clone());
+    std::fs::write(
+        sluice.dir.path().join("mappings/items.toml"),
+        mapping("public.items", &name, V2),
+    )
+    .unwrap();
+    let before = sluice.log_text().matches("writing every change of").count();
+    let command = {
+        let config = sluice.config_path();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args([
+                    "snapshot",
+                    "--reindex",
+                    "--stream-timeout",
+                    "120",
+                    "--config",
+                ])
+                .arg(&config)
+                .output()
+                .expect("run sluice snapshot")
+        })
+    };
+    // SIGKILL once the stream dual-writes: whatever it had not confirmed is
+    // replayed to the next process, which must dual-write it as well.
+    let log = sluice.dir.path().join("sluice.log");
+    crate::run::poll(
+        &mut sluice,
+        Duration::from_secs(60),
+        "the stream to pick the reindex up",
+        async || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("writing every change of")
+                .count()
+                > before
+        },
+    )
+    .await;
+    sluice.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sluice.start();
+    let out = command.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sluice.log_text()
+    );
+    assert!(
+        sluice.log_text().matches("writing every change of").count() >= before + 2,
+        "the restarted stream picked the reindex up too:\n{}",
+        sluice.log_text()
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert!(writes.await.unwrap() > 10);
+    wait_converged(&db, &es, &name, V2_QUERY, &mut sluice).await;
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+}
