@@ -59,7 +59,7 @@ pub struct BackfillRequest {
     /// dual writing; `None` when no stream runs (nothing else writes).
     pub wait_for_stream: Option<Duration>,
     /// With `--reindex`: the slot of the `sluice run` that dual-writes
-    /// (`None`: any running stream).
+    /// (`None`: none; the caller acknowledges by itself).
     pub stream_slot: Option<String>,
     pub options: SnapshotOptions,
 }

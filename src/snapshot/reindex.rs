@@ -59,7 +59,8 @@ pub struct ReindexState {
     pub stream_switched: bool,
     /// The replication slot of the `sluice run` that must dual-write: the
     /// state index is shared by every Sluice on the cluster, and only the
-    /// stream of this deployment writes these tables. `None`: any stream.
+    /// stream of this deployment writes these tables. `None`: no `sluice run`
+    /// (a library caller acknowledges by itself).
     #[serde(default)]
     pub slot: Option<String>,
 }
@@ -381,7 +382,7 @@ pub async fn active_for(
     slot: &str,
 ) -> Result<Vec<ReindexState>, SnapshotError> {
     let mut all = active(state).await?;
-    all.retain(|r| r.slot.as_deref().is_none_or(|s| s == slot));
+    all.retain(|r| r.slot.as_deref() == Some(slot));
     Ok(all)
 }
 
