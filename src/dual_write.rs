@@ -133,15 +133,22 @@ impl DualWrite {
     /// Install a route; returns the highest commit LSN seen before it.
     fn install(&self, route: Route) -> Option<Lsn> {
         let mut sh = self.shared.lock().expect("dual-write routes");
-        sh.routes.retain(|r| r.alias != route.alias);
+        // An older, switched route of the same alias stays: it is the
+        // alias's current shape (a second reindex before a restart) until
+        // this one switches.
+        sh.routes
+            .retain(|r| !(r.alias == route.alias && r.build_index == route.build_index));
         sh.routes.push(route);
         sh.last_version
     }
 
-    /// Stop writing the old shape of `alias`; returns the highest commit LSN
-    /// seen before (its old-shape writes may still be in flight).
-    fn switch(&self, alias: &str) -> Option<Lsn> {
+    /// Stop writing the old shape of `alias`: its route to `build_index`
+    /// becomes the only one (older generations are dropped). Returns the
+    /// highest commit LSN seen before (old-shape writes may be in flight).
+    fn switch(&self, alias: &str, build_index: &str) -> Option<Lsn> {
         let mut sh = self.shared.lock().expect("dual-write routes");
+        sh.routes
+            .retain(|r| &*r.alias != alias || &*r.build_index == build_index);
         for r in sh.routes.iter_mut().filter(|r| &*r.alias == alias) {
             r.phase = Phase::Switched;
         }
@@ -315,13 +322,13 @@ impl Poller {
                 }
             };
             if r.status == ReindexStatus::Swapping && phase == Phase::Building {
-                let seen = self.setup.dual.switch(&r.alias);
+                let seen = self.setup.dual.switch(&r.alias, &r.build_index);
                 tracing::info!(alias = %r.alias, build_index = %r.build_index,
                     "swapping: writing `{}` only to {} from now on", r.alias, r.build_index);
                 self.pending_switch.push((r.alias.clone(), seen));
             }
         }
-        for (alias, build, _) in &routes {
+        for (alias, build, phase) in &routes {
             if active
                 .iter()
                 .any(|r| r.alias == *alias && r.build_index == *build)
@@ -331,9 +338,12 @@ impl Poller {
             match reindex::load(&self.setup.state, alias).await? {
                 Some(r) if r.status == ReindexStatus::Swapped && r.build_index == *build => {
                     // Keep writing the new shape (the alias now points at it).
-                    self.setup.dual.switch(alias);
+                    self.setup.dual.switch(alias, build);
                 }
                 Some(r) if r.build_index == *build => {}
+                // A swapped generation stays the alias's shape even when a
+                // newer reindex replaced its record.
+                _ if *phase == Phase::Switched => {}
                 _ => {
                     tracing::warn!(%alias, build_index = %build,
                         "the reindex is gone: no longer writing its build index");
@@ -517,7 +527,7 @@ mod tests {
         dual.install(route(Phase::Building));
         let mut out = Vec::new();
         step(&change(40), &mut out).unwrap();
-        assert_eq!(dual.switch("items"), Some(Lsn(40)));
+        assert_eq!(dual.switch("items", "items-2"), Some(Lsn(40)));
         out.clear();
         step(&change(41), &mut out).unwrap();
         assert_eq!(
@@ -525,6 +535,45 @@ mod tests {
             [
                 ("other".into(), "old".into()),
                 ("items-2".into(), "new".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_reindex_before_a_restart_builds_from_the_first_ones_shape_and_replaces_it_at_its_switch()
+     {
+        let dual = DualWrite::new();
+        let mut step = dual.wrap(main_step);
+        dual.install(route(Phase::Building));
+        dual.switch("items", "items-2");
+        // The next generation: its old shape is the first reindex's.
+        dual.install(Route {
+            alias: "items".into(),
+            build_index: "items-3".into(),
+            phase: Phase::Building,
+            transform: Box::new(|c: &Change, out: &mut Vec<BulkOp>| {
+                out.push(op("items", "newer", c));
+                Ok(())
+            }),
+        });
+        let mut out = Vec::new();
+        step(&change(50), &mut out).unwrap();
+        assert_eq!(
+            targets(&out),
+            [
+                ("other".into(), "old".into()),
+                ("items-2".into(), "new".into()),
+                ("items-3".into(), "newer".into()),
+            ]
+        );
+        assert_eq!(dual.switch("items", "items-3"), Some(Lsn(50)));
+        out.clear();
+        step(&change(51), &mut out).unwrap();
+        assert_eq!(
+            targets(&out),
+            [
+                ("other".into(), "old".into()),
+                ("items-3".into(), "newer".into())
             ]
         );
     }

@@ -1,22 +1,34 @@
 //! `--reindex`: build a fresh physical index behind an alias while the live
 //! stream keeps writing, then swap the alias atomically.
 //!
-//! The flow (driven by `sluice snapshot --reindex`):
+//! The flow (driven by `sluice snapshot --reindex`; the stream's side is
+//! `crate::dual_write`):
 //! 1. `start` creates `<alias>-<UTC timestamp>` with the mapping's settings
 //!    and mappings plus bulk-load settings (no refresh, no replicas, long
-//!    `gc_deletes`), and records `reindex|<alias>` (status `building`) in
-//!    the state index.
-//! 2. A running `sluice run` polls `active` and from then on writes every op
-//!    aimed at the alias to the build index too (same version), and reports
-//!    the commit LSN it dual-writes from with `acknowledge_dual_write`.
+//!    `gc_deletes`), and records `reindex|<alias>` (status `building`, the
+//!    new mapping files, the slot of the `sluice run` that must dual-write)
+//!    in the state index. A second reindex of the alias with other mapping
+//!    files is refused while one is unfinished; the same one resumes.
+//! 2. The running `sluice run` of that slot polls `active_for` and from then
+//!    on also writes every change, transformed with the stored mapping
+//!    files, to the build index (same id, routing, version), and reports the
+//!    commit LSN L it dual-writes from with `acknowledge_dual_write`.
 //!    `wait_for_dual_write` blocks the snapshot until then, so the snapshot's
-//!    point P is taken after dual writing began: every change with commit
-//!    LSN ≥ P reaches the build index through the stream (DESIGN invariant 4).
+//!    point P ≥ L is taken after dual writing began: every change with
+//!    commit LSN ≥ P reaches the build index through the stream (DESIGN
+//!    invariant 4).
 //! 3. The snapshot fills the build index (target = build index).
-//! 4. `finish` restores the mapping's refresh/replica/gc_deletes settings,
-//!    refreshes, and moves the alias in one `_aliases` request (remove from
-//!    the old indices + add to the new), so searches never see an empty or
-//!    half-filled index; the old index is kept, or deleted with `delete_old`.
+//! 4. `finish` marks the reindex `swapping` and waits for the stream to stop
+//!    writing the old shape through the alias and to settle what it wrote
+//!    (`acknowledge_switch`), restores the live settings (the mapping's
+//!    refresh/replicas, `gc_deletes` of the replay window), refreshes, and
+//!    moves the alias in one `_aliases` request (removals from the old
+//!    indices and the addition to the new one), so searches never see an
+//!    empty or half-filled index; the old index is kept, or deleted with
+//!    `delete_old`.
+//!
+//! `abandon` gives an unfinished reindex up the same careful way: the stream
+//! stops writing the build index before it is deleted.
 
 use std::time::Duration;
 
