@@ -205,15 +205,26 @@ async fn a_snapshot_killed_at_random_points_resumes_under_new_snapshots_to_an_ex
                 done = &mut run => panic!("attempt {kill} finished before its kill point: {done:?}"),
             }
         } else {
-            // Right after a chunk was recorded, while others are in flight.
+            // Right after a chunk was recorded, while others are in flight;
+            // the tripwire is armed too, so a loaded machine whose readers
+            // outrun the polling still gets its kill before the end.
             let before = recorded().await;
+            let seen = trip.rows.load(Ordering::SeqCst);
+            trip.at.store(seen + 1 + rows as u64 / 12, Ordering::SeqCst);
             tokio::select! {
                 _ = wait_until(Duration::from_secs(60), "a chunk to be recorded", || async {
                     (recorded().await > before).then_some(())
                 }) => run.abort(),
+                _ = trip.hit.notified() => run.abort(),
                 done = &mut run => panic!("attempt {kill} finished before its kill point: {done:?}"),
             }
         }
+        // Let the killed attempt end, then disarm the tripwire and drop a
+        // wake-up it may have stored meanwhile, so it cannot kill the next
+        // attempt at its start.
+        let _ = run.await;
+        trip.at.store(u64::MAX, Ordering::SeqCst);
+        let _ = tokio::time::timeout(Duration::ZERO, trip.hit.notified()).await;
     }
     let summary = run_snapshot(&deps, &job)
         .await
