@@ -218,6 +218,9 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
             check_row_filter(&client, m, t, filter, report).await;
         }
     }
+    if config.heartbeat_interval.is_some() {
+        check_heartbeat_privilege(&client, config, report).await;
+    }
     publication::check_publication(&client, config, report).await;
     let mapped = config.mappings.list.len();
     report.facts.push(format!(
@@ -225,6 +228,34 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
         config.mappings.tables().len()
     ));
     Some(catalog)
+}
+
+/// The heartbeat writes WAL with a function whose EXECUTE privilege an
+/// administrator may have revoked; `check` changes nothing, so it asks
+/// instead of emitting one.
+async fn check_heartbeat_privilege(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    report: &mut Report,
+) {
+    use crate::source::heartbeat::FUNCTION;
+    let user = &config.postgres.user;
+    match client
+        .query_one("SELECT has_function_privilege($1, 'EXECUTE')", &[&FUNCTION])
+        .await
+    {
+        Ok(r) if r.get::<_, bool>(0) => report
+            .facts
+            .push(format!("heartbeat: role `{user}` may execute {FUNCTION}")),
+        Ok(_) => report.problem(format!(
+            "[postgres] heartbeat_interval_ms is set, but role `{user}` may not execute \
+             {FUNCTION}: run `GRANT EXECUTE ON FUNCTION {FUNCTION} TO {user};` as a superuser, \
+             or set heartbeat_interval_ms = 0 to turn the heartbeat off"
+        )),
+        Err(e) => report.problem(format!(
+            "heartbeat: cannot check the privilege on {FUNCTION}: {e}"
+        )),
+    }
 }
 
 /// What `check` reads from the server before looking at tables.

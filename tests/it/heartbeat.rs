@@ -337,6 +337,21 @@ async fn a_revoked_emit_message_privilege_is_reported_at_startup_naming_the_func
         ..crate::run::Setup::for_db(&db)
     };
     let mut sluice = Sluice::with_setup(&setup, &[("t.toml", mapping("public.t", &index, ""))]);
+    // `check` finds it without writing anything.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(sluice.config_path())
+        .output()
+        .unwrap();
+    let stdout =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("pg_logical_emit_message(boolean, text, text)")
+            && stdout.contains("role `sluice`")
+            && stdout.contains("GRANT EXECUTE"),
+        "{stdout}"
+    );
     sluice.start();
     let code = crate::support::wait_until(Duration::from_secs(60), "sluice to exit", || {
         std::future::ready(sluice.exited())
