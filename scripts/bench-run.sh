@@ -81,7 +81,7 @@ start=$(date +%s.%N)
 until WS=$(walsender) && [ -n "$WS" ]; do kill -0 $PID || { tail "$WORK/log2"; exit 1; }; sleep 0.02; done
 streaming=$(date +%s.%N)
 ws0=$(ticks "$WS")
-[ -n "${PERF:-}" ] && { perf record -F 499 -g -o "$WORK/perf-sluice.data" -p $PID 2>/dev/null & PERF_PID=$!; perf record -F 499 -g -o "$WORK/perf-ws.data" -p $WS 2>/dev/null & PERF_WS=$!; }
+[ -n "${PERF:-}" ] && { perf record -F 1999 -g -o "$WORK/perf-sluice.data" -p $PID 2>/dev/null & PERF_PID=$!; perf record -F 1999 -g -o "$WORK/perf-ws.data" -p $WS 2>/dev/null & PERF_WS=$!; }
 while :; do
   [ "$(indexed bench-run)" -ge "$ROWS" ] && break
   kill -0 $PID || { tail "$WORK/log2"; exit 1; }

@@ -48,6 +48,11 @@ impl<T> Inbox<T> {
         }
     }
 
+    /// Whether more items are waiting right now.
+    fn has_queued(&self) -> bool {
+        self.carry.len() > 0 || !self.rx.is_empty()
+    }
+
     fn try_recv(&mut self) -> Result<T, mpsc::error::TryRecvError> {
         loop {
             if let Some(item) = self.carry.next() {
@@ -69,7 +74,15 @@ pub(super) async fn collect_batch<T>(
     let first = rx.recv().await?;
     let mut batch = Batch {
         bytes: size(&first),
-        items: vec![first],
+        items: {
+            // With a backlog, sized for a full batch up front: growing a
+            // vector of thousands of ops by doubling copied each batch
+            // about twice over.
+            let cap = if rx.has_queued() { limits.docs } else { 16 };
+            let mut v = Vec::with_capacity(cap.min(limits.docs));
+            v.push(first);
+            v
+        },
         closed: false,
     };
     let deadline = tokio::time::Instant::now() + limits.linger;

@@ -143,6 +143,7 @@ impl Indexer {
                 acks: acks.clone(),
                 budget: budget.clone(),
                 dead_letter_ready: dead_letter_ready.clone(),
+                body: Default::default(),
             };
             workers.push(tx);
             handles.push(tokio::spawn(w.run()));
@@ -256,6 +257,8 @@ struct Worker {
     /// dead letter), so it gets its unindexed-document mapping rather than
     /// whatever dynamic mapping the first record would cause.
     dead_letter_ready: Arc<OnceCell<()>>,
+    /// Request body buffer, reused from one request to the next.
+    body: std::sync::Mutex<BytesMut>,
 }
 
 /// The raw outcome of one HTTP request.
@@ -314,7 +317,7 @@ impl Worker {
                 tokio::time::sleep(delay).await;
             }
             attempt += 1;
-            let body = bulk::render(items.iter().map(|i| &i.op), size_hint);
+            let body = self.render(&items, size_hint);
             let sent = self.send(body).await;
             let status = sent.as_ref().ok().map(|(s, _)| *s);
             match classify_request(status) {
@@ -379,6 +382,22 @@ impl Worker {
     /// ones, return those to send again.
     async fn resolve(&self, items: Vec<Item>, results: Vec<ItemResult>) -> Vec<Item> {
         let fates = triage(items.iter().map(|i| &i.op), &results);
+        if fates
+            .iter()
+            .all(|f| matches!(f, ItemOutcome::Done | ItemOutcome::Conflict))
+        {
+            // The common case: acknowledge in place, no moving of items.
+            let conflict = fates
+                .iter()
+                .filter(|f| matches!(f, ItemOutcome::Conflict))
+                .count() as u64;
+            metrics::counter!("sluice_bulk_items_total", "outcome" => "ok")
+                .increment(items.len() as u64 - conflict);
+            metrics::counter!("sluice_bulk_items_total", "outcome" => "conflict")
+                .increment(conflict);
+            self.ack(&items);
+            return Vec::new();
+        }
         let mut done = Vec::with_capacity(items.len());
         let mut dead = Vec::new();
         let mut retry = Vec::new();
@@ -524,6 +543,19 @@ impl Worker {
         }
         let items: Vec<Item> = dead.into_iter().map(|(i, _)| i).collect();
         self.ack(&items);
+    }
+
+    /// Render a request body into the worker's reused buffer: once the
+    /// previous body is dropped (its request done), `reserve` takes its
+    /// allocation back, so a worker does not fault in fresh pages for every
+    /// multi-megabyte body.
+    fn render(&self, items: &[Item], size_hint: usize) -> Bytes {
+        let mut buf = self.body.lock().expect("body buffer");
+        buf.reserve(size_hint);
+        for i in items {
+            bulk::render_op(&mut buf, &i.op);
+        }
+        buf.split().freeze()
     }
 
     fn ack(&self, items: &[Item]) {
