@@ -8,8 +8,8 @@
 //! invariant 2). Retryable failures are retried (only the failed items, plus
 //! later items of the same document) with jittered exponential backoff for as
 //! long as it takes; other rejections go to the dead-letter index (invariant
-//! 5). Memory is bounded by a byte budget held from `submit` until the op is
-//! acknowledged (invariant 7).
+//! 5). Memory is bounded by a byte budget and a count of op slots, both held
+//! from `submit` until the op is acknowledged (invariant 7).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -112,6 +112,13 @@ pub struct Indexer {
     handles: Vec<JoinHandle<()>>,
     budget: Arc<Semaphore>,
     budget_total: u32,
+    /// Ops accepted but not yet acknowledged, at most two batches per
+    /// worker: enough for the next batch to fill while one is in flight.
+    /// More read-ahead only costs memory (the byte budget alone let a
+    /// backlog fill hundreds of MB) and gains nothing once Elasticsearch is
+    /// the bottleneck.
+    slots: Arc<Semaphore>,
+    slots_total: usize,
 }
 
 impl Indexer {
@@ -126,14 +133,16 @@ impl Indexer {
         let concurrency = config.concurrency.max(1);
         let budget_total = config.max_in_flight_bytes.clamp(1 << 16, u32::MAX as usize) as u32;
         let budget = Arc::new(Semaphore::new(budget_total as usize));
+        let slots_total =
+            (2 * concurrency * config.max_batch_docs.max(1)).max(2 * SUBMIT_CHUNK_OPS);
+        let slots = Arc::new(Semaphore::new(slots_total));
         let config = Arc::new(config);
         let dead_letter_ready = Arc::new(OnceCell::new());
         let mut workers = Vec::with_capacity(concurrency);
         let mut handles = Vec::with_capacity(concurrency);
         for id in 0..concurrency {
-            // Unbounded: what is queued is bounded by the byte budget taken
-            // in `submit_all`. A count bound here would also cap how far
-            // ahead of a worker's in-flight request the next batch can fill.
+            // Unbounded: what is queued is bounded by the byte budget and
+            // the op slots taken in `submit_all`.
             let (tx, rx) = mpsc::unbounded_channel();
             let w = Worker {
                 id,
@@ -142,6 +151,7 @@ impl Indexer {
                 rx: Inbox::new(rx),
                 acks: acks.clone(),
                 budget: budget.clone(),
+                slots: slots.clone(),
                 dead_letter_ready: dead_letter_ready.clone(),
                 body: Default::default(),
             };
@@ -153,6 +163,8 @@ impl Indexer {
             handles,
             budget,
             budget_total,
+            slots,
+            slots_total,
         }
     }
 
@@ -195,6 +207,13 @@ impl Indexer {
     /// op whose cost is clamped to the whole budget, so `bytes` always fits.
     async fn hand_over(&self, parts: &mut [Vec<Item>], bytes: u64) -> Result<(), IndexerClosed> {
         debug_assert!(bytes <= self.budget_total as u64);
+        let count: usize = parts.iter().map(Vec::len).sum();
+        debug_assert!(count <= self.slots_total);
+        self.slots
+            .acquire_many(count.min(self.slots_total) as u32)
+            .await
+            .map_err(|_| IndexerClosed)?
+            .forget();
         self.budget
             .acquire_many(bytes.min(self.budget_total as u64) as u32)
             .await
@@ -253,6 +272,7 @@ struct Worker {
     rx: Inbox<Item>,
     acks: mpsc::UnboundedSender<Vec<Ack>>,
     budget: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
     /// Set once the dead-letter index was ensured (lazily, at the first
     /// dead letter), so it gets its unindexed-document mapping rather than
     /// whatever dynamic mapping the first record would cause.
@@ -578,6 +598,7 @@ impl Worker {
         // nothing is confirmed then, which is the safe side.
         let _ = self.acks.send(acks);
         self.budget.add_permits(cost);
+        self.slots.add_permits(items.len());
     }
 
     async fn send(&self, body: Bytes) -> Sent {
