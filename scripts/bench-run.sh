@@ -19,7 +19,8 @@
 # PG_PARAMS="?sslmode=disable" changes how Sluice connects (default: prefer,
 # i.e. TLS when the server offers it); PERF=1 records perf profiles of Sluice
 # and the walsender into PERF_OUT; SLUICE_LOG=sluice=debug keeps the log
-# there, with per-batch timings.
+# there, with per-batch timings; PIPELINE="concurrency = 2" sets [pipeline]
+# options.
 # Needs the services (`eval "$(./dev services up)"`); builds in release.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,6 +59,8 @@ publication = "bench_run"
 urls = ["$ES"]
 [snapshot]
 mode = "never"
+[pipeline]
+${PIPELINE:-}
 [http]
 listen = "127.0.0.1:0"
 TOML
