@@ -36,8 +36,9 @@ trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PID=
 
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
-cargo build --release --quiet --bin sluice
-SLUICE=$ROOT/target/release/sluice
+# SLUICE_BIN runs another build (e.g. for an A/B comparison).
+[ -n "${SLUICE_BIN:-}" ] || cargo build --release --quiet --bin sluice
+SLUICE=${SLUICE_BIN:-$ROOT/target/release/sluice}
 psql -qX "$SLUICE_TEST_PG_URL" >/dev/null <<SQL
 SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '$DB' AND active_pid IS NOT NULL;
 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$DB';
