@@ -198,9 +198,11 @@ impl Checkpoint {
         Ok(self.advance())
     }
 
-    /// A keepalive's WAL end: confirmable once everything before it is. While
-    /// a transaction is open (a reconnect mid-transaction) it is ignored: it
-    /// could lie past the open transaction.
+    /// A WAL position seen outside any transaction — a keepalive's WAL end,
+    /// or the LSN of a non-transactional logical message such as a heartbeat
+    /// (`source::heartbeat`): confirmable once everything before it is.
+    /// While a transaction is open (a reconnect mid-transaction) it is
+    /// ignored: it could lie past the open transaction.
     pub fn keepalive(&mut self, wal_end: Lsn) -> bool {
         if self.open.is_some() {
             return false;
@@ -372,6 +374,26 @@ mod tests {
         assert_eq!(c.confirmed(), l(50));
         c.ack(a, 1);
         assert_eq!(c.confirmed(), l(500));
+    }
+
+    #[test]
+    fn a_heartbeat_behind_an_unacknowledged_transaction_waits_for_it() {
+        // Unpublished WAL between transactions: the heartbeat's LSN lets the
+        // slot move past it, but never past the unfinished transaction.
+        let mut c = Checkpoint::new(l(0));
+        let a = c.begin(l(100));
+        c.add_ops(a, 2).unwrap();
+        c.commit(l(110)).unwrap();
+        assert!(!c.keepalive(l(9_000)), "heartbeat");
+        c.ack(a, 1);
+        assert_eq!(c.confirmed(), l(0));
+        assert!(c.ack(a, 1));
+        assert_eq!(c.confirmed(), l(9_000));
+        let b = c.begin(l(9_100));
+        c.add_ops(b, 1).unwrap();
+        c.commit(l(9_110)).unwrap();
+        assert!(!c.keepalive(l(20_000)));
+        assert_eq!(c.confirmed(), l(9_000));
     }
 
     #[test]

@@ -397,6 +397,13 @@ async fn transform_loop<T, E>(
                 SourceEvent::Begin { final_lsn, .. } => Work::Begin(final_lsn),
                 SourceEvent::Commit { end_lsn, .. } => Work::Commit(end_lsn),
                 SourceEvent::Keepalive { wal_end } => Work::Keepalive(wal_end),
+                // A heartbeat (or any non-transactional message) is a position
+                // outside every transaction, like a keepalive's WAL end.
+                SourceEvent::Message {
+                    lsn,
+                    transactional: false,
+                    ..
+                } => Work::Keepalive(lsn),
                 SourceEvent::Message { .. } => continue,
                 SourceEvent::Change(change) => {
                     let before = pending.ops.len();

@@ -207,6 +207,11 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     source::check_server(&pg)
         .await
         .map_err(|e| source_failure(e, "PostgreSQL server"))?;
+    if cfg.heartbeat_interval.is_some() {
+        source::heartbeat::preflight(&pg, &cfg.postgres.user)
+            .await
+            .map_err(|e| source_failure(e, "heartbeat"))?;
+    }
     crate::config::validate_against_database(&mut cfg.mappings, &pg).await?;
     let published: Vec<PublishedTable> = cfg
         .mappings
@@ -330,6 +335,15 @@ async fn stream(
         Duration::from_secs(15),
         wait_true(shutdown.clone()),
     ));
+    // Heartbeat messages let the slot advance while only unpublished tables
+    // write (see source::heartbeat); the checkpoint confirms them in order.
+    let wal_heartbeat = cfg.heartbeat_interval.map(|every| {
+        tokio::spawn(source::heartbeat::run_heartbeat(
+            cfg.postgres.clone(),
+            every,
+            wait_true(shutdown.clone()),
+        ))
+    });
     let heartbeat = health.heartbeat("pipeline", Duration::from_secs(120));
     let beat = tokio::spawn({
         let mut confirmed = confirmed_rx.clone();
@@ -364,6 +378,9 @@ async fn stream(
     let reader_result = reader.await;
     beat.abort();
     gauges.abort();
+    if let Some(h) = wal_heartbeat {
+        h.abort();
+    }
     let summary = result.context("pipeline")?;
     tracing::info!(confirmed = %summary.confirmed, drained = summary.drained, ops = summary.ops_submitted, "stopped");
     match reader_result {
@@ -392,6 +409,9 @@ pub(crate) fn pipeline_config(cfg: &Config) -> PipelineConfig {
     }
 }
 
+/// How long re-reading a row waits for PostgreSQL to come back.
+const REFETCH_PATIENCE: Duration = Duration::from_secs(120);
+
 /// The transform step: the pure transformer, plus one impure escape hatch.
 /// When a change carries an unchanged TOAST value that no full old row can
 /// fill (DESIGN invariant 6), the row is read again by key and transformed
@@ -404,6 +424,8 @@ fn transform_with_refetch(
     let mut transformer = Transformer::new(&cfg.mappings);
     let catalog = source::TypeCatalog::new();
     let opts = source::ValueOptions::default();
+    let pg_cfg = cfg.postgres.clone();
+    let mut pg = Some(pg);
     move |change, out| match transformer.transform(change, out) {
         Ok(_) => Ok(()),
         Err(TransformError::NeedsFullRow { .. }) => {
@@ -414,15 +436,49 @@ fn transform_with_refetch(
                 ));
             };
             // The transform task runs on the multi-threaded runtime; this rare
-            // path may block it briefly for one primary-key lookup.
+            // path may block it briefly for one primary-key lookup. A
+            // PostgreSQL restart closes the connection: reopen it and wait
+            // (holding the stream, like any backpressure) for a while; past
+            // that the error stops the pipeline (nothing is confirmed past it).
             let rows = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(source::fetch_rows_by_key(
-                    &pg,
-                    &change.relation,
-                    std::slice::from_ref(new),
-                    &opts,
-                    &catalog,
-                ))
+                tokio::runtime::Handle::current().block_on(async {
+                    let give_up = tokio::time::Instant::now() + REFETCH_PATIENCE;
+                    let mut delay = Duration::from_millis(200);
+                    loop {
+                        let result = match pg.as_ref().filter(|c| !c.is_closed()) {
+                            Some(c) => {
+                                source::fetch_rows_by_key(
+                                    c,
+                                    &change.relation,
+                                    std::slice::from_ref(new),
+                                    &opts,
+                                    &catalog,
+                                )
+                                .await
+                            }
+                            None => match source::connect_sql(&pg_cfg).await {
+                                Ok(c) => {
+                                    pg = Some(Arc::new(c));
+                                    continue;
+                                }
+                                Err(e) => Err(e),
+                            },
+                        };
+                        match result {
+                            Err(e)
+                                if source::is_retryable(&e)
+                                    && tokio::time::Instant::now() < give_up =>
+                            {
+                                tracing::warn!(error = %e, retry_in = ?delay, "cannot re-read a row with an unchanged TOAST value; retrying");
+                                metrics::counter!("sluice_retries_total").increment(1);
+                                pg = None;
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(Duration::from_secs(30));
+                            }
+                            other => break other,
+                        }
+                    }
+                })
             })
             .map_err(|e| {
                 format!(

@@ -20,12 +20,12 @@ use serde_json::Value;
 use crate::Lsn;
 use crate::source::PgConnectConfig;
 
-mod es_client;
 mod pg_conn;
 mod render;
 mod teardown;
 
-pub use es_client::{EsClientError, build_es_client, describe_es_error};
+use crate::sink::client::ClientError;
+use crate::sink::{build_client, describe_es_error};
 pub use pg_conn::connect_pg;
 pub use render::{human_bytes, render_human, render_json, render_teardown};
 pub use teardown::{TeardownError, TeardownReport, teardown, teardown_command};
@@ -149,7 +149,7 @@ pub enum StatusError {
     #[error("Elasticsearch request failed ({what}): {message}")]
     Es { what: &'static str, message: String },
     #[error(transparent)]
-    EsClient(#[from] EsClientError),
+    EsClient(#[from] ClientError),
 }
 
 impl StatusError {
@@ -556,7 +556,7 @@ pub async fn status_command(
     targets: &Targets,
     json: bool,
 ) -> Result<String, StatusError> {
-    let client = build_es_client(es)?;
+    let client = build_client(es)?;
     let report = gather(pg, &client, targets).await?;
     Ok(if json {
         render_json(&report) + "\n"

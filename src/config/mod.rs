@@ -43,6 +43,8 @@ pub struct Config {
     pub postgres: PgConnectConfig,
     pub slot: String,
     pub publication: String,
+    /// Heartbeat messages while streaming (`None`: off).
+    pub heartbeat_interval: Option<std::time::Duration>,
     pub elasticsearch: EsConfig,
     pub pipeline: PipelineConfig,
     pub snapshot: SnapshotConfig,
@@ -70,6 +72,7 @@ impl Config {
             postgres: s.postgres,
             slot: s.slot,
             publication: s.publication,
+            heartbeat_interval: s.heartbeat_interval,
             elasticsearch: s.elasticsearch,
             pipeline: s.pipeline,
             snapshot: s.snapshot,

@@ -108,6 +108,9 @@ pub struct Settings {
     pub slot: String,
     /// Publication name (default `sluice`).
     pub publication: String,
+    /// `[postgres] heartbeat_interval_ms`: how often `sluice run` writes a
+    /// heartbeat message into the WAL (`None`: never, the default).
+    pub heartbeat_interval: Option<Duration>,
     pub elasticsearch: EsConfig,
     pub pipeline: PipelineConfig,
     pub snapshot: SnapshotConfig,
@@ -150,6 +153,7 @@ struct RawPostgres {
     connect_timeout_secs: Option<u64>,
     slot: Option<Spanned<String>>,
     publication: Option<Spanned<String>>,
+    heartbeat_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -330,6 +334,11 @@ pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings
     };
     let slot = name(&raw.postgres.slot, &mut cx, "postgres.slot");
     let publication = name(&raw.postgres.publication, &mut cx, "postgres.publication");
+    let heartbeat_interval = raw
+        .postgres
+        .heartbeat_interval_ms
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis);
     let elasticsearch = elasticsearch(&mut cx, &raw.elasticsearch);
 
     let d = PipelineConfig::default();
@@ -403,6 +412,7 @@ pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings
         postgres,
         slot,
         publication,
+        heartbeat_interval,
         elasticsearch,
         pipeline,
         snapshot,
@@ -638,6 +648,15 @@ mod tests {
         assert_eq!(s.pipeline, PipelineConfig::default());
         assert_eq!(s.snapshot.mode, SnapshotMode::Initial);
         assert_eq!(s.mappings_dir, PathBuf::from("/etc/sluice/mappings"));
+        assert_eq!(s.heartbeat_interval, None);
+    }
+
+    #[test]
+    fn the_heartbeat_is_off_unless_an_interval_above_zero_is_set() {
+        let on = parse("[postgres]\nheartbeat_interval_ms = 10000\n").unwrap();
+        assert_eq!(on.heartbeat_interval, Some(Duration::from_secs(10)));
+        let off = parse("[postgres]\nheartbeat_interval_ms = 0\n").unwrap();
+        assert_eq!(off.heartbeat_interval, None);
     }
 
     #[test]

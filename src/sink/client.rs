@@ -1,6 +1,7 @@
-//! Building the Elasticsearch client from `EsConfig`: rustls, an optional CA
-//! file, basic auth or API key, a request timeout, and round-robin over
-//! several node URLs.
+//! Building the Elasticsearch client from `EsConfig` (the one builder every
+//! command uses): rustls, an optional CA file, basic auth or API key, a
+//! request timeout, and round-robin over several node URLs. Errors and logs
+//! pass through `redact_url`, so credentials in a URL never show.
 
 use elasticsearch::Elasticsearch;
 use elasticsearch::auth::Credentials;
@@ -11,6 +12,7 @@ use elasticsearch::http::transport::{
 use url::Url;
 
 use super::es_config::{EsAuth, EsConfig};
+use crate::logging::redact_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -26,6 +28,8 @@ pub enum ClientError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the CA file {path} has no PEM certificate in it")]
+    NoPem { path: String },
     #[error("the CA file {path} holds no usable PEM certificate: {source}")]
     CaPem {
         path: String,
@@ -80,6 +84,13 @@ pub fn build_client(cfg: &EsConfig) -> Result<Elasticsearch, ClientError> {
             path: path.display().to_string(),
             source,
         })?;
+        // `from_pem` accepts a file without any certificate in it; such a
+        // file would silently mean "system roots only".
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(ClientError::NoPem {
+                path: path.display().to_string(),
+            });
+        }
         let cert = Certificate::from_pem(&pem).map_err(|source| ClientError::CaPem {
             path: path.display().to_string(),
             source,
@@ -90,16 +101,27 @@ pub fn build_client(cfg: &EsConfig) -> Result<Elasticsearch, ClientError> {
     Ok(Elasticsearch::new(builder.build()?))
 }
 
-/// A URL without its password, for logs and errors.
-pub fn redact_url(u: &str) -> String {
-    match Url::parse(u) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("<redacted>"));
-            url.to_string()
+/// One line for an Elasticsearch client error, with its whole cause chain
+/// (where TLS failures hide) and a hint for certificate problems.
+pub fn describe_es_error(e: &elasticsearch::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        let part = inner.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
         }
-        Ok(url) => url.to_string(),
-        Err(_) => "<unparseable url>".to_string(),
+        src = inner.source();
     }
+    let lower = s.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
+        s = format!(
+            "TLS certificate verification failed ({s}); set the Elasticsearch ca_file to the CA \
+             that signed the server's certificate"
+        );
+    }
+    redact_url(&s)
 }
 
 #[cfg(test)]
@@ -108,11 +130,12 @@ mod tests {
 
     #[test]
     fn urls_are_printed_without_their_password() {
-        assert_eq!(
-            redact_url("https://elastic:s3cret@es:9200/"),
-            "https://elastic:%3Credacted%3E@es:9200/"
-        );
-        assert!(!redact_url("not a url s3cret").contains("s3cret"));
+        let cfg = EsConfig {
+            urls: vec!["https://elastic:s3cret@es :9200/".into()],
+            ..EsConfig::default()
+        };
+        let err = build_client(&cfg).unwrap_err().to_string();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

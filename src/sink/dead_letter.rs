@@ -4,6 +4,7 @@
 
 use chrono::Utc;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::indices::IndexSpec;
 use crate::transform::{BulkOp, OpAction};
@@ -36,6 +37,28 @@ pub fn record(op: &BulkOp, status: u16, error_type: &str, reason: &str) -> Value
         "doc": doc,
         "doc_truncated": truncated,
     })
+}
+
+/// The dead letter's `_id`: a digest of the refused write (target index,
+/// document id, version, action). A write replayed after a crash is the
+/// same write, so its record is created once and the replay gets a 409
+/// instead of a second record. Hashed because document ids may be up to
+/// 512 bytes, the limit for the dead letter's own id too.
+pub fn record_id(op: &BulkOp) -> String {
+    let action = match op.action {
+        OpAction::Delete => "delete",
+        OpAction::Index { .. } => "index",
+    };
+    let mut h = Sha256::new();
+    for part in [op.index.as_bytes(), op.id.as_bytes(), action.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(op.version.to_be_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The original document: as JSON when it parses and fits, else as a string.
@@ -135,6 +158,23 @@ mod tests {
         assert_eq!(r["doc"], json!({"n": "x"}));
         assert_eq!(r["doc_truncated"], false);
         assert!(r["@timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn a_replayed_write_gets_the_same_dead_letter_id_and_another_write_does_not() {
+        let a = op(br#"{"n":"x"}"#);
+        let id = record_id(&a);
+        assert_eq!(id.len(), 32);
+        assert_eq!(id, record_id(&op(br#"{"n":"x"}"#)));
+        let mut newer = op(br#"{"n":"x"}"#);
+        newer.version += 1;
+        assert_ne!(id, record_id(&newer));
+        let mut other_index = op(br#"{"n":"x"}"#);
+        other_index.index = Arc::from("items2");
+        assert_ne!(id, record_id(&other_index));
+        let mut delete = op(b"");
+        delete.action = OpAction::Delete;
+        assert_ne!(id, record_id(&delete));
     }
 
     #[test]

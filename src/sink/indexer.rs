@@ -470,7 +470,7 @@ impl Worker {
                 }
             })
             .await;
-        let mut records: Vec<(usize, serde_json::Value, bool)> = dead
+        let mut records: Vec<(usize, String, serde_json::Value, bool)> = dead
             .iter()
             .enumerate()
             .map(|(i, (item, res))| {
@@ -497,7 +497,7 @@ impl Worker {
                     "Elasticsearch rejected a document; storing it as a dead letter"
                 );
                 let rec = dead_letter::record(&item.op, res.status, &kind, &reason);
-                (i, rec, false)
+                (i, dead_letter::record_id(&item.op), rec, false)
             })
             .collect();
         let mut backoff = self.backoff();
@@ -510,10 +510,14 @@ impl Worker {
             }
             attempt += 1;
             let mut buf = BytesMut::new();
-            for (_, rec, _) in &records {
-                buf.put_slice(b"{\"index\":{\"_index\":");
+            for (_, id, rec, _) in &records {
+                // `create`: a replayed write finds its record already there
+                // (409, counted as done) instead of storing a duplicate.
+                buf.put_slice(b"{\"create\":{\"_index\":");
                 buf.put_slice(serde_json::to_string(dl_index).expect("string").as_bytes());
-                buf.put_slice(b"}}\n");
+                buf.put_slice(b",\"_id\":\"");
+                buf.put_slice(id.as_bytes());
+                buf.put_slice(b"\"}}\n");
                 serde_json::to_writer((&mut buf).writer(), rec).expect("a Value serializes");
                 buf.put_u8(b'\n');
             }
@@ -529,7 +533,7 @@ impl Worker {
                 continue;
             };
             let mut still = Vec::new();
-            for ((i, mut rec, simplified), res) in records.into_iter().zip(results) {
+            for ((i, id, mut rec, simplified), res) in records.into_iter().zip(results) {
                 let err_type = res.error.as_ref().and_then(|e| e.kind.as_deref());
                 let item = &dead[i].0;
                 match classify_item(super::classify::ActionKind::Index, res.status, err_type) {
@@ -539,7 +543,7 @@ impl Worker {
                         metrics::counter!("sluice_bulk_items_total", "outcome" => "dead_lettered")
                             .increment(1);
                     }
-                    ItemOutcome::Retry => still.push((i, rec, simplified)),
+                    ItemOutcome::Retry => still.push((i, id, rec, simplified)),
                     ItemOutcome::DeadLetter if !simplified => {
                         // The dead-letter index itself refused it (e.g. it was
                         // created by hand with another mapping): keep the
@@ -547,7 +551,7 @@ impl Worker {
                         tracing::warn!(error = ?res.error, dead_letter_index = %dl_index,
                             "the dead-letter index refused a record; retrying with the document as text");
                         rec["doc"] = serde_json::Value::String(rec["doc"].to_string());
-                        still.push((i, rec, true));
+                        still.push((i, id, rec, true));
                     }
                     ItemOutcome::DeadLetter => {
                         // Last resort: the log line is the dead letter.

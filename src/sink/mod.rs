@@ -14,7 +14,7 @@ pub mod indexer;
 pub mod indices;
 
 pub use classify::{ItemOutcome, classify_item, classify_request};
-pub use client::build_client;
+pub use client::{build_client, describe_es_error};
 pub use es_config::{EsAuth, EsConfig};
 pub use indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
 pub use indices::{EnsureOutcome, IndexError, IndexSpec, ensure_index};

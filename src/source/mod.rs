@@ -22,6 +22,7 @@
 pub mod change;
 pub mod decoder;
 pub mod error;
+pub mod heartbeat;
 pub mod manage;
 pub mod pg_config;
 pub mod pgoutput;

@@ -188,6 +188,7 @@ async fn session(
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut out = Vec::with_capacity(8);
     let mut sql: Option<tokio_postgres::Client> = None;
+    let mut stop_watch = StopWatch::default();
     // Messages read while blocked on a full channel (see `forward`).
     let mut pending: VecDeque<ReplMessage> = VecDeque::new();
     let mut received = ReceivedCounters::default();
@@ -214,6 +215,8 @@ async fn session(
             } => {
                 if reply_requested {
                     send_status(&mut stream, flushed).await?;
+                    let confirmed = *flushed.borrow();
+                    stop_watch.reply_requested(cfg, wal_end, confirmed).await?;
                 }
                 if !decoder.in_transaction() {
                     // Only an optimization (lets idle slots advance): never block on it.
@@ -235,6 +238,8 @@ async fn session(
                         timer: &mut timer,
                         flushed,
                         pending: &mut pending,
+                        stop_watch: &mut stop_watch,
+                        cfg,
                     };
                     if !forward(ev, tx, &mut link, shutdown).await? {
                         return Ok(close(stream, flushed).await);
@@ -256,6 +261,8 @@ struct Link<'a> {
     timer: &'a mut Interval,
     flushed: &'a watch::Receiver<Lsn>,
     pending: &'a mut VecDeque<ReplMessage>,
+    stop_watch: &'a mut StopWatch,
+    cfg: &'a ReaderConfig,
 }
 
 /// `sluice_changes_received_total` handles per relation and op: looking a
@@ -308,6 +315,7 @@ async fn forward(
         Err(mpsc::error::TrySendError::Closed(_)) => return Ok(false),
         Err(mpsc::error::TrySendError::Full(ev)) => ev,
     };
+    let blocked_since = std::time::Instant::now();
     loop {
         let can_read = link.pending.len() < MAX_READ_AHEAD;
         tokio::select! {
@@ -322,11 +330,19 @@ async fn forward(
                     Err(_) => Ok(false),
                 };
             }
-            _ = link.timer.tick() => send_status(link.stream, link.flushed).await?,
+            _ = link.timer.tick() => {
+                send_status(link.stream, link.flushed).await?;
+                if blocked_since.elapsed() >= STALL_BEFORE_PROBE {
+                    let confirmed = *link.flushed.borrow();
+                    link.stop_watch.stalled(link.cfg, confirmed).await?;
+                }
+            }
             msg = link.stream.recv(), if can_read => match msg? {
                 None => return Err(SourceError::Closed),
                 Some(ReplMessage::Keepalive { wal_end, reply_requested: true }) => {
                     send_status(link.stream, link.flushed).await?;
+                    let confirmed = *link.flushed.borrow();
+                    link.stop_watch.reply_requested(link.cfg, wal_end, confirmed).await?;
                     link.pending.push_back(ReplMessage::Keepalive { wal_end, reply_requested: false });
                 }
                 Some(m) => link.pending.push_back(m),
@@ -356,4 +372,159 @@ async fn resolve_types(
         tracing::warn!(error = %e, "cannot read the type catalog; columns of unknown types are indexed as text");
     }
     decoder.set_types(catalog);
+}
+
+/// How many reply requests within `STOP_WINDOW` make the reader suspect a
+/// server shutdown. A running walsender asks at most once per half
+/// `wal_sender_timeout` (and we report every few seconds anyway); a stopping
+/// one asks again as soon as each reply arrives.
+const STOP_REQUESTS: usize = 4;
+const STOP_WINDOW: Duration = Duration::from_secs(2);
+/// How long the pipeline must have taken nothing before a stalled reader
+/// asks the server whether it is shutting down.
+const STALL_BEFORE_PROBE: Duration = Duration::from_secs(10);
+/// After a probe found the server running, do not probe again for this long.
+const STOP_PROBE_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// Notices a PostgreSQL shutdown that waits on us. A smart or fast shutdown
+/// keeps each walsender alive until its client confirms everything sent,
+/// asking for replies in a tight loop; while Elasticsearch is down we cannot
+/// confirm, so without this the server would never finish stopping. When
+/// the requests come that fast, the reader opens a second connection: if
+/// the server answers "shutting down" (57P03), the session ends with that
+/// (retryable) error and the socket is closed. Nothing is lost: the slot
+/// keeps its confirmed position and the stream resumes from it after the
+/// restart (versioned writes make the replay harmless).
+#[derive(Default)]
+struct StopWatch {
+    requests: VecDeque<std::time::Instant>,
+    quiet_until: Option<std::time::Instant>,
+}
+
+impl StopWatch {
+    /// Record a reply request; true when it is time to probe the server.
+    fn suspects_shutdown(&mut self, now: std::time::Instant, wal_end: Lsn, confirmed: Lsn) -> bool {
+        if confirmed >= wal_end {
+            // Caught up: a stopping server lets this walsender go by itself.
+            self.requests.clear();
+            return false;
+        }
+        if self.quiet_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.requests.push_back(now);
+        while self
+            .requests
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > STOP_WINDOW)
+        {
+            self.requests.pop_front();
+        }
+        self.requests.len() >= STOP_REQUESTS
+    }
+
+    async fn reply_requested(
+        &mut self,
+        cfg: &ReaderConfig,
+        wal_end: Lsn,
+        confirmed: Lsn,
+    ) -> Result<(), SourceError> {
+        let now = std::time::Instant::now();
+        if !self.suspects_shutdown(now, wal_end, confirmed) {
+            return Ok(());
+        }
+        self.probe(cfg, now, confirmed).await
+    }
+
+    /// The pipeline has taken nothing for a long while (the sink is stuck):
+    /// the server's reply requests may sit unread behind the read-ahead
+    /// limit, so ask the server directly, at most once per cooldown.
+    async fn stalled(&mut self, cfg: &ReaderConfig, confirmed: Lsn) -> Result<(), SourceError> {
+        let now = std::time::Instant::now();
+        if self.quiet_until.is_some_and(|t| now < t) {
+            return Ok(());
+        }
+        self.probe(cfg, now, confirmed).await
+    }
+
+    async fn probe(
+        &mut self,
+        cfg: &ReaderConfig,
+        now: std::time::Instant,
+        confirmed: Lsn,
+    ) -> Result<(), SourceError> {
+        self.requests.clear();
+        let probe = tokio::time::timeout(
+            Duration::from_secs(5),
+            ReplicationConnection::connect(&cfg.pg),
+        )
+        .await;
+        match probe {
+            Ok(Err(e)) if e.sqlstate() == Some("57P03") => {
+                tracing::warn!(
+                    %confirmed,
+                    "PostgreSQL is shutting down and waits for changes Sluice cannot confirm yet; \
+                     closing the replication connection so it can stop (the changes are re-sent after the restart)"
+                );
+                Err(e)
+            }
+            // Running (or unreachable for another reason): carry on.
+            _ => {
+                self.quiet_until = Some(now + STOP_PROBE_COOLDOWN);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod stop_watch_tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn reply_requests_in_a_tight_loop_while_behind_suggest_a_shutdown() {
+        let mut w = StopWatch::default();
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        assert!(!w.suspects_shutdown(ms(0), Lsn(200), Lsn(100)));
+        assert!(!w.suspects_shutdown(ms(10), Lsn(200), Lsn(100)));
+        assert!(!w.suspects_shutdown(ms(20), Lsn(200), Lsn(100)));
+        assert!(w.suspects_shutdown(ms(30), Lsn(200), Lsn(100)));
+    }
+
+    #[test]
+    fn occasional_reply_requests_are_normal() {
+        let mut w = StopWatch::default();
+        let t = Instant::now();
+        for i in 0..10 {
+            let at = t + Duration::from_secs(30 * i);
+            assert!(!w.suspects_shutdown(at, Lsn(200), Lsn(100)));
+        }
+    }
+
+    #[test]
+    fn a_caught_up_reader_never_suspects_anything() {
+        let mut w = StopWatch::default();
+        let t = Instant::now();
+        for i in 0..10 {
+            let at = t + Duration::from_millis(i);
+            assert!(!w.suspects_shutdown(at, Lsn(200), Lsn(200)));
+        }
+    }
+
+    #[test]
+    fn after_a_probe_found_the_server_running_it_stays_quiet_for_a_while() {
+        let mut w = StopWatch::default();
+        let t = Instant::now();
+        w.quiet_until = Some(t + STOP_PROBE_COOLDOWN);
+        for i in 0..10 {
+            assert!(!w.suspects_shutdown(t + Duration::from_millis(i), Lsn(200), Lsn(100)));
+        }
+        let later = t + STOP_PROBE_COOLDOWN + Duration::from_millis(1);
+        for i in 0..3 {
+            assert!(!w.suspects_shutdown(later + Duration::from_millis(i), Lsn(200), Lsn(100)));
+        }
+        assert!(w.suspects_shutdown(later + Duration::from_millis(3), Lsn(200), Lsn(100)));
+    }
 }

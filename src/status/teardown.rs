@@ -9,8 +9,8 @@ use serde_json::Value;
 use tokio_postgres::error::SqlState;
 
 use super::{
-    SlotStatus, StatusError, Targets, build_es_client, connect_pg, describe_es_error, es_reason,
-    pg_err, read_slot, render_teardown, server_wal_lsn,
+    SlotStatus, StatusError, Targets, connect_pg, es_reason, pg_err, read_slot, render_teardown,
+    server_wal_lsn,
 };
 use crate::source::PgConnectConfig;
 
@@ -178,7 +178,7 @@ pub async fn teardown(
         .await
         .map_err(|e| StatusError::Es {
             what: "deleting the state index",
-            message: describe_es_error(&e),
+            message: crate::sink::describe_es_error(&e),
         })?;
     match resp.status_code().as_u16() {
         404 => {}
@@ -205,7 +205,7 @@ pub async fn teardown_command(
     targets: &Targets,
     yes_drop_slot: bool,
 ) -> Result<String, TeardownError> {
-    let client = build_es_client(es).map_err(StatusError::from)?;
+    let client = crate::sink::build_client(es).map_err(StatusError::from)?;
     let report = teardown(pg, &client, targets, yes_drop_slot).await?;
     Ok(render_teardown(&report, targets))
 }

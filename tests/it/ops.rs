@@ -336,12 +336,12 @@ async fn json_logs_of_a_status_run_with_known_secrets_never_contain_them() {
 
     tracing::info!(pg = ?pg, es = ?es, es_api = ?es_api, "configuration");
     tracing::info!(pg = %pg, url = %sluice::logging::redact_url(&repl_url), "connecting");
-    let client = sluice::status::build_es_client(&es).unwrap();
+    let client = sluice::sink::build_client(&es).unwrap();
     let report = sluice::status::gather(&pg, &client, &targets(&db))
         .await
         .expect("status");
     tracing::info!(report = %sluice::status::render_json(&report), "status");
-    let client = sluice::status::build_es_client(&es_api).unwrap();
+    let client = sluice::sink::build_client(&es_api).unwrap();
     sluice::status::gather(&pg, &client, &targets(&db))
         .await
         .expect("status with an API key");

@@ -49,7 +49,7 @@ async fn status_reports_slot_lag_retained_wal_snapshots_and_dead_letters() {
     slot_and_publication(&db).await;
     let t = targets(&db);
     let pg = pg_config_from_url(&db.repl_url());
-    let es = sluice::status::build_es_client(&es_config()).unwrap();
+    let es = sluice::sink::build_client(&es_config()).unwrap();
 
     let r = gather(&pg, &es, &t).await.expect("status");
     let SlotStatus::Present(s) = &r.slot else {
@@ -137,7 +137,7 @@ async fn status_reports_slot_lag_retained_wal_snapshots_and_dead_letters() {
 async fn status_of_a_database_without_a_slot_says_so() {
     let db = TestDb::new().await;
     let pg = pg_config_from_url(&db.repl_url());
-    let es = sluice::status::build_es_client(&es_config()).unwrap();
+    let es = sluice::sink::build_client(&es_config()).unwrap();
     let r = gather(&pg, &es, &targets(&db)).await.unwrap();
     assert!(matches!(r.slot, SlotStatus::Missing { .. }));
     assert!(!r.publication.exists);
@@ -235,7 +235,7 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
     )
     .await;
     let pg = pg_config_from_url(&db.repl_url());
-    let es = sluice::status::build_es_client(&es_config()).unwrap();
+    let es = sluice::sink::build_client(&es_config()).unwrap();
 
     let err = teardown(&pg, &es, &t, false).await.unwrap_err();
     assert!(matches!(err, TeardownError::NotConfirmed { .. }), "{err}");
@@ -326,7 +326,7 @@ async fn teardown_drops_nothing_when_it_may_not_drop_the_publication() {
     slot_and_publication(&db).await; // publication owned by the superuser
     let t = targets(&db);
     let pg = pg_config_from_url(&db.repl_url());
-    let es = sluice::status::build_es_client(&es_config()).unwrap();
+    let es = sluice::sink::build_client(&es_config()).unwrap();
     let err = teardown(&pg, &es, &t, true).await.unwrap_err();
     assert!(
         matches!(err, TeardownError::PublicationNotOwned { .. }),
@@ -357,7 +357,7 @@ async fn slot_gauges_follow_the_server_until_shutdown() {
         .await;
     let t = targets(&db);
     let pg = pg_config_from_url(&db.repl_url());
-    let es = sluice::status::build_es_client(&es_config()).unwrap();
+    let es = sluice::sink::build_client(&es_config()).unwrap();
     let before = match gather(&pg, &es, &t).await.unwrap().slot {
         SlotStatus::Present(s) => s.retained_wal_bytes.unwrap(),
         other => panic!("{other:?}"),

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice::sink::EsConfig;
-use sluice::status::{build_es_client, describe_es_error};
+use sluice::sink::{build_client, describe_es_error};
 
 use crate::support::{services, wait_until};
 
@@ -146,7 +146,7 @@ async fn start_terminator(bin: &Path, dir: &Path, backend: &str) -> Terminator {
 }
 
 async fn health_via(es: &EsConfig) -> Result<u16, String> {
-    let client = build_es_client(es).map_err(|e| e.to_string())?;
+    let client = build_client(es).map_err(|e| e.to_string())?;
     client
         .cluster()
         .health(elasticsearch::cluster::ClusterHealthParts::None)

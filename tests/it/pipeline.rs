@@ -522,3 +522,39 @@ async fn a_change_the_transformer_rejects_stops_the_pipeline_before_its_transact
         "never past the failed transaction"
     );
 }
+
+#[tokio::test]
+async fn a_heartbeat_message_is_confirmed_only_after_the_transactions_before_it() {
+    let db = TestDb::new().await;
+    let index = db.index("items");
+    let proxy = Proxy::start(&services().es_url).await;
+    let items = relation(1, "items");
+    let run = Running::start(
+        &proxy.url(),
+        &db.index("dead"),
+        indices(&[("items", &index)]),
+    );
+    proxy.cut();
+    run.feed.insert_tx(&items, 100, 0..5, 1).await;
+    // Unpublished WAL, then a heartbeat: a position outside any transaction.
+    run.feed
+        .send(SourceEvent::Message {
+            lsn: Lsn(500),
+            transactional: false,
+            prefix: sluice::source::heartbeat::PREFIX.into(),
+            content: Vec::new(),
+        })
+        .await;
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            *run.confirmed.borrow(),
+            Lsn(1),
+            "past an unapplied transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.restore().await;
+    run.wait_confirmed(500, Duration::from_secs(30)).await;
+    assert_eq!(run.shutdown().await.confirmed, Lsn(500));
+}

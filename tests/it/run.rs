@@ -18,10 +18,48 @@ pub struct Sluice {
     starts: u32,
 }
 
+/// Where a [`Sluice`] connects, and extra lines for its `sluice.toml`.
+pub struct Setup {
+    pub pg_url: String,
+    pub slot: String,
+    pub es_url: String,
+    pub dead_letter_index: String,
+    /// Lines added to `[postgres]`.
+    pub postgres_extra: String,
+    /// Lines added to `[elasticsearch]`.
+    pub es_extra: String,
+    /// Appended at the end (whole sections).
+    pub extra: String,
+}
+
+impl Setup {
+    /// The test database (as the replication role) and the shared Elasticsearch.
+    pub fn for_db(db: &TestDb) -> Setup {
+        Setup {
+            pg_url: db.repl_url(),
+            slot: format!("sluice_{}", db.name),
+            es_url: crate::support::services().es_url.clone(),
+            dead_letter_index: db.index("dead-letters"),
+            postgres_extra: String::new(),
+            es_extra: String::new(),
+            extra: String::new(),
+        }
+    }
+}
+
 impl Sluice {
     /// Write `sluice.toml` (connecting as the replication role) and the given
     /// mapping files into a fresh directory.
     pub fn new(db: &TestDb, extra_config: &str, mappings: &[(&str, String)]) -> Sluice {
+        let setup = Setup {
+            extra: extra_config.to_string(),
+            ..Setup::for_db(db)
+        };
+        Sluice::with_setup(&setup, mappings)
+    }
+
+    /// Like `new`, with the servers and extra settings of `setup`.
+    pub fn with_setup(setup: &Setup, mappings: &[(&str, String)]) -> Sluice {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("mappings")).unwrap();
         for (name, text) in mappings {
@@ -32,11 +70,13 @@ impl Sluice {
 
 [postgres]
 url = "{url}"
-slot = "sluice_{slot}"
+slot = "{slot}"
 publication = "sluice"
+{postgres_extra}
 
 [elasticsearch]
 urls = ["{es}"]
+{es_extra}
 
 [pipeline]
 dead_letter_index = "{dl}"
@@ -44,11 +84,14 @@ linger_ms = 20
 
 [http]
 listen = "127.0.0.1:0"
-{extra_config}"#,
-            url = db.repl_url(),
-            slot = db.name,
-            es = crate::support::services().es_url,
-            dl = db.index("dead-letters"),
+{extra}"#,
+            url = setup.pg_url,
+            slot = setup.slot,
+            postgres_extra = setup.postgres_extra,
+            es = setup.es_url,
+            es_extra = setup.es_extra,
+            dl = setup.dead_letter_index,
+            extra = setup.extra,
         );
         std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
         let log = dir.path().join("sluice.log");
@@ -149,12 +192,12 @@ fn unsafe_sigterm(pid: u32) {
         .status();
 }
 
-fn mapping(table: &str, index: &str, extra: &str) -> String {
+pub(crate) fn mapping(table: &str, index: &str, extra: &str) -> String {
     format!("table = \"{table}\"\nindex = \"{index}\"\n{extra}\n")
 }
 
 /// Poll `check` every 100 ms until it is true; fail early if Sluice exits.
-async fn poll(
+pub(crate) async fn poll(
     sluice: &mut Sluice,
     timeout: Duration,
     what: &str,
@@ -181,7 +224,7 @@ async fn poll(
 }
 
 /// Wait until the slot is held by a running Sluice (it streams from then on).
-async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
+pub(crate) async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
     let slot = format!("sluice_{}", db.name);
     poll(
         sluice,
@@ -202,7 +245,13 @@ async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
 }
 
 /// Wait until the index equals the table (then assert it once more, whole).
-async fn wait_converged(db: &TestDb, es: &Es, index: &str, query: &str, sluice: &mut Sluice) {
+pub(crate) async fn wait_converged(
+    db: &TestDb,
+    es: &Es,
+    index: &str,
+    query: &str,
+    sluice: &mut Sluice,
+) {
     poll(
         sluice,
         Duration::from_secs(90),
@@ -273,7 +322,7 @@ async fn run_streams_inserts_updates_deletes_and_key_changes_into_the_index() {
 }
 
 /// The sum of a Prometheus metric's series whose labels contain all `labels`.
-fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
@@ -283,7 +332,7 @@ fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 /// A bare HTTP/1.0 GET: (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
@@ -428,34 +477,8 @@ async fn kill_dash_nine_at_random_moments_loses_and_duplicates_nothing() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut next_id = 1_000i64;
         for _ in 0..600 {
-            let n = rng.random_range(1..=5);
-            let mut sql = String::from("BEGIN;");
-            for _ in 0..n {
-                let id = rng.random_range(1..next_id);
-                match rng.random_range(0..10) {
-                    0..=3 => {
-                        next_id += 1;
-                        sql += &format!(
-                            "INSERT INTO accounts VALUES ({next_id}, {}, 'new');",
-                            rng.random_range(0..1000)
-                        );
-                    }
-                    4..=6 => {
-                        sql += &format!(
-                            "UPDATE accounts SET balance = balance + {} WHERE id = {id};",
-                            rng.random_range(1..100)
-                        )
-                    }
-                    7..=8 => sql += &format!("DELETE FROM accounts WHERE id = {id};"),
-                    _ => {
-                        next_id += 1;
-                        sql += &format!(
-                            "UPDATE accounts SET id = {next_id}, note = 'moved' WHERE id = {id};"
-                        );
-                    }
-                }
-            }
-            sql += "COMMIT;";
+            let sql =
+                crate::support::workload::random_transaction(&mut rng, "accounts", &mut next_id);
             client.batch_execute(&sql).await.unwrap();
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..8))).await;
         }
@@ -673,7 +696,7 @@ async fn sigterm_during_a_busy_stream_exits_cleanly_and_the_restart_replays_noth
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 }
 
-async fn count(es: &Es, index: &str) -> u64 {
+pub(crate) async fn count(es: &Es, index: &str) -> u64 {
     let r = es
         .client
         .count(elasticsearch::CountParts::Index(&[index]))

@@ -199,6 +199,20 @@ async fn a_rejected_document_becomes_a_dead_letter_and_the_stream_continues() {
         by_id("3")["error"]["type"],
         "strict_dynamic_mapping_exception"
     );
+
+    // A restart replays the same writes: each is refused again, and each
+    // still has exactly one dead letter.
+    let replay = vec![
+        (index_op(&index, "2", 10, json!({"n": "not a number"})), 3),
+        (
+            index_op(&index, "3", 10, json!({"n": 3, "unknown": true})),
+            3,
+        ),
+    ];
+    let acks = index_all(test_config(&dl), replay).await;
+    assert_eq!(acks, vec![Ack { tag: 3, count: 2 }]);
+    let dead_after_replay = es.sources(&dl).await;
+    assert_eq!(dead_after_replay.len(), 2, "{dead_after_replay:#?}");
 }
 
 #[tokio::test]

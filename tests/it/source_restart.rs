@@ -33,6 +33,21 @@ fn pg_ctl(args: &[&str]) -> std::process::ExitStatus {
         .expect("pg_ctl")
 }
 
+/// `pg_ctl stop -m <mode> -t <secs>`: whether it stopped in time.
+pub fn pg_ctl_stop(pg: &PrivatePg, mode: &str, secs: u32) -> bool {
+    pg_ctl(&[
+        "-D",
+        pg.data().to_str().unwrap(),
+        "-m",
+        mode,
+        "-t",
+        &secs.to_string(),
+        "-w",
+        "stop",
+    ])
+    .success()
+}
+
 impl PrivatePg {
     pub fn start() -> PrivatePg {
         PrivatePg::start_with("")
@@ -79,7 +94,7 @@ impl PrivatePg {
         self.dir.path().join("data")
     }
 
-    fn pg_ctl_start(&self) {
+    pub fn pg_ctl_start(&self) {
         let log = self.dir.path().join("log");
         let st = pg_ctl(&[
             "-D",
@@ -98,18 +113,32 @@ impl PrivatePg {
 
     /// Stop (fast: active connections are cut) and start again.
     pub fn restart(&self) {
+        self.restart_mode("fast");
+    }
+
+    /// Stop with `pg_ctl stop -m <mode>` (`fast`, or `immediate`: a crash,
+    /// recovered from the WAL at the start) and start again.
+    pub fn restart_mode(&self, mode: &str) {
         let st = pg_ctl(&[
             "-D",
             self.data().to_str().unwrap(),
             "-m",
-            "fast",
+            mode,
             "-t",
             "120",
             "-w",
             "stop",
         ]);
-        assert!(st.success());
+        assert!(st.success(), "pg_ctl stop -m {mode}");
         self.pg_ctl_start();
+    }
+
+    /// Superuser URL of the `postgres` database (trust auth, no TLS).
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
     }
 
     pub fn config(&self) -> PgConnectConfig {

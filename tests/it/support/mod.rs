@@ -19,6 +19,8 @@ use elasticsearch::http::transport::Transport;
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
+pub mod workload;
+
 /// Connection facts exported by `./dev services env`.
 #[derive(Debug, Clone)]
 pub struct Services {
@@ -141,15 +143,20 @@ impl TestDb {
 
     /// Rows of a query as JSON objects (`SELECT to_jsonb(t) ...` style).
     pub async fn json_rows(&self, query: &str) -> Vec<Value> {
-        let wrapped = format!("SELECT to_jsonb(q) FROM ({query}) q");
-        self.admin
-            .query(&wrapped, &[])
-            .await
-            .unwrap_or_else(|e| panic!("query failed: {e}\n{query}"))
-            .iter()
-            .map(|r| r.get::<_, Value>(0))
-            .collect()
+        json_rows(&self.admin, query).await
     }
+}
+
+/// Rows of a query as JSON objects, on any connection.
+pub async fn json_rows(client: &Client, query: &str) -> Vec<Value> {
+    let wrapped = format!("SELECT to_jsonb(q) FROM ({query}) q");
+    client
+        .query(&wrapped, &[])
+        .await
+        .unwrap_or_else(|e| panic!("query failed: {e}\n{query}"))
+        .iter()
+        .map(|r| r.get::<_, Value>(0))
+        .collect()
 }
 
 impl Drop for TestDb {
@@ -353,8 +360,19 @@ impl Es {
 /// Assert that `index` holds exactly the rows of `query` (JSON objects keyed
 /// by `id_column`, compared whole) and nothing else.
 pub async fn assert_index_matches(db: &TestDb, es: &Es, index: &str, query: &str, id_column: &str) {
-    let expected: BTreeMap<String, Value> = db
-        .json_rows(query)
+    assert_index_matches_on(&db.admin, es, index, query, id_column).await
+}
+
+/// [`assert_index_matches`] for a database reached through `client` (a
+/// private cluster, say).
+pub async fn assert_index_matches_on(
+    client: &Client,
+    es: &Es,
+    index: &str,
+    query: &str,
+    id_column: &str,
+) {
+    let expected: BTreeMap<String, Value> = json_rows(client, query)
         .await
         .into_iter()
         .map(|row| {

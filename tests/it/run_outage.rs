@@ -1,0 +1,427 @@
+//! `sluice run` (the real process) through outages of the servers it talks
+//! to, with a random workload running: Elasticsearch refusing and then
+//! hanging (behind a proxy, never the shared server), and PostgreSQL
+//! restarting fast and crashing (a private cluster). No manual step: the
+//! process stays up, and at the end the index equals the table exactly.
+
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use serde_json::Value;
+use sluice::Lsn;
+use tokio_postgres::Client;
+
+use crate::run::{Setup, Sluice, http_get, mapping, poll, wait_converged, wait_streaming};
+use crate::sink_proxy::Proxy;
+use crate::source_restart::PrivatePg;
+use crate::support::workload::Workload;
+use crate::support::{Es, TestDb, assert_index_matches_on, json_rows, unique_name};
+
+const ACCOUNTS: &str =
+    "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
+     CREATE PUBLICATION sluice FOR TABLE accounts;";
+
+/// The slot's `confirmed_flush_lsn` as the server records it.
+pub(crate) async fn confirmed_flush(client: &Client, slot: &str) -> Lsn {
+    let row = client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("read the slot");
+    row.get::<_, String>(0).parse().unwrap()
+}
+
+/// A metric's value summed over its series (also one without labels).
+pub(crate) fn metric(sluice: &Sluice, name: &str) -> f64 {
+    http_get(&sluice.http_addr(), "/metrics")
+        .1
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The `_version` of a document (its commit LSN), once it is in the index.
+async fn doc_version(es: &Es, index: &str, id: &str) -> Option<u64> {
+    let r = es
+        .client
+        .get(elasticsearch::GetParts::IndexId(index, id))
+        .send()
+        .await
+        .ok()?;
+    let v: Value = r.json().await.ok()?;
+    v["found"]
+        .as_bool()
+        .filter(|f| *f)
+        .and(v["_version"].as_u64())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    /// Connections refused, open ones reset.
+    Refuse,
+    /// Connections accepted, nothing answers: request timeouts must fire.
+    Hang,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_elasticsearch_outage_mid_stream_holds_the_slot_and_heals_without_a_manual_step() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("accounts");
+    db.sql(ACCOUNTS).await;
+    let proxy = Proxy::start(&crate::support::services().es_url).await;
+    let setup = Setup {
+        es_url: proxy.url(),
+        es_extra: "request_timeout_ms = 2000".into(),
+        extra: "[snapshot]\nmode = \"never\"\n".into(),
+        ..Setup::for_db(&db)
+    };
+    let slot = setup.slot.clone();
+    let mut sluice = Sluice::with_setup(
+        &setup,
+        &[("a.toml", mapping("public.accounts", &index, ""))],
+    );
+    sluice.start();
+    wait_streaming(&db, &mut sluice).await;
+    db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
+        .await;
+    let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
+    poll(
+        &mut sluice,
+        Duration::from_secs(30),
+        "documents",
+        async || crate::run::count(&es, &index).await > 100,
+    )
+    .await;
+
+    for (n, outage) in [Outage::Refuse, Outage::Hang].into_iter().enumerate() {
+        let retries_before = metric(&sluice, "sluice_retries_total");
+        match outage {
+            Outage::Refuse => proxy.cut(),
+            Outage::Hang => proxy.hang(),
+        }
+        let started = Instant::now();
+        // The first transaction committed during the outage: whatever the
+        // slot confirms until it is applied must stay below its commit.
+        let marker = format!("-{}", n + 1);
+        db.sql(&format!(
+            "INSERT INTO accounts VALUES ({marker}, 0, 'marker')"
+        ))
+        .await;
+        let committed_before = workload.committed();
+        let mut max_confirmed = Lsn::ZERO;
+        let mut ready = Vec::new();
+        while started.elapsed() < Duration::from_secs(22) {
+            if let Some(code) = sluice.exited() {
+                panic!(
+                    "sluice exited ({code}) during the outage:\n{}",
+                    sluice.log_text()
+                );
+            }
+            max_confirmed = max_confirmed.max(confirmed_flush(&db.admin, &slot).await);
+            let addr = sluice.http_addr();
+            assert_eq!(http_get(&addr, "/health").0, 200, "alive while it retries");
+            ready.push(http_get(&addr, "/ready").0);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let retries = metric(&sluice, "sluice_retries_total") - retries_before;
+        assert!(retries > 0.0, "{outage:?}: no retries were counted");
+        assert!(
+            workload.committed() > committed_before + 100,
+            "the workload kept writing during the outage"
+        );
+        if let Outage::Hang = outage {
+            assert!(
+                sluice.log_text().contains("timeout=true"),
+                "a hanging Elasticsearch must be cut off by the request timeout:\n{}",
+                sluice.log_text()
+            );
+        }
+        ready.dedup();
+        eprintln!("{outage:?}: {retries} retries, /ready answered {ready:?}");
+        proxy.restore().await;
+
+        let version = crate::support::wait_until(
+            Duration::from_secs(60),
+            "the marker to be applied after the outage",
+            || doc_version(&es, &index, &marker),
+        )
+        .await;
+        assert!(
+            max_confirmed.0 <= version,
+            "{outage:?}: the slot confirmed {max_confirmed} during the outage, past the \
+             unapplied transaction committed at {}",
+            Lsn(version)
+        );
+        // ...and moves past it once it is applied (status updates: 10 s).
+        poll(
+            &mut sluice,
+            Duration::from_secs(30),
+            "the slot to move past the marker",
+            async || confirmed_flush(&db.admin, &slot).await.0 > version,
+        )
+        .await;
+    }
+    let committed = workload.stop().await;
+    eprintln!("{committed} transactions during the test");
+    wait_converged(&db, &es, &index, "SELECT * FROM accounts", &mut sluice).await;
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+}
+
+/// Deletes a test's indices at the end (tests on a private cluster have no
+/// `TestDb` to do it).
+pub(crate) struct Indices(pub String);
+
+impl Indices {
+    pub fn new() -> Indices {
+        Indices(format!("{}-", unique_name("t").replace('_', "-")))
+    }
+
+    pub fn name(&self, n: &str) -> String {
+        format!("{}{n}", self.0)
+    }
+}
+
+impl Drop for Indices {
+    fn drop(&mut self) {
+        let pattern = format!("{}*", self.0);
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async { Es::new().delete_indices(&pattern).await })
+        })
+        .join();
+    }
+}
+
+/// A `Setup` for a private cluster's `postgres` database (as its superuser).
+pub(crate) fn private_setup(pg: &PrivatePg, indices: &Indices) -> Setup {
+    Setup {
+        pg_url: pg.url(),
+        slot: "sluice".into(),
+        es_url: crate::support::services().es_url.clone(),
+        dead_letter_index: indices.name("dead-letters"),
+        postgres_extra: String::new(),
+        es_extra: String::new(),
+        extra: "[snapshot]\nmode = \"never\"\n".into(),
+    }
+}
+
+/// Wait until the slot is held by the running Sluice.
+pub(crate) async fn wait_active(client: &Client, slot: &str, sluice: &mut Sluice) {
+    poll(
+        sluice,
+        Duration::from_secs(60),
+        "sluice to hold its slot",
+        async || {
+            client
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[&slot],
+                )
+                .await
+                .is_ok_and(|r| r.is_some())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
+    let pg = std::sync::Arc::new(tokio::task::spawn_blocking(PrivatePg::start).await.unwrap());
+    let indices = Indices::new();
+    let es = Es::new();
+    let index = indices.name("accounts");
+    let docs_index = indices.name("docs");
+    let admin = crate::support::connect(&pg.url()).await;
+    admin.batch_execute(ACCOUNTS).await.unwrap();
+    // Updates of `docs` leave a TOASTed column unchanged, so Sluice re-reads
+    // those rows on its SQL connection, which the restarts close too.
+    admin
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+             ALTER PUBLICATION sluice ADD TABLE docs;",
+        )
+        .await
+        .unwrap();
+    let setup = private_setup(&pg, &indices);
+    let mut sluice = Sluice::with_setup(
+        &setup,
+        &[
+            ("a.toml", mapping("public.accounts", &index, "")),
+            ("d.toml", mapping("public.docs", &docs_index, "")),
+        ],
+    );
+    sluice.start();
+    wait_active(&admin, "sluice", &mut sluice).await;
+    admin
+        .batch_execute(
+            "INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g;
+             INSERT INTO docs SELECT g, (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 400) i), 0
+               FROM generate_series(1, 5) g;",
+        )
+        .await
+        .unwrap();
+    let workload = Workload::start(pg.url(), "accounts", 201, rand::rng().random());
+
+    for mode in ["fast", "immediate"] {
+        let before = workload.committed();
+        poll(
+            &mut sluice,
+            Duration::from_secs(30),
+            "workload progress",
+            async || workload.committed() > before + 200,
+        )
+        .await;
+        let started = Instant::now();
+        let p = pg.clone();
+        tokio::task::spawn_blocking(move || p.restart_mode(mode))
+            .await
+            .unwrap();
+        eprintln!("pg_ctl restart -m {mode}: {:?}", started.elapsed());
+        // Sluice reconnects by itself and streams what was written since.
+        let before = workload.committed();
+        poll(
+            &mut sluice,
+            Duration::from_secs(60),
+            "the workload to resume",
+            async || workload.committed() > before + 200,
+        )
+        .await;
+        let admin = crate::support::connect(&pg.url()).await;
+        wait_active(&admin, "sluice", &mut sluice).await;
+        admin
+            .batch_execute("UPDATE docs SET n = n + 1")
+            .await
+            .unwrap();
+    }
+    let committed = workload.stop().await;
+    eprintln!("{committed} transactions during the test");
+
+    let admin = crate::support::connect(&pg.url()).await;
+    let query = "SELECT * FROM accounts";
+    poll(
+        &mut sluice,
+        Duration::from_secs(90),
+        "the index to match the table",
+        async || {
+            let rows: std::collections::BTreeMap<String, Value> = json_rows(&admin, query)
+                .await
+                .into_iter()
+                .map(|r| (r["id"].to_string(), r))
+                .collect();
+            rows == es.sources(&index).await
+        },
+    )
+    .await;
+    assert_index_matches_on(&admin, &es, &index, query, "id").await;
+    let docs = "SELECT * FROM docs";
+    poll(
+        &mut sluice,
+        Duration::from_secs(60),
+        "docs to match",
+        async || {
+            let d = es.sources(&docs_index).await;
+            d.len() == 5 && d.values().all(|d| d["n"] == 2)
+        },
+    )
+    .await;
+    assert_index_matches_on(&admin, &es, &docs_index, docs, "id").await;
+    let log = sluice.log_text();
+    assert!(
+        log.contains("reconnecting"),
+        "the reader never reconnected:\n{log}"
+    );
+    assert_eq!(sluice.terminate(), 0, "{log}");
+}
+
+/// A fast PostgreSQL shutdown while Sluice cannot apply (its Elasticsearch
+/// is cut off). The walsender waits for its client to confirm everything it
+/// sent, which Sluice cannot do; without the reader's shutdown detection the
+/// stop never finished (measured: `pg_ctl stop -m fast -t 20` gave up).
+/// Sluice must let go of the connection, and after the restart and the
+/// outage nothing is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_can_stop_while_elasticsearch_is_down_and_nothing_is_lost() {
+    let pg = std::sync::Arc::new(tokio::task::spawn_blocking(PrivatePg::start).await.unwrap());
+    let indices = Indices::new();
+    let index = indices.name("accounts");
+    let admin = crate::support::connect(&pg.url()).await;
+    admin.batch_execute(ACCOUNTS).await.unwrap();
+    let proxy = Proxy::start(&crate::support::services().es_url).await;
+    let setup = Setup {
+        es_url: proxy.url(),
+        ..private_setup(&pg, &indices)
+    };
+    let mut sluice = Sluice::with_setup(
+        &setup,
+        &[("a.toml", mapping("public.accounts", &index, ""))],
+    );
+    sluice.start();
+    wait_active(&admin, "sluice", &mut sluice).await;
+    admin
+        .batch_execute("INSERT INTO accounts SELECT g, g, 'before' FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    let es = Es::new();
+    poll(
+        &mut sluice,
+        Duration::from_secs(60),
+        "the first rows",
+        async || es.sources(&index).await.len() == 50,
+    )
+    .await;
+    proxy.cut();
+    admin
+        .batch_execute(
+            "INSERT INTO accounts SELECT g, g, 'during' FROM generate_series(51, 100) g;
+             UPDATE accounts SET note = 'changed' WHERE id <= 10;",
+        )
+        .await
+        .unwrap();
+    drop(admin);
+    let p = pg.clone();
+    let stopped =
+        tokio::task::spawn_blocking(move || super::source_restart::pg_ctl_stop(&p, "fast", 90))
+            .await
+            .unwrap();
+    assert!(
+        stopped,
+        "PostgreSQL could not stop while Sluice held changes it could not apply:\n{}",
+        sluice.log_text()
+    );
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.pg_ctl_start())
+        .await
+        .unwrap();
+    proxy.restore().await;
+
+    let admin = crate::support::connect(&pg.url()).await;
+    let query = "SELECT * FROM accounts";
+    poll(
+        &mut sluice,
+        Duration::from_secs(90),
+        "the index to match the table",
+        async || {
+            let rows: std::collections::BTreeMap<String, Value> = json_rows(&admin, query)
+                .await
+                .into_iter()
+                .map(|r| (r["id"].to_string(), r))
+                .collect();
+            rows == es.sources(&index).await
+        },
+    )
+    .await;
+    assert_index_matches_on(&admin, &es, &index, query, "id").await;
+    let log = sluice.log_text();
+    assert!(log.contains("PostgreSQL is shutting down"), "{log}");
+    assert_eq!(sluice.terminate(), 0, "{log}");
+}

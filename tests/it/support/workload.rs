@@ -1,0 +1,114 @@
+//! A random write workload for end-to-end tests: inserts, updates, deletes,
+//! primary-key changes, several per transaction, on a table
+//! `(id bigint PRIMARY KEY, balance bigint NOT NULL, note text)`, running
+//! until stopped. It survives a restart of the server it writes to: a lost
+//! connection is reopened and the workload goes on (whether a transaction cut
+//! off at its COMMIT landed does not matter, tests compare end states).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+pub struct Workload {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    committed: Arc<AtomicU64>,
+}
+
+/// One random transaction; `next_id` grows with every new key.
+pub fn random_transaction(rng: &mut rand::rngs::StdRng, table: &str, next_id: &mut i64) -> String {
+    let n = rng.random_range(1..=5);
+    let mut sql = String::from("BEGIN;");
+    for _ in 0..n {
+        let id = rng.random_range(1..*next_id);
+        match rng.random_range(0..10) {
+            0..=3 => {
+                *next_id += 1;
+                sql += &format!(
+                    "INSERT INTO {table} VALUES ({next_id}, {}, 'new');",
+                    rng.random_range(0..1000)
+                );
+            }
+            4..=6 => {
+                sql += &format!(
+                    "UPDATE {table} SET balance = balance + {} WHERE id = {id};",
+                    rng.random_range(1..100)
+                )
+            }
+            7..=8 => sql += &format!("DELETE FROM {table} WHERE id = {id};"),
+            _ => {
+                *next_id += 1;
+                sql +=
+                    &format!("UPDATE {table} SET id = {next_id}, note = 'moved' WHERE id = {id};");
+            }
+        }
+    }
+    sql + "COMMIT;"
+}
+
+impl Workload {
+    /// Start writing to `table` (ids from 1 to `first_free_id - 1` may exist).
+    pub fn start(url: String, table: &str, first_free_id: i64, seed: u64) -> Workload {
+        eprintln!("workload seed {seed}");
+        let (stop, mut stopped) = watch::channel(false);
+        let committed = Arc::new(AtomicU64::new(0));
+        let count = committed.clone();
+        let table = table.to_string();
+        let task = tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut next_id = first_free_id.max(2);
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !*stopped.borrow() {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = match tokio_postgres::connect(&url, NoTls).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            Some(c)
+                        }
+                        Err(_) => None,
+                    };
+                }
+                if let Some(c) = &client {
+                    let sql = random_transaction(&mut rng, &table, &mut next_id);
+                    match c.batch_execute(&sql).await {
+                        Ok(()) => {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => client = None,
+                    }
+                }
+                let pause = if client.is_some() {
+                    rng.random_range(0..8)
+                } else {
+                    100
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+        });
+        Workload {
+            stop,
+            task,
+            committed,
+        }
+    }
+
+    /// Transactions committed so far.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Stop after the current transaction; returns how many committed.
+    pub async fn stop(self) -> u64 {
+        let _ = self.stop.send(true);
+        self.task.await.expect("workload task");
+        self.committed.load(Ordering::Relaxed)
+    }
+}
