@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use elasticsearch::Elasticsearch;
 
-use crate::cli::{EXIT_CONFIG, EXIT_NOT_IMPLEMENTED, EXIT_RUNTIME, SnapshotArgs};
+use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME, SnapshotArgs};
 use crate::config::{Config, STATE_INDEX};
 use crate::run::pipeline_config;
 use crate::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
@@ -242,14 +242,6 @@ pub async fn command(args: &SnapshotArgs) -> i32 {
 async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error)> {
     let config_err = |e: anyhow::Error| (EXIT_CONFIG, e);
     let runtime_err = |e: anyhow::Error| (EXIT_RUNTIME, e);
-    if args.reindex {
-        return Err((
-            EXIT_NOT_IMPLEMENTED,
-            anyhow::anyhow!(
-                "--reindex is not wired into the CLI yet (the stream's dual writes are missing); nothing was done"
-            ),
-        ));
-    }
     let mut cfg =
         Config::load(&args.config.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
     let pg = source::connect_sql(&cfg.postgres)
@@ -284,7 +276,32 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         }
         out
     };
-    let targets = backfill_targets(&cfg, &wanted);
+    let targets = if args.reindex {
+        reindex_targets(&cfg, &wanted).map_err(config_err)?
+    } else {
+        backfill_targets(&cfg, &wanted)
+    };
+    if args.abandon {
+        let state = StateStore::new(es.clone(), STATE_INDEX);
+        let mut aliases: Vec<&str> = targets.iter().map(|t| t.index.as_str()).collect();
+        aliases.dedup();
+        for alias in aliases {
+            let wait = std::time::Duration::from_secs(args.stream_timeout);
+            match crate::snapshot::reindex::abandon(&state, alias, Some(wait)).await {
+                Ok(Some(build)) => println!("{alias}: reindex abandoned, {build} deleted"),
+                Ok(None) => println!("{alias}: no reindex in progress"),
+                Err(e) => {
+                    let code = if e.is_retryable() {
+                        EXIT_RUNTIME
+                    } else {
+                        EXIT_CONFIG
+                    };
+                    return Err((code, anyhow::Error::new(e)));
+                }
+            }
+        }
+        return Ok(());
+    }
     let deps = deps(
         &cfg,
         &es,
@@ -296,14 +313,41 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
     .map_err(runtime_err)?;
     let req = BackfillRequest {
         targets,
-        reindex: false,
-        delete_old: false,
+        reindex: args.reindex,
+        delete_old: args.delete_old,
         gc_deletes: cfg.pipeline.gc_deletes_setting(),
-        wait_for_stream: None,
+        wait_for_stream: args
+            .reindex
+            .then(|| std::time::Duration::from_secs(args.stream_timeout)),
+        stream_slot: Some(cfg.slot.clone()),
         options: options(&cfg),
     };
     let sink = deps.sink.clone();
-    let summary = backfill(&deps, &req, |_| sink).await.map_err(|e| {
+    let make_sink = |overrides: &std::collections::BTreeMap<String, String>| {
+        if overrides.is_empty() {
+            return sink;
+        }
+        // Only the reindexed names: the table's other mappings are not
+        // being rebuilt, and the stream keeps them current.
+        let only = crate::config::Mappings {
+            list: cfg
+                .mappings
+                .list
+                .iter()
+                .filter(|m| {
+                    matches!(&m.index, crate::config::IndexName::Fixed(n) if overrides.contains_key(&n.to_string()))
+                })
+                .cloned()
+                .collect(),
+        };
+        Arc::new(IndexerSink::start(
+            es.clone(),
+            pipeline_config(&cfg).indexer,
+            Transformer::new(&only),
+            overrides.clone().into_iter().collect(),
+        )) as Arc<dyn crate::snapshot::SnapshotSink>
+    };
+    let summary = backfill(&deps, &req, make_sink).await.map_err(|e| {
         let code = if e.is_retryable() {
             EXIT_RUNTIME
         } else {
@@ -317,7 +361,95 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
             t.table, t.rows, t.chunks_resumed, t.chunks
         );
     }
+    if args.reindex {
+        let state = StateStore::new(es.clone(), STATE_INDEX);
+        let mut seen = Vec::new();
+        for t in &req.targets {
+            if seen.contains(&t.index) {
+                continue;
+            }
+            seen.push(t.index.clone());
+            if let Ok(Some(r)) = crate::snapshot::reindex::load(&state, &t.index).await {
+                let old = if r.old_indices.is_empty() {
+                    "no old index".to_string()
+                } else if args.delete_old {
+                    format!("old {} deleted", r.old_indices.join(", "))
+                } else {
+                    format!("old {} kept", r.old_indices.join(", "))
+                };
+                println!("{}: alias now points at {} ({old})", r.alias, r.build_index);
+            }
+        }
+    }
     Ok(())
+}
+
+/// `--reindex` targets: one per table and fixed index name, with the
+/// mapping files that write that name. A reindex rebuilds a whole index,
+/// so every table written to it must be part of the run, and templated
+/// names (many indices) cannot be reindexed.
+fn reindex_targets(cfg: &Config, tables: &[TableSpec]) -> anyhow::Result<Vec<BackfillTarget>> {
+    let mut out = Vec::new();
+    for spec in tables {
+        let qualified = spec.qualified_name();
+        for m in cfg.mappings.for_table(&qualified) {
+            let name = match &m.index {
+                crate::config::IndexName::Fixed(n) => n.to_string(),
+                crate::config::IndexName::Template(_) => anyhow::bail!(
+                    "{}: index `{}` is templated; a reindex builds one index behind one alias, \
+                     so templated names cannot be reindexed (leave {qualified} out with --table)",
+                    m.file.display(),
+                    m.index_pattern()
+                ),
+            };
+            if let Some(alias) = &m.alias {
+                anyhow::bail!(
+                    "{}: the mapping writes `{name}` and adds the alias `{alias}`; a reindex \
+                     replaces the name the mapping writes to, and would leave `{alias}` on the old \
+                     index. Write and search through one name instead: set index = \"{alias}\" \
+                     and remove `alias` (Sluice writes through an alias over one index), restart \
+                     `sluice run`, then reindex",
+                    m.file.display()
+                );
+            }
+            let writers: Vec<_> = cfg
+                .mappings
+                .list
+                .iter()
+                .filter(|w| matches!(&w.index, crate::config::IndexName::Fixed(n) if n.to_string() == name))
+                .collect();
+            for w in &writers {
+                if !tables
+                    .iter()
+                    .any(|t| t.qualified_name() == *w.qualified_table)
+                {
+                    anyhow::bail!(
+                        "--reindex rebuilds all of `{name}`, which {} also fills from {}: add --table {}",
+                        w.file.display(),
+                        w.qualified_table,
+                        w.qualified_table
+                    );
+                }
+            }
+            let mut files = Vec::new();
+            for w in &writers {
+                let text = std::fs::read_to_string(&w.file)
+                    .with_context(|| format!("reading {}", w.file.display()))?;
+                files.push(crate::snapshot::reindex::MappingFile {
+                    path: w.file.display().to_string(),
+                    text,
+                });
+            }
+            out.push(BackfillTarget {
+                table: spec.clone(),
+                index: name,
+                settings: m.index_settings.clone().unwrap_or_default(),
+                mappings: m.index_mappings.clone().unwrap_or_default(),
+                mapping_files: files,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// One backfill target per table and fixed index of its mappings. Templated
@@ -337,6 +469,7 @@ fn backfill_targets(cfg: &Config, tables: &[TableSpec]) -> Vec<BackfillTarget> {
                     index: name.to_string(),
                     settings: m.index_settings.clone().unwrap_or_default(),
                     mappings: m.index_mappings.clone().unwrap_or_default(),
+                    mapping_files: Vec::new(),
                 }),
                 crate::config::IndexName::Template(_) => None,
             })
@@ -357,6 +490,7 @@ fn backfill_targets(cfg: &Config, tables: &[TableSpec]) -> Vec<BackfillTarget> {
                 index: m.index_pattern(),
                 settings: serde_json::Value::Null,
                 mappings: serde_json::Value::Null,
+                mapping_files: Vec::new(),
             });
         }
         out.extend(fixed);

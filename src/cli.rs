@@ -74,9 +74,29 @@ pub struct SnapshotArgs {
     /// Only these tables (`schema.table`); default: every mapped table.
     #[arg(long = "table", value_name = "SCHEMA.TABLE")]
     pub tables: Vec<String>,
-    /// Build into a fresh index and swap the alias when caught up.
+    /// Build each mapped index anew (`<name>-<timestamp>`, with the mapping
+    /// files as they are now) while `sluice run` keeps streaming into both,
+    /// then move the name (an alias) to it atomically. Needs a running
+    /// `sluice run`.
     #[arg(long)]
     pub reindex: bool,
+    /// With --reindex: delete the old index after the swap (required when
+    /// the name is still a concrete index, not an alias).
+    #[arg(long, requires = "reindex")]
+    pub delete_old: bool,
+    /// With --reindex: how long to wait for `sluice run` to pick up the
+    /// reindex (and, at the end, the swap) before giving up (exit 1).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 600,
+        requires = "reindex"
+    )]
+    pub stream_timeout: u64,
+    /// With --reindex: give up a reindex that is building (delete its build
+    /// index and state) instead of starting or resuming one.
+    #[arg(long, requires = "reindex")]
+    pub abandon: bool,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +132,19 @@ mod tests {
         let cli = Cli::try_parse_from(["sluice", "check"]).unwrap();
         match cli.command {
             Command::Check(c) => assert_eq!(c.config, PathBuf::from("sluice.toml")),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn delete_old_is_refused_without_reindex() {
+        assert!(Cli::try_parse_from(["sluice", "snapshot", "--delete-old"]).is_err());
+        let cli = Cli::try_parse_from(["sluice", "snapshot", "--reindex", "--delete-old"]).unwrap();
+        match cli.command {
+            Command::Snapshot(s) => {
+                assert!(s.reindex && s.delete_old && !s.abandon);
+                assert_eq!(s.stream_timeout, 600);
+            }
             other => panic!("parsed as {other:?}"),
         }
     }

@@ -11,6 +11,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod dual_write;
 pub mod http;
 pub mod logging;
 pub mod lsn;

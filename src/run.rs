@@ -234,13 +234,30 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     // Elasticsearch: target indices (or templates) and the dead-letter index.
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
         .map_err(|e| Failure::Config(format!("[elasticsearch]: {e}")))?;
-    ensure_mapping_indices(
-        &es,
-        &cfg.mappings.index_specs(&cfg.pipeline.gc_deletes_setting()),
-        cfg.pipeline.gc_deletes,
+    // A name being reindexed is checked against nothing here: its build
+    // index was created from the (new) mapping, and the old index behind
+    // the alias legitimately differs from it until the swap.
+    let reindexing = crate::snapshot::reindex::active_for(
+        &crate::snapshot::StateStore::new(es.clone(), crate::config::STATE_INDEX),
+        &cfg.slot,
     )
     .await
-    .context("preparing the target indices")?;
+    .context("reading running reindexes from the state index")?;
+    let specs: Vec<_> = cfg
+        .mappings
+        .index_specs(&cfg.pipeline.gc_deletes_setting())
+        .into_iter()
+        .filter(|s| {
+            let r = reindexing.iter().find(|r| r.alias == s.pattern);
+            if let Some(r) = r {
+                tracing::info!(index = %s.pattern, build_index = %r.build_index, "being reindexed: not checking its mappings");
+            }
+            r.is_none()
+        })
+        .collect();
+    ensure_mapping_indices(&es, &specs, cfg.pipeline.gc_deletes)
+        .await
+        .context("preparing the target indices")?;
     crate::sink::ensure_index(
         &es,
         &crate::sink::dead_letter::index_spec(&cfg.pipeline.dead_letter_index),
@@ -321,6 +338,31 @@ async fn stream(
         vec![cfg.publication.clone()],
     );
     reader_cfg.start_lsn = start;
+    // Reindexes: polled once before any change is transformed (so a
+    // restart during a reindex dual-writes everything it replays), then
+    // every second (see `dual_write`).
+    let pg = Arc::new(pg);
+    let dual = crate::dual_write::DualWrite::new();
+    let mut poller = crate::dual_write::Poller::new(crate::dual_write::PollerSetup {
+        dual: dual.clone(),
+        state: crate::snapshot::StateStore::new(es.clone(), crate::config::STATE_INDEX),
+        pg: pg.clone(),
+        loaded: cfg.mappings.clone(),
+        make_transform: {
+            let pg = pg.clone();
+            let pg_cfg = cfg.postgres.clone();
+            Box::new(move |m| Box::new(transform_with_refetch(m, pg_cfg.clone(), pg.clone())))
+        },
+        slot: cfg.slot.clone(),
+        start,
+        confirmed: confirmed_rx.clone(),
+    });
+    poller
+        .poll()
+        .await
+        .context("reading running reindexes from the state index")?;
+    let poll_task = tokio::spawn(poller.run(Duration::from_secs(1), wait_true(shutdown.clone())));
+
     let reader = tokio::spawn(source::run_reader(
         reader_cfg,
         None,
@@ -359,7 +401,11 @@ async fn stream(
         }
     });
 
-    let transform = transform_with_refetch(&cfg, Arc::new(pg));
+    let transform = dual.wrap(transform_with_refetch(
+        &cfg.mappings,
+        cfg.postgres.clone(),
+        pg.clone(),
+    ));
     let pipeline = Pipeline::new(es, pipeline_config(&cfg));
     ready.set(PipelineState::Streaming);
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, %start, "streaming");
@@ -381,6 +427,7 @@ async fn stream(
     if let Some(h) = wal_heartbeat {
         h.abort();
     }
+    poll_task.abort();
     let summary = result.context("pipeline")?;
     tracing::info!(confirmed = %summary.confirmed, drained = summary.drained, ops = summary.ops_submitted, "stopped");
     match reader_result {
@@ -418,13 +465,13 @@ const REFETCH_PATIENCE: Duration = Duration::from_secs(120);
 /// with the change's version. A row deleted meanwhile yields nothing: its
 /// delete follows in the stream.
 fn transform_with_refetch(
-    cfg: &Config,
+    mappings: &crate::config::Mappings,
+    pg_cfg: source::PgConnectConfig,
     pg: Arc<tokio_postgres::Client>,
 ) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static {
-    let mut transformer = Transformer::new(&cfg.mappings);
+    let mut transformer = Transformer::new(mappings);
     let catalog = source::TypeCatalog::new();
     let opts = source::ValueOptions::default();
-    let pg_cfg = cfg.postgres.clone();
     let mut pg = Some(pg);
     move |change, out| match transformer.transform(change, out) {
         Ok(_) => Ok(()),

@@ -54,6 +54,12 @@ pub enum IndexError {
         body: String,
     },
     #[error(
+        "`{index}` is an alias over several indices ({behind}); Sluice writes through the name \
+         a mapping gives, so it must point at exactly one index: point the mapping's `index` at \
+         one of them, or move the alias"
+    )]
+    AliasOverSeveral { index: String, behind: String },
+    #[error(
         "index `{index}` already exists with mappings that differ from the configured ones \
          ({}); Sluice does not change an existing index's mappings: reindex into a new index \
          or align the mapping file",
@@ -154,7 +160,19 @@ pub async fn ensure_index(
         .map_err(req_err)?;
     let existing: Value = json_or_refused(resp, name, "reading mappings").await?;
     let mut differences = Vec::new();
-    // `name` may be an alias over several indices: each must be compatible.
+    // `name` may be an alias (after `sluice snapshot --reindex` it is one):
+    // writes go through it, so it must resolve to exactly one index, whose
+    // mappings are the ones checked.
+    if let Value::Object(by_index) = &existing
+        && by_index.len() > 1
+    {
+        let mut names: Vec<&str> = by_index.keys().map(String::as_str).collect();
+        names.sort();
+        return Err(IndexError::AliasOverSeveral {
+            index: name.to_string(),
+            behind: names.join(", "),
+        });
+    }
     if let Value::Object(by_index) = &existing {
         for (concrete, m) in by_index {
             for d in mapping_differences(&spec.mappings, &m["mappings"]) {

@@ -41,6 +41,10 @@ pub struct BackfillTarget {
     /// The mapping's index settings and mappings (used for a build index).
     pub settings: Value,
     pub mappings: Value,
+    /// With `--reindex`: the mapping files that write to `index`, stored
+    /// with the reindex so the running stream builds the build index's
+    /// documents with them (see `reindex::ReindexState::mapping_files`).
+    pub mapping_files: Vec<reindex::MappingFile>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +58,9 @@ pub struct BackfillRequest {
     /// With `--reindex`: how long to wait for a running `sluice run` to start
     /// dual writing; `None` when no stream runs (nothing else writes).
     pub wait_for_stream: Option<Duration>,
+    /// With `--reindex`: the slot of the `sluice run` that dual-writes
+    /// (`None`: none; the caller acknowledges by itself).
+    pub stream_slot: Option<String>,
     pub options: SnapshotOptions,
 }
 
@@ -65,6 +72,7 @@ pub struct Prepared {
     /// aimed at the key to the value instead (reindex only).
     pub index_overrides: BTreeMap<String, String>,
     reindex: bool,
+    wait_for_stream: Option<Duration>,
     indices: Vec<String>,
 }
 
@@ -78,8 +86,39 @@ pub async fn prepare(state: &StateStore, req: &BackfillRequest) -> Result<Prepar
         }
         indices.push(t.index.clone());
         if req.reindex {
-            let r =
-                reindex::start(state, &t.index, &t.settings, &t.mappings, &req.gc_deletes).await?;
+            if is_templated(&t.index) {
+                return Err(SnapshotError::Reindex(format!(
+                    "`{}` is a templated index name: a reindex builds one index behind one \
+                     alias, so templated names cannot be reindexed (leave the table out with \
+                     --table, or use a fixed index name)",
+                    t.index
+                )));
+            }
+            let resuming = reindex::load(state, &t.index)
+                .await?
+                .is_some_and(|r| r.status != reindex::ReindexStatus::Swapped);
+            if !resuming && !req.delete_old {
+                let (_, concrete) = reindex::current_target(&state.es, &t.index).await?;
+                if concrete {
+                    return Err(SnapshotError::Reindex(format!(
+                        "`{0}` is a concrete index, not an alias: the reindex replaces it with an \
+                         alias `{0}` over the new index, which needs the name, so the old index \
+                         cannot be kept; run again with --delete-old (later reindexes of `{0}` \
+                         can keep their old index)",
+                        t.index
+                    )));
+                }
+            }
+            let r = reindex::start(
+                state,
+                &t.index,
+                &t.settings,
+                &t.mappings,
+                &req.gc_deletes,
+                &t.mapping_files,
+                req.stream_slot.as_deref(),
+            )
+            .await?;
             index_overrides.insert(t.index.clone(), r.build_index);
         } else if !is_templated(&t.index) {
             tombstones::extend(state, &t.index, &req.gc_deletes).await?;
@@ -111,6 +150,7 @@ pub async fn prepare(state: &StateStore, req: &BackfillRequest) -> Result<Prepar
         },
         index_overrides,
         reindex: req.reindex,
+        wait_for_stream: req.wait_for_stream,
         indices,
     })
 }
@@ -124,7 +164,7 @@ pub async fn complete(
 ) -> Result<(), SnapshotError> {
     for index in &prepared.indices {
         if prepared.reindex {
-            let r = reindex::finish(state, index, delete_old).await?;
+            let r = reindex::finish(state, index, delete_old, prepared.wait_for_stream).await?;
             tracing::info!(alias = %index, index = %r.build_index, "alias swapped");
         } else if !is_templated(index) {
             tombstones::restore(state, index).await?;
@@ -144,6 +184,26 @@ pub async fn backfill(
     let mut deps = deps.clone();
     deps.sink = make_sink(&prepared.index_overrides);
     let summary = run_snapshot(&deps, &prepared.job).await?;
+    if prepared.reindex
+        && let Some(point) = summary.point
+    {
+        // Invariant 4 for the build index: commits >= P must be dual
+        // written. P was exported after the acknowledgement, so P >= L.
+        for alias in prepared.index_overrides.keys() {
+            let from = reindex::load(&deps.state, alias)
+                .await?
+                .and_then(|r| r.dual_write_from)
+                .and_then(|f| f.parse::<crate::lsn::Lsn>().ok());
+            if let Some(from) = from
+                && from > point
+            {
+                return Err(SnapshotError::Reindex(format!(
+                    "the stream dual-writes `{alias}` from {from}, after the snapshot point \
+                     {point}: changes in between would miss the build index"
+                )));
+            }
+        }
+    }
     complete(&deps.state, &prepared, req.delete_old).await?;
     Ok(summary)
 }

@@ -76,6 +76,9 @@ pub enum SnapshotError {
     State(String),
     #[error("reindex: {0}")]
     Reindex(String),
+    /// A reindex waited in vain for a running `sluice run` (retry once it runs).
+    #[error("reindex: {0}")]
+    NoStream(String),
     #[error("a snapshot reader stopped: {0}")]
     Reader(String),
 }
@@ -97,7 +100,7 @@ impl SnapshotError {
             | SnapshotError::Convert { .. }
             | SnapshotError::State(_)
             | SnapshotError::Reindex(_) => false,
-            SnapshotError::Reader(_) => true,
+            SnapshotError::Reader(_) | SnapshotError::NoStream(_) => true,
         }
     }
 }

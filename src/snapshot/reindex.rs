@@ -1,22 +1,34 @@
 //! `--reindex`: build a fresh physical index behind an alias while the live
 //! stream keeps writing, then swap the alias atomically.
 //!
-//! The flow (driven by `sluice snapshot --reindex`):
+//! The flow (driven by `sluice snapshot --reindex`; the stream's side is
+//! `crate::dual_write`):
 //! 1. `start` creates `<alias>-<UTC timestamp>` with the mapping's settings
 //!    and mappings plus bulk-load settings (no refresh, no replicas, long
-//!    `gc_deletes`), and records `reindex|<alias>` (status `building`) in
-//!    the state index.
-//! 2. A running `sluice run` polls `active` and from then on writes every op
-//!    aimed at the alias to the build index too (same version), and reports
-//!    the commit LSN it dual-writes from with `acknowledge_dual_write`.
+//!    `gc_deletes`), and records `reindex|<alias>` (status `building`, the
+//!    new mapping files, the slot of the `sluice run` that must dual-write)
+//!    in the state index. A second reindex of the alias with other mapping
+//!    files is refused while one is unfinished; the same one resumes.
+//! 2. The running `sluice run` of that slot polls `active_for` and from then
+//!    on also writes every change, transformed with the stored mapping
+//!    files, to the build index (same id, routing, version), and reports the
+//!    commit LSN L it dual-writes from with `acknowledge_dual_write`.
 //!    `wait_for_dual_write` blocks the snapshot until then, so the snapshot's
-//!    point P is taken after dual writing began: every change with commit
-//!    LSN ≥ P reaches the build index through the stream (DESIGN invariant 4).
+//!    point P ≥ L is taken after dual writing began: every change with
+//!    commit LSN ≥ P reaches the build index through the stream (DESIGN
+//!    invariant 4).
 //! 3. The snapshot fills the build index (target = build index).
-//! 4. `finish` restores the mapping's refresh/replica/gc_deletes settings,
-//!    refreshes, and moves the alias in one `_aliases` request (remove from
-//!    the old indices + add to the new), so searches never see an empty or
-//!    half-filled index; the old index is kept, or deleted with `delete_old`.
+//! 4. `finish` marks the reindex `swapping` and waits for the stream to stop
+//!    writing the old shape through the alias and to settle what it wrote
+//!    (`acknowledge_switch`), restores the live settings (the mapping's
+//!    refresh/replicas, `gc_deletes` of the replay window), refreshes, and
+//!    moves the alias in one `_aliases` request (removals from the old
+//!    indices and the addition to the new one), so searches never see an
+//!    empty or half-filled index; the old index is kept, or deleted with
+//!    `delete_old`.
+//!
+//! `abandon` gives an unfinished reindex up the same careful way: the stream
+//! stops writing the build index before it is deleted.
 
 use std::time::Duration;
 
@@ -46,13 +58,44 @@ pub struct ReindexState {
     /// Commit LSN (as text) from which the pipeline writes to both indices.
     pub dual_write_from: Option<String>,
     pub started_at: String,
+    /// The mapping files (as read when the reindex started) of the mappings
+    /// that write to `alias`. A running `sluice run` builds the build
+    /// index's documents from these, not from the mapping it loaded at its
+    /// start, so the build index holds the *new* shape while the old index
+    /// keeps the old one. Empty: the stream uses its own mapping for both.
+    #[serde(default)]
+    pub mapping_files: Vec<MappingFile>,
+    /// Set by the stream in `Swapping`: it no longer writes the old shape
+    /// through the alias, and every such write it made is settled.
+    #[serde(default)]
+    pub stream_switched: bool,
+    /// The replication slot of the `sluice run` that must dual-write: the
+    /// state index is shared by every Sluice on the cluster, and only the
+    /// stream of this deployment writes these tables. `None`: no `sluice run`
+    /// (a library caller acknowledges by itself).
+    #[serde(default)]
+    pub slot: Option<String>,
+}
+
+/// One mapping file's path and text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingFile {
+    pub path: String,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReindexStatus {
+    /// The build index is being filled; the stream writes both indices.
     Building,
+    /// The snapshot is done and the alias is about to move: the stream
+    /// stops writing the alias's old shape (see `finish`).
+    Swapping,
     Swapped,
+    /// Being given up (`--abandon`): the stream stops writing the build
+    /// index, then the build index and this record are deleted.
+    Abandoning,
 }
 
 fn doc_id(alias: &str) -> String {
@@ -143,47 +186,74 @@ pub async fn load(state: &StateStore, alias: &str) -> Result<Option<ReindexState
     }
 }
 
-/// Create the build index (or pick up the one an interrupted reindex made).
+/// What `alias` names now: the indices an alias points at (`false`), a
+/// concrete index of that name (`[alias]`, `true`), or nothing.
+pub async fn current_target(
+    es: &elasticsearch::Elasticsearch,
+    alias: &str,
+) -> Result<(Vec<String>, bool), SnapshotError> {
+    let resp = es
+        .indices()
+        .get_alias(IndicesGetAliasParts::Name(&[alias]))
+        .send()
+        .await?;
+    if resp.status_code().is_success() {
+        let v: Value = resp.json().await?;
+        let names = v
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        return Ok((names, false));
+    }
+    let exists = es
+        .indices()
+        .exists(IndicesExistsParts::Index(&[alias]))
+        .send()
+        .await?;
+    Ok(if exists.status_code().is_success() {
+        (vec![alias.to_string()], true)
+    } else {
+        (Vec::new(), false)
+    })
+}
+
+/// Create the build index (or pick up the one an interrupted reindex made,
+/// if it builds with the same mapping files: a second, different reindex of
+/// the same alias while one is building is refused).
 pub async fn start(
     state: &StateStore,
     alias: &str,
     mapping_settings: &Value,
     mappings: &Value,
     gc_deletes: &str,
+    mapping_files: &[MappingFile],
+    slot: Option<&str>,
 ) -> Result<ReindexState, SnapshotError> {
     state.ensure().await?;
     if let Some(r) = load(state, alias).await?
-        && r.status == ReindexStatus::Building
+        && r.status != ReindexStatus::Swapped
     {
+        if r.status == ReindexStatus::Abandoning {
+            return Err(SnapshotError::Reindex(format!(
+                "the reindex of `{alias}` into `{}` is being abandoned: finish that with \
+                 `sluice snapshot --reindex --abandon` first",
+                r.build_index
+            )));
+        }
+        if r.mapping_files != mapping_files {
+            return Err(SnapshotError::Reindex(format!(
+                "a reindex of `{alias}` into `{}` (started {}) is still building with a \
+                 different mapping: finish it first by running the same command with the mapping \
+                 files it started with, or abandon it with `sluice snapshot --reindex \
+                 --abandon` (deletes the build index)",
+                r.build_index, r.started_at
+            )));
+        }
+        tracing::info!(%alias, build_index = %r.build_index, "resuming the interrupted reindex");
         return Ok(r);
     }
+    let (old_indices, old_is_concrete) = current_target(&state.es, alias).await?;
     let es = &state.es;
-    let (old_indices, old_is_concrete) = {
-        let resp = es
-            .indices()
-            .get_alias(IndicesGetAliasParts::Name(&[alias]))
-            .send()
-            .await?;
-        if resp.status_code().is_success() {
-            let v: Value = resp.json().await?;
-            let names = v
-                .as_object()
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default();
-            (names, false)
-        } else {
-            let exists = es
-                .indices()
-                .exists(IndicesExistsParts::Index(&[alias]))
-                .send()
-                .await?;
-            if exists.status_code().is_success() {
-                (vec![alias.to_string()], true)
-            } else {
-                (Vec::new(), false)
-            }
-        }
-    };
     let build_index = build_index_name(alias, Utc::now());
     let mut body =
         json!({ "settings": {"index": bulk_load_settings(mapping_settings, gc_deletes)} });
@@ -203,16 +273,85 @@ pub async fn start(
         old_indices,
         old_is_concrete,
         status: ReindexStatus::Building,
-        live_settings: live_settings(mapping_settings),
+        live_settings: {
+            // Indices Sluice makes keep tombstones for the replay window
+            // (DESIGN invariant 3) unless the mapping says otherwise.
+            let mut live = live_settings(mapping_settings);
+            if live["gc_deletes"].is_null() {
+                live["gc_deletes"] = json!(gc_deletes);
+            }
+            live
+        },
         dual_write_from: None,
         started_at: Utc::now().to_rfc3339(),
+        mapping_files: mapping_files.to_vec(),
+        stream_switched: false,
+        slot: slot.map(str::to_string),
     };
     save(state, &r).await?;
     Ok(r)
 }
 
-/// Reindexes in progress: for each, the pipeline also writes every op aimed
-/// at `alias` to `build_index`.
+/// Give up a reindex that is not swapped yet: mark it `abandoning`, wait
+/// (with `wait_for_stream`) until the running stream stopped writing the
+/// build index and every such write is settled — a later write would make
+/// Elasticsearch create the deleted index again — then delete the build
+/// index and the record. Returns the deleted build index.
+pub async fn abandon(
+    state: &StateStore,
+    alias: &str,
+    wait_for_stream: Option<Duration>,
+) -> Result<Option<String>, SnapshotError> {
+    let Some(mut r) = load(state, alias).await? else {
+        return Ok(None);
+    };
+    if r.status == ReindexStatus::Swapped {
+        return Ok(None);
+    }
+    if r.status != ReindexStatus::Abandoning {
+        r.status = ReindexStatus::Abandoning;
+        r.stream_switched = false;
+        save(state, &r).await?;
+    }
+    if let Some(timeout) = wait_for_stream {
+        tracing::info!(%alias, build_index = %r.build_index,
+            "waiting for `sluice run` to stop writing to {}", r.build_index);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !load(state, alias).await?.is_some_and(|r| r.stream_switched) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SnapshotError::NoStream(format!(
+                    "no running `sluice run` stopped writing to {} within {timeout:?}: start \
+                     `sluice run` with this configuration, then run this command again",
+                    r.build_index
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let resp = state
+        .es
+        .indices()
+        .delete(IndicesDeleteParts::Index(&[&r.build_index]))
+        .send()
+        .await?;
+    if resp.status_code().as_u16() != 404 {
+        es_ok(&format!("delete {}", r.build_index), resp).await?;
+    }
+    let resp = state
+        .es
+        .delete(elasticsearch::DeleteParts::IndexId(
+            &state.index,
+            &doc_id(alias),
+        ))
+        .refresh(elasticsearch::params::Refresh::True)
+        .send()
+        .await?;
+    es_ok(&format!("delete state document of {alias}"), resp).await?;
+    Ok(Some(r.build_index))
+}
+
+/// Reindexes in progress (`building` or `swapping`): for each, the pipeline
+/// also writes every op aimed at `alias` to `build_index`.
 pub async fn active(state: &StateStore) -> Result<Vec<ReindexState>, SnapshotError> {
     // A refresh of the small state index makes a just-started reindex
     // visible to the next poll.
@@ -229,7 +368,7 @@ pub async fn active(state: &StateStore) -> Result<Vec<ReindexState>, SnapshotErr
             "size": 1000,
             "query": {"bool": {"filter": [
                 {"term": {"kind": "reindex"}},
-                {"term": {"status": "building"}}
+                {"terms": {"status": ["building", "swapping", "abandoning"]}}
             ]}}
         }))
         .send()
@@ -247,6 +386,16 @@ pub async fn active(state: &StateStore) -> Result<Vec<ReindexState>, SnapshotErr
                 .map_err(|e| SnapshotError::State(format!("reindex document: {e}")))
         })
         .collect()
+}
+
+/// The reindexes in progress that the stream of `slot` must dual-write.
+pub async fn active_for(
+    state: &StateStore,
+    slot: &str,
+) -> Result<Vec<ReindexState>, SnapshotError> {
+    let mut all = active(state).await?;
+    all.retain(|r| r.slot.as_deref() == Some(slot));
+    Ok(all)
 }
 
 /// Called by the pipeline once it writes every op for `alias` to both
@@ -275,29 +424,60 @@ pub async fn wait_for_dual_write(
     timeout: Duration,
 ) -> Result<String, SnapshotError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut logged = false;
     loop {
-        if let Some(r) = load(state, alias).await?
-            && let Some(from) = r.dual_write_from
+        let r = load(state, alias).await?;
+        if let Some(r) = &r
+            && let Some(from) = &r.dual_write_from
         {
-            return Ok(from);
+            return Ok(from.clone());
+        }
+        if !logged && let Some(r) = &r {
+            tracing::info!(%alias, build_index = %r.build_index, timeout = ?timeout,
+                "waiting for `sluice run` to start writing to {}", r.build_index);
+            logged = true;
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(SnapshotError::Reindex(format!(
-                "no running `sluice run` started writing {alias} to the build index within \
-                 {timeout:?}; start `sluice run` (it picks up the reindex), or pass \
-                 --no-stream if nothing writes to the source tables"
+            return Err(SnapshotError::NoStream(format!(
+                "no running `sluice run` started writing `{alias}` to the build index within \
+                 {timeout:?}: start `sluice run` with this configuration (it picks up the \
+                 reindex within a second and the snapshot continues), then run this command \
+                 again; the build index is kept and resumed"
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Make the build index live: restore settings, refresh, swap the alias in
-/// one request, and optionally delete the old indices.
+/// Called by the pipeline in `Swapping` once it writes `alias`'s documents
+/// only to the build index and every write of the old shape through the
+/// alias is settled (so none can land in the build index after the swap).
+pub async fn acknowledge_switch(state: &StateStore, alias: &str) -> Result<(), SnapshotError> {
+    let Some(mut r) = load(state, alias).await? else {
+        return Err(SnapshotError::Reindex(format!("no reindex of {alias}")));
+    };
+    if matches!(
+        r.status,
+        ReindexStatus::Swapping | ReindexStatus::Abandoning
+    ) && !r.stream_switched
+    {
+        r.stream_switched = true;
+        save(state, &r).await?;
+    }
+    Ok(())
+}
+
+/// Make the build index live: mark it `swapping` and (with
+/// `wait_for_stream`) wait for the running stream to stop writing the old
+/// shape through the alias — else an old-shape write in flight at the swap
+/// could land in the build index after its new-shape twin with the same
+/// version and win. Then restore settings, refresh, swap the alias in one
+/// request, and optionally delete the old indices.
 pub async fn finish(
     state: &StateStore,
     alias: &str,
     delete_old: bool,
+    wait_for_stream: Option<Duration>,
 ) -> Result<ReindexState, SnapshotError> {
     let Some(mut r) = load(state, alias).await? else {
         return Err(SnapshotError::Reindex(format!("no reindex of {alias}")));
@@ -306,6 +486,32 @@ pub async fn finish(
         return Ok(r);
     }
     let actions = swap_actions(&r, delete_old)?;
+    if r.status == ReindexStatus::Building {
+        r.status = ReindexStatus::Swapping;
+        save(state, &r).await?;
+    }
+    if let Some(timeout) = wait_for_stream {
+        tracing::info!(%alias, build_index = %r.build_index,
+            "waiting for `sluice run` to switch `{alias}` to {}", r.build_index);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            r = load(state, alias).await?.ok_or_else(|| {
+                SnapshotError::Reindex(format!("the reindex of {alias} vanished"))
+            })?;
+            if r.stream_switched {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SnapshotError::NoStream(format!(
+                    "no running `sluice run` switched `{alias}` to {} within {timeout:?}: start \
+                     `sluice run` with this configuration, then run this command again (the \
+                     build index is complete; only the swap is left)",
+                    r.build_index
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let es = &state.es;
     let resp = es
         .indices()
@@ -388,6 +594,9 @@ mod tests {
             live_settings: Value::Null,
             dual_write_from: None,
             started_at: String::new(),
+            mapping_files: Vec::new(),
+            stream_switched: false,
+            slot: None,
         }
     }
 

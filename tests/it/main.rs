@@ -12,6 +12,7 @@ mod ops_packaging;
 mod ops_status;
 mod ops_tls;
 mod pipeline;
+mod reindex_run;
 mod run;
 mod run_outage;
 mod sink;

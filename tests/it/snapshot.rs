@@ -654,6 +654,16 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
             reindex::acknowledge_dual_write(&state, &alias, sluice::Lsn(1))
                 .await
                 .unwrap();
+            // At the swap: nothing of the old shape is in flight here.
+            wait_until(Duration::from_secs(120), "the swap to begin", || {
+                let (state, alias) = (state.clone(), alias.clone());
+                async move {
+                    let r = reindex::load(&state, &alias).await.unwrap().unwrap();
+                    (r.status == reindex::ReindexStatus::Swapping).then_some(())
+                }
+            })
+            .await;
+            reindex::acknowledge_switch(&state, &alias).await.unwrap();
             seen
         })
     };
@@ -663,11 +673,13 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
             index: alias.clone(),
             settings: json!({"index": {"number_of_shards": 1, "refresh_interval": "1s"}}),
             mappings: json!({"properties": {"name": {"type": "keyword"}}}),
+            mapping_files: Vec::new(),
         }],
         reindex: true,
         delete_old: false,
         gc_deletes: "48h".into(),
         wait_for_stream: Some(Duration::from_secs(30)),
+        stream_slot: None,
         options: SnapshotOptions {
             readers: 2,
             chunk_rows: 5_000,
@@ -729,10 +741,9 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
         .unwrap();
     let s = &settings[&r.build_index]["settings"]["index"];
     assert_eq!(s["refresh_interval"], json!("1s"));
-    assert!(
-        s.get("gc_deletes").is_none(),
-        "bulk-load gc_deletes removed: {s}"
-    );
+    // Like every index Sluice creates, it keeps tombstones for the replay
+    // window (DESIGN invariant 3), which is what the request passed.
+    assert_eq!(s["gc_deletes"], json!("48h"), "{s}");
     assert!(
         es.client
             .indices()
