@@ -10,6 +10,8 @@
 //! request body, `external_gte` versions, 4 requests in flight), the same
 //! shape as the raw loader, so the ratio isolates what the snapshot adds:
 //! reading, COPY parsing, value conversion and chunk bookkeeping.
+//! The production path (transformer + `IndexerSink`, the release binary) is
+//! measured against the same kind of ceiling by `scripts/bench-snapshot.sh`.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -9,6 +9,13 @@ use sluice::cli::{Cli, Command, EXIT_CONFIG, EXIT_RUNTIME};
 use sluice::config::Config;
 use sluice::status::Targets;
 
+/// mimalloc instead of the system allocator: on the streaming hot path,
+/// buffers are allocated on one thread and freed on another (reader ->
+/// indexer), which glibc's malloc paid for with about a third of Sluice's
+/// CPU (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = sluice::logging::init(cli.log_format) {

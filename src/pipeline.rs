@@ -13,6 +13,10 @@
 //! to the indexer (whose byte budget bounds what is in flight), so an ack can
 //! never precede its registration. A transaction of any size streams through
 //! piecewise: nothing waits for its Commit except the confirmation.
+//!
+//! Work moves between tasks in batches (up to `TRANSFORM_BATCH` events per
+//! message, a run of ops per submit): per-change hand-offs cost more in task
+//! wake-ups than transforming the change.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -87,13 +91,24 @@ pub struct PipelineSummary {
     pub drained: bool,
 }
 
-/// What the transform task hands the coordinator.
+/// Source events the transform task takes per wake-up (and so, roughly, per
+/// message to the coordinator): handing work over one change at a time cost
+/// more in task wake-ups than the transformation itself.
+const TRANSFORM_BATCH: usize = 256;
+
+/// Changes per (table, op) in a run of ops, reported as applied at
+/// confirmation.
+type Counts = Vec<(Arc<str>, &'static str, u64)>;
+
+/// What the transform task hands the coordinator (in batches, in stream
+/// order).
 enum Work {
     Begin(Lsn),
+    /// The ops of consecutive changes of the open transaction.
     Ops {
         ops: Vec<BulkOp>,
-        table: Arc<str>,
-        op: &'static str,
+        counts: Counts,
+        /// The last change's LSN (for errors).
         lsn: Lsn,
     },
     Commit(Lsn),
@@ -117,7 +132,7 @@ pub struct Pipeline {
 }
 
 /// Per-transaction counts of changes, reported as applied at confirmation.
-type TxStats = HashMap<u64, Vec<(Arc<str>, &'static str, u64)>>;
+type TxStats = HashMap<u64, Counts>;
 
 impl Pipeline {
     pub fn new(client: Elasticsearch, config: PipelineConfig) -> Pipeline {
@@ -143,7 +158,8 @@ impl Pipeline {
         E: Display + Send + 'static,
         S: Future<Output = ()> + Send,
     {
-        let (work_tx, mut work_rx) = mpsc::channel(self.config.transform_buffer.max(1));
+        let (work_tx, mut work_rx) =
+            mpsc::channel((self.config.transform_buffer / TRANSFORM_BATCH).max(1));
         let transformer = tokio::spawn(transform_loop(events, transform, work_tx));
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
         let indexer = Indexer::start(self.client, self.config.indexer.clone(), ack_tx);
@@ -163,8 +179,9 @@ impl Pipeline {
                 biased;
                 Some(acks) = ack_rx.recv() => co.apply(&acks),
                 _ = &mut shutdown => break 'run Ok(StopReason::Shutdown),
-                work = work_rx.recv() => {
-                    let Some(work) = work else { break 'run Ok(StopReason::SourceEnded) };
+                batch = work_rx.recv() => {
+                    let Some(batch) = batch else { break 'run Ok(StopReason::SourceEnded) };
+                    for work in batch {
                     match work {
                         Work::Begin(lsn) => co.begin(lsn),
                         Work::Commit(end) => {
@@ -172,29 +189,29 @@ impl Pipeline {
                         }
                         Work::Keepalive(lsn) => co.keepalive(lsn),
                         Work::Failed(e) => break 'run Err(e),
-                        Work::Ops { ops, table, op, lsn } => {
-                            let tx = match co.register(ops.len(), table, op, lsn) {
+                        Work::Ops { ops, counts, lsn } => {
+                            let n = ops.len() as u64;
+                            let tx = match co.register(n, counts, lsn) {
                                 Ok(tx) => tx,
                                 Err(e) => break 'run Err(e),
                             };
-                            for bulk_op in ops {
-                                let submit = indexer.submit(bulk_op, tx.0);
-                                tokio::pin!(submit);
-                                // Keep confirming while the budget makes us wait.
-                                loop {
-                                    tokio::select! {
-                                        biased;
-                                        r = &mut submit => match r {
-                                            Ok(()) => break,
-                                            Err(e) => break 'run Err(e.into()),
-                                        },
-                                        Some(acks) = ack_rx.recv() => co.apply(&acks),
-                                        _ = &mut shutdown => break 'run Ok(StopReason::Shutdown),
-                                    }
+                            let submit = indexer.submit_all(ops, tx.0);
+                            tokio::pin!(submit);
+                            // Keep confirming while the budget makes us wait.
+                            loop {
+                                tokio::select! {
+                                    biased;
+                                    r = &mut submit => match r {
+                                        Ok(()) => break,
+                                        Err(e) => break 'run Err(e.into()),
+                                    },
+                                    Some(acks) = ack_rx.recv() => co.apply(&acks),
+                                    _ = &mut shutdown => break 'run Ok(StopReason::Shutdown),
                                 }
-                                co.ops_submitted += 1;
                             }
+                            co.ops_submitted += n;
                         }
+                    }
                     }
                 }
             }
@@ -252,24 +269,14 @@ impl Coordinator {
         self.current = Some(self.cp.begin(final_lsn));
     }
 
-    fn register(
-        &mut self,
-        n: usize,
-        table: Arc<str>,
-        op: &'static str,
-        lsn: Lsn,
-    ) -> Result<TxTicket, PipelineError> {
+    fn register(&mut self, n: u64, counts: Counts, lsn: Lsn) -> Result<TxTicket, PipelineError> {
         let tx = self
             .current
             .ok_or(PipelineError::ChangeOutsideTransaction(lsn))?;
-        self.cp.add_ops(tx, n as u64)?;
-        let counts = self.stats.entry(tx.0).or_default();
-        match counts
-            .iter_mut()
-            .find(|(t, o, _)| *o == op && **t == *table)
-        {
-            Some((_, _, c)) => *c += 1,
-            None => counts.push((table, op, 1)),
+        self.cp.add_ops(tx, n)?;
+        let stats = self.stats.entry(tx.0).or_default();
+        for (table, op, n) in counts {
+            add_count(stats, table, op, n);
         }
         Ok(tx)
     }
@@ -337,49 +344,101 @@ fn table_name(cache: &mut HashMap<u32, Arc<str>>, change: &Change) -> Arc<str> {
     }
 }
 
-/// Turn source events into work for the coordinator, in stream order.
+fn add_count(counts: &mut Counts, table: Arc<str>, op: &'static str, n: u64) {
+    match counts
+        .iter_mut()
+        .find(|(t, o, _)| *o == op && (Arc::ptr_eq(t, &table) || **t == *table))
+    {
+        Some((_, _, c)) => *c += n,
+        None => counts.push((table, op, n)),
+    }
+}
+
+/// Ops of consecutive changes, gathered until a transaction boundary or the
+/// end of a batch.
+#[derive(Default)]
+struct PendingOps {
+    ops: Vec<BulkOp>,
+    counts: Counts,
+    lsn: Lsn,
+}
+
+impl PendingOps {
+    fn flush_into(&mut self, out: &mut Vec<Work>) {
+        if !self.ops.is_empty() {
+            out.push(Work::Ops {
+                ops: std::mem::take(&mut self.ops),
+                counts: std::mem::take(&mut self.counts),
+                lsn: self.lsn,
+            });
+        }
+    }
+}
+
+/// Turn source events into work for the coordinator, in stream order. Takes
+/// whatever events are waiting (up to `TRANSFORM_BATCH`) and hands them over
+/// as one message.
 async fn transform_loop<T, E>(
     mut events: mpsc::Receiver<SourceEvent>,
     mut transform: T,
-    work: mpsc::Sender<Work>,
+    work: mpsc::Sender<Vec<Work>>,
 ) where
     T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), E>,
     E: Display,
 {
     let mut tables: HashMap<u32, Arc<str>> = HashMap::new();
-    while let Some(ev) = events.recv().await {
-        let w = match ev {
-            SourceEvent::Begin { final_lsn, .. } => Work::Begin(final_lsn),
-            SourceEvent::Commit { end_lsn, .. } => Work::Commit(end_lsn),
-            SourceEvent::Keepalive { wal_end } => Work::Keepalive(wal_end),
-            // A heartbeat (or any non-transactional message) is a position
-            // outside every transaction, like a keepalive's WAL end.
-            SourceEvent::Message {
-                lsn,
-                transactional: false,
-                ..
-            } => Work::Keepalive(lsn),
-            SourceEvent::Message { .. } => continue,
-            SourceEvent::Change(change) => {
-                let mut ops = Vec::new();
-                match transform(&change, &mut ops) {
-                    Ok(()) if ops.is_empty() => continue,
-                    Ok(()) => Work::Ops {
-                        ops,
-                        table: table_name(&mut tables, &change),
-                        op: op_label(&change.kind),
-                        lsn: change.version,
-                    },
-                    Err(e) => Work::Failed(PipelineError::Transform {
-                        table: change.relation.qualified_name(),
-                        lsn: change.version,
-                        message: e.to_string(),
-                    }),
+    let mut evs = Vec::with_capacity(TRANSFORM_BATCH);
+    let mut pending = PendingOps::default();
+    while events.recv_many(&mut evs, TRANSFORM_BATCH).await > 0 {
+        let mut out = Vec::new();
+        let mut failed = false;
+        for ev in evs.drain(..) {
+            let w = match ev {
+                SourceEvent::Begin { final_lsn, .. } => Work::Begin(final_lsn),
+                SourceEvent::Commit { end_lsn, .. } => Work::Commit(end_lsn),
+                SourceEvent::Keepalive { wal_end } => Work::Keepalive(wal_end),
+                // A heartbeat (or any non-transactional message) is a position
+                // outside every transaction, like a keepalive's WAL end.
+                SourceEvent::Message {
+                    lsn,
+                    transactional: false,
+                    ..
+                } => Work::Keepalive(lsn),
+                SourceEvent::Message { .. } => continue,
+                SourceEvent::Change(change) => {
+                    let before = pending.ops.len();
+                    match transform(&change, &mut pending.ops) {
+                        Ok(()) if pending.ops.len() == before => continue,
+                        Ok(()) => {
+                            let table = table_name(&mut tables, &change);
+                            add_count(&mut pending.counts, table, op_label(&change.kind), 1);
+                            pending.lsn = change.version;
+                            continue;
+                        }
+                        Err(e) => {
+                            // Nothing of the failed change goes out.
+                            pending.ops.truncate(before);
+                            failed = true;
+                            Work::Failed(PipelineError::Transform {
+                                table: change.relation.qualified_name(),
+                                lsn: change.version,
+                                message: e.to_string(),
+                            })
+                        }
+                    }
                 }
+            };
+            pending.flush_into(&mut out);
+            out.push(w);
+            if failed {
+                break;
             }
-        };
-        let failed = matches!(w, Work::Failed(_));
-        if work.send(w).await.is_err() || failed {
+        }
+        pending.flush_into(&mut out);
+        if out.is_empty() {
+            continue;
+        }
+        if work.send(out).await.is_err() || failed {
             return;
         }
     }

@@ -8,8 +8,8 @@
 //! invariant 2). Retryable failures are retried (only the failed items, plus
 //! later items of the same document) with jittered exponential backoff for as
 //! long as it takes; other rejections go to the dead-letter index (invariant
-//! 5). Memory is bounded by a byte budget held from `submit` until the op is
-//! acknowledged (invariant 7).
+//! 5). Memory is bounded by a byte budget and a count of op slots, both held
+//! from `submit` until the op is acknowledged (invariant 7).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use tokio::sync::{OnceCell, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use super::batch::{BatchLimits, Inbox, collect_batch};
 use super::bulk::{self, ItemResult};
 use super::classify::{ItemOutcome, RequestOutcome, classify_item, classify_request};
 use super::dead_letter;
@@ -100,12 +101,24 @@ struct Item {
     cost: u32,
 }
 
+/// Most ops handed to the workers per budget acquisition: one wake-up of a
+/// worker per chunk rather than per op (which cost more than the op itself).
+const SUBMIT_CHUNK_OPS: usize = 1024;
+
 /// Handle to the running workers.
 pub struct Indexer {
-    workers: Vec<mpsc::Sender<Item>>,
+    /// Each worker receives its ops in chunks, in stream order.
+    workers: Vec<mpsc::UnboundedSender<Vec<Item>>>,
     handles: Vec<JoinHandle<()>>,
     budget: Arc<Semaphore>,
     budget_total: u32,
+    /// Ops accepted but not yet acknowledged, at most two batches per
+    /// worker: enough for the next batch to fill while one is in flight.
+    /// More read-ahead only costs memory (the byte budget alone let a
+    /// backlog fill hundreds of MB) and gains nothing once Elasticsearch is
+    /// the bottleneck.
+    slots: Arc<Semaphore>,
+    slots_total: usize,
 }
 
 impl Indexer {
@@ -120,20 +133,27 @@ impl Indexer {
         let concurrency = config.concurrency.max(1);
         let budget_total = config.max_in_flight_bytes.clamp(1 << 16, u32::MAX as usize) as u32;
         let budget = Arc::new(Semaphore::new(budget_total as usize));
+        let slots_total =
+            (2 * concurrency * config.max_batch_docs.max(1)).max(2 * SUBMIT_CHUNK_OPS);
+        let slots = Arc::new(Semaphore::new(slots_total));
         let config = Arc::new(config);
         let dead_letter_ready = Arc::new(OnceCell::new());
         let mut workers = Vec::with_capacity(concurrency);
         let mut handles = Vec::with_capacity(concurrency);
         for id in 0..concurrency {
-            let (tx, rx) = mpsc::channel(config.max_batch_docs.max(1) * 2);
+            // Unbounded: what is queued is bounded by the byte budget and
+            // the op slots taken in `submit_all`.
+            let (tx, rx) = mpsc::unbounded_channel();
             let w = Worker {
                 id,
                 client: client.clone(),
                 config: config.clone(),
-                rx,
+                rx: Inbox::new(rx),
                 acks: acks.clone(),
                 budget: budget.clone(),
+                slots: slots.clone(),
                 dead_letter_ready: dead_letter_ready.clone(),
+                body: Default::default(),
             };
             workers.push(tx);
             handles.push(tokio::spawn(w.run()));
@@ -143,6 +163,8 @@ impl Indexer {
             handles,
             budget,
             budget_total,
+            slots,
+            slots_total,
         }
     }
 
@@ -150,17 +172,61 @@ impl Indexer {
     /// byte budget is spent. Ops for one document must be submitted in stream
     /// order (from one task).
     pub async fn submit(&self, op: BulkOp, tag: u64) -> Result<(), IndexerClosed> {
-        let cost = (op.approx_size().min(self.budget_total as usize)) as u32;
-        self.budget
-            .acquire_many(cost)
+        self.submit_all(vec![op], tag).await
+    }
+
+    /// Queue several ops, in order, all with `tag`. Same contract as
+    /// `submit`, with one budget acquisition and one message per worker for
+    /// each chunk of ops instead of per op.
+    pub async fn submit_all(&self, ops: Vec<BulkOp>, tag: u64) -> Result<(), IndexerClosed> {
+        let workers = self.workers.len();
+        // A chunk never needs more than an eighth of the budget, so several
+        // submitters' chunks and the workers' batches can all fit.
+        let chunk_bytes = (self.budget_total / 8).max(1) as u64;
+        let mut parts: Vec<Vec<Item>> = (0..workers).map(|_| Vec::new()).collect();
+        let (mut bytes, mut count) = (0u64, 0usize);
+        for op in ops {
+            let cost = (op.approx_size().min(self.budget_total as usize)) as u32;
+            if count > 0 && (count >= SUBMIT_CHUNK_OPS || bytes + cost as u64 > chunk_bytes) {
+                self.hand_over(&mut parts, bytes).await?;
+                (bytes, count) = (0, 0);
+            }
+            let w = bulk::partition(&op, workers);
+            parts[w].push(Item { op, tag, cost });
+            bytes += cost as u64;
+            count += 1;
+        }
+        if count > 0 {
+            self.hand_over(&mut parts, bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// Take `bytes` of the budget (waiting while it is spent), then send each
+    /// worker its part. A chunk holds at most an eighth of the budget, or one
+    /// op whose cost is clamped to the whole budget, so `bytes` always fits.
+    async fn hand_over(&self, parts: &mut [Vec<Item>], bytes: u64) -> Result<(), IndexerClosed> {
+        debug_assert!(bytes <= self.budget_total as u64);
+        let count: usize = parts.iter().map(Vec::len).sum();
+        debug_assert!(count <= self.slots_total);
+        self.slots
+            .acquire_many(count.min(self.slots_total) as u32)
             .await
             .map_err(|_| IndexerClosed)?
             .forget();
-        let w = bulk::partition(&op, self.workers.len());
-        self.workers[w]
-            .send(Item { op, tag, cost })
+        self.budget
+            .acquire_many(bytes.min(self.budget_total as u64) as u32)
             .await
-            .map_err(|_| IndexerClosed)
+            .map_err(|_| IndexerClosed)?
+            .forget();
+        for (w, part) in parts.iter_mut().enumerate() {
+            if !part.is_empty() {
+                self.workers[w]
+                    .send(std::mem::take(part))
+                    .map_err(|_| IndexerClosed)?;
+            }
+        }
+        Ok(())
     }
 
     /// Bytes currently accepted but not acknowledged.
@@ -203,13 +269,16 @@ struct Worker {
     id: usize,
     client: Elasticsearch,
     config: Arc<IndexerConfig>,
-    rx: mpsc::Receiver<Item>,
+    rx: Inbox<Item>,
     acks: mpsc::UnboundedSender<Vec<Ack>>,
     budget: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
     /// Set once the dead-letter index was ensured (lazily, at the first
     /// dead letter), so it gets its unindexed-document mapping rather than
     /// whatever dynamic mapping the first record would cause.
     dead_letter_ready: Arc<OnceCell<()>>,
+    /// Request body buffer, reused from one request to the next.
+    body: std::sync::Mutex<BytesMut>,
 }
 
 /// The raw outcome of one HTTP request.
@@ -223,11 +292,24 @@ impl Worker {
             linger: self.config.linger,
         };
         loop {
+            let waiting = Instant::now();
             let Some(batch) = collect_batch(&mut self.rx, |i| i.op.approx_size(), limits).await
             else {
                 break;
             };
+            let (docs, bytes) = (batch.items.len(), batch.bytes);
+            let collected = Instant::now();
             self.process(batch.items, batch.bytes).await;
+            // Where a worker's time goes: waiting for ops (the input is the
+            // bottleneck) or for Elasticsearch.
+            tracing::debug!(
+                worker = self.id,
+                docs,
+                bytes,
+                collect_ms = (collected - waiting).as_secs_f64() * 1e3,
+                request_ms = collected.elapsed().as_secs_f64() * 1e3,
+                "bulk batch done"
+            );
             if batch.closed {
                 break;
             }
@@ -255,7 +337,7 @@ impl Worker {
                 tokio::time::sleep(delay).await;
             }
             attempt += 1;
-            let body = bulk::render(items.iter().map(|i| &i.op), size_hint);
+            let body = self.render(&items, size_hint);
             let sent = self.send(body).await;
             let status = sent.as_ref().ok().map(|(s, _)| *s);
             match classify_request(status) {
@@ -320,6 +402,22 @@ impl Worker {
     /// ones, return those to send again.
     async fn resolve(&self, items: Vec<Item>, results: Vec<ItemResult>) -> Vec<Item> {
         let fates = triage(items.iter().map(|i| &i.op), &results);
+        if fates
+            .iter()
+            .all(|f| matches!(f, ItemOutcome::Done | ItemOutcome::Conflict))
+        {
+            // The common case: acknowledge in place, no moving of items.
+            let conflict = fates
+                .iter()
+                .filter(|f| matches!(f, ItemOutcome::Conflict))
+                .count() as u64;
+            metrics::counter!("sluice_bulk_items_total", "outcome" => "ok")
+                .increment(items.len() as u64 - conflict);
+            metrics::counter!("sluice_bulk_items_total", "outcome" => "conflict")
+                .increment(conflict);
+            self.ack(&items);
+            return Vec::new();
+        }
         let mut done = Vec::with_capacity(items.len());
         let mut dead = Vec::new();
         let mut retry = Vec::new();
@@ -471,6 +569,19 @@ impl Worker {
         self.ack(&items);
     }
 
+    /// Render a request body into the worker's reused buffer: once the
+    /// previous body is dropped (its request done), `reserve` takes its
+    /// allocation back, so a worker does not fault in fresh pages for every
+    /// multi-megabyte body.
+    fn render(&self, items: &[Item], size_hint: usize) -> Bytes {
+        let mut buf = self.body.lock().expect("body buffer");
+        buf.reserve(size_hint);
+        for i in items {
+            bulk::render_op(&mut buf, &i.op);
+        }
+        buf.split().freeze()
+    }
+
     fn ack(&self, items: &[Item]) {
         if items.is_empty() {
             return;
@@ -491,6 +602,7 @@ impl Worker {
         // nothing is confirmed then, which is the safe side.
         let _ = self.acks.send(acks);
         self.budget.add_permits(cost);
+        self.slots.add_permits(items.len());
     }
 
     async fn send(&self, body: Bytes) -> Sent {
@@ -530,61 +642,6 @@ impl Worker {
         }
         result
     }
-}
-
-/// When a batch closes.
-#[derive(Debug, Clone, Copy)]
-struct BatchLimits {
-    docs: usize,
-    bytes: usize,
-    linger: Duration,
-}
-
-struct Batch<T> {
-    items: Vec<T>,
-    bytes: usize,
-    /// The channel closed: this is the last batch.
-    closed: bool,
-}
-
-/// Wait for a first item, then gather more until the batch holds `docs`
-/// items or `bytes` bytes, or `linger` has passed since the first one, or the
-/// channel closes. `None`: closed and empty.
-async fn collect_batch<T>(
-    rx: &mut mpsc::Receiver<T>,
-    size: impl Fn(&T) -> usize,
-    limits: BatchLimits,
-) -> Option<Batch<T>> {
-    let first = rx.recv().await?;
-    let mut batch = Batch {
-        bytes: size(&first),
-        items: vec![first],
-        closed: false,
-    };
-    let deadline = tokio::time::Instant::now() + limits.linger;
-    while batch.items.len() < limits.docs && batch.bytes < limits.bytes {
-        let next = match rx.try_recv() {
-            Ok(item) => Some(item),
-            Err(mpsc::error::TryRecvError::Disconnected) => None,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(item) => item,
-                    Err(_) => break,
-                }
-            }
-        };
-        match next {
-            Some(item) => {
-                batch.bytes += size(&item);
-                batch.items.push(item);
-            }
-            None => {
-                batch.closed = true;
-                break;
-            }
-        }
-    }
-    Some(batch)
 }
 
 /// The fate of each item of a bulk response, in request order: its
@@ -705,72 +762,6 @@ mod tests {
         let results = [res(200, None), res(503, None)];
         use ItemOutcome::*;
         assert_eq!(triage(ops.iter(), &results), vec![Done, Retry]);
-    }
-
-    fn limits(docs: usize, bytes: usize, linger_ms: u64) -> BatchLimits {
-        BatchLimits {
-            docs,
-            bytes,
-            linger: Duration::from_millis(linger_ms),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_batch_closes_at_its_document_count() {
-        let (tx, mut rx) = mpsc::channel(100);
-        for i in 0..10usize {
-            tx.send(i).await.unwrap();
-        }
-        let b = collect_batch(&mut rx, |_| 1, limits(4, 1000, 10_000))
-            .await
-            .unwrap();
-        assert_eq!(b.items, vec![0, 1, 2, 3]);
-        assert!(!b.closed);
-    }
-
-    #[tokio::test]
-    async fn a_batch_closes_once_it_reaches_its_byte_size() {
-        let (tx, mut rx) = mpsc::channel(100);
-        for s in [300usize, 300, 300, 300] {
-            tx.send(s).await.unwrap();
-        }
-        let b = collect_batch(&mut rx, |s| *s, limits(100, 800, 10_000))
-            .await
-            .unwrap();
-        assert_eq!(b.items.len(), 3);
-        assert_eq!(b.bytes, 900);
-    }
-
-    #[tokio::test]
-    async fn a_batch_closes_after_the_linger_time_with_what_it_has() {
-        let (tx, mut rx) = mpsc::channel(100);
-        tx.send(1usize).await.unwrap();
-        let started = tokio::time::Instant::now();
-        let b = collect_batch(&mut rx, |_| 1, limits(100, 1000, 25))
-            .await
-            .unwrap();
-        assert_eq!(b.items, vec![1]);
-        assert!(started.elapsed() >= Duration::from_millis(25));
-        assert!(started.elapsed() < Duration::from_secs(5));
-        drop(tx);
-    }
-
-    #[tokio::test]
-    async fn a_closed_channel_ends_the_last_batch_and_then_the_worker() {
-        let (tx, mut rx) = mpsc::channel(100);
-        tx.send(1usize).await.unwrap();
-        tx.send(2).await.unwrap();
-        drop(tx);
-        let b = collect_batch(&mut rx, |_| 1, limits(100, 1000, 10_000))
-            .await
-            .unwrap();
-        assert_eq!(b.items, vec![1, 2]);
-        assert!(b.closed);
-        assert!(
-            collect_batch(&mut rx, |_| 1, limits(100, 1000, 10))
-                .await
-                .is_none()
-        );
     }
 
     #[test]

@@ -111,12 +111,10 @@ impl SnapshotSink for IndexerSink {
                     .lock()
                     .expect("ack table")
                     .insert(tag, (ops.len() as u64, tx));
-                for op in ops {
-                    self.indexer
-                        .submit(op, tag)
-                        .await
-                        .map_err(|_| SinkError::Closed)?;
-                }
+                self.indexer
+                    .submit_all(ops, tag)
+                    .await
+                    .map_err(|_| SinkError::Closed)?;
             }
             let ack: AckFuture =
                 Box::pin(async move { rx.await.unwrap_or(Err(SinkError::Closed)) });

@@ -16,7 +16,8 @@
 //!   transaction was cut off and will be replayed whole" — its changes are
 //!   resent with the same version, so idempotent writes make it harmless.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -24,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::lsn::Lsn;
-use crate::source::change::SourceEvent;
+use crate::source::change::{Change, Relation, SourceEvent};
 use crate::source::decoder::Decoder;
 use crate::source::error::{SourceError, is_retryable};
 use crate::source::pg_config::PgConnectConfig;
@@ -190,6 +191,7 @@ async fn session(
     let mut stop_watch = StopWatch::default();
     // Messages read while blocked on a full channel (see `forward`).
     let mut pending: VecDeque<ReplMessage> = VecDeque::new();
+    let mut received = ReceivedCounters::default();
     loop {
         let msg = match pending.pop_front() {
             Some(m) => m,
@@ -229,9 +231,7 @@ async fn session(
                 }
                 for ev in out.drain(..) {
                     if let SourceEvent::Change(c) = &ev {
-                        metrics::counter!("sluice_changes_received_total",
-                            "table" => c.relation.qualified_name(), "op" => op_name(&c.kind))
-                        .increment(1);
+                        received.count(c);
                     }
                     let mut link = Link {
                         stream: &mut stream,
@@ -265,13 +265,37 @@ struct Link<'a> {
     cfg: &'a ReaderConfig,
 }
 
-fn op_name(k: &crate::source::change::ChangeKind) -> &'static str {
-    use crate::source::change::ChangeKind::*;
-    match k {
-        Insert { .. } => "insert",
-        Update { .. } => "update",
-        Delete { .. } => "delete",
-        Truncate => "truncate",
+/// `sluice_changes_received_total` handles per relation and op: looking a
+/// labelled counter up (and formatting its table label) for every change
+/// cost as much as decoding the change.
+#[derive(Default)]
+struct ReceivedCounters {
+    by_relation: HashMap<u32, (Arc<Relation>, [Option<metrics::Counter>; 4])>,
+}
+
+impl ReceivedCounters {
+    fn count(&mut self, c: &Change) {
+        use crate::source::change::ChangeKind::*;
+        let (slot, op) = match c.kind {
+            Insert { .. } => (0, "insert"),
+            Update { .. } => (1, "update"),
+            Delete { .. } => (2, "delete"),
+            Truncate => (3, "truncate"),
+        };
+        let entry = self
+            .by_relation
+            .entry(c.relation.id)
+            .or_insert_with(|| (c.relation.clone(), Default::default()));
+        // A new Relation message (e.g. a rename) replaces the Arc.
+        if !Arc::ptr_eq(&entry.0, &c.relation) {
+            *entry = (c.relation.clone(), Default::default());
+        }
+        entry.1[slot]
+            .get_or_insert_with(|| {
+                metrics::counter!("sluice_changes_received_total",
+                    "table" => c.relation.qualified_name(), "op" => op)
+            })
+            .increment(1);
     }
 }
 
