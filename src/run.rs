@@ -390,9 +390,17 @@ async fn stream(
     let beat = tokio::spawn({
         let mut confirmed = confirmed_rx.clone();
         async move {
+            // A line a minute, so a log shows whether the stream moves.
+            let mut last_report = (tokio::time::Instant::now(), *confirmed.borrow());
             loop {
                 heartbeat.beat();
-                crate::metrics::record_confirmed_flush(*confirmed.borrow());
+                let now_confirmed = *confirmed.borrow();
+                crate::metrics::record_confirmed_flush(now_confirmed);
+                if last_report.0.elapsed() >= PROGRESS_LOG_EVERY {
+                    let advanced = now_confirmed.0.saturating_sub(last_report.1.0);
+                    tracing::info!(confirmed = %now_confirmed, advanced_bytes = advanced, "progress");
+                    last_report = (tokio::time::Instant::now(), now_confirmed);
+                }
                 tokio::select! {
                     r = confirmed.changed() => if r.is_err() { break },
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -455,6 +463,9 @@ pub(crate) fn pipeline_config(cfg: &Config) -> PipelineConfig {
         ..PipelineConfig::default()
     }
 }
+
+/// How often `sluice run` logs its confirmed position.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// How long re-reading a row waits for PostgreSQL to come back.
 const REFETCH_PATIENCE: Duration = Duration::from_secs(120);

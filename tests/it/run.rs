@@ -216,11 +216,39 @@ pub(crate) async fn poll(
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}\n{}",
-            sluice.log_text()
+            "timed out after {timeout:?} waiting for {what}\n{}\nmetrics at the timeout:\n{}",
+            sluice.log_text(),
+            progress_metrics(sluice)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The counters that tell a stalled source from a stalled sink, for a
+/// timeout's message (empty when the process serves no metrics).
+fn progress_metrics(sluice: &Sluice) -> String {
+    let log = sluice.log_text();
+    if !log.contains("serving /metrics") {
+        return String::new();
+    }
+    http_get(&sluice.http_addr(), "/metrics")
+        .1
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && [
+                    "sluice_changes_",
+                    "sluice_bulk_items_total",
+                    "sluice_bulk_requests_total",
+                    "sluice_confirmed_flush_lsn",
+                    "sluice_replication_lag",
+                    "sluice_retries_total",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Wait until the slot is held by a running Sluice (it streams from then on).
@@ -254,7 +282,8 @@ pub(crate) async fn wait_converged(
 ) {
     poll(
         sluice,
-        Duration::from_secs(90),
+        // Generous: a loaded 2-core machine has been seen to take over 90 s.
+        Duration::from_secs(180),
         "the index to match the table",
         async || {
             let rows: std::collections::BTreeMap<String, Value> = db
