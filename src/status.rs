@@ -112,7 +112,47 @@ pub enum SnapshotStatus {
         unrecognized_documents: u64,
         /// More documents than one read returns; the counts are partial.
         truncated: bool,
+        /// `sluice snapshot --reindex` records, newest first.
+        #[serde(default)]
+        reindexes: Vec<ReindexSummary>,
     },
+}
+
+/// One `--reindex`, as its state document tells it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ReindexSummary {
+    /// The name searches use (an alias once swapped).
+    pub alias: String,
+    pub build_index: String,
+    /// `building`, `swapping`, `swapped` or `abandoning`.
+    pub status: String,
+    /// The commit LSN from which the stream writes both indices, once a
+    /// running `sluice run` acknowledged the reindex.
+    pub dual_write_from: Option<String>,
+    /// The slot whose `sluice run` must dual-write.
+    pub slot: Option<String>,
+    pub started_at: Option<String>,
+}
+
+/// The reindex records among the state documents, newest first.
+pub fn summarize_reindex_docs(docs: &[Value]) -> Vec<ReindexSummary> {
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let mut out: Vec<ReindexSummary> = docs
+        .iter()
+        .filter(|d| d["kind"] == "reindex")
+        .filter_map(|d| {
+            Some(ReindexSummary {
+                alias: text(&d["alias"])?,
+                build_index: text(&d["build_index"]).unwrap_or_default(),
+                status: text(&d["status"]).unwrap_or_else(|| "unknown".into()),
+                dual_write_from: text(&d["dual_write_from"]),
+                slot: text(&d["slot"]),
+                started_at: text(&d["started_at"]),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+    out
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -479,6 +519,7 @@ async fn read_snapshots(es: &Elasticsearch, index: &str) -> Result<SnapshotStatu
         tables,
         unrecognized_documents: unrecognized,
         truncated: total > sources.len() as u64,
+        reindexes: summarize_reindex_docs(&sources),
     })
 }
 

@@ -109,6 +109,7 @@ pub fn render_human(r: &StatusReport) -> String {
             tables,
             unrecognized_documents,
             truncated,
+            reindexes,
         } => {
             let _ = writeln!(
                 o,
@@ -149,6 +150,24 @@ pub fn render_human(r: &StatusReport) -> String {
                 let _ = writeln!(
                     o,
                     "    ({unrecognized_documents} documents without a table field ignored)"
+                );
+            }
+            for r in reindexes {
+                let stream = match (&r.dual_write_from, r.status.as_str()) {
+                    (_, "swapped") => String::new(),
+                    (Some(lsn), _) => format!(", stream dual-writes from {lsn}"),
+                    (None, _) => ", waiting for `sluice run` to dual-write".to_string(),
+                };
+                let _ = writeln!(
+                    o,
+                    "  reindex               {} → {}: {}{stream}{}",
+                    r.alias,
+                    r.build_index,
+                    r.status,
+                    r.started_at
+                        .as_deref()
+                        .map(|t| format!(", started {t}"))
+                        .unwrap_or_default()
                 );
             }
         }

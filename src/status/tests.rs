@@ -140,3 +140,52 @@ fn an_idle_slot_and_a_missing_publication_are_warned_about() {
             .any(|w| w.contains("belongs to database app"))
     );
 }
+
+#[test]
+fn reindexes_are_listed_newest_first_with_what_the_stream_does() {
+    let docs = vec![
+        serde_json::json!({"kind": "reindex", "alias": "orders", "build_index": "orders-20261101000000",
+            "status": "swapped", "dual_write_from": "0/10", "started_at": "2026-11-01T00:00:00Z"}),
+        serde_json::json!({"kind": "reindex", "alias": "orders", "build_index": "orders-20261123000000",
+            "status": "building", "dual_write_from": "1/A0", "slot": "sluice",
+            "started_at": "2026-11-23T00:00:00Z"}),
+        serde_json::json!({"kind": "reindex", "alias": "users", "build_index": "users-20261122000000",
+            "status": "building", "started_at": "2026-11-22T00:00:00Z"}),
+        serde_json::json!({"kind": "table", "table": "public.orders", "run_id": "r"}),
+    ];
+    let r = summarize_reindex_docs(&docs);
+    let names: Vec<&str> = r.iter().map(|r| r.build_index.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "orders-20261123000000",
+            "users-20261122000000",
+            "orders-20261101000000"
+        ]
+    );
+    assert_eq!(r[0].slot.as_deref(), Some("sluice"));
+
+    let mut report = report(SlotStatus::Present(Box::new(slot_info(true))));
+    report.snapshots = SnapshotStatus::Recorded {
+        index: "sluice-state".into(),
+        tables: vec![],
+        unrecognized_documents: 0,
+        truncated: false,
+        reindexes: r,
+    };
+    let text = render_human(&report);
+    assert!(
+        text.contains("orders → orders-20261123000000: building, stream dual-writes from 1/A0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "users → users-20261122000000: building, waiting for `sluice run` to dual-write"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("orders → orders-20261101000000: swapped, started"),
+        "{text}"
+    );
+}

@@ -327,6 +327,20 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
         .collect();
     assert_eq!(builds.len(), 1, "one build index: {builds:?}");
     assert!(builds[0].starts_with(&build[..build.len() - 1]));
+    // `sluice status` shows the waiting reindex.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["status", "--config"])
+        .arg(sluice.config_path())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains(&format!(
+            "{name} → {}: building, waiting for `sluice run` to dual-write",
+            builds[0]
+        )),
+        "{status}"
+    );
 
     // A (re)started stream picks the reindex up before streaming, and then
     // abandoning it stops the dual writes before the build index goes.
