@@ -28,6 +28,8 @@ pub struct Setup {
     pub postgres_extra: String,
     /// Lines added to `[elasticsearch]`.
     pub es_extra: String,
+    /// Lines added to `[pipeline]`.
+    pub pipeline_extra: String,
     /// Appended at the end (whole sections).
     pub extra: String,
 }
@@ -42,6 +44,7 @@ impl Setup {
             dead_letter_index: db.index("dead-letters"),
             postgres_extra: String::new(),
             es_extra: String::new(),
+            pipeline_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -81,6 +84,7 @@ urls = ["{es}"]
 [pipeline]
 dead_letter_index = "{dl}"
 linger_ms = 20
+{pipeline_extra}
 
 [http]
 listen = "127.0.0.1:0"
@@ -91,6 +95,7 @@ listen = "127.0.0.1:0"
             es = setup.es_url,
             es_extra = setup.es_extra,
             dl = setup.dead_letter_index,
+            pipeline_extra = setup.pipeline_extra,
             extra = setup.extra,
         );
         std::fs::write(dir.path().join("sluice.toml"), config).unwrap();

@@ -211,6 +211,7 @@ pub(crate) fn private_setup(pg: &PrivatePg, indices: &Indices) -> Setup {
         dead_letter_index: indices.name("dead-letters"),
         postgres_extra: String::new(),
         es_extra: String::new(),
+        pipeline_extra: String::new(),
         extra: "[snapshot]\nmode = \"never\"\n".into(),
     }
 }
@@ -351,6 +352,21 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
 /// outage nothing is missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_can_stop_while_elasticsearch_is_down_and_nothing_is_lost() {
+    stop_postgres_during_an_outage(50, "").await;
+}
+
+/// The same with a backlog that fills the pipeline: the reader stops reading
+/// (so it never sees the stopping walsender's reply requests) and the
+/// walsender blocks on a full socket. The stall probe must notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_can_stop_while_a_backlog_waits_for_elasticsearch() {
+    stop_postgres_during_an_outage(60_000, "memory_bound_bytes = 4194304").await;
+}
+
+/// Stream `accounts`, cut Elasticsearch off, write `during` rows (plus an
+/// update), stop PostgreSQL with `-m fast`, start it, restore Elasticsearch:
+/// the stop must finish and the index must end equal to the table.
+async fn stop_postgres_during_an_outage(during: i64, pipeline: &str) {
     let pg = std::sync::Arc::new(tokio::task::spawn_blocking(PrivatePg::start).await.unwrap());
     let indices = Indices::new();
     let index = indices.name("accounts");
@@ -359,6 +375,7 @@ async fn postgres_can_stop_while_elasticsearch_is_down_and_nothing_is_lost() {
     let proxy = Proxy::start(&crate::support::services().es_url).await;
     let setup = Setup {
         es_url: proxy.url(),
+        pipeline_extra: pipeline.to_string(),
         ..private_setup(&pg, &indices)
     };
     let mut sluice = Sluice::with_setup(
@@ -381,16 +398,17 @@ async fn postgres_can_stop_while_elasticsearch_is_down_and_nothing_is_lost() {
     .await;
     proxy.cut();
     admin
-        .batch_execute(
-            "INSERT INTO accounts SELECT g, g, 'during' FROM generate_series(51, 100) g;
+        .batch_execute(&format!(
+            "INSERT INTO accounts SELECT g, g, 'during' FROM generate_series(51, {}) g;
              UPDATE accounts SET note = 'changed' WHERE id <= 10;",
-        )
+            50 + during
+        ))
         .await
         .unwrap();
     drop(admin);
     let p = pg.clone();
     let stopped =
-        tokio::task::spawn_blocking(move || super::source_restart::pg_ctl_stop(&p, "fast", 90))
+        tokio::task::spawn_blocking(move || super::source_restart::pg_ctl_stop(&p, "fast", 120))
             .await
             .unwrap();
     assert!(
