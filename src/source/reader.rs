@@ -384,7 +384,7 @@ const STOP_WINDOW: Duration = Duration::from_secs(2);
 /// asks the server whether it is shutting down.
 const STALL_BEFORE_PROBE: Duration = Duration::from_secs(10);
 /// After a probe found the server running, do not probe again for this long.
-const STOP_PROBE_COOLDOWN: Duration = Duration::from_secs(30);
+const STOP_PROBE_COOLDOWN: Duration = Duration::from_secs(15);
 
 /// Notices a PostgreSQL shutdown that waits on us. A smart or fast shutdown
 /// keeps each walsender alive until its client confirms everything sent,
