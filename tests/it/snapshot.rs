@@ -207,7 +207,16 @@ async fn a_snapshot_killed_at_random_points_resumes_under_new_snapshots_to_an_ex
         } else {
             // Right after a chunk was recorded, while others are in flight;
             // the tripwire is armed too, so a loaded machine whose readers
-            // outrun the polling still gets its kill before the end.
+            // outrun the polling still gets its kill before the end. Counted
+            // only once this attempt exported its snapshot: a chunk record
+            // of the killed attempt may become searchable later and must
+            // not kill this one before it starts.
+            tokio::select! {
+                _ = wait_until(Duration::from_secs(60), "the attempt to export its snapshot", || async {
+                    (log.lock().unwrap().len() > kill).then_some(())
+                }) => {}
+                done = &mut run => panic!("attempt {kill} ended before exporting: {done:?}"),
+            }
             let before = recorded().await;
             let seen = trip.rows.load(Ordering::SeqCst);
             trip.at.store(seen + 1 + rows as u64 / 12, Ordering::SeqCst);
