@@ -8,7 +8,7 @@ use std::time::Duration;
 use rand::{RngExt, SeedableRng};
 use serde_json::Value;
 
-use crate::support::{Es, TestDb, assert_index_matches};
+use crate::support::{Es, TestDb, assert_index_matches_on, json_rows};
 
 /// A `sluice run` process with its own config directory.
 pub struct Sluice {
@@ -285,14 +285,25 @@ pub(crate) async fn wait_converged(
     query: &str,
     sluice: &mut Sluice,
 ) {
+    wait_converged_on(&db.admin, es, index, query, sluice).await
+}
+
+/// [`wait_converged`] for a database reached through `client` (a private
+/// cluster, say).
+pub(crate) async fn wait_converged_on(
+    client: &tokio_postgres::Client,
+    es: &Es,
+    index: &str,
+    query: &str,
+    sluice: &mut Sluice,
+) {
     poll(
         sluice,
         // Generous: a loaded 2-core machine has been seen to take over 90 s.
         Duration::from_secs(180),
         "the index to match the table",
         async || {
-            let rows: std::collections::BTreeMap<String, Value> = db
-                .json_rows(query)
+            let rows: std::collections::BTreeMap<String, Value> = json_rows(client, query)
                 .await
                 .into_iter()
                 .map(|r| (r["id"].to_string(), r))
@@ -301,7 +312,7 @@ pub(crate) async fn wait_converged(
         },
     )
     .await;
-    assert_index_matches(db, es, index, query, "id").await;
+    assert_index_matches_on(client, es, index, query, "id").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,11 +11,13 @@ use serde_json::Value;
 use sluice::Lsn;
 use tokio_postgres::Client;
 
-use crate::run::{Setup, Sluice, http_get, mapping, poll, wait_converged, wait_streaming};
+use crate::run::{
+    Setup, Sluice, http_get, mapping, poll, wait_converged, wait_converged_on, wait_streaming,
+};
 use crate::sink_proxy::Proxy;
 use crate::source_restart::PrivatePg;
 use crate::support::workload::Workload;
-use crate::support::{Es, TestDb, assert_index_matches_on, json_rows, unique_name};
+use crate::support::{Es, TestDb, assert_index_matches_on, unique_name};
 
 const ACCOUNTS: &str =
     "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
@@ -309,21 +311,7 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
 
     let admin = crate::support::connect(&pg.url()).await;
     let query = "SELECT * FROM accounts";
-    poll(
-        &mut sluice,
-        Duration::from_secs(90),
-        "the index to match the table",
-        async || {
-            let rows: std::collections::BTreeMap<String, Value> = json_rows(&admin, query)
-                .await
-                .into_iter()
-                .map(|r| (r["id"].to_string(), r))
-                .collect();
-            rows == es.sources(&index).await
-        },
-    )
-    .await;
-    assert_index_matches_on(&admin, &es, &index, query, "id").await;
+    wait_converged_on(&admin, &es, &index, query, &mut sluice).await;
     let docs = "SELECT * FROM docs";
     poll(
         &mut sluice,
@@ -424,21 +412,7 @@ async fn stop_postgres_during_an_outage(during: i64, pipeline: &str) {
 
     let admin = crate::support::connect(&pg.url()).await;
     let query = "SELECT * FROM accounts";
-    poll(
-        &mut sluice,
-        Duration::from_secs(90),
-        "the index to match the table",
-        async || {
-            let rows: std::collections::BTreeMap<String, Value> = json_rows(&admin, query)
-                .await
-                .into_iter()
-                .map(|r| (r["id"].to_string(), r))
-                .collect();
-            rows == es.sources(&index).await
-        },
-    )
-    .await;
-    assert_index_matches_on(&admin, &es, &index, query, "id").await;
+    wait_converged_on(&admin, &es, &index, query, &mut sluice).await;
     let log = sluice.log_text();
     assert!(log.contains("PostgreSQL is shutting down"), "{log}");
     assert_eq!(sluice.terminate(), 0, "{log}");
