@@ -11,8 +11,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const EXIT_RUNTIME: i32 = 1;
 /// Exit code for bad usage or bad configuration: fix the input, do not retry.
 pub const EXIT_CONFIG: i32 = 2;
-/// Exit code for a subcommand that is not built yet.
-pub const EXIT_NOT_IMPLEMENTED: i32 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
