@@ -281,51 +281,64 @@ impl Es {
             .map(|_| ())
     }
 
+    /// The version number of the node we talk to (`8.19.21`, or `2.19.1` for
+    /// OpenSearch), read from `_nodes` because some test distributions refuse
+    /// `GET /`.
+    pub async fn server_version(&self) -> String {
+        let v: Value = self
+            .client
+            .nodes()
+            .info(elasticsearch::nodes::NodesInfoParts::NodeId(&["_local"]))
+            .send()
+            .await
+            .expect("nodes info")
+            .json()
+            .await
+            .expect("nodes info response");
+        v["nodes"]
+            .as_object()
+            .and_then(|n| n.values().next())
+            .and_then(|node| node["version"].as_str())
+            .unwrap_or_else(|| panic!("no node version in {v}"))
+            .to_string()
+    }
+
     /// Every document of an index as `_id → (_version, _source)`; empty if the
     /// index does not exist. Refreshes first so recent writes are visible.
     pub async fn all_docs(&self, index: &str) -> BTreeMap<String, (u64, Value)> {
         self.refresh(index).await;
         let mut out = BTreeMap::new();
-        // Elasticsearch 8 refuses to sort on `_id`; page through a point in
-        // time in `_shard_doc` order instead, and fail loudly on any error
-        // (an empty result must mean an empty index).
-        let pit = self
+        // Elasticsearch 8 refuses to sort on `_id`; page through a scroll in
+        // `_doc` order instead (scroll, unlike a point in time, is the same API
+        // on Elasticsearch and OpenSearch), and fail loudly on any error (an
+        // empty result must mean an empty index).
+        let first = self
             .client
-            .open_point_in_time(elasticsearch::OpenPointInTimeParts::Index(&[index]))
-            .keep_alive("1m")
-            .send()
-            .await
-            .expect("open point in time");
-        if pit.status_code().as_u16() == 404 {
-            return out;
-        }
-        let pit: Value = pit.json().await.expect("point in time response");
-        let pit_id = pit["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no point in time for {index}: {pit}"))
-            .to_string();
-        let mut search_after: Option<Value> = None;
-        loop {
-            let mut body = serde_json::json!({
+            .search(elasticsearch::SearchParts::Index(&[index]))
+            .scroll("1m")
+            .body(serde_json::json!({
                 "size": 5000,
                 "version": true,
-                "pit": {"id": pit_id, "keep_alive": "1m"},
-                "sort": [{"_shard_doc": "asc"}],
+                "sort": ["_doc"],
                 "query": {"match_all": {}}
-            });
-            if let Some(sa) = &search_after {
-                body["search_after"] = sa.clone();
-            }
-            let resp = self
-                .client
-                .search(elasticsearch::SearchParts::None)
-                .body(body)
-                .send()
-                .await
-                .expect("search");
+            }))
+            .send()
+            .await
+            .expect("search");
+        if first.status_code().as_u16() == 404 {
+            return out;
+        }
+        let mut resp = first;
+        let mut scroll_id: Option<String> = None;
+        loop {
             let status = resp.status_code().as_u16();
             let v: Value = resp.json().await.expect("search response");
             assert!(status == 200, "search of {index} failed: {v}");
+            assert!(
+                v["_shards"]["failed"].as_u64().unwrap_or(0) == 0,
+                "search of {index} failed on some shards: {v}"
+            );
+            scroll_id = v["_scroll_id"].as_str().map(str::to_string).or(scroll_id);
             let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
             if hits.is_empty() {
                 break;
@@ -336,14 +349,25 @@ impl Es {
                     (h["_version"].as_u64().unwrap_or(0), h["_source"].clone()),
                 );
             }
-            search_after = hits.last().map(|h| h["sort"].clone());
+            let id = scroll_id
+                .clone()
+                .unwrap_or_else(|| panic!("no scroll id for {index}: {v}"));
+            resp = self
+                .client
+                .scroll(elasticsearch::ScrollParts::None)
+                .body(serde_json::json!({"scroll": "1m", "scroll_id": id}))
+                .send()
+                .await
+                .expect("scroll");
         }
-        let _ = self
-            .client
-            .close_point_in_time()
-            .body(serde_json::json!({"id": pit_id}))
-            .send()
-            .await;
+        if let Some(id) = scroll_id {
+            let _ = self
+                .client
+                .clear_scroll(elasticsearch::ClearScrollParts::None)
+                .body(serde_json::json!({"scroll_id": [id]}))
+                .send()
+                .await;
+        }
         out
     }
 
