@@ -14,6 +14,11 @@ use anyhow::Context;
 use elasticsearch::Elasticsearch;
 
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME, SnapshotArgs};
+
+/// Attempts after a retryable failure of `sluice snapshot` (jittered, 1 s
+/// doubling to 30 s, so about five minutes of outage in all) before it gives
+/// up with exit 1; running it again resumes where it stopped.
+const SNAPSHOT_RETRIES: usize = 12;
 use crate::config::{Config, STATE_INDEX};
 use crate::run::pipeline_config;
 use crate::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
@@ -302,6 +307,13 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         }
         return Ok(());
     }
+    if !args.reindex {
+        // A backfill may come before any `sluice run`: create what is missing.
+        let names: Vec<String> = wanted.iter().map(TableSpec::qualified_name).collect();
+        crate::run::prepare_indices(&cfg, &es, Some(&names))
+            .await
+            .map_err(runtime_err)?;
+    }
     let deps = deps(
         &cfg,
         &es,
@@ -321,6 +333,7 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
             .then(|| std::time::Duration::from_secs(args.stream_timeout)),
         stream_slot: Some(cfg.slot.clone()),
         options: options(&cfg),
+        retries: SNAPSHOT_RETRIES,
     };
     let sink = deps.sink.clone();
     let make_sink = |overrides: &std::collections::BTreeMap<String, String>| {

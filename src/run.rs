@@ -234,37 +234,7 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     // Elasticsearch: target indices (or templates) and the dead-letter index.
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
         .map_err(|e| Failure::Config(format!("[elasticsearch]: {e}")))?;
-    // A name being reindexed is checked against nothing here: its build
-    // index was created from the (new) mapping, and the old index behind
-    // the alias legitimately differs from it until the swap.
-    let reindexing = crate::snapshot::reindex::active_for(
-        &crate::snapshot::StateStore::new(es.clone(), crate::config::STATE_INDEX),
-        &cfg.slot,
-    )
-    .await
-    .context("reading running reindexes from the state index")?;
-    let specs: Vec<_> = cfg
-        .mappings
-        .index_specs(&cfg.pipeline.gc_deletes_setting())
-        .into_iter()
-        .filter(|s| {
-            let r = reindexing.iter().find(|r| r.alias == s.pattern);
-            if let Some(r) = r {
-                tracing::info!(index = %s.pattern, build_index = %r.build_index, "being reindexed: not checking its mappings");
-            }
-            r.is_none()
-        })
-        .collect();
-    ensure_mapping_indices(&es, &specs, cfg.pipeline.gc_deletes)
-        .await
-        .context("preparing the target indices")?;
-    crate::sink::ensure_index(
-        &es,
-        &crate::sink::dead_letter::index_spec(&cfg.pipeline.dead_letter_index),
-        cfg.pipeline.gc_deletes,
-    )
-    .await
-    .context("preparing the dead-letter index")?;
+    prepare_indices(&cfg, &es, None).await?;
 
     // The slot: create it (with an exported snapshot for the initial load) or resume it.
     let slot = open_slot(&pg, &es, &cfg)
@@ -571,6 +541,58 @@ fn transform_with_refetch(
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Create the target indices (or templates) of the mappings — of those
+/// reading `tables` only, when given — and the dead-letter index; existing
+/// indices are checked, never changed. `run` does this at start-up, and
+/// `snapshot` too, so a backfill can be the first thing a deployment does.
+pub(crate) async fn prepare_indices(
+    cfg: &Config,
+    es: &elasticsearch::Elasticsearch,
+    tables: Option<&[String]>,
+) -> anyhow::Result<()> {
+    // A name being reindexed is checked against nothing here: its build
+    // index was created from the (new) mapping, and the old index behind
+    // the alias legitimately differs from it until the swap.
+    let reindexing = crate::snapshot::reindex::active_for(
+        &crate::snapshot::StateStore::new(es.clone(), crate::config::STATE_INDEX),
+        &cfg.slot,
+    )
+    .await
+    .context("reading running reindexes from the state index")?;
+    let wanted: Option<Vec<String>> = tables.map(|tables| {
+        cfg.mappings
+            .list
+            .iter()
+            .filter(|m| tables.iter().any(|t| *t == *m.qualified_table))
+            .map(|m| m.index_pattern())
+            .collect()
+    });
+    let specs: Vec<_> = cfg
+        .mappings
+        .index_specs(&cfg.pipeline.gc_deletes_setting())
+        .into_iter()
+        .filter(|s| wanted.as_ref().is_none_or(|w| w.contains(&s.pattern)))
+        .filter(|s| {
+            let r = reindexing.iter().find(|r| r.alias == s.pattern);
+            if let Some(r) = r {
+                tracing::info!(index = %s.pattern, build_index = %r.build_index, "being reindexed: not checking its mappings");
+            }
+            r.is_none()
+        })
+        .collect();
+    ensure_mapping_indices(es, &specs, cfg.pipeline.gc_deletes)
+        .await
+        .context("preparing the target indices")?;
+    crate::sink::ensure_index(
+        es,
+        &crate::sink::dead_letter::index_spec(&cfg.pipeline.dead_letter_index),
+        cfg.pipeline.gc_deletes,
+    )
+    .await
+    .context("preparing the dead-letter index")?;
+    Ok(())
 }
 
 /// Create the mappings' target indices (or index templates, for templated

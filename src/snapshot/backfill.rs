@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use serde_json::Value;
 
 use super::SnapshotError;
@@ -62,6 +63,10 @@ pub struct BackfillRequest {
     /// (`None`: none; the caller acknowledges by itself).
     pub stream_slot: Option<String>,
     pub options: SnapshotOptions,
+    /// Attempts after a retryable failure (a PostgreSQL restart, a dropped
+    /// connection, Elasticsearch refusing for a while); each resumes the
+    /// chunks not yet recorded as done under a new snapshot. 0 = fail at once.
+    pub retries: usize,
 }
 
 /// What `prepare` set up.
@@ -183,7 +188,22 @@ pub async fn backfill(
     let prepared = prepare(&deps.state, req).await?;
     let mut deps = deps.clone();
     deps.sink = make_sink(&prepared.index_overrides);
-    let summary = run_snapshot(&deps, &prepared.job).await?;
+    // A retry exports a new snapshot with a later point P' and resumes the
+    // chunks not yet done; rows already written carry the older P - 1, which
+    // streamed changes outrank all the same (invariant 4 holds per chunk).
+    let summary = (|| run_snapshot(&deps, &prepared.job))
+        .retry(
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(30))
+                .with_max_times(req.retries),
+        )
+        .when(SnapshotError::is_retryable)
+        .notify(|e, after| {
+            tracing::warn!(error = %e, ?after, "snapshot interrupted; resuming its remaining chunks under a new snapshot")
+        })
+        .await?;
     if prepared.reindex
         && let Some(point) = summary.point
     {

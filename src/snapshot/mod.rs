@@ -88,7 +88,9 @@ impl SnapshotError {
     /// where it stopped). Pure, so it is tested as one.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SnapshotError::Postgres(e) => e.as_db_error().is_none() || e.is_closed(),
+            SnapshotError::Postgres(e) => {
+                e.is_closed() || postgres_code_is_retryable(e.code().map(|c| c.code()))
+            }
             SnapshotError::Sink(SinkError::Closed) => true,
             SnapshotError::Sink(SinkError::Failed(_)) => true,
             SnapshotError::Elasticsearch(_) => true,
@@ -101,6 +103,23 @@ impl SnapshotError {
             | SnapshotError::State(_)
             | SnapshotError::Reindex(_) => false,
             SnapshotError::Reader(_) | SnapshotError::NoStream(_) => true,
+        }
+    }
+}
+
+/// Whether a PostgreSQL error with this SQLSTATE (`None`: no server error,
+/// i.e. I/O or protocol) may go away by itself: connection problems,
+/// serialization failures, resource shortage, a server shutting down or
+/// starting up, a lock not available. Everything else (missing table,
+/// permission, bad filter SQL) needs a person.
+pub fn postgres_code_is_retryable(code: Option<&str>) -> bool {
+    match code {
+        None => true,
+        Some(c) => {
+            c.starts_with("08")
+                || c.starts_with("40")
+                || c.starts_with("53")
+                || matches!(c, "57P01" | "57P02" | "57P03" | "55P03")
         }
     }
 }
@@ -147,5 +166,25 @@ mod tests {
             .is_retryable()
         );
         assert!(SnapshotError::Sink(SinkError::Closed).is_retryable());
+    }
+
+    #[test]
+    fn postgres_outages_are_retryable_but_mistakes_are_not() {
+        assert!(postgres_code_is_retryable(None));
+        assert!(
+            postgres_code_is_retryable(Some("08006")),
+            "connection failure"
+        );
+        assert!(postgres_code_is_retryable(Some("57P01")), "admin shutdown");
+        assert!(postgres_code_is_retryable(Some("40001")), "serialization");
+        assert!(
+            !postgres_code_is_retryable(Some("42P01")),
+            "undefined table"
+        );
+        assert!(!postgres_code_is_retryable(Some("42501")), "permission");
+        assert!(
+            !postgres_code_is_retryable(Some("22P02")),
+            "bad filter literal"
+        );
     }
 }

@@ -18,6 +18,7 @@ mod run_outage;
 mod sink;
 mod sink_proxy;
 mod snapshot;
+mod snapshot_retry;
 mod snapshot_support;
 mod source;
 mod source_manage;

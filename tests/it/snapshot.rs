@@ -700,6 +700,7 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
         gc_deletes: "48h".into(),
         wait_for_stream: Some(Duration::from_secs(30)),
         stream_slot: None,
+        retries: 0,
         options: SnapshotOptions {
             readers: 2,
             chunk_rows: 5_000,
