@@ -297,21 +297,35 @@ pub(crate) async fn wait_converged_on(
     query: &str,
     sluice: &mut Sluice,
 ) {
-    poll(
-        sluice,
-        // Generous: a loaded 2-core machine has been seen to take over 90 s.
-        Duration::from_secs(180),
-        "the index to match the table",
-        async || {
-            let rows: std::collections::BTreeMap<String, Value> = json_rows(client, query)
-                .await
-                .into_iter()
-                .map(|r| (r["id"].to_string(), r))
-                .collect();
-            rows == es.sources(index).await
-        },
-    )
-    .await;
+    // Generous: a loaded 2-core machine has been seen to take over 90 s.
+    let timeout = Duration::from_secs(180);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(code) = sluice.exited() {
+            panic!(
+                "sluice exited with {code} while waiting for the index to match the table:\n{}",
+                sluice.log_text()
+            );
+        }
+        let rows: std::collections::BTreeMap<String, Value> = json_rows(client, query)
+            .await
+            .into_iter()
+            .map(|r| (r["id"].to_string(), r))
+            .collect();
+        if rows == es.sources(index).await {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            // The assertion below says which documents differ.
+            eprintln!(
+                "timed out after {timeout:?} waiting for the index to match the table\n{}\nmetrics at the timeout:\n{}",
+                sluice.log_text(),
+                progress_metrics(sluice)
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_index_matches_on(client, es, index, query, "id").await;
 }
 

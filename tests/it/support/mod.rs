@@ -407,7 +407,11 @@ pub async fn assert_index_matches_on(
             (id, row)
         })
         .collect();
-    let actual = es.sources(index).await;
+    let docs = es.all_docs(index).await;
+    let actual: BTreeMap<String, Value> = docs
+        .iter()
+        .map(|(k, (_, s))| (k.clone(), s.clone()))
+        .collect();
     let missing: Vec<_> = expected
         .keys()
         .filter(|k| !actual.contains_key(*k))
@@ -419,16 +423,26 @@ pub async fn assert_index_matches_on(
     let differ: Vec<_> = expected
         .iter()
         .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
-        .map(|(k, v)| format!("{k}: table {v} vs index {}", actual[k]))
+        .map(|(k, v)| {
+            format!(
+                "{k}: table {v} vs index {} (_version {})",
+                actual[k], docs[k].0
+            )
+        })
         .take(5)
+        .collect();
+    let extra_docs: Vec<String> = extra
+        .iter()
+        .take(5)
+        .map(|k| format!("{k}: {} (_version {})", docs[*k].1, docs[*k].0))
         .collect();
     assert!(
         missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "index {index} does not match the table: {} missing (e.g. {:?}), {} extra (e.g. {:?}), {} differ:\n{}",
+        "index {index} does not match the table: {} missing (e.g. {:?}), {} extra, e.g.:\n{}\n{} differ:\n{}",
         missing.len(),
         missing.iter().take(5).collect::<Vec<_>>(),
         extra.len(),
-        extra.iter().take(5).collect::<Vec<_>>(),
+        extra_docs.join("\n"),
         differ.len(),
         differ.join("\n")
     );
