@@ -22,3 +22,4 @@ mod snapshot_support;
 mod source;
 mod source_manage;
 mod source_restart;
+mod source_tls;
