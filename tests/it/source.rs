@@ -178,6 +178,51 @@ async fn the_replication_role_authenticates_with_scram_identifies_the_system_and
 }
 
 #[tokio::test]
+async fn create_replication_slot_without_a_snapshot_or_using_it_in_the_open_transaction() {
+    let db = TestDb::new().await;
+    db.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await;
+    db.sql("GRANT SELECT ON t TO sluice").await;
+    let mut conn = ReplicationConnection::connect(&repl_config(&db))
+        .await
+        .unwrap();
+    let slot = unique_name("slot");
+    let created = conn
+        .create_slot(&slot, true, SnapshotAction::NoExport)
+        .await
+        .unwrap();
+    assert_eq!(created.snapshot_name, None);
+    assert!(created.consistent_point > Lsn::ZERO);
+
+    // USE_SNAPSHOT: the slot's snapshot becomes the one of the transaction
+    // this replication connection has open.
+    let mut conn = ReplicationConnection::connect(&repl_config(&db))
+        .await
+        .unwrap();
+    conn.simple_query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let slot = unique_name("slot");
+    let created = conn
+        .create_slot(&slot, true, SnapshotAction::Use)
+        .await
+        .unwrap();
+    assert_eq!(created.snapshot_name, None);
+    db.sql("INSERT INTO t VALUES (2)").await;
+    let rows = conn
+        .simple_query("SELECT count(*) AS n FROM t")
+        .await
+        .unwrap();
+    assert_eq!(rows.first("n"), Some("1"), "row 2 came after the snapshot");
+    conn.simple_query("COMMIT").await.unwrap();
+    let rows = conn
+        .simple_query("SELECT count(*) AS n FROM t")
+        .await
+        .unwrap();
+    assert_eq!(rows.first("n"), Some("2"));
+}
+
+#[tokio::test]
 async fn every_type_round_trips_from_a_real_insert_through_the_stream() {
     let db = TestDb::new().await;
     db.sql(
@@ -237,6 +282,72 @@ async fn every_type_round_trips_from_a_real_insert_through_the_stream() {
     }
     assert_eq!(got.len(), expected.len());
     assert!(c.relation.columns[0].is_key);
+    reader.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn arrays_of_every_type_ranges_and_non_finite_values_round_trip_through_the_stream() {
+    let db = TestDb::new().await;
+    db.sql(
+        "CREATE EXTENSION IF NOT EXISTS hstore; CREATE EXTENSION IF NOT EXISTS citext;
+         CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE DOMAIN intlist AS int[];
+         CREATE DOMAIN label AS text;
+         CREATE TABLE arrs (
+           id int PRIMARY KEY, ab bool[], a2 int2[], a8 int8[], af4 float4[], af8 float8[],
+           an numeric[], at2 text[][], avc varchar(5)[], abp char(2)[], au uuid[], ad date[],
+           atm time[], attz timetz[], ats timestamp[], atstz timestamptz[], aiv interval[],
+           aby bytea[], aj json[], ajb jsonb[], ae mood[], ain inet[], acidr cidr[],
+           amac macaddr[], am money[], ah hstore[], ar int4range[], ap point[], ax xml[],
+           abt bit(4)[], aci citext[], a3 int[], alb int[], dl intlist, lb label, alabel label[],
+           nr numrange, dr daterange, tsr tsrange, i8r int8range, nnan numeric, ninf numeric,
+           dinf date, tsinf timestamp, f4inf float4);",
+    )
+    .await;
+    let (mut reader, _slot) = stream(&db, &["arrs"]).await;
+    db.sql(
+        r#"INSERT INTO arrs VALUES (
+           1, '{t,f,NULL}', '{-1,2}', '{9223372036854775807}', '{1.5,NaN,-Infinity}',
+           '{-2.25,Infinity}', '{1.10,NULL,123456789012345678901234567890.5}',
+           '{{a,NULL},{"x y",""}}', '{"é ✓",NULL}', '{a,bc}',
+           '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}', '{2024-02-29,infinity}', '{13:45:00.5}',
+           '{13:45:00+02}', '{"2024-01-02 03:04:05",-infinity}', '{"2024-01-02 03:04:05+02"}',
+           '{"1 day","-00:00:01"}', '{"\\x00ff",NULL}', '{"{\"a\": 1}"}', '{"[1, \"x\"]"}',
+           '{sad,happy}', '{10.0.0.1,::1}', '{10.0.0.0/8}', '{08:00:2b:01:02:03}', '{1.50,-2}',
+           '{"\"k\"=>\"v\""}', '{"[1,2)",empty}', '{"(1,2)","(3.5,-4)"}', '{<a/>}', '{1010}',
+           '{MiXed}', '{{{1},{2}},{{3},{4}}}', '[0:1]={7,8}', '{5,6}', 'lbl', '{x,NULL}',
+           '(1.5,2.5]', '[2024-01-01,2024-01-31]', '["2024-01-01 00:00:00",)', '(,5)',
+           'NaN', '-Infinity', '-infinity', 'infinity', '-Infinity')"#,
+    )
+    .await;
+    let changes = reader.changes(1).await;
+    let got = by_name(&changes[0], new_row(&changes[0]));
+    let expected = json!({
+        "id": 1, "ab": [true, false, null], "a2": [-1, 2], "a8": [9223372036854775807i64],
+        "af4": [1.5, null, null], "af8": [-2.25, null],
+        "an": [1.1, null, "123456789012345678901234567890.5"],
+        "at2": [["a", null], ["x y", ""]], "avc": ["é ✓", null], "abp": ["a ", "bc"],
+        "au": ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"], "ad": ["2024-02-29", null],
+        "atm": ["13:45:00.5"], "attz": ["13:45:00+02:00"],
+        "ats": ["2024-01-02T03:04:05", null], "atstz": ["2024-01-02T01:04:05Z"],
+        "aiv": ["P1D", "PT-1S"], "aby": ["AP8=", null], "aj": [{"a": 1}], "ajb": [[1, "x"]],
+        "ae": ["sad", "happy"], "ain": ["10.0.0.1", "::1"], "acidr": ["10.0.0.0/8"],
+    });
+    let more = json!({
+        "amac": ["08:00:2b:01:02:03"], "am": [1.5, -2.0], "ah": [{"k": "v"}],
+        "ar": [{"gte": 1, "lt": 2}, null], "ap": [{"lat": 2.0, "lon": 1.0}, {"lat": -4.0, "lon": 3.5}],
+        "ax": ["<a/>"], "abt": ["1010"], "aci": ["MiXed"], "a3": [[[1], [2]], [[3], [4]]],
+        "alb": [7, 8], "dl": [5, 6], "lb": "lbl", "alabel": ["x", null],
+        "nr": {"gt": 1.5, "lte": 2.5}, "dr": {"gte": "2024-01-01", "lt": "2024-02-01"},
+        "tsr": {"gte": "2024-01-01T00:00:00"}, "i8r": {"lt": 5}, "nnan": null, "ninf": null,
+        "dinf": null, "tsinf": null, "f4inf": null,
+    });
+    let mut expected = expected.as_object().unwrap().clone();
+    expected.extend(more.as_object().unwrap().clone());
+    for (k, v) in &expected {
+        assert_eq!(got.get(k), Some(v), "column {k}");
+    }
+    assert_eq!(got.len(), expected.len());
     reader.stop().await.unwrap();
 }
 
