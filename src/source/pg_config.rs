@@ -172,8 +172,8 @@ impl PgConnectConfig {
     }
 
     /// libpq's key/value form: `key = value` pairs separated by spaces; a
-    /// value may be single-quoted (to hold spaces) and `\\` escapes the
-    /// next character, as in `password='it\\'s secret'`.
+    /// value may be single-quoted (to hold spaces) and a backslash escapes
+    /// the next character, as in `password='it\'s secret'`.
     pub fn from_key_values(s: &str) -> Result<PgConnectConfig, PgConfigError> {
         let mut cfg = PgConnectConfig::default();
         let mut rest = s.trim_start();
