@@ -14,8 +14,12 @@ use crate::source::types::{Conv, TypeCatalog};
 use crate::source::value_parse::{parse_array, parse_hstore, parse_range, pg_interval_to_iso};
 
 /// GUCs every session that produces text values for `convert` should use.
+/// Sent at connection start, so they win over `ALTER DATABASE/ROLE ... SET`.
+/// `lc_monetary=C` keeps money as `$1,234.56` (other locales move the
+/// decimal separator, which `convert_money` could not tell apart).
 pub const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("DateStyle", "ISO"),
+    ("lc_monetary", "C"),
     ("TimeZone", "UTC"),
     ("IntervalStyle", "iso_8601"),
     ("extra_float_digits", "3"),

@@ -352,6 +352,47 @@ async fn arrays_of_every_type_ranges_and_non_finite_values_round_trip_through_th
 }
 
 #[tokio::test]
+async fn database_level_date_interval_time_zone_and_money_settings_do_not_change_the_values() {
+    let db = TestDb::new().await;
+    for (guc, value) in [
+        ("DateStyle", "SQL, DMY"),
+        ("TimeZone", "Asia/Tokyo"),
+        ("IntervalStyle", "postgres_verbose"),
+        ("lc_monetary", "C.UTF-8"),
+        ("extra_float_digits", "-3"),
+    ] {
+        db.sql(&format!("ALTER DATABASE {} SET {guc} = '{value}'", db.name))
+            .await;
+    }
+    db.sql("CREATE TABLE s (id int PRIMARY KEY, ts timestamptz, d date, iv interval, m money, f float8)")
+        .await;
+    let (mut reader, _slot) = stream(&db, &["s"]).await;
+    db.sql(
+        "INSERT INTO s VALUES (1, '2024-01-02 03:04:05+00', '2024-02-29', '-1 days 02:00:00', 1234.5, 0.1)",
+    )
+    .await;
+    let changes = reader.changes(1).await;
+    let got = by_name(&changes[0], new_row(&changes[0]));
+    let expected = json!({
+        "id": 1, "ts": "2024-01-02T03:04:05Z", "d": "2024-02-29", "iv": "P-1DT2H",
+        "m": 1234.5, "f": 0.1,
+    });
+    assert_eq!(Value::Object(got), expected);
+    // The SQL connection (snapshot reads, re-reads) sees the same settings.
+    let sql = connect_sql(&repl_config(&db)).await.unwrap();
+    let row = sql
+        .query_one(
+            "SELECT now()::date::text ~ '^\\d{4}-', 1234.5::money::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "ISO dates");
+    assert_eq!(row.get::<_, String>(1), "$1,234.50");
+    reader.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn updates_carry_old_rows_per_replica_identity_and_a_key_change_carries_the_old_key() {
     let db = TestDb::new().await;
     db.sql(
