@@ -664,6 +664,91 @@ async fn a_keepalive_is_forwarded_while_idle_and_confirmed_flush_reaches_the_slo
 }
 
 #[tokio::test]
+async fn a_killed_connection_reconnects_with_backoff_and_resumes_after_the_confirmed_position() {
+    let db = TestDb::new().await;
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let admin = connect_sql(&admin_config(&db)).await.unwrap();
+    ensure_publication(&admin, "sluice_pub", &[PublishedTable::new("public", "t")])
+        .await
+        .unwrap();
+    let repl = connect_sql(&repl_config(&db)).await.unwrap();
+    let slot = unique_name("slot");
+    ensure_slot(&repl, &slot, None).await.unwrap();
+    let mut cfg = ReaderConfig::new(repl_config(&db), slot.clone(), vec!["sluice_pub".into()]);
+    cfg.min_backoff = Duration::from_millis(50);
+    cfg.max_backoff = Duration::from_millis(500);
+    cfg.status_interval = Duration::from_millis(100);
+    let mut reader = Reader::start(cfg, 1024);
+    let walsender = || async {
+        db.admin
+            .query_one(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+    };
+
+    // Transactions 1..=5 arrive and 1..=3 are confirmed; 4 and 5 are not.
+    for i in 1..=5 {
+        db.sql(&format!("INSERT INTO t VALUES ({i})")).await;
+    }
+    let mut commits = Vec::new();
+    while commits.len() < 5 {
+        if let SourceEvent::Commit { end_lsn, .. } = reader.next(Duration::from_secs(30)).await {
+            commits.push(end_lsn);
+        }
+    }
+    reader.flushed.send(commits[2]).unwrap();
+    let first = crate::support::wait_until(Duration::from_secs(20), "the slot to confirm", || async {
+        let row = db
+            .admin
+            .query_one(
+                "SELECT confirmed_flush_lsn::text, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        let lsn: Lsn = row.get::<_, String>(0).parse().unwrap();
+        (lsn >= commits[2]).then(|| row.get::<_, Option<i32>>(1)).flatten()
+    })
+    .await;
+
+    // Cut the connection; the reader reconnects by itself.
+    db.admin
+        .execute("SELECT pg_terminate_backend($1)", &[&first])
+        .await
+        .unwrap();
+    db.sql("INSERT INTO t VALUES (6)").await;
+    let mut ids = Vec::new();
+    let mut versions = Vec::new();
+    while !ids.contains(&6) {
+        if let SourceEvent::Change(c) = reader.next(Duration::from_secs(30)).await {
+            versions.push(c.version);
+            match &new_row(&c)[0] {
+                Datum::Value(v) => ids.push(v.as_i64().unwrap()),
+                other => panic!("id is {other:?}"),
+            }
+        }
+    }
+    let now = walsender().await;
+    assert!(
+        now.is_some() && now != Some(first),
+        "a new walsender serves the slot"
+    );
+    // Everything after the confirmed position comes again (4 and 5 were
+    // never confirmed), nothing confirmed before it is resent.
+    assert_eq!(&ids[ids.len() - 3..], [4, 5, 6]);
+    assert!(
+        !ids.contains(&1) && !ids.contains(&2) && !ids.contains(&3),
+        "{ids:?}"
+    );
+    assert!(versions.iter().all(|v| *v >= commits[2]));
+    reader.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_slot_created_with_an_exported_snapshot_hands_its_connection_to_the_reader() {
     let db = TestDb::new().await;
     db.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
