@@ -23,3 +23,4 @@ mod source;
 mod source_manage;
 mod source_restart;
 mod source_tls;
+mod source_types;
