@@ -144,8 +144,10 @@ impl PgConnectConfig {
             )));
         }
         let mut cfg = PgConnectConfig::default();
+        // Percent-decoding only: in a URL's user info and path `+` is a plus
+        // sign, not the space form encoding makes of it.
         let dec = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
                 .next()
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default()
@@ -165,8 +167,10 @@ impl PgConnectConfig {
         if !db.is_empty() {
             cfg.dbname = dec(db);
         }
-        for (k, v) in u.query_pairs() {
-            cfg.set(&k, &v)?;
+        // As libpq does: percent-decoding, `+` stays a plus sign.
+        for pair in u.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            cfg.set(&dec(k), &dec(v))?;
         }
         Ok(cfg)
     }
@@ -329,6 +333,16 @@ mod tests {
         let e = PgConnectConfig::parse("user=u password='never closed").unwrap_err();
         assert!(e.to_string().contains("password") && !e.to_string().contains("never"));
         assert!(PgConnectConfig::parse("host").is_err());
+    }
+
+    #[test]
+    fn a_plus_sign_in_a_url_password_stays_a_plus_sign() {
+        let c = PgConnectConfig::parse(
+            "postgres://u:p+ss%2Bw%20d@h/d?sslrootcert=/certs/a+b%20c.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(c.password.as_deref(), Some("p+ss+w d"));
+        assert_eq!(c.ssl_root_cert, Some(PathBuf::from("/certs/a+b c.pem")));
     }
 
     #[test]
