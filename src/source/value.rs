@@ -323,7 +323,17 @@ fn convert_date(text: &str, opts: &ValueOptions) -> Result<Value, ValueError> {
     if !valid(text) {
         return Err(verr("date", text, "expected YYYY-MM-DD (DateStyle ISO)"));
     }
-    Ok(Value::String(text.to_owned()))
+    Ok(Value::String(expanded_year(text)))
+}
+
+/// ISO 8601 writes years past 9999 with a sign (`+12345-06-07`), which is
+/// also what Elasticsearch's date parser expects; PostgreSQL prints them bare.
+fn expanded_year(date: &str) -> String {
+    if date.find('-').is_some_and(|i| i > 4) {
+        format!("+{date}")
+    } else {
+        date.to_owned()
+    }
 }
 
 /// `+05` → `+05:00`, so time zones read as ISO 8601 offsets.
@@ -351,22 +361,26 @@ fn convert_timestamp(text: &str, opts: &ValueOptions, tz: bool) -> Result<Value,
         Some(t) => (t, true),
         None => (text, false),
     };
-    if text.len() < 19 || text.as_bytes()[10] != b' ' || !text.is_char_boundary(10) {
+    // The date part is 10 bytes, more for years past 9999.
+    let sp = text.find(' ').unwrap_or(0);
+    if sp < 10 || text.len() < sp + 9 {
         return Err(verr(
             name,
             text,
             "expected YYYY-MM-DD HH:MM:SS (DateStyle ISO)",
         ));
     }
+    let (date, rest) = (&text[..sp], &text[sp + 1..]);
     let mut out = String::with_capacity(text.len() + 2);
     if bc {
-        let date = bc_to_iso(&text[..10]).ok_or_else(|| verr(name, text, "bad BC date"))?;
+        let date = bc_to_iso(date).ok_or_else(|| verr(name, text, "bad BC date"))?;
         out.push_str(&date);
+    } else if sp == 10 {
+        out.push_str(date);
     } else {
-        out.push_str(&text[..10]);
+        out.push_str(&expanded_year(date));
     }
     out.push('T');
-    let rest = &text[11..];
     if !tz {
         out.push_str(rest);
         return Ok(Value::String(out));
@@ -378,7 +392,8 @@ fn convert_timestamp(text: &str, opts: &ValueOptions, tz: bool) -> Result<Value,
         return Ok(Value::String(out));
     }
     // Another offset: normalize to UTC with chrono.
-    let with_offset = format!("{}T{}", &text[..10], normalize_offset(rest));
+    let date = if bc { &out[..out.len() - 1] } else { date };
+    let with_offset = format!("{}T{}", expanded_year(date), normalize_offset(rest));
     let dt = chrono::DateTime::parse_from_str(&with_offset, "%Y-%m-%dT%H:%M:%S%.f%:z")
         .or_else(|_| chrono::DateTime::parse_from_str(&with_offset, "%Y-%m-%dT%H:%M:%S%.f%::z"))
         .map_err(|_| verr(name, text, "unrecognized timestamp with time zone"))?;

@@ -138,6 +138,45 @@ fn dates_times_and_timestamps_become_iso_8601() {
 }
 
 #[test]
+fn years_past_9999_and_bc_timestamps_convert_instead_of_stopping_the_stream() {
+    assert_eq!(c(1082, "12345-06-07"), json!("+12345-06-07"));
+    assert_eq!(
+        c(1114, "12345-06-07 01:02:03"),
+        json!("+12345-06-07T01:02:03")
+    );
+    assert_eq!(
+        c(1184, "294276-12-31 23:59:59.999999+00"),
+        json!("+294276-12-31T23:59:59.999999Z")
+    );
+    assert_eq!(
+        c(1184, "10000-01-01 01:00:00+01"),
+        json!("+10000-01-01T00:00:00Z")
+    );
+    assert_eq!(
+        c(1184, "0044-03-15 12:00:00+00 BC"),
+        json!("-0043-03-15T12:00:00Z")
+    );
+    assert_eq!(
+        c(1184, "0044-03-15 12:00:00+02 BC"),
+        json!("-0043-03-15T10:00:00Z")
+    );
+    assert_eq!(
+        c(1114, "4713-11-24 00:00:00 BC"),
+        json!("-4712-11-24T00:00:00")
+    );
+    let cat = TypeCatalog::new();
+    let o = ValueOptions::default();
+    for bad in [
+        "2024-01-02",
+        "12345-06-07 1",
+        " 01:02:03",
+        "2024-01-02 03:04",
+    ] {
+        assert!(convert_text(1184, bad, &o, &cat).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn infinite_dates_and_timestamps_map_as_configured() {
     assert_eq!(c(1184, "infinity"), Value::Null);
     assert_eq!(c(1082, "-infinity"), Value::Null);

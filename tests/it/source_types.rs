@@ -88,7 +88,8 @@ async fn arrays_of_every_type_ranges_and_non_finite_values_round_trip_through_th
            amac macaddr[], am money[], ah hstore[], ar int4range[], ap point[], ax xml[],
            abt bit(4)[], aci citext[], a3 int[], alb int[], dl intlist, lb label, alabel label[],
            nr numrange, dr daterange, tsr tsrange, i8r int8range, nnan numeric, ninf numeric,
-           dinf date, tsinf timestamp, f4inf float4);",
+           dinf date, tsinf timestamp, f4inf float4, dbig date, tsbig timestamptz,
+           tsbc timestamptz);",
     )
     .await;
     let (mut reader, _slot) = stream(&db, &["arrs"]).await;
@@ -104,7 +105,8 @@ async fn arrays_of_every_type_ranges_and_non_finite_values_round_trip_through_th
            '{"\"k\"=>\"v\""}', '{"[1,2)",empty}', '{"(1,2)","(3.5,-4)"}', '{<a/>}', '{1010}',
            '{MiXed}', '{{{1},{2}},{{3},{4}}}', '[0:1]={7,8}', '{5,6}', 'lbl', '{x,NULL}',
            '(1.5,2.5]', '[2024-01-01,2024-01-31]', '["2024-01-01 00:00:00",)', '(,5)',
-           'NaN', '-Infinity', '-infinity', 'infinity', '-Infinity')"#,
+           'NaN', '-Infinity', '-infinity', 'infinity', '-Infinity', '12345-06-07',
+           '12345-06-07 01:02:03+00', '0044-03-15 12:00:00+00 BC')"#,
     )
     .await;
     let changes = reader.changes(1).await;
@@ -127,7 +129,8 @@ async fn arrays_of_every_type_ranges_and_non_finite_values_round_trip_through_th
         "alb": [7, 8], "dl": [5, 6], "lb": "lbl", "alabel": ["x", null],
         "nr": {"gt": 1.5, "lte": 2.5}, "dr": {"gte": "2024-01-01", "lt": "2024-02-01"},
         "tsr": {"gte": "2024-01-01T00:00:00"}, "i8r": {"lt": 5}, "nnan": null, "ninf": null,
-        "dinf": null, "tsinf": null, "f4inf": null,
+        "dinf": null, "tsinf": null, "f4inf": null, "dbig": "+12345-06-07",
+        "tsbig": "+12345-06-07T01:02:03Z", "tsbc": "-0043-03-15T12:00:00Z",
     });
     let mut expected = expected.as_object().unwrap().clone();
     expected.extend(more.as_object().unwrap().clone());
