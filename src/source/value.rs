@@ -121,7 +121,7 @@ pub fn convert(conv: &Conv, text: &str, opts: &ValueOptions) -> Result<Value, Va
         Conv::Float => convert_float(text, opts)?,
         Conv::Numeric => convert_numeric(text, opts)?,
         Conv::Money => convert_money(text, opts)?,
-        Conv::Json => serde_json::from_str(text).map_err(|_| verr("json", text, "invalid JSON"))?,
+        Conv::Json => convert_json(text),
         Conv::Bytea => convert_bytea(text)?,
         Conv::Date => convert_date(text, opts)?,
         Conv::Time => Value::String(text.to_owned()),
@@ -137,6 +137,21 @@ pub fn convert(conv: &Conv, text: &str, opts: &ValueOptions) -> Result<Value, Va
         Conv::Hstore => parse_hstore(text).ok_or_else(|| verr("hstore", text, "malformed"))?,
         Conv::Array { elem, delim } => parse_array(text, *delim, &mut |s| convert(elem, s, opts))?,
         Conv::Range(sub) => parse_range(text, &mut |s| convert(sub, s, opts))?,
+    })
+}
+
+/// json/jsonb embedded as JSON. PostgreSQL only outputs valid JSON, but
+/// serde_json refuses numbers beyond f64 (`1e400`) and nesting deeper than
+/// 128: such a value is kept as its text (warned about once per process)
+/// rather than stopping the stream; Elasticsearch then indexes it, or
+/// refuses it into the dead-letter index.
+fn convert_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, "a json value cannot be embedded as JSON; it is indexed as its text (further cases are not logged)");
+        });
+        Value::String(text.to_owned())
     })
 }
 

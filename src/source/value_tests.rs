@@ -100,7 +100,15 @@ fn json_and_jsonb_are_embedded_not_quoted() {
         json!({"a": [1, null, "x"]})
     );
     assert_eq!(c(114, "3"), json!(3));
-    assert!(convert_text(3802, "{", &ValueOptions::default(), &TypeCatalog::new()).is_err());
+}
+
+#[test]
+fn json_that_serde_cannot_hold_is_kept_as_text_instead_of_stopping_the_stream() {
+    // Valid in PostgreSQL: a number beyond f64 and nesting deeper than 128.
+    let huge = format!(r#"{{"n": 1{}}}"#, "0".repeat(400));
+    assert_eq!(c(3802, &huge), json!(huge));
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(c(3802, &deep), json!(deep));
 }
 
 #[test]
