@@ -246,7 +246,7 @@ impl Decoder {
         self.unscanned = false;
         for c in self.relations.values() {
             for (conv, col) in c.convs.iter().zip(&c.rel.columns) {
-                if *conv != Conv::Unknown
+                if !conv.has_unknown()
                     || !self
                         .warned
                         .insert((c.rel.id, col.name.clone(), col.type_oid))

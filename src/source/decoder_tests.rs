@@ -399,18 +399,40 @@ fn an_unknown_type_warns_once_per_column_even_when_relations_are_resent() {
             .unwrap();
             d.decode(&commit(10 + i, 11 + i, 0), &mut out).unwrap();
         }
-        // A reconnect resends the Relation; an ALTER adds another unknown column.
+        // A reconnect resends the Relation; an ALTER adds a column holding
+        // an array of another unknown type.
         d.reset_transaction();
         d.decode(&rel(false), &mut out).unwrap();
         d.decode(&rel(true), &mut out).unwrap();
-        d.set_types(TypeCatalog::new());
+        let mut cat = TypeCatalog::new();
+        cat.insert(crate::source::types::TypeInfo {
+            oid: 50003,
+            schema: "public".into(),
+            name: "_thing".into(),
+            typtype: b'b',
+            base: 0,
+            elem: 50009,
+            delim: b',',
+            range_sub: 0,
+        });
+        d.set_types(cat);
         d.decode(&begin(20, 0, 2), &mut out).unwrap();
-        let row = [Col::Text("1"), Col::Text("x"), Col::Text("y"), Col::Null];
+        let row = [
+            Col::Text("1"),
+            Col::Text("x"),
+            Col::Text("y"),
+            Col::Text("{(1),NULL}"),
+        ];
         d.decode(&insert(1, &row), &mut out).unwrap();
         assert_eq!(
             changes(&out).last().unwrap().kind,
             ChangeKind::Insert {
-                new: vec![v(json!(1)), v(json!("x")), v(json!("y")), Datum::Null]
+                new: vec![
+                    v(json!(1)),
+                    v(json!("x")),
+                    v(json!("y")),
+                    v(json!(["(1)", null]))
+                ]
             },
             "unknown types fall back to their text"
         );

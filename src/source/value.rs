@@ -418,7 +418,8 @@ fn convert_timestamp(text: &str, opts: &ValueOptions, tz: bool) -> Result<Value,
     ))
 }
 
-/// `(x,y)` → an Elasticsearch geo point `{lat: y, lon: x}`.
+/// `(x,y)` → an Elasticsearch geo point `{lat: y, lon: x}`. A point with a
+/// NaN or infinite coordinate (PostgreSQL allows them) is no place: null.
 fn convert_point(text: &str) -> Result<Value, ValueError> {
     let inner = text
         .strip_prefix('(')
@@ -430,13 +431,15 @@ fn convert_point(text: &str) -> Result<Value, ValueError> {
     let num = |s: &str| {
         s.trim()
             .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .ok_or_else(|| verr("point", text, "coordinate is not a finite number"))
+            .map_err(|_| verr("point", text, "coordinate is not a number"))
+    };
+    let (lat, lon) = (num(y)?, num(x)?);
+    let (Some(lat), Some(lon)) = (Number::from_f64(lat), Number::from_f64(lon)) else {
+        return Ok(Value::Null);
     };
     let mut m = Map::new();
-    m.insert("lat".into(), Value::Number(num(y)?));
-    m.insert("lon".into(), Value::Number(num(x)?));
+    m.insert("lat".into(), Value::Number(lat));
+    m.insert("lon".into(), Value::Number(lon));
     Ok(Value::Object(m))
 }
 

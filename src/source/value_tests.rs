@@ -266,6 +266,11 @@ fn ranges_become_elasticsearch_range_objects() {
 fn points_become_geo_points() {
     assert_eq!(c(600, "(13.4,52.5)"), json!({"lat": 52.5, "lon": 13.4}));
     assert!(convert_text(600, "(1)", &ValueOptions::default(), &TypeCatalog::new()).is_err());
+    assert!(convert_text(600, "(a,1)", &ValueOptions::default(), &TypeCatalog::new()).is_err());
+    // PostgreSQL allows non-finite coordinates; no geo point can hold them.
+    for p in ["(NaN,1)", "(1,Infinity)", "(-Infinity,NaN)"] {
+        assert_eq!(c(600, p), Value::Null, "{p}");
+    }
 }
 
 #[test]
