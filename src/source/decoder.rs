@@ -16,6 +16,7 @@ use crate::source::change::{Change, ChangeKind, Datum, OldRow, Relation, Row, So
 use crate::source::pgoutput::{self, DecodeError, Message, OldTuple, TupleData, TupleValue};
 use crate::source::types::{Conv, TypeCatalog};
 use crate::source::value::{ValueError, ValueOptions, convert};
+use crate::source::value_binary::convert_binary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecoderError {
@@ -38,8 +39,6 @@ pub enum DecoderError {
         column: String,
         source: ValueError,
     },
-    #[error("{table}.{column}: binary tuple data is not requested, so it cannot be converted")]
-    Binary { table: String, column: String },
 }
 
 struct CachedRelation {
@@ -320,12 +319,15 @@ fn row(
                 })?;
                 Datum::Value(convert(conv, text, opts).map_err(value_err)?)
             }
-            TupleValue::Binary(_) => {
-                return Err(DecoderError::Binary {
-                    table: c.rel.qualified_name(),
-                    column: c.rel.columns[i].name.clone(),
-                });
-            }
+            TupleValue::Binary(bytes) => Datum::Value(
+                convert_binary(c.rel.columns[i].type_oid, conv, bytes, opts).map_err(|source| {
+                    DecoderError::Value {
+                        table: c.rel.qualified_name(),
+                        column: c.rel.columns[i].name.clone(),
+                        source,
+                    }
+                })?,
+            ),
         });
     }
     Ok(out)

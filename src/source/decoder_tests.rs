@@ -448,19 +448,39 @@ fn an_unknown_type_warns_once_per_column_even_when_relations_are_resent() {
 }
 
 #[test]
-fn binary_tuple_columns_are_an_error_naming_the_column_not_a_panic() {
+fn binary_tuple_columns_convert_and_unsupported_ones_are_errors_naming_the_column() {
     let mut d = decoder();
     let mut out = vec![];
     d.decode(&begin(1, 0, 1), &mut out).unwrap();
     d.decode(
-        &relation(1, "public", "t", b'd', &[("id", 23, true)]),
+        &relation(
+            1,
+            "public",
+            "t",
+            b'd',
+            &[("id", 23, true), ("g", 603, false)],
+        ),
         &mut out,
     )
     .unwrap();
-    let m = vec![b'I', 0, 0, 0, 1, b'N', 0, 1, b'b', 0, 0, 0, 4, 0, 0, 0, 7];
+    // id = 7 (int4) and g NULL, both binary-encoded where not null.
+    let m = vec![
+        b'I', 0, 0, 0, 1, b'N', 0, 2, b'b', 0, 0, 0, 4, 0, 0, 0, 7, b'n',
+    ];
+    d.decode(&m, &mut out).unwrap();
+    assert_eq!(
+        changes(&out)[0].kind,
+        ChangeKind::Insert {
+            new: vec![v(json!(7)), Datum::Null]
+        }
+    );
+    // A box (a type without a binary converter) is an error naming the column.
+    let m = vec![
+        b'I', 0, 0, 0, 1, b'N', 0, 2, b'b', 0, 0, 0, 4, 0, 0, 0, 7, b'b', 0, 0, 0, 1, 0,
+    ];
     let err = d.decode(&m, &mut out).unwrap_err();
     assert!(
-        matches!(&err, DecoderError::Binary { table, column } if table == "public.t" && column == "id"),
+        matches!(&err, DecoderError::Value { table, column, .. } if table == "public.t" && column == "g"),
         "{err}"
     );
 }

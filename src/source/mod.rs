@@ -31,6 +31,7 @@ pub mod replication;
 pub mod tls;
 pub mod types;
 pub mod value;
+pub mod value_binary;
 mod value_parse;
 
 pub use change::{
@@ -51,3 +52,4 @@ pub use types::{Conv, TypeCatalog, TypeInfo};
 pub use value::{
     InfiniteTime, NonFiniteFloat, NumericMode, ValueError, ValueOptions, convert_text,
 };
+pub use value_binary::convert_binary;
