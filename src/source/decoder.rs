@@ -16,6 +16,7 @@ use crate::source::change::{Change, ChangeKind, Datum, OldRow, Relation, Row, So
 use crate::source::pgoutput::{self, DecodeError, Message, OldTuple, TupleData, TupleValue};
 use crate::source::types::{Conv, TypeCatalog};
 use crate::source::value::{ValueError, ValueOptions, convert};
+use crate::source::value_binary::convert_binary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecoderError {
@@ -38,14 +39,11 @@ pub enum DecoderError {
         column: String,
         source: ValueError,
     },
-    #[error("{table}.{column}: binary tuple data is not requested, so it cannot be converted")]
-    Binary { table: String, column: String },
 }
 
 struct CachedRelation {
     rel: Arc<Relation>,
     convs: Vec<Conv>,
-    warned: Vec<bool>,
 }
 
 /// Decoder state for one replication stream.
@@ -55,6 +53,13 @@ pub struct Decoder {
     opts: ValueOptions,
     tx: Option<(Lsn, DateTime<Utc>)>,
     pending_types: HashSet<u32>,
+    /// Columns of an unknown type already warned about, as (relation id,
+    /// column name, type OID): the server resends Relation messages after
+    /// every reconnect and ALTER, and that must not repeat the warning.
+    warned: HashSet<(u32, String, u32)>,
+    /// A Relation message or new type knowledge arrived since the last scan
+    /// for unknown types (keeps the scan off the per-row path).
+    unscanned: bool,
 }
 
 /// PostgreSQL timestamps count microseconds from 2000-01-01 UTC.
@@ -71,6 +76,8 @@ impl Decoder {
             opts,
             tx: None,
             pending_types: HashSet::new(),
+            warned: HashSet::new(),
+            unscanned: false,
         }
     }
 
@@ -94,6 +101,7 @@ impl Decoder {
     pub fn set_types(&mut self, types: TypeCatalog) {
         self.types = types;
         self.pending_types.clear();
+        self.unscanned = true;
         for cached in self.relations.values_mut() {
             cached.convs = cached
                 .rel
@@ -163,15 +171,14 @@ impl Decoder {
                     .iter()
                     .map(|c| self.types.resolve(c.type_oid))
                     .collect();
-                let warned = vec![false; rel.columns.len()];
                 self.relations.insert(
                     rel.id,
                     CachedRelation {
                         rel: Arc::new(rel),
                         convs,
-                        warned,
                     },
                 );
+                self.unscanned = true;
             }
             Message::Insert { rel_id, new } => {
                 let (version, time) = self.tx("Insert")?;
@@ -213,7 +220,9 @@ impl Decoder {
                 content: content.to_vec(),
             }),
         }
-        self.warn_unknown();
+        if self.unscanned {
+            self.warn_unknown();
+        }
         Ok(())
     }
 
@@ -233,18 +242,22 @@ impl Decoder {
         if !self.pending_types.is_empty() {
             return;
         }
-        for c in self.relations.values_mut() {
-            for (i, conv) in c.convs.iter().enumerate() {
-                if *conv == Conv::Unknown && !c.warned[i] {
-                    c.warned[i] = true;
-                    let col = &c.rel.columns[i];
-                    tracing::warn!(
-                        table = %c.rel.qualified_name(),
-                        column = %col.name,
-                        type_oid = col.type_oid,
-                        "column has a type Sluice does not know; its values are indexed as text"
-                    );
+        self.unscanned = false;
+        for c in self.relations.values() {
+            for (conv, col) in c.convs.iter().zip(&c.rel.columns) {
+                if !conv.has_unknown()
+                    || !self
+                        .warned
+                        .insert((c.rel.id, col.name.clone(), col.type_oid))
+                {
+                    continue;
                 }
+                tracing::warn!(
+                    table = %c.rel.qualified_name(),
+                    column = %col.name,
+                    type_oid = col.type_oid,
+                    "column has a type Sluice does not know; its values are indexed as text"
+                );
             }
         }
     }
@@ -306,12 +319,15 @@ fn row(
                 })?;
                 Datum::Value(convert(conv, text, opts).map_err(value_err)?)
             }
-            TupleValue::Binary(_) => {
-                return Err(DecoderError::Binary {
-                    table: c.rel.qualified_name(),
-                    column: c.rel.columns[i].name.clone(),
-                });
-            }
+            TupleValue::Binary(bytes) => Datum::Value(
+                convert_binary(c.rel.columns[i].type_oid, conv, bytes, opts).map_err(|source| {
+                    DecoderError::Value {
+                        table: c.rel.qualified_name(),
+                        column: c.rel.columns[i].name.clone(),
+                        source,
+                    }
+                })?,
+            ),
         });
     }
     Ok(out)

@@ -345,3 +345,142 @@ proptest::proptest! {
         }
     }
 }
+
+/// Run `f` with a subscriber that collects WARN lines.
+fn warnings_during(f: impl FnOnce()) -> Vec<String> {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    text.lines()
+        .filter(|l| l.contains("WARN"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_unknown_type_warns_once_per_column_even_when_relations_are_resent() {
+    let mut d = decoder();
+    let rel = |extra: bool| {
+        let mut cols = vec![("id", 23, true), ("a", 50001, false), ("b", 50002, false)];
+        if extra {
+            cols.push(("c", 50003, false));
+        }
+        relation(1, "public", "t", b'd', &cols)
+    };
+    let warnings = warnings_during(|| {
+        let mut out = vec![];
+        d.decode(&rel(false), &mut out).unwrap();
+        // The reader found nothing in the catalog for these OIDs.
+        d.set_types(TypeCatalog::new());
+        for i in 0..3 {
+            d.decode(&begin(10 + i, 0, 1), &mut out).unwrap();
+            d.decode(
+                &insert(1, &[Col::Text("1"), Col::Text("x"), Col::Text("y")]),
+                &mut out,
+            )
+            .unwrap();
+            d.decode(&commit(10 + i, 11 + i, 0), &mut out).unwrap();
+        }
+        // A reconnect resends the Relation; an ALTER adds a column holding
+        // an array of another unknown type.
+        d.reset_transaction();
+        d.decode(&rel(false), &mut out).unwrap();
+        d.decode(&rel(true), &mut out).unwrap();
+        let mut cat = TypeCatalog::new();
+        cat.insert(crate::source::types::TypeInfo {
+            oid: 50003,
+            schema: "public".into(),
+            name: "_thing".into(),
+            typtype: b'b',
+            base: 0,
+            elem: 50009,
+            delim: b',',
+            range_sub: 0,
+        });
+        d.set_types(cat);
+        d.decode(&begin(20, 0, 2), &mut out).unwrap();
+        let row = [
+            Col::Text("1"),
+            Col::Text("x"),
+            Col::Text("y"),
+            Col::Text("{(1),NULL}"),
+        ];
+        d.decode(&insert(1, &row), &mut out).unwrap();
+        assert_eq!(
+            changes(&out).last().unwrap().kind,
+            ChangeKind::Insert {
+                new: vec![
+                    v(json!(1)),
+                    v(json!("x")),
+                    v(json!("y")),
+                    v(json!(["(1)", null]))
+                ]
+            },
+            "unknown types fall back to their text"
+        );
+    });
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    for col in ["column=a", "column=b", "column=c"] {
+        assert_eq!(
+            warnings.iter().filter(|w| w.contains(col)).count(),
+            1,
+            "{col}: {warnings:#?}"
+        );
+    }
+}
+
+#[test]
+fn binary_tuple_columns_convert_and_unsupported_ones_are_errors_naming_the_column() {
+    let mut d = decoder();
+    let mut out = vec![];
+    d.decode(&begin(1, 0, 1), &mut out).unwrap();
+    d.decode(
+        &relation(
+            1,
+            "public",
+            "t",
+            b'd',
+            &[("id", 23, true), ("g", 603, false)],
+        ),
+        &mut out,
+    )
+    .unwrap();
+    // id = 7 (int4) and g NULL, both binary-encoded where not null.
+    let m = vec![
+        b'I', 0, 0, 0, 1, b'N', 0, 2, b'b', 0, 0, 0, 4, 0, 0, 0, 7, b'n',
+    ];
+    d.decode(&m, &mut out).unwrap();
+    assert_eq!(
+        changes(&out)[0].kind,
+        ChangeKind::Insert {
+            new: vec![v(json!(7)), Datum::Null]
+        }
+    );
+    // A box (a type without a binary converter) is an error naming the column.
+    let m = vec![
+        b'I', 0, 0, 0, 1, b'N', 0, 2, b'b', 0, 0, 0, 4, 0, 0, 0, 7, b'b', 0, 0, 0, 1, 0,
+    ];
+    let err = d.decode(&m, &mut out).unwrap_err();
+    assert!(
+        matches!(&err, DecoderError::Value { table, column, .. } if table == "public.t" && column == "g"),
+        "{err}"
+    );
+}

@@ -48,8 +48,13 @@ pub enum SourceError {
     },
     #[error("unexpected replication protocol message: {0}")]
     Protocol(String),
-    #[error("{0}")]
-    Decode(#[from] DecoderError),
+    /// A pgoutput message that cannot be decoded, with the WAL position of
+    /// the XLogData that carried it (for `pg_logical_slot_peek_binary_changes`).
+    #[error("{source} (XLogData at WAL position {wal_start})")]
+    Decode {
+        wal_start: crate::lsn::Lsn,
+        source: DecoderError,
+    },
     #[error("SQL on PostgreSQL failed: {0}")]
     Sql(#[from] tokio_postgres::Error),
     /// A setup problem found by the publication/slot checks; the message says what to do.
@@ -84,7 +89,7 @@ pub fn is_retryable(e: &SourceError) -> bool {
         SourceError::Tls { .. }
         | SourceError::Auth { .. }
         | SourceError::Protocol(_)
-        | SourceError::Decode(_)
+        | SourceError::Decode { .. }
         | SourceError::Setup(_) => false,
     }
 }
@@ -118,6 +123,24 @@ mod tests {
         assert!(is_retryable(&server("57P03")));
         assert!(is_retryable(&server("53300")));
         assert!(is_retryable(&server("55006")));
+    }
+
+    #[test]
+    fn a_decode_error_names_the_message_kind_offset_and_wal_position() {
+        let source = crate::source::pgoutput::parse(&[b'I', 0, 0])
+            .map(|_| ())
+            .map_err(DecoderError::from)
+            .unwrap_err();
+        let e = SourceError::Decode {
+            wal_start: "0/16B3748".parse().unwrap(),
+            source,
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("Insert") && msg.contains("at byte 1") && msg.contains("0/16B3748"),
+            "{msg}"
+        );
+        assert!(!is_retryable(&e));
     }
 
     #[test]

@@ -22,6 +22,26 @@ use crate::source::value::{ValueOptions, convert};
 /// Open an ordinary SQL connection with the same TLS rules as the
 /// replication connection and the session settings value conversion expects.
 pub async fn connect_sql(cfg: &PgConnectConfig) -> Result<Client, SourceError> {
+    match connect_sql_once(cfg).await {
+        // libpq's `prefer`: a failed handshake, or a pg_hba.conf that refuses
+        // the connection over TLS (28000), is tried again without TLS.
+        Err(e)
+            if cfg.sslmode == SslMode::Prefer
+                && !cfg.is_unix_socket()
+                && (matches!(e, SourceError::Tls { .. }) || e.sqlstate() == Some("28000")) =>
+        {
+            tracing::info!(server = %cfg, error = %e, "TLS connection to PostgreSQL failed; trying without TLS (sslmode=prefer)");
+            connect_sql_once(&PgConnectConfig {
+                sslmode: SslMode::Disable,
+                ..cfg.clone()
+            })
+            .await
+        }
+        other => other,
+    }
+}
+
+async fn connect_sql_once(cfg: &PgConnectConfig) -> Result<Client, SourceError> {
     let mut c = tokio_postgres::Config::new();
     if cfg.is_unix_socket() {
         c.host_path(&cfg.host);

@@ -13,7 +13,8 @@
 //! - `connect_sql`, `check_server`, `check_tables`, `ensure_publication`,
 //!   `ensure_slot`, `drop_slot`, `drop_publication`, `fetch_rows_by_key`.
 //! - `convert_text` / `TypeCatalog` / `ValueOptions` for snapshot reads, with
-//!   sessions set up per `value::SESSION_SETTINGS` (`connect_sql` does that).
+//!   sessions set up per `value::SESSION_SETTINGS` (`connect_sql` does that);
+//!   `convert_binary` for binary values (same results as their text).
 //!
 //! After a reconnect the stream resumes from the slot's confirmed position,
 //! so a `Begin` may arrive while the previous transaction was never
@@ -31,6 +32,7 @@ pub mod replication;
 pub mod tls;
 pub mod types;
 pub mod value;
+pub mod value_binary;
 mod value_parse;
 
 pub use change::{
@@ -51,3 +53,4 @@ pub use types::{Conv, TypeCatalog, TypeInfo};
 pub use value::{
     InfiniteTime, NonFiniteFloat, NumericMode, ValueError, ValueOptions, convert_text,
 };
+pub use value_binary::convert_binary;

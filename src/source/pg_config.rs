@@ -99,6 +99,26 @@ impl std::str::FromStr for SslMode {
     }
 }
 
+/// One value of the key/value form and the text after it; `None` if a
+/// quote is never closed. Never echoes the value (it may be a password).
+fn key_value(s: &str) -> Option<(String, &str)> {
+    let mut out = String::new();
+    let mut chars = s.char_indices();
+    let quoted = s.starts_with('\'');
+    if quoted {
+        chars.next();
+    }
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?.1),
+            '\'' if quoted => return Some((out, &s[i + 1..])),
+            c if !quoted && c.is_whitespace() => return Some((out, &s[i..])),
+            c => out.push(c),
+        }
+    }
+    (!quoted).then_some((out, ""))
+}
+
 impl PgConnectConfig {
     /// Parse a `postgres://user:pass@host:port/db?sslmode=...` URL or a
     /// libpq key/value string (`host=... port=... dbname=...`). Parameters:
@@ -124,14 +144,17 @@ impl PgConnectConfig {
             )));
         }
         let mut cfg = PgConnectConfig::default();
+        // Percent-decoding only: in a URL's user info and path `+` is a plus
+        // sign, not the space form encoding makes of it.
         let dec = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
                 .next()
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default()
         };
         if let Some(h) = u.host_str() {
-            cfg.host = h.trim_start_matches('[').trim_end_matches(']').to_string();
+            // `postgresql://%2Fvar%2Frun%2Fpostgresql/db` names a socket directory.
+            cfg.host = dec(h.trim_start_matches('[').trim_end_matches(']'));
         }
         if let Some(p) = u.port() {
             cfg.port = p;
@@ -144,22 +167,34 @@ impl PgConnectConfig {
         if !db.is_empty() {
             cfg.dbname = dec(db);
         }
-        for (k, v) in u.query_pairs() {
-            cfg.set(&k, &v)?;
+        // As libpq does: percent-decoding, `+` stays a plus sign.
+        for pair in u.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            cfg.set(&dec(k), &dec(v))?;
         }
         Ok(cfg)
     }
 
+    /// libpq's key/value form: `key = value` pairs separated by spaces; a
+    /// value may be single-quoted (to hold spaces) and a backslash escapes
+    /// the next character, as in `password='it\'s secret'`.
     pub fn from_key_values(s: &str) -> Result<PgConnectConfig, PgConfigError> {
         let mut cfg = PgConnectConfig::default();
-        for pair in s.split_whitespace() {
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                PgConfigError::Invalid(format!(
-                    "`{}` is not key=value",
-                    pair.split('=').next().unwrap_or("")
-                ))
+        let mut rest = s.trim_start();
+        while !rest.is_empty() {
+            let key_end = rest
+                .find(|c: char| c == '=' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            let key = &rest[..key_end];
+            rest = rest[key_end..].trim_start();
+            let Some(after_eq) = rest.strip_prefix('=') else {
+                return Err(PgConfigError::Invalid(format!("`{key}` is not key=value")));
+            };
+            let (value, after) = key_value(after_eq.trim_start()).ok_or_else(|| {
+                PgConfigError::Invalid(format!("unterminated quoted value of `{key}`"))
             })?;
-            cfg.set(k, v.trim_matches('\''))?;
+            cfg.set(key, &value)?;
+            rest = after.trim_start();
         }
         Ok(cfg)
     }
@@ -276,6 +311,65 @@ mod tests {
         let c = PgConnectConfig::parse("postgres://u:hunter2@h/d").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn key_values_allow_spaces_around_equals_quoted_values_and_escapes() {
+        let c = PgConnectConfig::parse(
+            r"host = db.example  port=6543 user='app user' password='it\'s a \\ secret' dbname=a\ b",
+        )
+        .unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("db.example", 6543));
+        assert_eq!(c.user, "app user");
+        assert_eq!(c.password.as_deref(), Some(r"it's a \ secret"));
+        assert_eq!(c.dbname, "a b");
+        assert_eq!(
+            PgConnectConfig::parse("password=''")
+                .unwrap()
+                .password
+                .as_deref(),
+            Some("")
+        );
+        let e = PgConnectConfig::parse("user=u password='never closed").unwrap_err();
+        assert!(e.to_string().contains("password") && !e.to_string().contains("never"));
+        assert!(PgConnectConfig::parse("host").is_err());
+    }
+
+    #[test]
+    fn a_plus_sign_in_a_url_password_stays_a_plus_sign() {
+        let c = PgConnectConfig::parse(
+            "postgres://u:p+ss%2Bw%20d@h/d?sslrootcert=/certs/a+b%20c.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(c.password.as_deref(), Some("p+ss+w d"));
+        assert_eq!(c.ssl_root_cert, Some(PathBuf::from("/certs/a+b c.pem")));
+    }
+
+    #[test]
+    fn a_url_may_name_a_unix_socket_directory_percent_encoded() {
+        let c = PgConnectConfig::parse("postgresql://u@%2Fvar%2Frun%2Fpostgresql:5433/d").unwrap();
+        assert_eq!(c.host, "/var/run/postgresql");
+        assert!(c.is_unix_socket());
+        assert_eq!(c.port, 5433);
+    }
+
+    #[test]
+    fn password_comes_from_an_environment_variable_before_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "from-file\n").unwrap();
+        // Cargo sets CARGO_PKG_NAME for test processes; no test mutates the environment.
+        let c = PgConnectConfig::parse("postgres://u:old@h/d")
+            .unwrap()
+            .with_password_from(Some("CARGO_PKG_NAME"), Some(&f))
+            .unwrap();
+        assert_eq!(c.password.as_deref(), Some(env!("CARGO_PKG_NAME")));
+        let missing = dir.path().join("absent");
+        let e = PgConnectConfig::parse("postgres://u@h/d")
+            .unwrap()
+            .with_password_from(None, Some(&missing))
+            .unwrap_err();
+        assert!(e.to_string().contains("absent"), "{e}");
     }
 
     #[test]

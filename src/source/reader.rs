@@ -223,9 +223,13 @@ async fn session(
                     let _ = tx.try_send(SourceEvent::Keepalive { wal_end });
                 }
             }
-            ReplMessage::XLogData { data, .. } => {
+            ReplMessage::XLogData {
+                data, wal_start, ..
+            } => {
                 *progressed = true;
-                decoder.decode(&data, &mut out)?;
+                decoder
+                    .decode(&data, &mut out)
+                    .map_err(|source| SourceError::Decode { wal_start, source })?;
                 if !decoder.pending_types().is_empty() {
                     resolve_types(cfg, decoder, &mut sql).await;
                 }

@@ -93,6 +93,21 @@ fn io_err(target: &str) -> impl Fn(std::io::Error) -> SourceError + '_ {
     }
 }
 
+/// A startup error of class 28 (invalid authorization) is an `Auth` error.
+fn auth_error(cfg: &PgConnectConfig, e: SourceError) -> SourceError {
+    match e {
+        SourceError::Server { command, error }
+            if command == "startup" && error.code.starts_with("28") =>
+        {
+            SourceError::Auth {
+                user: cfg.user.clone(),
+                reason: error.to_string(),
+            }
+        }
+        other => other,
+    }
+}
+
 fn valid_identifier(name: &str) -> Result<(), SourceError> {
     if !name.is_empty()
         && name.len() < 64
@@ -126,44 +141,85 @@ impl ReplicationConnection {
     }
 
     async fn connect_inner(cfg: &PgConnectConfig) -> Result<ReplicationConnection, SourceError> {
-        let target = cfg.to_string();
-        let io: Box<dyn Io> = if cfg.is_unix_socket() {
-            let path = format!("{}/.s.PGSQL.{}", cfg.host, cfg.port);
-            // TLS is not used over Unix sockets (as with libpq).
-            Box::new(
-                tokio::net::UnixStream::connect(&path)
-                    .await
-                    .map_err(io_err(&target))?,
-            )
-        } else {
-            let tcp = tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port))
-                .await
-                .map_err(io_err(&target))?;
-            tcp.set_nodelay(true).map_err(io_err(&target))?;
-            Self::maybe_tls(cfg, tcp, &target).await?
-        };
-        let mut conn = ReplicationConnection {
-            io,
-            rbuf: BytesMut::with_capacity(128 * 1024),
-            wbuf: BytesMut::with_capacity(1024),
-            target,
-            server_version: None,
-        };
-        conn.startup(cfg).await?;
-        Ok(conn)
+        let (conn, encrypted) = Self::open(cfg).await?;
+        match conn.startup_as(cfg).await {
+            // libpq's `prefer`: a server whose pg_hba.conf refuses this
+            // connection over TLS (28000, e.g. only `hostnossl` matches) is
+            // tried again without TLS.
+            Err(SourceError::Server { error, .. })
+                if encrypted && cfg.sslmode == SslMode::Prefer && error.code == "28000" =>
+            {
+                tracing::info!(server = %cfg, "PostgreSQL refused the TLS connection; trying without TLS (sslmode=prefer)");
+                let plain = PgConnectConfig {
+                    sslmode: SslMode::Disable,
+                    ..cfg.clone()
+                };
+                let (conn, _) = Self::open(&plain).await?;
+                conn.startup_as(cfg).await.map_err(|e| auth_error(cfg, e))
+            }
+            other => other.map_err(|e| auth_error(cfg, e)),
+        }
     }
 
+    /// Open the socket and negotiate TLS; true when the stream is encrypted.
+    async fn open(cfg: &PgConnectConfig) -> Result<(ReplicationConnection, bool), SourceError> {
+        let target = cfg.to_string();
+        let (io, encrypted): (Box<dyn Io>, bool) = if cfg.is_unix_socket() {
+            let path = format!("{}/.s.PGSQL.{}", cfg.host, cfg.port);
+            // TLS is not used over Unix sockets (libpq ignores sslmode there too).
+            let sock = tokio::net::UnixStream::connect(&path)
+                .await
+                .map_err(io_err(&target))?;
+            (Box::new(sock), false)
+        } else {
+            let tcp = Self::tcp(cfg, &target).await?;
+            Self::maybe_tls(cfg, tcp, &target).await?
+        };
+        Ok((
+            ReplicationConnection {
+                io,
+                rbuf: BytesMut::with_capacity(128 * 1024),
+                wbuf: BytesMut::with_capacity(1024),
+                target,
+                server_version: None,
+            },
+            encrypted,
+        ))
+    }
+
+    async fn tcp(
+        cfg: &PgConnectConfig,
+        target: &str,
+    ) -> Result<tokio::net::TcpStream, SourceError> {
+        let tcp = tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port))
+            .await
+            .map_err(io_err(target))?;
+        tcp.set_nodelay(true).map_err(io_err(target))?;
+        Ok(tcp)
+    }
+
+    async fn startup_as(
+        mut self,
+        cfg: &PgConnectConfig,
+    ) -> Result<ReplicationConnection, SourceError> {
+        self.startup(cfg).await?;
+        Ok(self)
+    }
+
+    /// TLS per `sslmode`: the stream and whether it is encrypted. With
+    /// `prefer`, a server that declines TLS or a failed handshake (e.g. no
+    /// common protocol version) leaves an unencrypted connection, as libpq does.
     async fn maybe_tls(
         cfg: &PgConnectConfig,
         mut tcp: tokio::net::TcpStream,
         target: &str,
-    ) -> Result<Box<dyn Io>, SourceError> {
+    ) -> Result<(Box<dyn Io>, bool), SourceError> {
         let tls_err = |reason: String| SourceError::Tls {
             target: target.to_string(),
             reason,
         };
         let Some(config) = crate::source::tls::client_config(cfg).map_err(tls_err)? else {
-            return Ok(Box::new(tcp));
+            return Ok((Box::new(tcp), false));
         };
         let mut buf = BytesMut::new();
         frontend::ssl_request(&mut buf);
@@ -172,13 +228,19 @@ impl ReplicationConnection {
         match answer {
             b'S' => {
                 let name = crate::source::tls::server_name(&cfg.host).map_err(tls_err)?;
-                let tls = tokio_rustls::TlsConnector::from(config)
+                match tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| tls_err(format!("handshake failed: {e}")))?;
-                Ok(Box::new(tls))
+                {
+                    Ok(tls) => Ok((Box::new(tls), true)),
+                    Err(e) if cfg.sslmode == SslMode::Prefer => {
+                        tracing::info!(server = %cfg, error = %e, "TLS handshake with PostgreSQL failed; connecting without TLS (sslmode=prefer)");
+                        Ok((Box::new(Self::tcp(cfg, target).await?), false))
+                    }
+                    Err(e) => Err(tls_err(format!("handshake failed: {e}"))),
+                }
             }
-            b'N' if cfg.sslmode == SslMode::Prefer => Ok(Box::new(tcp)),
+            b'N' if cfg.sslmode == SslMode::Prefer => Ok((Box::new(tcp), false)),
             b'N' => Err(tls_err(format!(
                 "the server does not accept TLS but sslmode is {:?}",
                 cfg.sslmode
@@ -287,14 +349,9 @@ impl ReplicationConnection {
                     }
                 }
                 b'E' => {
-                    let error = parse_error(&body);
-                    return Err(if error.code.starts_with("28") {
-                        auth_err(error.to_string())
-                    } else {
-                        SourceError::Server {
-                            command: "startup".into(),
-                            error,
-                        }
+                    return Err(SourceError::Server {
+                        command: "startup".into(),
+                        error: parse_error(&body),
                     });
                 }
                 b'S' => {

@@ -38,6 +38,19 @@ pub enum Conv {
     Unknown,
 }
 
+impl Conv {
+    /// True if this type, or its array element or range subtype, is unknown
+    /// (so its values, or parts of them, are indexed as text).
+    pub fn has_unknown(&self) -> bool {
+        match self {
+            Conv::Unknown => true,
+            Conv::Array { elem, .. } => elem.has_unknown(),
+            Conv::Range(sub) => sub.has_unknown(),
+            _ => false,
+        }
+    }
+}
+
 /// What the catalog says about a non-built-in type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeInfo {

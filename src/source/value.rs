@@ -14,8 +14,12 @@ use crate::source::types::{Conv, TypeCatalog};
 use crate::source::value_parse::{parse_array, parse_hstore, parse_range, pg_interval_to_iso};
 
 /// GUCs every session that produces text values for `convert` should use.
+/// Sent at connection start, so they win over `ALTER DATABASE/ROLE ... SET`.
+/// `lc_monetary=C` keeps money as `$1,234.56` (other locales move the
+/// decimal separator, which `convert_money` could not tell apart).
 pub const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("DateStyle", "ISO"),
+    ("lc_monetary", "C"),
     ("TimeZone", "UTC"),
     ("IntervalStyle", "iso_8601"),
     ("extra_float_digits", "3"),
@@ -117,7 +121,7 @@ pub fn convert(conv: &Conv, text: &str, opts: &ValueOptions) -> Result<Value, Va
         Conv::Float => convert_float(text, opts)?,
         Conv::Numeric => convert_numeric(text, opts)?,
         Conv::Money => convert_money(text, opts)?,
-        Conv::Json => serde_json::from_str(text).map_err(|_| verr("json", text, "invalid JSON"))?,
+        Conv::Json => convert_json(text),
         Conv::Bytea => convert_bytea(text)?,
         Conv::Date => convert_date(text, opts)?,
         Conv::Time => Value::String(text.to_owned()),
@@ -133,6 +137,21 @@ pub fn convert(conv: &Conv, text: &str, opts: &ValueOptions) -> Result<Value, Va
         Conv::Hstore => parse_hstore(text).ok_or_else(|| verr("hstore", text, "malformed"))?,
         Conv::Array { elem, delim } => parse_array(text, *delim, &mut |s| convert(elem, s, opts))?,
         Conv::Range(sub) => parse_range(text, &mut |s| convert(sub, s, opts))?,
+    })
+}
+
+/// json/jsonb embedded as JSON. PostgreSQL only outputs valid JSON, but
+/// serde_json refuses numbers beyond f64 (`1e400`) and nesting deeper than
+/// 128: such a value is kept as its text (warned about once per process)
+/// rather than stopping the stream; Elasticsearch then indexes it, or
+/// refuses it into the dead-letter index.
+fn convert_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, "a json value cannot be embedded as JSON; it is indexed as its text (further cases are not logged)");
+        });
+        Value::String(text.to_owned())
     })
 }
 
@@ -319,7 +338,17 @@ fn convert_date(text: &str, opts: &ValueOptions) -> Result<Value, ValueError> {
     if !valid(text) {
         return Err(verr("date", text, "expected YYYY-MM-DD (DateStyle ISO)"));
     }
-    Ok(Value::String(text.to_owned()))
+    Ok(Value::String(expanded_year(text)))
+}
+
+/// ISO 8601 writes years past 9999 with a sign (`+12345-06-07`), which is
+/// also what Elasticsearch's date parser expects; PostgreSQL prints them bare.
+fn expanded_year(date: &str) -> String {
+    if date.find('-').is_some_and(|i| i > 4) {
+        format!("+{date}")
+    } else {
+        date.to_owned()
+    }
 }
 
 /// `+05` → `+05:00`, so time zones read as ISO 8601 offsets.
@@ -347,22 +376,26 @@ fn convert_timestamp(text: &str, opts: &ValueOptions, tz: bool) -> Result<Value,
         Some(t) => (t, true),
         None => (text, false),
     };
-    if text.len() < 19 || text.as_bytes()[10] != b' ' || !text.is_char_boundary(10) {
+    // The date part is 10 bytes, more for years past 9999.
+    let sp = text.find(' ').unwrap_or(0);
+    if sp < 10 || text.len() < sp + 9 {
         return Err(verr(
             name,
             text,
             "expected YYYY-MM-DD HH:MM:SS (DateStyle ISO)",
         ));
     }
+    let (date, rest) = (&text[..sp], &text[sp + 1..]);
     let mut out = String::with_capacity(text.len() + 2);
     if bc {
-        let date = bc_to_iso(&text[..10]).ok_or_else(|| verr(name, text, "bad BC date"))?;
+        let date = bc_to_iso(date).ok_or_else(|| verr(name, text, "bad BC date"))?;
         out.push_str(&date);
+    } else if sp == 10 {
+        out.push_str(date);
     } else {
-        out.push_str(&text[..10]);
+        out.push_str(&expanded_year(date));
     }
     out.push('T');
-    let rest = &text[11..];
     if !tz {
         out.push_str(rest);
         return Ok(Value::String(out));
@@ -374,7 +407,8 @@ fn convert_timestamp(text: &str, opts: &ValueOptions, tz: bool) -> Result<Value,
         return Ok(Value::String(out));
     }
     // Another offset: normalize to UTC with chrono.
-    let with_offset = format!("{}T{}", &text[..10], normalize_offset(rest));
+    let date = if bc { &out[..out.len() - 1] } else { date };
+    let with_offset = format!("{}T{}", expanded_year(date), normalize_offset(rest));
     let dt = chrono::DateTime::parse_from_str(&with_offset, "%Y-%m-%dT%H:%M:%S%.f%:z")
         .or_else(|_| chrono::DateTime::parse_from_str(&with_offset, "%Y-%m-%dT%H:%M:%S%.f%::z"))
         .map_err(|_| verr(name, text, "unrecognized timestamp with time zone"))?;
@@ -384,7 +418,8 @@ fn convert_timestamp(text: &str, opts: &ValueOptions, tz: bool) -> Result<Value,
     ))
 }
 
-/// `(x,y)` → an Elasticsearch geo point `{lat: y, lon: x}`.
+/// `(x,y)` → an Elasticsearch geo point `{lat: y, lon: x}`. A point with a
+/// NaN or infinite coordinate (PostgreSQL allows them) is no place: null.
 fn convert_point(text: &str) -> Result<Value, ValueError> {
     let inner = text
         .strip_prefix('(')
@@ -396,13 +431,15 @@ fn convert_point(text: &str) -> Result<Value, ValueError> {
     let num = |s: &str| {
         s.trim()
             .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .ok_or_else(|| verr("point", text, "coordinate is not a finite number"))
+            .map_err(|_| verr("point", text, "coordinate is not a number"))
+    };
+    let (lat, lon) = (num(y)?, num(x)?);
+    let (Some(lat), Some(lon)) = (Number::from_f64(lat), Number::from_f64(lon)) else {
+        return Ok(Value::Null);
     };
     let mut m = Map::new();
-    m.insert("lat".into(), Value::Number(num(y)?));
-    m.insert("lon".into(), Value::Number(num(x)?));
+    m.insert("lat".into(), Value::Number(lat));
+    m.insert("lon".into(), Value::Number(lon));
     Ok(Value::Object(m))
 }
 

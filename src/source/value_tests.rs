@@ -100,7 +100,15 @@ fn json_and_jsonb_are_embedded_not_quoted() {
         json!({"a": [1, null, "x"]})
     );
     assert_eq!(c(114, "3"), json!(3));
-    assert!(convert_text(3802, "{", &ValueOptions::default(), &TypeCatalog::new()).is_err());
+}
+
+#[test]
+fn json_that_serde_cannot_hold_is_kept_as_text_instead_of_stopping_the_stream() {
+    // Valid in PostgreSQL: a number beyond f64 and nesting deeper than 128.
+    let huge = format!(r#"{{"n": 1{}}}"#, "0".repeat(400));
+    assert_eq!(c(3802, &huge), json!(huge));
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(c(3802, &deep), json!(deep));
 }
 
 #[test]
@@ -135,6 +143,45 @@ fn dates_times_and_timestamps_become_iso_8601() {
         c(1184, "2024-01-02 03:04:05-05:30"),
         json!("2024-01-02T08:34:05Z")
     );
+}
+
+#[test]
+fn years_past_9999_and_bc_timestamps_convert_instead_of_stopping_the_stream() {
+    assert_eq!(c(1082, "12345-06-07"), json!("+12345-06-07"));
+    assert_eq!(
+        c(1114, "12345-06-07 01:02:03"),
+        json!("+12345-06-07T01:02:03")
+    );
+    assert_eq!(
+        c(1184, "294276-12-31 23:59:59.999999+00"),
+        json!("+294276-12-31T23:59:59.999999Z")
+    );
+    assert_eq!(
+        c(1184, "10000-01-01 01:00:00+01"),
+        json!("+10000-01-01T00:00:00Z")
+    );
+    assert_eq!(
+        c(1184, "0044-03-15 12:00:00+00 BC"),
+        json!("-0043-03-15T12:00:00Z")
+    );
+    assert_eq!(
+        c(1184, "0044-03-15 12:00:00+02 BC"),
+        json!("-0043-03-15T10:00:00Z")
+    );
+    assert_eq!(
+        c(1114, "4713-11-24 00:00:00 BC"),
+        json!("-4712-11-24T00:00:00")
+    );
+    let cat = TypeCatalog::new();
+    let o = ValueOptions::default();
+    for bad in [
+        "2024-01-02",
+        "12345-06-07 1",
+        " 01:02:03",
+        "2024-01-02 03:04",
+    ] {
+        assert!(convert_text(1184, bad, &o, &cat).is_err(), "{bad}");
+    }
 }
 
 #[test]
@@ -219,6 +266,11 @@ fn ranges_become_elasticsearch_range_objects() {
 fn points_become_geo_points() {
     assert_eq!(c(600, "(13.4,52.5)"), json!({"lat": 52.5, "lon": 13.4}));
     assert!(convert_text(600, "(1)", &ValueOptions::default(), &TypeCatalog::new()).is_err());
+    assert!(convert_text(600, "(a,1)", &ValueOptions::default(), &TypeCatalog::new()).is_err());
+    // PostgreSQL allows non-finite coordinates; no geo point can hold them.
+    for p in ["(NaN,1)", "(1,Infinity)", "(-Infinity,NaN)"] {
+        assert_eq!(c(600, p), Value::Null, "{p}");
+    }
 }
 
 #[test]

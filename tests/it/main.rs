@@ -23,3 +23,5 @@ mod snapshot_support;
 mod source;
 mod source_manage;
 mod source_restart;
+mod source_tls;
+mod source_types;

@@ -90,8 +90,13 @@ impl PrivatePg {
         pg
     }
 
-    fn data(&self) -> PathBuf {
+    pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// `unix_socket_directories` of this cluster.
+    pub fn socket_dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn pg_ctl_start(&self) {
