@@ -221,7 +221,7 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
     if config.heartbeat_interval.is_some() {
         check_heartbeat_privilege(&client, config, report).await;
     }
-    publication::check_publication(&client, config, report).await;
+    publication::check_publication(&client, config, &catalog, report).await;
     let mapped = config.mappings.list.len();
     report.facts.push(format!(
         "{mapped} mapping(s) over {} table(s) match the catalog",
@@ -340,7 +340,15 @@ async fn check_row_filter(
                 .as_db_error()
                 .map(|d| d.message().to_string())
                 .unwrap_or_else(|| e.to_string());
-            report.problem(format!("{at}: PostgreSQL rejects the row filter: {msg}"));
+            let hint = unknown_filter_column(&msg)
+                .and_then(|c| {
+                    crate::config::diag::did_you_mean(c, t.columns.iter().map(|c| c.name.as_str()))
+                })
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
+            report.problem(format!(
+                "{at}: PostgreSQL rejects the row filter: {msg}{hint}"
+            ));
             return;
         }
     };
@@ -366,6 +374,14 @@ async fn check_row_filter(
             quote_table(&t.schema, &t.name)
         ));
     }
+}
+
+/// The column of PostgreSQL's `column "x" does not exist`.
+fn unknown_filter_column(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("column \"")?;
+    let name = rest.strip_suffix("\" does not exist")?;
+    // `sluice_filter.x` when the filter qualified it with the alias.
+    Some(name.rsplit('.').next().unwrap_or(name))
 }
 
 fn collect_filters(v: &Value, out: &mut Vec<String>) {
@@ -655,5 +671,18 @@ mod tests {
             vec!["status".to_string(), "Total\"x".to_string()]
         );
         assert!(filter_columns("(1 = 1)").is_empty());
+    }
+
+    #[test]
+    fn the_unknown_column_is_read_from_postgresqls_message() {
+        assert_eq!(
+            unknown_filter_column("column \"stauts\" does not exist"),
+            Some("stauts")
+        );
+        assert_eq!(
+            unknown_filter_column("column sluice_filter.x does not exist"),
+            None
+        );
+        assert_eq!(unknown_filter_column("syntax error at or near \"(\""), None);
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::diag::{ConfigError, ConfigErrors, from_toml_error, line_of};
+use super::diag::{ConfigError, ConfigErrors, deserialize_all, line_of};
 use crate::sink::{EsAuth, EsConfig};
 use crate::source::{PgConnectConfig, SslMode};
 
@@ -312,12 +312,13 @@ pub fn resolve(config_file: &Path, p: &str) -> PathBuf {
 
 /// Parse `sluice.toml` text. `file` is used for messages and relative paths.
 pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings, ConfigErrors> {
-    let raw: RawSettings = toml::from_str(text).map_err(|e| from_toml_error(file, text, &e))?;
+    let (raw, errors) = deserialize_all::<RawSettings>(file, text);
+    let Some(raw) = raw else { return Err(errors) };
     let mut cx = Ctx {
         file,
         text,
         env,
-        errors: ConfigErrors::default(),
+        errors,
     };
     let postgres = postgres(&mut cx, &raw.postgres);
     let name = |v: &Option<Spanned<String>>, cx: &mut Ctx, key: &str| match v {
@@ -419,7 +420,20 @@ pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings
         http,
         mappings_dir,
     };
+    cx.errors.sort_by_place();
     cx.errors.into_result(settings)
+}
+
+/// Where the mappings are, read leniently from a `sluice.toml` that may
+/// have other problems, so its mappings can be checked in the same run.
+/// `None` when `mappings_dir` itself is unusable.
+pub fn mappings_dir_of(file: &Path, text: &str) -> Option<PathBuf> {
+    let (doc, _) = toml::de::DeTable::parse_recoverable(text);
+    match doc.get_ref().get("mappings_dir").map(|v| v.get_ref()) {
+        None => Some(resolve(file, "mappings")),
+        Some(toml::de::DeValue::String(d)) => Some(resolve(file, d)),
+        Some(_) => None,
+    }
 }
 
 fn valid_pg_name(s: &str) -> bool {

@@ -243,7 +243,7 @@ async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
     assert_reports(
         &setup.check().await,
         &[
-            "orders.toml line 3: `filter`: PostgreSQL rejects the row filter: column \"totl\" does not exist",
+            "orders.toml line 3: `filter`: PostgreSQL rejects the row filter: column \"totl\" does not exist; did you mean `total`?",
         ],
     );
     let setup = Setup::new(
@@ -341,11 +341,17 @@ async fn every_problem_is_reported_in_one_run() {
 }
 
 #[tokio::test]
-async fn bad_configuration_exits_with_code_two_and_names_the_line() {
+async fn bad_configuration_exits_with_code_two_and_names_every_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("sluice.toml"),
-        "[postgres]\nhost = \"x\"\n\n[pipeline]\nlinger = 5\n",
+        "[postgres]\nhost = \"x\"\n\n[pipeline]\nlinger = 5\nconcurrency = \"4\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/orders.toml"),
+        "table = \"public.orders\"\nindex = \"orders\"\nrouteing = \"region\"\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -356,9 +362,22 @@ async fn bad_configuration_exits_with_code_two_and_names_the_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("sluice.toml line 5: `linger`: unknown key; did you mean `linger_ms`?"),
+        stderr.contains(
+            "sluice.toml line 5: `pipeline.linger`: unknown key; did you mean `linger_ms`?"
+        ),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(
+            "sluice.toml line 6: `pipeline.concurrency`: invalid type: text \"4\", expected a whole number"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("orders.toml line 3: `routeing`: unknown key; did you mean `routing`?"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
 }
 
 /// A private PostgreSQL (the shared one must not be reconfigured) with
