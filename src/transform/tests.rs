@@ -123,7 +123,8 @@ fn order_row() -> Vec<Value> {
 fn every_document_feature_renders_as_configured() {
     let base = "table = \"public.orders\"\nindex = \"orders\"\n";
     // (name, mapping, changed columns of `order_row`, document)
-    let cases: Vec<(&str, String, Vec<(usize, Value)>, Value)> = vec![
+    type Case = (&'static str, String, Vec<(usize, Value)>, Value);
+    let cases: Vec<Case> = vec![
         (
             "every column by default",
             base.to_string(),
