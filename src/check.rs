@@ -115,9 +115,7 @@ pub async fn check(config: &mut Config) -> Report {
     report
 }
 
-/// Connect for ordinary SQL. `prefer` falls back to plain text.
-// TODO(tls): require / verify-ca / verify-full need the rustls connector the
-// source layer is building; until it is wired, they fail with a clear error.
+/// Connect for ordinary SQL, with the configured TLS mode.
 pub async fn pg_connect(pg: &PgConnectConfig) -> anyhow::Result<tokio_postgres::Client> {
     crate::source::connect_sql(pg)
         .await
@@ -130,10 +128,18 @@ pub fn es_client(es: &EsConfig) -> anyhow::Result<Elasticsearch> {
 }
 
 async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Catalog> {
-    let client = match pg_connect(&config.postgres).await {
+    let client = match crate::source::connect_sql(&config.postgres).await {
         Ok(c) => c,
         Err(e) => {
-            report.unreachable(format!("PostgreSQL: {e:#}"));
+            // Refused or lost connections may pass; wrong credentials, a
+            // missing database or a certificate the CA does not sign are
+            // fixed in the configuration.
+            let msg = connect_problem(&e, &config.postgres);
+            if crate::source::is_retryable(&e) {
+                report.unreachable(msg);
+            } else {
+                report.problem(msg);
+            }
             return None;
         }
     };
@@ -256,6 +262,29 @@ async fn check_heartbeat_privilege(
             "heartbeat: cannot check the privilege on {FUNCTION}: {e}"
         )),
     }
+}
+
+/// One line for a failed connection: the server's own words, and which
+/// setting to look at.
+fn connect_problem(e: &crate::source::SourceError, pg: &PgConnectConfig) -> String {
+    let db = match e {
+        crate::source::SourceError::Sql(err) => err.as_db_error(),
+        _ => None,
+    };
+    let Some(db) = db else {
+        return format!("PostgreSQL: {e}");
+    };
+    let hint = match db.code().code() {
+        "28P01" => "; check `password` / `password_file` (or the URL) in [postgres]",
+        "3D000" => "; check `dbname` (or the URL's path) in [postgres]",
+        "28000" => "; pg_hba.conf or the role does not allow this login",
+        _ => "",
+    };
+    format!(
+        "PostgreSQL at {pg} refused the connection: {} (SQLSTATE {}){hint}",
+        db.message(),
+        db.code().code()
+    )
 }
 
 /// What `check` reads from the server before looking at tables.
@@ -495,6 +524,23 @@ async fn node_version(es: &Elasticsearch) -> anyhow::Result<Value> {
     Ok(serde_json::json!({ "version": { "number": number } }))
 }
 
+/// Elasticsearch before 7 wants a mapping type in every bulk action, which
+/// Sluice does not write; OpenSearch (a fork of 7.10) numbers its own
+/// versions and is fine.
+fn es_version_problem(distribution: &str, version: &str) -> Option<String> {
+    let major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
+    match major {
+        _ if distribution != "elasticsearch" => None,
+        Some(m) if m >= 7 => None,
+        Some(_) => Some(format!(
+            "Elasticsearch {version} is too old: Sluice needs 7 or newer"
+        )),
+        None => Some(format!(
+            "Elasticsearch reports version `{version}`, which Sluice cannot read; it needs 7 or newer"
+        )),
+    }
+}
+
 async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report: &mut Report) {
     let es = match es_client(&config.elasticsearch) {
         Ok(c) => c,
@@ -535,15 +581,8 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
     let distribution = info["version"]["distribution"]
         .as_str()
         .unwrap_or("elasticsearch");
-    let major: u32 = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if distribution == "elasticsearch" && major < 7 {
-        report.problem(format!(
-            "Elasticsearch {version} is too old: Sluice needs 7 or newer"
-        ));
+    if let Some(p) = es_version_problem(distribution, &version) {
+        report.problem(p);
     }
     report
         .facts
@@ -671,6 +710,18 @@ mod tests {
             vec!["status".to_string(), "Total\"x".to_string()]
         );
         assert!(filter_columns("(1 = 1)").is_empty());
+    }
+
+    #[test]
+    fn elasticsearch_before_7_is_refused_and_opensearch_is_not() {
+        assert_eq!(es_version_problem("elasticsearch", "8.19.21"), None);
+        assert_eq!(es_version_problem("elasticsearch", "7.17.0"), None);
+        assert_eq!(
+            es_version_problem("elasticsearch", "6.8.23").as_deref(),
+            Some("Elasticsearch 6.8.23 is too old: Sluice needs 7 or newer")
+        );
+        assert!(es_version_problem("elasticsearch", "?").is_some());
+        assert_eq!(es_version_problem("opensearch", "2.11.0"), None);
     }
 
     #[test]

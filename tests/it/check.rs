@@ -20,12 +20,23 @@ struct Setup {
 
 impl Setup {
     fn new(db: &TestDb, pg_url: &str, es_url: &str, mappings: &[(&str, String)]) -> Setup {
+        Setup::with_tls(db, pg_url, es_url, mappings, "sslmode = \"disable\"")
+    }
+
+    /// Like `new`, with `tls` (sslmode, ssl_root_cert) in `[postgres]`.
+    fn with_tls(
+        db: &TestDb,
+        pg_url: &str,
+        es_url: &str,
+        mappings: &[(&str, String)],
+        tls: &str,
+    ) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("mappings")).unwrap();
         std::fs::write(
             dir.path().join("sluice.toml"),
             format!(
-                "[postgres]\nurl = \"{pg_url}\"\nsslmode = \"disable\"\nslot = \"{}\"\n[elasticsearch]\nurls = [\"{es_url}\"]\nrequest_timeout_ms = 5000\n",
+                "[postgres]\nurl = \"{pg_url}\"\n{tls}\nslot = \"{}\"\n[elasticsearch]\nurls = [\"{es_url}\"]\nrequest_timeout_ms = 5000\n",
                 unique_name("slot")
             ),
         )
@@ -297,6 +308,84 @@ async fn an_existing_index_mapping_that_would_reject_our_documents_is_reported()
         "total (numeric → double) is fine:\n{}",
         messages(&r)
     );
+}
+
+#[tokio::test]
+async fn wrong_credentials_or_a_missing_database_are_configuration_problems() {
+    let db = orders_db().await;
+    let mut url = url::Url::parse(&db.repl_url()).unwrap();
+    url.set_password(Some("wrong")).unwrap();
+    let r = Setup::new(&db, url.as_str(), &services().es_url, &orders_mapping(""))
+        .check()
+        .await;
+    assert_reports(
+        &r,
+        &["password authentication failed for user \"sluice\" (SQLSTATE 28P01); check `password`"],
+    );
+    assert_eq!(r.exit_code(), 2, "fixed in the configuration");
+    let missing = unique_name("nodb");
+    let r = Setup::new(
+        &db,
+        &with_database(&services().pg_repl_url, &missing),
+        &services().es_url,
+        &orders_mapping(""),
+    )
+    .check()
+    .await;
+    assert_reports(
+        &r,
+        &[&format!(
+            "database \"{missing}\" does not exist (SQLSTATE 3D000); check `dbname`"
+        )],
+    );
+    assert_eq!(r.exit_code(), 2);
+}
+
+#[tokio::test]
+async fn postgres_tls_is_verified_against_the_configured_ca() {
+    let db = orders_db().await;
+    db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
+    let tls = |ca: &str| format!("sslmode = \"verify-full\"\nssl_root_cert = \"{ca}\"");
+    let r = Setup::with_tls(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping(""),
+        &tls(&services().pg_ca),
+    )
+    .check()
+    .await;
+    assert!(r.problems.is_empty(), "{}", messages(&r));
+
+    // A CA that did not sign the server's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-ca.crt");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=not the server's CA", "-keyout"])
+        .arg(dir.path().join("other-ca.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = Setup::with_tls(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping(""),
+        &tls(other.to_str().unwrap()),
+    )
+    .check()
+    .await;
+    assert_reports(&r, &["TLS to PostgreSQL", "invalid peer certificate"]);
+    assert_eq!(r.exit_code(), 2, "{}", messages(&r));
 }
 
 #[tokio::test]
