@@ -18,10 +18,10 @@ mod publication;
 
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::doc_shape::document_fields;
-use crate::config::{Catalog, CatalogTable, Config, FieldSource, IndexName, Mapping, load_catalog};
+use crate::config::{Catalog, CatalogTable, Config, IndexName, Mapping, load_catalog};
 use crate::sink::EsConfig;
 use crate::source::{PgConnectConfig, ReplicaIdentity};
-use compat::{compatible, flatten_properties, kind_of_field, parse_es_duration};
+use compat::{field_conflicts, flatten_properties, parse_es_duration};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {
@@ -634,24 +634,12 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
             check_gc_deletes(&es, index, config, report).await;
             let mut types = BTreeMap::new();
             flatten_properties(&def["mappings"]["properties"], "", &mut types);
-            for f in &fields {
-                let path = f.path.join(".");
-                let Some(es_type) = types.get(&path) else {
-                    continue;
-                };
-                let kind = kind_of_field(&f.source, t);
-                if !compatible(kind, es_type) {
-                    let from = match &f.source {
-                        FieldSource::Column { column, .. } => format!("column `{column}`"),
-                        FieldSource::Template(_) => "a template".into(),
-                        FieldSource::Constant(_) => "a constant".into(),
-                    };
-                    report.problem(format!(
-                        "{}: field `{path}` would receive {} (from {from}) but index `{index}` maps it as `{es_type}`; change the index mapping or convert the field in [fields]",
-                        m.file.display(),
-                        kind.describe(),
-                    ));
-                }
+            for conflict in field_conflicts(&fields, t, &types) {
+                report.problem(format!(
+                    "{}: {conflict} but index `{index}` maps it as `{}`; change the index mapping or convert the field in [fields]",
+                    m.file.display(),
+                    conflict.es_type,
+                ));
             }
         }
     }

@@ -287,24 +287,38 @@ async fn an_existing_index_mapping_that_would_reject_our_documents_is_reported()
     es.client
         .indices()
         .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
-        .body(json!({"mappings": {"properties": {"note": {"type": "long"}, "total": {"type": "double"}}}}))
+        .body(json!({"mappings": {"properties": {
+            "note": {"type": "long"},
+            "total": {"type": "double"},
+            "meta": {"type": "keyword"}
+        }}}))
         .send()
         .await
         .unwrap()
         .error_for_status_code()
         .unwrap();
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
-    let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &orders_mapping(""));
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping("[rename]\nstatus = \"meta.status\"\n"),
+    );
     let r = setup.check().await;
     assert_reports(
         &r,
-        &[&format!(
-            "field `note` would receive text (from column `note`) but index `{index}` maps it as `long`"
-        )],
+        &[
+            &format!(
+                "orders.toml: field `note` would receive text (from column `note`) but index `{index}` maps it as `long`"
+            ),
+            &format!(
+                "field `meta` would receive a JSON object (it holds `meta.status`) but index `{index}` maps it as `keyword`"
+            ),
+        ],
     );
     assert_eq!(
         r.problems.len(),
-        1,
+        2,
         "total (numeric → double) is fine:\n{}",
         messages(&r)
     );
