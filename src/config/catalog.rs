@@ -130,10 +130,9 @@ pub fn validate_mapping(m: &mut Mapping, catalog: &Catalog, errors: &mut ConfigE
             errors.push(e);
         }
     }
-    if let Err(msg) = document_fields(m, &names) {
-        let mut e = ConfigError::new(&m.file, msg).key("fields");
-        e.line = None;
-        errors.push(e);
+    if let Err(c) = document_fields(m, &names) {
+        let (key, line) = m.target_place(&c.path);
+        errors.push(ConfigError::new(&m.file, c.message).key(key).at(line));
     }
     let table_err = |msg: String, hint: &str| {
         let mut e = at(m.table_line).key("table");

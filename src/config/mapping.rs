@@ -146,6 +146,9 @@ pub struct Mapping {
     pub on_truncate: OnTruncate,
     /// Every column the file mentions, with its line.
     pub column_refs: Vec<ColumnRef>,
+    /// Where each `[rename]` target and `[fields]` entry is written:
+    /// dotted target path → (key, line), for errors about the document shape.
+    pub target_lines: BTreeMap<String, (String, usize)>,
     /// Line of `table =` and `filter =`, for catalog errors.
     pub table_line: usize,
     pub filter_line: Option<usize>,
@@ -159,6 +162,15 @@ impl Mapping {
             .iter()
             .filter(|r| r.key != "exclude")
             .map(|r| r.column.as_str())
+    }
+
+    /// The key and line that put `path` (dotted) into the document; a
+    /// column copied under its own name has neither, so `include`/`table`.
+    pub fn target_place(&self, path: &str) -> (String, Option<usize>) {
+        match self.target_lines.get(path) {
+            Some((key, line)) => (key.clone(), Some(*line)),
+            None => ("fields".to_string(), None),
+        }
     }
 
     /// For templated indices, the wildcard pattern (`orders-*`) to use for
@@ -441,17 +453,16 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
     }
 
     let mut renames = BTreeMap::new();
+    let mut target_lines = BTreeMap::new();
     for (col, target) in &raw.rename {
-        add_ref(
-            col.get_ref(),
-            &format!("rename.{}", col.get_ref()),
-            col.span(),
-        );
+        let key = join_key("rename", col.get_ref());
+        add_ref(col.get_ref(), &key, col.span());
         match parse_path(target.get_ref()) {
             Ok(p) => {
+                target_lines.insert(p.join("."), (key, line(target.span())));
                 renames.insert(col.get_ref().clone(), p);
             }
-            Err(m) => err(target.span(), &format!("rename.{}", col.get_ref()), m, None),
+            Err(m) => err(target.span(), &key, m, None),
         }
     }
 
@@ -561,6 +572,7 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
         } else {
             FieldSource::Constant(toml_to_json(rf.value.as_ref().unwrap()))
         };
+        target_lines.insert(path.join("."), (key, line(target.span())));
         fields.push(Field { path, source });
     }
 
@@ -691,9 +703,11 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
         column_refs: refs,
         table_line: line(raw.table.span()),
         filter_line: raw.filter.as_ref().map(|f| line(f.span())),
+        target_lines,
     };
-    if let Err(m) = super::doc_shape::check_static_paths(&mapping) {
-        errors.push(ConfigError::new(file, m).key("fields"));
+    if let Err(c) = super::doc_shape::check_static_paths(&mapping) {
+        let (key, line) = mapping.target_place(&c.path);
+        errors.push(ConfigError::new(file, c.message).key(key).at(line));
     }
     let echoes = |e: &ConfigError| {
         e.key.as_ref().is_some_and(|k| {

@@ -415,3 +415,29 @@ fn a_broken_sluice_toml_does_not_hide_the_mappings_problems() {
         "{msg}"
     );
 }
+
+#[test]
+fn document_shape_clashes_point_at_the_line_that_writes_the_field() {
+    let msg = one_error(&[(
+        "m.toml",
+        "table = \"public.orders\"\nindex = \"o\"\n[rename]\nregion = \"geo\"\n[fields]\n\"geo.name\" = { value = 1 }\n",
+    )]);
+    assert_eq!(
+        msg,
+        "m.toml line 6: `fields.\"geo.name\"`: `geo` is a value and also holds `geo.name`; rename one of them"
+    );
+    // Visible only with the table's columns: `status` is copied as well.
+    let mut m = load(&[(
+        "m.toml",
+        "table = \"public.orders\"\nindex = \"o\"\n[rename]\nregion = \"status\"\n",
+    )])
+    .unwrap();
+    let msg = m
+        .validate_against_catalog(&orders_catalog())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        "m.toml line 4: `rename.region`: two fields write `status`; rename or exclude one of them"
+    );
+}
