@@ -149,8 +149,9 @@ pub struct Mapping {
     /// Where each `[rename]` target and `[fields]` entry is written:
     /// dotted target path → (key, line), for errors about the document shape.
     pub target_lines: BTreeMap<String, (String, usize)>,
-    /// Line of `table =` and `filter =`, for catalog errors.
+    /// Line of `table =`, `index =` and `filter =`, for later errors.
     pub table_line: usize,
+    pub index_line: usize,
     pub filter_line: Option<usize>,
 }
 
@@ -702,6 +703,7 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
         on_truncate: raw.on_truncate.unwrap_or_default(),
         column_refs: refs,
         table_line: line(raw.table.span()),
+        index_line: line(raw.index.span()),
         filter_line: raw.filter.as_ref().map(|f| line(f.span())),
         target_lines,
     };

@@ -375,6 +375,7 @@ impl Mappings {
                                     first.file.display()
                                 ),
                             )
+                            .at(Some(m.index_line))
                             .key("index")
                             .hint("configure a shared index in one mapping file only"),
                         );

@@ -219,6 +219,7 @@ fn a_shared_index_is_configured_once() {
             "table = \"public.b\"\nindex = \"all\"\n[index_settings]\nnumber_of_shards = 2\n",
         ),
     ]);
+    assert!(msg.starts_with("b.toml line 2: `index`"), "{msg}");
     assert!(msg.contains("also configured by a.toml"), "{msg}");
 }
 
