@@ -15,12 +15,13 @@ use serde_json::Value;
 
 mod compat;
 mod publication;
+mod row_filter;
 
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::doc_shape::document_fields;
-use crate::config::{Catalog, CatalogTable, Config, IndexName, Mapping, load_catalog};
+use crate::config::{Catalog, Config, IndexName, load_catalog};
 use crate::sink::EsConfig;
-use crate::source::{PgConnectConfig, ReplicaIdentity};
+use crate::source::PgConnectConfig;
 use compat::{field_conflicts, flatten_properties, parse_es_duration};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +222,7 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
             continue;
         };
         if let Some(filter) = &m.filter {
-            check_row_filter(&client, m, t, filter, report).await;
+            row_filter::check_row_filter(&client, config, m, t, filter, report).await;
         }
     }
     if config.heartbeat_interval.is_some() {
@@ -335,137 +336,12 @@ impl ServerFacts {
     }
 }
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-fn quote_table(schema: &str, table: &str) -> String {
+pub(crate) fn quote_table(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
-
-/// Ask PostgreSQL to parse the filter, and check that it only reads replica
-/// identity columns: PostgreSQL refuses UPDATE and DELETE on a table whose
-/// publication row filter reads other columns (unless REPLICA IDENTITY FULL).
-async fn check_row_filter(
-    client: &tokio_postgres::Client,
-    m: &Mapping,
-    t: &CatalogTable,
-    filter: &str,
-    report: &mut Report,
-) {
-    let at = format!(
-        "{} line {}: `filter`",
-        m.file.display(),
-        m.filter_line.unwrap_or(m.table_line)
-    );
-    let sql = format!(
-        "EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM ONLY {} AS sluice_filter WHERE ({filter})",
-        quote_table(&t.schema, &t.name)
-    );
-    let plan: Value = match client.query_one(&sql, &[]).await {
-        Ok(r) => r.get(0),
-        Err(e) => {
-            let msg = e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string());
-            let hint = unknown_filter_column(&msg)
-                .and_then(|c| {
-                    crate::config::diag::did_you_mean(c, t.columns.iter().map(|c| c.name.as_str()))
-                })
-                .map(|h| format!("; {h}"))
-                .unwrap_or_default();
-            report.problem(format!(
-                "{at}: PostgreSQL rejects the row filter: {msg}{hint}"
-            ));
-            return;
-        }
-    };
-    let mut filters = Vec::new();
-    collect_filters(&plan, &mut filters);
-    if t.replica_identity == ReplicaIdentity::Full {
-        return;
-    }
-    let mut outside: Vec<String> = Vec::new();
-    for f in &filters {
-        for col in filter_columns(f) {
-            if !t.replica_identity_columns.contains(&col) && !outside.contains(&col) {
-                outside.push(col);
-            }
-        }
-    }
-    if !outside.is_empty() {
-        report.problem(format!(
-            "{at}: the row filter reads {} outside {}.{}'s replica identity; PostgreSQL would then refuse UPDATE and DELETE on the table; run `ALTER TABLE {} REPLICA IDENTITY FULL` or filter on key columns only",
-            outside.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
-            t.schema,
-            t.name,
-            quote_table(&t.schema, &t.name)
-        ));
-    }
-}
-
-/// The column of PostgreSQL's `column "x" does not exist`.
-fn unknown_filter_column(msg: &str) -> Option<&str> {
-    let rest = msg.strip_prefix("column \"")?;
-    let name = rest.strip_suffix("\" does not exist")?;
-    // `sluice_filter.x` when the filter qualified it with the alias.
-    Some(name.rsplit('.').next().unwrap_or(name))
-}
-
-fn collect_filters(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(o) => {
-            for (k, x) in o {
-                if k == "Filter" || k == "One-Time Filter" {
-                    if let Value::String(s) = x {
-                        out.push(s.clone());
-                    }
-                } else {
-                    collect_filters(x, out);
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_filters(x, out)),
-        _ => {}
-    }
-}
-
-/// Columns a VERBOSE plan's filter reads, from `sluice_filter.<column>`.
-fn filter_columns(filter: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = filter;
-    while let Some(p) = rest.find("sluice_filter.") {
-        let after = &rest[p + "sluice_filter.".len()..];
-        let (name, consumed) = if let Some(q) = after.strip_prefix('"') {
-            let mut name = String::new();
-            let mut chars = q.char_indices();
-            let mut end = q.len();
-            while let Some((i, c)) = chars.next() {
-                if c == '"' {
-                    if q[i + 1..].starts_with('"') {
-                        name.push('"');
-                        chars.next();
-                        continue;
-                    }
-                    end = i + 1;
-                    break;
-                }
-                name.push(c);
-            }
-            (name, end + 1)
-        } else {
-            let end = after
-                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-                .unwrap_or(after.len());
-            (after[..end].to_string(), end)
-        };
-        if !name.is_empty() {
-            out.push(name);
-        }
-        rest = &after[consumed.min(after.len())..];
-    }
-    out
 }
 
 /// An existing index that forgets delete tombstones sooner than the replay
@@ -690,17 +566,6 @@ mod tests {
     }
 
     #[test]
-    fn filter_columns_are_read_from_verbose_plans() {
-        assert_eq!(
-            filter_columns(
-                "((sluice_filter.status <> 'draft'::text) AND (sluice_filter.\"Total\"\"x\" > 1))"
-            ),
-            vec!["status".to_string(), "Total\"x".to_string()]
-        );
-        assert!(filter_columns("(1 = 1)").is_empty());
-    }
-
-    #[test]
     fn elasticsearch_before_7_is_refused_and_opensearch_is_not() {
         assert_eq!(es_version_problem("elasticsearch", "8.19.21"), None);
         assert_eq!(es_version_problem("elasticsearch", "7.17.0"), None);
@@ -710,18 +575,5 @@ mod tests {
         );
         assert!(es_version_problem("elasticsearch", "?").is_some());
         assert_eq!(es_version_problem("opensearch", "2.11.0"), None);
-    }
-
-    #[test]
-    fn the_unknown_column_is_read_from_postgresqls_message() {
-        assert_eq!(
-            unknown_filter_column("column \"stauts\" does not exist"),
-            Some("stauts")
-        );
-        assert_eq!(
-            unknown_filter_column("column sluice_filter.x does not exist"),
-            None
-        );
-        assert_eq!(unknown_filter_column("syntax error at or near \"(\""), None);
     }
 }

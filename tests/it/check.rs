@@ -263,10 +263,49 @@ async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
         &services().es_url,
         &orders_mapping("filter = \"status <> 'draft'\"\n"),
     );
+    let r = setup.check().await;
     assert_reports(
-        &setup.check().await,
+        &r,
         &["reads `status` outside public.orders's replica identity"],
     );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("may not create publications")),
+        "the role cannot try the filter in a publication: {:?}",
+        r.warnings
+    );
+
+    // Valid in a WHERE clause, refused in a publication (a mutable
+    // function): a role that may create publications finds out now.
+    db.sql(&format!("GRANT CREATE ON DATABASE {} TO sluice", db.name))
+        .await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping("filter = \"id > extract(epoch from now())\"\n"),
+    );
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[
+            "orders.toml line 3: `filter`: PostgreSQL refuses it as a publication row filter: invalid publication WHERE expression (User-defined or built-in mutable functions are not allowed.)",
+        ],
+    );
+    db.sql(&format!(
+        "REVOKE CREATE ON DATABASE {} FROM sluice",
+        db.name
+    ))
+    .await;
+    let published: i64 = db
+        .admin
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(published, 0, "the trial publication was rolled back");
+
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders WHERE (id > 10)")
         .await;
     let setup = Setup::new(
@@ -277,6 +316,7 @@ async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
     );
     let r = setup.check().await;
     assert!(r.problems.is_empty(), "{}", messages(&r));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
 
 #[tokio::test]
