@@ -577,7 +577,12 @@ fn elasticsearch(cx: &mut Ctx, raw: &RawElasticsearch) -> EsConfig {
                 _ => cx.err(
                     urls.span(),
                     "elasticsearch.urls",
-                    format!("`{u}` is not an http:// or https:// URL"),
+                    format!(
+                        "`{}` is not an http:// or https:// URL",
+                        // Whatever precedes an `@` may be a password.
+                        u.rsplit_once('@')
+                            .map_or(u.clone(), |(_, h)| format!("…@{h}"))
+                    ),
                 ),
             }
         }

@@ -162,3 +162,36 @@ fn interpolation_handles_escapes_and_missing_braces() {
     assert_eq!(interpolate("$${X}", &env).unwrap(), "${X}");
     assert!(interpolate("${X", &env).is_err());
 }
+
+#[test]
+fn postgres_fields_take_env_values_and_a_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pg.pw"), "s3cret\n").unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    let s = parse_settings(
+        &cfg,
+        "[postgres]\nhost = \"db-${PGPASSWORD}\"\nuser = \"app\"\npassword_file = \"pg.pw\"\n",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(s.postgres.host, "db-s3cret");
+    assert_eq!(s.postgres.password.as_deref(), Some("s3cret"));
+    let e = parse_settings(
+        &cfg,
+        "[postgres]\npassword = \"x\"\npassword_file = \"pg.pw\"\n",
+        &env,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("line 2"), "{e}");
+    assert!(
+        !e.to_string().contains("s3cret"),
+        "never echo a secret: {e}"
+    );
+    let e = parse_settings(
+        &cfg,
+        "[elasticsearch]\nurls = [\"elastic:s3cret@es:9200\"]\n",
+        &env,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("`…@es:9200` is not an http"), "{e}");
+}
