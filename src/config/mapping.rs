@@ -675,6 +675,29 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
         }
     }
 
+    // A document written under last month's name cannot be found from this
+    // month's: deletes and soft deletes would miss it and leave it behind.
+    if let IndexName::Template(t) = &index
+        && t.uses_commit_time()
+    {
+        if raw.on_delete.unwrap_or_default() == OnDelete::Delete {
+            err(
+                raw.index.span(),
+                "index",
+                "an index named by the commit time cannot take deletes: a row deleted (or updated) in a later period would leave its earlier document behind".into(),
+                Some("set `on_delete = \"ignore\"` (every period keeps its documents), or name the index by columns".into()),
+            );
+        }
+        if let Some(c) = &raw.soft_delete_column {
+            err(
+                c.span(),
+                "soft_delete_column",
+                "an index named by the commit time cannot take soft deletes: the delete would go to the current period's index, not the document's".into(),
+                Some("remove it, or name the index by columns".into()),
+            );
+        }
+    }
+
     let mapping = Mapping {
         name,
         file: file.to_path_buf(),

@@ -442,3 +442,26 @@ fn document_shape_clashes_point_at_the_line_that_writes_the_field() {
         "m.toml line 4: `rename.region`: two fields write `status`; rename or exclude one of them"
     );
 }
+
+#[test]
+fn an_index_named_by_the_commit_time_refuses_deletes_it_could_not_aim() {
+    let e = load(&[(
+        "m.toml",
+        "table = \"public.orders\"\nindex = \"logs-{commit_time:%Y.%m}\"\nsoft_delete_column = \"gone\"\n",
+    )])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("m.toml line 2: `index`: an index named by the commit time cannot take deletes"),
+        "{e}"
+    );
+    assert!(e.contains("set `on_delete = \"ignore\"`"), "{e}");
+    assert!(e.contains("m.toml line 3: `soft_delete_column`"), "{e}");
+    assert!(
+        load(&[(
+            "m.toml",
+            "table = \"public.orders\"\nindex = \"logs-{commit_time:%Y.%m}\"\non_delete = \"ignore\"\n",
+        )])
+        .is_ok()
+    );
+}

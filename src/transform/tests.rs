@@ -291,7 +291,7 @@ fn a_null_id_column_is_an_error() {
 #[test]
 fn index_templates_render_columns_and_commit_time_and_share_names() {
     let mut t = transformer(&[
-        "table = \"public.orders\"\nindex = \"orders-{region}-{commit_time:%Y.%m}\"\n",
+        "table = \"public.orders\"\nindex = \"orders-{region}-{commit_time:%Y.%m}\"\non_delete = \"ignore\"\n",
     ]);
     let r = orders();
     let a = run(&mut t, &insert(&r, &order_row())).unwrap();
