@@ -138,6 +138,10 @@ async fn missing_tables_and_columns_are_named_with_a_suggestion() {
         "other.toml",
         "table = \"public.ordrs\"\nindex = \"x\"\n".into(),
     ));
+    mappings.push((
+        "schema.toml",
+        "table = \"pubic.orders\"\nindex = \"y\"\n".into(),
+    ));
     let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &mappings);
     let r = setup.check().await;
     assert_reports(
@@ -145,6 +149,7 @@ async fn missing_tables_and_columns_are_named_with_a_suggestion() {
         &[
             "orders.toml line 4: `include`: column `totl` does not exist in public.orders; did you mean `total`?",
             "other.toml line 1: `table`: table `public.ordrs` does not exist; did you mean `public.orders`?",
+            "schema.toml line 1: `table`: table `pubic.orders` does not exist; did you mean `public.orders`?",
         ],
     );
     assert_eq!(r.exit_code(), 2);
