@@ -234,3 +234,193 @@ async fn filters_soft_deletes_and_several_indices_per_table_stay_exact_through_s
         panic!("after a clean stop: {m}");
     }
 }
+
+/// The shipped `mappings/`, with index names and aliases private to `db`.
+fn shipped_mappings(db: &TestDb) -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("index = \"", &format!("index = \"{}", db.index_prefix))
+            .replace("alias = \"", &format!("alias = \"{}", db.index_prefix));
+        out.push((name, text));
+    }
+    out
+}
+
+/// One document by `_id`, if the index (or alias, or pattern) has it.
+async fn doc(es: &Es, index: &str, id: &str) -> Option<Value> {
+    es.sources(index).await.remove(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_mappings_make_the_documents_their_comments_describe() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    db.sql(include_str!("../../scripts/demo-schema.sql")).await;
+    let files = shipped_mappings(&db);
+    let mappings: Vec<(&str, String)> =
+        files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let setup = Setup {
+        pg_url: db.url(),
+        ..Setup::for_db(&db)
+    };
+    let mut sluice = Sluice::with_setup(&setup, &mappings);
+    sluice.start();
+    wait_streaming(&db, &mut sluice).await;
+    let i = |name: &str| db.index(name);
+    poll(
+        &mut sluice,
+        Duration::from_secs(180),
+        "the snapshot in every index",
+        async || {
+            es.sources(&i("search")).await.len() == 4
+                && es.sources(&i("order-items")).await.len() == 3
+                && doc(&es, &i("orders-archive-*"), "2").await.is_none()
+                && doc(&es, &i("orders-archive-*"), "1").await.is_some()
+        },
+    )
+    .await;
+
+    // Snapshot values (read by the snapshot reader) through every conversion.
+    let sql_text = async |q: &str| -> String { db.admin.query_one(q, &[]).await.unwrap().get(0) };
+    let ada = doc(&es, &i("customers"), "1")
+        .await
+        .expect("through the alias");
+    let signed_up = sql_text(
+        "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM customers WHERE id = 1",
+    )
+    .await;
+    assert_eq!(ada["full_name"], "Ada Lovelace", "{ada}");
+    assert_eq!(ada["signup_day"], signed_up.as_str(), "{ada}");
+    assert_eq!(ada["tier"], "gold", "jsonb merged into the root: {ada}");
+    assert!(
+        ada.get("signed_up_at").is_some() && ada.get("created_at").is_none(),
+        "{ada}"
+    );
+    assert!(
+        ada.get("email").is_none() && ada.get("attributes").is_none(),
+        "{ada}"
+    );
+    assert_eq!(
+        doc(&es, &i("products"), "1").await,
+        Some(serde_json::json!({
+            "id": 1, "sku": "KB-01", "name": "Keyboard", "description": "A mechanical keyboard.",
+            "price": 89.9, "tags": ["input", "usb"], "active": true
+        }))
+    );
+    let order = doc(&es, &i("orders"), "1").await.expect("order 1");
+    for (k, v) in [
+        ("customer", serde_json::json!({"id": 1})),
+        ("total", serde_json::json!(114.4)),
+        ("summary", serde_json::json!("order #1 (placed, eu)")),
+        ("source", serde_json::json!("sluice-demo")),
+        ("deleted_at", Value::Null),
+    ] {
+        assert_eq!(order[k], v, "{k} in {order}");
+    }
+    assert!(order.get("note").is_none(), "{order}");
+    assert!(
+        doc(&es, &i("orders"), "2").await.is_none(),
+        "drafts are filtered"
+    );
+    let mapping: Value = es
+        .client
+        .indices()
+        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+            &i("orders"),
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        mapping[i("orders")]["mappings"]["properties"]["status"]["type"],
+        "keyword",
+        "orders.index.json was applied: {mapping}"
+    );
+    let placed_ms: i64 = db
+        .admin
+        .query_one(
+            "SELECT floor(extract(epoch FROM placed_at) * 1000)::bigint FROM orders WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let archived = doc(&es, &i("orders-archive-*"), "1").await.unwrap();
+    assert_eq!(archived["placed_at_ms"], placed_ms, "{archived}");
+    assert_eq!(
+        doc(&es, &i("order-items"), "1|2").await,
+        Some(serde_json::json!({
+            "order": {"id": 1}, "line_no": 2, "product": {"id": 2}, "quantity": 1, "unit_price": 24.5
+        }))
+    );
+    assert_eq!(
+        doc(&es, &i("search"), "product-2").await,
+        Some(serde_json::json!({"id": 2, "kind": "product", "title": "Mouse (MS-02)"}))
+    );
+    assert_eq!(
+        doc(&es, &i("search"), "customer-2").await,
+        Some(
+            serde_json::json!({"id": 2, "country": "US", "kind": "customer", "title": "Grace Hopper"})
+        )
+    );
+
+    // Streamed values (decoded from pgoutput) through the same mappings.
+    db.sql(
+        "UPDATE customers SET attributes = '{\"tier\": \"silver\", \"vip\": true}', first_name = 'Augusta Ada' WHERE id = 1;
+         UPDATE products SET tags = 'input,  usb ,wired', price = 79.00 WHERE id = 1;
+         UPDATE orders SET status = 'placed', placed_at = now() WHERE id = 2;
+         UPDATE orders SET deleted_at = now() WHERE id = 1;",
+    )
+    .await;
+    poll(
+        &mut sluice,
+        Duration::from_secs(180),
+        "the streamed changes",
+        async || {
+            doc(&es, &i("orders"), "2").await.is_some()
+                && doc(&es, &i("orders"), "1").await.is_none()
+                && doc(&es, &i("customers"), "1")
+                    .await
+                    .is_some_and(|d| d["tier"] == "silver")
+                && doc(&es, &i("products"), "1")
+                    .await
+                    .is_some_and(|d| d["price"] == 79.0)
+        },
+    )
+    .await;
+    let ada = doc(&es, &i("customers"), "1").await.unwrap();
+    assert_eq!(
+        (&ada["full_name"], &ada["tier"], &ada["vip"]),
+        (
+            &serde_json::json!("Augusta Ada Lovelace"),
+            &serde_json::json!("silver"),
+            &serde_json::json!(true)
+        ),
+        "{ada}"
+    );
+    assert_eq!(ada["signup_day"], signed_up.as_str(), "{ada}");
+    let keyboard = doc(&es, &i("products"), "1").await.unwrap();
+    assert_eq!(
+        keyboard["tags"],
+        serde_json::json!(["input", "usb", "wired"]),
+        "{keyboard}"
+    );
+    let placed = doc(&es, &i("orders"), "2").await.unwrap();
+    assert_eq!(placed["summary"], "order #2 (placed, us)", "{placed}");
+    assert!(
+        doc(&es, &i("orders-archive-*"), "1").await.is_some(),
+        "the archive keeps the soft-deleted order"
+    );
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+}
