@@ -529,7 +529,7 @@ async fn bad_configuration_exits_with_code_two_and_names_every_line() {
 }
 
 /// A private PostgreSQL (the shared one must not be reconfigured) with
-/// `wal_level = replica` and no replication slots; stopped on drop.
+/// the given settings (no logical WAL, no slots or WAL senders); stopped on drop.
 struct PrivatePg {
     dir: tempfile::TempDir,
     port: u16,
@@ -611,8 +611,12 @@ impl Drop for PrivatePg {
 }
 
 #[tokio::test]
-async fn a_server_without_logical_wal_or_free_slots_is_reported() {
-    let pg = PrivatePg::start(&["wal_level=replica", "max_replication_slots=0"]);
+async fn a_server_without_logical_wal_free_slots_or_wal_senders_is_reported() {
+    let pg = PrivatePg::start(&[
+        "wal_level=replica",
+        "max_replication_slots=0",
+        "max_wal_senders=0",
+    ]);
     let client = crate::support::connect(&pg.url()).await;
     client
         .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, total numeric)")
@@ -626,8 +630,9 @@ async fn a_server_without_logical_wal_or_free_slots_is_reported() {
         &[
             "wal_level is `replica`: set `wal_level = logical`",
             "no free replication slot",
+            "no free WAL sender",
         ],
     );
-    assert_eq!(r.problems.len(), 2, "{}", messages(&r));
+    assert_eq!(r.problems.len(), 3, "{}", messages(&r));
     assert_eq!(r.exit_code(), 2);
 }
