@@ -465,6 +465,9 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
         .push(format!("{distribution} {version} at {urls}"));
 
     let Some(catalog) = catalog else { return };
+    let specs = config
+        .mappings
+        .index_specs(&config.pipeline.gc_deletes_setting());
     for m in &config.mappings.list {
         let Some(t) = catalog.tables.get(&*m.qualified_table) else {
             continue;
@@ -487,7 +490,7 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
             .send()
             .await;
         let body: Value = match resp {
-            Ok(r) if r.status_code().as_u16() == 404 => continue,
+            Ok(r) if r.status_code().as_u16() == 404 => Value::Object(Default::default()),
             Ok(r) if r.status_code().is_success() => r.json().await.unwrap_or_default(),
             Ok(r) => {
                 report.problem(format!(
@@ -506,6 +509,23 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
         let Some(indices) = body.as_object() else {
             continue;
         };
+        if indices.is_empty() {
+            // Sluice will create it: the mapping it will create it with
+            // must take the documents too.
+            let spec = specs.iter().find(|s| s.pattern == pattern);
+            let mut types = BTreeMap::new();
+            if let Some(spec) = spec {
+                flatten_properties(&spec.body["mappings"]["properties"], "", &mut types);
+            }
+            for conflict in field_conflicts(&fields, t, &types) {
+                report.problem(format!(
+                    "{}: {conflict} but the index mapping configured for `{pattern}` maps it as `{}`; change `index_mappings` (or the index file) or convert the field in [fields]",
+                    m.file.display(),
+                    conflict.es_type,
+                ));
+            }
+            continue;
+        }
         for (index, def) in indices {
             check_gc_deletes(&es, index, config, report).await;
             let mut types = BTreeMap::new();

@@ -448,6 +448,29 @@ async fn postgres_tls_is_verified_against_the_configured_ca() {
 }
 
 #[tokio::test]
+async fn an_index_mapping_sluice_would_create_must_take_the_documents_too() {
+    let db = orders_db().await;
+    db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping(
+            "[index_mappings.properties]\nstatus = { type = \"integer\" }\ntotal = { type = \"scaled_float\", scaling_factor = 100 }\n",
+        ),
+    );
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[&format!(
+            "orders.toml: field `status` would receive text (from column `status`) but the index mapping configured for `{}` maps it as `integer`",
+            db.index("orders")
+        )],
+    );
+    assert_eq!(r.problems.len(), 1, "{}", messages(&r));
+}
+
+#[tokio::test]
 async fn an_unreachable_elasticsearch_exits_with_the_runtime_code() {
     let db = orders_db().await;
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
