@@ -256,6 +256,11 @@ fn drop_entry_at(table: &mut DeTable<'_>, span: &Range<usize>, prefix: &str) -> 
 /// serde's type names, as a user who writes TOML knows them.
 fn plain_type_words(msg: &str) -> String {
     let mut m = msg.to_string();
+    // "expected struct RawPipeline": the user wrote a value for a section.
+    if let Some(i) = m.find("expected struct ") {
+        m.truncate(i);
+        m.push_str("expected a table");
+    }
     for (from, to) in [
         ("expected usize", "expected a whole number"),
         ("expected u64", "expected a whole number"),
@@ -413,6 +418,11 @@ mod tests {
         assert_eq!(
             msgs,
             ["f.toml line 1: `nme`: unknown key; did you mean `name`?"]
+        );
+        let (_, msgs) = all("name = \"x\"\nsection = 5\n");
+        assert_eq!(
+            msgs,
+            ["f.toml line 2: `section`: invalid type: number `5`, expected a table"]
         );
         let (_, msgs) = all("name = 3\n");
         assert_eq!(
