@@ -400,6 +400,42 @@ async fn node_version(es: &Elasticsearch) -> anyhow::Result<Value> {
     Ok(serde_json::json!({ "version": { "number": number } }))
 }
 
+/// A missing ingest pipeline would make Elasticsearch refuse every write
+/// of the mapping (all of them dead letters).
+async fn check_ingest_pipelines(es: &Elasticsearch, config: &Config, report: &mut Report) {
+    let mut seen: Vec<&str> = Vec::new();
+    for m in &config.mappings.list {
+        let Some(p) = m.pipeline.as_deref() else {
+            continue;
+        };
+        if seen.contains(&p) {
+            continue;
+        }
+        seen.push(p);
+        let r = es
+            .ingest()
+            .get_pipeline(elasticsearch::ingest::IngestGetPipelineParts::Id(p))
+            .send()
+            .await;
+        let at = format!(
+            "{} line {}: `pipeline`",
+            m.file.display(),
+            m.pipeline_line.unwrap_or(m.table_line)
+        );
+        match r {
+            Ok(r) if r.status_code().is_success() => {}
+            Ok(r) if r.status_code().as_u16() == 404 => report.problem(format!(
+                "{at}: ingest pipeline `{p}` does not exist in Elasticsearch; every document of this mapping would be refused (create it with PUT _ingest/pipeline/{p}, or remove `pipeline`)"
+            )),
+            Ok(r) => report.problem(format!(
+                "{at}: cannot read ingest pipeline `{p}`: HTTP {}",
+                r.status_code().as_u16()
+            )),
+            Err(e) => report.unreachable(format!("{at}: cannot read ingest pipeline `{p}`: {e}")),
+        }
+    }
+}
+
 /// Elasticsearch before 7 wants a mapping type in every bulk action, which
 /// Sluice does not write; OpenSearch (a fork of 7.10) numbers its own
 /// versions and is fine.
@@ -463,6 +499,8 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
     report
         .facts
         .push(format!("{distribution} {version} at {urls}"));
+
+    check_ingest_pipelines(&es, config, report).await;
 
     let Some(catalog) = catalog else { return };
     let specs = config

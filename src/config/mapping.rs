@@ -152,6 +152,7 @@ pub struct Mapping {
     /// Line of `table =`, `index =` and `filter =`, for later errors.
     pub table_line: usize,
     pub index_line: usize,
+    pub pipeline_line: Option<usize>,
     pub filter_line: Option<usize>,
 }
 
@@ -242,7 +243,7 @@ struct RawMapping {
     merge: Option<Names>,
     filter: Option<Spanned<String>>,
     routing: Option<Spanned<String>>,
-    pipeline: Option<String>,
+    pipeline: Option<Spanned<String>>,
     alias: Option<Spanned<String>>,
     index_file: Option<Spanned<String>>,
     index_settings: Option<toml::Table>,
@@ -717,7 +718,8 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
         merge,
         filter,
         routing,
-        pipeline: raw.pipeline.map(Into::into),
+        pipeline: raw.pipeline.as_ref().map(|p| p.get_ref().as_str().into()),
+        pipeline_line: raw.pipeline.as_ref().map(|p| line(p.span())),
         alias,
         index_settings,
         index_mappings,

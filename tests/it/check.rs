@@ -471,6 +471,46 @@ async fn an_index_mapping_sluice_would_create_must_take_the_documents_too() {
 }
 
 #[tokio::test]
+async fn a_missing_ingest_pipeline_is_reported_with_its_line() {
+    let db = orders_db().await;
+    db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
+    let es = Es::new();
+    let pipeline = db.index("enrich");
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping(&format!("pipeline = \"{pipeline}\"\n")),
+    );
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[&format!(
+            "orders.toml line 3: `pipeline`: ingest pipeline `{pipeline}` does not exist in Elasticsearch"
+        )],
+    );
+    es.client
+        .ingest()
+        .put_pipeline(elasticsearch::ingest::IngestPutPipelineParts::Id(&pipeline))
+        .body(json!({"processors": []}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status_code()
+        .unwrap();
+    let r = setup.check().await;
+    let _ = es
+        .client
+        .ingest()
+        .delete_pipeline(elasticsearch::ingest::IngestDeletePipelineParts::Id(
+            &pipeline,
+        ))
+        .send()
+        .await;
+    assert!(r.problems.is_empty(), "{}", messages(&r));
+}
+
+#[tokio::test]
 async fn an_unreachable_elasticsearch_exits_with_the_runtime_code() {
     let db = orders_db().await;
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
