@@ -547,9 +547,11 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
         let Some(indices) = body.as_object() else {
             continue;
         };
-        if indices.is_empty() {
-            // Sluice will create it: the mapping it will create it with
-            // must take the documents too.
+        let templated = matches!(m.index, IndexName::Template(_));
+        if indices.is_empty() || templated {
+            // Sluice will create it (or, for a templated name, the next
+            // ones): the mapping it creates them with must take the
+            // documents too.
             let spec = specs.iter().find(|s| s.pattern == pattern);
             let mut types = BTreeMap::new();
             if let Some(spec) = spec {
@@ -562,7 +564,6 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
                     conflict.es_type,
                 ));
             }
-            continue;
         }
         for (index, def) in indices {
             check_gc_deletes(&es, index, config, report).await;
