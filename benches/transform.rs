@@ -99,7 +99,8 @@ fn bench(c: &mut Criterion) {
     // The same with a templated index name (column + commit time).
     let templated = MAPPING.replace(
         "index = \"orders\"",
-        "index = \"orders-{region}-{commit_time:%Y.%m}\"",
+        // A commit-time index keeps every period's documents (no deletes).
+        "index = \"orders-{region}-{commit_time:%Y.%m}\"\non_delete = \"ignore\"",
     );
     let mappings = Mappings::from_texts(&[(Path::new("orders.toml"), templated.as_str())]).unwrap();
     let mut tt = Transformer::new(&mappings);

@@ -15,13 +15,14 @@ use serde_json::Value;
 
 mod compat;
 mod publication;
+mod row_filter;
 
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::doc_shape::document_fields;
-use crate::config::{Catalog, CatalogTable, Config, FieldSource, IndexName, Mapping, load_catalog};
+use crate::config::{Catalog, Config, IndexName, load_catalog};
 use crate::sink::EsConfig;
-use crate::source::{PgConnectConfig, ReplicaIdentity};
-use compat::{compatible, flatten_properties, kind_of_field, parse_es_duration};
+use crate::source::PgConnectConfig;
+use compat::{field_conflicts, flatten_properties, parse_es_duration};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {
@@ -115,9 +116,7 @@ pub async fn check(config: &mut Config) -> Report {
     report
 }
 
-/// Connect for ordinary SQL. `prefer` falls back to plain text.
-// TODO(tls): require / verify-ca / verify-full need the rustls connector the
-// source layer is building; until it is wired, they fail with a clear error.
+/// Connect for ordinary SQL, with the configured TLS mode.
 pub async fn pg_connect(pg: &PgConnectConfig) -> anyhow::Result<tokio_postgres::Client> {
     crate::source::connect_sql(pg)
         .await
@@ -130,10 +129,18 @@ pub fn es_client(es: &EsConfig) -> anyhow::Result<Elasticsearch> {
 }
 
 async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Catalog> {
-    let client = match pg_connect(&config.postgres).await {
+    let client = match crate::source::connect_sql(&config.postgres).await {
         Ok(c) => c,
         Err(e) => {
-            report.unreachable(format!("PostgreSQL: {e:#}"));
+            // Refused or lost connections may pass; wrong credentials, a
+            // missing database or a certificate the CA does not sign are
+            // fixed in the configuration.
+            let msg = connect_problem(&e, &config.postgres);
+            if crate::source::is_retryable(&e) {
+                report.unreachable(msg);
+            } else {
+                report.problem(msg);
+            }
             return None;
         }
     };
@@ -215,13 +222,13 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
             continue;
         };
         if let Some(filter) = &m.filter {
-            check_row_filter(&client, m, t, filter, report).await;
+            row_filter::check_row_filter(&client, config, m, t, filter, report).await;
         }
     }
     if config.heartbeat_interval.is_some() {
         check_heartbeat_privilege(&client, config, report).await;
     }
-    publication::check_publication(&client, config, report).await;
+    publication::check_publication(&client, config, &catalog, report).await;
     let mapped = config.mappings.list.len();
     report.facts.push(format!(
         "{mapped} mapping(s) over {} table(s) match the catalog",
@@ -256,6 +263,29 @@ async fn check_heartbeat_privilege(
             "heartbeat: cannot check the privilege on {FUNCTION}: {e}"
         )),
     }
+}
+
+/// One line for a failed connection: the server's own words, and which
+/// setting to look at.
+fn connect_problem(e: &crate::source::SourceError, pg: &PgConnectConfig) -> String {
+    let db = match e {
+        crate::source::SourceError::Sql(err) => err.as_db_error(),
+        _ => None,
+    };
+    let Some(db) = db else {
+        return format!("PostgreSQL: {e}");
+    };
+    let hint = match db.code().code() {
+        "28P01" => "; check `password` / `password_file` (or the URL) in [postgres]",
+        "3D000" => "; check `dbname` (or the URL's path) in [postgres]",
+        "28000" => "; pg_hba.conf or the role does not allow this login",
+        _ => "",
+    };
+    format!(
+        "PostgreSQL at {pg} refused the connection: {} (SQLSTATE {}){hint}",
+        db.message(),
+        db.code().code()
+    )
 }
 
 /// What `check` reads from the server before looking at tables.
@@ -306,121 +336,12 @@ impl ServerFacts {
     }
 }
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-fn quote_table(schema: &str, table: &str) -> String {
+pub(crate) fn quote_table(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
-
-/// Ask PostgreSQL to parse the filter, and check that it only reads replica
-/// identity columns: PostgreSQL refuses UPDATE and DELETE on a table whose
-/// publication row filter reads other columns (unless REPLICA IDENTITY FULL).
-async fn check_row_filter(
-    client: &tokio_postgres::Client,
-    m: &Mapping,
-    t: &CatalogTable,
-    filter: &str,
-    report: &mut Report,
-) {
-    let at = format!(
-        "{} line {}: `filter`",
-        m.file.display(),
-        m.filter_line.unwrap_or(m.table_line)
-    );
-    let sql = format!(
-        "EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM ONLY {} AS sluice_filter WHERE ({filter})",
-        quote_table(&t.schema, &t.name)
-    );
-    let plan: Value = match client.query_one(&sql, &[]).await {
-        Ok(r) => r.get(0),
-        Err(e) => {
-            let msg = e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string());
-            report.problem(format!("{at}: PostgreSQL rejects the row filter: {msg}"));
-            return;
-        }
-    };
-    let mut filters = Vec::new();
-    collect_filters(&plan, &mut filters);
-    if t.replica_identity == ReplicaIdentity::Full {
-        return;
-    }
-    let mut outside: Vec<String> = Vec::new();
-    for f in &filters {
-        for col in filter_columns(f) {
-            if !t.replica_identity_columns.contains(&col) && !outside.contains(&col) {
-                outside.push(col);
-            }
-        }
-    }
-    if !outside.is_empty() {
-        report.problem(format!(
-            "{at}: the row filter reads {} outside {}.{}'s replica identity; PostgreSQL would then refuse UPDATE and DELETE on the table; run `ALTER TABLE {} REPLICA IDENTITY FULL` or filter on key columns only",
-            outside.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
-            t.schema,
-            t.name,
-            quote_table(&t.schema, &t.name)
-        ));
-    }
-}
-
-fn collect_filters(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(o) => {
-            for (k, x) in o {
-                if k == "Filter" || k == "One-Time Filter" {
-                    if let Value::String(s) = x {
-                        out.push(s.clone());
-                    }
-                } else {
-                    collect_filters(x, out);
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_filters(x, out)),
-        _ => {}
-    }
-}
-
-/// Columns a VERBOSE plan's filter reads, from `sluice_filter.<column>`.
-fn filter_columns(filter: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = filter;
-    while let Some(p) = rest.find("sluice_filter.") {
-        let after = &rest[p + "sluice_filter.".len()..];
-        let (name, consumed) = if let Some(q) = after.strip_prefix('"') {
-            let mut name = String::new();
-            let mut chars = q.char_indices();
-            let mut end = q.len();
-            while let Some((i, c)) = chars.next() {
-                if c == '"' {
-                    if q[i + 1..].starts_with('"') {
-                        name.push('"');
-                        chars.next();
-                        continue;
-                    }
-                    end = i + 1;
-                    break;
-                }
-                name.push(c);
-            }
-            (name, end + 1)
-        } else {
-            let end = after
-                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-                .unwrap_or(after.len());
-            (after[..end].to_string(), end)
-        };
-        if !name.is_empty() {
-            out.push(name);
-        }
-        rest = &after[consumed.min(after.len())..];
-    }
-    out
 }
 
 /// An existing index that forgets delete tombstones sooner than the replay
@@ -479,6 +400,59 @@ async fn node_version(es: &Elasticsearch) -> anyhow::Result<Value> {
     Ok(serde_json::json!({ "version": { "number": number } }))
 }
 
+/// A missing ingest pipeline would make Elasticsearch refuse every write
+/// of the mapping (all of them dead letters).
+async fn check_ingest_pipelines(es: &Elasticsearch, config: &Config, report: &mut Report) {
+    let mut seen: Vec<&str> = Vec::new();
+    for m in &config.mappings.list {
+        let Some(p) = m.pipeline.as_deref() else {
+            continue;
+        };
+        if seen.contains(&p) {
+            continue;
+        }
+        seen.push(p);
+        let r = es
+            .ingest()
+            .get_pipeline(elasticsearch::ingest::IngestGetPipelineParts::Id(p))
+            .send()
+            .await;
+        let at = format!(
+            "{} line {}: `pipeline`",
+            m.file.display(),
+            m.pipeline_line.unwrap_or(m.table_line)
+        );
+        match r {
+            Ok(r) if r.status_code().is_success() => {}
+            Ok(r) if r.status_code().as_u16() == 404 => report.problem(format!(
+                "{at}: ingest pipeline `{p}` does not exist in Elasticsearch; every document of this mapping would be refused (create it with PUT _ingest/pipeline/{p}, or remove `pipeline`)"
+            )),
+            Ok(r) => report.problem(format!(
+                "{at}: cannot read ingest pipeline `{p}`: HTTP {}",
+                r.status_code().as_u16()
+            )),
+            Err(e) => report.unreachable(format!("{at}: cannot read ingest pipeline `{p}`: {e}")),
+        }
+    }
+}
+
+/// Elasticsearch before 7 wants a mapping type in every bulk action, which
+/// Sluice does not write; OpenSearch (a fork of 7.10) numbers its own
+/// versions and is fine.
+fn es_version_problem(distribution: &str, version: &str) -> Option<String> {
+    let major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
+    match major {
+        _ if distribution != "elasticsearch" => None,
+        Some(m) if m >= 7 => None,
+        Some(_) => Some(format!(
+            "Elasticsearch {version} is too old: Sluice needs 7 or newer"
+        )),
+        None => Some(format!(
+            "Elasticsearch reports version `{version}`, which Sluice cannot read; it needs 7 or newer"
+        )),
+    }
+}
+
 async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report: &mut Report) {
     let es = match es_client(&config.elasticsearch) {
         Ok(c) => c,
@@ -519,21 +493,19 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
     let distribution = info["version"]["distribution"]
         .as_str()
         .unwrap_or("elasticsearch");
-    let major: u32 = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if distribution == "elasticsearch" && major < 7 {
-        report.problem(format!(
-            "Elasticsearch {version} is too old: Sluice needs 7 or newer"
-        ));
+    if let Some(p) = es_version_problem(distribution, &version) {
+        report.problem(p);
     }
     report
         .facts
         .push(format!("{distribution} {version} at {urls}"));
 
+    check_ingest_pipelines(&es, config, report).await;
+
     let Some(catalog) = catalog else { return };
+    let specs = config
+        .mappings
+        .index_specs(&config.pipeline.gc_deletes_setting());
     for m in &config.mappings.list {
         let Some(t) = catalog.tables.get(&*m.qualified_table) else {
             continue;
@@ -556,7 +528,7 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
             .send()
             .await;
         let body: Value = match resp {
-            Ok(r) if r.status_code().as_u16() == 404 => continue,
+            Ok(r) if r.status_code().as_u16() == 404 => Value::Object(Default::default()),
             Ok(r) if r.status_code().is_success() => r.json().await.unwrap_or_default(),
             Ok(r) => {
                 report.problem(format!(
@@ -575,28 +547,34 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
         let Some(indices) = body.as_object() else {
             continue;
         };
+        let templated = matches!(m.index, IndexName::Template(_));
+        if indices.is_empty() || templated {
+            // Sluice will create it (or, for a templated name, the next
+            // ones): the mapping it creates them with must take the
+            // documents too.
+            let spec = specs.iter().find(|s| s.pattern == pattern);
+            let mut types = BTreeMap::new();
+            if let Some(spec) = spec {
+                flatten_properties(&spec.body["mappings"]["properties"], "", &mut types);
+            }
+            for conflict in field_conflicts(&fields, t, &types) {
+                report.problem(format!(
+                    "{}: {conflict} but the index mapping configured for `{pattern}` maps it as `{}`; change `index_mappings` (or the index file) or convert the field in [fields]",
+                    m.file.display(),
+                    conflict.es_type,
+                ));
+            }
+        }
         for (index, def) in indices {
             check_gc_deletes(&es, index, config, report).await;
             let mut types = BTreeMap::new();
             flatten_properties(&def["mappings"]["properties"], "", &mut types);
-            for f in &fields {
-                let path = f.path.join(".");
-                let Some(es_type) = types.get(&path) else {
-                    continue;
-                };
-                let kind = kind_of_field(&f.source, t);
-                if !compatible(kind, es_type) {
-                    let from = match &f.source {
-                        FieldSource::Column { column, .. } => format!("column `{column}`"),
-                        FieldSource::Template(_) => "a template".into(),
-                        FieldSource::Constant(_) => "a constant".into(),
-                    };
-                    report.problem(format!(
-                        "{}: field `{path}` would receive {} (from {from}) but index `{index}` maps it as `{es_type}`; change the index mapping or convert the field in [fields]",
-                        m.file.display(),
-                        kind.describe(),
-                    ));
-                }
+            for conflict in field_conflicts(&fields, t, &types) {
+                report.problem(format!(
+                    "{}: {conflict} but index `{index}` maps it as `{}`; change the index mapping or convert the field in [fields]",
+                    m.file.display(),
+                    conflict.es_type,
+                ));
             }
         }
     }
@@ -647,13 +625,14 @@ mod tests {
     }
 
     #[test]
-    fn filter_columns_are_read_from_verbose_plans() {
+    fn elasticsearch_before_7_is_refused_and_opensearch_is_not() {
+        assert_eq!(es_version_problem("elasticsearch", "8.19.21"), None);
+        assert_eq!(es_version_problem("elasticsearch", "7.17.0"), None);
         assert_eq!(
-            filter_columns(
-                "((sluice_filter.status <> 'draft'::text) AND (sluice_filter.\"Total\"\"x\" > 1))"
-            ),
-            vec!["status".to_string(), "Total\"x".to_string()]
+            es_version_problem("elasticsearch", "6.8.23").as_deref(),
+            Some("Elasticsearch 6.8.23 is too old: Sluice needs 7 or newer")
         );
-        assert!(filter_columns("(1 = 1)").is_empty());
+        assert!(es_version_problem("elasticsearch", "?").is_some());
+        assert_eq!(es_version_problem("opensearch", "2.11.0"), None);
     }
 }

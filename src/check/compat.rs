@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::config::doc_shape::DocField;
 use crate::config::{CatalogTable, Conversion, FieldSource};
 
 /// What kind of JSON a document field receives.
@@ -105,6 +106,66 @@ pub fn compatible(kind: Kind, es_type: &str) -> bool {
     }
 }
 
+/// A document field Elasticsearch would reject: what it receives, and the
+/// index's type for it. Displays as "field `a.b` would receive text (from
+/// column `c`)".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub path: String,
+    pub receives: String,
+    pub es_type: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "field `{}` would receive {}", self.path, self.receives)
+    }
+}
+
+/// Every field of the documents that the index mapping `types` (flattened
+/// `a.b → type`) would refuse: a leaf of the wrong kind, or an object
+/// (`customer` holding `customer.name`) where the index has a scalar.
+pub fn field_conflicts(
+    fields: &[DocField],
+    t: &CatalogTable,
+    types: &BTreeMap<String, String>,
+) -> Vec<Conflict> {
+    let mut out: Vec<Conflict> = Vec::new();
+    for f in fields {
+        for depth in 1..f.path.len() {
+            let parent = f.path[..depth].join(".");
+            if let Some(es_type) = types.get(&parent)
+                && !matches!(es_type.as_str(), "object" | "nested" | "flattened")
+                && !out.iter().any(|c| c.path == parent)
+            {
+                out.push(Conflict {
+                    receives: format!("a JSON object (it holds `{}`)", f.path.join(".")),
+                    path: parent,
+                    es_type: es_type.clone(),
+                });
+            }
+        }
+        let path = f.path.join(".");
+        let Some(es_type) = types.get(&path) else {
+            continue;
+        };
+        let kind = kind_of_field(&f.source, t);
+        if !compatible(kind, es_type) {
+            let from = match &f.source {
+                FieldSource::Column { column, .. } => format!("column `{column}`"),
+                FieldSource::Template(_) => "a template".into(),
+                FieldSource::Constant(_) => "a constant".into(),
+            };
+            out.push(Conflict {
+                path,
+                receives: format!("{} (from {from})", kind.describe()),
+                es_type: es_type.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// `60s`, `5m`, `1h`, `1d`, `500ms` → whole seconds.
 pub fn parse_es_duration(s: &str) -> Option<u64> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
@@ -163,6 +224,65 @@ mod tests {
         for (k, t, ok) in cases {
             assert_eq!(compatible(k, t), ok, "{k:?} into {t}");
         }
+    }
+
+    #[test]
+    fn conflicts_name_wrong_leaves_and_scalars_where_objects_go() {
+        use crate::config::{CatalogColumn, doc_shape::DocField};
+        let t = CatalogTable {
+            schema: "public".into(),
+            name: "orders".into(),
+            columns: [("id", "bigint"), ("note", "text"), ("name", "text")]
+                .iter()
+                .map(|(n, ty)| CatalogColumn {
+                    name: n.to_string(),
+                    type_name: ty.to_string(),
+                })
+                .collect(),
+            primary_key: vec!["id".into()],
+            replica_identity: crate::source::ReplicaIdentity::Default,
+            replica_identity_columns: vec!["id".into()],
+        };
+        let col = |path: &[&str], column: &str| DocField {
+            path: path.iter().map(|p| p.to_string()).collect(),
+            source: FieldSource::Column {
+                column: column.into(),
+                convert: Conversion::None,
+            },
+        };
+        let fields = [
+            col(&["id"], "id"),
+            col(&["note"], "note"),
+            col(&["customer", "name"], "name"),
+        ];
+        let mut types = BTreeMap::new();
+        flatten_properties(
+            &serde_json::json!({
+                "id": {"type": "long"},
+                "note": {"type": "long"},
+                "customer": {"type": "keyword"}
+            }),
+            "",
+            &mut types,
+        );
+        let found: Vec<(String, String)> = field_conflicts(&fields, &t, &types)
+            .iter()
+            .map(|c| (c.to_string(), c.es_type.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "field `note` would receive text (from column `note`)".to_string(),
+                    "long".to_string()
+                ),
+                (
+                    "field `customer` would receive a JSON object (it holds `customer.name`)"
+                        .to_string(),
+                    "keyword".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

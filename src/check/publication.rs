@@ -6,15 +6,26 @@
 use std::collections::BTreeMap;
 
 use super::Report;
-use crate::config::Config;
+use crate::config::{Catalog, Config};
 
 pub async fn check_publication(
     client: &tokio_postgres::Client,
     config: &Config,
+    catalog: &Catalog,
     report: &mut Report,
 ) {
     let name = &config.publication;
-    let wanted = config.mappings.publication_tables();
+    // Missing tables are reported on their own; SQL naming them would fail.
+    let wanted: Vec<_> = config
+        .mappings
+        .publication_tables()
+        .into_iter()
+        .filter(|t| {
+            catalog
+                .tables
+                .contains_key(&format!("{}.{}", t.schema, t.table))
+        })
+        .collect();
     let existing = client
         .query(
             "SELECT schemaname::text, tablename::text, attnames::text[]
@@ -62,6 +73,9 @@ pub async fn check_publication(
             .await
             .map(|r| r.get::<_, bool>(0))
             .unwrap_or(false);
+        if wanted.is_empty() {
+            return;
+        }
         if !not_owned.is_empty() || !can_create_db {
             let why = if not_owned.is_empty() {
                 "it lacks CREATE on the database".to_string()

@@ -39,6 +39,10 @@ impl CatalogTable {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
     pub tables: BTreeMap<String, CatalogTable>,
+    /// `schema.table` of every table in any user schema, for suggestions
+    /// (`pubic.orders` → `public.orders`); `tables` holds only the mapped
+    /// schemas.
+    pub all_table_names: Vec<String>,
 }
 
 /// Read every ordinary or partitioned table of `schemas` from the catalog.
@@ -100,7 +104,23 @@ pub async fn load_catalog(
             },
         );
     }
-    Ok(Catalog { tables })
+    let all_table_names = client
+        .query(
+            "SELECT n.nspname::text || '.' || c.relname::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname NOT LIKE 'pg\\_%'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(Catalog {
+        tables,
+        all_table_names,
+    })
 }
 
 /// Check one mapping against the catalog; on success bind its primary key
@@ -113,7 +133,11 @@ pub fn validate_mapping(m: &mut Mapping, catalog: &Catalog, errors: &mut ConfigE
         e.message = format!("table `{}` does not exist", m.qualified_table);
         e.hint = did_you_mean(
             &m.qualified_table,
-            catalog.tables.keys().map(String::as_str),
+            catalog
+                .tables
+                .keys()
+                .chain(&catalog.all_table_names)
+                .map(String::as_str),
         );
         errors.push(e);
         return;
@@ -130,10 +154,9 @@ pub fn validate_mapping(m: &mut Mapping, catalog: &Catalog, errors: &mut ConfigE
             errors.push(e);
         }
     }
-    if let Err(msg) = document_fields(m, &names) {
-        let mut e = ConfigError::new(&m.file, msg).key("fields");
-        e.line = None;
-        errors.push(e);
+    if let Err(c) = document_fields(m, &names) {
+        let (key, line) = m.target_place(&c.path);
+        errors.push(ConfigError::new(&m.file, c.message).key(key).at(line));
     }
     let table_err = |msg: String, hint: &str| {
         let mut e = at(m.table_line).key("table");

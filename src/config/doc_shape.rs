@@ -9,6 +9,20 @@
 
 use super::mapping::{Conversion, Field, FieldSource, Mapping};
 
+/// Two fields that cannot both be in a document; `path` is the later one
+/// (dotted), so an error can point at the line that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clash {
+    pub message: String,
+    pub path: String,
+}
+
+impl std::fmt::Display for Clash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// One field of the document, before column positions are resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocField {
@@ -18,7 +32,7 @@ pub struct DocField {
 
 /// The document's fields for a table with `columns`, in a stable order
 /// (table order for copied columns, then `[fields]` in file order).
-pub fn document_fields(mapping: &Mapping, columns: &[&str]) -> Result<Vec<DocField>, String> {
+pub fn document_fields(mapping: &Mapping, columns: &[&str]) -> Result<Vec<DocField>, Clash> {
     let mut out: Vec<DocField> = Vec::new();
     let selected: Vec<&str> = match &mapping.include {
         Some(inc) => inc.iter().map(String::as_str).collect(),
@@ -54,27 +68,36 @@ pub fn document_fields(mapping: &Mapping, columns: &[&str]) -> Result<Vec<DocFie
     Ok(out)
 }
 
-fn check_clashes<'a>(paths: impl Iterator<Item = &'a Vec<String>>) -> Result<(), String> {
+fn check_clashes<'a>(paths: impl Iterator<Item = &'a Vec<String>>) -> Result<(), Clash> {
     let mut all: Vec<&Vec<String>> = paths.collect();
     all.sort();
     for w in all.windows(2) {
         let (a, b) = (w[0], w[1]);
         if a == b {
-            return Err(format!("two fields write `{}`", a.join(".")));
+            return Err(Clash {
+                message: format!(
+                    "two fields write `{}`; rename or exclude one of them",
+                    a.join(".")
+                ),
+                path: a.join("."),
+            });
         }
         if b.len() > a.len() && b[..a.len()] == a[..] {
-            return Err(format!(
-                "`{}` is a value and also holds `{}`; rename one of them",
-                a.join("."),
-                b.join(".")
-            ));
+            return Err(Clash {
+                message: format!(
+                    "`{}` is a value and also holds `{}`; rename one of them",
+                    a.join("."),
+                    b.join(".")
+                ),
+                path: b.join("."),
+            });
         }
     }
     Ok(())
 }
 
 /// Clashes visible without knowing the table: renames and `[fields]`.
-pub fn check_static_paths(mapping: &Mapping) -> Result<(), String> {
+pub fn check_static_paths(mapping: &Mapping) -> Result<(), Clash> {
     let mut paths: Vec<&Vec<String>> = mapping.renames.values().collect();
     for f in &mapping.fields {
         // A field at a renamed column's path replaces it: not a clash.

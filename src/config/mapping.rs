@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
-use super::diag::{ConfigError, ConfigErrors, did_you_mean, from_toml_error, line_of};
+use super::diag::{ConfigError, ConfigErrors, deserialize_all, did_you_mean, join_key, line_of};
 use super::template::{Template, TemplatePart, check_strftime};
 
 /// Separator between the values of a composite `_id` (`7|2`), unless the
@@ -146,8 +146,13 @@ pub struct Mapping {
     pub on_truncate: OnTruncate,
     /// Every column the file mentions, with its line.
     pub column_refs: Vec<ColumnRef>,
-    /// Line of `table =` and `filter =`, for catalog errors.
+    /// Where each `[rename]` target and `[fields]` entry is written:
+    /// dotted target path → (key, line), for errors about the document shape.
+    pub target_lines: BTreeMap<String, (String, usize)>,
+    /// Line of `table =`, `index =` and `filter =`, for later errors.
     pub table_line: usize,
+    pub index_line: usize,
+    pub pipeline_line: Option<usize>,
     pub filter_line: Option<usize>,
 }
 
@@ -159,6 +164,15 @@ impl Mapping {
             .iter()
             .filter(|r| r.key != "exclude")
             .map(|r| r.column.as_str())
+    }
+
+    /// The key and line that put `path` (dotted) into the document; a
+    /// column copied under its own name has neither, so `include`/`table`.
+    pub fn target_place(&self, path: &str) -> (String, Option<usize>) {
+        match self.target_lines.get(path) {
+            Some((key, line)) => (key.clone(), Some(*line)),
+            None => ("fields".to_string(), None),
+        }
     }
 
     /// For templated indices, the wildcard pattern (`orders-*`) to use for
@@ -204,25 +218,32 @@ impl Mapping {
 
 // ---- raw file shape -------------------------------------------------------
 
+/// A list of column names, each with its own place in the file (a list may
+/// span lines; errors point at the element).
+type Names = Spanned<Vec<Spanned<String>>>;
+
+fn names(v: &Names) -> Vec<String> {
+    v.get_ref().iter().map(|n| n.get_ref().clone()).collect()
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMapping {
     table: Spanned<String>,
     index: Spanned<String>,
-    id: Option<Spanned<Vec<String>>>,
+    id: Option<Names>,
     id_separator: Option<Spanned<String>>,
     id_prefix: Option<String>,
-    include: Option<Spanned<Vec<String>>>,
-    #[serde(default)]
-    exclude: Option<Spanned<Vec<String>>>,
+    include: Option<Names>,
+    exclude: Option<Names>,
     #[serde(default)]
     rename: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     fields: BTreeMap<Spanned<String>, Spanned<RawField>>,
-    merge: Option<Spanned<Vec<String>>>,
+    merge: Option<Names>,
     filter: Option<Spanned<String>>,
     routing: Option<Spanned<String>>,
-    pipeline: Option<String>,
+    pipeline: Option<Spanned<String>>,
     alias: Option<Spanned<String>>,
     index_file: Option<Spanned<String>>,
     index_settings: Option<toml::Table>,
@@ -235,11 +256,11 @@ struct RawMapping {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawField {
-    column: Option<String>,
-    template: Option<String>,
+    column: Option<Spanned<String>>,
+    template: Option<Spanned<String>>,
     value: Option<toml::Value>,
-    convert: Option<String>,
-    format: Option<String>,
+    convert: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
     separator: Option<String>,
 }
 
@@ -313,8 +334,11 @@ pub fn index_name_problem(name: &str) -> Option<String> {
 /// Parse and validate one mapping file's text. `file` names it in errors and
 /// anchors `index_file`.
 pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
-    let raw: RawMapping = toml::from_str(text).map_err(|e| from_toml_error(file, text, &e))?;
-    let mut errors = ConfigErrors::default();
+    let (raw, mut errors) = deserialize_all::<RawMapping>(file, text);
+    let Some(raw) = raw else { return Err(errors) };
+    // Entries dropped for a syntax or type error: later checks of what
+    // contains them would only echo that error.
+    let dropped: Vec<String> = errors.0.iter().filter_map(|e| e.key.clone()).collect();
     let line = |span: std::ops::Range<usize>| line_of(text, span.start);
     let mut err = |span: std::ops::Range<usize>, key: &str, msg: String, hint: Option<String>| {
         errors.push(
@@ -392,9 +416,9 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
             );
         }
         for c in ids.get_ref() {
-            add_ref(c, "id", ids.span());
+            add_ref(c.get_ref(), "id", c.span());
         }
-        ids.get_ref().clone()
+        names(ids)
     });
     let id_separator = raw
         .id_separator
@@ -404,18 +428,18 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
 
     let include = raw.include.as_ref().map(|inc| {
         for c in inc.get_ref() {
-            add_ref(c, "include", inc.span());
+            add_ref(c.get_ref(), "include", c.span());
         }
-        inc.get_ref().clone()
+        names(inc)
     });
     let exclude = raw
         .exclude
         .as_ref()
         .map(|exc| {
             for c in exc.get_ref() {
-                add_ref(c, "exclude", exc.span());
+                add_ref(c.get_ref(), "exclude", c.span());
             }
-            exc.get_ref().clone()
+            names(exc)
         })
         .unwrap_or_default();
     if let (Some(inc), Some(exc)) = (&raw.include, &raw.exclude) {
@@ -431,23 +455,22 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
     }
 
     let mut renames = BTreeMap::new();
+    let mut target_lines = BTreeMap::new();
     for (col, target) in &raw.rename {
-        add_ref(
-            col.get_ref(),
-            &format!("rename.{}", col.get_ref()),
-            col.span(),
-        );
+        let key = join_key("rename", col.get_ref());
+        add_ref(col.get_ref(), &key, col.span());
         match parse_path(target.get_ref()) {
             Ok(p) => {
+                target_lines.insert(p.join("."), (key, line(target.span())));
                 renames.insert(col.get_ref().clone(), p);
             }
-            Err(m) => err(target.span(), &format!("rename.{}", col.get_ref()), m, None),
+            Err(m) => err(target.span(), &key, m, None),
         }
     }
 
     let mut fields = Vec::new();
     for (target, f) in &raw.fields {
-        let key = format!("fields.\"{}\"", target.get_ref());
+        let key = join_key("fields", target.get_ref());
         let path = match parse_path(target.get_ref()) {
             Ok(p) => p,
             Err(m) => {
@@ -482,8 +505,9 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
             continue;
         }
         let source = if let Some(c) = &rf.column {
-            add_ref(c, &key, f.span());
-            let convert = match rf.convert.as_deref() {
+            add_ref(c.get_ref(), &key, c.span());
+            let convert_span = rf.convert.as_ref().map_or(f.span(), |c| c.span());
+            let convert = match rf.convert.as_ref().map(|c| c.get_ref().as_str()) {
                 None => Conversion::None,
                 Some("float") => Conversion::Float,
                 Some("integer") => Conversion::Integer,
@@ -493,17 +517,19 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
                 Some("timestamp") => {
                     let fmt = rf
                         .format
-                        .clone()
+                        .as_ref()
+                        .map(|f| f.get_ref().clone())
                         .unwrap_or_else(|| "%Y-%m-%dT%H:%M:%S%.fZ".to_string());
                     if let Err(m) = check_strftime(&fmt) {
-                        err(f.span(), &key, m, None);
+                        let span = rf.format.as_ref().map_or(f.span(), |f| f.span());
+                        err(span, &key, m, None);
                     }
                     Conversion::Timestamp(fmt)
                 }
                 Some("split") => Conversion::Split(rf.separator.clone().unwrap_or(",".into())),
                 Some(other) => {
                     err(
-                        f.span(),
+                        convert_span,
                         &key,
                         format!("unknown conversion `{other}`"),
                         did_you_mean(other, CONVERSIONS)
@@ -529,25 +555,26 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
                 );
             }
             FieldSource::Column {
-                column: c.clone(),
+                column: c.get_ref().clone(),
                 convert,
             }
         } else if let Some(t) = &rf.template {
-            match Template::parse(t) {
-                Ok(t) => {
-                    for c in t.columns() {
-                        add_ref(c, &key, f.span());
+            match Template::parse(t.get_ref()) {
+                Ok(tpl) => {
+                    for c in tpl.columns() {
+                        add_ref(c, &key, t.span());
                     }
-                    FieldSource::Template(t)
+                    FieldSource::Template(tpl)
                 }
                 Err(m) => {
-                    err(f.span(), &key, m, None);
+                    err(t.span(), &key, m, None);
                     continue;
                 }
             }
         } else {
             FieldSource::Constant(toml_to_json(rf.value.as_ref().unwrap()))
         };
+        target_lines.insert(path.join("."), (key, line(target.span())));
         fields.push(Field { path, source });
     }
 
@@ -556,9 +583,9 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
         .as_ref()
         .map(|m| {
             for c in m.get_ref() {
-                add_ref(c, "merge", m.span());
+                add_ref(c.get_ref(), "merge", c.span());
             }
-            m.get_ref().clone()
+            names(m)
         })
         .unwrap_or_default();
 
@@ -649,6 +676,29 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
         }
     }
 
+    // A document written under last month's name cannot be found from this
+    // month's: deletes and soft deletes would miss it and leave it behind.
+    if let IndexName::Template(t) = &index
+        && t.uses_commit_time()
+    {
+        if raw.on_delete.unwrap_or_default() == OnDelete::Delete {
+            err(
+                raw.index.span(),
+                "index",
+                "an index named by the commit time cannot take deletes: a row deleted (or updated) in a later period would leave its earlier document behind".into(),
+                Some("set `on_delete = \"ignore\"` (every period keeps its documents), or name the index by columns".into()),
+            );
+        }
+        if let Some(c) = &raw.soft_delete_column {
+            err(
+                c.span(),
+                "soft_delete_column",
+                "an index named by the commit time cannot take soft deletes: the delete would go to the current period's index, not the document's".into(),
+                Some("remove it, or name the index by columns".into()),
+            );
+        }
+    }
+
     let mapping = Mapping {
         name,
         file: file.to_path_buf(),
@@ -668,7 +718,8 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
         merge,
         filter,
         routing,
-        pipeline: raw.pipeline.map(Into::into),
+        pipeline: raw.pipeline.as_ref().map(|p| p.get_ref().as_str().into()),
+        pipeline_line: raw.pipeline.as_ref().map(|p| line(p.span())),
         alias,
         index_settings,
         index_mappings,
@@ -677,10 +728,22 @@ pub fn parse_mapping(file: &Path, text: &str) -> Result<Mapping, ConfigErrors> {
         on_truncate: raw.on_truncate.unwrap_or_default(),
         column_refs: refs,
         table_line: line(raw.table.span()),
+        index_line: line(raw.index.span()),
         filter_line: raw.filter.as_ref().map(|f| line(f.span())),
+        target_lines,
     };
-    if let Err(m) = super::doc_shape::check_static_paths(&mapping) {
-        errors.push(ConfigError::new(file, m).key("fields"));
+    if let Err(c) = super::doc_shape::check_static_paths(&mapping) {
+        let (key, line) = mapping.target_place(&c.path);
+        errors.push(ConfigError::new(file, c.message).key(key).at(line));
     }
+    let echoes = |e: &ConfigError| {
+        e.key.as_ref().is_some_and(|k| {
+            dropped.iter().any(|d| {
+                d.len() > k.len() && d.starts_with(k.as_str()) && d[k.len()..].starts_with('.')
+            })
+        })
+    };
+    errors.0.retain(|e| !echoes(e));
+    errors.sort_by_place();
     errors.into_result(mapping)
 }

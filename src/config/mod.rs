@@ -65,8 +65,22 @@ impl Config {
             ConfigError::new(path, format!("cannot read the configuration file: {e}"))
                 .hint("pass `--config <file>` or set SLUICE_CONFIG")
         })?;
-        let s = parse_settings(path, &text, env)?;
-        let mappings = Mappings::load_dir(&s.mappings_dir)?;
+        // A broken sluice.toml does not hide the mappings' problems: both
+        // are reported in one run.
+        let (s, mappings) = match parse_settings(path, &text, env) {
+            Ok(s) => {
+                let m = Mappings::load_dir(&s.mappings_dir)?;
+                (s, m)
+            }
+            Err(mut errors) => {
+                if let Some(dir) = settings::mappings_dir_of(path, &text)
+                    && let Err(e) = Mappings::load_dir(&dir)
+                {
+                    errors.0.extend(e.0);
+                }
+                return Err(errors);
+            }
+        };
         Ok(Config {
             file: path.to_path_buf(),
             postgres: s.postgres,
@@ -275,6 +289,7 @@ impl Mappings {
         for m in &mut self.list {
             catalog::validate_mapping(m, catalog, &mut errors);
         }
+        errors.sort_by_place();
         errors.into_result(())
     }
 
@@ -360,6 +375,7 @@ impl Mappings {
                                     first.file.display()
                                 ),
                             )
+                            .at(Some(m.index_line))
                             .key("index")
                             .hint("configure a shared index in one mapping file only"),
                         );

@@ -144,7 +144,10 @@ fn mapping_errors_name_file_line_key_and_suggest() {
             "table = \"public.orders\"\nindex = \"o\"\n[fields]\n_id = { value = 1 }\n",
             &["reserved"],
         ),
-        ("index = \"o\"\n", &["missing field `table`"]),
+        (
+            "index = \"o\"\n",
+            &["m.toml: required key `table` is missing"],
+        ),
     ];
     for (text, wants) in cases {
         let msg = one_error(&[("m.toml", text)]);
@@ -216,6 +219,7 @@ fn a_shared_index_is_configured_once() {
             "table = \"public.b\"\nindex = \"all\"\n[index_settings]\nnumber_of_shards = 2\n",
         ),
     ]);
+    assert!(msg.starts_with("b.toml line 2: `index`"), "{msg}");
     assert!(msg.contains("also configured by a.toml"), "{msg}");
 }
 
@@ -348,4 +352,116 @@ fn the_shipped_example_mappings_and_configs_load() {
     }
     let m = Mappings::load_dir(&root.join("mappings")).unwrap_or_else(|e| panic!("{e}"));
     assert!(m.list.len() >= 4);
+}
+
+#[test]
+fn a_column_in_a_multi_line_list_or_field_table_is_reported_at_its_own_line() {
+    let mut m = load(&[(
+        "mappings/orders.toml",
+        "table = \"public.orders\"\nindex = \"o\"\ninclude = [\n  \"id\",\n  \"totl\",\n]\n[fields.label]\ntemplate = \"{id}\"\n[fields.t]\n\ncolumn = \"regon\"\n",
+    )])
+    .unwrap();
+    let e = m.validate_against_catalog(&orders_catalog()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "mappings/orders.toml line 5: `include`: column `totl` does not exist in public.orders; did you mean `total`?\n\
+         mappings/orders.toml line 11: `fields.t`: column `regon` does not exist in public.orders; did you mean `region`?"
+    );
+}
+
+#[test]
+fn every_problem_of_a_mapping_file_is_reported_without_echoes() {
+    let e = load(&[(
+        "m.toml",
+        "table = \"public.orders\"\nindex = \"O\"\nroutng = \"region\"\non_delete = \"remove\"\n[fields]\nx = { colum = \"a\" }\ny = { column = \"a\", convert = \"flaot\" }\n",
+    )])
+    .unwrap_err();
+    let msgs: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        msgs,
+        [
+            "m.toml line 2: `index`: index name `O` must be lower-case",
+            "m.toml line 3: `routng`: unknown key; did you mean `routing`?",
+            "m.toml line 4: `on_delete`: `remove` is not a valid value; use one of `delete`, `ignore`",
+            "m.toml line 6: `fields.x.colum`: unknown key; did you mean `column`?",
+            "m.toml line 7: `fields.y`: unknown conversion `flaot`; did you mean `float`?",
+        ]
+    );
+}
+
+#[test]
+fn a_broken_sluice_toml_does_not_hide_the_mappings_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("maps")).unwrap();
+    std::fs::write(
+        dir.path().join("maps/o.toml"),
+        "table = \"public.orders\"\nindx = \"o\"\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    std::fs::write(
+        &cfg,
+        "mappings_dir = \"maps\"\n[snapshot]\nmode = \"inital\"\n",
+    )
+    .unwrap();
+    let e = Config::load_with_env(&cfg, &|_: &str| None).unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(e.0.len(), 2, "{msg}");
+    assert!(
+        msg.contains("sluice.toml line 3: `snapshot.mode`: `inital` is not a valid value; did you mean `initial`?"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("o.toml line 2: `indx`: unknown key; did you mean `index`?"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn document_shape_clashes_point_at_the_line_that_writes_the_field() {
+    let msg = one_error(&[(
+        "m.toml",
+        "table = \"public.orders\"\nindex = \"o\"\n[rename]\nregion = \"geo\"\n[fields]\n\"geo.name\" = { value = 1 }\n",
+    )]);
+    assert_eq!(
+        msg,
+        "m.toml line 6: `fields.\"geo.name\"`: `geo` is a value and also holds `geo.name`; rename one of them"
+    );
+    // Visible only with the table's columns: `status` is copied as well.
+    let mut m = load(&[(
+        "m.toml",
+        "table = \"public.orders\"\nindex = \"o\"\n[rename]\nregion = \"status\"\n",
+    )])
+    .unwrap();
+    let msg = m
+        .validate_against_catalog(&orders_catalog())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        "m.toml line 4: `rename.region`: two fields write `status`; rename or exclude one of them"
+    );
+}
+
+#[test]
+fn an_index_named_by_the_commit_time_refuses_deletes_it_could_not_aim() {
+    let e = load(&[(
+        "m.toml",
+        "table = \"public.orders\"\nindex = \"logs-{commit_time:%Y.%m}\"\nsoft_delete_column = \"gone\"\n",
+    )])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("m.toml line 2: `index`: an index named by the commit time cannot take deletes"),
+        "{e}"
+    );
+    assert!(e.contains("set `on_delete = \"ignore\"`"), "{e}");
+    assert!(e.contains("m.toml line 3: `soft_delete_column`"), "{e}");
+    assert!(
+        load(&[(
+            "m.toml",
+            "table = \"public.orders\"\nindex = \"logs-{commit_time:%Y.%m}\"\non_delete = \"ignore\"\n",
+        )])
+        .is_ok()
+    );
 }

@@ -138,10 +138,10 @@ impl Plan {
         let soft_delete = mapping.soft_delete_column.as_deref().map(pos).transpose()?;
 
         let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
-        let fields = document_fields(&mapping, &names).map_err(|reason| TransformError::Plan {
+        let fields = document_fields(&mapping, &names).map_err(|c| TransformError::Plan {
             table: mapping.qualified_table.clone(),
             mapping: mapping.name.clone(),
-            reason,
+            reason: c.message,
         })?;
         let mut doc = Vec::new();
         for f in fields {

@@ -108,8 +108,6 @@ fn summary(ops: &[BulkOp]) -> Vec<(String, String, String, Option<String>, Value
         .collect()
 }
 
-const ROW: [Value; 0] = [];
-
 fn order_row() -> Vec<Value> {
     vec![
         json!(7),
@@ -123,22 +121,26 @@ fn order_row() -> Vec<Value> {
 
 #[test]
 fn every_document_feature_renders_as_configured() {
-    let _ = ROW;
     let base = "table = \"public.orders\"\nindex = \"orders\"\n";
-    let cases: Vec<(&str, String, Value)> = vec![
+    // (name, mapping, changed columns of `order_row`, document)
+    type Case = (&'static str, String, Vec<(usize, Value)>, Value);
+    let cases: Vec<Case> = vec![
         (
             "every column by default",
             base.to_string(),
+            vec![],
             json!({"id":7,"region":"EU","customer_name":"Ada","total":"12.50","note":"hello","deleted":false}),
         ),
         (
             "include",
             format!("{base}include = [\"id\", \"total\"]\n"),
+            vec![],
             json!({"id":7,"total":"12.50"}),
         ),
         (
             "exclude",
             format!("{base}exclude = [\"note\", \"deleted\", \"region\"]\n"),
+            vec![],
             json!({"id":7,"customer_name":"Ada","total":"12.50"}),
         ),
         (
@@ -146,6 +148,7 @@ fn every_document_feature_renders_as_configured() {
             format!(
                 "{base}include = [\"id\", \"customer_name\", \"region\"]\n[rename]\ncustomer_name = \"customer.name\"\nregion = \"customer.region\"\nid = \"order_id\"\n"
             ),
+            vec![],
             json!({"order_id":7,"customer":{"name":"Ada","region":"EU"}}),
         ),
         (
@@ -153,6 +156,7 @@ fn every_document_feature_renders_as_configured() {
             format!(
                 "{base}include = [\"id\", \"total\"]\n[fields]\ntotal = {{ column = \"total\", convert = \"float\" }}\ntotal_text = {{ column = \"total\", convert = \"string\" }}\n"
             ),
+            vec![],
             json!({"id":7,"total":12.5,"total_text":"12.50"}),
         ),
         (
@@ -160,20 +164,50 @@ fn every_document_feature_renders_as_configured() {
             format!(
                 "{base}include = [\"id\"]\n[fields]\nsource = {{ value = \"postgres\" }}\n\"meta.v\" = {{ value = 2 }}\nlabel = {{ template = \"#{{id}} {{customer_name}} ({{region}})\" }}\nday = {{ template = \"{{commit_time:%Y-%m-%d}}\" }}\n"
             ),
+            vec![],
             json!({"id":7,"source":"postgres","meta":{"v":2},"label":"#7 Ada (EU)","day":"2024-03-05"}),
+        ),
+        (
+            "numbers to float, integer and string",
+            format!(
+                "{base}include = [\"id\"]\n[fields]\nf = {{ column = \"total\", convert = \"float\" }}\ni = {{ column = \"id\", convert = \"integer\" }}\ns = {{ column = \"id\", convert = \"string\" }}\n"
+            ),
+            vec![],
+            json!({"id":7,"f":12.5,"i":7,"s":"7"}),
+        ),
+        (
+            "timestamps formatted or as epoch milliseconds",
+            format!(
+                "{base}include = [\"id\"]\n[fields]\nday = {{ column = \"note\", convert = \"timestamp\", format = \"%d/%m/%Y %H:%M\" }}\nms = {{ column = \"note\", convert = \"epoch_millis\" }}\n"
+            ),
+            vec![(4, json!("2024-03-05 10:30:00+01"))],
+            json!({"id":7,"day":"05/03/2024 09:30","ms":1709631000000i64}),
+        ),
+        (
+            "json text kept under a nested field",
+            format!(
+                "{base}include = [\"id\"]\n[fields]\n\"meta.attrs\" = {{ column = \"region\", convert = \"json\" }}\n"
+            ),
+            vec![(1, json!("{\"zone\": \"EU\"}"))],
+            json!({"id":7,"meta":{"attrs":{"zone":"EU"}}}),
         ),
         (
             "split text into an array",
             format!(
                 "{base}include = [\"id\"]\n[fields]\nwords = {{ column = \"note\", convert = \"split\", separator = \"l\" }}\n"
             ),
+            vec![],
             json!({"id":7,"words":["he","o"]}),
         ),
     ];
     let r = orders();
-    for (name, text, want) in cases {
+    for (name, text, changed, want) in cases {
         let mut t = transformer(&[&text]);
-        let ops = run(&mut t, &insert(&r, &order_row())).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut vals = order_row();
+        for (i, v) in changed {
+            vals[i] = v;
+        }
+        let ops = run(&mut t, &insert(&r, &vals)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             summary(&ops),
             vec![("index".into(), "orders".into(), "7".into(), None, want)],
@@ -257,7 +291,7 @@ fn a_null_id_column_is_an_error() {
 #[test]
 fn index_templates_render_columns_and_commit_time_and_share_names() {
     let mut t = transformer(&[
-        "table = \"public.orders\"\nindex = \"orders-{region}-{commit_time:%Y.%m}\"\n",
+        "table = \"public.orders\"\nindex = \"orders-{region}-{commit_time:%Y.%m}\"\non_delete = \"ignore\"\n",
     ]);
     let r = orders();
     let a = run(&mut t, &insert(&r, &order_row())).unwrap();
@@ -573,4 +607,38 @@ proptest::proptest! {
         proptest::prop_assert_eq!(doc, &want);
         proptest::prop_assert_eq!(&ops[0].id, &n.to_string());
     }
+}
+
+#[test]
+fn several_tables_share_one_index_with_prefixed_ids() {
+    let mut t = transformer(&[
+        "table = \"public.orders\"\nindex = \"search\"\nid_prefix = \"order-\"\ninclude = [\"id\"]\n[fields]\nkind = { value = \"order\" }\n",
+        "table = \"public.customers\"\nindex = \"search\"\nid_prefix = \"customer-\"\ninclude = [\"id\"]\n[fields]\nkind = { value = \"customer\" }\n",
+    ]);
+    let customers = Arc::new(Relation {
+        name: "customers".into(),
+        id: 10,
+        ..(*orders()).clone()
+    });
+    let mut ops = run(&mut t, &insert(&orders(), &order_row())).unwrap();
+    ops.extend(run(&mut t, &insert(&customers, &order_row())).unwrap());
+    assert_eq!(
+        summary(&ops),
+        vec![
+            (
+                "index".into(),
+                "search".into(),
+                "order-7".into(),
+                None,
+                json!({"id":7,"kind":"order"})
+            ),
+            (
+                "index".into(),
+                "search".into(),
+                "customer-7".into(),
+                None,
+                json!({"id":7,"kind":"customer"})
+            ),
+        ]
+    );
 }

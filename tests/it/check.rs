@@ -20,12 +20,23 @@ struct Setup {
 
 impl Setup {
     fn new(db: &TestDb, pg_url: &str, es_url: &str, mappings: &[(&str, String)]) -> Setup {
+        Setup::with_tls(db, pg_url, es_url, mappings, "sslmode = \"disable\"")
+    }
+
+    /// Like `new`, with `tls` (sslmode, ssl_root_cert) in `[postgres]`.
+    fn with_tls(
+        db: &TestDb,
+        pg_url: &str,
+        es_url: &str,
+        mappings: &[(&str, String)],
+        tls: &str,
+    ) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("mappings")).unwrap();
         std::fs::write(
             dir.path().join("sluice.toml"),
             format!(
-                "[postgres]\nurl = \"{pg_url}\"\nsslmode = \"disable\"\nslot = \"{}\"\n[elasticsearch]\nurls = [\"{es_url}\"]\nrequest_timeout_ms = 5000\n",
+                "[postgres]\nurl = \"{pg_url}\"\n{tls}\nslot = \"{}\"\n[elasticsearch]\nurls = [\"{es_url}\"]\nrequest_timeout_ms = 5000\n",
                 unique_name("slot")
             ),
         )
@@ -131,6 +142,10 @@ async fn missing_tables_and_columns_are_named_with_a_suggestion() {
         "other.toml",
         "table = \"public.ordrs\"\nindex = \"x\"\n".into(),
     ));
+    mappings.push((
+        "schema.toml",
+        "table = \"pubic.orders\"\nindex = \"y\"\n".into(),
+    ));
     let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &mappings);
     let r = setup.check().await;
     assert_reports(
@@ -138,6 +153,7 @@ async fn missing_tables_and_columns_are_named_with_a_suggestion() {
         &[
             "orders.toml line 4: `include`: column `totl` does not exist in public.orders; did you mean `total`?",
             "other.toml line 1: `table`: table `public.ordrs` does not exist; did you mean `public.orders`?",
+            "schema.toml line 1: `table`: table `pubic.orders` does not exist; did you mean `public.orders`?",
         ],
     );
     assert_eq!(r.exit_code(), 2);
@@ -247,7 +263,7 @@ async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
     assert_reports(
         &setup.check().await,
         &[
-            "orders.toml line 3: `filter`: PostgreSQL rejects the row filter: column \"totl\" does not exist",
+            "orders.toml line 3: `filter`: PostgreSQL rejects the row filter: column \"totl\" does not exist; did you mean `total`?",
         ],
     );
     let setup = Setup::new(
@@ -256,10 +272,49 @@ async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
         &services().es_url,
         &orders_mapping("filter = \"status <> 'draft'\"\n"),
     );
+    let r = setup.check().await;
     assert_reports(
-        &setup.check().await,
+        &r,
         &["reads `status` outside public.orders's replica identity"],
     );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("may not create publications")),
+        "the role cannot try the filter in a publication: {:?}",
+        r.warnings
+    );
+
+    // Valid in a WHERE clause, refused in a publication (a mutable
+    // function): a role that may create publications finds out now.
+    db.sql(&format!("GRANT CREATE ON DATABASE {} TO sluice", db.name))
+        .await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping("filter = \"id > extract(epoch from now())\"\n"),
+    );
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[
+            "orders.toml line 3: `filter`: PostgreSQL refuses it as a publication row filter: invalid publication WHERE expression (User-defined or built-in mutable functions are not allowed.)",
+        ],
+    );
+    db.sql(&format!(
+        "REVOKE CREATE ON DATABASE {} FROM sluice",
+        db.name
+    ))
+    .await;
+    let published: i64 = db
+        .admin
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(published, 0, "the trial publication was rolled back");
+
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders WHERE (id > 10)")
         .await;
     let setup = Setup::new(
@@ -270,6 +325,7 @@ async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
     );
     let r = setup.check().await;
     assert!(r.problems.is_empty(), "{}", messages(&r));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
 
 #[tokio::test]
@@ -280,27 +336,182 @@ async fn an_existing_index_mapping_that_would_reject_our_documents_is_reported()
     es.client
         .indices()
         .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
-        .body(json!({"mappings": {"properties": {"note": {"type": "long"}, "total": {"type": "double"}}}}))
+        .body(json!({"mappings": {"properties": {
+            "note": {"type": "long"},
+            "total": {"type": "double"},
+            "meta": {"type": "keyword"}
+        }}}))
         .send()
         .await
         .unwrap()
         .error_for_status_code()
         .unwrap();
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
-    let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &orders_mapping(""));
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping("[rename]\nstatus = \"meta.status\"\n"),
+    );
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[
+            &format!(
+                "orders.toml: field `note` would receive text (from column `note`) but index `{index}` maps it as `long`"
+            ),
+            &format!(
+                "field `meta` would receive a JSON object (it holds `meta.status`) but index `{index}` maps it as `keyword`"
+            ),
+        ],
+    );
+    assert_eq!(
+        r.problems.len(),
+        2,
+        "total (numeric → double) is fine:\n{}",
+        messages(&r)
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_or_a_missing_database_are_configuration_problems() {
+    let db = orders_db().await;
+    let mut url = url::Url::parse(&db.repl_url()).unwrap();
+    url.set_password(Some("wrong")).unwrap();
+    let r = Setup::new(&db, url.as_str(), &services().es_url, &orders_mapping(""))
+        .check()
+        .await;
+    assert_reports(
+        &r,
+        &["password authentication failed for user \"sluice\" (SQLSTATE 28P01); check `password`"],
+    );
+    assert_eq!(r.exit_code(), 2, "fixed in the configuration");
+    let missing = unique_name("nodb");
+    let r = Setup::new(
+        &db,
+        &with_database(&services().pg_repl_url, &missing),
+        &services().es_url,
+        &orders_mapping(""),
+    )
+    .check()
+    .await;
+    assert_reports(
+        &r,
+        &[&format!(
+            "database \"{missing}\" does not exist (SQLSTATE 3D000); check `dbname`"
+        )],
+    );
+    assert_eq!(r.exit_code(), 2);
+}
+
+#[tokio::test]
+async fn postgres_tls_is_verified_against_the_configured_ca() {
+    let db = orders_db().await;
+    db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
+    let tls = |ca: &str| format!("sslmode = \"verify-full\"\nssl_root_cert = \"{ca}\"");
+    let r = Setup::with_tls(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping(""),
+        &tls(&services().pg_ca),
+    )
+    .check()
+    .await;
+    assert!(r.problems.is_empty(), "{}", messages(&r));
+
+    // A CA that did not sign the server's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-ca.crt");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=not the server's CA", "-keyout"])
+        .arg(dir.path().join("other-ca.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = Setup::with_tls(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping(""),
+        &tls(other.to_str().unwrap()),
+    )
+    .check()
+    .await;
+    assert_reports(&r, &["TLS to PostgreSQL", "invalid peer certificate"]);
+    assert_eq!(r.exit_code(), 2, "{}", messages(&r));
+}
+
+#[tokio::test]
+async fn an_index_mapping_sluice_would_create_must_take_the_documents_too() {
+    let db = orders_db().await;
+    db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping(
+            "[index_mappings.properties]\nstatus = { type = \"integer\" }\ntotal = { type = \"scaled_float\", scaling_factor = 100 }\n",
+        ),
+    );
     let r = setup.check().await;
     assert_reports(
         &r,
         &[&format!(
-            "field `note` would receive text (from column `note`) but index `{index}` maps it as `long`"
+            "orders.toml: field `status` would receive text (from column `status`) but the index mapping configured for `{}` maps it as `integer`",
+            db.index("orders")
         )],
     );
-    assert_eq!(
-        r.problems.len(),
-        1,
-        "total (numeric → double) is fine:\n{}",
-        messages(&r)
+    assert_eq!(r.problems.len(), 1, "{}", messages(&r));
+}
+
+#[tokio::test]
+async fn a_missing_ingest_pipeline_is_reported_with_its_line() {
+    let db = orders_db().await;
+    db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
+    let es = Es::new();
+    let pipeline = db.index("enrich");
+    let setup = Setup::new(
+        &db,
+        &db.repl_url(),
+        &services().es_url,
+        &orders_mapping(&format!("pipeline = \"{pipeline}\"\n")),
     );
+    let r = setup.check().await;
+    assert_reports(
+        &r,
+        &[&format!(
+            "orders.toml line 3: `pipeline`: ingest pipeline `{pipeline}` does not exist in Elasticsearch"
+        )],
+    );
+    es.client
+        .ingest()
+        .put_pipeline(elasticsearch::ingest::IngestPutPipelineParts::Id(&pipeline))
+        .body(json!({"processors": []}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status_code()
+        .unwrap();
+    let r = setup.check().await;
+    let _ = es
+        .client
+        .ingest()
+        .delete_pipeline(elasticsearch::ingest::IngestDeletePipelineParts::Id(
+            &pipeline,
+        ))
+        .send()
+        .await;
+    assert!(r.problems.is_empty(), "{}", messages(&r));
 }
 
 #[tokio::test]
@@ -345,11 +556,17 @@ async fn every_problem_is_reported_in_one_run() {
 }
 
 #[tokio::test]
-async fn bad_configuration_exits_with_code_two_and_names_the_line() {
+async fn bad_configuration_exits_with_code_two_and_names_every_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("sluice.toml"),
-        "[postgres]\nhost = \"x\"\n\n[pipeline]\nlinger = 5\n",
+        "[postgres]\nhost = \"x\"\n\n[pipeline]\nlinger = 5\nconcurrency = \"4\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/orders.toml"),
+        "table = \"public.orders\"\nindex = \"orders\"\nrouteing = \"region\"\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -360,13 +577,26 @@ async fn bad_configuration_exits_with_code_two_and_names_the_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("sluice.toml line 5: `linger`: unknown key; did you mean `linger_ms`?"),
+        stderr.contains(
+            "sluice.toml line 5: `pipeline.linger`: unknown key; did you mean `linger_ms`?"
+        ),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(
+            "sluice.toml line 6: `pipeline.concurrency`: invalid type: text \"4\", expected a whole number"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("orders.toml line 3: `routeing`: unknown key; did you mean `routing`?"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
 }
 
 /// A private PostgreSQL (the shared one must not be reconfigured) with
-/// `wal_level = replica` and no replication slots; stopped on drop.
+/// the given settings (no logical WAL, no slots or WAL senders); stopped on drop.
 struct PrivatePg {
     dir: tempfile::TempDir,
     port: u16,
@@ -448,8 +678,12 @@ impl Drop for PrivatePg {
 }
 
 #[tokio::test]
-async fn a_server_without_logical_wal_or_free_slots_is_reported() {
-    let pg = PrivatePg::start(&["wal_level=replica", "max_replication_slots=0"]);
+async fn a_server_without_logical_wal_free_slots_or_wal_senders_is_reported() {
+    let pg = PrivatePg::start(&[
+        "wal_level=replica",
+        "max_replication_slots=0",
+        "max_wal_senders=0",
+    ]);
     let client = crate::support::connect(&pg.url()).await;
     client
         .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, total numeric)")
@@ -463,8 +697,9 @@ async fn a_server_without_logical_wal_or_free_slots_is_reported() {
         &[
             "wal_level is `replica`: set `wal_level = logical`",
             "no free replication slot",
+            "no free WAL sender",
         ],
     );
-    assert_eq!(r.problems.len(), 2, "{}", messages(&r));
+    assert_eq!(r.problems.len(), 3, "{}", messages(&r));
     assert_eq!(r.exit_code(), 2);
 }

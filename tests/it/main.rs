@@ -7,6 +7,7 @@ mod check;
 mod config;
 mod foundation;
 mod heartbeat;
+mod mapping_run;
 mod ops;
 mod ops_packaging;
 mod ops_status;
