@@ -9,6 +9,7 @@ mod foundation;
 mod heartbeat;
 mod ops;
 mod ops_packaging;
+mod ops_run;
 mod ops_status;
 mod ops_tls;
 mod pipeline;

@@ -62,6 +62,16 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
         "sum(rate(sluice_retries_total",
         "sum(rate(sluice_made_up_total",
     );
+    edit(
+        &root.join("dashboards/grafana-sluice.json"),
+        "sum by (outcome) (rate(sluice_bulk_items_total",
+        "sum by (result) (rate(sluice_bulk_items_total",
+    );
+    edit(
+        &root.join("src/sink/indexer.rs"),
+        r#"counter!("sluice_retries_total")"#,
+        r#"counter!("sluice_retry_total")"#,
+    );
     let deployment = root.join("deploy/k8s/deployment.yaml");
     edit(
         &deployment,
@@ -90,6 +100,8 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
     for expected in [
         "metric sluice_made_up_total is not described",
         "metric sluice_retries_total is described but no dashboard panel shows it",
+        "uses label result, which none of its metrics has",
+        "records metric sluice_retry_total, which src/metrics.rs does not describe",
         "has no flag --no-such-flag",
         "env SLUICE_UNREAD is given to sluice but nothing reads it",
         "readinessProbe must GET /ready",
