@@ -164,6 +164,7 @@ struct RawElasticsearch {
     password: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
     api_key: Option<Spanned<String>>,
+    api_key_file: Option<Spanned<String>>,
     ca_file: Option<String>,
     insecure_skip_verify: Option<bool>,
     request_timeout_ms: Option<u64>,
@@ -582,7 +583,20 @@ fn elasticsearch(cx: &mut Ctx, raw: &RawElasticsearch) -> EsConfig {
         (None, Some(f)) => Some(cx.read_secret_file(f, "elasticsearch.password_file")),
         (None, None) => None,
     };
-    es.auth = match (&raw.username, password, &raw.api_key) {
+    let api_key = match (&raw.api_key, &raw.api_key_file) {
+        (Some(k), Some(_)) => {
+            cx.err(
+                k.span(),
+                "elasticsearch.api_key",
+                "`api_key` and `api_key_file` are both set; keep one",
+            );
+            None
+        }
+        (Some(k), None) => Some(cx.interp(k, "elasticsearch.api_key")),
+        (None, Some(f)) => Some(cx.read_secret_file(f, "elasticsearch.api_key_file")),
+        (None, None) => None,
+    };
+    es.auth = match (&raw.username, password, api_key) {
         (Some(u), _, Some(_)) => {
             cx.err(
                 u.span(),
@@ -609,7 +623,7 @@ fn elasticsearch(cx: &mut Ctx, raw: &RawElasticsearch) -> EsConfig {
             );
             EsAuth::None
         }
-        (None, None, Some(k)) => EsAuth::ApiKey(cx.interp(k, "elasticsearch.api_key")),
+        (None, None, Some(k)) => EsAuth::ApiKey(k),
         (None, None, None) => EsAuth::None,
     };
     if let Some(ca) = &raw.ca_file {
@@ -778,6 +792,19 @@ mod tests {
                     password: "hunter2".into()
                 }
         );
+    }
+
+    #[test]
+    fn an_api_key_comes_from_a_file_too_but_not_from_both() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "a2V5OnNlY3JldA==\n").unwrap();
+        let cfg = dir.path().join("sluice.toml");
+        let s = parse_settings(&cfg, "[elasticsearch]\napi_key_file = \"key\"\n", &env).unwrap();
+        assert!(s.elasticsearch.auth == EsAuth::ApiKey("a2V5OnNlY3JldA==".into()));
+        let both = "[elasticsearch]\napi_key = \"k\"\napi_key_file = \"key\"\n";
+        assert!(parse_settings(&cfg, both, &env).is_err());
+        let with_user = "[elasticsearch]\nusername = \"u\"\napi_key_file = \"key\"\n";
+        assert!(parse_settings(&cfg, with_user, &env).is_err());
     }
 
     #[test]
