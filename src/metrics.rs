@@ -97,7 +97,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
         kind: Kind::Counter,
         unit: Unit::Bytes,
         labels: &[],
-        help: "Bytes of bulk request bodies sent to Elasticsearch.",
+        help: "Bytes of bulk request bodies sent to Elasticsearch, for requests it answered with 2xx.",
     },
     MetricSpec {
         name: names::RETRIES_TOTAL,
