@@ -43,6 +43,11 @@ pub struct PipelineConfig {
     /// for in-flight bulks before giving up on them (they are replayed on the
     /// next start, as they were never confirmed).
     pub drain_timeout: Duration,
+    /// After a shutdown signal that finds a transaction half-taken, how long
+    /// to keep reading so it can commit and be confirmed whole (the next
+    /// start then replays nothing of it). Past that it is abandoned and
+    /// replayed on the next start, which is correct too.
+    pub finish_transaction_timeout: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -51,6 +56,7 @@ impl Default for PipelineConfig {
             indexer: IndexerConfig::default(),
             transform_buffer: 1024,
             drain_timeout: Duration::from_secs(30),
+            finish_transaction_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -177,12 +183,27 @@ impl Pipeline {
         };
         co.publish();
         tokio::pin!(shutdown);
+        // Set when a shutdown signal found a transaction open: the loop goes
+        // on until that transaction's Commit (or this deadline).
+        let mut finishing: Option<tokio::time::Instant> = None;
+        let finish_by = self.config.finish_transaction_timeout;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
 
         let outcome: Result<StopReason, PipelineError> = 'run: loop {
             tokio::select! {
                 biased;
                 Some(acks) = ack_rx.recv() => co.apply(&acks),
-                _ = &mut shutdown => break 'run Ok(StopReason::Shutdown),
+                _ = &mut shutdown, if finishing.is_none() => {
+                    if co.current.is_none() {
+                        break 'run Ok(StopReason::Shutdown);
+                    }
+                    tracing::info!("shutdown: finishing the transaction in progress first");
+                    finishing = Some(tokio::time::Instant::now() + finish_by);
+                }
+                _ = tokio::time::sleep_until(finishing.unwrap_or(far)), if finishing.is_some() => {
+                    tracing::info!("shutdown: the open transaction did not finish in time; it will be replayed");
+                    break 'run Ok(StopReason::Shutdown);
+                }
                 batch = work_rx.recv() => {
                     let Some(batch) = batch else { break 'run Ok(StopReason::SourceEnded) };
                     for work in batch {
@@ -190,6 +211,7 @@ impl Pipeline {
                         Work::Begin(lsn, at) => co.begin(lsn, at),
                         Work::Commit(end) => {
                             if let Err(e) = co.commit(end) { break 'run Err(e.into()) }
+                            if finishing.is_some() { break 'run Ok(StopReason::Shutdown) }
                         }
                         Work::Keepalive(lsn) => co.keepalive(lsn),
                         Work::Failed(e) => break 'run Err(e),
@@ -210,7 +232,14 @@ impl Pipeline {
                                         Err(e) => break 'run Err(e.into()),
                                     },
                                     Some(acks) = ack_rx.recv() => co.apply(&acks),
-                                    _ = &mut shutdown => break 'run Ok(StopReason::Shutdown),
+                                    _ = &mut shutdown, if finishing.is_none() => {
+                                        tracing::info!("shutdown: finishing the transaction in progress first");
+                                        finishing = Some(tokio::time::Instant::now() + finish_by);
+                                    }
+                                    _ = tokio::time::sleep_until(finishing.unwrap_or(far)), if finishing.is_some() => {
+                                        tracing::info!("shutdown: the open transaction did not finish in time; it will be replayed");
+                                        break 'run Ok(StopReason::Shutdown);
+                                    }
                                 }
                             }
                             co.ops_submitted += n;
