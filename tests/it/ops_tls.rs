@@ -99,6 +99,19 @@ fn stunnel() -> Option<PathBuf> {
     }
 }
 
+/// A log sink for one assertion.
+struct Writer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Writer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 struct Terminator {
     child: std::process::Child,
     port: u16,
@@ -204,11 +217,25 @@ async fn elasticsearch_over_tls_accepts_the_right_ca_and_refuses_a_wrong_one() {
         .expect_err("untrusted certificate");
     assert!(err.contains("TLS certificate verification failed"), "{err}");
 
-    // The explicit, loud escape hatch.
+    // The explicit, loud escape hatch: it connects, and says so at WARN.
     let es = EsConfig {
         insecure_skip_verify: true,
         ..https("127.0.0.1")
     };
+    let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = logged.clone();
+    let d = sluice::logging::dispatch(
+        sluice::cli::LogFormat::Human,
+        tracing_subscriber::EnvFilter::new("warn"),
+        move || Writer(sink.clone()),
+        false,
+    );
+    tracing::dispatcher::with_default(&d, || build_client(&es).unwrap());
+    let warning = String::from_utf8(logged.lock().unwrap().clone()).unwrap();
+    assert!(
+        warning.contains("WARN") && warning.contains("TLS CERTIFICATE VERIFICATION IS DISABLED"),
+        "{warning}"
+    );
     assert_eq!(health_via(&es).await, Ok(200));
 
     // A CA file that is not there, or not PEM: a configuration error up front.
