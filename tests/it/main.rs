@@ -10,6 +10,7 @@ mod heartbeat;
 mod ops;
 mod ops_packaging;
 mod ops_run;
+mod ops_secrets;
 mod ops_status;
 mod ops_tls;
 mod pipeline;
