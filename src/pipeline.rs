@@ -14,6 +14,10 @@
 //! never precede its registration. A transaction of any size streams through
 //! piecewise: nothing waits for its Commit except the confirmation.
 //!
+//! On shutdown a transaction the coordinator holds half-taken is read to its
+//! Commit first (bounded by `finish_transaction_timeout`), so a clean stop
+//! confirms whole transactions and the next start re-sends nothing.
+//!
 //! Work moves between tasks in batches (up to `TRANSFORM_BATCH` events per
 //! message, a run of ops per submit): per-change hand-offs cost more in task
 //! wake-ups than transforming the change.
