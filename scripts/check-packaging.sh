@@ -132,9 +132,67 @@ dash_names = set()
 for f, d in json_docs.items():
     dash_names |= metric_uses(json.dumps(d))
 base_described = {consts[c] for c, _ in specs}
+
+# Every metric the code records by a literal name is in the catalogue (a
+# typo there would export a series no dashboard or alert knows).
+literals = 0
+for d, _, fs in os.walk(os.path.join(root, "src")):
+    for f in fs:
+        if not f.endswith(".rs"):
+            continue
+        path = os.path.join(d, f)
+        for n in re.findall(r'(?:counter|gauge|histogram)!\(\s*"(sluice_\w+)"', open(path).read()):
+            literals += 1
+            if n not in base_described:
+                fail(f"{rel(path)}: records metric {n}, which src/metrics.rs does not describe")
+ok(f"src: {literals} metric names recorded by literal, all checked against the catalogue")
+
+# Labels a query groups or filters by exist on the metrics it queries.
+spec_labels = {}
+for const, labels in re.findall(
+        r"MetricSpec \{\s*name: names::(\w+),\s*kind: Kind::\w+,\s*unit: [\w:]+,\s*labels: &\[([^\]]*)\]", src):
+    spec_labels[consts[const]] = set(re.findall(r'"(\w+)"', labels))
+if len(spec_labels) != len(specs):
+    fail("src/metrics.rs: could not read the labels of every MetricSpec")
+def exprs(doc):
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k == "expr" and isinstance(v, str):
+                yield v
+            else:
+                yield from exprs(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            yield from exprs(v)
+query_docs = dict((rel(f), d) for f, d in json_docs.items())
+for f, docs in yaml_docs.items():
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") == "PrometheusRule":
+            query_docs[rel(f)] = d
+checked_queries = 0
+for where, doc in query_docs.items():
+    for e in exprs(doc):
+        metrics_in = {n for n in metric_uses(e)}
+        allowed = {"instance", "job", "pod", "namespace"}
+        for n in metrics_in:
+            base = re.sub(r"_(bucket|sum|count)$", "", n) if n not in spec_labels else n
+            allowed |= spec_labels.get(base, set())
+            if n.endswith("_bucket"):
+                allowed.add("le")
+        used = set()
+        if metrics_in and not re.search(r"\b(?!sluice_)[a-z_]+\{", e):
+            for grp in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", e):
+                used |= {x.strip() for x in grp.split(",") if x.strip()}
+        for n, sel in re.findall(r"\b(sluice_\w+)\{([^}]*)\}", e):
+            used |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", sel))
+        for l in sorted(used - allowed):
+            fail(f"{where}: `{e}` uses label {l}, which none of its metrics has")
+        checked_queries += 1
 for n in sorted(base_described):
     if not any(u == n or u.startswith(n + "_") and u[len(n):] in ("_bucket", "_sum", "_count") for u in dash_names):
         fail(f"dashboards: metric {n} is described but no dashboard panel shows it")
+
+ok(f"labels of {checked_queries} dashboard and alert queries checked against the catalogue")
 
 # ---- the sluice command line ------------------------------------------------------
 def helptext(args):

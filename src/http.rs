@@ -3,10 +3,13 @@
 //! Owns the HTTP server on the `[http]` listen address and the two handles
 //! the rest of the process uses to tell it how things are:
 //! - [`Health`] (liveness, `/health`): 200 while the process and its
-//!   long-running tasks are alive. Tasks register a [`Heartbeat`] and beat it
-//!   from their loops; a heartbeat silent for longer than its allowance, or
-//!   `set_alive(false)`, turns `/health` into 503 so an orchestrator restarts
-//!   the process.
+//!   long-running tasks are alive. Long-running tasks run under
+//!   [`Health::supervise`]: one that ends or panics before shutdown began is
+//!   reported dead. Tasks may also register a [`Heartbeat`] and beat it from
+//!   their loops; a heartbeat silent for longer than its allowance (a blocked
+//!   runtime), a dead task, or `set_alive(false)` turns `/health` into 503 so
+//!   an orchestrator restarts the process. Waiting on a server that is down
+//!   is not a liveness failure (a restart would not help).
 //! - [`ReadyState`] (readiness, `/ready`): 200 only while the pipeline is
 //!   connected and Snapshotting or Streaming; 503 naming the state otherwise.
 //!
@@ -104,6 +107,9 @@ struct HealthInner {
     alive: AtomicBool,
     generation: std::sync::atomic::AtomicU64,
     beats: Mutex<BTreeMap<String, Beat>>,
+    /// Supervised tasks that ended or panicked before shutdown, with how.
+    dead: Mutex<BTreeMap<String, &'static str>>,
+    stopping: AtomicBool,
 }
 
 /// Liveness: cloneable; `set_alive(false)` when a fatal error leaves the
@@ -118,6 +124,8 @@ impl Default for Health {
             alive: AtomicBool::new(true),
             generation: std::sync::atomic::AtomicU64::new(0),
             beats: Mutex::new(BTreeMap::new()),
+            dead: Mutex::new(BTreeMap::new()),
+            stopping: AtomicBool::new(false),
         }))
     }
 }
@@ -158,6 +166,10 @@ pub struct HealthReport {
     pub alive: bool,
     /// Tasks whose heartbeat is overdue.
     pub stalled: Vec<String>,
+    /// Supervised tasks that ended (`name: ended`) or panicked
+    /// (`name: panicked`) while the process was not shutting down.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dead: Vec<String>,
 }
 
 impl Health {
@@ -171,6 +183,52 @@ impl Health {
 
     pub fn set_alive(&self, alive: bool) {
         self.0.alive.store(alive, Ordering::SeqCst);
+    }
+
+    /// Shutdown began: supervised tasks ending from now on are expected.
+    pub fn begin_shutdown(&self) {
+        self.0.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn task_died(&self, name: &str, how: &'static str) {
+        if self.0.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::error!(
+            task = name,
+            how,
+            "a long-running task stopped; /health reports it"
+        );
+        self.0
+            .dead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), how);
+    }
+
+    /// Wraps a long-running task (spawn the result): if it returns or
+    /// panics before [`Health::begin_shutdown`], `/health` reports it dead
+    /// from then on. Aborting it (dropping the future) is not a death: its
+    /// owner decided. A panic is passed on to the task's `JoinHandle`.
+    pub fn supervise<F>(&self, name: &str, task: F) -> impl Future<Output = F::Output> + use<F>
+    where
+        F: Future,
+    {
+        use futures::FutureExt;
+        let health = self.clone();
+        let name = name.to_string();
+        async move {
+            match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                Ok(out) => {
+                    health.task_died(&name, "ended");
+                    out
+                }
+                Err(panic) => {
+                    health.task_died(&name, "panicked");
+                    std::panic::resume_unwind(panic)
+                }
+            }
+        }
     }
 
     /// Registers a task by name; `/health` fails if it does not beat within
@@ -200,15 +258,29 @@ impl Health {
             .filter(|(_, b)| now.duration_since(b.last) > b.allowance)
             .map(|(n, _)| n.clone())
             .collect();
+        let dead = self
+            .0
+            .dead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, how)| format!("{n}: {how}"))
+            .collect();
         HealthReport {
             alive: self.0.alive.load(Ordering::SeqCst),
             stalled,
+            dead,
         }
     }
 
     pub fn is_healthy(&self) -> bool {
-        let r = self.report();
-        r.alive && r.stalled.is_empty()
+        self.report().is_healthy()
+    }
+}
+
+impl HealthReport {
+    pub fn is_healthy(&self) -> bool {
+        self.alive && self.stalled.is_empty() && self.dead.is_empty()
     }
 }
 
@@ -257,7 +329,7 @@ async fn metrics_handler(State(h): State<HttpHandles>) -> Response {
 
 async fn health_handler(State(h): State<HttpHandles>) -> Response {
     let report = h.health.report();
-    let code = if report.alive && report.stalled.is_empty() {
+    let code = if report.is_healthy() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -364,6 +436,36 @@ mod tests {
         drop(old);
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(h.report().stalled, ["stream"]);
+    }
+
+    #[tokio::test]
+    async fn a_supervised_task_that_ends_or_panics_before_shutdown_is_dead() {
+        let h = Health::new();
+        tokio::spawn(h.supervise("gauges", async {})).await.unwrap();
+        let panicked = tokio::spawn(h.supervise("poller", async { panic!("boom") })).await;
+        assert!(
+            panicked.unwrap_err().is_panic(),
+            "the panic reaches the JoinHandle"
+        );
+        let r = h.report();
+        assert_eq!(r.dead, ["gauges: ended", "poller: panicked"]);
+        assert!(!r.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn supervised_tasks_may_end_at_shutdown_or_be_aborted() {
+        let h = Health::new();
+        let forever = tokio::spawn(h.supervise("beat", std::future::pending::<()>()));
+        forever.abort();
+        assert!(forever.await.unwrap_err().is_cancelled());
+        h.begin_shutdown();
+        assert_eq!(
+            tokio::spawn(h.supervise("reader", async { 7 }))
+                .await
+                .unwrap(),
+            7
+        );
+        assert!(h.is_healthy(), "{:?}", h.report());
     }
 
     #[test]

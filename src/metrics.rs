@@ -25,6 +25,7 @@ pub mod names {
     pub const BULK_BYTES_SENT_TOTAL: &str = "sluice_bulk_bytes_sent_total";
     pub const RETRIES_TOTAL: &str = "sluice_retries_total";
     pub const DEAD_LETTERS_TOTAL: &str = "sluice_dead_letters_total";
+    pub const DEAD_LETTER_WRITE_FAILURES_TOTAL: &str = "sluice_dead_letter_write_failures_total";
     pub const CONFIRMED_FLUSH_LSN: &str = "sluice_confirmed_flush_lsn";
     pub const REPLICATION_LAG_BYTES: &str = "sluice_replication_lag_bytes";
     pub const REPLICATION_LAG_SECONDS: &str = "sluice_replication_lag_seconds";
@@ -52,14 +53,16 @@ pub struct MetricSpec {
 }
 
 /// Every metric Sluice exposes. `scripts/check-packaging.sh` checks that the
-/// dashboard uses only names listed here.
+/// dashboard and alerts use only names (and labels) listed here and that the
+/// code records no other name; `tests/it/ops_run.rs` that a real run exports
+/// exactly these.
 pub const CATALOGUE: &[MetricSpec] = &[
     MetricSpec {
         name: names::CHANGES_RECEIVED_TOTAL,
         kind: Kind::Counter,
         unit: Unit::Count,
         labels: &["table", "op"],
-        help: "Row changes decoded from the WAL or read by a snapshot, per table and operation (insert, update, delete, truncate).",
+        help: "Row changes decoded from the WAL, per table and operation (insert, update, delete, truncate). Snapshot rows count in sluice_snapshot_rows_total.",
     },
     MetricSpec {
         name: names::CHANGES_APPLIED_TOTAL,
@@ -94,7 +97,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
         kind: Kind::Counter,
         unit: Unit::Bytes,
         labels: &[],
-        help: "Bytes of bulk request bodies sent to Elasticsearch.",
+        help: "Bytes of bulk request bodies sent to Elasticsearch, for requests it answered with 2xx.",
     },
     MetricSpec {
         name: names::RETRIES_TOTAL,
@@ -109,6 +112,13 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: Unit::Count,
         labels: &["table"],
         help: "Documents Elasticsearch rejected for good and that went to the dead-letter index, per source table.",
+    },
+    MetricSpec {
+        name: names::DEAD_LETTER_WRITE_FAILURES_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        labels: &[],
+        help: "Dead letters the dead-letter index refused too: each is kept only in an error log line.",
     },
     MetricSpec {
         name: names::CONFIRMED_FLUSH_LSN,
@@ -206,22 +216,86 @@ pub fn render(handle: &PrometheusHandle) -> String {
     // Without the exporter's own listener nobody else runs upkeep, which
     // drains histogram samples into their buckets.
     handle.run_upkeep();
+    refresh_lag_gauge();
     handle.render()
 }
 
-/// Sets `sluice_replication_lag_seconds` after a transaction committed at
-/// `commit_time` was applied; clock skew never makes it negative.
-pub fn record_applied_commit(commit_time: std::time::SystemTime) {
-    let lag = std::time::SystemTime::now()
-        .duration_since(commit_time)
-        .unwrap_or_default();
-    metrics::gauge!(names::REPLICATION_LAG_SECONDS).set(lag.as_secs_f64());
+/// What `sluice_replication_lag_seconds` is computed from: "now minus the
+/// commit time of the last applied transaction", evaluated when `/metrics` is
+/// scraped, so the value keeps growing while the pipeline is stuck (an
+/// outage) instead of freezing at the last apply.
+///
+/// - `caught_up`: everything received was applied and the stream's position
+///   passed it (a keepalive or an empty commit confirmed): the lag is 0.
+/// - `reference`: the commit time of the last applied transaction; when a
+///   transaction arrives after a caught-up period, its own commit time (all
+///   before it was applied), so an idle hour does not read as an hour of lag.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LagClock {
+    reference: Option<std::time::SystemTime>,
+    caught_up: bool,
 }
 
-/// Sets `sluice_replication_lag_seconds` to 0: nothing is in flight (a
-/// keepalive arrived with no open transaction), so idle tables read as caught up.
+impl LagClock {
+    /// A transaction committed at `commit_time` arrived (its Begin).
+    pub fn began(&mut self, commit_time: std::time::SystemTime) {
+        if self.caught_up || self.reference.is_none() {
+            self.reference = Some(commit_time);
+        }
+        self.caught_up = false;
+    }
+
+    /// Every transaction up to one committed at `commit_time` is applied.
+    pub fn applied(&mut self, commit_time: std::time::SystemTime) {
+        self.reference = Some(self.reference.map_or(commit_time, |r| r.max(commit_time)));
+    }
+
+    /// Nothing received is waiting for Elasticsearch.
+    pub fn caught_up(&mut self) {
+        self.caught_up = true;
+    }
+
+    /// The lag at `now` (clock skew never makes it negative), or `None`
+    /// before anything was seen.
+    pub fn seconds_at(&self, now: std::time::SystemTime) -> Option<f64> {
+        if self.caught_up {
+            return Some(0.0);
+        }
+        let r = self.reference?;
+        Some(now.duration_since(r).unwrap_or_default().as_secs_f64())
+    }
+}
+
+static LAG: std::sync::Mutex<LagClock> = std::sync::Mutex::new(LagClock {
+    reference: None,
+    caught_up: false,
+});
+
+fn with_lag<T>(f: impl FnOnce(&mut LagClock) -> T) -> T {
+    f(&mut LAG.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// The pipeline saw the Begin of a transaction committed at `commit_time`.
+pub fn record_transaction_received(commit_time: std::time::SystemTime) {
+    with_lag(|l| l.began(commit_time));
+}
+
+/// The pipeline confirmed a transaction committed at `commit_time`.
+pub fn record_applied_commit(commit_time: std::time::SystemTime) {
+    with_lag(|l| l.applied(commit_time));
+}
+
+/// The pipeline has nothing in flight and its position passed everything it
+/// received (a keepalive arrived with no open transaction): idle tables read
+/// as caught up.
 pub fn record_caught_up() {
-    metrics::gauge!(names::REPLICATION_LAG_SECONDS).set(0.0);
+    with_lag(|l| l.caught_up());
+}
+
+fn refresh_lag_gauge() {
+    if let Some(s) = with_lag(|l| l.seconds_at(std::time::SystemTime::now())) {
+        metrics::gauge!(names::REPLICATION_LAG_SECONDS).set(s);
+    }
 }
 
 /// Sets `sluice_confirmed_flush_lsn` when the checkpoint confirms `lsn`.
@@ -241,6 +315,7 @@ fn describe_all() {
     // `rate()` see zero rather than "no data" before the first event.
     metrics::counter!(names::BULK_BYTES_SENT_TOTAL).absolute(0);
     metrics::counter!(names::RETRIES_TOTAL).absolute(0);
+    metrics::counter!(names::DEAD_LETTER_WRITE_FAILURES_TOTAL).absolute(0);
     for outcome in BULK_REQUEST_OUTCOMES {
         metrics::counter!(names::BULK_REQUESTS_TOTAL, "outcome" => *outcome).absolute(0);
     }
@@ -305,6 +380,51 @@ mod tests {
     #[test]
     fn histogram_buckets_are_increasing() {
         assert!(BULK_DURATION_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    fn at(secs: u64) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn lag_is_unknown_before_anything_was_seen() {
+        assert_eq!(LagClock::default().seconds_at(at(100)), None);
+    }
+
+    #[test]
+    fn lag_grows_from_the_last_applied_commit_while_work_waits() {
+        let mut l = LagClock::default();
+        l.began(at(100));
+        assert_eq!(l.seconds_at(at(103)), Some(3.0));
+        l.applied(at(100));
+        l.began(at(101));
+        // Stuck (an outage): the value keeps growing between scrapes.
+        assert_eq!(l.seconds_at(at(110)), Some(10.0));
+        assert_eq!(l.seconds_at(at(170)), Some(70.0));
+        l.applied(at(101));
+        assert_eq!(l.seconds_at(at(171)), Some(70.0));
+    }
+
+    #[test]
+    fn caught_up_is_zero_and_an_idle_period_does_not_count_as_lag() {
+        let mut l = LagClock::default();
+        l.began(at(100));
+        l.applied(at(100));
+        l.caught_up();
+        assert_eq!(l.seconds_at(at(4000)), Some(0.0));
+        // An hour later a transaction arrives: it is behind by its own age only.
+        l.began(at(3600));
+        assert_eq!(l.seconds_at(at(3602)), Some(2.0));
+    }
+
+    #[test]
+    fn lag_never_goes_negative_or_backwards_on_skew() {
+        let mut l = LagClock::default();
+        l.began(at(200));
+        assert_eq!(l.seconds_at(at(150)), Some(0.0));
+        l.applied(at(200));
+        l.applied(at(190));
+        assert_eq!(l.seconds_at(at(205)), Some(5.0));
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! never precede its registration. A transaction of any size streams through
 //! piecewise: nothing waits for its Commit except the confirmation.
 //!
+//! On shutdown a transaction the coordinator holds half-taken is read to its
+//! Commit first (bounded by `finish_transaction_timeout`), so a clean stop
+//! confirms whole transactions and the next start re-sends nothing.
+//!
 //! Work moves between tasks in batches (up to `TRANSFORM_BATCH` events per
 //! message, a run of ops per submit): per-change hand-offs cost more in task
 //! wake-ups than transforming the change.
@@ -43,6 +47,11 @@ pub struct PipelineConfig {
     /// for in-flight bulks before giving up on them (they are replayed on the
     /// next start, as they were never confirmed).
     pub drain_timeout: Duration,
+    /// After a shutdown signal that finds a transaction half-taken, how long
+    /// to keep reading so it can commit and be confirmed whole (the next
+    /// start then replays nothing of it). Past that it is abandoned and
+    /// replayed on the next start, which is correct too.
+    pub finish_transaction_timeout: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -51,6 +60,7 @@ impl Default for PipelineConfig {
             indexer: IndexerConfig::default(),
             transform_buffer: 1024,
             drain_timeout: Duration::from_secs(30),
+            finish_transaction_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -103,7 +113,8 @@ type Counts = Vec<(Arc<str>, &'static str, u64)>;
 /// What the transform task hands the coordinator (in batches, in stream
 /// order).
 enum Work {
-    Begin(Lsn),
+    /// A transaction's commit LSN and commit time.
+    Begin(Lsn, std::time::SystemTime),
     /// The ops of consecutive changes of the open transaction.
     Ops {
         ops: Vec<BulkOp>,
@@ -170,22 +181,41 @@ impl Pipeline {
             stats: HashMap::new(),
             confirmed,
             ops_submitted: 0,
+            commit_times: std::collections::VecDeque::new(),
+            current_time: None,
+            started_at: start,
         };
         co.publish();
         tokio::pin!(shutdown);
+        // Set when a shutdown signal found a transaction open: the loop goes
+        // on until that transaction's Commit (or this deadline).
+        let mut finishing: Option<tokio::time::Instant> = None;
+        let finish_by = self.config.finish_transaction_timeout;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
 
         let outcome: Result<StopReason, PipelineError> = 'run: loop {
             tokio::select! {
                 biased;
                 Some(acks) = ack_rx.recv() => co.apply(&acks),
-                _ = &mut shutdown => break 'run Ok(StopReason::Shutdown),
+                _ = &mut shutdown, if finishing.is_none() => {
+                    if co.current.is_none() {
+                        break 'run Ok(StopReason::Shutdown);
+                    }
+                    tracing::info!("shutdown: finishing the transaction in progress first");
+                    finishing = Some(tokio::time::Instant::now() + finish_by);
+                }
+                _ = tokio::time::sleep_until(finishing.unwrap_or(far)), if finishing.is_some() => {
+                    tracing::info!("shutdown: the open transaction did not finish in time; it will be replayed");
+                    break 'run Ok(StopReason::Shutdown);
+                }
                 batch = work_rx.recv() => {
                     let Some(batch) = batch else { break 'run Ok(StopReason::SourceEnded) };
                     for work in batch {
                     match work {
-                        Work::Begin(lsn) => co.begin(lsn),
+                        Work::Begin(lsn, at) => co.begin(lsn, at),
                         Work::Commit(end) => {
                             if let Err(e) = co.commit(end) { break 'run Err(e.into()) }
+                            if finishing.is_some() { break 'run Ok(StopReason::Shutdown) }
                         }
                         Work::Keepalive(lsn) => co.keepalive(lsn),
                         Work::Failed(e) => break 'run Err(e),
@@ -206,7 +236,14 @@ impl Pipeline {
                                         Err(e) => break 'run Err(e.into()),
                                     },
                                     Some(acks) = ack_rx.recv() => co.apply(&acks),
-                                    _ = &mut shutdown => break 'run Ok(StopReason::Shutdown),
+                                    _ = &mut shutdown, if finishing.is_none() => {
+                                        tracing::info!("shutdown: finishing the transaction in progress first");
+                                        finishing = Some(tokio::time::Instant::now() + finish_by);
+                                    }
+                                    _ = tokio::time::sleep_until(finishing.unwrap_or(far)), if finishing.is_some() => {
+                                        tracing::info!("shutdown: the open transaction did not finish in time; it will be replayed");
+                                        break 'run Ok(StopReason::Shutdown);
+                                    }
                                 }
                             }
                             co.ops_submitted += n;
@@ -253,10 +290,16 @@ struct Coordinator {
     stats: TxStats,
     confirmed: watch::Sender<Lsn>,
     ops_submitted: u64,
+    /// Commit times of the unconfirmed transactions with ops, in stream
+    /// order, for `sluice_replication_lag_seconds`.
+    commit_times: std::collections::VecDeque<(u64, std::time::SystemTime)>,
+    /// The open transaction's commit time.
+    current_time: Option<std::time::SystemTime>,
+    started_at: Lsn,
 }
 
 impl Coordinator {
-    fn begin(&mut self, final_lsn: Lsn) {
+    fn begin(&mut self, final_lsn: Lsn, commit_time: std::time::SystemTime) {
         if let Some(open) = self.current.take() {
             tracing::info!(
                 abandoned = ?open,
@@ -267,6 +310,8 @@ impl Coordinator {
             self.stats.remove(&open.0);
         }
         self.current = Some(self.cp.begin(final_lsn));
+        self.current_time = Some(commit_time);
+        crate::metrics::record_transaction_received(commit_time);
     }
 
     fn register(&mut self, n: u64, counts: Counts, lsn: Lsn) -> Result<TxTicket, PipelineError> {
@@ -274,6 +319,11 @@ impl Coordinator {
             .current
             .ok_or(PipelineError::ChangeOutsideTransaction(lsn))?;
         self.cp.add_ops(tx, n)?;
+        if self.commit_times.back().map(|b| b.0) != Some(tx.0)
+            && let Some(t) = self.current_time
+        {
+            self.commit_times.push_back((tx.0, t));
+        }
         let stats = self.stats.entry(tx.0).or_default();
         for (table, op, n) in counts {
             add_count(stats, table, op, n);
@@ -306,11 +356,34 @@ impl Coordinator {
     }
 
     fn publish(&mut self) {
-        for tx in self.cp.take_completed() {
+        let completed = self.cp.take_completed();
+        for tx in &completed {
             for (table, op, n) in self.stats.remove(&tx.0).unwrap_or_default() {
                 metrics::counter!("sluice_changes_applied_total", "table" => table.to_string(), "op" => op)
                     .increment(n);
             }
+        }
+        // Confirmation is in stream order: everything up to the last
+        // completed transaction is applied.
+        if let Some(last) = completed.last() {
+            let mut newest = None;
+            while let Some(&(seq, t)) = self.commit_times.front()
+                && seq <= last.0
+            {
+                newest = Some(t);
+                self.commit_times.pop_front();
+            }
+            if let Some(t) = newest {
+                crate::metrics::record_applied_commit(t);
+            }
+        }
+        // Not at start-up: a backlog may be on its way.
+        if self.cp.confirmed() > self.started_at
+            && self.cp.pending() == 0
+            && !self.cp.in_transaction()
+        {
+            self.commit_times.clear();
+            crate::metrics::record_caught_up();
         }
         let lsn = self.cp.confirmed();
         metrics::gauge!("sluice_confirmed_flush_lsn").set(lsn.0 as f64);
@@ -394,7 +467,11 @@ async fn transform_loop<T, E>(
         let mut failed = false;
         for ev in evs.drain(..) {
             let w = match ev {
-                SourceEvent::Begin { final_lsn, .. } => Work::Begin(final_lsn),
+                SourceEvent::Begin {
+                    final_lsn,
+                    commit_time,
+                    ..
+                } => Work::Begin(final_lsn, commit_time.into()),
                 SourceEvent::Commit { end_lsn, .. } => Work::Commit(end_lsn),
                 SourceEvent::Keepalive { wal_end } => Work::Keepalive(wal_end),
                 // A heartbeat (or any non-transactional message) is a position

@@ -160,7 +160,7 @@ pub async fn main(config_path: &Path) -> i32 {
 }
 
 /// A shutdown signal shared by every task: flips to `true` once.
-fn shutdown_on_signals(ready: ReadyState) -> watch::Receiver<bool> {
+fn shutdown_on_signals(ready: ReadyState, health: Health) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -170,6 +170,7 @@ fn shutdown_on_signals(ready: ReadyState) -> watch::Receiver<bool> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing in-flight work"),
         }
         ready.set(PipelineState::Stopping);
+        health.begin_shutdown();
         let _ = tx.send(true);
     });
     rx
@@ -184,7 +185,7 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
 
     let ready = ReadyState::new();
     let health = Health::new();
-    let shutdown = shutdown_on_signals(ready.clone());
+    let shutdown = shutdown_on_signals(ready.clone(), health.clone());
     let metrics = crate::metrics::install().context("installing the metrics recorder")?;
     let listener = crate::http::bind(cfg.http.listen)
         .await
@@ -331,33 +332,49 @@ async fn stream(
         .poll()
         .await
         .context("reading running reindexes from the state index")?;
-    let poll_task = tokio::spawn(poller.run(Duration::from_secs(1), wait_true(shutdown.clone())));
-
-    let reader = tokio::spawn(source::run_reader(
-        reader_cfg,
-        None,
-        events_tx,
-        confirmed_rx.clone(),
-        reader_stop_rx,
+    // Long-running tasks run supervised: one that ends or panics before
+    // shutdown turns /health to 503 (the reader's end also ends the pipeline).
+    let poll_task = tokio::spawn(health.supervise(
+        "reindex poller",
+        poller.run(Duration::from_secs(1), wait_true(shutdown.clone())),
     ));
 
-    let gauges = tokio::spawn(crate::status::run_slot_gauges(
-        cfg.postgres.clone(),
-        cfg.slot.clone(),
-        Duration::from_secs(15),
-        wait_true(shutdown.clone()),
+    let reader = tokio::spawn(health.supervise(
+        "replication reader",
+        source::run_reader(
+            reader_cfg,
+            None,
+            events_tx,
+            confirmed_rx.clone(),
+            reader_stop_rx,
+        ),
+    ));
+
+    let gauges = tokio::spawn(health.supervise(
+        "slot gauges",
+        crate::status::run_slot_gauges(
+            cfg.postgres.clone(),
+            cfg.slot.clone(),
+            Duration::from_secs(15),
+            wait_true(shutdown.clone()),
+        ),
     ));
     // Heartbeat messages let the slot advance while only unpublished tables
     // write (see source::heartbeat); the checkpoint confirms them in order.
     let wal_heartbeat = cfg.heartbeat_interval.map(|every| {
-        tokio::spawn(source::heartbeat::run_heartbeat(
-            cfg.postgres.clone(),
-            every,
-            wait_true(shutdown.clone()),
+        tokio::spawn(health.supervise(
+            "heartbeat messages",
+            source::heartbeat::run_heartbeat(
+                cfg.postgres.clone(),
+                every,
+                wait_true(shutdown.clone()),
+            ),
         ))
     });
+    // Beaten on a timer by its own task: overdue only when the runtime is
+    // blocked (a stuck worker thread), not when Elasticsearch is down.
     let heartbeat = health.heartbeat("pipeline", Duration::from_secs(120));
-    let beat = tokio::spawn({
+    let beat = tokio::spawn(health.supervise("progress", {
         let mut confirmed = confirmed_rx.clone();
         async move {
             // A line a minute, so a log shows whether the stream moves.
@@ -377,7 +394,7 @@ async fn stream(
                 }
             }
         }
-    });
+    }));
 
     let transform = dual.wrap(transform_with_refetch(
         &cfg.mappings,

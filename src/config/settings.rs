@@ -164,6 +164,7 @@ struct RawElasticsearch {
     password: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
     api_key: Option<Spanned<String>>,
+    api_key_file: Option<Spanned<String>>,
     ca_file: Option<String>,
     insecure_skip_verify: Option<bool>,
     request_timeout_ms: Option<u64>,
@@ -601,7 +602,20 @@ fn elasticsearch(cx: &mut Ctx, raw: &RawElasticsearch) -> EsConfig {
         (None, Some(f)) => Some(cx.read_secret_file(f, "elasticsearch.password_file")),
         (None, None) => None,
     };
-    es.auth = match (&raw.username, password, &raw.api_key) {
+    let api_key = match (&raw.api_key, &raw.api_key_file) {
+        (Some(k), Some(_)) => {
+            cx.err(
+                k.span(),
+                "elasticsearch.api_key",
+                "`api_key` and `api_key_file` are both set; keep one",
+            );
+            None
+        }
+        (Some(k), None) => Some(cx.interp(k, "elasticsearch.api_key")),
+        (None, Some(f)) => Some(cx.read_secret_file(f, "elasticsearch.api_key_file")),
+        (None, None) => None,
+    };
+    es.auth = match (&raw.username, password, api_key) {
         (Some(u), _, Some(_)) => {
             cx.err(
                 u.span(),
@@ -628,7 +642,7 @@ fn elasticsearch(cx: &mut Ctx, raw: &RawElasticsearch) -> EsConfig {
             );
             EsAuth::None
         }
-        (None, None, Some(k)) => EsAuth::ApiKey(cx.interp(k, "elasticsearch.api_key")),
+        (None, None, Some(k)) => EsAuth::ApiKey(k),
         (None, None, None) => EsAuth::None,
     };
     if let Some(ca) = &raw.ca_file {

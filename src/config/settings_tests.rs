@@ -195,3 +195,16 @@ fn postgres_fields_take_env_values_and_a_password_file() {
     .unwrap_err();
     assert!(e.to_string().contains("`…@es:9200` is not an http"), "{e}");
 }
+
+#[test]
+fn an_api_key_comes_from_a_file_too_but_not_from_both() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), "a2V5OnNlY3JldA==\n").unwrap();
+    let cfg = dir.path().join("sluice.toml");
+    let s = parse_settings(&cfg, "[elasticsearch]\napi_key_file = \"key\"\n", &env).unwrap();
+    assert!(s.elasticsearch.auth == EsAuth::ApiKey("a2V5OnNlY3JldA==".into()));
+    let both = "[elasticsearch]\napi_key = \"k\"\napi_key_file = \"key\"\n";
+    assert!(parse_settings(&cfg, both, &env).is_err());
+    let with_user = "[elasticsearch]\nusername = \"u\"\napi_key_file = \"key\"\n";
+    assert!(parse_settings(&cfg, with_user, &env).is_err());
+}

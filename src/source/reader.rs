@@ -246,12 +246,45 @@ async fn session(
                         cfg,
                     };
                     if !forward(ev, tx, &mut link, shutdown).await? {
+                        if tx.is_closed() {
+                            linger(&mut stream, &mut timer, flushed, shutdown).await?;
+                        }
                         return Ok(close(stream, flushed).await);
                     }
                 }
             }
         }
     }
+}
+
+/// The consumer stopped taking events before `shutdown` (it stops reading
+/// first, then finishes its in-flight writes and publishes their LSN on
+/// `flushed`, then signals `shutdown`). Closing now would send a stale
+/// position, and the restart would replay what was applied during the
+/// drain; so keep the connection alive (status on the timer, replies to
+/// keepalive requests, data discarded: nothing past `flushed` is confirmed)
+/// until `shutdown`, or until its sender is gone.
+async fn linger(
+    stream: &mut ReplicationStream,
+    timer: &mut tokio::time::Interval,
+    flushed: &watch::Receiver<Lsn>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), SourceError> {
+    while !*shutdown.borrow() {
+        tokio::select! {
+            biased;
+            r = shutdown.changed() => if r.is_err() { break },
+            _ = timer.tick() => send_status(stream, flushed).await?,
+            msg = stream.recv() => match msg? {
+                None => return Err(SourceError::Closed),
+                Some(ReplMessage::Keepalive { reply_requested: true, .. }) => {
+                    send_status(stream, flushed).await?;
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    Ok(())
 }
 
 /// How many stream messages `forward` may read ahead while the channel is

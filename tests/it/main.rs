@@ -10,6 +10,8 @@ mod heartbeat;
 mod mapping_run;
 mod ops;
 mod ops_packaging;
+mod ops_run;
+mod ops_secrets;
 mod ops_status;
 mod ops_tls;
 mod pipeline;

@@ -253,7 +253,7 @@ async fn ready_is_503_until_the_pipeline_snapshots_or_streams() {
 }
 
 #[tokio::test]
-async fn health_is_200_while_tasks_beat_and_503_when_one_stalls() {
+async fn health_is_200_while_tasks_beat_and_503_when_one_stalls_or_dies() {
     let server = start_server().await;
     assert_eq!(http_get(server.addr, "/health").await.0, 200);
     let beat = server
@@ -272,6 +272,18 @@ async fn health_is_200_while_tasks_beat_and_503_when_one_stalls() {
     assert_eq!(body, r#"{"alive":true,"stalled":["stream"]}"#);
     beat.beat();
     assert_eq!(http_get(server.addr, "/health").await.0, 200);
+    // A supervised long-running task that stops before shutdown: dead.
+    tokio::spawn(server.health.supervise("slot gauges", async {}))
+        .await
+        .unwrap();
+    let (code, body) = http_get(server.addr, "/health").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            503,
+            r#"{"alive":true,"stalled":[],"dead":["slot gauges: ended"]}"#
+        )
+    );
     server.health.set_alive(false);
     assert_eq!(http_get(server.addr, "/health").await.0, 503);
     server.stop().await;

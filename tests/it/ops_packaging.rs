@@ -62,6 +62,16 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
         "sum(rate(sluice_retries_total",
         "sum(rate(sluice_made_up_total",
     );
+    edit(
+        &root.join("dashboards/grafana-sluice.json"),
+        "sum by (outcome) (rate(sluice_bulk_items_total",
+        "sum by (result) (rate(sluice_bulk_items_total",
+    );
+    edit(
+        &root.join("src/sink/indexer.rs"),
+        r#"counter!("sluice_retries_total")"#,
+        r#"counter!("sluice_retry_total")"#,
+    );
     let deployment = root.join("deploy/k8s/deployment.yaml");
     edit(
         &deployment,
@@ -90,6 +100,8 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
     for expected in [
         "metric sluice_made_up_total is not described",
         "metric sluice_retries_total is described but no dashboard panel shows it",
+        "uses label result, which none of its metrics has",
+        "records metric sluice_retry_total, which src/metrics.rs does not describe",
         "has no flag --no-such-flag",
         "env SLUICE_UNREAD is given to sluice but nothing reads it",
         "readinessProbe must GET /ready",
@@ -98,4 +110,81 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
     ] {
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");
     }
+}
+
+/// The compose demo as far as it runs here: the demo schema, then
+/// `docker/initdb/10-sluice.sql` (its least-privilege grants and the
+/// publication the table owner creates; the role itself exists already),
+/// then `sluice check` with `docker/sluice.toml` and the shipped mappings,
+/// pointed at the test servers: the grants suffice and the publication is
+/// what the mappings need.
+#[tokio::test]
+async fn the_compose_grants_publication_and_config_pass_sluice_check() {
+    use crate::support::{TestDb, services};
+    let db = TestDb::new().await;
+    db.sql(include_str!("../../scripts/demo-schema.sql")).await;
+    let initdb =
+        std::fs::read_to_string(Path::new(ROOT).join("docker/initdb/10-sluice.sql")).unwrap();
+    let create_role = initdb
+        .lines()
+        .find(|l| l.starts_with("CREATE ROLE sluice "))
+        .expect("10-sluice.sql creates the role");
+    db.sql(&initdb.replace(create_role, "")).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mappings = dir.path().join("mappings");
+    std::fs::create_dir(&mappings).unwrap();
+    for e in std::fs::read_dir(Path::new(ROOT).join("mappings")).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        // Index names of this test only (the shared Elasticsearch).
+        let text = text
+            .replace("index = \"", &format!("index = \"{}", db.index_prefix))
+            .replace("alias = \"", &format!("alias = \"{}", db.index_prefix));
+        std::fs::write(mappings.join(p.file_name().unwrap()), text).unwrap();
+    }
+    let repl = url::Url::parse(&db.repl_url()).unwrap();
+    let toml = std::fs::read_to_string(Path::new(ROOT).join("docker/sluice.toml")).unwrap();
+    let mut edited = toml.clone();
+    for (from, to) in [
+        (
+            "mappings_dir = \"/etc/sluice/mappings\"".to_string(),
+            format!("mappings_dir = \"{}\"", mappings.display()),
+        ),
+        (
+            "host = \"postgres\"".into(),
+            format!("host = \"{}\"", repl.host_str().unwrap()),
+        ),
+        (
+            "port = 5432".into(),
+            format!("port = {}", repl.port().unwrap()),
+        ),
+        (
+            "dbname = \"app\"".into(),
+            format!("dbname = \"{}\"", db.name),
+        ),
+        (
+            "urls = [\"http://elasticsearch:9200\"]".into(),
+            format!("urls = [\"{}\"]", services().es_url),
+        ),
+    ] {
+        assert!(edited.contains(&from), "{from:?} not in docker/sluice.toml");
+        edited = edited.replace(&from, &to);
+    }
+    assert!(edited.contains("user = \"sluice\""));
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, edited).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("SLUICE_PG_PASSWORD", repl.password().unwrap())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("all good"), "{text}");
 }

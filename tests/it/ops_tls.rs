@@ -99,6 +99,19 @@ fn stunnel() -> Option<PathBuf> {
     }
 }
 
+/// A log sink for one assertion.
+struct Writer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Writer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 struct Terminator {
     child: std::process::Child,
     port: u16,
@@ -204,11 +217,25 @@ async fn elasticsearch_over_tls_accepts_the_right_ca_and_refuses_a_wrong_one() {
         .expect_err("untrusted certificate");
     assert!(err.contains("TLS certificate verification failed"), "{err}");
 
-    // The explicit, loud escape hatch.
+    // The explicit, loud escape hatch: it connects, and says so at WARN.
     let es = EsConfig {
         insecure_skip_verify: true,
         ..https("127.0.0.1")
     };
+    let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = logged.clone();
+    let d = sluice::logging::dispatch(
+        sluice::cli::LogFormat::Human,
+        tracing_subscriber::EnvFilter::new("warn"),
+        move || Writer(sink.clone()),
+        false,
+    );
+    tracing::dispatcher::with_default(&d, || build_client(&es).unwrap());
+    let warning = String::from_utf8(logged.lock().unwrap().clone()).unwrap();
+    assert!(
+        warning.contains("WARN") && warning.contains("TLS CERTIFICATE VERIFICATION IS DISABLED"),
+        "{warning}"
+    );
     assert_eq!(health_via(&es).await, Ok(200));
 
     // A CA file that is not there, or not PEM: a configuration error up front.
@@ -228,4 +255,144 @@ async fn elasticsearch_over_tls_accepts_the_right_ca_and_refuses_a_wrong_one() {
     };
     let err2 = health_via(&es).await.unwrap_err();
     assert!(err2.contains("no PEM certificate"), "{err2}");
+}
+
+/// A server certificate signed by `<ca>`'s key, valid only for `host`.
+fn server_cert_for(dir: &Path, ca: &str, name: &str, host: &str) {
+    let p = |f: &str| dir.join(f);
+    run(Command::new("openssl")
+        .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj"])
+        .arg(format!("/CN={host}"))
+        .arg("-keyout")
+        .arg(p(&format!("{name}.key")))
+        .arg("-out")
+        .arg(p(&format!("{name}.csr"))));
+    std::fs::write(
+        p(&format!("{name}.cnf")),
+        format!("subjectAltName=DNS:{host}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-in"])
+        .arg(p(&format!("{name}.csr")))
+        .arg("-CA")
+        .arg(p(&format!("{ca}-ca.crt")))
+        .arg("-CAkey")
+        .arg(p(&format!("{ca}-ca.key")))
+        .arg("-CAcreateserial")
+        .arg("-extfile")
+        .arg(p(&format!("{name}.cnf")))
+        .arg("-out")
+        .arg(p(&format!("{name}.crt"))));
+}
+
+/// `sluice status` against a private PostgreSQL with `ssl = on` and a
+/// certificate from a CA this test makes: `sslmode=verify-full` with that
+/// CA connects (encrypted); another CA, or a certificate for another host
+/// name, is refused with an error that says so; nothing falls back to
+/// plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_verify_full_with_a_test_ca_connects_and_refuses_a_wrong_ca_or_host() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    make_ca(dir, "good", true);
+    make_ca(dir, "wrong", false);
+    server_cert_for(dir, "good", "other-host", "db.example");
+    run(Command::new("chown").arg("-R").arg("postgres").arg(dir));
+    run(Command::new("chmod").arg("755").arg(dir));
+    for key in ["good-server.key", "other-host.key"] {
+        run(Command::new("chmod").arg("600").arg(dir.join(key)));
+    }
+    let pg = crate::source_restart::PrivatePg::start_with(&format!(
+        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+        dir.join("good-server.crt").display(),
+        dir.join("good-server.key").display()
+    ));
+    let url = |host: &str, ca: &str| {
+        format!(
+            "postgres://postgres@{host}:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg.port,
+            dir.join(ca).display()
+        )
+    };
+    let status = |pg_url: String| {
+        let setup = crate::run::Setup {
+            pg_url,
+            slot: "sluice_tls".into(),
+            es_url: services().es_url.clone(),
+            dead_letter_index: crate::support::unique_name("tls-dead"),
+            postgres_extra: String::new(),
+            es_extra: String::new(),
+            pipeline_extra: String::new(),
+            extra: String::new(),
+        };
+        let s = crate::run::Sluice::with_setup(
+            &setup,
+            &[("t.toml", crate::run::mapping("public.t", "tls-t", ""))],
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["status", "--json", "--config"])
+            .arg(s.config_path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    for host in ["127.0.0.1", "localhost"] {
+        let (code, out) = status(url(host, "good-ca.crt"));
+        assert_eq!(code, Some(0), "verify-full to {host}: {out}");
+        assert!(out.contains("sluice_tls"), "{out}");
+    }
+    // The same settings through the library: the session is encrypted.
+    let cfg = sluice::source::PgConnectConfig::parse(&url("localhost", "good-ca.crt")).unwrap();
+    let client = sluice::source::connect_sql(&cfg).await.unwrap();
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl);
+    // A replication connection too.
+    sluice::source::ReplicationConnection::connect(&cfg)
+        .await
+        .expect("replication connection with verify-full")
+        .identify_system()
+        .await
+        .unwrap();
+
+    let (code, out) = status(url("127.0.0.1", "wrong-ca.crt"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("certificate")
+            && (out.contains("UnknownIssuer") || out.contains("unknown issuer")),
+        "a wrong CA is refused, saying why: {out}"
+    );
+    eprintln!("wrong CA: {out}");
+
+    // The right CA, but the server's certificate names another host.
+    std::fs::copy(dir.join("other-host.crt"), dir.join("good-server.crt")).unwrap();
+    std::fs::copy(dir.join("other-host.key"), dir.join("good-server.key")).unwrap();
+    run(Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(format!("{}/psql", services().pg_bin))
+        .arg(pg.url())
+        .args(["-c", "SELECT pg_reload_conf()"]));
+    let (code, out) = wait_until(Duration::from_secs(20), "the new certificate", || {
+        let r = status(url("127.0.0.1", "good-ca.crt"));
+        async move { (r.0 != Some(0)).then_some(r) }
+    })
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("certificate") && out.to_lowercase().contains("name"),
+        "a certificate for another host is refused, saying why: {out}"
+    );
+    eprintln!("wrong host: {out}");
 }

@@ -187,6 +187,8 @@ impl Running {
             },
             transform_buffer: 16,
             drain_timeout: Duration::from_secs(30),
+            // The tests leave transactions open at shutdown on purpose.
+            finish_transaction_timeout: Duration::from_millis(300),
         };
         let pipeline = Pipeline::new(client_for(es_url), config);
         let task = tokio::spawn(pipeline.run(
@@ -220,6 +222,43 @@ impl Running {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap().expect("pipeline ends cleanly")
     }
+}
+
+/// A shutdown signal that finds a transaction half-taken keeps reading until
+/// its Commit, so the transaction is confirmed whole and the next start
+/// replays nothing of it.
+#[tokio::test]
+async fn a_transaction_open_at_shutdown_is_finished_and_confirmed() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("items");
+    let items = relation(1, "items");
+    let mut run = Running::start(
+        &services().es_url,
+        &db.index("dead"),
+        indices(&[("items", &index)]),
+    );
+    run.feed.begin(100).await;
+    run.feed.insert(&items, 100, 1, json!(1)).await;
+    // Written, so the pipeline holds the transaction open.
+    wait_until(Duration::from_secs(30), "the first write", || async {
+        es.sources(&index).await.contains_key("1").then_some(())
+    })
+    .await;
+    let _ = run.stop.take().unwrap().send(());
+    run.feed.insert(&items, 100, 2, json!(2)).await;
+    run.feed.commit(100, 110).await;
+    let summary = run.task.await.unwrap().expect("pipeline ends cleanly");
+    assert_eq!(summary.stopped_by, StopReason::Shutdown);
+    assert_eq!(
+        summary.confirmed,
+        Lsn(110),
+        "the open transaction was finished"
+    );
+    assert_eq!(
+        es.sources(&index).await.keys().collect::<Vec<_>>(),
+        ["1", "2"]
+    );
 }
 
 fn indices(pairs: &[(&str, &str)]) -> HashMap<String, String> {
