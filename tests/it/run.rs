@@ -108,6 +108,10 @@ listen = "127.0.0.1:0"
         }
     }
 
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("sluice.toml")
     }
@@ -174,7 +178,7 @@ listen = "127.0.0.1:0"
 }
 
 /// The address in the last "serving /metrics" line of a human-format log.
-fn http_addr_in(log: &str) -> Option<String> {
+pub(crate) fn http_addr_in(log: &str) -> Option<String> {
     let line = log.lines().rev().find(|l| l.contains("serving /metrics"))?;
     let at = line.find("addr=")? + 5;
     Some(
@@ -188,7 +192,7 @@ fn http_addr_in(log: &str) -> Option<String> {
 
 /// Whether `/ready` at `addr` answers that the pipeline streams (false if
 /// nothing listens there).
-fn streaming_at(addr: &str) -> bool {
+pub(crate) fn streaming_at(addr: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return false;

@@ -218,20 +218,25 @@ pub(crate) fn private_setup(pg: &PrivatePg, indices: &Indices) -> Setup {
     }
 }
 
-/// Wait until the slot is held by the running Sluice.
+/// Wait until the running Sluice streams from its slot: `/ready` says so and
+/// the slot is held (see `run::wait_streaming` for why the slot alone is not
+/// enough).
 pub(crate) async fn wait_active(client: &Client, slot: &str, sluice: &mut Sluice) {
+    let log = sluice.log_path();
     poll(
         sluice,
         Duration::from_secs(60),
-        "sluice to hold its slot",
+        "sluice to stream from its slot",
         async || {
-            client
-                .query_opt(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                    &[&slot],
-                )
-                .await
-                .is_ok_and(|r| r.is_some())
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            crate::run::http_addr_in(&text).is_some_and(|a| crate::run::streaming_at(&a))
+                && client
+                    .query_opt(
+                        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                        &[&slot],
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_some())
         },
     )
     .await;
