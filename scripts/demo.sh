@@ -141,6 +141,9 @@ wait_for "order $DRAFT in the orders index" curl -fsS "$ES/orders/_doc/$DRAFT"
 wait_for "customer 3 gone" bash -c "! curl -fsS '$ES/customers-v1/_doc/3' >/dev/null 2>&1"
 
 step "Searches"
+# A GET sees a write at once; a search sees it after the next refresh
+# (1 s by default). Refresh now so the searches show what the GETs saw.
+curl -fsS -o /dev/null -X POST "$ES/customers,products,orders/_refresh"
 echo " customers: Katherine"; search customers Katherine
 echo " products: name:Noise-cancelling"; search products 'name:Noise-cancelling'
 echo " orders: _id $DRAFT"; search orders "_id:$DRAFT"
