@@ -95,34 +95,33 @@ async fn open_slot(
     es: &elasticsearch::Elasticsearch,
     cfg: &Config,
 ) -> Result<SlotStart, SourceError> {
-    let exists = pg
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.slot],
-        )
-        .await?
-        .is_some();
-    if exists {
-        // Right after a crash the old walsender may still hold the slot for a
-        // moment; a restarting sidecar waits for it rather than failing.
-        let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
-        loop {
-            let active: bool = pg
-                .query_one(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&cfg.slot],
-                )
-                .await?
-                .get(0);
-            if !active || tokio::time::Instant::now() >= deadline {
-                break;
+    // Right after a crash the old walsender may still hold the slot for a
+    // moment; a restarting sidecar waits for it rather than failing. If the
+    // crash came while that walsender was still creating the slot, the
+    // half-made slot disappears when it exits: then create it anew.
+    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
+    loop {
+        let active: Option<bool> = pg
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&cfg.slot],
+            )
+            .await?
+            .map(|r| r.get(0));
+        match active {
+            None => break,
+            Some(true) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            // Free, or still held at the deadline: `ensure_slot` names the
+            // process that holds it.
+            Some(_) => {
+                let state = source::ensure_slot(pg, &cfg.slot, None).await?;
+                return Ok(SlotStart::Existing {
+                    confirmed_flush: state.confirmed_flush,
+                });
+            }
         }
-        let state = source::ensure_slot(pg, &cfg.slot, None).await?;
-        return Ok(SlotStart::Existing {
-            confirmed_flush: state.confirmed_flush,
-        });
     }
     let export = cfg.snapshot.mode != SnapshotMode::Never;
     let action = if export {
