@@ -465,8 +465,11 @@ fn postgres(cx: &mut Ctx, raw: &RawPostgres) -> PgConnectConfig {
             }
         }
         let url = cx.interp(u, "postgres.url");
-        if let Err(m) = apply_pg_url(&mut pg, &url) {
-            cx.err(u.span(), "postgres.url", m);
+        // The source layer's parser, so the config and `sluice status`
+        // read a URL alike (percent-decoding as libpq does, socket dirs).
+        match PgConnectConfig::from_url(&url) {
+            Ok(parsed) => pg = parsed,
+            Err(e) => cx.err(u.span(), "postgres.url", e.to_string()),
         }
     }
     if let Some(v) = &raw.host {
@@ -504,63 +507,6 @@ fn postgres(cx: &mut Ctx, raw: &RawPostgres) -> PgConnectConfig {
         pg.connect_timeout_secs = t;
     }
     pg
-}
-
-/// Fill `pg` from a `postgres://user:password@host:port/db?sslmode=...` URL.
-pub fn apply_pg_url(pg: &mut PgConnectConfig, url: &str) -> Result<(), String> {
-    let u = url::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
-    if u.scheme() != "postgres" && u.scheme() != "postgresql" {
-        return Err(format!(
-            "scheme `{}` is not `postgres://` or `postgresql://`",
-            u.scheme()
-        ));
-    }
-    let dec = |s: &str| {
-        url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    if let Some(h) = u.host_str() {
-        pg.host = h.trim_start_matches('[').trim_end_matches(']').to_string();
-    }
-    if let Some(p) = u.port() {
-        pg.port = p;
-    }
-    if !u.username().is_empty() {
-        pg.user = dec(u.username());
-    }
-    if let Some(p) = u.password() {
-        pg.password = Some(dec(p));
-    }
-    let db = u.path().trim_start_matches('/');
-    if !db.is_empty() {
-        pg.dbname = dec(db);
-    }
-    for (k, v) in u.query_pairs() {
-        match &*k {
-            "sslmode" => {
-                pg.sslmode = match &*v {
-                    "disable" => SslMode::Disable,
-                    "prefer" => SslMode::Prefer,
-                    "require" => SslMode::Require,
-                    "verify-ca" => SslMode::VerifyCa,
-                    "verify-full" => SslMode::VerifyFull,
-                    other => return Err(format!("unknown sslmode `{other}`")),
-                }
-            }
-            "sslrootcert" => pg.ssl_root_cert = Some(PathBuf::from(&*v)),
-            "application_name" => pg.application_name = v.into_owned(),
-            "connect_timeout" => {
-                pg.connect_timeout_secs = v
-                    .parse()
-                    .map_err(|_| format!("connect_timeout `{v}` is not a number of seconds"))?
-            }
-            "host" => pg.host = v.into_owned(),
-            other => return Err(format!("unsupported URL parameter `{other}`")),
-        }
-    }
-    Ok(())
 }
 
 fn elasticsearch(cx: &mut Ctx, raw: &RawElasticsearch) -> EsConfig {

@@ -208,3 +208,25 @@ fn an_api_key_comes_from_a_file_too_but_not_from_both() {
     let with_user = "[elasticsearch]\nusername = \"u\"\napi_key_file = \"key\"\n";
     assert!(parse_settings(&cfg, with_user, &env).is_err());
 }
+
+#[test]
+fn the_url_is_read_like_libpq_reads_it() {
+    let cfg = std::path::Path::new("sluice.toml");
+    let s = parse_settings(
+        cfg,
+        "[postgres]\nurl = \"postgres://u:a+b%40c@%2Fvar%2Frun%2Fpostgresql/shop?sslmode=disable\"\n",
+        &env,
+    )
+    .unwrap();
+    let pg = &s.postgres;
+    assert_eq!(
+        pg.host, "/var/run/postgresql",
+        "a percent-encoded socket directory"
+    );
+    assert_eq!(
+        pg.password.as_deref(),
+        Some("a+b@c"),
+        "`+` stays a plus sign"
+    );
+    assert_eq!((pg.user.as_str(), pg.dbname.as_str()), ("u", "shop"));
+}
