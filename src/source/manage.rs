@@ -444,7 +444,8 @@ pub async fn ensure_slot(
 ) -> Result<SlotState, SourceError> {
     let row = client
         .query_opt(
-            "SELECT plugin::text, slot_type, database::text, current_database()::text, active_pid, confirmed_flush_lsn::text
+            "SELECT plugin::text, slot_type, database::text, current_database()::text, active_pid, confirmed_flush_lsn::text,
+                    wal_status
                FROM pg_replication_slots WHERE slot_name = $1",
             &[&name],
         )
@@ -476,6 +477,7 @@ pub async fn ensure_slot(
     let current_db: String = row.get(3);
     let active_pid: Option<i32> = row.get(4);
     let confirmed: Option<String> = row.get(5);
+    let wal_status: Option<String> = row.get(6);
     if slot_type != "logical" || plugin.as_deref() != Some("pgoutput") {
         return Err(SourceError::Setup(format!(
             "replication slot `{name}` exists but is not a logical pgoutput slot (type {slot_type}, plugin {}): choose another slot name or drop it",
@@ -486,6 +488,18 @@ pub async fn ensure_slot(
         return Err(SourceError::Setup(format!(
             "replication slot `{name}` belongs to database `{}`, not `{current_db}`: choose another slot name",
             database.unwrap_or_default()
+        )));
+    }
+    if wal_status.as_deref() == Some("lost") {
+        // PostgreSQL removed WAL the slot still needed (it fell further
+        // behind than max_slot_wal_keep_size): the changes in that WAL are
+        // gone, so no retry can help and the index can only be rebuilt.
+        return Err(SourceError::Setup(format!(
+            "replication slot `{name}` has been invalidated: it fell further behind than max_slot_wal_keep_size \
+             and PostgreSQL removed WAL it still needed, so changes since its position are lost. \
+             Rebuild: `sluice teardown --yes-drop-slot`, then `sluice run` (snapshot mode `initial` loads \
+             every table anew), then `sluice snapshot --reindex` to drop documents of rows deleted meanwhile \
+             (or delete the target indices before that `sluice run`)"
         )));
     }
     if let Some(pid) = active_pid {

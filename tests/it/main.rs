@@ -18,6 +18,7 @@ mod pipeline;
 mod reindex_run;
 mod run;
 mod run_outage;
+mod run_slot_lost;
 mod sink;
 mod sink_proxy;
 mod snapshot;
