@@ -152,7 +152,8 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
                     (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
                     current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
                     EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
-                    current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int",
+                    current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int,
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND wal_status = 'lost')",
             &[&config.slot],
         )
         .await;
@@ -166,6 +167,7 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
                 free_slots: r.get(4),
                 slot_exists: r.get(5),
                 free_wal_senders: r.get(6),
+                slot_lost: r.get(7),
             };
             for p in s.problems(&config.postgres.user, &config.slot) {
                 report.problem(p);
@@ -299,6 +301,8 @@ pub struct ServerFacts {
     pub free_slots: i32,
     pub slot_exists: bool,
     pub free_wal_senders: i32,
+    /// The slot exists but PostgreSQL invalidated it (`wal_status = lost`).
+    pub slot_lost: bool,
 }
 
 impl ServerFacts {
@@ -325,6 +329,11 @@ impl ServerFacts {
         if !self.slot_exists && self.free_slots < 1 {
             out.push(format!(
                 "PostgreSQL has no free replication slot for `{slot}`: raise max_replication_slots (restart needed) or drop an unused slot"
+            ));
+        }
+        if self.slot_lost {
+            out.push(format!(
+                "replication slot `{slot}` has been invalidated (wal_status lost: it fell further behind than max_slot_wal_keep_size), so changes since its position are gone: rebuild with `sluice teardown --yes-drop-slot` and a fresh `sluice run` (see docs/operations.md)"
             ));
         }
         if self.free_wal_senders < 1 {
@@ -594,6 +603,7 @@ mod tests {
             free_slots: 3,
             slot_exists: false,
             free_wal_senders: 5,
+            slot_lost: false,
         };
         assert!(ok.problems("sluice", "s").is_empty());
         let bad = ServerFacts {
@@ -604,6 +614,7 @@ mod tests {
             free_slots: 0,
             slot_exists: false,
             free_wal_senders: 0,
+            slot_lost: false,
         };
         let p = bad.problems("app", "s").join("\n");
         for w in [
@@ -619,9 +630,16 @@ mod tests {
         let resume = ServerFacts {
             free_slots: 0,
             slot_exists: true,
-            ..ok
+            ..ok.clone()
         };
         assert!(resume.problems("sluice", "s").is_empty());
+        // A slot PostgreSQL invalidated cannot be resumed.
+        let lost = ServerFacts {
+            slot_exists: true,
+            slot_lost: true,
+            ..ok
+        };
+        assert!(lost.problems("sluice", "s")[0].contains("`s` has been invalidated"));
     }
 
     #[test]

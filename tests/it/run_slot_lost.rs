@@ -76,6 +76,23 @@ async fn an_invalidated_slot_stops_run_with_exit_2_and_the_way_to_rebuild() {
         );
     }
 
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(sluice.config_path())
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_ne!(
+        check.status.code(),
+        Some(0),
+        "check passed a lost slot:\n{out}"
+    );
+    assert!(out.contains("has been invalidated"), "{out}");
+
     sluice.start();
     let deadline = Instant::now() + Duration::from_secs(60);
     let code = loop {
