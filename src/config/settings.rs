@@ -284,6 +284,30 @@ impl Ctx<'_> {
         }
     }
 
+    /// A secret given inline (`key`, with `${ENV}` interpolation) or in a
+    /// file (`key_file`, first line); both at once is an error.
+    fn secret(
+        &mut self,
+        inline: &Option<Spanned<String>>,
+        file: &Option<Spanned<String>>,
+        key: &str,
+    ) -> Option<String> {
+        let name = key.rsplit('.').next().unwrap_or(key);
+        match (inline, file) {
+            (Some(v), Some(_)) => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!("`{name}` and `{name}_file` are both set; keep one"),
+                );
+                None
+            }
+            (Some(v), None) => Some(self.interp(v, key)),
+            (None, Some(f)) => Some(self.read_secret_file(f, &format!("{key}_file"))),
+            (None, None) => None,
+        }
+    }
+
     fn positive<T: PartialOrd + Default + Copy>(
         &mut self,
         v: &Option<Spanned<T>>,
@@ -484,15 +508,8 @@ fn postgres(cx: &mut Ctx, raw: &RawPostgres) -> PgConnectConfig {
     if let Some(v) = &raw.dbname {
         pg.dbname = cx.interp(v, "postgres.dbname");
     }
-    match (&raw.password, &raw.password_file) {
-        (Some(p), Some(_)) => cx.err(
-            p.span(),
-            "postgres.password",
-            "`password` and `password_file` are both set; keep one",
-        ),
-        (Some(p), None) => pg.password = Some(cx.interp(p, "postgres.password")),
-        (None, Some(f)) => pg.password = Some(cx.read_secret_file(f, "postgres.password_file")),
-        (None, None) => {}
+    if let Some(p) = cx.secret(&raw.password, &raw.password_file, "postgres.password") {
+        pg.password = Some(p);
     }
     if let Some(m) = raw.sslmode {
         pg.sslmode = m;
@@ -535,32 +552,8 @@ fn elasticsearch(cx: &mut Ctx, raw: &RawElasticsearch) -> EsConfig {
         }
         es.urls = out;
     }
-    let password = match (&raw.password, &raw.password_file) {
-        (Some(p), Some(_)) => {
-            cx.err(
-                p.span(),
-                "elasticsearch.password",
-                "`password` and `password_file` are both set; keep one",
-            );
-            None
-        }
-        (Some(p), None) => Some(cx.interp(p, "elasticsearch.password")),
-        (None, Some(f)) => Some(cx.read_secret_file(f, "elasticsearch.password_file")),
-        (None, None) => None,
-    };
-    let api_key = match (&raw.api_key, &raw.api_key_file) {
-        (Some(k), Some(_)) => {
-            cx.err(
-                k.span(),
-                "elasticsearch.api_key",
-                "`api_key` and `api_key_file` are both set; keep one",
-            );
-            None
-        }
-        (Some(k), None) => Some(cx.interp(k, "elasticsearch.api_key")),
-        (None, Some(f)) => Some(cx.read_secret_file(f, "elasticsearch.api_key_file")),
-        (None, None) => None,
-    };
+    let password = cx.secret(&raw.password, &raw.password_file, "elasticsearch.password");
+    let api_key = cx.secret(&raw.api_key, &raw.api_key_file, "elasticsearch.api_key");
     es.auth = match (&raw.username, password, api_key) {
         (Some(u), _, Some(_)) => {
             cx.err(
