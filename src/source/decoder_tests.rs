@@ -348,19 +348,7 @@ proptest::proptest! {
 
 /// Run `f` with a subscriber that collects WARN lines.
 fn warnings_during(f: impl FnOnce()) -> Vec<String> {
-    use std::sync::{Arc, Mutex};
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
+    let buf = crate::logging::CapturedLog::default();
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)
@@ -368,8 +356,8 @@ fn warnings_during(f: impl FnOnce()) -> Vec<String> {
         .with_writer(move || writer.clone())
         .finish();
     tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    text.lines()
+    buf.text()
+        .lines()
         .filter(|l| l.contains("WARN"))
         .map(str::to_string)
         .collect()
