@@ -44,10 +44,11 @@ use crate::lsn::Lsn;
 use crate::snapshot::reindex::{self, ReindexState, ReindexStatus};
 use crate::snapshot::{SnapshotError, StateStore};
 use crate::source::Change;
+use crate::pipeline::StepError;
 use crate::transform::BulkOp;
 
 /// A transform step as the pipeline runs it.
-pub type TransformFn = Box<dyn FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send>;
+pub type TransformFn = Box<dyn FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send>;
 
 /// Builds a transform step (with TOAST refetch) for a set of mappings.
 pub type MakeTransform = Box<dyn Fn(&Mappings) -> TransformFn + Send + Sync>;
@@ -75,22 +76,29 @@ struct Shared {
 }
 
 /// Routes shared between the transform step and the poller.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct DualWrite {
     shared: Arc<Mutex<Shared>>,
+    /// Where the steps store rows they cannot transform: a route's dead
+    /// letters go there as they are, not to the build index.
+    dead_letter_index: Arc<str>,
 }
 
 impl DualWrite {
-    pub fn new() -> DualWrite {
-        DualWrite::default()
+    pub fn new(dead_letter_index: Arc<str>) -> DualWrite {
+        DualWrite {
+            shared: Arc::default(),
+            dead_letter_index,
+        }
     }
 
     /// Wrap the pipeline's transform step.
     pub fn wrap(
         &self,
-        mut main: impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static,
-    ) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static {
+        mut main: impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send + 'static,
+    ) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send + 'static {
         let shared = self.shared.clone();
+        let dead_letters = self.dead_letter_index.clone();
         move |change, out| {
             let mut sh = shared.lock().expect("dual-write routes");
             sh.last_version = Some(
@@ -116,15 +124,19 @@ impl DualWrite {
                 }
                 let mut extra = Vec::new();
                 (route.transform)(change, &mut extra)?;
-                out.extend(
-                    extra
-                        .into_iter()
-                        .filter(|op| *op.index == *route.alias)
-                        .map(|mut op| {
-                            op.index = route.build_index.clone();
-                            op
-                        }),
-                );
+                // The new mapping's row failures are dead letters like the
+                // old one's (the step made them); ops of mappings for other
+                // indices are not this route's.
+                out.extend(extra.into_iter().filter_map(|mut op| {
+                    if *op.index == *route.alias {
+                        op.index = route.build_index.clone();
+                        Some(op)
+                    } else if op.index == dead_letters {
+                        Some(op)
+                    } else {
+                        None
+                    }
+                }));
             }
             Ok(())
         }
@@ -430,7 +442,7 @@ mod tests {
     }
 
     /// The loaded mapping writes the old shape to `items` and to `other`.
-    fn main_step(c: &Change, out: &mut Vec<BulkOp>) -> Result<(), String> {
+    fn main_step(c: &Change, out: &mut Vec<BulkOp>) -> Result<(), StepError> {
         out.push(op("items", "old", c));
         out.push(op("other", "old", c));
         Ok(())
@@ -463,7 +475,7 @@ mod tests {
 
     #[test]
     fn without_a_reindex_the_main_step_runs_alone() {
-        let dual = DualWrite::new();
+        let dual = DualWrite::new("dead-letters".into());
         let mut step = dual.wrap(main_step);
         let mut out = Vec::new();
         step(&change(10), &mut out).unwrap();
@@ -479,7 +491,7 @@ mod tests {
     #[test]
     fn a_route_reports_the_highest_commit_lsn_seen_before_it_so_every_later_transaction_is_duplicated()
      {
-        let dual = DualWrite::new();
+        let dual = DualWrite::new("dead-letters".into());
         let mut step = dual.wrap(main_step);
         let mut out = Vec::new();
         step(&change(30), &mut out).unwrap();
@@ -506,8 +518,34 @@ mod tests {
     }
 
     #[test]
+    fn a_row_the_reindex_mapping_refuses_is_dead_lettered_and_the_old_shape_still_written() {
+        let dual = DualWrite::new("dead-letters".into());
+        let mut step = dual.wrap(main_step);
+        dual.install(Route {
+            alias: "items".into(),
+            build_index: "items-2".into(),
+            phase: Phase::Building,
+            // What the step makes of a row the new mapping cannot convert.
+            transform: Box::new(|c: &Change, out: &mut Vec<BulkOp>| {
+                out.push(op("dead-letters", "refused", c));
+                Ok(())
+            }),
+        });
+        let mut out = Vec::new();
+        step(&change(60), &mut out).unwrap();
+        assert_eq!(
+            targets(&out),
+            [
+                ("items".into(), "old".into()),
+                ("other".into(), "old".into()),
+                ("dead-letters".into(), "refused".into()),
+            ]
+        );
+    }
+
+    #[test]
     fn a_route_installed_before_any_change_reports_none() {
-        let dual = DualWrite::new();
+        let dual = DualWrite::new("dead-letters".into());
         assert_eq!(dual.install(route(Phase::Building)), None);
     }
 
@@ -522,7 +560,7 @@ mod tests {
 
     #[test]
     fn after_the_switch_the_alias_gets_only_the_new_shape_and_other_indices_are_untouched() {
-        let dual = DualWrite::new();
+        let dual = DualWrite::new("dead-letters".into());
         let mut step = dual.wrap(main_step);
         dual.install(route(Phase::Building));
         let mut out = Vec::new();
@@ -542,7 +580,7 @@ mod tests {
     #[test]
     fn a_second_reindex_before_a_restart_builds_from_the_first_ones_shape_and_replaces_it_at_its_switch()
      {
-        let dual = DualWrite::new();
+        let dual = DualWrite::new("dead-letters".into());
         let mut step = dual.wrap(main_step);
         dual.install(route(Phase::Building));
         dual.switch("items", "items-2");
@@ -580,7 +618,7 @@ mod tests {
 
     #[test]
     fn removing_a_route_by_its_build_index_keeps_a_newer_route_of_the_same_alias() {
-        let dual = DualWrite::new();
+        let dual = DualWrite::new("dead-letters".into());
         dual.install(route(Phase::Building));
         dual.remove("items", "items-1");
         assert_eq!(dual.routes().len(), 1);

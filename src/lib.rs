@@ -23,5 +23,6 @@ pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod transform;
+pub mod transform_step;
 
 pub use lsn::Lsn;

@@ -81,6 +81,25 @@ pub enum PipelineError {
     Indexer(#[from] IndexerClosed),
 }
 
+/// Why the transform step could not take a change. Row failures are not
+/// here: the step stores those as dead letters and goes on (issue 14,
+/// case 4). What is here stops the pipeline; nothing is confirmed past the
+/// change, so a restart (after the cause is fixed) replays it.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The mapping cannot work with the table as it is (see
+    /// [`crate::transform::FailureScope::Mapping`]): fix the mapping.
+    #[error(transparent)]
+    Mapping(crate::transform::TransformError),
+    /// Re-reading a row failed for a reason that is not the row's (lost
+    /// connection past the patience, a missing privilege).
+    #[error("re-reading a row of {table}: {source}")]
+    Refetch {
+        table: String,
+        source: crate::source::SourceError,
+    },
+}
+
 /// Why `run` returned without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {

@@ -24,8 +24,7 @@ use crate::http::{Health, HttpHandles, PipelineState, ReadyState};
 use crate::lsn::Lsn;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::sink::indexer::IndexerConfig;
-use crate::source::{self, Change, PublishedTable, ReaderConfig, SourceError};
-use crate::transform::{BulkOp, TransformError, Transformer};
+use crate::source::{self, PublishedTable, ReaderConfig, SourceError};
 
 /// How `run` failed: bad input (exit 2) or a runtime failure (exit 1).
 #[derive(Debug)]
@@ -312,16 +311,29 @@ async fn stream(
     // restart during a reindex dual-writes everything it replays), then
     // every second (see `dual_write`).
     let pg = Arc::new(pg);
-    let dual = crate::dual_write::DualWrite::new();
+    let tables: Vec<(String, String)> = cfg
+        .mappings
+        .list
+        .iter()
+        .map(|m| (m.schema.clone(), m.table.clone()))
+        .collect();
+    let step = crate::transform_step::StepSetup {
+        pg_cfg: cfg.postgres.clone(),
+        pg: pg.clone(),
+        dead_letter_index: cfg.pipeline.dead_letter_index.as_str().into(),
+        relation_ids: source::relation_oids(&pg, &tables)
+            .await
+            .map_err(|e| source_failure(e, "reading the mapped tables' relation ids"))?,
+    };
+    let dual = crate::dual_write::DualWrite::new(step.dead_letter_index.clone());
     let mut poller = crate::dual_write::Poller::new(crate::dual_write::PollerSetup {
         dual: dual.clone(),
         state: crate::snapshot::StateStore::new(es.clone(), crate::config::STATE_INDEX),
         pg: pg.clone(),
         loaded: cfg.mappings.clone(),
         make_transform: {
-            let pg = pg.clone();
-            let pg_cfg = cfg.postgres.clone();
-            Box::new(move |m| Box::new(transform_with_refetch(m, pg_cfg.clone(), pg.clone())))
+            let step = step.clone();
+            Box::new(move |m| Box::new(crate::transform_step::transform_step(m, step.clone())))
         },
         slot: cfg.slot.clone(),
         start,
@@ -395,11 +407,7 @@ async fn stream(
         }
     }));
 
-    let transform = dual.wrap(transform_with_refetch(
-        &cfg.mappings,
-        cfg.postgres.clone(),
-        pg.clone(),
-    ));
+    let transform = dual.wrap(crate::transform_step::transform_step(&cfg.mappings, step));
     let pipeline = Pipeline::new(es, pipeline_config(&cfg));
     ready.set(PipelineState::Streaming);
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, %start, "streaming");
@@ -452,112 +460,6 @@ pub(crate) fn pipeline_config(cfg: &Config) -> PipelineConfig {
 
 /// How often `sluice run` logs its confirmed position.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// How long re-reading a row waits for PostgreSQL to come back.
-const REFETCH_PATIENCE: Duration = Duration::from_secs(120);
-
-/// The transform step: the pure transformer, plus one impure escape hatch.
-/// When a change carries an unchanged TOAST value that no full old row can
-/// fill (DESIGN invariant 6), the row is read again by key and transformed
-/// with the change's version. A row deleted meanwhile yields nothing: its
-/// delete follows in the stream.
-fn transform_with_refetch(
-    mappings: &crate::config::Mappings,
-    pg_cfg: source::PgConnectConfig,
-    pg: Arc<tokio_postgres::Client>,
-) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static {
-    let mut transformer = Transformer::new(mappings);
-    let catalog = source::TypeCatalog::new();
-    let opts = source::ValueOptions::default();
-    let mut pg = Some(pg);
-    move |change, out| match transformer.transform(change, out) {
-        Ok(_) => Ok(()),
-        Err(TransformError::NeedsFullRow { .. }) => {
-            let source::ChangeKind::Update { old, new } = &change.kind else {
-                return Err(format!(
-                    "{}: an unchanged TOAST value outside an update",
-                    change.relation.qualified_name()
-                ));
-            };
-            // The transform task runs on the multi-threaded runtime; this rare
-            // path may block it briefly for one primary-key lookup. A
-            // PostgreSQL restart closes the connection: reopen it and wait
-            // (holding the stream, like any backpressure) for a while; past
-            // that the error stops the pipeline (nothing is confirmed past it).
-            let rows = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(async {
-                    let give_up = tokio::time::Instant::now() + REFETCH_PATIENCE;
-                    let mut delay = Duration::from_millis(200);
-                    loop {
-                        let result = match pg.as_ref().filter(|c| !c.is_closed()) {
-                            Some(c) => {
-                                source::fetch_rows_by_key(
-                                    c,
-                                    &change.relation,
-                                    std::slice::from_ref(new),
-                                    &opts,
-                                    &catalog,
-                                )
-                                .await
-                            }
-                            None => match source::connect_sql(&pg_cfg).await {
-                                Ok(c) => {
-                                    pg = Some(Arc::new(c));
-                                    continue;
-                                }
-                                Err(e) => Err(e),
-                            },
-                        };
-                        match result {
-                            Err(e)
-                                if source::is_retryable(&e)
-                                    && tokio::time::Instant::now() < give_up =>
-                            {
-                                tracing::warn!(error = %e, retry_in = ?delay, "cannot re-read a row with an unchanged TOAST value; retrying");
-                                metrics::counter!("sluice_retries_total").increment(1);
-                                pg = None;
-                                tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(Duration::from_secs(30));
-                            }
-                            other => break other,
-                        }
-                    }
-                })
-            })
-            .map_err(|e| {
-                format!(
-                    "re-reading a row of {}: {e}",
-                    change.relation.qualified_name()
-                )
-            })?;
-            let Some(current) = rows.into_iter().next() else {
-                return Ok(()); // deleted since: the delete follows in the stream
-            };
-            // Only the holes are filled: columns this change set keep its values,
-            // and the old row still moves the document if the key changed.
-            let filled = new
-                .iter()
-                .zip(current)
-                .map(|(mine, now)| match mine {
-                    source::Datum::Unchanged => now,
-                    other => other.clone(),
-                })
-                .collect();
-            let refetched = Change {
-                kind: source::ChangeKind::Update {
-                    old: old.clone(),
-                    new: filled,
-                },
-                ..change.clone()
-            };
-            transformer
-                .transform(&refetched, out)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
-    }
-}
 
 /// Create the target indices (or templates) of the mappings — of those
 /// reading `tables` only, when given — and the dead-letter index; existing

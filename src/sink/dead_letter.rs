@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::indices::IndexSpec;
-use crate::transform::{BulkOp, OpAction};
+use crate::transform::{BulkOp, OpAction, OpOrigin, RejectedRow};
 
 /// Documents larger than this are stored truncated, as a string, so the dead
 /// letter itself always fits.
@@ -61,6 +61,73 @@ pub fn record_id(op: &BulkOp) -> String {
         .collect()
 }
 
+/// The write that stores `r` as a dead letter in `dead_letter_index`: an
+/// ordinary bulk op, so the indexer retries it like any write and the
+/// checkpoint passes the change only once it is durable (DESIGN invariants
+/// 1 and 5). Versioned with the change's commit LSN like the document it
+/// replaces; its `_id` is a digest of everything that tells two rejected
+/// changes apart, so a replay overwrites its own record with the same
+/// content instead of adding one.
+pub fn rejected_row_op(r: &RejectedRow, dead_letter_index: &std::sync::Arc<str>) -> BulkOp {
+    let (row, row_truncated) = stored_doc(&serde_json::to_vec(&r.row).expect("a Value serializes"));
+    let old_row = r
+        .old_row
+        .as_ref()
+        .map(|o| stored_doc(&serde_json::to_vec(o).expect("a Value serializes")).0);
+    let record = json!({
+        "@timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "stage": "transform",
+        "mapping": &*r.mapping,
+        "index": r.index,
+        "id": Value::Null,
+        "action": Value::Null,
+        "change": r.change,
+        "version": r.lsn.as_version(),
+        "status": Value::Null,
+        "error": { "type": r.kind, "reason": r.reason },
+        "table": &*r.table,
+        "key": r.key,
+        "lsn": r.lsn.to_string(),
+        "row": row,
+        "old_row": old_row,
+        "doc": Value::Null,
+        "doc_truncated": row_truncated,
+    });
+    let mut h = Sha256::new();
+    for part in [
+        r.mapping.as_bytes(),
+        r.table.as_bytes(),
+        r.change.as_bytes(),
+        r.key.as_bytes(),
+        r.reason.as_bytes(),
+        &serde_json::to_vec(&r.row).expect("a Value serializes"),
+        &serde_json::to_vec(&r.old_row).expect("a Value serializes"),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(r.lsn.as_version().to_be_bytes());
+    let id = h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    BulkOp {
+        action: OpAction::Index {
+            doc: serde_json::to_vec(&record).expect("a Value serializes"),
+        },
+        index: dead_letter_index.clone(),
+        id,
+        routing: None,
+        pipeline: None,
+        version: r.lsn.as_version(),
+        origin: OpOrigin {
+            table: r.table.clone(),
+            key: r.key.clone(),
+            lsn: r.lsn,
+        },
+    }
+}
+
 /// The original document: as JSON when it parses and fits, else as a string.
 fn stored_doc(doc: &[u8]) -> (Value, bool) {
     if doc.len() > MAX_STORED_DOC_BYTES {
@@ -108,7 +175,12 @@ pub fn index_spec(name: &str) -> IndexSpec {
                 "key": { "type": "keyword" },
                 "lsn": { "type": "keyword" },
                 "doc": { "type": "object", "enabled": false },
-                "doc_truncated": { "type": "boolean" }
+                "doc_truncated": { "type": "boolean" },
+                "stage": { "type": "keyword" },
+                "mapping": { "type": "keyword" },
+                "change": { "type": "keyword" },
+                "row": { "type": "object", "enabled": false },
+                "old_row": { "type": "object", "enabled": false }
             }
         }),
         alias: None,

@@ -545,10 +545,38 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, SourceError>
     Ok(true)
 }
 
+/// The OIDs of `tables` (`(schema, table)`) as they are now, with their
+/// `schema.table` names; tables that do not exist are left out.
+pub async fn relation_oids(
+    client: &Client,
+    tables: &[(String, String)],
+) -> Result<Vec<(u32, String)>, SourceError> {
+    let mut out = Vec::with_capacity(tables.len());
+    for (schema, table) in tables {
+        let row = client
+            .query_opt(
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2",
+                &[schema, table],
+            )
+            .await?;
+        if let Some(row) = row {
+            out.push((row.get::<_, u32>(0), format!("{schema}.{table}")));
+        }
+    }
+    Ok(out)
+}
+
 /// Re-read the current rows for `keys` (rows in `rel`'s column order; only
 /// the key columns are used) and convert them like streamed values. Used to
 /// fill unchanged TOAST values when REPLICA IDENTITY is not FULL (DESIGN
 /// invariant 6). Rows deleted meanwhile are simply absent; order is arbitrary.
+///
+/// `rel` is the relation as of the change's WAL position, which may be
+/// older than the catalog: the table is found by its OID (a renamed table
+/// is read under its current name; a dropped one has no rows), and only the
+/// columns it has now are selected. A column dropped since reads as NULL:
+/// it has no current value, and every later change of the row omits it.
 pub async fn fetch_rows_by_key(
     client: &Client,
     rel: &Relation,
@@ -597,10 +625,37 @@ pub async fn fetch_rows_by_key(
             });
         }
     }
+    let Some(now) = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text,
+                    ARRAY(SELECT a.attname::text FROM pg_attribute a
+                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = $1",
+            &[&rel.id],
+        )
+        .await?
+    else {
+        return Ok(Vec::new()); // dropped: no row exists any more
+    };
+    let (schema, name, present): (String, String, Vec<String>) = (now.get(0), now.get(1), now.get(2));
+    if let Some(&gone) = key_idx
+        .iter()
+        .find(|&&i| !present.contains(&rel.columns[i].name))
+    {
+        return Err(SourceError::Setup(format!(
+            "key column `{}` of {} no longer exists, so the row cannot be re-read",
+            rel.columns[gone].name,
+            rel.qualified_name()
+        )));
+    }
     let select = rel
         .columns
         .iter()
-        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .map(|c| match present.contains(&c.name) {
+            true => format!("{}::text", quote_ident(&c.name)),
+            false => "NULL::text".to_string(),
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let key_cols = key_idx
@@ -624,8 +679,8 @@ pub async fn fetch_rows_by_key(
         .join(", ");
     let sql = format!(
         "SELECT {select} FROM {}.{} WHERE ({key_cols}) IN (SELECT {casts} FROM unnest({unnest_args}) AS u({aliases}))",
-        quote_ident(&rel.schema),
-        quote_ident(&rel.name)
+        quote_ident(&schema),
+        quote_ident(&name)
     );
     let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
         .iter()

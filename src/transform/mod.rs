@@ -34,7 +34,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-pub use op::{BulkOp, OpAction, OpOrigin};
+pub use op::{BulkOp, OpAction, OpOrigin, RejectedRow};
 
 use crate::config::{Mapping, Mappings, OnDelete, OnTruncate};
 use crate::source::{Change, ChangeKind, Datum, OldRow, Relation, Row};
@@ -72,17 +72,19 @@ pub enum TransformError {
         mapping: Arc<str>,
         reason: String,
     },
-    #[error("{table} row {key}: `_id` column `{column}` is NULL")]
+    #[error("{table} row {key}: `_id` column `{column}` for mapping `{mapping}` is NULL")]
     NullId {
         table: Arc<str>,
+        mapping: Arc<str>,
         column: String,
         key: Value,
     },
     #[error(
-        "{table} row {key}: the old row does not carry column `{column}`, needed to find the document (use REPLICA IDENTITY FULL)"
+        "{table} row {key}: the old row does not carry column `{column}`, needed by mapping `{mapping}` to find the document (use REPLICA IDENTITY FULL)"
     )]
     MissingOldValue {
         table: Arc<str>,
+        mapping: Arc<str>,
         column: String,
         key: Value,
     },
@@ -96,6 +98,81 @@ pub enum TransformError {
     },
     #[error("{table} was truncated and mapping `{mapping}` has `on_truncate = \"fail\"`")]
     Truncated { table: Arc<str>, mapping: Arc<str> },
+}
+
+/// What a transform failure belongs to, which decides what the stream does
+/// with it (see [`TransformError::scope`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureScope {
+    /// This row's values cannot make a document for this mapping (bad text
+    /// for a conversion, a NULL `_id` column, an old row too thin to find
+    /// the document). Other rows are fine: dead-letter this one and go on.
+    Row,
+    /// The mapping cannot work with the table as it is now (a column it
+    /// needs is gone, no `_id` columns) or the user asked to stop
+    /// (`on_truncate = "fail"`): every row would fail the same way, so stop
+    /// and let the user fix the mapping; the restart replays the change.
+    Mapping,
+}
+
+impl TransformError {
+    /// The one place that decides whether a failure is the row's (dead
+    /// letter) or the mapping's (stop). `NeedsFullRow` is a row's: it only
+    /// escapes the transform step when the re-read could not fill the row.
+    pub fn scope(&self) -> FailureScope {
+        match self {
+            TransformError::NeedsFullRow { .. }
+            | TransformError::NullId { .. }
+            | TransformError::MissingOldValue { .. }
+            | TransformError::Convert { .. } => FailureScope::Row,
+            TransformError::MissingColumn { .. }
+            | TransformError::NoId { .. }
+            | TransformError::Plan { .. }
+            | TransformError::Truncated { .. } => FailureScope::Mapping,
+        }
+    }
+
+    /// The mapping that failed.
+    pub fn mapping(&self) -> &Arc<str> {
+        match self {
+            TransformError::NeedsFullRow { mapping, .. }
+            | TransformError::MissingColumn { mapping, .. }
+            | TransformError::NoId { mapping, .. }
+            | TransformError::Plan { mapping, .. }
+            | TransformError::NullId { mapping, .. }
+            | TransformError::MissingOldValue { mapping, .. }
+            | TransformError::Convert { mapping, .. }
+            | TransformError::Truncated { mapping, .. } => mapping,
+        }
+    }
+
+    /// The row's `_id` columns and values, where the failure knows them.
+    pub fn key(&self) -> Option<&Value> {
+        match self {
+            TransformError::NeedsFullRow { key, .. }
+            | TransformError::NullId { key, .. }
+            | TransformError::MissingOldValue { key, .. }
+            | TransformError::Convert { key, .. } => Some(key),
+            TransformError::MissingColumn { .. }
+            | TransformError::NoId { .. }
+            | TransformError::Plan { .. }
+            | TransformError::Truncated { .. } => None,
+        }
+    }
+
+    /// A short name of the failure, for dead letters and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformError::NeedsFullRow { .. } => "unchanged_toast",
+            TransformError::MissingColumn { .. } => "missing_column",
+            TransformError::NoId { .. } => "no_id",
+            TransformError::Plan { .. } => "plan",
+            TransformError::NullId { .. } => "null_id",
+            TransformError::MissingOldValue { .. } => "missing_old_value",
+            TransformError::Convert { .. } => "convert",
+            TransformError::Truncated { .. } => "truncated",
+        }
+    }
 }
 
 /// Why a value could not be read.
@@ -168,9 +245,19 @@ struct RelEntry {
 
 /// Turns changes into bulk operations. Holds per-relation plans and index
 /// name caches, hence `&mut self`; otherwise a pure function of its input.
+///
+/// Mappings name tables, but PostgreSQL identifies a relation by its OID and
+/// a Relation message carries the name the table had at that WAL position.
+/// So a relation matched to a mapping once (or whose OID the caller knew at
+/// start, [`Transformer::with_relation_ids`]) stays matched by OID: a
+/// renamed table keeps being indexed instead of its changes being confirmed
+/// as "not mapped" (issue 14, case 9).
 pub struct Transformer {
     by_table: HashMap<String, Vec<Arc<Mapping>>>,
     relations: HashMap<u32, RelEntry>,
+    /// Relation OID → the mapped table name (a key of `by_table`) it was
+    /// matched to.
+    matched: HashMap<u32, String>,
     doc_hint: usize,
     scratch: String,
     times: TimeCache,
@@ -188,10 +275,23 @@ impl Transformer {
         Transformer {
             by_table,
             relations: HashMap::new(),
+            matched: HashMap::new(),
             doc_hint: 256,
             scratch: String::new(),
             times: TimeCache::default(),
         }
+    }
+
+    /// Seed the OID matching with the mapped tables' OIDs as they are now
+    /// (`oid → schema.table`), so changes replayed from before a rename,
+    /// whose Relation messages still carry the old name, find their mapping.
+    pub fn with_relation_ids(mut self, ids: impl IntoIterator<Item = (u32, String)>) -> Self {
+        for (oid, table) in ids {
+            if self.by_table.contains_key(&table) {
+                self.matched.insert(oid, table);
+            }
+        }
+        self
     }
 
     /// Whether any mapping reads `schema.table`.
@@ -206,7 +306,32 @@ impl Transformer {
         change: &Change,
         out: &mut Vec<BulkOp>,
     ) -> Result<usize, TransformError> {
+        let mut rejected = Vec::new();
         let start = out.len();
+        let n = self.transform_rows(change, out, &mut rejected)?;
+        match rejected.into_iter().next() {
+            Some(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+            None => Ok(n),
+        }
+    }
+
+    /// Like [`Transformer::transform`], but a mapping that fails on this
+    /// row for a reason of the row ([`FailureScope::Row`]) only drops its
+    /// own ops: its error goes to `rejected` and the other mappings' ops
+    /// stay in `out`. Errors that are returned (an unchanged TOAST value to
+    /// re-read, or a failure of the mapping itself) leave `out` and
+    /// `rejected` as they were.
+    pub fn transform_rows(
+        &mut self,
+        change: &Change,
+        out: &mut Vec<BulkOp>,
+        rejected: &mut Vec<TransformError>,
+    ) -> Result<usize, TransformError> {
+        let start = out.len();
+        let rejected_before = rejected.len();
         let rel = &change.relation;
         let fresh = match self.relations.get_mut(&rel.id) {
             Some(e) if Arc::ptr_eq(&e.rel, rel) => false,
@@ -217,24 +342,8 @@ impl Transformer {
             _ => true,
         };
         if fresh {
-            let table: Arc<str> = rel.qualified_name().into();
-            let plans = self
-                .by_table
-                .get(&*table)
-                .map(|ms| {
-                    ms.iter()
-                        .map(|m| Plan::build(m.clone(), rel))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .unwrap_or_else(|| Ok(Vec::new()));
-            self.relations.insert(
-                rel.id,
-                RelEntry {
-                    rel: rel.clone(),
-                    table,
-                    plans,
-                },
-            );
+            let entry = self.entry_for(rel);
+            self.relations.insert(rel.id, entry);
         }
         let entry = self.relations.get_mut(&rel.id).expect("just inserted");
         let plans = match &mut entry.plans {
@@ -249,12 +358,59 @@ impl Transformer {
             times: &mut self.times,
         };
         for plan in plans.iter_mut() {
-            if let Err(e) = cx.apply(plan, out) {
-                out.truncate(start);
-                return Err(e);
+            let before = out.len();
+            match cx.apply(plan, out) {
+                Ok(()) => {}
+                Err(e)
+                    if e.scope() == FailureScope::Row
+                        && !matches!(e, TransformError::NeedsFullRow { .. }) =>
+                {
+                    out.truncate(before);
+                    rejected.push(e);
+                }
+                Err(e) => {
+                    out.truncate(start);
+                    rejected.truncate(rejected_before);
+                    return Err(e);
+                }
             }
         }
         Ok(out.len() - start)
+    }
+
+    /// Plans for a relation seen for the first time or changed: its
+    /// mappings by name, else by the OID it was matched to before.
+    fn entry_for(&mut self, rel: &Arc<Relation>) -> RelEntry {
+        let table: Arc<str> = rel.qualified_name().into();
+        let key = if self.by_table.contains_key(&*table) {
+            self.matched.insert(rel.id, table.to_string());
+            Some(table.to_string())
+        } else {
+            let followed = self.matched.get(&rel.id).cloned();
+            if let Some(mapped) = &followed {
+                tracing::warn!(
+                    relation_oid = rel.id,
+                    mapped_table = %mapped,
+                    table = %table,
+                    "a mapped table is now called {table}: following it by its relation id; \
+                     change `table` in its mapping to \"{table}\" before the next restart"
+                );
+            }
+            followed
+        };
+        let plans = key
+            .and_then(|k| self.by_table.get(&k))
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| Plan::build(m.clone(), rel))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or_else(|| Ok(Vec::new()));
+        RelEntry {
+            rel: rel.clone(),
+            table,
+            plans,
+        }
     }
 }
 
@@ -496,11 +652,13 @@ impl Cx<'_> {
             },
             Miss::NotInOld(p) => TransformError::MissingOldValue {
                 table,
+                mapping: plan.mapping.name.clone(),
                 column: name(p),
                 key,
             },
             Miss::NullId(p) => TransformError::NullId {
                 table,
+                mapping: plan.mapping.name.clone(),
                 column: name(p),
                 key,
             },
@@ -513,6 +671,19 @@ impl Cx<'_> {
             },
         }
     }
+}
+
+/// A row as a JSON object, column name → value, for a dead letter that
+/// must carry the values the transform could not use. Unchanged TOAST
+/// values are left out (PostgreSQL did not send them).
+pub fn row_values(rel: &Relation, row: &Row) -> Value {
+    Value::Object(
+        rel.columns
+            .iter()
+            .zip(row)
+            .filter_map(|(c, d)| datum(d).map(|v| (c.name.clone(), v.clone())))
+            .collect(),
+    )
 }
 
 /// `key_json` as compact text, written directly (this runs for every op).

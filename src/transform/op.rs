@@ -28,6 +28,32 @@ pub struct OpOrigin {
     pub lsn: Lsn,
 }
 
+/// A change that one mapping could not turn into a document for a reason
+/// of the row (a [`crate::transform::FailureScope::Row`] failure). It is
+/// stored as a dead letter through the indexer like any write, so the slot
+/// passes it only once the dead letter is durable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedRow {
+    pub mapping: Arc<str>,
+    /// The index the mapping writes (its name or pattern).
+    pub index: String,
+    /// `schema.table`.
+    pub table: Arc<str>,
+    /// `insert`, `update` or `delete`.
+    pub change: &'static str,
+    /// The `_id` columns and values as JSON text (`null` when unknown).
+    pub key: String,
+    /// The commit LSN of the change's transaction (its version).
+    pub lsn: Lsn,
+    /// A short name of the failure (`convert`, `null_id`, ...).
+    pub kind: &'static str,
+    pub reason: String,
+    /// The row's values (the new row; the old one for a delete).
+    pub row: serde_json::Value,
+    /// The old row of an update, when PostgreSQL sent one.
+    pub old_row: Option<serde_json::Value>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BulkOp {
     pub action: OpAction,

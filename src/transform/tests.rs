@@ -642,3 +642,111 @@ fn several_tables_share_one_index_with_prefixed_ids() {
         ]
     );
 }
+
+#[test]
+fn a_row_one_mapping_cannot_convert_is_rejected_for_that_mapping_only() {
+    let mut t = transformer(&[
+        "table = \"public.orders\"\nindex = \"a\"\ninclude = [\"id\"]\n[fields]\nn = { column = \"note\", convert = \"integer\" }\n",
+        "table = \"public.orders\"\nindex = \"b\"\ninclude = [\"id\", \"note\"]\n",
+    ]);
+    let (mut out, mut rejected) = (Vec::new(), Vec::new());
+    let n = t
+        .transform_rows(&insert(&orders(), &order_row()), &mut out, &mut rejected)
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        summary(&out),
+        [(
+            "index".into(),
+            "b".into(),
+            "7".into(),
+            None,
+            json!({"id": 7, "note": "hello"})
+        )]
+    );
+    assert!(
+        matches!(&rejected[..], [TransformError::Convert { mapping, column, .. }] if &**mapping == "m0" && column == "note"),
+        "{rejected:?}"
+    );
+    assert_eq!(rejected[0].scope(), FailureScope::Row);
+    assert_eq!(rejected[0].key(), Some(&json!({"id": 7})));
+    // `transform` keeps its all-or-nothing contract for the snapshot path.
+    let mut all = Vec::new();
+    assert!(t.transform(&insert(&orders(), &order_row()), &mut all).is_err());
+    assert!(all.is_empty());
+}
+
+#[test]
+fn row_failures_are_the_rows_and_plan_failures_the_mappings() {
+    let table: Arc<str> = "public.orders".into();
+    let mapping: Arc<str> = "m".into();
+    let key = json!({"id": 1});
+    let row = [
+        TransformError::NullId {
+            table: table.clone(),
+            mapping: mapping.clone(),
+            column: "id".into(),
+            key: key.clone(),
+        },
+        TransformError::Convert {
+            table: table.clone(),
+            mapping: mapping.clone(),
+            column: "n".into(),
+            reason: "not a number".into(),
+            key: key.clone(),
+        },
+        TransformError::MissingOldValue {
+            table: table.clone(),
+            mapping: mapping.clone(),
+            column: "region".into(),
+            key,
+        },
+    ];
+    let whole = [
+        TransformError::MissingColumn {
+            table: table.clone(),
+            mapping: mapping.clone(),
+            column: "gone".into(),
+        },
+        TransformError::NoId {
+            table: table.clone(),
+            mapping: mapping.clone(),
+        },
+        TransformError::Truncated { table, mapping },
+    ];
+    assert!(row.iter().all(|e| e.scope() == FailureScope::Row));
+    assert!(whole.iter().all(|e| e.scope() == FailureScope::Mapping));
+}
+
+fn renamed(r: &Arc<Relation>, name: &str) -> Arc<Relation> {
+    let mut n = (**r).clone();
+    n.name = name.into();
+    Arc::new(n)
+}
+
+#[test]
+fn a_renamed_table_keeps_its_mapping_by_relation_id() {
+    let mut t = transformer(&["table = \"public.orders\"\nindex = \"o\"\ninclude = [\"id\"]\n"]);
+    let r = orders();
+    assert_eq!(run(&mut t, &insert(&r, &order_row())).unwrap().len(), 1);
+    let ops = run(&mut t, &insert(&renamed(&r, "orders_v2"), &order_row())).unwrap();
+    assert_eq!(summary(&ops)[0].1, "o", "still indexed after the rename");
+    assert_eq!(&*ops[0].origin.table, "public.orders_v2");
+    // Another relation that merely had no mapping stays unmapped.
+    let other = rel(2, &[("id", true)], ReplicaIdentity::Default);
+    assert!(
+        run(&mut t, &insert(&renamed(&other, "misc"), &[json!(1)]))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_relation_known_by_oid_at_start_is_mapped_under_the_name_it_had_before_a_rename() {
+    // The mapping names the table as it is called now; the backlog's
+    // Relation messages still carry the old name.
+    let t = transformer(&["table = \"public.orders_v2\"\nindex = \"o\"\ninclude = [\"id\"]\n"]);
+    let mut t = t.with_relation_ids([(1, "public.orders_v2".to_string())]);
+    let ops = run(&mut t, &insert(&orders(), &order_row())).unwrap();
+    assert_eq!(summary(&ops)[0].1, "o");
+}

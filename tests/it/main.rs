@@ -29,3 +29,4 @@ mod source_manage;
 mod source_restart;
 mod source_tls;
 mod source_types;
+mod transform_failures;
