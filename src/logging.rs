@@ -125,7 +125,7 @@ fn redact_userinfo(s: &str) -> String {
     out
 }
 
-fn is_secret_key(key: &str) -> bool {
+pub(crate) fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     matches!(
         k.as_str(),

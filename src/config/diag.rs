@@ -254,6 +254,30 @@ fn drop_entry_at(table: &mut DeTable<'_>, span: &Range<usize>, prefix: &str) -> 
 }
 
 /// serde's type names, as a user who writes TOML knows them.
+/// Whether the value at dotted key `path` may be or contain a secret: a
+/// password or API key, or a URL (which may carry `user:password@`).
+fn holds_secret(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path).trim_matches('"');
+    crate::logging::is_secret_key(last) || matches!(last, "url" | "urls")
+}
+
+/// serde's "invalid type: integer `12345678`, expected a string" without
+/// the value: "invalid type: integer (not shown: ...), expected a string".
+fn without_value(msg: &str) -> String {
+    const HIDDEN: &str = "(not shown: it may be a secret)";
+    let expected = msg.find(", expected").map_or("", |i| &msg[i..]);
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = msg.strip_prefix(prefix) {
+            let kind = rest.split([' ', ',']).next().unwrap_or("value");
+            return format!("{prefix}{kind} {HIDDEN}{expected}");
+        }
+    }
+    if msg.contains('`') || msg.contains('"') {
+        return format!("invalid value {HIDDEN}{expected}");
+    }
+    msg.to_string()
+}
+
 fn plain_type_words(msg: &str) -> String {
     let mut m = msg.to_string();
     // "expected struct RawPipeline": the user wrote a value for a section.
@@ -309,6 +333,12 @@ pub fn from_toml_error(
 ) -> ConfigError {
     let line = err.span().map(|s: Range<usize>| line_of(text, s.start));
     let msg = err.message().trim().to_string();
+    // serde echoes the value it refused (`password = 12345678` -> "integer
+    // `12345678`"); for a secret that is the secret, printed to a log.
+    let msg = match path.is_some_and(holds_secret) {
+        true => without_value(&msg),
+        false => msg,
+    };
     // serde's wording: "unknown field `totl`, expected one of `a`, `b`"
     if let Some((field, candidates)) = unknown_word(&msg, "unknown field `") {
         let hint = did_you_mean(field, candidates.iter().copied()).or_else(|| {

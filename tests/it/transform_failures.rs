@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::run::{Sluice, mapping, poll, wait_converged, wait_streaming};
+use crate::run::{Setup, Sluice, mapping, poll, wait_converged, wait_streaming};
 use crate::support::{Es, TestDb};
 
 /// The rows of `query` keyed by their `key` column's text.
@@ -51,6 +51,17 @@ async fn wait_exact(
     assert_eq!(es.sources(index).await, want);
 }
 
+/// A `sluice run` connecting as the tables' owner, so it creates the
+/// publication from the mappings (column lists, row filters).
+fn as_owner(db: &TestDb, extra: &str, mappings: &[(&str, String)]) -> Sluice {
+    let setup = Setup {
+        pg_url: db.url(),
+        extra: extra.to_string(),
+        ..Setup::for_db(db)
+    };
+    Sluice::with_setup(&setup, mappings)
+}
+
 /// Changes the slot still holds (0: everything is confirmed).
 async fn pending_changes(db: &TestDb) -> i64 {
     db.admin
@@ -70,8 +81,7 @@ async fn a_bad_integer_text_becomes_one_dead_letter_and_the_stream_goes_on() {
     let es = Es::new();
     let (index, dl) = (db.index("readings"), db.index("dead-letters"));
     db.sql(
-        "CREATE TABLE readings (id bigint PRIMARY KEY, label text, amount text);
-         CREATE PUBLICATION sluice FOR TABLE readings;",
+        "CREATE TABLE readings (id bigint PRIMARY KEY, label text, amount text);",
     )
     .await;
     let file = mapping(
@@ -79,7 +89,7 @@ async fn a_bad_integer_text_becomes_one_dead_letter_and_the_stream_goes_on() {
         &index,
         "include = [\"id\", \"label\"]\n[fields]\namount = { column = \"amount\", convert = \"integer\" }",
     );
-    let mut sluice = Sluice::new(
+    let mut sluice = as_owner(
         &db,
         "[snapshot]\nmode = \"never\"\n",
         &[("readings.toml", file)],
@@ -137,6 +147,7 @@ async fn a_null_id_column_becomes_a_dead_letter_and_the_stream_goes_on() {
     let (index, dl) = (db.index("parts"), db.index("dead-letters"));
     db.sql(
         "CREATE TABLE parts (n bigint PRIMARY KEY, code text, name text);
+         ALTER TABLE parts REPLICA IDENTITY FULL;
          CREATE PUBLICATION sluice FOR TABLE parts;",
     )
     .await;
@@ -271,6 +282,7 @@ async fn a_table_renamed_while_streaming_keeps_being_indexed() {
     .await
     .expect("a mapping naming a table that is gone stops start-up");
     assert_ne!(code, 0, "{}", sluice.log_text());
+    sluice.kill9();
     assert!(sluice.log_text().contains("public.goods"));
     assert!(pending_changes(&db).await > 0, "nothing was confirmed");
     // With the mapping naming the table as it is now, the backlog (named
@@ -296,7 +308,7 @@ async fn a_row_re_entering_a_row_filter_with_an_unchanged_toast_value_is_indexed
          INSERT INTO t SELECT g, repeat(md5(g::text), 625), g FROM generate_series(1, 5) g;",
     )
     .await;
-    let mut sluice = Sluice::new(
+    let mut sluice = as_owner(
         &db,
         "",
         &[(
