@@ -470,7 +470,14 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
             return;
         }
     };
-    let urls = config.elasticsearch.urls.join(", ");
+    // `user:password@` in a URL is a secret: never print it.
+    let urls = config
+        .elasticsearch
+        .urls
+        .iter()
+        .map(|u| crate::logging::redact_url(u))
+        .collect::<Vec<_>>()
+        .join(", ");
     let info = match es.info().send().await {
         Ok(r) if r.status_code().is_success() => r.json::<Value>().await.unwrap_or_default(),
         Ok(r) if matches!(r.status_code().as_u16(), 401 | 403) => {

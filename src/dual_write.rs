@@ -41,10 +41,10 @@ use tokio::sync::watch;
 
 use crate::config::{IndexName, Mappings};
 use crate::lsn::Lsn;
+use crate::pipeline::StepError;
 use crate::snapshot::reindex::{self, ReindexState, ReindexStatus};
 use crate::snapshot::{SnapshotError, StateStore};
 use crate::source::Change;
-use crate::pipeline::StepError;
 use crate::transform::BulkOp;
 
 /// A transform step as the pipeline runs it.

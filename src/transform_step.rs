@@ -68,20 +68,18 @@ pub fn transform_step(
         let first = transformer.transform_rows(change, out, &mut rejected);
         match first {
             Ok(_) => {}
-            Err(TransformError::NeedsFullRow { mapping, .. }) => {
-                match reader.fill(change)? {
-                    Filled::Change(filled) => {
-                        if let Err(e) = transformer.transform_rows(&filled, out, &mut rejected) {
-                            if e.scope() == FailureScope::Mapping {
-                                return Err(StepError::Mapping(e));
-                            }
-                            rejected.push(e);
+            Err(TransformError::NeedsFullRow { mapping, .. }) => match reader.fill(change)? {
+                Filled::Change(filled) => {
+                    if let Err(e) = transformer.transform_rows(&filled, out, &mut rejected) {
+                        if e.scope() == FailureScope::Mapping {
+                            return Err(StepError::Mapping(e));
                         }
+                        rejected.push(e);
                     }
-                    Filled::Gone => {}
-                    Filled::Refused(reason) => refused.push((mapping, reason)),
                 }
-            }
+                Filled::Gone => {}
+                Filled::Refused(reason) => refused.push((mapping, reason)),
+            },
             Err(e) => return Err(StepError::Mapping(e)),
         }
         let index_of = |m: &str| {
@@ -91,15 +89,16 @@ pub fn transform_step(
                 .map(|(_, i)| i.clone())
                 .unwrap_or_default()
         };
-        let rows = rejected
-            .iter()
-            .map(|e| {
-                let m = e.mapping();
-                rejected_row(change, m, index_of(m), e.kind(), e.key(), e)
-            })
-            .chain(refused.iter().map(|(m, reason)| {
-                rejected_row(change, m, index_of(m), "refetch", None, reason)
-            }));
+        let rows =
+            rejected
+                .iter()
+                .map(|e| {
+                    let m = e.mapping();
+                    rejected_row(change, m, index_of(m), e.kind(), e.key(), e)
+                })
+                .chain(refused.iter().map(|(m, reason)| {
+                    rejected_row(change, m, index_of(m), "refetch", None, reason)
+                }));
         for r in rows {
             tracing::error!(
                 table = %r.table,

@@ -368,6 +368,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_type_error_on_a_secret_never_echoes_the_value() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Es {
+            password: String,
+            urls: Vec<String>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Root {
+            elasticsearch: Es,
+        }
+        let text = "[elasticsearch]\npassword = 12345678\nurls = [87654321]\n";
+        let (_, errors) = deserialize_all::<Root>(Path::new("sluice.toml"), text);
+        let shown = errors.to_string();
+        assert!(!shown.contains("12345678"), "{shown}");
+        assert!(!shown.contains("87654321"), "{shown}");
+        assert!(shown.contains("password"), "still names the key: {shown}");
+        assert!(
+            shown.contains("expected"),
+            "still says what is wrong: {shown}"
+        );
+    }
+
+    #[test]
     fn lines_count_from_one() {
         let t = "a = 1\nb = 2\nc = 3\n";
         assert_eq!(line_of(t, 0), 1);

@@ -47,12 +47,40 @@ impl fmt::Debug for EsConfig {
             EsAuth::Basic { .. } => "basic <redacted>",
             EsAuth::ApiKey(_) => "api key <redacted>",
         };
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| crate::logging::redact_url(u))
+            .collect();
         f.debug_struct("EsConfig")
-            .field("urls", &self.urls)
+            .field("urls", &urls)
             .field("auth", &auth)
             .field("ca_file", &self.ca_file)
             .field("insecure_skip_verify", &self.insecure_skip_verify)
             .field("request_timeout", &self.request_timeout)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_a_password_in_a_url_nor_the_credentials() {
+        let c = EsConfig {
+            urls: vec!["https://elastic:s3cr3t-Pw@es.example:9200".into()],
+            auth: EsAuth::Basic {
+                username: "elastic".into(),
+                password: "other-Pw".into(),
+            },
+            ..EsConfig::default()
+        };
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("s3cr3t-Pw") && !text.contains("other-Pw"),
+            "{text}"
+        );
+        assert!(text.contains("es.example:9200"), "still says where: {text}");
     }
 }

@@ -638,7 +638,8 @@ pub async fn fetch_rows_by_key(
     else {
         return Ok(Vec::new()); // dropped: no row exists any more
     };
-    let (schema, name, present): (String, String, Vec<String>) = (now.get(0), now.get(1), now.get(2));
+    let (schema, name, present): (String, String, Vec<String>) =
+        (now.get(0), now.get(1), now.get(2));
     if let Some(&gone) = key_idx
         .iter()
         .find(|&&i| !present.contains(&rel.columns[i].name))

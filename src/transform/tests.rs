@@ -672,7 +672,10 @@ fn a_row_one_mapping_cannot_convert_is_rejected_for_that_mapping_only() {
     assert_eq!(rejected[0].key(), Some(&json!({"id": 7})));
     // `transform` keeps its all-or-nothing contract for the snapshot path.
     let mut all = Vec::new();
-    assert!(t.transform(&insert(&orders(), &order_row()), &mut all).is_err());
+    assert!(
+        t.transform(&insert(&orders(), &order_row()), &mut all)
+            .is_err()
+    );
     assert!(all.is_empty());
 }
 

@@ -80,10 +80,8 @@ async fn a_bad_integer_text_becomes_one_dead_letter_and_the_stream_goes_on() {
     let db = TestDb::new().await;
     let es = Es::new();
     let (index, dl) = (db.index("readings"), db.index("dead-letters"));
-    db.sql(
-        "CREATE TABLE readings (id bigint PRIMARY KEY, label text, amount text);",
-    )
-    .await;
+    db.sql("CREATE TABLE readings (id bigint PRIMARY KEY, label text, amount text);")
+        .await;
     let file = mapping(
         "public.readings",
         &index,
@@ -255,7 +253,9 @@ async fn a_table_renamed_while_streaming_keeps_being_indexed() {
     .await;
     wait_converged(&db, &es, &index, "SELECT * FROM goods", &mut sluice).await;
     assert!(
-        sluice.log_text().contains("following it by its relation id"),
+        sluice
+            .log_text()
+            .contains("following it by its relation id"),
         "the rename is reported\n{}",
         sluice.log_text()
     );
