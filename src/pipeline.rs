@@ -90,13 +90,13 @@ pub enum StepError {
     /// The mapping cannot work with the table as it is (see
     /// [`crate::transform::FailureScope::Mapping`]): fix the mapping.
     #[error(transparent)]
-    Mapping(crate::transform::TransformError),
+    Mapping(Box<crate::transform::TransformError>),
     /// Re-reading a row failed for a reason that is not the row's (lost
     /// connection past the patience, a missing privilege).
     #[error("re-reading a row of {table}: {source}")]
     Refetch {
         table: String,
-        source: crate::source::SourceError,
+        source: Box<crate::source::SourceError>,
     },
 }
 

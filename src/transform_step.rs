@@ -72,7 +72,7 @@ pub fn transform_step(
                 Filled::Change(filled) => {
                     if let Err(e) = transformer.transform_rows(&filled, out, &mut rejected) {
                         if e.scope() == FailureScope::Mapping {
-                            return Err(StepError::Mapping(e));
+                            return Err(StepError::Mapping(Box::new(e)));
                         }
                         rejected.push(e);
                     }
@@ -80,7 +80,7 @@ pub fn transform_step(
                 Filled::Gone => {}
                 Filled::Refused(reason) => refused.push((mapping, reason)),
             },
-            Err(e) => return Err(StepError::Mapping(e)),
+            Err(e) => return Err(StepError::Mapping(Box::new(e))),
         }
         let index_of = |m: &str| {
             indices
@@ -228,7 +228,7 @@ impl Refetcher {
             Err(source) => {
                 return Err(StepError::Refetch {
                     table: change.relation.qualified_name(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         };
