@@ -111,7 +111,7 @@ pub const CATALOGUE: &[MetricSpec] = &[
         kind: Kind::Counter,
         unit: Unit::Count,
         labels: &["table"],
-        help: "Documents Elasticsearch rejected for good and that went to the dead-letter index, per source table.",
+        help: "Dead letters: documents Elasticsearch rejected for good, and rows a mapping could not transform (bad text for a conversion, a NULL _id column).",
     },
     MetricSpec {
         name: names::DEAD_LETTER_WRITE_FAILURES_TOTAL,

@@ -109,7 +109,9 @@ pub fn transform_step(
                 dead_letter_index = %dead_letter_index,
                 "a row cannot be transformed; storing it as a dead letter and going on"
             );
-            metrics::counter!("sluice_transform_failures_total", "table" => r.table.to_string(), "kind" => r.kind)
+            // Counted when handed over (a replay after a crash counts it
+            // again; the record itself is stored once).
+            metrics::counter!("sluice_dead_letters_total", "table" => r.table.to_string())
                 .increment(1);
             out.push(dead_letter::rejected_row_op(&r, &dead_letter_index));
         }
