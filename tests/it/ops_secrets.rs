@@ -285,3 +285,57 @@ async fn credentials_authenticate_against_a_secured_elasticsearch_and_wrong_ones
         assert!(!out.contains(secret), "{out}");
     }
 }
+
+/// `sluice check` prints where it connects and every configuration error:
+/// a password in an Elasticsearch URL, and a password or API key of the
+/// wrong type in `sluice.toml`, appear in neither (issue 14, secrets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_config_errors_never_print_a_url_password_or_a_mistyped_secret() {
+    let db = TestDb::new().await;
+    db.sql(
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text);
+         CREATE PUBLICATION sluice FOR TABLE t;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/t.toml"),
+        crate::run::mapping("public.t", &db.index("t"), ""),
+    )
+    .unwrap();
+    // The shared test server has security off: it ignores the credentials,
+    // so `check` gets as far as printing the server it reached.
+    let es_url = crate::support::services()
+        .es_url
+        .replacen("://", "://elastic:Url-Pw-0001@", 1);
+    let config = |es_lines: &str| {
+        let path = dir.path().join(format!("{}.toml", unique_name("c")));
+        std::fs::write(
+            &path,
+            format!(
+                "[postgres]\nurl = \"{}\"\nslot = \"sluice_{}\"\npublication = \"sluice\"\n\
+                 [elasticsearch]\nurls = [\"{es_url}\"]\n{es_lines}\n",
+                db.repl_url(),
+                db.name,
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (code, out) = sluice_check(&config(""), &[]);
+    assert!(
+        out.contains("at http://elastic:"),
+        "check says where: {out}"
+    );
+    assert!(!out.contains("Url-Pw-0001"), "exit {code}: {out}");
+    for (line, secret) in [
+        ("password = 12345678", "12345678"),
+        ("api_key = 87654321", "87654321"),
+    ] {
+        let (code, out) = sluice_check(&config(line), &[]);
+        assert_eq!(code, 2, "a configuration error: {out}");
+        assert!(out.contains(line.split(' ').next().unwrap()), "{out}");
+        assert!(!out.contains(secret), "{out}");
+    }
+}
