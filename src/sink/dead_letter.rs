@@ -265,4 +265,45 @@ mod tests {
         assert!(!s.contains('\u{FFFD}'));
         assert_eq!(r["doc_truncated"], true);
     }
+
+    fn rejected(reason: &str) -> RejectedRow {
+        RejectedRow {
+            mapping: Arc::from("readings"),
+            index: "readings".into(),
+            table: Arc::from("public.readings"),
+            change: "update",
+            key: "{\"id\":7}".into(),
+            lsn: Lsn(0x16_B374_D848),
+            kind: "convert",
+            reason: reason.into(),
+            row: json!({"id": 7, "amount": "seven"}),
+            old_row: None,
+        }
+    }
+
+    #[test]
+    fn a_rejected_row_is_a_versioned_write_to_the_dead_letter_index_with_its_values() {
+        let dl: Arc<str> = Arc::from("dead");
+        let op = rejected_row_op(&rejected("not a number"), &dl);
+        assert_eq!(&*op.index, "dead");
+        assert_eq!(op.version, 0x16_B374_D848);
+        let OpAction::Index { doc } = &op.action else {
+            panic!("an index write")
+        };
+        let r: Value = serde_json::from_slice(doc).unwrap();
+        assert_eq!(r["stage"], "transform");
+        assert_eq!(r["mapping"], "readings");
+        assert_eq!(r["table"], "public.readings");
+        assert_eq!(r["change"], "update");
+        assert_eq!(r["key"], "{\"id\":7}");
+        assert_eq!(r["lsn"], "16/B374D848");
+        assert_eq!(
+            r["error"],
+            json!({"type": "convert", "reason": "not a number"})
+        );
+        assert_eq!(r["row"], json!({"id": 7, "amount": "seven"}));
+        // A replay is the same record; another failure of the row is not.
+        assert_eq!(op.id, rejected_row_op(&rejected("not a number"), &dl).id);
+        assert_ne!(op.id, rejected_row_op(&rejected("other"), &dl).id);
+    }
 }
