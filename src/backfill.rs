@@ -156,11 +156,11 @@ async fn deps(
 /// The initial load's marker in the state index: written before the slot
 /// exists, so a crash anywhere between creating the slot and finishing the
 /// load is noticed on restart (`pending`) and the load resumed.
-fn marker_id(slot: &str) -> String {
+pub(crate) fn marker_id(slot: &str) -> String {
     format!("initial|{slot}")
 }
 
-fn target(slot: &str) -> String {
+pub(crate) fn target(slot: &str) -> String {
     format!("initial:{slot}")
 }
 

@@ -11,7 +11,9 @@
 //!   an orchestrator restarts the process. Waiting on a server that is down
 //!   is not a liveness failure (a restart would not help).
 //! - [`ReadyState`] (readiness, `/ready`): 200 only while the pipeline is
-//!   connected and Snapshotting or Streaming; 503 naming the state otherwise.
+//!   connected and Snapshotting or Streaming and no write is held back for
+//!   the cluster's configuration (`sink::Holds`); 503 naming the state and
+//!   the reason otherwise.
 //!
 //! `/metrics` renders the Prometheus recorder installed by `metrics::install`.
 //! Nothing here prints configuration, so no secret can leak through it.
@@ -74,11 +76,16 @@ impl PipelineState {
 /// Shared readiness state; clone it into the pipeline, which calls `set` on
 /// each transition. Starts in `Starting`.
 #[derive(Debug, Clone, Default)]
-pub struct ReadyState(Arc<AtomicU8>);
+pub struct ReadyState(Arc<AtomicU8>, crate::sink::Holds);
 
 impl ReadyState {
     pub fn new() -> ReadyState {
         ReadyState::default()
+    }
+
+    /// Where the bulk workers report held writes; give it to the indexer.
+    pub fn holds(&self) -> crate::sink::Holds {
+        self.1.clone()
     }
 
     pub fn set(&self, state: PipelineState) {
@@ -341,19 +348,21 @@ async fn health_handler(State(h): State<HttpHandles>) -> Response {
 struct ReadyBody {
     ready: bool,
     state: PipelineState,
+    /// Why changes are held back, while they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<String>,
 }
 
 async fn ready_handler(State(h): State<HttpHandles>) -> Response {
     let state = h.ready.get();
-    let code = if state.is_ready() {
+    let held = h.ready.holds().reason();
+    let ready = state.is_ready() && held.is_none();
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = ReadyBody {
-        ready: state.is_ready(),
-        state,
-    };
+    let body = ReadyBody { ready, state, held };
     (code, axum::Json(body)).into_response()
 }
 

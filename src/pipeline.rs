@@ -36,6 +36,7 @@ use crate::lsn::Lsn;
 use crate::sink::indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
 use crate::source::{Change, ChangeKind, SourceEvent};
 use crate::transform::BulkOp;
+use crate::transform::versions::TxVersions;
 
 /// How the pipeline runs.
 #[derive(Debug, Clone)]
@@ -481,6 +482,9 @@ async fn transform_loop<T, E>(
     let mut tables: HashMap<u32, Arc<str>> = HashMap::new();
     let mut evs = Vec::with_capacity(TRANSFORM_BATCH);
     let mut pending = PendingOps::default();
+    // The k-th write of a document in a transaction is versioned
+    // `final_lsn + k`, in stream order (DESIGN invariant 2).
+    let mut versions = TxVersions::new();
     while events.recv_many(&mut evs, TRANSFORM_BATCH).await > 0 {
         let mut out = Vec::new();
         let mut failed = false;
@@ -490,7 +494,10 @@ async fn transform_loop<T, E>(
                     final_lsn,
                     commit_time,
                     ..
-                } => Work::Begin(final_lsn, commit_time.into()),
+                } => {
+                    versions.begin(final_lsn.as_version());
+                    Work::Begin(final_lsn, commit_time.into())
+                }
                 SourceEvent::Commit { end_lsn, .. } => Work::Commit(end_lsn),
                 SourceEvent::Keepalive { wal_end } => Work::Keepalive(wal_end),
                 // A heartbeat (or any non-transactional message) is a position
@@ -506,6 +513,7 @@ async fn transform_loop<T, E>(
                     match transform(&change, &mut pending.ops) {
                         Ok(()) if pending.ops.len() == before => continue,
                         Ok(()) => {
+                            versions.stamp(&mut pending.ops[before..]);
                             let table = table_name(&mut tables, &change);
                             add_count(&mut pending.counts, table, op_label(&change.kind), 1);
                             pending.lsn = change.version;

@@ -408,7 +408,9 @@ async fn stream(
     }));
 
     let transform = dual.wrap(crate::transform_step::transform_step(&cfg.mappings, step));
-    let pipeline = Pipeline::new(es, pipeline_config(&cfg));
+    let mut config = pipeline_config(&cfg);
+    config.indexer.holds = ready.holds();
+    let pipeline = Pipeline::new(es, config);
     ready.set(PipelineState::Streaming);
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, %start, "streaming");
     let result = pipeline

@@ -40,17 +40,26 @@ pub fn record(op: &BulkOp, status: u16, error_type: &str, reason: &str) -> Value
 }
 
 /// The dead letter's `_id`: a digest of the refused write (target index,
-/// document id, version, action). A write replayed after a crash is the
-/// same write, so its record is created once and the replay gets a 409
-/// instead of a second record. Hashed because document ids may be up to
-/// 512 bytes, the limit for the dead letter's own id too.
+/// document id, version, action and the document itself). A write replayed
+/// after a crash is the same write, so its record is created once and the
+/// replay gets a 409 instead of a second record. The document is part of it
+/// because two different writes of one row can share a version (past the
+/// per-transaction cap of `TxVersions`): without it the second record's
+/// `create` got a 409 and counted as stored while only the first existed.
+/// Hashed because document ids may be up to 512 bytes, the limit for the
+/// dead letter's own id too.
 pub fn record_id(op: &BulkOp) -> String {
-    let action = match op.action {
-        OpAction::Delete => "delete",
-        OpAction::Index { .. } => "index",
+    let (action, doc): (&str, &[u8]) = match &op.action {
+        OpAction::Delete => ("delete", b""),
+        OpAction::Index { doc } => ("index", doc),
     };
     let mut h = Sha256::new();
-    for part in [op.index.as_bytes(), op.id.as_bytes(), action.as_bytes()] {
+    for part in [
+        op.index.as_bytes(),
+        op.id.as_bytes(),
+        action.as_bytes(),
+        doc,
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
@@ -247,6 +256,14 @@ mod tests {
         let mut delete = op(b"");
         delete.action = OpAction::Delete;
         assert_ne!(id, record_id(&delete));
+    }
+
+    #[test]
+    fn two_rejected_updates_of_one_row_in_one_transaction_get_two_dead_letter_ids() {
+        // Same index, id, action and version: only the document differs.
+        let first = op(br#"{"n":"x"}"#);
+        let second = op(br#"{"n":"y"}"#);
+        assert_ne!(record_id(&first), record_id(&second));
     }
 
     #[test]

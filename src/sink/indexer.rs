@@ -25,8 +25,11 @@ use tokio::task::JoinHandle;
 
 use super::batch::{BatchLimits, Inbox, collect_batch};
 use super::bulk::{self, ItemResult};
-use super::classify::{ItemOutcome, RequestOutcome, classify_item, classify_request};
+use super::classify::{
+    ActionKind, ItemOutcome, RequestOutcome, classify_item, classify_request, request_error_type,
+};
 use super::dead_letter;
+use super::hold::Holds;
 use super::indices::ensure_index;
 use crate::transform::BulkOp;
 
@@ -47,6 +50,9 @@ pub struct IndexerConfig {
     pub dead_letter_index: String,
     pub retry_min_delay: Duration,
     pub retry_max_delay: Duration,
+    /// Where workers report writes they hold back because of the cluster's
+    /// configuration (read by `/ready`).
+    pub holds: Holds,
 }
 
 impl Default for IndexerConfig {
@@ -60,6 +66,7 @@ impl Default for IndexerConfig {
             dead_letter_index: "sluice-dead-letters".into(),
             retry_min_delay: Duration::from_millis(100),
             retry_max_delay: Duration::from_secs(10),
+            holds: Holds::new(),
         }
     }
 }
@@ -340,11 +347,37 @@ impl Worker {
             let body = self.render(&items, size_hint);
             let sent = self.send(body).await;
             let status = sent.as_ref().ok().map(|(s, _)| *s);
-            match classify_request(status) {
+            let error_type = match &sent {
+                Ok((s, body)) if !(200..300).contains(s) => request_error_type(body),
+                _ => None,
+            };
+            match classify_request(status, error_type.as_deref()) {
                 RequestOutcome::RetryAll => {
+                    self.note_request_refusal(&sent);
                     log_request_failure(self.id, &sent, items.len(), attempt);
                     metrics::counter!("sluice_bulk_items_total", "outcome" => "retried")
                         .increment(items.len() as u64);
+                }
+                RequestOutcome::Halve if items.len() > 1 => {
+                    tracing::warn!(
+                        worker = self.id,
+                        items = items.len(),
+                        error_type = ?error_type,
+                        "bulk request too large for the cluster right now; sending it in halves"
+                    );
+                    // The halves in order, the first resolved before the
+                    // second: writes to one document keep stream order.
+                    let second = items.split_off(items.len() / 2);
+                    Box::pin(self.process(items, size_hint / 2)).await;
+                    Box::pin(self.process(second, size_hint / 2)).await;
+                    return;
+                }
+                RequestOutcome::Halve => {
+                    // One document alone: nothing left to split; the
+                    // pressure may ease, so retry it as it is.
+                    log_request_failure(self.id, &sent, 1, attempt);
+                    metrics::counter!("sluice_bulk_items_total", "outcome" => "retried")
+                        .increment(1);
                 }
                 RequestOutcome::Split => {
                     let (status, text) = match &sent {
@@ -379,7 +412,7 @@ impl Worker {
                     let (_, body) = sent.as_ref().expect("items need a response");
                     match bulk::parse_response(body) {
                         Ok(results) if results.len() == items.len() => {
-                            items = self.resolve(items, results).await;
+                            items = self.resolve(items, results, attempt).await;
                             if items.is_empty() {
                                 return;
                             }
@@ -400,12 +433,13 @@ impl Worker {
 
     /// Sort items by their results: ack the done ones, dead-letter the bad
     /// ones, return those to send again.
-    async fn resolve(&self, items: Vec<Item>, results: Vec<ItemResult>) -> Vec<Item> {
+    async fn resolve(&self, items: Vec<Item>, results: Vec<ItemResult>, attempt: u32) -> Vec<Item> {
         let fates = triage(items.iter().map(|i| &i.op), &results);
         if fates
             .iter()
             .all(|f| matches!(f, ItemOutcome::Done | ItemOutcome::Conflict))
         {
+            self.config.holds.clear(self.id);
             // The common case: acknowledge in place, no moving of items.
             let conflict = fates
                 .iter()
@@ -421,10 +455,17 @@ impl Worker {
         let mut done = Vec::with_capacity(items.len());
         let mut dead = Vec::new();
         let mut retry = Vec::new();
+        let mut held: Option<String> = None;
         let (mut ok, mut conflict) = (0u64, 0u64);
         for ((item, res), fate) in items.into_iter().zip(results).zip(fates) {
             match fate {
                 ItemOutcome::Retry => retry.push((item, res)),
+                ItemOutcome::Hold => {
+                    if held.is_none() {
+                        held = Some(hold_reason(&item.op.index, &res));
+                    }
+                    retry.push((item, res));
+                }
                 ItemOutcome::DeadLetter => dead.push((item, res)),
                 ItemOutcome::Done => {
                     ok += 1;
@@ -442,6 +483,17 @@ impl Worker {
         drop(done);
         if !dead.is_empty() {
             self.dead_letter(dead).await;
+        }
+        match held {
+            Some(reason) => {
+                if attempt <= 3 || attempt.is_power_of_two() {
+                    tracing::error!(worker = self.id, items = retry.len(), attempt, %reason,
+                        "Elasticsearch refuses these writes because of its configuration; \
+                         holding them (the slot keeps the WAL) and retrying until it is fixed");
+                }
+                self.config.holds.set(self.id, reason);
+            }
+            None => self.config.holds.clear(self.id),
         }
         if let Some((_, first)) = retry.first() {
             metrics::counter!("sluice_bulk_items_total", "outcome" => "retried")
@@ -529,14 +581,16 @@ impl Worker {
                 _ => None,
             };
             let Some(results) = results else {
+                self.note_request_refusal(&sent);
                 log_request_failure(self.id, &sent, records.len(), attempt);
                 continue;
             };
             let mut still = Vec::new();
             for ((i, id, mut rec, simplified), res) in records.into_iter().zip(results) {
                 let err_type = res.error.as_ref().and_then(|e| e.kind.as_deref());
+                let err_reason = res.error.as_ref().and_then(|e| e.reason.as_deref());
                 let item = &dead[i].0;
-                match classify_item(super::classify::ActionKind::Index, res.status, err_type) {
+                match classify_item(ActionKind::Index, res.status, err_type, err_reason) {
                     ItemOutcome::Done | ItemOutcome::Conflict => {
                         metrics::counter!("sluice_dead_letters_total", "table" => item.op.origin.table.to_string())
                             .increment(1);
@@ -544,6 +598,10 @@ impl Worker {
                             .increment(1);
                     }
                     ItemOutcome::Retry => still.push((i, id, rec, simplified)),
+                    ItemOutcome::Hold => {
+                        self.hold_dead_letter(&res, attempt);
+                        still.push((i, id, rec, simplified));
+                    }
                     ItemOutcome::DeadLetter if !simplified => {
                         // The dead-letter index itself refused it (e.g. it was
                         // created by hand with another mapping): keep the
@@ -554,19 +612,48 @@ impl Worker {
                         still.push((i, id, rec, true));
                     }
                     ItemOutcome::DeadLetter => {
-                        // Last resort: the log line is the dead letter.
-                        metrics::counter!("sluice_dead_letters_total", "table" => item.op.origin.table.to_string())
-                            .increment(1);
+                        // Even as text: the dead-letter index itself is
+                        // misconfigured. A log line is no place to keep a
+                        // change, so it is held until that is fixed.
                         metrics::counter!("sluice_dead_letter_write_failures_total").increment(1);
-                        tracing::error!(error = ?res.error, dead_letter_index = %dl_index, record = %rec,
-                            "the dead-letter index refused a record; it is kept only in this log line");
+                        self.hold_dead_letter(&res, attempt);
+                        still.push((i, id, rec, simplified));
                     }
                 }
             }
             records = still;
         }
         let items: Vec<Item> = dead.into_iter().map(|(i, _)| i).collect();
+        self.config.holds.clear(self.id);
         self.ack(&items);
+    }
+
+    /// The dead-letter index refuses a record: hold it (and its change),
+    /// loudly, until the index takes it.
+    fn hold_dead_letter(&self, res: &ItemResult, attempt: u32) {
+        let dl_index = &self.config.dead_letter_index;
+        let reason = format!("the dead-letter index: {}", hold_reason(dl_index, res));
+        if attempt <= 3 || attempt.is_power_of_two() {
+            tracing::error!(worker = self.id, attempt, %reason,
+                "the dead-letter index refuses a record; holding the change (the slot keeps \
+                 the WAL) and retrying until it is fixed");
+        }
+        self.config.holds.set(self.id, reason);
+    }
+
+    /// A request refused as a whole for credentials or privileges is held
+    /// like an item refused for them: say so where `/ready` shows it.
+    fn note_request_refusal(&self, sent: &Sent) {
+        if let Ok((status @ (401 | 403), body)) = sent {
+            self.config.holds.set(
+                self.id,
+                format!(
+                    "Elasticsearch refuses bulk requests with HTTP {status} (credentials or \
+                     privileges): {}",
+                    truncate(&String::from_utf8_lossy(body), 300)
+                ),
+            );
+        }
     }
 
     /// Render a request body into the worker's reused buffer: once the
@@ -657,12 +744,13 @@ fn triage<'a>(ops: impl Iterator<Item = &'a BulkOp>, results: &[ItemResult]) -> 
                 bulk::action_kind(op),
                 res.status,
                 res.error.as_ref().and_then(|e| e.kind.as_deref()),
+                res.error.as_ref().and_then(|e| e.reason.as_deref()),
             );
             let doc = (&*op.index, op.id.as_str());
             match outcome {
-                ItemOutcome::Retry => {
+                ItemOutcome::Retry | ItemOutcome::Hold => {
                     retry_docs.insert(doc);
-                    ItemOutcome::Retry
+                    outcome
                 }
                 ItemOutcome::Done | ItemOutcome::Conflict
                     if !retry_docs.is_empty() && retry_docs.contains(&doc) =>
@@ -673,6 +761,27 @@ fn triage<'a>(ops: impl Iterator<Item = &'a BulkOp>, results: &[ItemResult]) -> 
             }
         })
         .collect()
+}
+
+/// What `/ready` and the log say about a write held for `index`.
+fn hold_reason(index: &str, res: &ItemResult) -> String {
+    let (kind, reason) = res
+        .error
+        .as_ref()
+        .map(|e| {
+            (
+                e.kind.as_deref().unwrap_or(""),
+                e.reason.as_deref().unwrap_or(""),
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "Elasticsearch refuses writes to `{index}` (HTTP {}, {kind}: {}); fix the cluster \
+         (privileges, closed or missing index, ingest pipeline, alias write index) and \
+         the held changes are written",
+        res.status,
+        truncate(reason, 300)
+    )
 }
 
 fn log_request_failure(worker: usize, sent: &Sent, items: usize, attempt: u32) {

@@ -10,11 +10,13 @@ pub mod classify;
 pub mod client;
 pub mod dead_letter;
 pub mod es_config;
+pub mod hold;
 pub mod indexer;
 pub mod indices;
 
 pub use classify::{ItemOutcome, classify_item, classify_request};
 pub use client::{build_client, describe_es_error};
 pub use es_config::{EsAuth, EsConfig};
+pub use hold::Holds;
 pub use indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
 pub use indices::{EnsureOutcome, IndexError, IndexSpec, ensure_index};

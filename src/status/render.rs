@@ -228,11 +228,9 @@ pub fn render_teardown(t: &TeardownReport, targets: &Targets) -> String {
         &targets.publication,
         "did not exist",
     );
-    o += &line(
-        t.state_index_deleted,
-        "state index",
-        &targets.state_index,
-        "did not exist",
+    o += &format!(
+        "deleted {} record(s) of slot {} from state index {} (other deployments' records stay)\n",
+        t.state_records_deleted, targets.slot, targets.state_index
     );
     o
 }

@@ -1,11 +1,20 @@
-//! `sluice teardown`: drops the slot, the publication and the state index,
-//! after checking that all of them may be dropped, so a refusal leaves
-//! everything as it was (DESIGN invariant 1: never pull the slot from under
-//! a running Sluice).
+//! `sluice teardown`: drops the slot, the publication and this deployment's
+//! records in the state index, after checking that all of them may be
+//! dropped, so a refusal leaves everything as it was (DESIGN invariant 1:
+//! never pull the slot from under a running Sluice).
+//!
+//! The state index is shared: other deployments (other slots) keep their
+//! initial-load markers, snapshot progress and reindexes in it. Deleting the
+//! whole index made such a deployment take an unfinished initial load for
+//! done after a crash. So only this slot's records go: its `initial|<slot>`
+//! marker, the `table|…|initial:<slot>` progress of its initial load with
+//! their `chunk|<run>|…` records, and the reindexes it runs (`"slot"`).
+//! Backfills (`sluice snapshot`) record their progress by table and target,
+//! not by slot, so nothing says whose they are: they stay.
 
 use elasticsearch::Elasticsearch;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_postgres::error::SqlState;
 
 use super::{
@@ -18,15 +27,16 @@ use crate::source::PgConnectConfig;
 pub struct TeardownReport {
     pub slot_dropped: bool,
     pub publication_dropped: bool,
-    pub state_index_deleted: bool,
+    /// Records of this deployment deleted from the state index.
+    pub state_records_deleted: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TeardownError {
     #[error(
         "teardown drops replication slot {slot} (its position is lost: a later `sluice run` \
-         starts over with a snapshot), publication {publication} and index {state_index}; \
-         rerun with --yes-drop-slot to confirm"
+         starts over with a snapshot), publication {publication} and this slot's records in \
+         index {state_index}; rerun with --yes-drop-slot to confirm"
     )]
     NotConfirmed {
         slot: String,
@@ -79,8 +89,8 @@ pub(super) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Drops the slot, the publication and the state index, after checking that
-/// all three may be dropped (confirmed, slot idle and ours, publication
+/// Drops the slot, the publication and this slot's state records, after
+/// checking that all three may be dropped (confirmed, slot idle and ours, publication
 /// droppable by this role). The target and dead-letter indices stay: they
 /// are the user's data.
 pub async fn teardown(
@@ -138,7 +148,7 @@ pub async fn teardown(
     let mut report = TeardownReport {
         slot_dropped: false,
         publication_dropped: false,
-        state_index_deleted: false,
+        state_records_deleted: 0,
     };
     if matches!(slot, SlotStatus::Present(_)) {
         match client
@@ -169,33 +179,146 @@ pub async fn teardown(
         report.publication_dropped = true;
         tracing::info!(publication = %targets.publication, "dropped publication");
     }
+    report.state_records_deleted =
+        delete_own_state(es, &targets.state_index, &targets.slot).await?;
+    tracing::info!(index = %targets.state_index, slot = %targets.slot,
+        deleted = report.state_records_deleted, "deleted this slot's state records");
+    Ok(report)
+}
+
+/// Delete `slot`'s records from the state index (see the module docs);
+/// returns how many there were. A missing state index holds none.
+async fn delete_own_state(es: &Elasticsearch, index: &str, slot: &str) -> Result<u64, StatusError> {
+    let es_err = |what: &'static str| {
+        move |e: elasticsearch::Error| StatusError::Es {
+            what,
+            message: crate::sink::describe_es_error(&e),
+        }
+    };
+    // Searches see what was written before.
+    es.indices()
+        .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[index]))
+        .send()
+        .await
+        .map_err(es_err("refreshing the state index"))?;
+    let initial = crate::backfill::target(slot);
+    let tables = search_state(
+        es,
+        index,
+        json!({"bool": {"filter": [{"term": {"kind": "table"}}, {"term": {"target": initial}}]}}),
+    )
+    .await?;
+    let reindexes = search_state(es, index, json!({"term": {"kind": "reindex"}})).await?;
+    let run_ids: Vec<Value> = tables
+        .iter()
+        .filter_map(|(_, src)| src.get("run_id").cloned())
+        .collect();
+    let mut ids: Vec<String> = vec![crate::backfill::marker_id(slot)];
+    ids.extend(tables.into_iter().map(|(id, _)| id));
+    ids.extend(
+        reindexes
+            .into_iter()
+            .filter(|(_, src)| src["slot"] == slot)
+            .map(|(id, _)| id),
+    );
+    let mut deleted = bulk_delete(es, index, &ids).await?;
+    // Chunk records, a page at a time: each page is deleted (and refreshed)
+    // before the next search, so the loop ends when none is left.
+    if !run_ids.is_empty() {
+        loop {
+            let chunks = search_state(
+                es,
+                index,
+                json!({"bool": {"filter": [
+                    {"term": {"kind": "chunk"}},
+                    {"terms": {"run_id": run_ids}}
+                ]}}),
+            )
+            .await?;
+            if chunks.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = chunks.into_iter().map(|(id, _)| id).collect();
+            deleted += bulk_delete(es, index, &ids).await?;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Up to 5000 `(id, _source)` of the state index matching `query`; none if
+/// the index does not exist.
+async fn search_state(
+    es: &Elasticsearch,
+    index: &str,
+    query: Value,
+) -> Result<Vec<(String, Value)>, StatusError> {
     let resp = es
-        .indices()
-        .delete(elasticsearch::indices::IndicesDeleteParts::Index(&[
-            &targets.state_index,
-        ]))
+        .search(elasticsearch::SearchParts::Index(&[index]))
+        .body(json!({"size": 5000, "query": query}))
         .send()
         .await
         .map_err(|e| StatusError::Es {
-            what: "deleting the state index",
+            what: "reading the state index",
             message: crate::sink::describe_es_error(&e),
         })?;
-    match resp.status_code().as_u16() {
-        404 => {}
-        c if (200..300).contains(&c) => {
-            report.state_index_deleted = true;
-            tracing::info!(index = %targets.state_index, "deleted state index");
-        }
-        c => {
-            let body: Value = resp.json().await.unwrap_or_default();
-            return Err(StatusError::Es {
-                what: "deleting the state index",
-                message: format!("HTTP {c}: {}", es_reason(&body)),
+    let code = resp.status_code().as_u16();
+    let body: Value = resp.json().await.unwrap_or_default();
+    match code {
+        404 => Ok(Vec::new()),
+        c if (200..300).contains(&c) => Ok(body["hits"]["hits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| Some((h["_id"].as_str()?.to_string(), h["_source"].clone())))
+            .collect()),
+        c => Err(StatusError::Es {
+            what: "reading the state index",
+            message: format!("HTTP {c}: {}", es_reason(&body)),
+        }),
+    }
+}
+
+/// Delete `ids` from the state index (refreshed, so the next search no
+/// longer sees them); returns how many existed.
+async fn bulk_delete(es: &Elasticsearch, index: &str, ids: &[String]) -> Result<u64, StatusError> {
+    let what = "deleting this slot's state records";
+    let body: Vec<elasticsearch::http::request::JsonBody<Value>> = ids
+        .iter()
+        .map(|id| json!({"delete": {"_index": index, "_id": id}}).into())
+        .collect();
+    let resp = es
+        .bulk(elasticsearch::BulkParts::None)
+        .refresh(elasticsearch::params::Refresh::True)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| StatusError::Es {
+            what,
+            message: crate::sink::describe_es_error(&e),
+        })?;
+    let code = resp.status_code().as_u16();
+    let v: Value = resp.json().await.unwrap_or_default();
+    if !(200..300).contains(&code) {
+        return Err(StatusError::Es {
+            what,
+            message: format!("HTTP {code}: {}", es_reason(&v)),
+        });
+    }
+    let mut deleted = 0;
+    for item in v["items"].as_array().into_iter().flatten() {
+        match item["delete"]["status"].as_u64() {
+            Some(200) => deleted += 1,
+            // Not there (or the index is missing): nothing to delete.
+            Some(404) => {}
+            _ => {
+                return Err(StatusError::Es {
+                    what,
+                    message: format!("{}", item["delete"]["error"]),
+                });
             }
-            .into());
         }
     }
-    Ok(report)
+    Ok(deleted)
 }
 
 /// `sluice teardown [--yes-drop-slot]` in one call: returns the text to print.

@@ -26,6 +26,7 @@
 mod convert;
 pub mod op;
 mod plan;
+pub mod versions;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -29,6 +29,21 @@ async fn slot_and_publication(db: &TestDb) {
     .expect("create slot");
 }
 
+/// Write documents with the given ids, then refresh.
+async fn put_docs(es: &Es, index: &str, docs: &[(String, Value)]) {
+    for (id, d) in docs {
+        let r = es
+            .client
+            .index(elasticsearch::IndexParts::IndexId(index, id))
+            .body(d.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status_code().is_success(), "{:?}", r.text().await);
+    }
+    es.refresh(index).await;
+}
+
 async fn index_docs(es: &Es, index: &str, docs: &[Value]) {
     for d in docs {
         let r = es
@@ -228,10 +243,13 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
     )
     .await
     .unwrap();
-    index_docs(
+    put_docs(
         &Es::new(),
         &t.state_index,
-        &[json!({"table": "public.items", "state": "done"})],
+        &[(
+            format!("initial|{}", t.slot),
+            json!({"kind": "initial", "status": "done"}),
+        )],
     )
     .await;
     let pg = pg_config_from_url(&db.repl_url());
@@ -285,7 +303,7 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
 
     let done = teardown(&pg, &es, &t, true).await.expect("teardown");
     assert!(
-        done.slot_dropped && done.publication_dropped && done.state_index_deleted,
+        done.slot_dropped && done.publication_dropped && done.state_records_deleted == 1,
         "{done:?}"
     );
     assert!(
@@ -304,20 +322,74 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
         )
         .await
     );
-    let resp = Es::new()
-        .client
-        .indices()
-        .exists(elasticsearch::indices::IndicesExistsParts::Index(&[
-            &t.state_index
-        ]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status_code().as_u16(), 404);
+    assert_eq!(count(&t.state_index).await, 0);
 
     // Again: nothing left, nothing to do, no error.
     let again = teardown(&pg, &es, &t, true).await.expect("second teardown");
-    assert!(!again.slot_dropped && !again.publication_dropped && !again.state_index_deleted);
+    assert!(!again.slot_dropped && !again.publication_dropped && again.state_records_deleted == 0);
+}
+
+/// Teardown of deployment A deletes A's records from the shared state index
+/// and nothing of deployment B's (issue 14, case 8): B's unfinished initial
+/// load must still read as unfinished after B restarts.
+#[tokio::test]
+async fn teardown_of_one_deployment_keeps_the_other_deployments_state_records() {
+    let db = TestDb::new().await;
+    let a = targets(&db);
+    let b_slot = format!("{}_other", a.slot);
+    let records = |slot: &str, run: &str, alias: &str| {
+        vec![
+            (
+                format!("initial|{slot}"),
+                json!({"kind": "initial", "status": "pending"}),
+            ),
+            (
+                format!("table|public.items|initial:{slot}"),
+                json!({"kind": "table", "table": "public.items", "target": format!("initial:{slot}"),
+                       "run_id": run, "status": "running"}),
+            ),
+            (
+                format!("chunk|{run}|0"),
+                json!({"kind": "chunk", "run_id": run, "chunk": 0, "rows": 10}),
+            ),
+            (
+                format!("chunk|{run}|1"),
+                json!({"kind": "chunk", "run_id": run, "chunk": 1, "rows": 10}),
+            ),
+            (
+                format!("reindex|{alias}"),
+                json!({"kind": "reindex", "status": "building", "slot": slot, "alias": alias}),
+            ),
+        ]
+    };
+    let es = Es::new();
+    // The state index as Sluice creates it (its mapping decides what the
+    // teardown's searches find).
+    sluice::snapshot::StateStore::new(es.client.clone(), a.state_index.clone())
+        .ensure()
+        .await
+        .unwrap();
+    let mine = records(&a.slot, "run-a", "alias-a");
+    let theirs = records(&b_slot, "run-b", "alias-b");
+    put_docs(&es, &a.state_index, &mine).await;
+    put_docs(&es, &a.state_index, &theirs).await;
+    // A backfill's progress names no slot: nothing says it is A's.
+    let backfill = (
+        "table|public.items|items".to_string(),
+        json!({"kind": "table", "table": "public.items", "target": "items", "run_id": "run-c"}),
+    );
+    put_docs(&es, &a.state_index, std::slice::from_ref(&backfill)).await;
+
+    let pg = pg_config_from_url(&db.url());
+    let client = sluice::sink::build_client(&es_config()).unwrap();
+    let done = teardown(&pg, &client, &a, true).await.expect("teardown");
+    assert_eq!(done.state_records_deleted, mine.len() as u64, "{done:?}");
+
+    es.refresh(&a.state_index).await;
+    let left = es.sources(&a.state_index).await;
+    let mut expected: std::collections::BTreeMap<String, Value> = theirs.into_iter().collect();
+    expected.insert(backfill.0, backfill.1);
+    assert_eq!(left, expected);
 }
 
 #[tokio::test]
@@ -427,8 +499,9 @@ async fn the_status_and_teardown_commands_print_what_they_did() {
     assert_eq!(
         out,
         format!(
-            "dropped replication slot {}\ndropped publication {}\nstate index {} did not exist\n",
-            t.slot, t.publication, t.state_index
+            "dropped replication slot {}\ndropped publication {}\ndeleted 0 record(s) of slot {} \
+             from state index {} (other deployments' records stay)\n",
+            t.slot, t.publication, t.slot, t.state_index
         )
     );
 }

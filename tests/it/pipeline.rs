@@ -24,7 +24,7 @@ use crate::sink::client_for;
 use crate::sink_proxy::Proxy;
 use crate::support::{Es, TestDb, services, wait_until};
 
-fn relation(id: u32, name: &str) -> Arc<Relation> {
+pub(crate) fn relation(id: u32, name: &str) -> Arc<Relation> {
     Arc::new(Relation {
         id,
         schema: "public".into(),
@@ -47,13 +47,13 @@ fn relation(id: u32, name: &str) -> Arc<Relation> {
     })
 }
 
-fn row(id: i64, n: Value) -> Vec<Datum> {
+pub(crate) fn row(id: i64, n: Value) -> Vec<Datum> {
     vec![Datum::Value(json!(id)), Datum::Value(n)]
 }
 
 /// A minimal stand-in for the real transformer: table `public.<t>` goes to
 /// the index `indices[t]`; other tables are filtered out (no ops).
-fn transformer(
+pub(crate) fn transformer(
     indices: HashMap<String, String>,
 ) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static {
     move |c: &Change, out: &mut Vec<BulkOp>| {
@@ -100,16 +100,16 @@ fn transformer(
 }
 
 /// Builds the events of transactions.
-struct Feed {
-    tx: mpsc::Sender<SourceEvent>,
+pub(crate) struct Feed {
+    pub(crate) tx: mpsc::Sender<SourceEvent>,
 }
 
 impl Feed {
-    async fn send(&self, ev: SourceEvent) {
+    pub(crate) async fn send(&self, ev: SourceEvent) {
         self.tx.send(ev).await.expect("pipeline is running");
     }
 
-    async fn begin(&self, final_lsn: u64) {
+    pub(crate) async fn begin(&self, final_lsn: u64) {
         self.send(SourceEvent::Begin {
             final_lsn: Lsn(final_lsn),
             commit_time: Utc::now(),
@@ -118,7 +118,7 @@ impl Feed {
         .await;
     }
 
-    async fn change(&self, rel: &Arc<Relation>, version: u64, kind: ChangeKind) {
+    pub(crate) async fn change(&self, rel: &Arc<Relation>, version: u64, kind: ChangeKind) {
         self.send(SourceEvent::Change(Change {
             relation: rel.clone(),
             kind,
@@ -128,12 +128,12 @@ impl Feed {
         .await;
     }
 
-    async fn insert(&self, rel: &Arc<Relation>, version: u64, id: i64, n: Value) {
+    pub(crate) async fn insert(&self, rel: &Arc<Relation>, version: u64, id: i64, n: Value) {
         self.change(rel, version, ChangeKind::Insert { new: row(id, n) })
             .await;
     }
 
-    async fn delete(&self, rel: &Arc<Relation>, version: u64, id: i64) {
+    pub(crate) async fn delete(&self, rel: &Arc<Relation>, version: u64, id: i64) {
         self.change(
             rel,
             version,
@@ -144,7 +144,7 @@ impl Feed {
         .await;
     }
 
-    async fn commit(&self, final_lsn: u64, end_lsn: u64) {
+    pub(crate) async fn commit(&self, final_lsn: u64, end_lsn: u64) {
         self.send(SourceEvent::Commit {
             commit_lsn: Lsn(final_lsn),
             end_lsn: Lsn(end_lsn),
@@ -153,7 +153,13 @@ impl Feed {
     }
 
     /// A whole transaction inserting `ids` with `n = id * mult`.
-    async fn insert_tx(&self, rel: &Arc<Relation>, lsn: u64, ids: std::ops::Range<i64>, mult: i64) {
+    pub(crate) async fn insert_tx(
+        &self,
+        rel: &Arc<Relation>,
+        lsn: u64,
+        ids: std::ops::Range<i64>,
+        mult: i64,
+    ) {
         self.begin(lsn).await;
         for id in ids {
             self.insert(rel, lsn, id, json!(id * mult)).await;
@@ -340,7 +346,8 @@ async fn the_pipeline_confirms_acknowledged_transactions_and_shuts_down_graceful
         .filter(|i| !docs.contains_key(&i.to_string()))
         .collect();
     assert_eq!(docs.len(), 299, "row 0 deleted; missing: {missing:?}");
-    assert_eq!(docs["7"], (100, json!({"id": 7, "n": 77})));
+    // Row 7's fourth write in its transaction: version 100 + 3.
+    assert_eq!(docs["7"], (103, json!({"id": 7, "n": 77})));
     assert_eq!(docs["1"], (140, json!({"id": 1, "n": 11})));
     assert_eq!(docs["299"], (100, json!({"id": 299, "n": 299})));
     assert!(!docs.contains_key("0"));

@@ -216,6 +216,92 @@ async fn a_rejected_document_becomes_a_dead_letter_and_the_stream_continues() {
 }
 
 #[tokio::test]
+async fn two_rejected_updates_of_one_row_in_one_transaction_give_two_dead_letters() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("typed");
+    let dl = db.index("dead");
+    let client = client_for(&services().es_url);
+    let window = Duration::from_secs(3600);
+    ensure_index(
+        &client,
+        &IndexSpec {
+            name: index.clone(),
+            settings: json!({"index": {"number_of_replicas": 0}}),
+            mappings: json!({"dynamic": "strict", "properties": {"n": {"type": "long"}}}),
+            alias: None,
+        },
+        window,
+    )
+    .await
+    .unwrap();
+
+    // Both writes share the version (the same transaction, past the
+    // per-transaction version cap); only their documents differ.
+    let ops = vec![
+        (index_op(&index, "1", 10, json!({"n": "first"})), 1),
+        (index_op(&index, "1", 10, json!({"n": "second"})), 1),
+    ];
+    let acks = index_all(test_config(&dl), ops).await;
+    assert_eq!(acks, vec![Ack { tag: 1, count: 2 }]);
+
+    let mut docs: Vec<Value> = es
+        .sources(&dl)
+        .await
+        .into_values()
+        .map(|d| d["doc"].clone())
+        .collect();
+    docs.sort_by_key(|d| d.to_string());
+    assert_eq!(docs, vec![json!({"n": "first"}), json!({"n": "second"})]);
+    assert!(es.sources(&index).await.is_empty());
+}
+
+/// A request-level 429 `circuit_breaking_exception` names the size of the
+/// request: sending the same bytes again trips it forever, so the batch is
+/// halved until its parts fit (issue 14, the oversize-batch case).
+#[tokio::test]
+async fn a_batch_tripping_the_request_circuit_breaker_is_halved_until_it_fits() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("halved");
+    let dl = db.index("dead");
+    // About 130 bytes per op: at most 3 ops fit in 400 bytes.
+    let proxy = crate::sink_proxy::Proxy::start_breaking_over(&services().es_url, 400).await;
+    let config = IndexerConfig {
+        concurrency: 1,
+        max_batch_docs: 40,
+        linger: Duration::from_millis(200),
+        ..test_config(&dl)
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let indexer = Indexer::start(client_for(&proxy.url()), config, tx);
+    let ops: Vec<BulkOp> = (0..40u64)
+        .map(|i| index_op(&index, &i.to_string(), 7, json!({"n": i})))
+        .collect();
+    indexer.submit_all(ops, 1).await.unwrap();
+    let mut acked = 0;
+    wait_until(Duration::from_secs(60), "all 40 acks", || {
+        while let Ok(batch) = rx.try_recv() {
+            acked += batch.iter().map(|a| a.count).sum::<u64>();
+        }
+        let done = acked == 40;
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert!(indexer.finish(Duration::from_secs(10)).await);
+    assert!(
+        proxy.broken.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the breaker tripped"
+    );
+    let docs = es.all_docs(&index).await;
+    assert_eq!(docs.len(), 40);
+    for i in 0..40u64 {
+        assert_eq!(docs[&i.to_string()], (7, json!({"n": i})));
+    }
+    assert!(es.sources(&dl).await.is_empty(), "nothing dead-lettered");
+}
+
+#[tokio::test]
 async fn a_blocked_index_is_retried_until_writable_without_losing_anything() {
     let db = TestDb::new().await;
     let es = Es::new();
