@@ -20,6 +20,7 @@
 //! so a `Begin` may arrive while the previous transaction was never
 //! committed downstream: that transaction is being replayed whole.
 
+pub mod auth_guard;
 pub mod change;
 pub mod decoder;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod pg_config;
 pub mod pgoutput;
 pub mod reader;
 pub mod replication;
+pub mod row_filter;
 pub mod tls;
 pub mod types;
 pub mod value;

@@ -17,6 +17,7 @@ mod ops_tls;
 mod pipeline;
 mod reindex_run;
 mod run;
+mod run_guard;
 mod run_outage;
 mod run_slot_lost;
 mod sink;
