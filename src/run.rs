@@ -273,7 +273,7 @@ async fn start_up(
     // The same fatal checks as `sluice check`, before anything is created or
     // altered: a refused row filter must never reach the publication, where
     // it would make the application's own UPDATE and DELETE fail.
-    preflight(&cfg, crate::check::Preflight::Run).await?;
+    preflight(cfg, crate::check::Preflight::Run).await?;
     crate::config::validate_against_database(&mut cfg.mappings, &pg).await?;
     let published: Vec<PublishedTable> = cfg
         .mappings
@@ -296,17 +296,17 @@ async fn start_up(
     // Elasticsearch: target indices (or templates) and the dead-letter index.
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
         .map_err(|e| Failure::Config(format!("[elasticsearch]: {e}")))?;
-    prepare_indices(&cfg, &es, None).await?;
+    prepare_indices(cfg, &es, None).await?;
 
     // The slot: create it (with an exported snapshot for the initial load) or resume it.
-    let slot = open_slot(&pg, &es, &cfg)
+    let slot = open_slot(&pg, &es, cfg)
         .await
         .map_err(|e| source_failure(e, &format!("replication slot `{}`", cfg.slot)))?;
     let start = match slot {
         SlotStart::Existing { confirmed_flush } => {
             tracing::info!(slot = %cfg.slot, %confirmed_flush, "resuming from the replication slot");
             if cfg.snapshot.mode != SnapshotMode::Never
-                && crate::backfill::initial_pending(&cfg, &es)
+                && crate::backfill::initial_pending(cfg, &es)
                     .await
                     .context("reading the snapshot state")?
             {
@@ -314,7 +314,7 @@ async fn start_up(
                     "the initial snapshot was interrupted: resuming its remaining chunks"
                 );
                 ready.set(PipelineState::Snapshotting);
-                crate::backfill::initial_load(&cfg, &es, &pg, None).await?;
+                crate::backfill::initial_load(cfg, &es, &pg, None).await?;
             }
             confirmed_flush
         }
@@ -331,7 +331,7 @@ async fn start_up(
                 Some(name) => {
                     ready.set(PipelineState::Snapshotting);
                     crate::backfill::initial_load(
-                        &cfg,
+                        cfg,
                         &es,
                         &pg,
                         Some((conn, name, consistent_point)),

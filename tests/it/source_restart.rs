@@ -452,14 +452,14 @@ async fn md5_works_and_cleartext_passwords_are_refused_without_verified_tls_unle
             // Cleartext over a connection without verified TLS: the password
             // is not sent, on either kind of connection, unless allowed.
             for e in [
-                sluice::source::ReplicationConnection::connect(&cfg)
-                    .await
-                    .err()
-                    .expect("cleartext refused on the replication connection"),
-                connect_sql(&cfg)
-                    .await
-                    .err()
-                    .expect("cleartext refused on the SQL connection"),
+                match sluice::source::ReplicationConnection::connect(&cfg).await {
+                    Ok(_) => panic!("cleartext refused on the replication connection"),
+                    Err(e) => e,
+                },
+                match connect_sql(&cfg).await {
+                    Ok(_) => panic!("cleartext refused on the SQL connection"),
+                    Err(e) => e,
+                },
             ] {
                 assert!(
                     matches!(e, sluice::source::SourceError::Auth { .. })
