@@ -5,6 +5,11 @@
 //! that must be fixed. Problems the user fixes in configuration, mappings or
 //! server settings exit with `EXIT_CONFIG` (2); a server that cannot be
 //! reached at all exits with `EXIT_RUNTIME` (1).
+//!
+//! [`preflight`] is the PostgreSQL half of the same checks for `run` and
+//! `snapshot`, so a configuration `check` refuses can never be started and
+//! turn against the application (e.g. a row filter outside the replica
+//! identity, which makes PostgreSQL refuse the application's UPDATEs).
 
 use std::collections::BTreeMap;
 use std::path::Path;

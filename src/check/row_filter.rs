@@ -30,7 +30,7 @@ pub(super) async fn check_row_filter(
     // One expression, or nothing below may see it (the EXPLAIN and the trial
     // publication paste it into SQL).
     if let Err(why) = crate::source::row_filter::single_expression(filter) {
-        report.problem(format!("{at}: {why}"));
+        report.problem(format!("{at}: Sluice rejects the row filter: {why}"));
         return;
     }
     let sql = format!(

@@ -12,6 +12,9 @@
 //! - `ReplicationConnection::{connect, identify_system, create_slot, start_replication}`.
 //! - `connect_sql`, `check_server`, `check_tables`, `ensure_publication`,
 //!   `ensure_slot`, `drop_slot`, `drop_publication`, `fetch_rows_by_key`.
+//! - `row_filter::validate_row_filter`: a mapping's filter is one expression
+//!   before any SQL carries it; `auth_guard`: which password exchanges are
+//!   answered over which transport (both connection kinds).
 //! - `convert_text` / `TypeCatalog` / `ValueOptions` for snapshot reads, with
 //!   sessions set up per `value::SESSION_SETTINGS` (`connect_sql` does that);
 //!   `convert_binary` for binary values (same results as their text).

@@ -81,6 +81,27 @@ async fn run_refuses_a_row_filter_outside_the_replica_identity_and_the_applicati
         .await,
         0
     );
+    // `snapshot` runs the same checks and refuses with the same words.
+    let snapshot = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["snapshot", "--config"])
+        .arg(sluice.config_path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&snapshot.stderr);
+    assert_eq!(snapshot.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("the row filter reads `status` outside public.orders's replica identity"),
+        "{out}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+        )
+        .await,
+        0,
+        "snapshot created no temporary slot either"
+    );
     // The application's own writes still work.
     db.admin
         .execute("UPDATE orders SET status = 'shipped' WHERE id = 1", &[])
