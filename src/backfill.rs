@@ -99,10 +99,7 @@ fn temporary_slot_exporter(cfg: &Config) -> SnapshotExporter {
     let base = cfg.slot.clone();
     Arc::new(move || {
         let pg = pg.clone();
-        let name = format!("{}_snap_{}", base, std::process::id())
-            .chars()
-            .take(63)
-            .collect::<String>();
+        let name = temporary_slot_name(&base, rand::random::<u64>());
         Box::pin(async move {
             let mut conn = ReplicationConnection::connect(&pg)
                 .await
@@ -120,6 +117,17 @@ fn temporary_slot_exporter(cfg: &Config) -> SnapshotExporter {
             })
         })
     })
+}
+
+/// `{slot}_snap_{random}`: unique across processes and containers (where
+/// every process may be pid 1, so a pid would collide), and a valid slot
+/// name (lower-case letters, digits, `_`; at most 63 bytes) for any valid
+/// `slot`, whose prefix is shortened to make room for the suffix.
+fn temporary_slot_name(slot: &str, random: u64) -> String {
+    let suffix = format!("_snap_{random:016x}");
+    let keep = 63 - suffix.len();
+    let prefix: String = slot.chars().take(keep).collect();
+    format!("{prefix}{suffix}")
 }
 
 fn options(cfg: &Config) -> SnapshotOptions {
@@ -182,6 +190,48 @@ pub async fn begin_initial(cfg: &Config, es: &Elasticsearch) -> Result<(), Snaps
             &serde_json::json!({"kind": "initial", "status": "pending"}),
         )
         .await
+}
+
+/// Why `run` must not create the slot anew, if it must not: the initial
+/// load for this slot name finished earlier, so its indices hold documents,
+/// and a missing slot means it was dropped or lost (a failover to a standby
+/// does not carry logical slots). Its changes since the last confirmed
+/// position are gone; snapshotting again over the same indices would keep
+/// the documents of rows deleted in that gap forever, silently. So the
+/// rebuild is left to a person, with the recipe (docs/operations.md, "A
+/// lost slot").
+pub async fn lost_slot_refusal(
+    cfg: &Config,
+    es: &Elasticsearch,
+) -> Result<Option<String>, SnapshotError> {
+    let state = StateStore::new(es.clone(), STATE_INDEX);
+    let done = state
+        .get(&marker_id(&cfg.slot))
+        .await?
+        .is_some_and(|d| d["status"] == "done");
+    if !done {
+        return Ok(None);
+    }
+    let mut indices: Vec<String> = cfg
+        .mappings
+        .list
+        .iter()
+        .map(|m| m.index_pattern())
+        .collect();
+    indices.sort();
+    indices.dedup();
+    Ok(Some(format!(
+        "replication slot `{slot}` does not exist, but its initial snapshot finished earlier \
+         (`{marker}` in index {STATE_INDEX}): the slot was dropped or lost (a failover does not \
+         carry logical slots), so the changes since its last confirmed position are gone. \
+         Refusing to create a new slot and snapshot over the existing indices: documents of rows \
+         deleted in the gap would stay forever. Rebuild: `sluice teardown --yes-drop-slot` \
+         (removes this deployment's state), delete the target indices ({}), then `sluice run` \
+         loads every table anew (see docs/operations.md, section \"A lost slot\")",
+        indices.join(", "),
+        slot = cfg.slot,
+        marker = marker_id(&cfg.slot),
+    )))
 }
 
 /// Whether an initial load for this slot was started and not finished.
@@ -249,6 +299,9 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
     let runtime_err = |e: anyhow::Error| (EXIT_RUNTIME, e);
     let mut cfg =
         Config::load(&args.config.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
+    crate::run::preflight(&cfg, crate::check::Preflight::Snapshot)
+        .await
+        .map_err(|f| (f.exit_code(), anyhow::anyhow!("{f}")))?;
     let pg = source::connect_sql(&cfg.postgres)
         .await
         .with_context(|| format!("connecting to PostgreSQL {}", cfg.postgres))
@@ -509,4 +562,34 @@ fn backfill_targets(cfg: &Config, tables: &[TableSpec]) -> Vec<BackfillTarget> {
         out.extend(fixed);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::temporary_slot_name;
+
+    #[test]
+    fn temporary_slot_names_are_random_valid_and_at_most_63_bytes() {
+        let a = temporary_slot_name("sluice", rand::random());
+        let b = temporary_slot_name("sluice", rand::random());
+        assert_ne!(a, b, "two processes with the same pid still differ");
+        assert!(a.starts_with("sluice_snap_") && a.len() == "sluice_snap_".len() + 16);
+        let long = "s".repeat(63);
+        for name in [
+            a,
+            temporary_slot_name(&long, u64::MAX),
+            temporary_slot_name(&long, 0),
+        ] {
+            assert!(name.len() <= 63, "{name}");
+            assert!(
+                name.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            temporary_slot_name(&long, 0xab),
+            format!("{}_snap_00000000000000ab", "s".repeat(41))
+        );
+    }
 }

@@ -5,6 +5,11 @@
 //! that must be fixed. Problems the user fixes in configuration, mappings or
 //! server settings exit with `EXIT_CONFIG` (2); a server that cannot be
 //! reached at all exits with `EXIT_RUNTIME` (1).
+//!
+//! [`preflight`] is the PostgreSQL half of the same checks for `run` and
+//! `snapshot`, so a configuration `check` refuses can never be started and
+//! turn against the application (e.g. a row filter outside the replica
+//! identity, which makes PostgreSQL refuse the application's UPDATEs).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -63,6 +68,15 @@ impl Report {
         });
     }
 
+    /// The problems as `check` prints them: a count, then one line each.
+    pub fn problems_text(&self) -> String {
+        let mut out = format!("{} problem(s):", self.problems.len());
+        for p in &self.problems {
+            out.push_str(&format!("\n  ✗ {}", p.message));
+        }
+        out
+    }
+
     pub fn exit_code(&self) -> i32 {
         if self.problems.is_empty() {
             0
@@ -99,19 +113,44 @@ pub async fn run(path: &Path) -> i32 {
             println!("  ✓ {f}");
         }
     } else {
-        eprintln!("sluice check: {} problem(s):", report.problems.len());
-        for p in &report.problems {
-            eprintln!("  ✗ {}", p.message);
-        }
+        eprintln!("sluice check: {}", report.problems_text());
     }
     report.exit_code()
+}
+
+/// What the command calling [`preflight`] is about to do on PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preflight {
+    /// `run`: creates or alters the publication and the slot.
+    Run,
+    /// `snapshot`: reads tables through a temporary slot, no publication.
+    Snapshot,
+}
+
+/// The fatal PostgreSQL checks of `check`, run by every command before it
+/// changes anything on the server. This is the guard that keeps Sluice from
+/// breaking the application: a publication whose row filter reads columns
+/// outside the replica identity makes PostgreSQL refuse the application's
+/// UPDATE and DELETE, so `run` must refuse before creating it, with the same
+/// words `check` prints. `Err((exit code, message))` when any problem was
+/// found; `Ok` carries the warnings, for the caller to log.
+pub async fn preflight(config: &Config, what: Preflight) -> Result<Vec<String>, (i32, String)> {
+    // Binding the mappings is the caller's business: work on a copy.
+    let mut config = config.clone();
+    let mut report = Report::default();
+    check_postgres(&mut config, what == Preflight::Run, &mut report).await;
+    if report.problems.is_empty() {
+        Ok(report.warnings)
+    } else {
+        Err((report.exit_code(), report.problems_text()))
+    }
 }
 
 /// Run every check against the servers `config` names. Binds the mappings
 /// to the catalog on the way (as start-up does).
 pub async fn check(config: &mut Config) -> Report {
     let mut report = Report::default();
-    let catalog = check_postgres(config, &mut report).await;
+    let catalog = check_postgres(config, true, &mut report).await;
     check_elasticsearch(config, catalog.as_ref(), &mut report).await;
     report
 }
@@ -128,7 +167,18 @@ pub fn es_client(es: &EsConfig) -> anyhow::Result<Elasticsearch> {
     Ok(crate::sink::client::build_client(es)?)
 }
 
-async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Catalog> {
+/// The PostgreSQL half of `check` (and of [`preflight`]); `publication`:
+/// whether the publication the command manages is checked too.
+async fn check_postgres(
+    config: &mut Config,
+    publication: bool,
+    report: &mut Report,
+) -> Option<Catalog> {
+    // Below verify-full someone may stand in the server's place: said in
+    // `check`, and logged at warn by `run` and `snapshot` (via `preflight`).
+    if let Some(w) = crate::source::auth_guard::transport_warning(&config.postgres) {
+        report.warnings.push(w);
+    }
     let client = match crate::source::connect_sql(&config.postgres).await {
         Ok(c) => c,
         Err(e) => {
@@ -230,7 +280,9 @@ async fn check_postgres(config: &mut Config, report: &mut Report) -> Option<Cata
     if config.heartbeat_interval.is_some() {
         check_heartbeat_privilege(&client, config, report).await;
     }
-    publication::check_publication(&client, config, &catalog, report).await;
+    if publication {
+        publication::check_publication(&client, config, &catalog, report).await;
+    }
     let mapped = config.mappings.list.len();
     report.facts.push(format!(
         "{mapped} mapping(s) over {} table(s) match the catalog",

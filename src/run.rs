@@ -60,6 +60,21 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// `check`'s fatal PostgreSQL checks for `run` and `snapshot`: its
+/// warnings are logged, its problems refuse the start with `check`'s words.
+pub(crate) async fn preflight(cfg: &Config, what: crate::check::Preflight) -> Result<(), Failure> {
+    match crate::check::preflight(cfg, what).await {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(())
+        }
+        Err((code, message)) if code == EXIT_CONFIG => Err(Failure::Config(message)),
+        Err((_, message)) => Err(Failure::Runtime(anyhow!(message))),
+    }
+}
+
 /// Setup problems the user must fix (a missing privilege, wal_level) are
 /// configuration failures; connection trouble is a runtime failure.
 fn source_failure(e: SourceError, what: &str) -> Failure {
@@ -121,6 +136,15 @@ async fn open_slot(
                 });
             }
         }
+    }
+    // No slot. A first start creates it; a start after the initial load
+    // finished means the slot was lost, and rebuilding in place would leave
+    // the index silently wrong.
+    if let Some(refusal) = crate::backfill::lost_slot_refusal(cfg, es)
+        .await
+        .map_err(|e| SourceError::Protocol(format!("reading the snapshot state: {e}")))?
+    {
+        return Err(SourceError::Setup(refusal));
     }
     let export = cfg.snapshot.mode != SnapshotMode::Never;
     let action = if export {
@@ -199,6 +223,40 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
         wait_true(shutdown.clone()),
     ));
 
+    // Start-up (checks, publication, slot, the initial snapshot) listens to
+    // SIGTERM as streaming does: a snapshot of a large table takes hours,
+    // and an orchestrator's grace period is seconds. Dropping it midway is
+    // safe: chunks are recorded done only once Elasticsearch acknowledged
+    // them, the `initial|<slot>` marker stays pending, and the next start
+    // resumes the remaining chunks (the crash-resume path).
+    let started = tokio::select! {
+        r = start_up(&mut cfg, &ready) => r?,
+        _ = wait_true(shutdown.clone()) => {
+            let mode = cfg.snapshot.mode;
+            tracing::info!("stopped during start-up on request; the next start resumes where this one left off (an interrupted initial snapshot continues with its remaining chunks)");
+            // `initial_only` exits 0 only once its snapshot is done.
+            return if mode == SnapshotMode::InitialOnly {
+                Err(Failure::Runtime(anyhow!(
+                    "stopped before the initial snapshot was done; the next start resumes it"
+                )))
+            } else {
+                Ok(())
+            };
+        }
+    };
+    let Some((pg, es, start)) = started else {
+        return Ok(());
+    };
+    stream(cfg, pg, es, start, ready, health, shutdown).await
+}
+
+/// Everything before streaming: the servers and mappings checked, the
+/// publication, indices and slot made sure of, and the initial snapshot
+/// taken or resumed. `None` when the mode says not to stream.
+async fn start_up(
+    cfg: &mut Config,
+    ready: &ReadyState,
+) -> Result<Option<(tokio_postgres::Client, elasticsearch::Elasticsearch, Lsn)>, Failure> {
     // PostgreSQL: server, mappings against the live catalog, tables, publication.
     let pg = source::connect_sql(&cfg.postgres)
         .await
@@ -211,6 +269,10 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
             .await
             .map_err(|e| source_failure(e, "heartbeat"))?;
     }
+    // The same fatal checks as `sluice check`, before anything is created or
+    // altered: a refused row filter must never reach the publication, where
+    // it would make the application's own UPDATE and DELETE fail.
+    preflight(cfg, crate::check::Preflight::Run).await?;
     crate::config::validate_against_database(&mut cfg.mappings, &pg).await?;
     let published: Vec<PublishedTable> = cfg
         .mappings
@@ -233,17 +295,17 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     // Elasticsearch: target indices (or templates) and the dead-letter index.
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
         .map_err(|e| Failure::Config(format!("[elasticsearch]: {e}")))?;
-    prepare_indices(&cfg, &es, None).await?;
+    prepare_indices(cfg, &es, None).await?;
 
     // The slot: create it (with an exported snapshot for the initial load) or resume it.
-    let slot = open_slot(&pg, &es, &cfg)
+    let slot = open_slot(&pg, &es, cfg)
         .await
         .map_err(|e| source_failure(e, &format!("replication slot `{}`", cfg.slot)))?;
     let start = match slot {
         SlotStart::Existing { confirmed_flush } => {
             tracing::info!(slot = %cfg.slot, %confirmed_flush, "resuming from the replication slot");
             if cfg.snapshot.mode != SnapshotMode::Never
-                && crate::backfill::initial_pending(&cfg, &es)
+                && crate::backfill::initial_pending(cfg, &es)
                     .await
                     .context("reading the snapshot state")?
             {
@@ -251,7 +313,7 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
                     "the initial snapshot was interrupted: resuming its remaining chunks"
                 );
                 ready.set(PipelineState::Snapshotting);
-                crate::backfill::initial_load(&cfg, &es, &pg, None).await?;
+                crate::backfill::initial_load(cfg, &es, &pg, None).await?;
             }
             confirmed_flush
         }
@@ -268,7 +330,7 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
                 Some(name) => {
                     ready.set(PipelineState::Snapshotting);
                     crate::backfill::initial_load(
-                        &cfg,
+                        cfg,
                         &es,
                         &pg,
                         Some((conn, name, consistent_point)),
@@ -280,11 +342,16 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
         }
     };
     if cfg.snapshot.mode == SnapshotMode::InitialOnly {
-        tracing::info!("snapshot mode `initial_only`: the snapshot is done, not streaming");
-        return Ok(());
+        tracing::warn!(
+            slot = %cfg.slot,
+            "snapshot mode `initial_only`: the snapshot is done, not streaming. The replication slot stays \
+             and holds WAL on the database server from this point on until a `sluice run` streams from it \
+             or `sluice teardown --yes-drop-slot` removes it; run this mode as a one-off Job, not a \
+             Deployment (which would restart it on this exit 0, forever)"
+        );
+        return Ok(None);
     }
-
-    stream(cfg, pg, es, start, ready, health, shutdown).await
+    Ok(Some((pg, es, start)))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -27,6 +27,12 @@ pub(super) async fn check_row_filter(
         m.file.display(),
         m.filter_line.unwrap_or(m.table_line)
     );
+    // One expression, or nothing below may see it (the EXPLAIN and the trial
+    // publication paste it into SQL).
+    if let Err(why) = crate::source::row_filter::single_expression(filter) {
+        report.problem(format!("{at}: Sluice rejects the row filter: {why}"));
+        return;
+    }
     let sql = format!(
         "EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM ONLY {} AS sluice_filter WHERE ({filter})",
         quote_table(&t.schema, &t.name)
@@ -121,8 +127,18 @@ async fn check_publication_rules(
         std::process::id(),
         quote_table(&t.schema, &t.name)
     );
+    // The trial takes the same lock as the real publication DDL: bounded
+    // the same way, so it never queues the application's DDL behind it.
+    let lock_timeout = format!(
+        "SET LOCAL lock_timeout = '{}'",
+        crate::source::manage::DDL_LOCK_TIMEOUT
+    );
     let tried = match client.batch_execute("BEGIN").await {
-        Ok(()) => client.batch_execute(&sql).await,
+        // Extended protocol: exactly one statement, whatever the filter says.
+        Ok(()) => match client.execute(&lock_timeout, &[]).await {
+            Ok(_) => client.execute(&sql, &[]).await.map(|_| ()),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let _ = client.batch_execute("ROLLBACK").await;

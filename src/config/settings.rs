@@ -151,6 +151,7 @@ struct RawPostgres {
     ssl_root_cert: Option<String>,
     application_name: Option<String>,
     connect_timeout_secs: Option<u64>,
+    allow_cleartext_password: Option<bool>,
     slot: Option<Spanned<String>>,
     publication: Option<Spanned<String>>,
     heartbeat_interval_ms: Option<u64>,
@@ -522,6 +523,9 @@ fn postgres(cx: &mut Ctx, raw: &RawPostgres) -> PgConnectConfig {
     }
     if let Some(t) = raw.connect_timeout_secs {
         pg.connect_timeout_secs = t;
+    }
+    if let Some(a) = raw.allow_cleartext_password {
+        pg.allow_cleartext_password = a;
     }
     pg
 }

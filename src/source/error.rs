@@ -99,6 +99,7 @@ fn sqlstate_retryable(code: &str) -> bool {
         || code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
         || code.starts_with("53") // insufficient resources (too many connections)
         || code == "55006" // object in use: the slot's previous walsender is still exiting
+        || code == "55P03" // lock not available: our DDL's lock_timeout gave way to the application
 }
 
 #[cfg(test)]

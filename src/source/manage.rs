@@ -11,10 +11,12 @@ use tokio_postgres::Client;
 use serde_json::Value;
 
 use crate::lsn::Lsn;
+use crate::source::auth_guard::{AuthGuard, REFUSED_MARKER};
 use crate::source::change::{Datum, Relation, Row};
 use crate::source::error::SourceError;
 use crate::source::pg_config::{PgConnectConfig, SslMode};
-use crate::source::tls::{MakeRustlsConnect, client_config};
+use crate::source::replication::ReplicationConnection;
+use crate::source::row_filter::validate_row_filter;
 use crate::source::types::TypeCatalog;
 use crate::source::value::SESSION_SETTINGS;
 use crate::source::value::{ValueOptions, convert};
@@ -63,42 +65,50 @@ async fn connect_sql_once(cfg: &PgConnectConfig) -> Result<Client, SourceError> 
         .map(|(k, v)| format!("-c {k}={v}"))
         .collect();
     c.options(options.join(" "));
-    let tls = client_config(cfg).map_err(|reason| SourceError::Tls {
-        target: cfg.to_string(),
-        reason,
-    })?;
-    match tls {
-        Some(tc) if !cfg.is_unix_socket() => {
-            c.ssl_mode(if cfg.sslmode == SslMode::Prefer {
-                tokio_postgres::config::SslMode::Prefer
-            } else {
-                tokio_postgres::config::SslMode::Require
-            });
-            let (client, conn) = c
-                .connect(MakeRustlsConnect(tc))
-                .await
-                .map_err(|e| connect_error(cfg, e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "SQL connection ended");
-                }
-            });
-            Ok(client)
-        }
-        _ => {
-            c.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            let (client, conn) = c
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| connect_error(cfg, e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "SQL connection ended");
-                }
-            });
-            Ok(client)
-        }
+    if cfg.is_unix_socket() {
+        // No TLS over a local socket (as libpq), and nobody to pose as the server.
+        c.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        let (client, conn) = c
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| connect_error(cfg, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "SQL connection ended");
+            }
+        });
+        return Ok(client);
     }
+    // TLS is negotiated here, by the same code as the replication
+    // connection, so that `AuthGuard` sits between it and tokio-postgres and
+    // sees the server's authentication request in the clear: tokio-postgres
+    // would otherwise send a cleartext password to whoever asks.
+    c.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let timeout = std::time::Duration::from_secs(cfg.connect_timeout_secs.max(1));
+    let connect = async {
+        let target = cfg.to_string();
+        let tcp = ReplicationConnection::tcp(cfg, &target).await?;
+        let (io, _encrypted) = ReplicationConnection::maybe_tls(cfg, tcp, &target).await?;
+        c.connect_raw(AuthGuard::new(io, cfg), tokio_postgres::NoTls)
+            .await
+            .map_err(|e| connect_error(cfg, e))
+    };
+    let (client, conn) =
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| SourceError::Connect {
+                target: cfg.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                ),
+            })??;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "SQL connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// tokio-postgres hides the cause of TLS failures in the error's source
@@ -109,6 +119,12 @@ fn connect_error(cfg: &PgConnectConfig, e: tokio_postgres::Error) -> SourceError
     while let Some(s) = src {
         chain.push(s.to_string());
         src = s.source();
+    }
+    if chain.iter().any(|c| c.contains(REFUSED_MARKER)) {
+        return SourceError::Auth {
+            user: cfg.user.clone(),
+            reason: crate::source::auth_guard::cleartext_refusal(cfg),
+        };
     }
     if e.to_string().contains("TLS") {
         SourceError::Tls {
@@ -203,6 +219,13 @@ pub async fn ensure_publication(
             "publication `{name}` would publish no table"
         )));
     }
+    // Each filter must be exactly one expression before it is pasted into
+    // DDL (see `row_filter`): a `;` must never run statements of its own.
+    for t in tables {
+        if let Some(f) = &t.row_filter {
+            validate_row_filter(client, &t.schema, &t.name, f).await?;
+        }
+    }
     let list = tables
         .iter()
         .map(PublishedTable::sql)
@@ -219,10 +242,7 @@ pub async fn ensure_publication(
             "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)",
             quote_ident(name)
         );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| privilege_hint(e, &sql))?;
+        run_ddl(client, &sql).await?;
         return Ok(PublicationChange::Created);
     };
     let (all_tables, all_ops): (bool, bool) = (row.get(0), row.get(1));
@@ -251,10 +271,7 @@ pub async fn ensure_publication(
             "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
             quote_ident(name)
         );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| privilege_hint(e, &sql))?;
+        run_ddl(client, &sql).await?;
         change = PublicationChange::Altered;
     }
     if all_tables {
@@ -310,13 +327,38 @@ pub async fn ensure_publication(
         .collect();
     if current != wanted {
         let sql = format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(name));
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| privilege_hint(e, &sql))?;
+        run_ddl(client, &sql).await?;
         change = PublicationChange::Altered;
     }
     Ok(change)
+}
+
+/// How long publication DDL waits for a table lock. CREATE/ALTER
+/// PUBLICATION takes SHARE UPDATE EXCLUSIVE on each table: it never blocks
+/// the application's reads and writes, but a waiting request would queue
+/// the application's own DDL (CREATE INDEX, ALTER TABLE) behind it, so it
+/// gives up early instead (SQLSTATE 55P03, retried by a restart).
+pub const DDL_LOCK_TIMEOUT: &str = "5s";
+
+/// One DDL statement, alone, through the extended protocol (which accepts
+/// exactly one statement), in a transaction bounded by [`DDL_LOCK_TIMEOUT`].
+async fn run_ddl(client: &Client, sql: &str) -> Result<(), SourceError> {
+    client.batch_execute("BEGIN").await?;
+    let done = async {
+        client
+            .execute(
+                &format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"),
+                &[],
+            )
+            .await?;
+        client.execute(sql, &[]).await?;
+        client.batch_execute("COMMIT").await
+    }
+    .await;
+    if done.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    done.map_err(|e| privilege_hint(e, sql))
 }
 
 fn privilege_hint(e: tokio_postgres::Error, sql: &str) -> SourceError {
@@ -339,10 +381,7 @@ fn privilege_hint(e: tokio_postgres::Error, sql: &str) -> SourceError {
 
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), SourceError> {
     let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name));
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| privilege_hint(e, &sql))
+    run_ddl(client, &sql).await
 }
 
 /// Server-level prerequisites: PostgreSQL 15+, `wal_level = logical`, and a

@@ -12,6 +12,9 @@
 //! - `ReplicationConnection::{connect, identify_system, create_slot, start_replication}`.
 //! - `connect_sql`, `check_server`, `check_tables`, `ensure_publication`,
 //!   `ensure_slot`, `drop_slot`, `drop_publication`, `fetch_rows_by_key`.
+//! - `row_filter::validate_row_filter`: a mapping's filter is one expression
+//!   before any SQL carries it; `auth_guard`: which password exchanges are
+//!   answered over which transport (both connection kinds).
 //! - `convert_text` / `TypeCatalog` / `ValueOptions` for snapshot reads, with
 //!   sessions set up per `value::SESSION_SETTINGS` (`connect_sql` does that);
 //!   `convert_binary` for binary values (same results as their text).
@@ -20,6 +23,7 @@
 //! so a `Begin` may arrive while the previous transaction was never
 //! committed downstream: that transaction is being replayed whole.
 
+pub mod auth_guard;
 pub mod change;
 pub mod decoder;
 pub mod error;
@@ -29,6 +33,7 @@ pub mod pg_config;
 pub mod pgoutput;
 pub mod reader;
 pub mod replication;
+pub mod row_filter;
 pub mod tls;
 pub mod types;
 pub mod value;

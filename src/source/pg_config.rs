@@ -32,6 +32,10 @@ pub struct PgConnectConfig {
     /// `application_name` reported to the server.
     pub application_name: String,
     pub connect_timeout_secs: u64,
+    /// Send the password when the server asks for it in clear text even
+    /// though TLS is not verified (`[postgres] allow_cleartext_password`);
+    /// see `auth_guard`.
+    pub allow_cleartext_password: bool,
 }
 
 impl Default for PgConnectConfig {
@@ -46,6 +50,7 @@ impl Default for PgConnectConfig {
             ssl_root_cert: None,
             application_name: "sluice".into(),
             connect_timeout_secs: 10,
+            allow_cleartext_password: false,
         }
     }
 }

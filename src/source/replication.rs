@@ -15,11 +15,12 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::lsn::Lsn;
+use crate::source::auth_guard::{PasswordAnswer, cleartext_refusal, md5_warning, password_policy};
 use crate::source::error::{ServerError, SourceError};
 use crate::source::pg_config::{PgConnectConfig, SslMode};
 use crate::source::value::SESSION_SETTINGS;
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// What to do with the snapshot a new slot creates.
@@ -84,6 +85,32 @@ pub struct ReplicationConnection {
     wbuf: BytesMut,
     target: String,
     pub server_version: Option<String>,
+    /// The largest message length accepted from the server: small until
+    /// it authenticated, so an impostor cannot make us reserve gigabytes.
+    max_frame: usize,
+}
+
+/// Before authentication the server sends only short messages
+/// (authentication requests, errors, parameter statuses).
+const PRE_AUTH_MAX_FRAME: usize = 1024 * 1024;
+/// After it: PostgreSQL builds each message in one allocation of at most
+/// 1 GiB (MaxAllocSize), so nothing longer can be real.
+const MAX_FRAME: usize = 1 << 30;
+
+/// A server-supplied message length, checked before anything is reserved.
+fn frame_len(len: u32, max: usize) -> Result<usize, SourceError> {
+    let len = len as usize;
+    if len < 4 {
+        return Err(SourceError::Protocol(format!(
+            "invalid message length {len}"
+        )));
+    }
+    if len > max {
+        return Err(SourceError::Protocol(format!(
+            "message length {len} exceeds the limit of {max} bytes at this stage of the connection"
+        )));
+    }
+    Ok(len)
 }
 
 fn io_err(target: &str) -> impl Fn(std::io::Error) -> SourceError + '_ {
@@ -182,12 +209,13 @@ impl ReplicationConnection {
                 wbuf: BytesMut::with_capacity(1024),
                 target,
                 server_version: None,
+                max_frame: PRE_AUTH_MAX_FRAME,
             },
             encrypted,
         ))
     }
 
-    async fn tcp(
+    pub(crate) async fn tcp(
         cfg: &PgConnectConfig,
         target: &str,
     ) -> Result<tokio::net::TcpStream, SourceError> {
@@ -209,7 +237,7 @@ impl ReplicationConnection {
     /// TLS per `sslmode`: the stream and whether it is encrypted. With
     /// `prefer`, a server that declines TLS or a failed handshake (e.g. no
     /// common protocol version) leaves an unencrypted connection, as libpq does.
-    async fn maybe_tls(
+    pub(crate) async fn maybe_tls(
         cfg: &PgConnectConfig,
         mut tcp: tokio::net::TcpStream,
         target: &str,
@@ -281,8 +309,11 @@ impl ReplicationConnection {
                         return Err(SourceError::Protocol("short authentication message".into()));
                     }
                     match body.get_i32() {
-                        0 => {}
+                        0 => self.max_frame = MAX_FRAME,
                         3 => {
+                            if password_policy(cfg, 3) == PasswordAnswer::Refuse {
+                                return Err(auth_err(cleartext_refusal(cfg)));
+                            }
                             frontend::password_message(password()?.as_bytes(), &mut self.wbuf)
                                 .map_err(SourceError::Io)?;
                             self.flush().await?;
@@ -290,6 +321,9 @@ impl ReplicationConnection {
                         5 => {
                             if body.len() < 4 {
                                 return Err(SourceError::Protocol("short MD5 salt".into()));
+                            }
+                            if password_policy(cfg, 5) == PasswordAnswer::SendWithWarning {
+                                tracing::warn!("{}", md5_warning(cfg));
                             }
                             let salt = [body[0], body[1], body[2], body[3]];
                             let hash = postgres_protocol::authentication::md5_hash(
@@ -385,12 +419,10 @@ impl ReplicationConnection {
     async fn read_frame(&mut self) -> Result<(u8, Bytes), SourceError> {
         loop {
             if self.rbuf.len() >= 5 {
-                let len = u32::from_be_bytes(self.rbuf[1..5].try_into().unwrap()) as usize;
-                if len < 4 {
-                    return Err(SourceError::Protocol(format!(
-                        "invalid message length {len}"
-                    )));
-                }
+                let len = frame_len(
+                    u32::from_be_bytes(self.rbuf[1..5].try_into().unwrap()),
+                    self.max_frame,
+                )?;
                 if self.rbuf.len() > len {
                     let mut frame = self.rbuf.split_to(len + 1).freeze();
                     let tag = frame[0];
@@ -738,4 +770,22 @@ fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, SourceError> {
 
 fn command_name(sql: &str) -> String {
     sql.split_whitespace().next().unwrap_or("").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_length_past_the_limit_is_refused_before_anything_is_reserved() {
+        // Before authentication: a server claiming a 4 GiB message is cut off.
+        let e = frame_len(u32::MAX, PRE_AUTH_MAX_FRAME).unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        assert!(frame_len(PRE_AUTH_MAX_FRAME as u32 + 1, PRE_AUTH_MAX_FRAME).is_err());
+        assert_eq!(frame_len(8192, PRE_AUTH_MAX_FRAME).unwrap(), 8192);
+        // After it: large row images pass, but never past PostgreSQL's own limit.
+        assert_eq!(frame_len(64 << 20, MAX_FRAME).unwrap(), 64 << 20);
+        assert!(frame_len(u32::MAX, MAX_FRAME).is_err());
+        assert!(frame_len(3, MAX_FRAME).is_err());
+    }
 }

@@ -19,6 +19,7 @@ mod pipeline_late_bulk;
 mod reindex_run;
 mod run;
 mod run_cluster;
+mod run_guard;
 mod run_held;
 mod run_outage;
 mod run_slot_lost;

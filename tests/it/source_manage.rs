@@ -268,3 +268,43 @@ async fn rows_are_re_read_by_key_with_the_same_conversion() {
     assert_eq!(body, 5000 * 32);
     assert_eq!(rows[0][3], Datum::Value(json!("2024-06-01T00:00:00Z")));
 }
+
+#[tokio::test]
+async fn a_row_filter_that_closes_the_statement_is_refused_and_runs_nothing() {
+    let db = TestDb::new().await;
+    db.sql("CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE victim (id int)")
+        .await;
+    let admin = connect_sql(&admin_config(&db)).await.unwrap();
+    for filter in [
+        "id > 0); DROP TABLE victim; --",
+        "true); CREATE TABLE pwned(); --",
+        "id > 0) OR (true",
+    ] {
+        let table = PublishedTable {
+            row_filter: Some(filter.into()),
+            ..PublishedTable::new("public", "items")
+        };
+        let e = ensure_publication(&admin, "pub", std::slice::from_ref(&table))
+            .await
+            .expect_err(filter)
+            .to_string();
+        assert!(
+            e.contains("row filter of public.items") && e.contains("parenthesis"),
+            "{filter}: {e}"
+        );
+        let left: (i64, i64, i64) = {
+            let r = db
+                .admin
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_tables WHERE tablename = 'victim'),
+                            (SELECT count(*) FROM pg_tables WHERE tablename = 'pwned'),
+                            (SELECT count(*) FROM pg_publication)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1), r.get(2))
+        };
+        assert_eq!(left, (1, 0, 0), "{filter}: victim kept, nothing created");
+    }
+}

@@ -438,7 +438,7 @@ async fn huge_transaction_in_a_process_of_its_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn md5_and_cleartext_password_authentication_work_too() {
+async fn md5_works_and_cleartext_passwords_are_refused_without_verified_tls_unless_allowed() {
     let pg = tokio::task::spawn_blocking(|| PrivatePg::start_with("password_encryption = md5"))
         .await
         .unwrap();
@@ -473,9 +473,36 @@ async fn md5_and_cleartext_password_authentication_work_too() {
         assert!(!err.to_string().contains("wrong"), "{err}");
         // ...and the right one accepted.
         cfg.password = Some(pw.into());
+        if user == "clearuser" {
+            // Cleartext over a connection without verified TLS: the password
+            // is not sent, on either kind of connection, unless allowed.
+            for e in [
+                match sluice::source::ReplicationConnection::connect(&cfg).await {
+                    Ok(_) => panic!("cleartext refused on the replication connection"),
+                    Err(e) => e,
+                },
+                match connect_sql(&cfg).await {
+                    Ok(_) => panic!("cleartext refused on the SQL connection"),
+                    Err(e) => e,
+                },
+            ] {
+                assert!(
+                    matches!(e, sluice::source::SourceError::Auth { .. })
+                        && e.to_string().contains("allow_cleartext_password = true"),
+                    "{e}"
+                );
+            }
+            cfg.allow_cleartext_password = true;
+        }
         let mut conn = sluice::source::ReplicationConnection::connect(&cfg)
             .await
             .unwrap_or_else(|e| panic!("{user}: {e}"));
         conn.identify_system().await.unwrap();
+        connect_sql(&cfg)
+            .await
+            .unwrap_or_else(|e| panic!("{user} over SQL: {e}"))
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap();
     }
 }
