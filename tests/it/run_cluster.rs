@@ -61,7 +61,11 @@ async fn a_node_killed_mid_stream_in_a_three_node_cluster_costs_no_change() {
         async || workload.committed() > before + 200,
     )
     .await;
-    assert_eq!(http_get(&sluice.http_addr(), "/health").0, 200, "alive with a node down");
+    assert_eq!(
+        http_get(&sluice.http_addr(), "/health").0,
+        200,
+        "alive with a node down"
+    );
     cluster.start_node(victim);
     cluster.wait_for_nodes(3).await;
     let committed = workload.stop().await;

@@ -348,7 +348,13 @@ fn rss_kib() -> u64 {
 fn a_huge_single_transaction_streams_through_in_bounded_memory() {
     let name = "source_restart::huge_transaction_in_a_process_of_its_own";
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .output()
         .unwrap();
     let text = format!(

@@ -54,7 +54,10 @@ impl EsCluster {
             let node = dir.path().join(format!("node-{}", i + 1));
             let conf = node.join("config");
             std::fs::create_dir_all(&node).unwrap();
-            run(Command::new("cp").arg("-r").arg(home.join("config")).arg(&conf));
+            run(Command::new("cp")
+                .arg("-r")
+                .arg(home.join("config"))
+                .arg(&conf));
             std::fs::write(
                 conf.join("elasticsearch.yml"),
                 format!(
@@ -145,10 +148,10 @@ impl EsCluster {
                 .request_timeout(Duration::from_secs(2))
                 .send()
                 .await;
-            if let Ok(r) = r {
-                if let Ok(v) = r.json::<Value>().await {
-                    return Some(v);
-                }
+            if let Ok(r) = r
+                && let Ok(v) = r.json::<Value>().await
+            {
+                return Some(v);
             }
         }
         None
@@ -158,10 +161,10 @@ impl EsCluster {
     pub async fn wait_for_nodes(&self, n: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(240);
         loop {
-            if let Some(h) = self.health().await {
-                if h["number_of_nodes"].as_u64() == Some(n as u64) {
-                    return;
-                }
+            if let Some(h) = self.health().await
+                && h["number_of_nodes"].as_u64() == Some(n as u64)
+            {
+                return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -176,14 +179,17 @@ impl EsCluster {
     pub async fn wait_green(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(180);
         while std::time::Instant::now() < deadline {
-            if let Some(h) = self.health().await {
-                if h["status"] == "green" {
-                    return;
-                }
+            if let Some(h) = self.health().await
+                && h["status"] == "green"
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        panic!("the cluster did not turn green in 180 s: {:?}", self.health().await);
+        panic!(
+            "the cluster did not turn green in 180 s: {:?}",
+            self.health().await
+        );
     }
 }
 
