@@ -20,6 +20,7 @@ use serde_json::Value;
 use crate::Lsn;
 use crate::source::PgConnectConfig;
 
+pub mod es_health;
 mod pg_conn;
 mod render;
 mod teardown;
@@ -37,6 +38,8 @@ pub struct Targets {
     pub publication: String,
     pub dead_letter_index: String,
     pub state_index: String,
+    /// The indices (or aliases) the mappings write to, for their state.
+    pub indices: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +55,8 @@ pub struct StatusReport {
     pub publication: PublicationStatus,
     pub snapshots: SnapshotStatus,
     pub dead_letters: DeadLetterStatus,
+    /// Cluster health and the state of the mapped indices.
+    pub elasticsearch: es_health::EsStatus,
     /// Problems an operator should act on, in plain words.
     pub warnings: Vec<String>,
 }
@@ -370,6 +375,7 @@ pub async fn gather(
             error: Some(e.to_string()),
         },
     };
+    let elasticsearch = es_health::read(es, &targets.indices).await;
     let mut report = StatusReport {
         database: pg.to_string(),
         server_version,
@@ -380,6 +386,7 @@ pub async fn gather(
         publication,
         snapshots,
         dead_letters,
+        elasticsearch,
         warnings: vec![],
     };
     report.warnings = warnings(&report, &pg.dbname);
@@ -432,6 +439,7 @@ fn warnings(r: &StatusReport, dbname: &str) -> Vec<String> {
             r.publication.name
         ));
     }
+    w.extend(es_health::warnings(&r.elasticsearch));
     if let Some(e) = &r.dead_letters.error {
         w.push(format!("Elasticsearch could not be read: {e}"));
     }

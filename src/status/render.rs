@@ -195,6 +195,27 @@ pub fn render_human(r: &StatusReport) -> String {
             );
         }
     }
+    if let Some(c) = &r.elasticsearch.cluster {
+        let _ = writeln!(
+            o,
+            "  elasticsearch         cluster {}, {} node{}, {} unassigned shard{}",
+            c.status,
+            c.number_of_nodes,
+            if c.number_of_nodes == 1 { "" } else { "s" },
+            c.unassigned_shards,
+            if c.unassigned_shards == 1 { "" } else { "s" },
+        );
+    }
+    for t in &r.elasticsearch.indices {
+        use super::es_health::IndexState;
+        let state = match &t.state {
+            IndexState::Missing => "not created yet".to_string(),
+            IndexState::Open { health } => format!("open, {health}"),
+            IndexState::Closed { indices } => format!("CLOSED ({})", indices.join(", ")),
+            IndexState::NoWriteIndex { .. } => "alias without a write index".to_string(),
+        };
+        let _ = writeln!(o, "  index {:<15} {state}", t.name);
+    }
     for w in &r.warnings {
         let _ = writeln!(o, "warning: {w}");
     }

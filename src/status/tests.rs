@@ -73,6 +73,7 @@ fn report(slot: SlotStatus) -> StatusReport {
             count: None,
             error: None,
         },
+        elasticsearch: Default::default(),
         warnings: vec![],
     }
 }

@@ -41,6 +41,7 @@ pub fn targets(db: &TestDb) -> Targets {
         publication: format!("{}_pub", db.name),
         dead_letter_index: db.index("dead-letters"),
         state_index: db.index("state"),
+        indices: vec![db.index("items")],
     }
 }
 

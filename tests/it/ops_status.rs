@@ -5,6 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sluice::status::es_health::IndexState;
 use sluice::status::{
     SlotStatus, SnapshotStatus, TeardownError, gather, render_human, render_json, teardown,
 };
@@ -160,6 +161,52 @@ async fn status_of_a_database_without_a_slot_says_so() {
         r.warnings.iter().any(|w| w.contains("does not exist")),
         "{:?}",
         r.warnings
+    );
+}
+
+#[tokio::test]
+async fn status_names_a_closed_mapped_index_and_the_cluster_health() {
+    let db = TestDb::new().await;
+    let pg = pg_config_from_url(&db.repl_url());
+    let es = sluice::sink::build_client(&es_config()).unwrap();
+    let t = targets(&db);
+    let index = &t.indices[0];
+    let r = gather(&pg, &es, &t).await.unwrap();
+    let cluster = r.elasticsearch.cluster.as_ref().expect("cluster health");
+    assert!(
+        ["green", "yellow"].contains(&cluster.status.as_str()) && cluster.number_of_nodes >= 1,
+        "{cluster:?}"
+    );
+    assert_eq!(r.elasticsearch.indices[0].state, IndexState::Missing);
+    assert!(
+        !r.warnings.iter().any(|w| w.contains(index.as_str())),
+        "{:?}",
+        r.warnings
+    );
+
+    let helper = Es::new();
+    index_docs(&helper, index, &[json!({"id": 1})]).await;
+    let closed = helper
+        .client
+        .indices()
+        .close(elasticsearch::indices::IndicesCloseParts::Index(&[index]))
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status_code().is_success());
+    let r = gather(&pg, &es, &t).await.unwrap();
+    assert_eq!(
+        r.elasticsearch.indices[0].state,
+        IndexState::Closed {
+            indices: vec![index.clone()]
+        }
+    );
+    let text = render_human(&r);
+    assert!(
+        text.contains(&format!("index {index} is closed ({index})"))
+            && text.contains("holds its changes")
+            && text.contains("elasticsearch         cluster "),
+        "{text}"
     );
 }
 
