@@ -383,9 +383,10 @@ fn sluice_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 }
 
 /// Known secrets in every place Sluice takes them from — the PostgreSQL URL
-/// in `sluice.toml`, an Elasticsearch password file, an API key from an
-/// environment variable — and the most verbose JSON logs of every crate, of
-/// a working run, a `sluice status` and runs that fail on a wrong password:
+/// in `sluice.toml` or a `password_file`, an Elasticsearch password file or
+/// the URL's userinfo, an API key from an environment variable or a file —
+/// and the most verbose JSON logs of every crate, of a working run, `sluice
+/// status` and `sluice check` on each, and runs that fail on a wrong password:
 /// no secret appears in any output or in `/metrics`, while the proxy shows
 /// the credentials were really sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,6 +491,52 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
         "{status_out}"
     );
 
+    // 2b. The other places a secret can be written: the PostgreSQL password
+    // in a file (not in the URL), the Elasticsearch password in the URL's
+    // userinfo, the API key in a file. `check` and `status` on each.
+    let url_secret = "es-Url-Secret-91c2";
+    std::fs::write(sluice.dir.path().join("pg-password"), &pg_secret).unwrap();
+    std::fs::write(sluice.dir.path().join("api-key"), format!("{api_key}\n")).unwrap();
+    let base = std::fs::read_to_string(sluice.config_path()).unwrap();
+    let es_auth = "username = \"sluice\"\npassword_file = \"es-password\"";
+    let variants = [
+        (
+            "pg-password-file",
+            base.replace(
+                &db.repl_url(),
+                &db.repl_url().replace(&format!(":{pg_secret}@"), "@"),
+            )
+            .replace(
+                "[postgres]\n",
+                "[postgres]\npassword_file = \"pg-password\"\n",
+            ),
+        ),
+        (
+            "es-url-userinfo",
+            base.replace(es_auth, "").replace(
+                &format!("http://{}", recorder.addr),
+                &format!("http://sluice:{url_secret}@{}", recorder.addr),
+            ),
+        ),
+        (
+            "api-key-file",
+            base.replace(es_auth, "api_key_file = \"api-key\""),
+        ),
+    ];
+    let mut more_outputs = Vec::new();
+    for (name, text) in variants {
+        assert_ne!(text, base, "{name}: the variant changed nothing");
+        let path = sluice.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let path = path.display().to_string();
+        let (code, out) = sluice_cmd(&["status", "--config", &path], &trace);
+        assert_eq!(code, 0, "status with {name}: {out}");
+        more_outputs.push((format!("status with {name}"), out));
+        let (_, out) = sluice_cmd(&["check", "--config", &path], &trace);
+        assert!(out.contains("PostgreSQL"), "check with {name} ran: {out}");
+        more_outputs.push((format!("check with {name}"), out));
+    }
+
     // 3. Failures: a wrong PostgreSQL password, in `run` and in `status`.
     let wrong = sluice.dir.path().join("wrong.toml");
     std::fs::write(
@@ -525,15 +572,33 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
         sent.contains(&format!("authorization: apikey {}", api_key.to_lowercase())),
         "no API key header sent"
     );
+    let url_basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("sluice:{url_secret}"));
+    assert!(
+        sent.contains(&format!(
+            "authorization: basic {}",
+            url_basic.to_lowercase()
+        )),
+        "the URL's userinfo was not sent as basic auth"
+    );
     // ...and never shown.
-    for (what, text) in [
-        ("run logs", &run_log),
-        ("/metrics", &metrics),
-        ("status", &status_out),
-        ("failed run", &run_err),
-        ("failed status", &status_err),
-    ] {
-        for secret in [pg_secret.as_str(), es_secret, api_key, basic.as_str()] {
+    let mut outputs = vec![
+        ("run logs".to_string(), run_log),
+        ("/metrics".to_string(), metrics),
+        ("status".to_string(), status_out),
+        ("failed run".to_string(), run_err),
+        ("failed status".to_string(), status_err),
+    ];
+    outputs.extend(more_outputs);
+    for (what, text) in &outputs {
+        for secret in [
+            pg_secret.as_str(),
+            es_secret,
+            api_key,
+            basic.as_str(),
+            url_secret,
+            url_basic.as_str(),
+        ] {
             assert!(
                 !text.contains(secret),
                 "secret {secret:?} in the {what}:\n{text}"
