@@ -62,7 +62,11 @@ const HASHED_BUCKETS: usize = 1 << 20;
 pub struct TxVersions {
     /// The open transaction's commit LSN (the version base).
     base: u64,
-    exact: HashMap<(Arc<str>, String), u8>,
+    /// Index → `_id` → writes so far: looked up by the borrowed `_id`, so
+    /// a document's later writes allocate nothing.
+    exact: HashMap<Arc<str>, HashMap<String, u8>>,
+    /// Documents in `exact`, all indices together.
+    exact_docs: usize,
     hashed: Option<Box<[u8]>>,
 }
 
@@ -77,6 +81,7 @@ impl TxVersions {
         TxVersions {
             base: 0,
             exact: HashMap::new(),
+            exact_docs: 0,
             hashed: None,
         }
     }
@@ -86,10 +91,9 @@ impl TxVersions {
     /// after a reconnect).
     pub fn begin(&mut self, final_lsn: u64) {
         self.base = final_lsn;
+        // Clearing drops the per-index maps, so memory stays bounded.
         self.exact.clear();
-        if self.exact.capacity() > EXACT_DOCS * 2 {
-            self.exact.shrink_to(EXACT_DOCS);
-        }
+        self.exact_docs = 0;
         // Dropped rather than zeroed: most transactions never need it.
         self.hashed = None;
     }
@@ -115,16 +119,18 @@ impl TxVersions {
     }
 
     fn step(&mut self, index: &Arc<str>, id: &str) -> u8 {
-        // A lookup by borrowed parts would need a custom key type; the
-        // clone only happens for a document's first write.
-        let key = (index.clone(), id.to_string());
-        if let Some(n) = self.exact.get_mut(&key) {
+        let ids = match self.exact.get_mut(index) {
+            Some(ids) => ids,
+            None => self.exact.entry(index.clone()).or_default(),
+        };
+        if let Some(n) = ids.get_mut(id) {
             let step = *n;
             *n = n.saturating_add(1).min(MAX_STEP);
             return step;
         }
-        if self.exact.len() < EXACT_DOCS {
-            self.exact.insert(key, 1.min(MAX_STEP));
+        if self.exact_docs < EXACT_DOCS {
+            ids.insert(id.to_string(), 1.min(MAX_STEP));
+            self.exact_docs += 1;
             return 0;
         }
         let buckets = self
@@ -231,7 +237,7 @@ mod tests {
             let b = v.next(1000, &i, &id);
             assert!(b > a, "{id}: {a} then {b}");
         }
-        assert_eq!(v.exact.len(), EXACT_DOCS, "the exact map stays bounded");
+        assert_eq!(v.exact_docs, EXACT_DOCS, "the exact map stays bounded");
         // Documents of the exact map stay exact.
         assert_eq!(v.next(1000, &i, "0"), 1001);
         v.begin(2000);
