@@ -318,19 +318,31 @@ impl Es {
         // `_doc` order instead (scroll, unlike a point in time, is the same API
         // on Elasticsearch and OpenSearch), and fail loudly on any error (an
         // empty result must mean an empty index).
-        let first = self
-            .client
-            .search(elasticsearch::SearchParts::Index(&[index]))
-            .scroll("1m")
-            .body(serde_json::json!({
-                "size": 5000,
-                "version": true,
-                "sort": ["_doc"],
-                "query": {"match_all": {}}
-            }))
-            .send()
-            .await
-            .expect("search");
+        // A just-created index answers 503 (no shard available) until its
+        // primary is started; wait that out (bounded) rather than fail: it is
+        // not yet a statement about the index's content.
+        let mut attempts = 0;
+        let first = loop {
+            let resp = self
+                .client
+                .search(elasticsearch::SearchParts::Index(&[index]))
+                .scroll("1m")
+                .body(serde_json::json!({
+                    "size": 5000,
+                    "version": true,
+                    "sort": ["_doc"],
+                    "query": {"match_all": {}}
+                }))
+                .send()
+                .await
+                .expect("search");
+            attempts += 1;
+            if resp.status_code().as_u16() == 503 && attempts < 100 {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+            break resp;
+        };
         if first.status_code().as_u16() == 404 {
             return out;
         }
