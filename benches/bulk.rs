@@ -21,8 +21,8 @@ use elasticsearch::http::Method;
 use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::json;
 use sluice::Lsn;
+use sluice::model::{BulkOp, OpAction, OpOrigin};
 use sluice::sink::{EsConfig, Indexer, IndexerConfig, build_client, bulk};
-use sluice::transform::{BulkOp, OpAction, OpOrigin};
 use tokio::sync::mpsc;
 
 const BATCH: usize = 5_000;

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 use sluice::Lsn;
-use sluice::pipeline::{Pipeline, PipelineConfig};
+use sluice::model::{BulkOp, OpAction, OpOrigin};
+use sluice::model::{Change, ChangeKind, Column, Datum, Relation, ReplicaIdentity, SourceEvent};
 use sluice::sink::{EsConfig, IndexerConfig, build_client};
-use sluice::source::{Change, ChangeKind, Column, Datum, Relation, ReplicaIdentity, SourceEvent};
-use sluice::transform::{BulkOp, OpAction, OpOrigin};
+use sluice::stream::pipeline::{Pipeline, PipelineConfig};
 use tokio::sync::{mpsc, watch};
 
 fn cpu_time() -> Duration {

@@ -6,8 +6,9 @@
 //! machine shared with other builds, wall time measures the neighbours too.
 
 use criterion::{Criterion, Throughput, criterion_group};
+use sluice::model::SourceEvent;
 use sluice::source::pgoutput::fixture::{Col, begin, insert, relation};
-use sluice::source::{Decoder, SourceEvent, TypeCatalog, ValueOptions};
+use sluice::source::{Decoder, TypeCatalog, ValueOptions};
 
 /// A decoder that has seen the table's Relation inside an open transaction,
 /// and one Insert of the typical row.

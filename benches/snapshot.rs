@@ -20,6 +20,7 @@ use bytes::Bytes;
 use elasticsearch::Elasticsearch;
 use elasticsearch::http::transport::Transport;
 use serde_json::{Value, json};
+use sluice::model::change::{Change, ChangeKind, Datum};
 use sluice::snapshot::progress::Progress;
 use sluice::snapshot::run::SnapshotDeps;
 use sluice::snapshot::seams::BoxFuture;
@@ -27,7 +28,6 @@ use sluice::snapshot::{
     AckFuture, ExportedSnapshot, SinkError, SnapshotJob, SnapshotOptions, SnapshotSink, StateStore,
     TableJob, TableSpec, run_snapshot,
 };
-use sluice::source::change::{Change, ChangeKind, Datum};
 use tokio::sync::Semaphore;
 use tokio_postgres::NoTls;
 

@@ -12,8 +12,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use sluice::Lsn;
 use sluice::config::Mappings;
-use sluice::source::{Change, ChangeKind, Column, Datum, Relation, ReplicaIdentity};
-use sluice::transform::{BulkOp, Transformer};
+use sluice::model::BulkOp;
+use sluice::model::{Change, ChangeKind, Column, Datum, Relation, ReplicaIdentity};
+use sluice::transform::Transformer;
 
 const MAPPING: &str = r#"
 table = "public.orders"

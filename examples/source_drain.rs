@@ -6,7 +6,8 @@
 use std::time::Instant;
 
 use sluice::Lsn;
-use sluice::source::{PgConnectConfig, ReaderConfig, SourceEvent, run_reader};
+use sluice::model::SourceEvent;
+use sluice::source::{PgConnectConfig, ReaderConfig, run_reader};
 use tokio::sync::{mpsc, watch};
 
 #[tokio::main]

@@ -1,28 +1,33 @@
 //! Sluice: stream PostgreSQL changes into Elasticsearch, exactly once in effect.
 //!
-//! Layers, each knowing only the one below it through plain data types:
-//! `source` (WAL and snapshot reads → `Change`), `transform` (`Change` →
-//! `BulkOp`), `sink` (`BulkOp` → Elasticsearch), `checkpoint` (what is durable
-//! → the slot's confirmed LSN), wired by `pipeline`. See `DESIGN.md` in the
-//! shared folder for the invariants every change must keep.
+//! The layout follows the data path (docs/architecture.md draws it):
+//!
+//! - `model`: plain data crossing every seam (`Lsn`, `Change`, `BulkOp`);
+//!   imports nothing from the crate.
+//! - `config`: the config and mapping files, checked whole.
+//! - `source`: PostgreSQL (replication, pgoutput, values, slot and
+//!   publication management); yields `Change`s in WAL order.
+//! - `transform`: pure `Change` → `BulkOp`, by the mappings.
+//! - `sink`: `BulkOp` → Elasticsearch (batching, bulk, retries, dead
+//!   letters, index admin).
+//! - `stream`: the loop that closes the pipeline (apply, checkpoint,
+//!   dual write).
+//! - `snapshot`: exact backfills through the same sink.
+//! - `app`: the commands, where connections are opened and layers wired.
+//! - `ops`: HTTP endpoints, metrics, logging.
+//!
+//! See `DESIGN.md` in the shared folder for the invariants every change must
+//! keep.
 
-pub mod backfill;
-pub mod check;
-pub mod checkpoint;
+pub mod app;
 pub mod cli;
 pub mod config;
-pub mod dual_write;
-pub mod http;
-pub mod logging;
-pub mod lsn;
-pub mod metrics;
-pub mod pipeline;
-pub mod run;
+pub mod model;
+pub mod ops;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
-pub mod status;
+pub mod stream;
 pub mod transform;
-pub mod transform_step;
 
-pub use lsn::Lsn;
+pub use model::Lsn;

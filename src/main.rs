@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use clap::Parser;
+use sluice::app::status::Targets;
 use sluice::cli::{Cli, Command, EXIT_CONFIG, EXIT_RUNTIME};
 use sluice::config::Config;
-use sluice::status::Targets;
 
 /// mimalloc instead of the system allocator: on the streaming hot path,
 /// buffers are allocated on one thread and freed on another (reader ->
@@ -18,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = sluice::logging::init(cli.log_format) {
+    if let Err(e) = sluice::ops::logging::init(cli.log_format) {
         eprintln!("sluice: {e}");
         std::process::exit(EXIT_CONFIG);
     }
@@ -40,13 +40,13 @@ fn main() {
 
 async fn dispatch(command: Command) -> i32 {
     match command {
-        Command::Check(args) => sluice::check::run(&args.config).await,
-        Command::Run(args) => sluice::run::main(&args.config).await,
+        Command::Check(args) => sluice::app::check::run(&args.config).await,
+        Command::Run(args) => sluice::app::run::main(&args.config).await,
         Command::Status(args) => {
             let Some((cfg, targets)) = load_for_ops(&args.config.config) else {
                 return EXIT_CONFIG;
             };
-            match sluice::status::status_command(
+            match sluice::app::status::status_command(
                 &cfg.postgres,
                 &cfg.elasticsearch,
                 &targets,
@@ -68,7 +68,7 @@ async fn dispatch(command: Command) -> i32 {
             let Some((cfg, targets)) = load_for_ops(&args.config.config) else {
                 return EXIT_CONFIG;
             };
-            match sluice::status::teardown_command(
+            match sluice::app::status::teardown_command(
                 &cfg.postgres,
                 &cfg.elasticsearch,
                 &targets,
@@ -86,7 +86,7 @@ async fn dispatch(command: Command) -> i32 {
                 }
             }
         }
-        Command::Snapshot(args) => sluice::backfill::command(&args).await,
+        Command::Snapshot(args) => sluice::app::snapshot::command(&args).await,
     }
 }
 

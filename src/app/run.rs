@@ -18,71 +18,12 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
-use crate::config::{Config, ConfigErrors, SnapshotMode};
-use crate::http::{Health, HttpHandles, PipelineState, ReadyState};
-use crate::lsn::Lsn;
-use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::sink::indexer::IndexerConfig;
+use crate::app::setup::{Failure, pipeline_config, preflight, prepare_indices, source_failure};
+use crate::config::{Config, SnapshotMode};
+use crate::model::lsn::Lsn;
+use crate::ops::http::{Health, HttpHandles, PipelineState, ReadyState};
 use crate::source::{self, PublishedTable, ReaderConfig, SourceError};
-
-/// How `run` failed: bad input (exit 2) or a runtime failure (exit 1).
-#[derive(Debug)]
-pub enum Failure {
-    Config(String),
-    Runtime(anyhow::Error),
-}
-
-impl Failure {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Failure::Config(_) => EXIT_CONFIG,
-            Failure::Runtime(_) => EXIT_RUNTIME,
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Config(m) => f.write_str(m),
-            Failure::Runtime(e) => write!(f, "{e:#}"),
-        }
-    }
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        if let Some(c) = e.downcast_ref::<ConfigErrors>() {
-            return Failure::Config(c.to_string());
-        }
-        Failure::Runtime(e)
-    }
-}
-
-/// `check`'s fatal PostgreSQL checks for `run` and `snapshot`: its
-/// warnings are logged, its problems refuse the start with `check`'s words.
-pub(crate) async fn preflight(cfg: &Config, what: crate::check::Preflight) -> Result<(), Failure> {
-    match crate::check::preflight(cfg, what).await {
-        Ok(warnings) => {
-            for w in warnings {
-                tracing::warn!("{w}");
-            }
-            Ok(())
-        }
-        Err((code, message)) if code == EXIT_CONFIG => Err(Failure::Config(message)),
-        Err((_, message)) => Err(Failure::Runtime(anyhow!(message))),
-    }
-}
-
-/// Setup problems the user must fix (a missing privilege, wal_level) are
-/// configuration failures; connection trouble is a runtime failure.
-fn source_failure(e: SourceError, what: &str) -> Failure {
-    match e {
-        SourceError::Setup(m) => Failure::Config(format!("{what}: {m}")),
-        other => Failure::Runtime(anyhow!(other).context(what.to_string())),
-    }
-}
+use crate::stream::pipeline::Pipeline;
 
 /// How long a restart waits for a previous process's walsender to let go
 /// of the slot before reporting it as held by someone else.
@@ -140,7 +81,7 @@ async fn open_slot(
     // No slot. A first start creates it; a start after the initial load
     // finished means the slot was lost, and rebuilding in place would leave
     // the index silently wrong.
-    if let Some(refusal) = crate::backfill::lost_slot_refusal(cfg, es)
+    if let Some(refusal) = crate::app::load::lost_slot_refusal(cfg, es)
         .await
         .map_err(|e| SourceError::Protocol(format!("reading the snapshot state: {e}")))?
     {
@@ -155,7 +96,7 @@ async fn open_slot(
     if export {
         // Marked before the slot exists, so a crash before the load finishes
         // is noticed on restart.
-        crate::backfill::begin_initial(cfg, es)
+        crate::app::load::begin_initial(cfg, es)
             .await
             .map_err(|e| SourceError::Protocol(format!("recording the initial snapshot: {e}")))?;
     }
@@ -208,8 +149,8 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     let ready = ReadyState::new();
     let health = Health::new();
     let shutdown = shutdown_on_signals(ready.clone(), health.clone());
-    let metrics = crate::metrics::install().context("installing the metrics recorder")?;
-    let listener = crate::http::bind(cfg.http.listen)
+    let metrics = crate::ops::metrics::install().context("installing the metrics recorder")?;
+    let listener = crate::ops::http::bind(cfg.http.listen)
         .await
         .map_err(|e| Failure::Config(format!("[http] listen: {e}")))?;
     let handles = HttpHandles {
@@ -217,7 +158,7 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
         health: health.clone(),
         ready: ready.clone(),
     };
-    tokio::spawn(crate::http::serve_on(
+    tokio::spawn(crate::ops::http::serve_on(
         listener,
         handles,
         wait_true(shutdown.clone()),
@@ -272,7 +213,7 @@ async fn start_up(
     // The same fatal checks as `sluice check`, before anything is created or
     // altered: a refused row filter must never reach the publication, where
     // it would make the application's own UPDATE and DELETE fail.
-    preflight(cfg, crate::check::Preflight::Run).await?;
+    preflight(cfg, crate::app::check::Preflight::Run).await?;
     crate::config::validate_against_database(&mut cfg.mappings, &pg).await?;
     let published: Vec<PublishedTable> = cfg
         .mappings
@@ -305,7 +246,7 @@ async fn start_up(
         SlotStart::Existing { confirmed_flush } => {
             tracing::info!(slot = %cfg.slot, %confirmed_flush, "resuming from the replication slot");
             if cfg.snapshot.mode != SnapshotMode::Never
-                && crate::backfill::initial_pending(cfg, &es)
+                && crate::app::load::initial_pending(cfg, &es)
                     .await
                     .context("reading the snapshot state")?
             {
@@ -313,7 +254,7 @@ async fn start_up(
                     "the initial snapshot was interrupted: resuming its remaining chunks"
                 );
                 ready.set(PipelineState::Snapshotting);
-                crate::backfill::initial_load(cfg, &es, &pg, None).await?;
+                crate::app::load::initial_load(cfg, &es, &pg, None).await?;
             }
             confirmed_flush
         }
@@ -329,7 +270,7 @@ async fn start_up(
                 ),
                 Some(name) => {
                     ready.set(PipelineState::Snapshotting);
-                    crate::backfill::initial_load(
+                    crate::app::load::initial_load(
                         cfg,
                         &es,
                         &pg,
@@ -384,7 +325,7 @@ async fn stream(
         .iter()
         .map(|m| (m.schema.clone(), m.table.clone()))
         .collect();
-    let step = crate::transform_step::StepSetup {
+    let step = crate::stream::transform_step::StepSetup {
         pg_cfg: cfg.postgres.clone(),
         pg: pg.clone(),
         dead_letter_index: cfg.pipeline.dead_letter_index.as_str().into(),
@@ -392,20 +333,26 @@ async fn stream(
             .await
             .map_err(|e| source_failure(e, "reading the mapped tables' relation ids"))?,
     };
-    let dual = crate::dual_write::DualWrite::new(step.dead_letter_index.clone());
-    let mut poller = crate::dual_write::Poller::new(crate::dual_write::PollerSetup {
-        dual: dual.clone(),
-        state: crate::snapshot::StateStore::new(es.clone(), crate::config::STATE_INDEX),
-        pg: pg.clone(),
-        loaded: cfg.mappings.clone(),
-        make_transform: {
-            let step = step.clone();
-            Box::new(move |m| Box::new(crate::transform_step::transform_step(m, step.clone())))
-        },
-        slot: cfg.slot.clone(),
-        start,
-        confirmed: confirmed_rx.clone(),
-    });
+    let dual = crate::stream::dual_write::DualWrite::new(step.dead_letter_index.clone());
+    let mut poller =
+        crate::stream::dual_write::Poller::new(crate::stream::dual_write::PollerSetup {
+            dual: dual.clone(),
+            state: crate::snapshot::StateStore::new(es.clone(), crate::config::STATE_INDEX),
+            pg: pg.clone(),
+            loaded: cfg.mappings.clone(),
+            make_transform: {
+                let step = step.clone();
+                Box::new(move |m| {
+                    Box::new(crate::stream::transform_step::transform_step(
+                        m,
+                        step.clone(),
+                    ))
+                })
+            },
+            slot: cfg.slot.clone(),
+            start,
+            confirmed: confirmed_rx.clone(),
+        });
     poller
         .poll()
         .await
@@ -430,7 +377,7 @@ async fn stream(
 
     let gauges = tokio::spawn(health.supervise(
         "slot gauges",
-        crate::status::run_slot_gauges(
+        crate::app::status::run_slot_gauges(
             cfg.postgres.clone(),
             cfg.slot.clone(),
             Duration::from_secs(15),
@@ -460,7 +407,7 @@ async fn stream(
             loop {
                 heartbeat.beat();
                 let now_confirmed = *confirmed.borrow();
-                crate::metrics::record_confirmed_flush(now_confirmed);
+                crate::ops::metrics::record_confirmed_flush(now_confirmed);
                 if last_report.0.elapsed() >= PROGRESS_LOG_EVERY {
                     let advanced = now_confirmed.0.saturating_sub(last_report.1.0);
                     tracing::info!(confirmed = %now_confirmed, advanced_bytes = advanced, "progress");
@@ -474,7 +421,10 @@ async fn stream(
         }
     }));
 
-    let transform = dual.wrap(crate::transform_step::transform_step(&cfg.mappings, step));
+    let transform = dual.wrap(crate::stream::transform_step::transform_step(
+        &cfg.mappings,
+        step,
+    ));
     let mut config = pipeline_config(&cfg);
     config.indexer.holds = ready.holds();
     let pipeline = Pipeline::new(es, config);
@@ -510,122 +460,5 @@ async fn stream(
     }
 }
 
-pub(crate) fn pipeline_config(cfg: &Config) -> PipelineConfig {
-    let p = &cfg.pipeline;
-    PipelineConfig {
-        indexer: IndexerConfig {
-            concurrency: p.concurrency,
-            max_batch_docs: p.batch_max_docs,
-            max_batch_bytes: p.batch_max_bytes,
-            linger: p.linger,
-            dead_letter_index: p.dead_letter_index.clone(),
-            ..IndexerConfig::default()
-        }
-        // The memory bound covers queued ops and request bodies together.
-        .fit_memory(p.memory_bound_bytes),
-        ..PipelineConfig::default()
-    }
-}
-
 /// How often `sluice run` logs its confirmed position.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// Create the target indices (or templates) of the mappings — of those
-/// reading `tables` only, when given — and the dead-letter index; existing
-/// indices are checked, never changed. `run` does this at start-up, and
-/// `snapshot` too, so a backfill can be the first thing a deployment does.
-pub(crate) async fn prepare_indices(
-    cfg: &Config,
-    es: &elasticsearch::Elasticsearch,
-    tables: Option<&[String]>,
-) -> anyhow::Result<()> {
-    // A name being reindexed is checked against nothing here: its build
-    // index was created from the (new) mapping, and the old index behind
-    // the alias legitimately differs from it until the swap.
-    let reindexing = crate::snapshot::reindex::active_for(
-        &crate::snapshot::StateStore::new(es.clone(), crate::config::STATE_INDEX),
-        &cfg.slot,
-    )
-    .await
-    .context("reading running reindexes from the state index")?;
-    let wanted: Option<Vec<String>> = tables.map(|tables| {
-        cfg.mappings
-            .list
-            .iter()
-            .filter(|m| tables.iter().any(|t| *t == *m.qualified_table))
-            .map(|m| m.index_pattern())
-            .collect()
-    });
-    let specs: Vec<_> = cfg
-        .mappings
-        .index_specs(&cfg.pipeline.gc_deletes_setting())
-        .into_iter()
-        .filter(|s| wanted.as_ref().is_none_or(|w| w.contains(&s.pattern)))
-        .filter(|s| {
-            let r = reindexing.iter().find(|r| r.alias == s.pattern);
-            if let Some(r) = r {
-                tracing::info!(index = %s.pattern, build_index = %r.build_index, "being reindexed: not checking its mappings");
-            }
-            r.is_none()
-        })
-        .collect();
-    ensure_mapping_indices(es, &specs, cfg.pipeline.gc_deletes)
-        .await
-        .context("preparing the target indices")?;
-    crate::sink::ensure_index(
-        es,
-        &crate::sink::dead_letter::index_spec(&cfg.pipeline.dead_letter_index),
-        cfg.pipeline.gc_deletes,
-    )
-    .await
-    .context("preparing the dead-letter index")?;
-    Ok(())
-}
-
-/// Create the mappings' target indices (or index templates, for templated
-/// names) that do not exist; existing ones are checked, never changed.
-async fn ensure_mapping_indices(
-    es: &elasticsearch::Elasticsearch,
-    specs: &[crate::config::IndexSpec],
-    replay_window: Duration,
-) -> anyhow::Result<()> {
-    for spec in specs {
-        if spec.templated {
-            let name = format!("sluice-{}", spec.pattern.replace(['*', ',', ' '], ""));
-            let resp = es
-                .indices()
-                .put_index_template(elasticsearch::indices::IndicesPutIndexTemplateParts::Name(
-                    &name,
-                ))
-                .body(serde_json::json!({
-                    "index_patterns": [spec.pattern],
-                    "template": spec.body,
-                }))
-                .send()
-                .await
-                .with_context(|| format!("creating index template `{name}`"))?;
-            let status = resp.status_code();
-            if !status.is_success() {
-                let body = resp.text().await.unwrap_or_default();
-                anyhow::bail!(
-                    "Elasticsearch refused index template `{name}` with HTTP {status}: {body}"
-                );
-            }
-            continue;
-        }
-        let sink_spec = crate::sink::IndexSpec {
-            name: spec.pattern.clone(),
-            settings: spec.body.get("settings").cloned().unwrap_or_default(),
-            mappings: spec.body.get("mappings").cloned().unwrap_or_default(),
-            alias: spec.alias.clone(),
-        };
-        let outcome = crate::sink::ensure_index(es, &sink_spec, replay_window).await?;
-        if let crate::sink::EnsureOutcome::Existing {
-            gc_deletes_too_short: true,
-        } = outcome
-        {
-            tracing::warn!(index = %sink_spec.name, "index.gc_deletes is shorter than the replay window: a replay after that long could resurrect deleted documents (see README)");
-        }
-    }
-    Ok(())
-}

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::diag::{ConfigError, ConfigErrors, did_you_mean};
 use super::doc_shape::document_fields;
 use super::mapping::{IndexName, Mapping, OnDelete};
-use crate::source::ReplicaIdentity;
+use crate::model::ReplicaIdentity;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatalogColumn {

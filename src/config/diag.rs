@@ -258,7 +258,7 @@ fn drop_entry_at(table: &mut DeTable<'_>, span: &Range<usize>, prefix: &str) -> 
 /// password or API key, or a URL (which may carry `user:password@`).
 fn holds_secret(path: &str) -> bool {
     let last = path.rsplit('.').next().unwrap_or(path).trim_matches('"');
-    crate::logging::is_secret_key(last) || matches!(last, "url" | "urls")
+    crate::ops::logging::is_secret_key(last) || matches!(last, "url" | "urls")
 }
 
 /// serde's "invalid type: integer `12345678`, expected a string" without

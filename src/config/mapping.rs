@@ -122,7 +122,7 @@ pub struct Mapping {
     /// The table's primary key and replica identity, once bound from the
     /// catalog (`Mappings::validate_against_catalog`).
     pub primary_key: Option<Vec<String>>,
-    pub replica_identity: Option<(crate::source::ReplicaIdentity, Vec<String>)>,
+    pub replica_identity: Option<(crate::model::ReplicaIdentity, Vec<String>)>,
     /// Copy only these columns (`None`: every column).
     pub include: Option<Vec<String>>,
     pub exclude: Vec<String>,

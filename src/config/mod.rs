@@ -28,8 +28,9 @@ pub use settings::{
 };
 pub use template::{Template, TemplatePart};
 
+use crate::model::ReplicaIdentity;
 use crate::sink::EsConfig;
-use crate::source::{PgConnectConfig, ReplicaIdentity};
+use crate::source::PgConnectConfig;
 
 /// The Elasticsearch index where Sluice keeps its own state (snapshot
 /// progress, running reindexes).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::lsn::Lsn;
+use crate::model::lsn::Lsn;
 
 /// A table as described by a pgoutput Relation message (or the catalog, for
 /// snapshot reads). Shared by every change of that table via `Arc`.

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::lsn::Lsn;
+use crate::model::lsn::Lsn;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpAction {

@@ -323,7 +323,7 @@ pub fn router(handles: HttpHandles) -> Router {
 }
 
 async fn metrics_handler(State(h): State<HttpHandles>) -> Response {
-    let body = crate::metrics::render(&h.metrics);
+    let body = crate::ops::metrics::render(&h.metrics);
     (
         [(
             header::CONTENT_TYPE,

@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
 use super::classify::ActionKind;
-use crate::transform::{BulkOp, OpAction};
+use crate::model::{BulkOp, OpAction};
 
 /// Query string for bulk requests: keep responses to what classification
 /// needs (a few bytes per item instead of a few hundred).
@@ -129,8 +129,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::lsn::Lsn;
-    use crate::transform::OpOrigin;
+    use crate::model::OpOrigin;
+    use crate::model::lsn::Lsn;
 
     fn op(id: &str, action: OpAction) -> BulkOp {
         BulkOp {

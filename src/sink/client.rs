@@ -12,7 +12,7 @@ use elasticsearch::http::transport::{
 use url::Url;
 
 use super::es_config::{EsAuth, EsConfig};
-use crate::logging::redact_url;
+use crate::ops::logging::redact_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::indices::IndexSpec;
-use crate::transform::{BulkOp, OpAction, OpOrigin, RejectedRow};
+use crate::model::{BulkOp, OpAction, OpOrigin, RejectedRow};
 
 /// Documents larger than this are stored truncated, as a string, so the dead
 /// letter itself always fits.
@@ -201,8 +201,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::lsn::Lsn;
-    use crate::transform::OpOrigin;
+    use crate::model::OpOrigin;
+    use crate::model::lsn::Lsn;
 
     fn op(doc: &[u8]) -> BulkOp {
         BulkOp {

@@ -50,7 +50,7 @@ impl fmt::Debug for EsConfig {
         let urls: Vec<String> = self
             .urls
             .iter()
-            .map(|u| crate::logging::redact_url(u))
+            .map(|u| crate::ops::logging::redact_url(u))
             .collect();
         f.debug_struct("EsConfig")
             .field("urls", &urls)

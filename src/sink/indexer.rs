@@ -31,7 +31,7 @@ use super::classify::{
 use super::dead_letter;
 use super::hold::Holds;
 use super::indices::ensure_index;
-use crate::transform::BulkOp;
+use crate::model::BulkOp;
 
 /// How the indexer batches and sends.
 #[derive(Debug, Clone)]
@@ -816,8 +816,8 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
-    use crate::lsn::Lsn;
-    use crate::transform::{OpAction, OpOrigin};
+    use crate::model::lsn::Lsn;
+    use crate::model::{OpAction, OpOrigin};
 
     fn op(id: &str) -> BulkOp {
         BulkOp {

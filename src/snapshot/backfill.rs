@@ -213,7 +213,7 @@ pub async fn backfill(
             let from = reindex::load(&deps.state, alias)
                 .await?
                 .and_then(|r| r.dual_write_from)
-                .and_then(|f| f.parse::<crate::lsn::Lsn>().ok());
+                .and_then(|f| f.parse::<crate::model::lsn::Lsn>().ok());
             if let Some(from) = from
                 && from > point
             {

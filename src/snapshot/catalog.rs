@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use crate::source::change::{Column, Relation, ReplicaIdentity};
+use crate::model::change::{Column, Relation, ReplicaIdentity};
+use crate::source::sql::quote_ident;
 
 use super::SnapshotError;
 
@@ -109,14 +110,6 @@ impl TableInfo {
             .map(|l| l.reltuples.max(0.0) as u64)
             .sum()
     }
-}
-
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Read the catalog for `spec`.

@@ -12,7 +12,8 @@
 use tokio_postgres::Client;
 
 use super::SnapshotError;
-use super::catalog::{KeyColumn, KeyKind, Leaf, TableInfo, quote_ident, quote_literal};
+use super::catalog::{KeyColumn, KeyKind, Leaf, TableInfo};
+use crate::source::sql::{quote_ident, quote_literal};
 
 /// One unit of reading and of recorded progress.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

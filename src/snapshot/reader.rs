@@ -8,14 +8,15 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_postgres::Client;
 
-use crate::lsn::Lsn;
-use crate::source::change::{Change, ChangeKind, Datum};
+use crate::model::change::{Change, ChangeKind, Datum};
+use crate::model::lsn::Lsn;
 
 use super::SnapshotError;
-use super::catalog::{TableInfo, quote_ident, quote_literal};
+use super::catalog::TableInfo;
 use super::copy_text;
 use super::plan::Chunk;
 use super::seams::{AckFuture, SnapshotSink, ValueConverter};
+use crate::source::sql::{quote_ident, quote_literal};
 
 /// Start a read-only REPEATABLE READ transaction that sees exactly the
 /// exported snapshot `name`.

@@ -2,7 +2,7 @@
 //! stream keeps writing, then swap the alias atomically.
 //!
 //! The flow (driven by `sluice snapshot --reindex`; the stream's side is
-//! `crate::dual_write`):
+//! `crate::stream::dual_write`):
 //! 1. `start` creates `<alias>-<UTC timestamp>` with the mapping's settings
 //!    and mappings plus bulk-load settings (no refresh, no replicas, long
 //!    `gc_deletes`), and records `reindex|<alias>` (status `building`, the
@@ -403,7 +403,7 @@ pub async fn active_for(
 pub async fn acknowledge_dual_write(
     state: &StateStore,
     alias: &str,
-    from: crate::lsn::Lsn,
+    from: crate::model::lsn::Lsn,
 ) -> Result<(), SnapshotError> {
     let Some(mut r) = load(state, alias).await? else {
         return Err(SnapshotError::Reindex(format!("no reindex of {alias}")));

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use tokio::task::JoinSet;
 
-use crate::lsn::Lsn;
+use crate::model::lsn::Lsn;
 
 use super::SnapshotError;
 use super::catalog::{KeyKind, TableInfo, TableSpec, load_table};

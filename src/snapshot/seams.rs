@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::lsn::Lsn;
-use crate::source::change::Change;
+use crate::model::change::Change;
+use crate::model::lsn::Lsn;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

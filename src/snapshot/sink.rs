@@ -13,9 +13,10 @@ use std::time::Duration;
 use elasticsearch::Elasticsearch;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::model::BulkOp;
+use crate::model::change::Change;
 use crate::sink::indexer::{Ack, Indexer, IndexerConfig};
-use crate::source::change::Change;
-use crate::transform::{BulkOp, Transformer};
+use crate::transform::Transformer;
 
 use super::seams::{AckFuture, BoxFuture, SinkError, SnapshotSink};
 

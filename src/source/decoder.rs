@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::lsn::Lsn;
-use crate::source::change::{Change, ChangeKind, Datum, OldRow, Relation, Row, SourceEvent};
+use crate::model::change::{Change, ChangeKind, Datum, OldRow, Relation, Row, SourceEvent};
+use crate::model::lsn::Lsn;
 use crate::source::pgoutput::{self, DecodeError, Message, OldTuple, TupleData, TupleValue};
 use crate::source::types::{Conv, TypeCatalog};
+use crate::source::value::binary::convert_binary;
 use crate::source::value::{ValueError, ValueOptions, convert};
-use crate::source::value_binary::convert_binary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecoderError {

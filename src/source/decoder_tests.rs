@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::source::change::ReplicaIdentity;
+use crate::model::change::ReplicaIdentity;
 use crate::source::pgoutput::fixture::*;
 
 fn decoder() -> Decoder {
@@ -348,7 +348,7 @@ proptest::proptest! {
 
 /// Run `f` with a subscriber that collects WARN lines.
 fn warnings_during(f: impl FnOnce()) -> Vec<String> {
-    let buf = crate::logging::CapturedLog::default();
+    let buf = crate::ops::logging::CapturedLog::default();
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)

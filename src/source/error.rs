@@ -52,7 +52,7 @@ pub enum SourceError {
     /// the XLogData that carried it (for `pg_logical_slot_peek_binary_changes`).
     #[error("{source} (XLogData at WAL position {wal_start})")]
     Decode {
-        wal_start: crate::lsn::Lsn,
+        wal_start: crate::model::lsn::Lsn,
         source: DecoderError,
     },
     #[error("SQL on PostgreSQL failed: {0}")]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::lsn::Lsn;
+use crate::model::lsn::Lsn;
 use crate::source::error::SourceError;
 use crate::source::manage::connect_sql;
 use crate::source::pg_config::PgConnectConfig;

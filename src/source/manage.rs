@@ -10,13 +10,14 @@ use tokio_postgres::Client;
 
 use serde_json::Value;
 
-use crate::lsn::Lsn;
+use crate::model::change::{Datum, Relation, Row};
+use crate::model::lsn::Lsn;
 use crate::source::auth_guard::{AuthGuard, REFUSED_MARKER};
-use crate::source::change::{Datum, Relation, Row};
 use crate::source::error::SourceError;
 use crate::source::pg_config::{PgConnectConfig, SslMode};
 use crate::source::replication::ReplicationConnection;
 use crate::source::row_filter::validate_row_filter;
+use crate::source::sql::{quote_ident, quote_table};
 use crate::source::types::TypeCatalog;
 use crate::source::value::SESSION_SETTINGS;
 use crate::source::value::{ValueOptions, convert};
@@ -157,7 +158,7 @@ impl PublishedTable {
     }
 
     fn qualified(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        quote_table(&self.schema, &self.name)
     }
 
     fn sql(&self) -> String {
@@ -176,10 +177,6 @@ impl PublishedTable {
         }
         s
     }
-}
-
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

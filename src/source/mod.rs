@@ -24,7 +24,6 @@
 //! committed downstream: that transaction is being replayed whole.
 
 pub mod auth_guard;
-pub mod change;
 pub mod decoder;
 pub mod error;
 pub mod heartbeat;
@@ -34,15 +33,11 @@ pub mod pgoutput;
 pub mod reader;
 pub mod replication;
 pub mod row_filter;
+pub mod sql;
 pub mod tls;
 pub mod types;
 pub mod value;
-pub mod value_binary;
-mod value_parse;
 
-pub use change::{
-    Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, Row, SourceEvent,
-};
 pub use decoder::{Decoder, DecoderError};
 pub use error::{ServerError, SourceError, is_retryable};
 pub use manage::{
@@ -55,7 +50,7 @@ pub use replication::{
     CreatedSlot, ReplMessage, ReplicationConnection, ReplicationStream, SnapshotAction, SystemInfo,
 };
 pub use types::{Conv, TypeCatalog, TypeInfo};
+pub use value::binary::convert_binary;
 pub use value::{
     InfiniteTime, NonFiniteFloat, NumericMode, ValueError, ValueOptions, convert_text,
 };
-pub use value_binary::convert_binary;

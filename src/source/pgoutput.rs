@@ -5,8 +5,8 @@
 //! never a panic. Tuple data is validated here once (every length checked),
 //! so iterating its columns later cannot fail.
 
-use crate::lsn::Lsn;
-use crate::source::change::{Column, Relation, ReplicaIdentity};
+use crate::model::change::{Column, Relation, ReplicaIdentity};
+use crate::model::lsn::Lsn;
 
 /// Malformed pgoutput input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

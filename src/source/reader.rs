@@ -24,8 +24,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
-use crate::lsn::Lsn;
-use crate::source::change::{Change, Relation, SourceEvent};
+use crate::model::change::{Change, Relation, SourceEvent};
+use crate::model::lsn::Lsn;
 use crate::source::decoder::Decoder;
 use crate::source::error::{SourceError, is_retryable};
 use crate::source::pg_config::PgConnectConfig;
@@ -312,7 +312,7 @@ struct ReceivedCounters {
 
 impl ReceivedCounters {
     fn count(&mut self, c: &Change) {
-        use crate::source::change::ChangeKind::*;
+        use crate::model::change::ChangeKind::*;
         let (slot, op) = match c.kind {
             Insert { .. } => (0, "insert"),
             Update { .. } => (1, "update"),

@@ -14,7 +14,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, Scr
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::lsn::Lsn;
+use crate::model::lsn::Lsn;
 use crate::source::auth_guard::{PasswordAnswer, cleartext_refusal, md5_warning, password_policy};
 use crate::source::error::{ServerError, SourceError};
 use crate::source::pg_config::{PgConnectConfig, SslMode};

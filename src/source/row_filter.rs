@@ -21,7 +21,7 @@
 use tokio_postgres::Client;
 
 use crate::source::error::SourceError;
-use crate::source::manage::quote_ident;
+use crate::source::sql::quote_ident;
 
 /// Why a filter is not exactly one expression, in words for the user.
 pub fn single_expression(filter: &str) -> Result<(), String> {

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 
-use crate::lsn::Lsn;
+use crate::model::lsn::Lsn;
 
 /// Handle of one tracked transaction, used to acknowledge its ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -40,12 +40,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::config::{IndexName, Mappings};
-use crate::lsn::Lsn;
-use crate::pipeline::StepError;
+use crate::model::BulkOp;
+use crate::model::Change;
+use crate::model::lsn::Lsn;
 use crate::snapshot::reindex::{self, ReindexState, ReindexStatus};
 use crate::snapshot::{SnapshotError, StateStore};
-use crate::source::Change;
-use crate::transform::BulkOp;
+use crate::stream::pipeline::StepError;
 
 /// A transform step as the pipeline runs it.
 pub type TransformFn = Box<dyn FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send>;
@@ -405,8 +405,8 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{ChangeKind, Relation, ReplicaIdentity};
-    use crate::transform::{OpAction, OpOrigin};
+    use crate::model::{ChangeKind, Relation, ReplicaIdentity};
+    use crate::model::{OpAction, OpOrigin};
 
     fn change(version: u64) -> Change {
         Change {

@@ -31,11 +31,11 @@ use std::time::Duration;
 use elasticsearch::Elasticsearch;
 use tokio::sync::{mpsc, watch};
 
-use crate::checkpoint::{Checkpoint, CheckpointError, TxTicket};
-use crate::lsn::Lsn;
+use crate::model::BulkOp;
+use crate::model::lsn::Lsn;
+use crate::model::{Change, ChangeKind, SourceEvent};
 use crate::sink::indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
-use crate::source::{Change, ChangeKind, SourceEvent};
-use crate::transform::BulkOp;
+use crate::stream::checkpoint::{Checkpoint, CheckpointError, TxTicket};
 use crate::transform::versions::TxVersions;
 
 /// How the pipeline runs.
@@ -331,7 +331,7 @@ impl Coordinator {
         }
         self.current = Some(self.cp.begin(final_lsn));
         self.current_time = Some(commit_time);
-        crate::metrics::record_transaction_received(commit_time);
+        crate::ops::metrics::record_transaction_received(commit_time);
     }
 
     fn register(&mut self, n: u64, counts: Counts, lsn: Lsn) -> Result<TxTicket, PipelineError> {
@@ -394,7 +394,7 @@ impl Coordinator {
                 self.commit_times.pop_front();
             }
             if let Some(t) = newest {
-                crate::metrics::record_applied_commit(t);
+                crate::ops::metrics::record_applied_commit(t);
             }
         }
         // Not at start-up: a backlog may be on its way.
@@ -403,7 +403,7 @@ impl Coordinator {
             && !self.cp.in_transaction()
         {
             self.commit_times.clear();
-            crate::metrics::record_caught_up();
+            crate::ops::metrics::record_caught_up();
         }
         let lsn = self.cp.confirmed();
         metrics::gauge!("sluice_confirmed_flush_lsn").set(lsn.0 as f64);

@@ -23,10 +23,12 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 
 use crate::config::Mappings;
-use crate::pipeline::StepError;
+use crate::model::{BulkOp, RejectedRow};
+use crate::model::{Change, ChangeKind, Datum, OldRow, Row};
 use crate::sink::dead_letter;
-use crate::source::{self, Change, ChangeKind, Datum, OldRow, Row, SourceError};
-use crate::transform::{BulkOp, FailureScope, RejectedRow, TransformError, Transformer};
+use crate::source::{self, SourceError};
+use crate::stream::pipeline::StepError;
+use crate::transform::{FailureScope, TransformError, Transformer};
 
 /// How long re-reading a row waits for PostgreSQL to come back.
 const REFETCH_PATIENCE: Duration = Duration::from_secs(120);

@@ -24,7 +24,6 @@
 //! with `|` (`id_separator`), after `id_prefix`.
 
 mod convert;
-pub mod op;
 mod plan;
 pub mod versions;
 
@@ -35,10 +34,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-pub use op::{BulkOp, OpAction, OpOrigin, RejectedRow};
-
 use crate::config::{Mapping, Mappings, OnDelete, OnTruncate};
-use crate::source::{Change, ChangeKind, Datum, OldRow, Relation, Row};
+use crate::model::{BulkOp, Change, ChangeKind, Datum, OldRow, OpAction, OpOrigin, Relation, Row};
 use convert::{push_text, write_converted, write_json_str, write_value};
 use plan::{IndexPlan, Leaf, Node, PartPlan, Plan};
 

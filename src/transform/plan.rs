@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::doc_shape::document_fields;
 use crate::config::{Conversion, FieldSource, IndexName, Mapping, TemplatePart};
-use crate::source::{Relation, ReplicaIdentity};
+use crate::model::{Relation, ReplicaIdentity};
 
 use super::TransformError;
 use super::convert::{write_json_str, write_value};

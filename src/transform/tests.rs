@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::config::Mappings;
-use crate::lsn::Lsn;
-use crate::source::{Column, ReplicaIdentity};
+use crate::model::lsn::Lsn;
+use crate::model::{Column, ReplicaIdentity};
 
 fn rel(id: u32, cols: &[(&str, bool)], ident: ReplicaIdentity) -> Arc<Relation> {
     Arc::new(Relation {

@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::BulkOp;
+use crate::model::BulkOp;
 
 /// The highest step added to `final_lsn`: below the 34-byte minimum size of
 /// a commit record (see the module docs).
@@ -246,8 +246,8 @@ mod tests {
 
     #[test]
     fn stamping_a_change_uses_its_ops_commit_lsn_as_the_base() {
-        use crate::lsn::Lsn;
-        use crate::transform::{OpAction, OpOrigin};
+        use crate::model::lsn::Lsn;
+        use crate::model::{OpAction, OpOrigin};
         let op = |id: &str| BulkOp {
             action: OpAction::Delete,
             index: idx("items"),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use sluice::check::{Report, check};
+use sluice::app::check::{Report, check};
 use sluice::config::Config;
 
 use crate::support::{Es, TestDb, services, unique_name, with_database};

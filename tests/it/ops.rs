@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice::http::{Health, HttpHandles, PipelineState, ReadyState};
-use sluice::metrics::names;
+use sluice::app::status::Targets;
+use sluice::ops::http::{Health, HttpHandles, PipelineState, ReadyState};
+use sluice::ops::metrics::names;
 use sluice::sink::{EsAuth, EsConfig};
 use sluice::source::{PgConnectConfig, SslMode};
-use sluice::status::Targets;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{TestDb, services, unique_name, wait_until};
@@ -71,18 +71,18 @@ struct Server {
 
 async fn start_server() -> Server {
     let handles = HttpHandles {
-        metrics: sluice::metrics::install().expect("install recorder"),
+        metrics: sluice::ops::metrics::install().expect("install recorder"),
         health: Health::new(),
         ready: ReadyState::new(),
     };
-    let listener = sluice::http::bind("127.0.0.1:0".parse().unwrap())
+    let listener = sluice::ops::http::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (health, ready) = (handles.health.clone(), handles.ready.clone());
     let task = tokio::spawn(async move {
-        sluice::http::serve_on(listener, handles, async {
+        sluice::ops::http::serve_on(listener, handles, async {
             let _ = rx.await;
         })
         .await
@@ -294,7 +294,7 @@ async fn health_is_200_while_tasks_beat_and_503_when_one_stalls_or_dies() {
 async fn a_busy_listen_address_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let err = sluice::http::bind(addr).await.unwrap_err().to_string();
+    let err = sluice::ops::http::bind(addr).await.unwrap_err().to_string();
     assert!(
         err.contains(&addr.to_string()) && err.contains("[http] listen"),
         "{err}"
@@ -337,7 +337,7 @@ async fn json_logs_of_a_status_run_with_known_secrets_never_contain_them() {
     let out = Captured::default();
     let w = out.clone();
     // Everything, from every crate, at the most verbose level.
-    let d = sluice::logging::dispatch(
+    let d = sluice::ops::logging::dispatch(
         sluice::cli::LogFormat::Json,
         tracing_subscriber::EnvFilter::new("trace"),
         move || w.clone(),
@@ -348,14 +348,14 @@ async fn json_logs_of_a_status_run_with_known_secrets_never_contain_them() {
     let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(d);
 
     tracing::info!(pg = ?pg, es = ?es, es_api = ?es_api, "configuration");
-    tracing::info!(pg = %pg, url = %sluice::logging::redact_url(&repl_url), "connecting");
+    tracing::info!(pg = %pg, url = %sluice::ops::logging::redact_url(&repl_url), "connecting");
     let client = sluice::sink::build_client(&es).unwrap();
-    let report = sluice::status::gather(&pg, &client, &targets(&db))
+    let report = sluice::app::status::gather(&pg, &client, &targets(&db))
         .await
         .expect("status");
-    tracing::info!(report = %sluice::status::render_json(&report), "status");
+    tracing::info!(report = %sluice::app::status::render_json(&report), "status");
     let client = sluice::sink::build_client(&es_api).unwrap();
-    sluice::status::gather(&pg, &client, &targets(&db))
+    sluice::app::status::gather(&pg, &client, &targets(&db))
         .await
         .expect("status with an API key");
     // And the error path: a wrong password.
@@ -363,7 +363,7 @@ async fn json_logs_of_a_status_run_with_known_secrets_never_contain_them() {
         password: Some(format!("{pg_secret}-wrong")),
         ..pg.clone()
     };
-    let err = sluice::status::gather(&wrong, &client, &targets(&db))
+    let err = sluice::app::status::gather(&wrong, &client, &targets(&db))
         .await
         .unwrap_err();
     tracing::error!(error = %err, "status failed");
@@ -389,7 +389,7 @@ async fn json_logs_of_a_status_run_with_known_secrets_never_contain_them() {
     use base64::Engine as _;
     let basic_header =
         base64::engine::general_purpose::STANDARD.encode(format!("sluice:{es_secret}"));
-    let metrics = sluice::metrics::render(&sluice::metrics::install().unwrap());
+    let metrics = sluice::ops::metrics::render(&sluice::ops::metrics::install().unwrap());
     for secret in [
         pg_secret.as_str(),
         es_secret,

@@ -37,7 +37,7 @@ fn exported_names(metrics: &str) -> BTreeSet<String> {
                 .iter()
                 .find_map(|s| {
                     let base = name.strip_suffix(s)?;
-                    sluice::metrics::CATALOGUE
+                    sluice::ops::metrics::CATALOGUE
                         .iter()
                         .any(|c| c.name == base)
                         .then(|| base.to_string())
@@ -203,7 +203,7 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
     );
 
     let exported = exported_names(&m);
-    let catalogue: BTreeSet<String> = sluice::metrics::CATALOGUE
+    let catalogue: BTreeSet<String> = sluice::ops::metrics::CATALOGUE
         .iter()
         .map(|c| c.name.to_string())
         .collect();

@@ -5,8 +5,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice::status::es_health::IndexState;
-use sluice::status::{
+use sluice::app::status::es_health::IndexState;
+use sluice::app::status::{
     SlotStatus, SnapshotStatus, TeardownError, gather, render_human, render_json, teardown,
 };
 
@@ -481,9 +481,9 @@ async fn slot_gauges_follow_the_server_until_shutdown() {
         SlotStatus::Present(s) => s.retained_wal_bytes.unwrap(),
         other => panic!("{other:?}"),
     };
-    let handle = sluice::metrics::install().unwrap();
+    let handle = sluice::ops::metrics::install().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sluice::status::run_slot_gauges(
+    let task = tokio::spawn(sluice::app::status::run_slot_gauges(
         pg.clone(),
         t.slot.clone(),
         Duration::from_millis(100),
@@ -496,7 +496,7 @@ async fn slot_gauges_follow_the_server_until_shutdown() {
         "the retained-WAL gauge",
         || async {
             gauge(
-                &sluice::metrics::render(&handle),
+                &sluice::ops::metrics::render(&handle),
                 "sluice_slot_retained_wal_bytes",
             )
             .filter(|v| *v >= before as f64)
@@ -510,7 +510,7 @@ async fn slot_gauges_follow_the_server_until_shutdown() {
     };
     assert!(seen <= after as f64, "gauge {seen} > retained {after}");
     let lag = gauge(
-        &sluice::metrics::render(&handle),
+        &sluice::ops::metrics::render(&handle),
         "sluice_replication_lag_bytes",
     )
     .unwrap();
@@ -527,20 +527,20 @@ async fn the_status_and_teardown_commands_print_what_they_did() {
     let db = TestDb::new().await;
     let t = targets(&db);
     let pg = pg_config_from_url(&db.url()); // as the superuser, like a DBA
-    let json = sluice::status::status_command(&pg, &es_config(), &t, true)
+    let json = sluice::app::status::status_command(&pg, &es_config(), &t, true)
         .await
         .unwrap();
     let v: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["slot"]["state"], "missing");
     slot_and_publication(&db).await;
-    let text = sluice::status::status_command(&pg, &es_config(), &t, false)
+    let text = sluice::app::status::status_command(&pg, &es_config(), &t, false)
         .await
         .unwrap();
     assert!(
         text.contains(&format!("replication slot      {}", t.slot)),
         "{text}"
     );
-    let out = sluice::status::teardown_command(&pg, &es_config(), &t, true)
+    let out = sluice::app::status::teardown_command(&pg, &es_config(), &t, true)
         .await
         .unwrap();
     assert_eq!(
@@ -566,7 +566,7 @@ async fn status_still_shows_the_slot_when_elasticsearch_is_down() {
         request_timeout: Duration::from_secs(5),
         ..Default::default()
     };
-    let text = sluice::status::status_command(
+    let text = sluice::app::status::status_command(
         &pg_config_from_url(&db.repl_url()),
         &es,
         &targets(&db),

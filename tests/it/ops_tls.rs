@@ -224,7 +224,7 @@ async fn elasticsearch_over_tls_accepts_the_right_ca_and_refuses_a_wrong_one() {
     };
     let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
     let sink = logged.clone();
-    let d = sluice::logging::dispatch(
+    let d = sluice::ops::logging::dispatch(
         sluice::cli::LogFormat::Human,
         tracing_subscriber::EnvFilter::new("warn"),
         move || Writer(sink.clone()),

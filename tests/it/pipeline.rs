@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 use sluice::Lsn;
-use sluice::pipeline::{Pipeline, PipelineConfig, PipelineSummary, StopReason};
-use sluice::sink::indices::{IndexSpec, ensure_index};
-use sluice::sink::{IndexerConfig, dead_letter};
-use sluice::source::{
+use sluice::model::{BulkOp, OpAction, OpOrigin};
+use sluice::model::{
     Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, SourceEvent,
 };
-use sluice::transform::{BulkOp, OpAction, OpOrigin};
+use sluice::sink::indices::{IndexSpec, ensure_index};
+use sluice::sink::{IndexerConfig, dead_letter};
+use sluice::stream::pipeline::{Pipeline, PipelineConfig, PipelineSummary, StopReason};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -172,7 +172,7 @@ struct Running {
     feed: Feed,
     confirmed: watch::Receiver<Lsn>,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<PipelineSummary, sluice::pipeline::PipelineError>>,
+    task: JoinHandle<Result<PipelineSummary, sluice::stream::pipeline::PipelineError>>,
 }
 
 impl Running {
@@ -558,7 +558,7 @@ async fn a_change_the_transformer_rejects_stops_the_pipeline_before_its_transact
         .unwrap()
         .expect_err("the transform error stops the pipeline");
     assert!(
-        matches!(&err, sluice::pipeline::PipelineError::Transform { table, lsn, .. }
+        matches!(&err, sluice::stream::pipeline::PipelineError::Transform { table, lsn, .. }
             if table == "public.items" && *lsn == Lsn(200)),
         "{err}"
     );

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice::Lsn;
-use sluice::pipeline::{Pipeline, PipelineConfig};
+use sluice::model::ChangeKind;
 use sluice::sink::{EsConfig, IndexerConfig, build_client};
-use sluice::source::ChangeKind;
+use sluice::stream::pipeline::{Pipeline, PipelineConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::pipeline::{Feed, relation, row, transformer};

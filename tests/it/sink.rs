@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::Lsn;
+use sluice::model::{BulkOp, OpAction, OpOrigin};
 use sluice::sink::indices::{EnsureOutcome, IndexError, IndexSpec, ensure_index};
 use sluice::sink::{Ack, EsConfig, Indexer, IndexerConfig, build_client, dead_letter};
-use sluice::transform::{BulkOp, OpAction, OpOrigin};
 use tokio::sync::mpsc;
 
 use crate::support::{Es, TestDb, services, wait_until};

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sluice::model::change::Change;
 use sluice::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
 use sluice::snapshot::progress::Progress;
 use sluice::snapshot::run::SnapshotDeps;
@@ -16,7 +17,6 @@ use sluice::snapshot::{
     AckFuture, ChannelSink, SinkError, SnapshotJob, SnapshotOptions, SnapshotSink, StateStore,
     TableJob, TableSpec, reindex, run_snapshot, tombstones,
 };
-use sluice::source::change::Change;
 use tokio::sync::Notify;
 
 use crate::snapshot_support::{
@@ -383,8 +383,8 @@ async fn a_chunk_is_recorded_done_only_after_its_batches_are_acknowledged() {
     let pipeline = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             let has_5000 = batch.changes.iter().any(|c| match &c.kind {
-                sluice::source::change::ChangeKind::Insert { new } => {
-                    new[0] == sluice::source::change::Datum::Value(json!(5000))
+                sluice::model::change::ChangeKind::Insert { new } => {
+                    new[0] == sluice::model::change::Datum::Value(json!(5000))
                 }
                 _ => false,
             });
@@ -454,8 +454,8 @@ impl SnapshotSink for Gate {
     fn write(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<AckFuture, SinkError>> {
         Box::pin(async move {
             let holds = changes.iter().any(|c| match &c.kind {
-                sluice::source::change::ChangeKind::Insert { new } => {
-                    new[0] == sluice::source::change::Datum::Value(json!(self.id))
+                sluice::model::change::ChangeKind::Insert { new } => {
+                    new[0] == sluice::model::change::Datum::Value(json!(self.id))
                 }
                 _ => false,
             });

@@ -11,12 +11,12 @@ use bytes::Bytes;
 use elasticsearch::BulkParts;
 use serde_json::{Value, json};
 use sluice::Lsn;
+use sluice::model::change::{Change, ChangeKind, Datum};
 use sluice::snapshot::seams::BoxFuture;
 use sluice::snapshot::{
     AckFuture, ExportedSnapshot, PgConnector, SinkError, SnapshotExporter, SnapshotSink,
     ValueConverter,
 };
-use sluice::source::change::{Change, ChangeKind, Datum};
 use tokio::sync::Semaphore;
 
 use crate::support::{Es, TestDb, connect};

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice::Lsn;
+use sluice::model::{ChangeKind, Datum};
 use sluice::source::{
-    ChangeKind, Datum, PublicationChange, PublishedTable, ReaderConfig, TypeCatalog, ValueOptions,
-    check_server, check_tables, connect_sql, drop_publication, drop_slot, ensure_publication,
-    ensure_slot, fetch_rows_by_key,
+    PublicationChange, PublishedTable, ReaderConfig, TypeCatalog, ValueOptions, check_server,
+    check_tables, connect_sql, drop_publication, drop_slot, ensure_publication, ensure_slot,
+    fetch_rows_by_key,
 };
 
 use crate::source::{Reader, admin_config, repl_config};
@@ -194,7 +195,7 @@ async fn a_slot_in_use_or_confirmed_past_the_expected_position_is_refused() {
 
     // Confirm past the start, then expect an older position.
     let end = loop {
-        if let sluice::source::SourceEvent::Commit { end_lsn, .. } =
+        if let sluice::model::SourceEvent::Commit { end_lsn, .. } =
             reader.next(Duration::from_secs(30)).await
         {
             break end_lsn;

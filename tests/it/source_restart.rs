@@ -8,9 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice::Lsn;
+use sluice::model::{ChangeKind, Datum, SourceEvent};
 use sluice::source::{
-    ChangeKind, Datum, PgConnectConfig, PublishedTable, ReaderConfig, SourceEvent, SslMode,
-    connect_sql, ensure_publication, ensure_slot,
+    PgConnectConfig, PublishedTable, ReaderConfig, SslMode, connect_sql, ensure_publication,
+    ensure_slot,
 };
 
 use crate::source::{Reader, admin_config, repl_config};

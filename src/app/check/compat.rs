@@ -240,7 +240,7 @@ mod tests {
                 })
                 .collect(),
             primary_key: vec!["id".into()],
-            replica_identity: crate::source::ReplicaIdentity::Default,
+            replica_identity: crate::model::ReplicaIdentity::Default,
             replica_identity_columns: vec!["id".into()],
         };
         let col = |path: &[&str], column: &str| DocField {

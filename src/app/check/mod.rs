@@ -27,6 +27,7 @@ use crate::config::doc_shape::document_fields;
 use crate::config::{Catalog, Config, IndexName, load_catalog};
 use crate::sink::EsConfig;
 use crate::source::PgConnectConfig;
+use crate::source::sql::quote_table;
 use compat::{field_conflicts, flatten_properties, parse_es_duration};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,14 +398,6 @@ impl ServerFacts {
     }
 }
 
-pub(crate) fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-pub(crate) fn quote_table(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
-
 /// An existing index that forgets delete tombstones sooner than the replay
 /// window risks resurrecting deleted documents (DESIGN invariant 3).
 async fn check_gc_deletes(es: &Elasticsearch, index: &str, config: &Config, report: &mut Report) {
@@ -527,7 +520,7 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
         .elasticsearch
         .urls
         .iter()
-        .map(|u| crate::logging::redact_url(u))
+        .map(|u| crate::ops::logging::redact_url(u))
         .collect::<Vec<_>>()
         .join(", ");
     let info = match es.info().send().await {

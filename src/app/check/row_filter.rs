@@ -7,9 +7,10 @@
 
 use serde_json::Value;
 
-use super::{Report, quote_table};
+use super::Report;
 use crate::config::{CatalogTable, Config, Mapping};
-use crate::source::ReplicaIdentity;
+use crate::model::ReplicaIdentity;
+use crate::source::sql::quote_table;
 
 /// Ask PostgreSQL to parse the filter, and check that it only reads replica
 /// identity columns: PostgreSQL refuses UPDATE and DELETE on a table whose

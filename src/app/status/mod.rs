@@ -659,7 +659,7 @@ pub async fn run_slot_gauges(
 
 /// Sets the slot gauges from one reading.
 pub fn set_slot_gauges(s: &SlotInfo) {
-    use crate::metrics::names;
+    use crate::ops::metrics::names;
     if let Some(b) = s.lag_bytes {
         metrics::gauge!(names::REPLICATION_LAG_BYTES).set(b as f64);
     }

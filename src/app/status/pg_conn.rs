@@ -27,7 +27,7 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
         s.push_str(&inner.to_string());
         src = inner.source();
     }
-    crate::logging::redact_url(&s)
+    crate::ops::logging::redact_url(&s)
 }
 
 /// Connects with `application_name` set to `application` (visible in
@@ -41,7 +41,7 @@ pub async fn connect_pg(pg: &PgConnectConfig, application: &str) -> Result<Clien
             target: pg.to_string(),
             message: match &e {
                 SourceError::Sql(inner) => describe_pg_error(inner),
-                other => crate::logging::redact_url(&other.to_string()),
+                other => crate::ops::logging::redact_url(&other.to_string()),
             },
         })
 }

@@ -22,6 +22,7 @@ use super::{
     server_wal_lsn,
 };
 use crate::source::PgConnectConfig;
+use crate::source::sql::quote_ident;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TeardownReport {
@@ -83,10 +84,6 @@ impl TeardownError {
             _ => crate::cli::EXIT_RUNTIME,
         }
     }
-}
-
-pub(super) fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Drops the slot, the publication and this slot's state records, after
@@ -201,7 +198,7 @@ async fn delete_own_state(es: &Elasticsearch, index: &str, slot: &str) -> Result
         .send()
         .await
         .map_err(es_err("refreshing the state index"))?;
-    let initial = crate::backfill::target(slot);
+    let initial = crate::app::load::target(slot);
     let tables = search_state(
         es,
         index,
@@ -213,7 +210,7 @@ async fn delete_own_state(es: &Elasticsearch, index: &str, slot: &str) -> Result
         .iter()
         .filter_map(|(_, src)| src.get("run_id").cloned())
         .collect();
-    let mut ids: Vec<String> = vec![crate::backfill::marker_id(slot)];
+    let mut ids: Vec<String> = vec![crate::app::load::marker_id(slot)];
     ids.extend(tables.into_iter().map(|(id, _)| id));
     ids.extend(
         reindexes

@@ -1,7 +1,7 @@
 use serde_json::json;
 
-use super::teardown::quote_ident;
 use super::*;
+use crate::source::sql::quote_ident;
 
 #[test]
 fn snapshot_documents_fold_into_one_line_per_table_and_target() {

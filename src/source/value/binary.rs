@@ -10,8 +10,9 @@
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use super::options::{ValueError, ValueOptions, verr};
+use super::text::convert;
 use crate::source::types::Conv;
-use crate::source::value::{ValueError, ValueOptions, convert, verr};
 
 /// Convert the binary form of a value of type `type_oid`, resolved to `conv`.
 pub fn convert_binary(

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::source::value::{ValueError, verr};
+use super::options::{ValueError, verr};
 
 type ElemFn<'f> = &'f mut dyn FnMut(&str) -> Result<Value, ValueError>;
 

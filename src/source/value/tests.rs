@@ -1,7 +1,9 @@
 use serde_json::json;
 
 use super::*;
-use crate::source::types::TypeCatalog;
+use serde_json::Value;
+
+use crate::source::types::{Conv, TypeCatalog};
 
 fn c(oid: u32, text: &str) -> Value {
     convert_text(oid, text, &ValueOptions::default(), &TypeCatalog::new())

@@ -1,0 +1,17 @@
+//! The plain data that crosses every seam: log positions, decoded row
+//! changes and the bulk operations made from them.
+//!
+//! Rule: this module imports nothing from the rest of the crate, so every
+//! layer can depend on it and none of them on each other through it. The
+//! version of every change is its transaction's commit LSN (DESIGN
+//! invariant 2); `Lsn` and `BulkOp::version` carry it.
+
+pub mod change;
+pub mod lsn;
+pub mod op;
+
+pub use change::{
+    Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, Row, SourceEvent,
+};
+pub use lsn::Lsn;
+pub use op::{BulkOp, OpAction, OpOrigin, RejectedRow};
