@@ -2,7 +2,7 @@
 # Checks the packaging files that cannot be run here (no Docker engine, no
 # Kubernetes): docker/, deploy/k8s/, dashboards/.
 #  - every YAML, JSON and TOML file parses;
-#  - every metric a dashboard or alert uses is one src/metrics.rs describes;
+#  - every metric a dashboard or alert uses is one src/ops/metrics.rs describes;
 #  - every `sluice` subcommand and flag the container specs use exists in the
 #    binary's --help, and every env var given to Sluice is one it reads
 #    (a --help [env: ...] entry, a ${VAR} in the mounted sluice.toml, or a
@@ -94,7 +94,7 @@ for f, docs in yaml_docs.items():
                     tomls[where] = (v, parse_toml(v, where))
 
 # ---- metric names -------------------------------------------------------------
-src = open(os.path.join(root, "src", "metrics.rs")).read()
+src = open(os.path.join(root, "src", "ops", "metrics.rs")).read()
 consts = dict(re.findall(r'pub const (\w+): &str = "(sluice_\w+)";', src))
 specs = re.findall(r"MetricSpec \{\s*name: names::(\w+),\s*kind: Kind::(\w+)", src)
 described = set()
@@ -104,10 +104,10 @@ for const, kind in specs:
     if kind == "Histogram":
         described |= {name + s for s in ("_bucket", "_sum", "_count")}
 if not specs:
-    fail("src/metrics.rs: no MetricSpec entries found (did the catalogue move?)")
+    fail("src/ops/metrics.rs: no MetricSpec entries found (did the catalogue move?)")
 undescribed = set(consts.values()) - {consts[c] for c, _ in specs}
 for n in sorted(undescribed):
-    fail(f"src/metrics.rs: {n} has a name but no catalogue entry (no help text)")
+    fail(f"src/ops/metrics.rs: {n} has a name but no catalogue entry (no help text)")
 
 def metric_uses(text):
     return set(re.findall(r"\bsluice_[a-z0-9_]+\b", text))
@@ -125,7 +125,7 @@ for where, text in users.items():
     names = metric_uses(text)
     used_anywhere |= names
     for n in sorted(names - described):
-        fail(f"{where}: metric {n} is not described in src/metrics.rs")
+        fail(f"{where}: metric {n} is not described in src/ops/metrics.rs")
     if names and not names - described:
         ok(f"{where}: all {len(names)} metric names are described")
 dash_names = set()
@@ -144,7 +144,7 @@ for d, _, fs in os.walk(os.path.join(root, "src")):
         for n in re.findall(r'(?:counter|gauge|histogram)!\(\s*"(sluice_\w+)"', open(path).read()):
             literals += 1
             if n not in base_described:
-                fail(f"{rel(path)}: records metric {n}, which src/metrics.rs does not describe")
+                fail(f"{rel(path)}: records metric {n}, which src/ops/metrics.rs does not describe")
 ok(f"src: {literals} metric names recorded by literal, all checked against the catalogue")
 
 # Labels a query groups or filters by exist on the metrics it queries.
@@ -153,7 +153,7 @@ for const, labels in re.findall(
         r"MetricSpec \{\s*name: names::(\w+),\s*kind: Kind::\w+,\s*unit: [\w:]+,\s*labels: &\[([^\]]*)\]", src):
     spec_labels[consts[const]] = set(re.findall(r'"(\w+)"', labels))
 if len(spec_labels) != len(specs):
-    fail("src/metrics.rs: could not read the labels of every MetricSpec")
+    fail("src/ops/metrics.rs: could not read the labels of every MetricSpec")
 def exprs(doc):
     if isinstance(doc, dict):
         for k, v in doc.items():

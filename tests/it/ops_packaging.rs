@@ -101,7 +101,7 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
         "metric sluice_made_up_total is not described",
         "metric sluice_retries_total is described but no dashboard panel shows it",
         "uses label result, which none of its metrics has",
-        "records metric sluice_retry_total, which src/metrics.rs does not describe",
+        "records metric sluice_retry_total, which src/ops/metrics.rs does not describe",
         "has no flag --no-such-flag",
         "env SLUICE_UNREAD is given to sluice but nothing reads it",
         "readinessProbe must GET /ready",
