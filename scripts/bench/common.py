@@ -184,7 +184,13 @@ def reset_hwm(pid):
 
 
 class Proc:
-    """A child process measured by wait4 (CPU and peak RSS of its whole life)."""
+    """A child process, measured: CPU from wait4 (its whole life), peak RSS
+    from /proc VmHWM sampled every 0.1 s while it runs. (wait4's ru_maxrss
+    is no good here: Linux carries the forking parent's peak over exec, so
+    every child would report at least the harness's own RSS.)"""
+
+    live = set()
+    sampler = None
 
     def __init__(self, argv, log_path, env=None, cwd=None):
         self.argv, self.log_path = argv, log_path
@@ -192,12 +198,15 @@ class Proc:
         self.p = subprocess.Popen(argv, stdout=self.logf, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                   start_new_session=True)
         self.pid = self.p.pid
+        self.hwm = 0
+        Proc.live.add(self)
+        Proc.start_sampler()
         self.started = time.monotonic()
         self.cpu_s = self.rss_mib = None
         self.rc = None
 
     def alive(self):
-        return self.rc is None and self.p.poll() is None
+        return self.rc is None and self.wait(timeout=0) is None
 
     def wait(self, timeout=None):
         """Reaps the process; returns its exit code (None on timeout)."""
@@ -208,10 +217,11 @@ class Proc:
                 self.rc = os.waitstatus_to_exitcode(status)
                 self.p.returncode = self.rc
                 self.cpu_s = ru.ru_utime + ru.ru_stime
-                self.rss_mib = ru.ru_maxrss / 1024
+                self.rss_mib = self.hwm / 1024
                 self.logf.close()
+                Proc.live.discard(self)
                 return self.rc
-            if deadline and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 return None
             time.sleep(0.02)
 
@@ -228,6 +238,26 @@ class Proc:
             rc = self.wait()
         return rc
 
+    @classmethod
+    def start_sampler(cls):
+        if cls.sampler:
+            return
+
+        def loop():
+            while True:
+                for p in list(cls.live):
+                    p.hwm = max(p.hwm, hwm_kib(p.pid))
+                time.sleep(0.1)
+
+        cls.sampler = threading.Thread(target=loop, daemon=True)
+        cls.sampler.start()
+
+    @classmethod
+    def stop_all(cls):
+        """Stops every process the harness started and has not reaped (after a failure)."""
+        for p in list(cls.live):
+            p.stop(signal.SIGTERM, timeout=10)
+
     def tail(self, n=30):
         try:
             with open(self.log_path, "rb") as f:
@@ -242,7 +272,7 @@ class PgCpu:
     load generator's. Processes that exit between two samples lose at most
     one interval of CPU."""
 
-    def __init__(self, env, db, exclude_apps=(HARNESS_APP, WRITER_APP), interval=0.25):
+    def __init__(self, env, db, exclude_apps=(HARNESS_APP, WRITER_APP), interval=0.1):
         self.env, self.db, self.exclude, self.interval = env, db, exclude_apps, interval
         self.first, self.last = {}, {}
         self.stop_ev = threading.Event()

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import report  # noqa: E402
 import workloads as w  # noqa: E402
-from common import ROOT, STATE, Env, Es, log  # noqa: E402
+from common import ROOT, STATE, Env, Es, Proc, log  # noqa: E402
 from tools import ensure_pgsync  # noqa: E402
 
 WORKLOADS = ["snapshot", "stream1", "stream100", "drain", "latency", "nested"]
@@ -98,6 +98,7 @@ def main(argv):
     os.makedirs(work)
     log(f"work directory {work} (logs of every process)")
     ctx = w.Ctx(env, a, work, es_version)
+    w.cleanup(ctx)
     loads = [load()]
     started = time.monotonic()
     meta = {
@@ -123,7 +124,8 @@ def main(argv):
                 durations[name] = time.monotonic() - t0
                 loads.append(load())
     finally:
-        w.cleanup_templates(ctx)
+        Proc.stop_all()
+        w.cleanup(ctx)
     meta["seconds"] = time.monotonic() - started
     meta["workload_seconds"] = durations
     meta["load"] = {"min": min(loads), "max": max(loads)}

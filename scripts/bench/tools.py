@@ -28,7 +28,13 @@ SLUICE = os.path.join(ROOT, "target", "release", "sluice")
 SOURCE_DRAIN = os.path.join(ROOT, "target", "release", "examples", "source_drain")
 PGSYNC_VENV = os.path.join(STATE, "pgsync-venv")
 PGSYNC_SPEC = "pgsync>=7,<8"
-REDIS_PORT = int(os.environ.get("SLUICE_BENCH_REDIS_PORT", "16379"))
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 SITECUSTOMIZE = '''"""Installed by Sluice's ./dev bench: answers the Elasticsearch client's
 `GET /` (product check and info()) locally, because the integration-test
@@ -128,14 +134,16 @@ class Redis:
     """A private redis-server for PGSync's queue, on its own port, no persistence."""
 
     def __init__(self, work):
-        self.work = work
-        self.proc = Proc(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
+        self.work, self.port = work, free_port()
+        self.proc = Proc(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                           "--appendonly", "no", "--dir", work], os.path.join(work, "redis.log"))
-        for _ in range(100):
-            if subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "ping"], capture_output=True).returncode == 0:
+        for _ in range(200):
+            if subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).returncode == 0:
+                return
+            if not self.proc.alive():
                 break
             time.sleep(0.05)
-        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "flushall"], capture_output=True)
+        raise RuntimeError(f"redis-server did not start:\n{self.proc.tail()}")
 
     def stop(self):
         self.proc.stop(signal.SIGTERM)
@@ -151,7 +159,7 @@ class PgSync:
             json.dump([{"database": db, "index": index, "nodes": {"table": TABLE, "columns": COLUMNS}}], f)
         self.penv = dict(os.environ, PG_HOST=env.pg_host, PG_PORT=str(env.pg_port), PG_USER=env.pg_user,
                          PG_PASSWORD=env.pg_password, ELASTICSEARCH_URL=env.es_url, REDIS_HOST="127.0.0.1",
-                         REDIS_PORT=str(REDIS_PORT), CHECKPOINT_PATH=work + "/", BENCH_ES_VERSION=es_version,
+                         CHECKPOINT_PATH=work + "/", BENCH_ES_VERSION=es_version,
                          CONSOLE_LOGGING_HANDLER_MIN_LEVEL="WARNING",
                          # Its documentation: "increase this if you are getting read
                          # request timeouts" (default 10 s; a busy 2-core machine needs more).
@@ -162,9 +170,14 @@ class PgSync:
     def bin(self, name):
         return os.path.join(PGSYNC_VENV, "bin", name)
 
+    def ensure_redis(self):
+        if not self.redis:
+            self.redis = Redis(self.work)
+            self.penv["REDIS_PORT"] = str(self.redis.port)
+
     def bootstrap(self):
         """`bootstrap --config schema.json`: triggers, view, replication slot."""
-        self.redis = self.redis or Redis(self.work)
+        self.ensure_redis()
         p = Proc([self.bin("bootstrap"), "--config", self.schema], os.path.join(self.work, "bootstrap.log"),
                  env=self.penv, cwd=self.work)
         if p.wait(600) != 0:
@@ -178,7 +191,7 @@ class PgSync:
 
     def start(self):
         """`pgsync --config schema.json --daemon`."""
-        self.redis = self.redis or Redis(self.work)
+        self.ensure_redis()
         self.proc = Proc([self.bin("pgsync"), "--config", self.schema, "--daemon"],
                          os.path.join(self.work, "pgsync.log"), env=self.penv, cwd=self.work)
         return self.proc

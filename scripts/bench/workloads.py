@@ -54,20 +54,30 @@ class Ctx:
             if k not in ("samples", "check")))
 
 
-def check(env, db, index, settle=3):
-    """End state, re-checked a few times if it is not exact at first (a tool
-    that applies out of order may settle a little later; the report says so)."""
-    for attempt in range(settle + 1):
+def check(env, db, index, settle_s=30):
+    """End state, checked again every 2 s for up to `settle_s` if it is not
+    exact at first (a tool that applies changes out of order may still be
+    at work when the sentinel shows; the report says how long it took)."""
+    t0 = time.monotonic()
+    while True:
+        at = time.monotonic() - t0
         res = compare(env, db, index)
-        if res["exact"] or attempt == settle:
-            res["settled_after_s"] = attempt * 2
+        res["settled_after_s"] = round(at, 1) if res["exact"] else None
+        if res["exact"] or time.monotonic() - t0 > settle_s:
             return res
         time.sleep(2)
 
 
+def done_rate(changes, seconds, res):
+    """Changes per second until the tool was done: at the sentinel, or when
+    the end state became exact if that came later (to within one check)."""
+    return changes / (seconds + (res["settled_after_s"] or 0))
+
+
 def summary_of(res):
     if res["exact"]:
-        return "exact" + (f" (after {res['settled_after_s']} s more)" if res["settled_after_s"] else "")
+        return "exact" + (f" ({res['settled_after_s']} s after the last change showed)"
+                          if res["settled_after_s"] else "")
     return (f"NOT exact: {res['missing']} missing, {res['extra']} extra, {res['differ']} differ "
             f"of {res['rows']} rows; e.g. {'; '.join(res['examples'])}")
 
@@ -135,7 +145,7 @@ def snapshot_tool(ctx, tool, tpl, n, run):
         t.stop()
     if rc != 0:
         raise RuntimeError(f"{tool} snapshot exited {rc}:\n{p.tail()}")
-    res = check(env, db, index, settle=0)
+    res = check(env, db, index, settle_s=0)
     ctx.record("snapshot", tool, {"rate": n / ph.seconds, "seconds": ph.seconds, "changes": n,
                                   "tool_cpu": procs_cpu, "pg_cpu": ph.pg_cpu, "es_cpu": ph.es_cpu,
                                   "rss_mib": rss, "exact": res["exact"], "check": summary_of(res),
@@ -248,7 +258,8 @@ def stream_tool(ctx, workload, script, transactions, tool, tpl, run):
     changes, docs = decoded_changes(env, db, render=ceiling)
     res = check(env, db, index)
     t.stop()
-    ctx.record(workload, tool, {"rate": changes / ph.seconds, "seconds": ph.seconds, "changes": changes,
+    ctx.record(workload, tool, {"rate": done_rate(changes, ph.seconds, res), "seconds": ph.seconds,
+                                "rate_at_sentinel": changes / ph.seconds, "changes": changes,
                                 "writer_rate": changes / w_s, "lag_after_writer_s": ph.seconds - w_s,
                                 "tool_cpu": cpu, "pg_cpu": ph.pg_cpu, "es_cpu": ph.es_cpu, "rss_mib": rss,
                                 "exact": res["exact"], "check": summary_of(res)})
@@ -292,7 +303,8 @@ def drain_tool(ctx, tool, tpl, run):
     changes, docs = decoded_changes(env, db, render=first)
     res = check(env, db, index)
     t.stop()
-    ctx.record("drain", tool, {"rate": changes / ph.seconds, "seconds": ph.seconds, "changes": changes,
+    ctx.record("drain", tool, {"rate": done_rate(changes, ph.seconds, res), "seconds": ph.seconds,
+                               "rate_at_sentinel": changes / ph.seconds, "changes": changes,
                                "writer_rate": changes / w_s, "tool_cpu": cpu, "pg_cpu": ph.pg_cpu,
                                "es_cpu": ph.es_cpu, "rss_mib": rss, "exact": res["exact"],
                                "check": summary_of(res)})
@@ -425,6 +437,11 @@ def nested(ctx):
     log("nested: skipped until issue 12 adds nested-document mappings")
 
 
-def cleanup_templates(ctx):
-    if ctx.stream_tpl:
-        drop_db(ctx.env, ctx.stream_tpl)
+def cleanup(ctx):
+    """Drops every database and index the harness made (`sb_*`,
+    `sluice-bench-*`), also those a failed run left behind."""
+    with connect(ctx.env) as c:
+        dbs = [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'sb\\_%'").fetchall()]
+    for db in dbs:
+        drop_db(ctx.env, db)
+    ctx.es.request("DELETE", "/sluice-bench-*?ignore_unavailable=true&expand_wildcards=all", ok=(200, 404))
