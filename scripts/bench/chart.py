@@ -27,7 +27,7 @@ def caveat(meta):
     runs = meta["args"]["runs"]
     s = f"{meta['date']}, commit {meta['commit']}, median of {runs} run{'s' if runs > 1 else ''}"
     if meta["quick"] or meta["load"]["max"] > 1.5:
-        s += f" — {'QUICK RUN, ' if meta['quick'] else ''}BUSY MACHINE (load {meta['load']['max']:.0f} on 2 cores)"
+        s += f"\n{'QUICK RUN, ' if meta['quick'] else ''}BUSY MACHINE (load average up to {meta['load']['max']:.0f} on 2 cores)"
     return s
 
 
@@ -42,9 +42,10 @@ def throughput(wl, data, meta, path):
         meds.append(s["median"])
         lo.append(s["median"] - s["min"])
         hi.append(s["max"] - s["median"])
-    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.75 * len(tools)))
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.75 * len(tools)))
     y = range(len(tools))
-    ax.barh(y, meds, xerr=[lo, hi], color=[COLORS[t] for t in tools], capsize=4)
+    several = any(len(data[t]) > 1 for t in tools)
+    ax.barh(y, meds, xerr=[lo, hi] if several else None, color=[COLORS[t] for t in tools], capsize=4)
     ax.set_yticks(list(y), [LABELS[t] if not (wl == "decode" and t == "sluice") else "Sluice reader" for t in tools])
     ax.invert_yaxis()
     unit = "rows/s" if wl == "snapshot" else "changes/s"
@@ -83,6 +84,7 @@ def latency(data, meta, path):
     a1.text(2.4, 1100, "goal: 1 s refresh + 100 ms", color="#d62728", fontsize=7, va="bottom", ha="right")
     a1.legend(fontsize=8)
     a2.set_xscale("log")
+    a2.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     a2.set_xlabel("ms, commit → visible in search (log)")
     a2.set_ylabel("fraction of timed changes")
     a2.grid(alpha=0.3)

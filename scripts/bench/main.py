@@ -22,10 +22,10 @@ from tools import ensure_pgsync  # noqa: E402
 WORKLOADS = ["snapshot", "stream1", "stream100", "drain", "latency", "nested"]
 
 # Sizes: defaults fit a 2-core machine in about 30 minutes, --quick in about 5.
-DEFAULTS = dict(runs=3, snapshot_rows=1_000_000, sweep_docs=200_000, stream_rows=100_000, stream1_tx=50_000,
-                stream100_tx=500, drain_tx=50_000, latency_seconds=30)
-QUICK = dict(runs=1, snapshot_rows=100_000, sweep_docs=50_000, stream_rows=20_000, stream1_tx=10_000,
-             stream100_tx=100, drain_tx=10_000, latency_seconds=10)
+DEFAULTS = dict(runs=3, snapshot_rows=1_000_000, sweep_docs=200_000, stream_rows=100_000, stream1_tx=20_000,
+                stream100_tx=200, drain_tx=20_000, latency_seconds=30, catchup_timeout=300)
+QUICK = dict(runs=1, snapshot_rows=100_000, sweep_docs=50_000, stream_rows=20_000, stream1_tx=5_000,
+             stream100_tx=50, drain_tx=5_000, latency_seconds=10, catchup_timeout=120)
 
 
 def parse(argv):
@@ -46,6 +46,9 @@ def parse(argv):
     p.add_argument("--latency-seconds", type=int)
     p.add_argument("--probe-rate", type=int, default=10, help="sampled (timed) changes per second")
     p.add_argument("--readers", type=int, default=4, help="Sluice's parallel snapshot readers")
+    p.add_argument("--snapshot-timeout", type=int, default=1800, help="seconds a snapshot may take")
+    p.add_argument("--catchup-timeout", type=int,
+                   help="seconds a tool may take to show the last change before its run counts as unfinished")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md or docs/bench/")
     p.add_argument("--report-only", metavar="RESULTS_JSON", help="redraw tables and charts from saved results")
     a = p.parse_args(argv)

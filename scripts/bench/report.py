@@ -58,9 +58,27 @@ def end_state(runs):
     if not runs or all(r.get("exact") is None for r in runs):
         return "–"
     bad = [r for r in runs if not r.get("exact")]
+    late = [r["settled_after_s"] for r in runs if r.get("settled_after_s")]
     if not bad:
-        return f"exact ({len(runs)}/{len(runs)})"
-    return f"**not exact** in {len(bad)}/{len(runs)}: {bad[0].get('check', '')}"
+        s = f"exact ({len(runs)}/{len(runs)})"
+        if late:
+            s += f", {len(late)} of them only {max(late):.0f} s after the last change showed"
+        return s
+    slow = [r for r in bad if r.get("missing") is None]
+    if slow:
+        return f"**unfinished** in {len(slow)}/{len(runs)} ({slow[0]['examples'][0]})"
+    w = max(bad, key=lambda r: r["missing"] + r["extra"] + r["differ"])
+    return (f"**not exact** in {len(bad)}/{len(runs)} (worst: {w['missing']:,} missing, {w['extra']:,} "
+            f"stale deleted, {w['differ']:,} differing of {w['rows']:,} rows, 30 s after the last change showed)")
+
+
+def examples(data):
+    out = []
+    for tool in ("sluice", "pgsync"):
+        bad = [r for r in data.get(tool, []) if r.get("exact") is False and r.get("examples")]
+        if bad:
+            out.append(f"{NAMES[tool]}, e.g.: " + "; ".join(bad[0]["examples"]))
+    return ["", *[f"- {o}" for o in out]] if out else []
 
 
 def throughput_table(wl, data, base_key):
@@ -181,8 +199,8 @@ def section(res):
     L = [BEGIN, "<!-- Written by `./dev bench` (scripts/bench/); edit the generator, not this section. -->", "",
          "## Side by side: `./dev bench`", ""]
     if m["quick"] or busy:
-        what = "a **quick run** (`./dev bench --quick`: small sizes, one run of each)" if m["quick"] else "a run"
-        L += [f"> **Caveat: {what} on a busy machine** (load average {m['load']['min']:.1f}–{m['load']['max']:.1f} "
+        what = "a quick run (`./dev bench --quick`: small sizes, one run of each)" if m["quick"] else "a run"
+        L += [f"> **Caveat:** {what} on a **busy machine** (load average {m['load']['min']:.1f}–{m['load']['max']:.1f} "
               "on 2 cores from other sessions building and testing). These figures show that the harness works "
               "and roughly where the tools stand; they are not the quiet-machine figures, which `./dev bench` "
               "(3 runs, full sizes) on an idle machine replaces them with.", ""]
@@ -200,8 +218,9 @@ def section(res):
     sw = res.get("sweep")
     if "snapshot" in res:
         L += [f"### {TITLES['snapshot']}: {a['snapshot_rows']:,} rows × 10 columns", "",
-              f"![snapshot](docs/bench/snapshot.png)", "",
-              *throughput_table("snapshot", res["snapshot"], "raw"), *versus(res["snapshot"]), ""]
+              "![snapshot](docs/bench/snapshot.png)", "",
+              *throughput_table("snapshot", res["snapshot"], "raw"), *examples(res["snapshot"]),
+              *versus(res["snapshot"]), ""]
         if sw:
             pts = ", ".join(f"{p['concurrency']}×{p['batch']}: {p['rate']:,.0f}/s" for p in sw["points"])
             L += [f"Raw `_bulk` sweep on {sw['docs']:,} documents (requests in flight × documents per request): "
@@ -219,9 +238,10 @@ def section(res):
                "clock from the tool's start until the last change is visible: the drain is the tool's alone")
         L += [f"### {TITLES[wl]}", "", f"![{wl}](docs/bench/{wl}.png)", "",
               f"{sizes[wl]}, on a table of {a['stream_rows']:,} rows; {how}.", "",
-              *throughput_table(wl, res[wl], "ceiling"), *versus(res[wl]), *writer_note(res[wl]), ""]
+              *throughput_table(wl, res[wl], "ceiling"), *examples(res[wl]), *versus(res[wl]),
+              *writer_note(res[wl]), ""]
     if "decode" in res:
-        L += [f"### {TITLES['decode']}", "", f"![decode](docs/bench/decode.png)", "",
+        L += [f"### {TITLES['decode']}", "", "![decode](docs/bench/decode.png)", "",
               "The drain workload's WAL, read again through two more slots (same publication, proto 1): "
               "`pg_recvlogical` to /dev/null and Sluice's reader (examples/source_drain) into a null sink.", "",
               *decode_table(res["decode"]), ""]
@@ -230,7 +250,7 @@ def section(res):
               f"{a['latency_rate']:,} changes/s for {a['latency_seconds']} s (pgbench `-R`, single-row updates) of "
               f"which {a['probe_rate']}/s are timed: each timed change is committed, then polled with `_mget` "
               "(`realtime=false`, so only what a search sees counts) until visible.", "",
-              *latency_table(res["latency"]), ""]
+              *latency_table(res["latency"]), *examples(res["latency"]), ""]
     if "nested" in res:
         L += ["### Nested documents", "", f"Not measured yet: {res['nested']['skipped']}. The workload hook "
               "is `nested()` in scripts/bench/workloads.py.", ""]

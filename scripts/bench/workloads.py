@@ -18,7 +18,7 @@ import threading
 import time
 
 from common import HZ, Es, Phase, connect, hwm_kib, log, reset_hwm, ticks, wait_until
-from data import (COUNT_SLOT, INDEX_BODY, PROBES, SENTINEL, TABLE, bodies, copy_db, create_slots,
+from data import (INDEX_BODY, PROBES, SENTINEL, TABLE, bodies, copy_db, create_slots,
                   decoded_changes, drop_db, make_template, pgbench, row_count, set_sentinel, snapshot_docs)
 from tools import PgSync, Sluice, pg_recvlogical, raw_bulk, source_drain
 from verify import compare
@@ -68,13 +68,37 @@ def check(env, db, index, settle_s=30):
         time.sleep(2)
 
 
+def caught_up(ctx, tool, index, mark, writer_s):
+    """Waits for the sentinel change; False if the tool did not get there
+    within --catchup-timeout after the writer finished (the run is then
+    reported as unfinished, with the rate it had so far as an upper bound)."""
+    try:
+        wait_until(sentinel_visible(ctx.es, index, mark), ctx.args.catchup_timeout,
+                   f"{tool.name} to catch up", alive=lambda: bool(tool.processes()))
+        return True
+    except TimeoutError:
+        log(f"{tool.name} did not catch up within {ctx.args.catchup_timeout} s; stopping it")
+        return False
+
+
+def unfinished(ctx, writer_s):
+    return {"exact": False, "missing": None, "extra": None, "differ": None, "rows": None, "settled_after_s": None,
+            "examples": [f"did not show the last change within {ctx.args.catchup_timeout} s"], "timed_out": True}
+
+
 def done_rate(changes, seconds, res):
     """Changes per second until the tool was done: at the sentinel, or when
     the end state became exact if that came later (to within one check)."""
     return changes / (seconds + (res["settled_after_s"] or 0))
 
 
+def counts(res):
+    return {k: res[k] for k in ("missing", "extra", "differ", "rows", "examples", "settled_after_s")}
+
+
 def summary_of(res):
+    if res.get("timed_out"):
+        return res["examples"][0]
     if res["exact"]:
         return "exact" + (f" ({res['settled_after_s']} s after the last change showed)"
                           if res["settled_after_s"] else "")
@@ -130,7 +154,7 @@ def snapshot_tool(ctx, tool, tpl, n, run):
                    readers=ctx.args.readers)
         with Phase(env, db) as ph:
             p = t.start()
-            rc = p.wait(3600)
+            rc = p.wait(ctx.args.snapshot_timeout)
             es.refresh(index)
         procs_cpu, rss = p.cpu_s, p.rss_mib
     else:
@@ -139,16 +163,21 @@ def snapshot_tool(ctx, tool, tpl, n, run):
         extra = {"bootstrap_s": time.monotonic() - b.started, "bootstrap_cpu": b.cpu_s}
         with Phase(env, db) as ph:
             p = t.one_pass()
-            rc = p.wait(7200)
+            rc = p.wait(ctx.args.snapshot_timeout)
             es.refresh(index)
         procs_cpu, rss = p.cpu_s, p.rss_mib
         t.stop()
-    if rc != 0:
+    if rc is None:
+        log(f"{tool} snapshot unfinished after {ctx.args.snapshot_timeout} s; stopping it")
+        p.stop()
+        res = {**unfinished(ctx, 0), "examples": [f"unfinished after {ctx.args.snapshot_timeout} s"]}
+    elif rc != 0:
         raise RuntimeError(f"{tool} snapshot exited {rc}:\n{p.tail()}")
-    res = check(env, db, index, settle_s=0)
+    else:
+        res = check(env, db, index, settle_s=0)
     ctx.record("snapshot", tool, {"rate": n / ph.seconds, "seconds": ph.seconds, "changes": n,
                                   "tool_cpu": procs_cpu, "pg_cpu": ph.pg_cpu, "es_cpu": ph.es_cpu,
-                                  "rss_mib": rss, "exact": res["exact"], "check": summary_of(res),
+                                  "rss_mib": rss, "exact": res["exact"], "check": summary_of(res), **counts(res),
                                   "extra_fields": res["extra_fields"], **extra})
     es.delete_index(index)
     drop_db(env, db)
@@ -252,17 +281,16 @@ def stream_tool(ctx, workload, script, transactions, tool, tpl, run):
         w_s, _ = pgbench(env, db, script, ctx.args.stream_rows, work, transactions=transactions)
         mark = marker()
         end_lsn = set_sentinel(env, db, mark)
-        wait_until(sentinel_visible(es, index, mark), 3600, f"{tool} to catch up",
-                   alive=lambda: bool(t.processes()))
+        finished = caught_up(ctx, t, index, mark, w_s)
     cpu, rss = use.read()
     changes, docs = decoded_changes(env, db, render=ceiling)
-    res = check(env, db, index)
+    res = check(env, db, index) if finished else unfinished(ctx, w_s)
     t.stop()
     ctx.record(workload, tool, {"rate": done_rate(changes, ph.seconds, res), "seconds": ph.seconds,
                                 "rate_at_sentinel": changes / ph.seconds, "changes": changes,
                                 "writer_rate": changes / w_s, "lag_after_writer_s": ph.seconds - w_s,
                                 "tool_cpu": cpu, "pg_cpu": ph.pg_cpu, "es_cpu": ph.es_cpu, "rss_mib": rss,
-                                "exact": res["exact"], "check": summary_of(res)})
+                                "exact": res["exact"], "check": summary_of(res), **counts(res)})
     if ceiling:
         co_tenant_ceiling(ctx, db, docs, end_lsn, "bench_ceil", run, workload)
     es.delete_index(index)
@@ -298,16 +326,16 @@ def drain_tool(ctx, tool, tpl, run):
     use = Usage(t)
     with Phase(env, db) as ph:
         t.start()
-        wait_until(sentinel_visible(es, index, mark), 3600, f"{tool} to drain", alive=lambda: bool(t.processes()))
+        finished = caught_up(ctx, t, index, mark, 0)
     cpu, rss = use.read(fresh=True)
     changes, docs = decoded_changes(env, db, render=first)
-    res = check(env, db, index)
+    res = check(env, db, index) if finished else unfinished(ctx, 0)
     t.stop()
     ctx.record("drain", tool, {"rate": done_rate(changes, ph.seconds, res), "seconds": ph.seconds,
                                "rate_at_sentinel": changes / ph.seconds, "changes": changes,
                                "writer_rate": changes / w_s, "tool_cpu": cpu, "pg_cpu": ph.pg_cpu,
                                "es_cpu": ph.es_cpu, "rss_mib": rss, "exact": res["exact"],
-                               "check": summary_of(res)})
+                               "check": summary_of(res), **counts(res)})
     if first:
         decode(ctx, db, changes, end_lsn, run)
         co_tenant_ceiling(ctx, db, docs, end_lsn, "bench_ceil", run, "drain")
@@ -421,7 +449,7 @@ def latency(ctx):
                                          "max": max(s) if s else None, "probes": len(s), "lost": lost,
                                          "rate": changes / ph.seconds, "changes": changes, "tool_cpu": cpu,
                                          "pg_cpu": ph.pg_cpu, "es_cpu": ph.es_cpu, "rss_mib": rss,
-                                         "exact": res["exact"], "check": summary_of(res), "samples": s})
+                                         "exact": res["exact"], "check": summary_of(res), **counts(res), "samples": s})
             es.delete_index(index)
             drop_db(env, db)
 
