@@ -279,6 +279,9 @@ def write(res):
     new = section(res)
     if BEGIN in text and END in text:
         text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", lambda _: new, text, flags=re.S)
+    elif "## Earlier measurements" in text:
+        head, sep, rest = text.partition("## Earlier measurements")
+        text = head + new + "\n" + sep + rest
     else:
         head, _, rest = text.partition("\n")
         text = head + "\n\n" + new + "\n" + rest.lstrip("\n")
