@@ -121,10 +121,12 @@ class Es:
         return r.get("_source") if r and r.get("found") else None
 
     def bulk(self, body):
-        r = self.request("POST", "/_bulk?filter_path=errors,items.*.error", body, ctype="application/x-ndjson")
+        r = self.request("POST", "/_bulk?filter_path=errors,items.*.error.type,items.*.status", body,
+                         ctype="application/x-ndjson")
         if r.get("errors"):
             errs = [i for i in r.get("items", []) if any("error" in v for v in i.values())]
-            # 409: an older version arrived after a newer one (external_gte): expected.
+            # 409: an older version arrived after a newer one (external_gte),
+            # as it may with several requests in flight; the newer one stays.
             bad = [e for e in errs if not any(v.get("status") == 409 for v in e.values())]
             if bad:
                 raise RuntimeError(f"bulk errors: {bad[:3]}")

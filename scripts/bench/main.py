@@ -11,6 +11,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +124,12 @@ def main(argv):
             if name in a.workloads:
                 log(f"== {name} (load average {load():.1f})")
                 t0 = time.monotonic()
-                plan[name]()
+                try:
+                    plan[name]()
+                except Exception as e:  # noqa: BLE001 - one failed workload must not lose the others
+                    log(f"{name} FAILED: {e!r}\n{traceback.format_exc()}")
+                    ctx.results.setdefault("failed", {})[name] = repr(e)[:500]
+                    Proc.stop_all()
                 durations[name] = time.monotonic() - t0
                 loads.append(load())
     finally:

@@ -254,6 +254,8 @@ def section(res):
     if "nested" in res:
         L += ["### Nested documents", "", f"Not measured yet: {res['nested']['skipped']}. The workload hook "
               "is `nested()` in scripts/bench/workloads.py.", ""]
+    for name, err in res.get("failed", {}).items():
+        L += [f"**The {name} workload failed in this run**: `{err}` (full log in the work directory).", ""]
     t = targets(res)
     if t:
         L += ["### Against the goals", "", *t, ""]
