@@ -51,11 +51,12 @@ def throughput(wl, data, meta, path):
     unit = "rows/s" if wl == "snapshot" else "changes/s"
     ax.set_xlabel(unit)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    base_med = meds[0] if tools and tools[0] == base else None
-    for i, m in enumerate(meds):
+    from report import ratios
+    for i, (t, m) in enumerate(zip(tools, meds)):
         txt = f" {m:,.0f}"
-        if base_med and i:
-            txt += f"  ({m / base_med:.2f}×)"
+        r = ratios(data[t], data.get(base)) if t != base else None
+        if r:
+            txt += f"  ({r['median']:.2f}× ceiling)"
         ax.text(m, i, txt, va="center", ha="left", fontsize=9)
     ax.set_xlim(0, max(m + h for m, h in zip(meds, hi)) * 1.35)
     ax.set_title(f"{TITLES[wl]}\n{caveat(meta)}", fontsize=9)
@@ -75,9 +76,11 @@ def latency(data, meta, path):
                yerr=[[v["median"] - v["min"] for v in vals], [v["max"] - v["median"] for v in vals]], capsize=3)
         for x, v in zip(xs, vals):
             a1.text(x, v["median"], f"{v['median']:,.0f}", ha="center", va="bottom", fontsize=8)
-        samples = sorted(s for r in data[t] for s in r["samples"])
-        if samples:
-            a2.plot(samples, [(k + 1) / len(samples) for k in range(len(samples))], color=COLORS[t], label=LABELS[t])
+        for key, style, suffix in (("samples", "-", "visible in search"), ("indexed", ":", "indexed (real-time GET)")):
+            samples = sorted(s for r in data[t] for s in r.get(key, []))
+            if samples:
+                a2.plot(samples, [(k + 1) / len(samples) for k in range(len(samples))], color=COLORS[t], ls=style,
+                        label=f"{LABELS[t]}, {suffix}")
     a1.set_xticks([j + width * (len(tools) - 1) / 2 for j in range(3)], ["p50", "p95", "p99"])
     a1.set_ylabel("ms, commit → visible in search")
     a1.axhline(1100, color="#d62728", lw=0.8, ls="--")

@@ -45,9 +45,13 @@ def col(runs, key):
 
 
 def ratios(runs, base):
+    """Per-run ratio to the same run's ceiling. While the load generator
+    writes (live streaming), no tool can be faster than it, so the ceiling
+    there is the lower of the co-tenant ceiling and that run's writer rate."""
     if not base:
         return None
-    return summary([r["rate"] / b["rate"] for r, b in zip(runs, base) if r.get("rate") and b.get("rate")])
+    return summary([r["rate"] / min(b["rate"], r.get("writer_rate") if "lag_after_writer_s" in r else b["rate"])
+                    for r, b in zip(runs, base) if r.get("rate") and b.get("rate")])
 
 
 def per_change(runs):
@@ -106,6 +110,16 @@ def versus(data):
     return ["", f"Sluice / PGSync: **{fsum(r, 1, '×')}**."]
 
 
+def startup_note(data):
+    runs = [r for r in data.get("sluice", []) if r.get("startup_s")]
+    if not runs:
+        return []
+    s = summary([r["startup_s"] for r in runs])
+    streaming = summary([r["changes"] / (r["seconds"] - r["startup_s"]) for r in runs])
+    return ["", f"Sluice's start-up (process start until its slot is in use) took {fsum(s, 2, ' s')} of that; "
+                f"from then on it drained {fsum(streaming)} changes/s."]
+
+
 def writer_note(data):
     parts = []
     for tool in ("sluice", "pgsync"):
@@ -135,15 +149,16 @@ def decode_table(data):
 
 
 def latency_table(data):
-    lines = ["| | p50 ms | p95 ms | p99 ms | max ms | probes | changes/s | tool CPU s | peak RSS MiB | end state |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| | p50 ms | p95 ms | p99 ms | max ms | indexed p50 / p99 ms | probes | changes/s | tool CPU s | "
+             "peak RSS MiB | end state |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for tool in ("sluice", "pgsync"):
         runs = data.get(tool)
         if not runs:
             continue
         lines.append("| " + " | ".join([
             NAMES[tool], fsum(col(runs, "p50")), fsum(col(runs, "p95")), fsum(col(runs, "p99")),
-            fsum(col(runs, "max")), fsum(col(runs, "probes")), fsum(col(runs, "rate")),
+            fsum(col(runs, "max")), f"{fsum(col(runs, 'indexed_p50'))} / {fsum(col(runs, 'indexed_p99'))}",
+            fsum(col(runs, "probes")), fsum(col(runs, "rate")),
             fsum(col(runs, "tool_cpu"), 2), fsum(col(runs, "rss_mib")), end_state(runs)]) + " |")
     return lines
 
@@ -234,12 +249,14 @@ def section(res):
         if wl not in res:
             continue
         how = ("the tool running, pgbench writing as fast as the database takes it; clock from the first "
-               "write until the last change is visible" if wl != "drain" else
+               "write until the last change is visible. No tool can stream faster than the writer writes, so "
+               "the ratio is to the lower of the co-tenant ceiling and the writer's rate in the same run"
+               if wl != "drain" else
                "clock from the tool's start until the last change is visible: the drain is the tool's alone")
         L += [f"### {TITLES[wl]}", "", f"![{wl}](docs/bench/{wl}.png)", "",
               f"{sizes[wl]}, on a table of {a['stream_rows']:,} rows; {how}.", "",
               *throughput_table(wl, res[wl], "ceiling"), *examples(res[wl]), *versus(res[wl]),
-              *writer_note(res[wl]), ""]
+              *startup_note(res[wl]), *(writer_note(res[wl]) if wl != "drain" else []), ""]
     if "decode" in res:
         L += [f"### {TITLES['decode']}", "", "![decode](docs/bench/decode.png)", "",
               "The drain workload's WAL, read again through two more slots (same publication, proto 1): "
@@ -249,7 +266,8 @@ def section(res):
         L += [f"### {TITLES['latency']}", "", "![latency](docs/bench/latency.png)", "",
               f"{a['latency_rate']:,} changes/s for {a['latency_seconds']} s (pgbench `-R`, single-row updates) of "
               f"which {a['probe_rate']}/s are timed: each timed change is committed, then polled with `_mget` "
-              "(`realtime=false`, so only what a search sees counts) until visible.", "",
+              "(`realtime=false`, so only what a search sees counts) until visible. \"Indexed\" is when a "
+              "real-time `_mget` first saw it: the tool's part; the rest is waiting for the index's refresh.", "",
               *latency_table(res["latency"]), *examples(res["latency"]), ""]
     if "nested" in res:
         L += ["### Nested documents", "", f"Not measured yet: {res['nested']['skipped']}. The workload hook "

@@ -324,15 +324,20 @@ def drain_tool(ctx, tool, tpl, run):
     mark = marker()
     end_lsn = set_sentinel(env, db, mark)
     use = Usage(t)
+    startup = None
     with Phase(env, db) as ph:
         t.start()
+        if tool == "sluice":
+            # Start-up (process start until its slot is in use), reported apart.
+            wait_until(t.streaming, 120, "sluice's slot to be active", interval=0.01, alive=t.proc.alive)
+            startup = time.monotonic() - ph.t0
         finished = caught_up(ctx, t, index, mark, 0)
     cpu, rss = use.read(fresh=True)
     changes, docs = decoded_changes(env, db, render=first)
     res = check(env, db, index) if finished else unfinished(ctx, 0)
     t.stop()
     ctx.record("drain", tool, {"rate": done_rate(changes, ph.seconds, res), "seconds": ph.seconds,
-                               "rate_at_sentinel": changes / ph.seconds, "changes": changes,
+                               "rate_at_sentinel": changes / ph.seconds, "changes": changes, "startup_s": startup,
                                "writer_rate": changes / w_s, "tool_cpu": cpu, "pg_cpu": ph.pg_cpu,
                                "es_cpu": ph.es_cpu, "rss_mib": rss, "exact": res["exact"],
                                "check": summary_of(res), **counts(res)})
@@ -366,7 +371,7 @@ class Probes:
 
     def __init__(self, env, db, index, rate):
         self.env, self.db, self.index, self.rate = env, db, index, rate
-        self.pending, self.samples = {}, []
+        self.pending, self.samples, self.indexed = {}, [], []
         self.lock = threading.Lock()
         self.stop_ev, self.done_ev = threading.Event(), threading.Event()
 
@@ -378,24 +383,35 @@ class Probes:
                 pid, mark = next(ids), marker()
                 c.execute(f"UPDATE {TABLE} SET counter = %s WHERE id = %s", (mark, pid))
                 with self.lock:
-                    self.pending[pid] = (mark, time.monotonic())
+                    self.pending[pid] = [mark, time.monotonic(), None]
                 nxt += 1 / self.rate
                 time.sleep(max(0, nxt - time.monotonic()))
 
     def poller(self):
+        """Two views of each timed change: when a real-time GET first sees it
+        (the tool has delivered it), and when a search does (after the
+        index's refresh): the difference is Elasticsearch's, not the tool's."""
         es = Es(self.env)
         while not (self.done_ev.is_set() and not self.pending):
             with self.lock:
+                unseen = [i for i, p in self.pending.items() if p[2] is None]
                 ids = list(self.pending)
-            if ids:
-                r = es.request("POST", f"/{self.index}/_mget?realtime=false&_source_includes=counter",
-                               {"ids": [str(i) for i in ids]})
+            for realtime, batch in (("true", unseen), ("false", ids)):
+                if not batch:
+                    continue
+                r = es.request("POST", f"/{self.index}/_mget?realtime={realtime}&_source_includes=counter",
+                               {"ids": [str(i) for i in batch]})
                 now = time.monotonic()
                 with self.lock:
                     for d in r["docs"]:
                         pid = int(d["_id"])
                         want = self.pending.get(pid)
-                        if want and d.get("found") and d["_source"].get("counter") == want[0]:
+                        if not (want and d.get("found") and d["_source"].get("counter") == want[0]):
+                            continue
+                        if realtime == "true":
+                            want[2] = now
+                        else:
+                            self.indexed.append(((want[2] or now) - want[1]) * 1000)
                             self.samples.append((now - want[1]) * 1000)
                             del self.pending[pid]
             time.sleep(0.005)
@@ -445,7 +461,9 @@ def latency(ctx):
             res = check(env, db, index)
             t.stop()
             s = probes.samples
+            ix = probes.indexed
             ctx.record("latency", tool, {"p50": pct(s, 50), "p95": pct(s, 95), "p99": pct(s, 99),
+                                         "indexed_p50": pct(ix, 50), "indexed_p99": pct(ix, 99), "indexed": ix,
                                          "max": max(s) if s else None, "probes": len(s), "lost": lost,
                                          "rate": changes / ph.seconds, "changes": changes, "tool_cpu": cpu,
                                          "pg_cpu": ph.pg_cpu, "es_cpu": ph.es_cpu, "rss_mib": rss,
