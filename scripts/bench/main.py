@@ -23,8 +23,8 @@ from tools import ensure_pgsync  # noqa: E402
 WORKLOADS = ["snapshot", "stream1", "stream100", "drain", "latency", "nested"]
 
 # Sizes: defaults fit a 2-core machine in about 30 minutes, --quick in about 5.
-DEFAULTS = dict(runs=3, snapshot_rows=1_000_000, sweep_docs=200_000, stream_rows=100_000, stream1_tx=20_000,
-                stream100_tx=200, drain_tx=20_000, latency_seconds=30, catchup_timeout=300)
+DEFAULTS = dict(runs=3, snapshot_rows=1_000_000, sweep_docs=200_000, stream_rows=50_000, stream1_tx=20_000,
+                stream100_tx=200, drain_tx=20_000, latency_seconds=20, catchup_timeout=300)
 QUICK = dict(runs=1, snapshot_rows=100_000, sweep_docs=50_000, stream_rows=20_000, stream1_tx=5_000,
              stream100_tx=50, drain_tx=5_000, latency_seconds=10, catchup_timeout=120)
 

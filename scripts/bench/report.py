@@ -283,7 +283,10 @@ def section(res):
           "one request locally with the server's real version. Nothing else is changed: PGSync runs with its "
           "documented defaults, configured through its environment variables and a schema.json naming the "
           "same table and the same 10 columns, and writes into the pre-created index (it keeps an existing "
-          "index's settings). It adds a `_meta` field to every document (its own bookkeeping), which the "
+          "index's settings). One setting differs from its defaults, as its documentation advises for read "
+          "timeouts: `ELASTICSEARCH_TIMEOUT=60` (default 10 s, which a busy 2-core machine exceeded on its first "
+          "bulk request). In the drain workload it is stopped with SIGTERM after its initial sync (its Redis and "
+          "its checkpoint file stay) and started again with `--daemon` once the changes are committed. It adds a `_meta` field to every document (its own bookkeeping), which the "
           "end-state check leaves out.", "", END]
     return "\n".join(L) + "\n"
 

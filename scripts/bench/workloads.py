@@ -51,7 +51,7 @@ class Ctx:
         self.results.setdefault(workload, {}).setdefault(tool, []).append(run)
         log(f"{workload} {tool}: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.items()
-            if k not in ("samples", "check")))
+            if k not in ("samples", "indexed", "check", "examples")))
 
 
 def check(env, db, index, settle_s=30):
