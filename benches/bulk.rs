@@ -227,8 +227,8 @@ fn main() {
         .collect();
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let url = std::env::var("SLUICE_TEST_ES_URL")
-        .expect("SLUICE_TEST_ES_URL (run ./dev bench micro)");
+    let url =
+        std::env::var("SLUICE_TEST_ES_URL").expect("SLUICE_TEST_ES_URL (run ./dev bench micro)");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let es = build_client(&EsConfig {
