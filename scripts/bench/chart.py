@@ -57,8 +57,11 @@ def throughput(wl, data, meta, path):
         r = ratios(data[t], data.get(base)) if t != base else None
         if r:
             txt += f"  ({r['median']:.2f}× ceiling)"
-        ax.text(m, i, txt, va="center", ha="left", fontsize=9)
-    ax.set_xlim(0, max(m + h for m, h in zip(meds, hi)) * 1.35)
+        bad = sum(1 for run in data[t] if run.get("exact") is False)
+        if bad:
+            txt += f"  END STATE NOT EXACT ({bad}/{len(data[t])})"
+        ax.text(m, i, txt, va="center", ha="left", fontsize=9, color="#d62728" if bad else "black")
+    ax.set_xlim(0, max(m + h for m, h in zip(meds, hi)) * 1.6)
     ax.set_title(f"{TITLES[wl]}\n{caveat(meta)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
