@@ -30,7 +30,10 @@ QUICK = dict(runs=1, snapshot_rows=100_000, sweep_docs=50_000, stream_rows=20_00
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="./dev bench", description=__doc__)
+    sizes = "\n".join(f"  {k.replace('_', '-'):18} {DEFAULTS[k]:>10,} {QUICK[k]:>10,}" for k in DEFAULTS)
+    p = argparse.ArgumentParser(prog="./dev bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"sizes:             default    --quick\n{sizes}")
     p.add_argument("--quick", action="store_true", help="small sizes and one run of each (about 5 minutes)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}")
     p.add_argument("--tools", default="sluice,pgsync", help="tools besides the baselines: sluice,pgsync")
