@@ -227,7 +227,9 @@ def section(res):
           "same explicit field types, from its own copy of the same database; the end state of every run is "
           "checked document by document against the table (values compared by meaning: `12.3` = `\"12.30\"`, "
           "timestamps as instants). CPU is user+system seconds of the tool's own processes (PGSync: `pgsync` and "
-          "its Redis), of the PostgreSQL backends and walsenders serving the tool's database, and of the whole "
+          "its Redis), of the PostgreSQL backends and walsenders serving the tool's database (sampled every 0.1 s, "
+          "so a backend that ends between samples loses up to 0.1 s; the load generator's and the harness's "
+          "connections are not counted), and of the whole "
           "Elasticsearch JVM (shared with other sessions' tests, so inflated on a busy machine). Peak RSS is the "
           "tool's (PGSync: `pgsync` + Redis).", ""]
     sw = res.get("sweep")
