@@ -29,7 +29,10 @@ fi
 VENV=$STATE/bench-venv
 if ! "$VENV/bin/python" -c 'import matplotlib, psycopg' 2>/dev/null; then
   echo "[bench] creating $VENV (psycopg, matplotlib)" >&2
-  python3 -m venv "$VENV"
+  # Debian's python3 needs python3-venv for this (PGSync's venv too).
+  python3 -m venv "$VENV" 2>/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$VENV"; }
   "$VENV/bin/pip" install -q 'psycopg[binary]>=3.1,<4' 'matplotlib>=3.7,<4'
 fi
 case " $* " in
