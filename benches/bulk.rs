@@ -9,7 +9,7 @@
 //! per-item classification and acks included), timed until the last ack.
 //! Rounds alternate to even out noise from other users of the server.
 //!
-//! Run with `scripts/bench-bulk.sh` (or `cargo bench --bench bulk -- [docs]
+//! Run with `./dev bench micro` (or `cargo bench --bench bulk -- [docs]
 //! [rounds]` with SLUICE_TEST_ES_URL set). Prints a table; asserts nothing.
 
 use std::sync::Arc;
@@ -227,8 +227,8 @@ fn main() {
         .collect();
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let url = std::env::var("SLUICE_TEST_ES_URL")
-        .expect("SLUICE_TEST_ES_URL (run scripts/bench-bulk.sh)");
+    let url =
+        std::env::var("SLUICE_TEST_ES_URL").expect("SLUICE_TEST_ES_URL (run ./dev bench micro)");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let es = build_client(&EsConfig {

@@ -5,7 +5,7 @@
 //! (DESIGN invariant 7: the transaction streams through, never held whole).
 //!
 //! `cargo bench --bench bulk_pipeline -- [changes=1000000] [memory_mb=64]`
-//! with SLUICE_TEST_ES_URL set (scripts/bench-bulk.sh runs it too). Asserts
+//! with SLUICE_TEST_ES_URL set (`./dev bench micro` runs it too). Asserts
 //! only that everything was confirmed and indexed.
 
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 //! shape as the raw loader, so the ratio isolates what the snapshot adds:
 //! reading, COPY parsing, value conversion and chunk bookkeeping.
 //! The production path (transformer + `IndexerSink`, the release binary) is
-//! measured against the same kind of ceiling by `scripts/bench-snapshot.sh`.
+//! measured against the same kind of ceiling by `./dev bench` (snapshot workload).
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,0 +1,85 @@
+"""End-state check: every document of an index against every row of the
+table, field by field, after the tool says it is done.
+
+Values are compared by meaning, not spelling, because the tools render them
+differently and either spelling is a faithful copy: numbers as decimals
+(12.3 and "12.30" are the same numeric), timestamps as instants. PGSync adds
+a `_meta` field of its own bookkeeping to every document; it is not a column
+and is left out of the comparison (and counted, so the report can say so).
+"""
+
+import json
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from common import Es
+from data import COLUMNS, table_rows
+
+NUMERIC = {"id", "qty", "total", "score", "counter"}
+
+
+def _num(v):
+    if isinstance(v, bool) or v is None:
+        return v
+    try:
+        return Decimal(str(v))
+    except InvalidOperation:
+        return v
+
+
+def _same(col, a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    if col in NUMERIC:
+        x, y = _num(a), _num(b)
+        return x == y or (isinstance(x, Decimal) and isinstance(y, Decimal) and float(x) == float(y))
+    if col == "created_at":
+        try:
+            return datetime.fromisoformat(str(a)) == datetime.fromisoformat(str(b))
+        except ValueError:
+            return a == b
+    return a == b
+
+
+def compare(env, db, index, limit_examples=3):
+    """Returns {"exact", "rows", "docs", "missing", "extra", "differ", "examples", "extra_fields"}."""
+    es = Es(env)
+    es.refresh(index)
+    rows = table_rows(env, db)
+    docs = es.scan(index)
+    res = {"rows": 0, "docs": 0, "missing": 0, "extra": 0, "differ": 0, "examples": [], "extra_fields": set()}
+
+    def example(kind, doc_id, detail=""):
+        if len(res["examples"]) < limit_examples:
+            res["examples"].append(f"{kind} {doc_id} {detail}".strip())
+
+    row = next(rows, None)
+    doc = next(docs, None)
+    while row is not None or doc is not None:
+        rid = row[0] if row else None
+        did = int(doc["_id"]) if doc else None
+        if doc is None or (row is not None and rid < did):
+            res["rows"] += 1
+            res["missing"] += 1
+            example("missing", rid)
+            row = next(rows, None)
+        elif row is None or did < rid:
+            res["docs"] += 1
+            res["extra"] += 1
+            example("extra", did)
+            doc = next(docs, None)
+        else:
+            res["rows"] += 1
+            res["docs"] += 1
+            want = json.loads(row[1], parse_float=Decimal)
+            got = doc["_source"]
+            res["extra_fields"] |= set(got) - set(COLUMNS)
+            bad = [c for c in COLUMNS if not _same(c, want.get(c), got.get(c))]
+            if bad:
+                res["differ"] += 1
+                example("differs", rid, ", ".join(f"{c}: {want.get(c)!r} vs {got.get(c)!r}" for c in bad[:3]))
+            row = next(rows, None)
+            doc = next(docs, None)
+    res["exact"] = res["missing"] == res["extra"] == res["differ"] == 0
+    res["extra_fields"] = sorted(res["extra_fields"])
+    return res
