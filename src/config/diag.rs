@@ -125,6 +125,44 @@ impl From<ConfigError> for ConfigErrors {
     }
 }
 
+/// Problems found in one file, each placed at the line where a span of the
+/// file's text starts (the parsers of `sluice.toml` and of mapping files
+/// both collect through it).
+pub struct FileErrors<'a> {
+    pub file: &'a Path,
+    text: &'a str,
+    pub errors: ConfigErrors,
+}
+
+impl<'a> FileErrors<'a> {
+    /// Start from `errors` already found (e.g. by `deserialize_all`).
+    pub fn new(file: &'a Path, text: &'a str, errors: ConfigErrors) -> Self {
+        FileErrors { file, text, errors }
+    }
+
+    /// The 1-based line where `span` starts.
+    pub fn line(&self, span: Range<usize>) -> usize {
+        line_of(self.text, span.start)
+    }
+
+    /// A problem with `key` at the line of `span`.
+    pub fn push(
+        &mut self,
+        span: Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        let line = self.line(span);
+        self.errors.push(
+            ConfigError::new(self.file, message)
+                .at(Some(line))
+                .key(key)
+                .hint_opt(hint),
+        );
+    }
+}
+
 /// The 1-based line of a byte offset in `text`.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());

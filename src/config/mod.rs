@@ -11,6 +11,8 @@ pub mod catalog;
 pub mod diag;
 pub mod doc_shape;
 pub mod mapping;
+pub mod mapping_checks;
+pub mod mapping_parse;
 pub mod settings;
 pub mod template;
 
@@ -19,9 +21,8 @@ use std::path::{Path, PathBuf};
 
 pub use catalog::{Catalog, CatalogColumn, CatalogTable, load_catalog};
 pub use diag::{ConfigError, ConfigErrors};
-pub use mapping::{
-    Conversion, Field, FieldSource, IndexName, Mapping, OnDelete, OnTruncate, parse_mapping,
-};
+pub use mapping::{Conversion, Field, FieldSource, IndexName, Mapping, OnDelete, OnTruncate};
+pub use mapping_parse::parse_mapping;
 pub use settings::{
     Env, HttpConfig, PipelineConfig, ProcessEnv, Settings, SnapshotConfig, SnapshotMode,
     parse_settings,

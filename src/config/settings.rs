@@ -391,7 +391,7 @@ pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings
         dead_letter_index: match &p.dead_letter_index {
             None => d.dead_letter_index,
             Some(n) => {
-                if let Some(m) = super::mapping::index_name_problem(n.get_ref()) {
+                if let Some(m) = super::mapping_checks::index_name_problem(n.get_ref()) {
                     cx.err(n.span(), "pipeline.dead_letter_index", m);
                 }
                 n.get_ref().clone()
