@@ -291,12 +291,24 @@ fn drop_entry_at(table: &mut DeTable<'_>, span: &Range<usize>, prefix: &str) -> 
     Some(join_key(prefix, key.get_ref()))
 }
 
-/// serde's type names, as a user who writes TOML knows them.
 /// Whether the value at dotted key `path` may be or contain a secret: a
 /// password or API key, or a URL (which may carry `user:password@`).
 fn holds_secret(path: &str) -> bool {
     let last = path.rsplit('.').next().unwrap_or(path).trim_matches('"');
-    crate::ops::logging::is_secret_key(last) || matches!(last, "url" | "urls")
+    is_secret_key(last) || matches!(last, "url" | "urls")
+}
+
+/// Whether a key names a secret (`password`, `api_key`, `token`, ...), in a
+/// configuration file, a DSN or a URL query: its value is never shown. Kept
+/// here, with the configuration's keys, so config needs nothing from `ops`;
+/// the log redaction in `ops::logging` asks the same question.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    matches!(
+        k.as_str(),
+        "password" | "passwd" | "pwd" | "apikey" | "api_key" | "api-key" | "token" | "secret"
+    ) || k.ends_with("password")
+        || k.ends_with("secret")
 }
 
 /// serde's "invalid type: integer `12345678`, expected a string" without
@@ -316,6 +328,7 @@ fn without_value(msg: &str) -> String {
     msg.to_string()
 }
 
+/// serde's type names, as a user who writes TOML knows them.
 fn plain_type_words(msg: &str) -> String {
     let mut m = msg.to_string();
     // "expected struct RawPipeline": the user wrote a value for a section.
