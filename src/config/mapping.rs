@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::template::Template;
+use crate::model::TableRef;
 
 /// Separator between the values of a composite `_id` (`7|2`), unless the
 /// mapping sets `id_separator`.
@@ -108,9 +109,8 @@ pub struct Mapping {
     /// The file stem (`orders` for `mappings/orders.toml`).
     pub name: Arc<str>,
     pub file: PathBuf,
-    pub schema: String,
-    pub table: String,
-    /// `schema.table`.
+    pub table: TableRef,
+    /// `schema.table`, made once: the transformer looks mappings up by it.
     pub qualified_table: Arc<str>,
     pub index: IndexName,
     /// Columns forming `_id`; `None` means the primary key.

@@ -18,6 +18,7 @@ use super::mapping::{
 };
 use super::mapping_checks::{self as checks, index_name_problem, parse_path};
 use super::template::{Template, check_strftime};
+use crate::model::TableRef;
 
 /// A list of column names, each with its own place in the file (a list may
 /// span lines; errors point at the element).
@@ -119,7 +120,7 @@ impl Parser<'_> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
             .into();
-        let (schema, table) = self.table(&raw.table);
+        let table = self.table(&raw.table);
         let index = self.index(&raw.index);
         let id_columns = raw.id.as_ref().map(|ids| self.id_columns(ids));
         let id_separator = raw
@@ -135,8 +136,8 @@ impl Parser<'_> {
         let merge = raw.merge.as_ref().map(|c| self.columns(c, "merge"));
         let filter = raw.filter.as_ref().and_then(|f| self.filter(f));
         let routing = raw.routing.as_ref().map(|r| self.column(r, "routing"));
-        let soft_delete_column = (raw.soft_delete_column.as_ref())
-            .map(|r| self.column(r, "soft_delete_column"));
+        let soft_delete_column =
+            (raw.soft_delete_column.as_ref()).map(|r| self.column(r, "soft_delete_column"));
         let alias = raw.alias.as_ref().map(|a| self.alias(a));
         let (index_settings, index_mappings) = self.index_body(&raw);
         let on_delete = raw.on_delete.unwrap_or_default();
@@ -153,8 +154,7 @@ impl Parser<'_> {
         Mapping {
             name,
             file: file.to_path_buf(),
-            qualified_table: format!("{schema}.{table}").into(),
-            schema,
+            qualified_table: table.qualified_name().into(),
             table,
             index,
             id_columns,
@@ -206,12 +206,12 @@ impl Parser<'_> {
     }
 
     /// `table = "schema.table"` (a bare name means `public`).
-    fn table(&mut self, t: &Spanned<String>) -> (String, String) {
+    fn table(&mut self, t: &Spanned<String>) -> TableRef {
         match t.get_ref().split_once('.') {
             Some((s, n)) if !s.is_empty() && !n.is_empty() && !n.contains('.') => {
-                (s.to_string(), n.to_string())
+                TableRef::new(s, n)
             }
-            None if !t.get_ref().is_empty() => ("public".into(), t.get_ref().clone()),
+            None if !t.get_ref().is_empty() => TableRef::new("public", t.get_ref()),
             _ => {
                 self.out.push(
                     t.span(),
@@ -219,7 +219,7 @@ impl Parser<'_> {
                     format!("`{}` is not `schema.table`", t.get_ref()),
                     Some("write e.g. `public.orders`".into()),
                 );
-                (String::new(), String::new())
+                TableRef::new("", "")
             }
         }
     }

@@ -29,7 +29,7 @@ pub use settings::{
 };
 pub use template::{Template, TemplatePart};
 
-use crate::model::ReplicaIdentity;
+use crate::model::{PublishedTable, ReplicaIdentity, TableRef};
 use crate::sink::EsConfig;
 use crate::source::PgConnectConfig;
 
@@ -96,36 +96,6 @@ impl Config {
             mappings_dir: s.mappings_dir,
             mappings,
         })
-    }
-}
-
-/// One table of the publication, as `CREATE PUBLICATION ... FOR TABLE
-/// schema.table (columns) WHERE (row_filter)` needs it. The snapshot reader
-/// uses the same `row_filter` as its WHERE clause (DESIGN: filtered rows
-/// never leave the server).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicationTable {
-    pub schema: String,
-    pub table: String,
-    pub row_filter: Option<String>,
-    /// `None`: every column.
-    pub columns: Option<Vec<String>>,
-}
-
-impl PublicationTable {
-    /// The table's part of `CREATE/ALTER PUBLICATION ... FOR TABLE`:
-    /// `"public"."orders" ("id", "total") WHERE (status <> 'draft')`.
-    pub fn to_sql(&self) -> String {
-        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let mut out = format!("{}.{}", q(&self.schema), q(&self.table));
-        if let Some(cols) = &self.columns {
-            let cols: Vec<String> = cols.iter().map(|c| q(c)).collect();
-            out.push_str(&format!(" ({})", cols.join(", ")));
-        }
-        if let Some(f) = &self.row_filter {
-            out.push_str(&format!(" WHERE ({f})"));
-        }
-        out
     }
 }
 
@@ -256,13 +226,12 @@ impl Mappings {
         errors.into_result(mappings)
     }
 
-    /// Distinct `(schema, table)` pairs, in mapping order.
-    pub fn tables(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::new();
+    /// The mapped tables, each once, in mapping order.
+    pub fn tables(&self) -> Vec<TableRef> {
+        let mut out: Vec<TableRef> = Vec::new();
         for m in &self.list {
-            let k = (m.schema.clone(), m.table.clone());
-            if !out.contains(&k) {
-                out.push(k);
+            if !out.contains(&m.table) {
+                out.push(m.table.clone());
             }
         }
         out
@@ -270,7 +239,7 @@ impl Mappings {
 
     /// Schemas the mappings use (for `load_catalog`).
     pub fn schemas(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.list.iter().map(|m| m.schema.clone()).collect();
+        let mut s: Vec<String> = self.list.iter().map(|m| m.table.schema.clone()).collect();
         s.sort();
         s.dedup();
         s
@@ -299,11 +268,11 @@ impl Mappings {
     /// every mapping of the table lists its columns (`include`) and the
     /// replica identity is known and not FULL (PostgreSQL requires the list
     /// to cover the replica identity); otherwise the whole row is published.
-    pub fn publication_tables(&self) -> Vec<PublicationTable> {
+    pub fn publication_tables(&self) -> Vec<PublishedTable> {
         self.tables()
             .into_iter()
-            .map(|(schema, table)| {
-                let q = format!("{schema}.{table}");
+            .map(|table| {
+                let q = table.qualified_name();
                 let ms: Vec<&Mapping> = self.for_table(&q).collect();
                 let row_filter = ms[0].filter.clone();
                 let columns = ms.iter().try_fold(Vec::<String>::new(), |mut acc, m| {
@@ -325,8 +294,7 @@ impl Mappings {
                     c.retain(|x| seen.insert(x.clone()));
                     c
                 });
-                PublicationTable {
-                    schema,
+                PublishedTable {
                     table,
                     row_filter,
                     columns,

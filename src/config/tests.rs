@@ -330,9 +330,8 @@ fn publication_entries_carry_the_filter_and_a_column_list_only_when_safe() {
     m.validate_against_catalog(&orders_catalog()).unwrap();
     assert_eq!(
         m.publication_tables(),
-        vec![PublicationTable {
-            schema: "public".into(),
-            table: "orders".into(),
+        vec![PublishedTable {
+            table: TableRef::new("public", "orders"),
             row_filter: Some("total > 1".into()),
             columns: Some(vec!["id".into(), "total".into(), "region".into()]),
         }]

@@ -10,47 +10,17 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
+use crate::model::PublishedTable;
 use crate::model::change::{Column, Relation, ReplicaIdentity};
 use crate::source::sql::quote_ident;
 
 use super::SnapshotError;
 
-/// A table to snapshot, as the mappings describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TableSpec {
-    pub schema: String,
-    pub name: String,
-    /// The mapping's row filter (a SQL boolean expression), also used as the
-    /// publication's row filter.
-    pub filter: Option<String>,
-    /// Only these columns (the publication's column list); `None` = all.
-    pub columns: Option<Vec<String>>,
-}
-
-impl TableSpec {
-    pub fn new(schema: &str, name: &str) -> TableSpec {
-        TableSpec {
-            schema: schema.into(),
-            name: name.into(),
-            filter: None,
-            columns: None,
-        }
-    }
-
-    /// Parse `schema.table` (a bare name means `public`).
-    pub fn parse(qualified: &str) -> TableSpec {
-        match qualified.split_once('.') {
-            Some((s, t)) => TableSpec::new(s, t),
-            None => TableSpec::new("public", qualified),
-        }
-    }
-
-    pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
-    }
-}
-
 /// A physical table to read: the table itself or one leaf partition.
+///
+/// Not a `TableRef`: a leaf is not what a mapping names (its rows carry the
+/// root's `Relation`), and it is stored in the state index as it is, with
+/// its own storage and key facts.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Leaf {
     pub oid: u32,
@@ -95,7 +65,7 @@ pub struct KeyColumn {
 /// Everything the planner and the readers need for one mapped table.
 #[derive(Debug, Clone)]
 pub struct TableInfo {
-    pub spec: TableSpec,
+    pub spec: PublishedTable,
     /// Shared by every snapshot row of this table.
     pub relation: Arc<Relation>,
     /// The physical tables to read (one, or every leaf partition).
@@ -113,13 +83,16 @@ impl TableInfo {
 }
 
 /// Read the catalog for `spec`.
-pub async fn load_table(client: &Client, spec: &TableSpec) -> Result<TableInfo, SnapshotError> {
+pub async fn load_table(
+    client: &Client,
+    spec: &PublishedTable,
+) -> Result<TableInfo, SnapshotError> {
     let row = client
         .query_opt(
             "SELECT c.oid, c.relkind::text, c.relreplident::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-            &[&spec.schema, &spec.name],
+            &[&spec.table.schema, &spec.table.name],
         )
         .await?
         .ok_or_else(|| SnapshotError::NoSuchTable(spec.qualified_name()))?;
@@ -174,8 +147,8 @@ pub async fn load_table(client: &Client, spec: &TableSpec) -> Result<TableInfo, 
     }
     let relation = Arc::new(Relation {
         id: oid,
-        schema: spec.schema.clone(),
-        name: spec.name.clone(),
+        schema: spec.table.schema.clone(),
+        name: spec.table.name.clone(),
         replica_identity,
         columns,
     });

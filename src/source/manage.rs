@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::model::change::{Datum, Relation, Row};
 use crate::model::lsn::Lsn;
+use crate::model::{PublishedTable, TableRef};
 use crate::source::auth_guard::{AuthGuard, REFUSED_MARKER};
 use crate::source::error::SourceError;
 use crate::source::pg_config::{PgConnectConfig, SslMode};
@@ -137,48 +138,6 @@ fn connect_error(cfg: &PgConnectConfig, e: tokio_postgres::Error) -> SourceError
     }
 }
 
-/// One table of the publication, with an optional PostgreSQL 15 row filter
-/// (a SQL boolean expression) and column list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishedTable {
-    pub schema: String,
-    pub name: String,
-    pub row_filter: Option<String>,
-    pub columns: Option<Vec<String>>,
-}
-
-impl PublishedTable {
-    pub fn new(schema: &str, name: &str) -> PublishedTable {
-        PublishedTable {
-            schema: schema.into(),
-            name: name.into(),
-            row_filter: None,
-            columns: None,
-        }
-    }
-
-    fn qualified(&self) -> String {
-        quote_table(&self.schema, &self.name)
-    }
-
-    fn sql(&self) -> String {
-        let mut s = self.qualified();
-        if let Some(cols) = &self.columns {
-            s.push_str(&format!(
-                " ({})",
-                cols.iter()
-                    .map(|c| quote_ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if let Some(f) = &self.row_filter {
-            s.push_str(&format!(" WHERE ({f})"));
-        }
-        s
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublicationChange {
     Created,
@@ -220,12 +179,12 @@ pub async fn ensure_publication(
     // DDL (see `row_filter`): a `;` must never run statements of its own.
     for t in tables {
         if let Some(f) = &t.row_filter {
-            validate_row_filter(client, &t.schema, &t.name, f).await?;
+            validate_row_filter(client, &t.table.schema, &t.table.name, f).await?;
         }
     }
     let list = tables
         .iter()
-        .map(PublishedTable::sql)
+        .map(PublishedTable::to_sql)
         .collect::<Vec<_>>()
         .join(", ");
     let existing = client
@@ -297,11 +256,14 @@ pub async fn ensure_publication(
         )
         .await?;
     type Spec = (Option<Vec<String>>, Option<String>);
-    let current: BTreeMap<(String, String), Spec> = rows
+    let current: BTreeMap<TableRef, Spec> = rows
         .iter()
         .map(|r| {
             (
-                (r.get(0), r.get(1)),
+                TableRef {
+                    schema: r.get(0),
+                    name: r.get(1),
+                },
                 (
                     r.get(2),
                     r.get::<_, Option<String>>(3).map(|f| canonical_filter(&f)),
@@ -309,7 +271,7 @@ pub async fn ensure_publication(
             )
         })
         .collect();
-    let wanted: BTreeMap<(String, String), Spec> = tables
+    let wanted: BTreeMap<TableRef, Spec> = tables
         .iter()
         .map(|t| {
             let mut cols = t.columns.clone();
@@ -317,7 +279,7 @@ pub async fn ensure_publication(
                 c.sort();
             }
             (
-                (t.schema.clone(), t.name.clone()),
+                t.table.clone(),
                 (cols, t.row_filter.as_deref().map(canonical_filter)),
             )
         })
@@ -427,10 +389,11 @@ pub async fn check_tables(client: &Client, tables: &[PublishedTable]) -> Result<
                         has_table_privilege(c.oid, 'SELECT'), current_user::text
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&t.schema, &t.name],
+                &[&t.table.schema, &t.table.name],
             )
             .await?;
-        let q = format!("{}.{}", t.schema, t.name);
+        let q = t.qualified_name();
+        let sql_name = quote_table(&t.table.schema, &t.table.name);
         let Some(row) = row else {
             problems.push(format!("table {q} does not exist"));
             continue;
@@ -440,18 +403,18 @@ pub async fn check_tables(client: &Client, tables: &[PublishedTable]) -> Result<
         match ident.as_str() {
             "n" => problems.push(format!(
                 "table {q} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: run `ALTER TABLE {} REPLICA IDENTITY DEFAULT;` (with a primary key) or `... REPLICA IDENTITY FULL;`",
-                t.qualified()
+                sql_name
             )),
             "d" if !has_pk => problems.push(format!(
                 "table {q} has no primary key and REPLICA IDENTITY is not FULL: add a primary key or run `ALTER TABLE {} REPLICA IDENTITY FULL;`",
-                t.qualified()
+                sql_name
             )),
             _ => {}
         }
         if !can_select {
             problems.push(format!(
                 "role `{user}` may not read table {q}: run `GRANT SELECT ON {} TO {user};`",
-                t.qualified()
+                sql_name
             ));
         }
     }
@@ -581,23 +544,23 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, SourceError>
     Ok(true)
 }
 
-/// The OIDs of `tables` (`(schema, table)`) as they are now, with their
-/// `schema.table` names; tables that do not exist are left out.
+/// The OIDs of `tables` as they are now, with their `schema.table` names;
+/// tables that do not exist are left out.
 pub async fn relation_oids(
     client: &Client,
-    tables: &[(String, String)],
+    tables: &[TableRef],
 ) -> Result<Vec<(u32, String)>, SourceError> {
     let mut out = Vec::with_capacity(tables.len());
-    for (schema, table) in tables {
+    for t in tables {
         let row = client
             .query_opt(
                 "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = $1 AND c.relname = $2",
-                &[schema, table],
+                &[&t.schema, &t.name],
             )
             .await?;
         if let Some(row) = row {
-            out.push((row.get::<_, u32>(0), format!("{schema}.{table}")));
+            out.push((row.get::<_, u32>(0), t.qualified_name()));
         }
     }
     Ok(out)
@@ -767,20 +730,5 @@ mod tests {
             canonical_filter("price > 0"),
             canonical_filter("(price > (1)::numeric)")
         );
-    }
-
-    #[test]
-    fn published_tables_render_column_lists_and_filters_quoted() {
-        let t = PublishedTable {
-            schema: "public".into(),
-            name: "Order".into(),
-            row_filter: Some("total > 0".into()),
-            columns: Some(vec!["id".into(), "total".into()]),
-        };
-        assert_eq!(
-            t.sql(),
-            r#""public"."Order" ("id", "total") WHERE (total > 0)"#
-        );
-        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
     }
 }

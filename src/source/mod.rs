@@ -41,8 +41,8 @@ pub mod value;
 pub use decoder::{Decoder, DecoderError};
 pub use error::{ServerError, SourceError, is_retryable};
 pub use manage::{
-    PublicationChange, PublishedTable, SlotState, check_server, check_tables, connect_sql,
-    drop_publication, drop_slot, ensure_publication, ensure_slot, fetch_rows_by_key, relation_oids,
+    PublicationChange, SlotState, check_server, check_tables, connect_sql, drop_publication,
+    drop_slot, ensure_publication, ensure_slot, fetch_rows_by_key, relation_oids,
 };
 pub use pg_config::{PgConfigError, PgConnectConfig, SslMode};
 pub use reader::{ReaderConfig, run_reader};

@@ -22,7 +22,7 @@ async fn publication_entries_from_the_shipped_mappings_are_accepted_by_postgresq
         ["order_id", "line_no"]
     );
     let tables = mappings.publication_tables();
-    let products = tables.iter().find(|t| t.table == "products").unwrap();
+    let products = tables.iter().find(|t| t.table.name == "products").unwrap();
     assert!(
         products
             .columns
@@ -30,7 +30,7 @@ async fn publication_entries_from_the_shipped_mappings_are_accepted_by_postgresq
             .is_some_and(|c| !c.contains(&"updated_at".to_string())),
         "products publishes only the columns its mappings use: {products:?}"
     );
-    let orders = tables.iter().find(|t| t.table == "orders").unwrap();
+    let orders = tables.iter().find(|t| t.table.name == "orders").unwrap();
     assert_eq!(orders.row_filter.as_deref(), Some("status <> 'draft'"));
 
     let list: Vec<String> = tables.iter().map(|t| t.to_sql()).collect();

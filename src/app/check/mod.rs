@@ -254,7 +254,8 @@ async fn check_postgres(
             report.problem(e.to_string());
         }
     }
-    for (schema, table) in config.mappings.tables() {
+    for table in config.mappings.tables() {
+        let (schema, table) = (table.schema, table.name);
         let q = format!("{schema}.{table}");
         let Some(t) = catalog.tables.get(&q) else {
             continue;
