@@ -214,7 +214,10 @@ async fn start_up(
     // altered: a refused row filter must never reach the publication, where
     // it would make the application's own UPDATE and DELETE fail.
     preflight(cfg, crate::app::check::Preflight::Run).await?;
-    crate::config::validate_against_database(&mut cfg.mappings, &pg).await?;
+    let catalog = source::catalog::read_schemas(&pg, &cfg.mappings.schemas())
+        .await
+        .map_err(anyhow::Error::from)?;
+    (cfg.mappings.validate_against_catalog(&catalog)).map_err(anyhow::Error::from)?;
     let published = cfg.mappings.publication_tables();
     source::check_tables(&pg, &published)
         .await

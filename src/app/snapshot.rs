@@ -49,9 +49,10 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         .await
         .with_context(|| format!("connecting to PostgreSQL {}", cfg.postgres))
         .map_err(runtime_err)?;
-    crate::config::validate_against_database(&mut cfg.mappings, &pg)
+    let catalog = source::catalog::read_schemas(&pg, &cfg.mappings.schemas())
         .await
-        .map_err(config_err)?;
+        .map_err(|e| config_err(e.into()))?;
+    (cfg.mappings.validate_against_catalog(&catalog)).map_err(|e| config_err(e.into()))?;
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
         .map_err(|e| config_err(anyhow::anyhow!("[elasticsearch]: {e}")))?;
 

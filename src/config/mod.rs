@@ -5,7 +5,10 @@
 //! Entry points: [`Config::load`] reads everything; [`Mappings::publication_tables`]
 //! says what to publish (with row filters and column lists);
 //! [`Mappings::validate_against_catalog`] checks column names against the
-//! live database; [`Mappings::index_specs`] says how to create indices.
+//! live catalog; [`Mappings::index_specs`] says how to create indices.
+//!
+//! Config runs no SQL and opens no connection: the catalog comes in as
+//! plain data (`model::Catalog`, read by `source::catalog`).
 
 pub mod catalog;
 pub mod diag;
@@ -19,7 +22,6 @@ pub mod template;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use catalog::{Catalog, CatalogColumn, CatalogTable, load_catalog};
 pub use diag::{ConfigError, ConfigErrors};
 pub use mapping::{Conversion, Field, FieldSource, IndexName, Mapping, OnDelete, OnTruncate};
 pub use mapping_parse::parse_mapping;
@@ -29,7 +31,7 @@ pub use settings::{
 };
 pub use template::{Template, TemplatePart};
 
-use crate::model::{PublishedTable, ReplicaIdentity, TableRef};
+use crate::model::{Catalog, PublishedTable, ReplicaIdentity, TableRef};
 use crate::sink::EsConfig;
 use crate::source::PgConnectConfig;
 
@@ -97,20 +99,6 @@ impl Config {
             mappings,
         })
     }
-}
-
-/// Read the catalog for the mapped schemas and validate the mappings
-/// against it (binding primary keys). Call once at start-up, before
-/// `publication_tables` and `Transformer::new`. A mapping problem is an
-/// `Err` holding [`ConfigErrors`] (exit code 2); a failed query is any
-/// other error.
-pub async fn validate_against_database(
-    mappings: &mut Mappings,
-    client: &tokio_postgres::Client,
-) -> anyhow::Result<Catalog> {
-    let catalog = load_catalog(client, &mappings.schemas()).await?;
-    mappings.validate_against_catalog(&catalog)?;
-    Ok(catalog)
 }
 
 /// How to create one target index (or, for a templated name, an index
@@ -237,7 +225,7 @@ impl Mappings {
         out
     }
 
-    /// Schemas the mappings use (for `load_catalog`).
+    /// Schemas the mappings use (what `source::catalog::read_schemas` reads).
     pub fn schemas(&self) -> Vec<String> {
         let mut s: Vec<String> = self.list.iter().map(|m| m.table.schema.clone()).collect();
         s.sort();

@@ -6,11 +6,13 @@
 //! version of every change is its transaction's commit LSN (DESIGN
 //! invariant 2); `Lsn` and `BulkOp::version` carry it.
 
+pub mod catalog;
 pub mod change;
 pub mod lsn;
 pub mod op;
 pub mod table;
 
+pub use catalog::{Catalog, CatalogColumn, CatalogTable, TableStorage};
 pub use change::{
     Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, Row, SourceEvent,
 };

@@ -12,8 +12,9 @@ use serde_json::Value;
 
 use crate::model::change::{Datum, Relation, Row};
 use crate::model::lsn::Lsn;
-use crate::model::{PublishedTable, TableRef};
+use crate::model::{CatalogTable, PublishedTable, ReplicaIdentity, TableRef};
 use crate::source::auth_guard::{AuthGuard, REFUSED_MARKER};
+use crate::source::catalog;
 use crate::source::error::SourceError;
 use crate::source::pg_config::{PgConnectConfig, SslMode};
 use crate::source::replication::ReplicationConnection;
@@ -380,49 +381,46 @@ pub async fn check_server(client: &Client) -> Result<(), SourceError> {
 /// it has a primary key (or REPLICA IDENTITY FULL / USING INDEX), so updates
 /// and deletes identify their row. Every problem found is listed.
 pub async fn check_tables(client: &Client, tables: &[PublishedTable]) -> Result<(), SourceError> {
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .get(0);
     let mut problems = Vec::new();
     for t in tables {
-        let row = client
-            .query_opt(
-                "SELECT c.relreplident::text,
-                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                        has_table_privilege(c.oid, 'SELECT'), current_user::text
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&t.table.schema, &t.table.name],
-            )
-            .await?;
-        let q = t.qualified_name();
-        let sql_name = quote_table(&t.table.schema, &t.table.name);
-        let Some(row) = row else {
-            problems.push(format!("table {q} does not exist"));
-            continue;
-        };
-        let (ident, has_pk, can_select, user): (String, bool, bool, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        match ident.as_str() {
-            "n" => problems.push(format!(
-                "table {q} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: run `ALTER TABLE {} REPLICA IDENTITY DEFAULT;` (with a primary key) or `... REPLICA IDENTITY FULL;`",
-                sql_name
-            )),
-            "d" if !has_pk => problems.push(format!(
-                "table {q} has no primary key and REPLICA IDENTITY is not FULL: add a primary key or run `ALTER TABLE {} REPLICA IDENTITY FULL;`",
-                sql_name
-            )),
-            _ => {}
-        }
-        if !can_select {
-            problems.push(format!(
-                "role `{user}` may not read table {q}: run `GRANT SELECT ON {} TO {user};`",
-                sql_name
-            ));
-        }
+        let found = catalog::read_table(client, &t.table).await?;
+        problems.extend(table_problems(&t.table, found.as_ref(), &user));
     }
     if problems.is_empty() {
         Ok(())
     } else {
         Err(SourceError::Setup(problems.join("\n")))
     }
+}
+
+/// What keeps `table` (`found` in the catalog, or not) from being
+/// published and read by `user`.
+fn table_problems(table: &TableRef, found: Option<&CatalogTable>, user: &str) -> Vec<String> {
+    let q = table.qualified_name();
+    let Some(found) = found else {
+        return vec![format!("table {q} does not exist")];
+    };
+    let sql_name = quote_table(&table.schema, &table.name);
+    let mut problems = Vec::new();
+    match found.replica_identity {
+        ReplicaIdentity::Nothing => problems.push(format!(
+            "table {q} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: run `ALTER TABLE {sql_name} REPLICA IDENTITY DEFAULT;` (with a primary key) or `... REPLICA IDENTITY FULL;`"
+        )),
+        ReplicaIdentity::Default if found.primary_key.is_empty() => problems.push(format!(
+            "table {q} has no primary key and REPLICA IDENTITY is not FULL: add a primary key or run `ALTER TABLE {sql_name} REPLICA IDENTITY FULL;`"
+        )),
+        _ => {}
+    }
+    if !found.readable {
+        problems.push(format!(
+            "role `{user}` may not read table {q}: run `GRANT SELECT ON {sql_name} TO {user};`"
+        ));
+    }
+    problems
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -552,15 +550,8 @@ pub async fn relation_oids(
 ) -> Result<Vec<(u32, String)>, SourceError> {
     let mut out = Vec::with_capacity(tables.len());
     for t in tables {
-        let row = client
-            .query_opt(
-                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = $2",
-                &[&t.schema, &t.name],
-            )
-            .await?;
-        if let Some(row) = row {
-            out.push((row.get::<_, u32>(0), t.qualified_name()));
+        if let Some(found) = catalog::read_table(client, t).await? {
+            out.push((found.oid, t.qualified_name()));
         }
     }
     Ok(out)
@@ -624,21 +615,11 @@ pub async fn fetch_rows_by_key(
             });
         }
     }
-    let Some(now) = client
-        .query_opt(
-            "SELECT n.nspname::text, c.relname::text,
-                    ARRAY(SELECT a.attname::text FROM pg_attribute a
-                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.oid = $1",
-            &[&rel.id],
-        )
-        .await?
-    else {
+    let Some(now) = catalog::read_relation(client, rel.id).await? else {
         return Ok(Vec::new()); // dropped: no row exists any more
     };
-    let (schema, name, present): (String, String, Vec<String>) =
-        (now.get(0), now.get(1), now.get(2));
+    let present: Vec<String> = now.columns.into_iter().map(|c| c.name).collect();
+    let TableRef { schema, name } = now.table;
     if let Some(&gone) = key_idx
         .iter()
         .find(|&&i| !present.contains(&rel.columns[i].name))

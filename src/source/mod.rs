@@ -24,6 +24,7 @@
 //! committed downstream: that transaction is being replayed whole.
 
 pub mod auth_guard;
+pub mod catalog;
 pub mod decoder;
 pub mod error;
 pub mod heartbeat;

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use super::Report;
-use crate::config::{Catalog, Config};
+use crate::config::Config;
+use crate::model::Catalog;
 
 pub async fn check_publication(
     client: &tokio_postgres::Client,
