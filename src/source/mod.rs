@@ -34,6 +34,7 @@ pub mod pgoutput;
 pub mod reader;
 pub mod replication;
 pub mod row_filter;
+pub mod rows_by_key;
 pub mod sql;
 pub mod tls;
 pub mod types;
@@ -43,13 +44,14 @@ pub use decoder::{Decoder, DecoderError};
 pub use error::{ServerError, SourceError, is_retryable};
 pub use manage::{
     PublicationChange, SlotState, check_server, check_tables, connect_sql, drop_publication,
-    drop_slot, ensure_publication, ensure_slot, fetch_rows_by_key, relation_oids,
+    drop_slot, ensure_publication, ensure_slot, relation_oids,
 };
 pub use pg_config::{PgConfigError, PgConnectConfig, SslMode};
 pub use reader::{ReaderConfig, run_reader};
 pub use replication::{
     CreatedSlot, ReplMessage, ReplicationConnection, ReplicationStream, SnapshotAction, SystemInfo,
 };
+pub use rows_by_key::fetch_rows_by_key;
 pub use types::{Conv, TypeCatalog, TypeInfo};
 pub use value::binary::convert_binary;
 pub use value::{
