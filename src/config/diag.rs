@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 
+use crate::model::secret::is_secret_key;
+
 /// One problem in a configuration or mapping file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -296,19 +298,6 @@ fn drop_entry_at(table: &mut DeTable<'_>, span: &Range<usize>, prefix: &str) -> 
 fn holds_secret(path: &str) -> bool {
     let last = path.rsplit('.').next().unwrap_or(path).trim_matches('"');
     is_secret_key(last) || matches!(last, "url" | "urls")
-}
-
-/// Whether a key names a secret (`password`, `api_key`, `token`, ...), in a
-/// configuration file, a DSN or a URL query: its value is never shown. Kept
-/// here, with the configuration's keys, so config needs nothing from `ops`;
-/// the log redaction in `ops::logging` asks the same question.
-pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    matches!(
-        k.as_str(),
-        "password" | "passwd" | "pwd" | "apikey" | "api_key" | "api-key" | "token" | "secret"
-    ) || k.ends_with("password")
-        || k.ends_with("secret")
 }
 
 /// serde's "invalid type: integer `12345678`, expected a string" without

@@ -18,7 +18,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
-use crate::config::diag::is_secret_key;
+use crate::model::secret::is_secret_key;
 
 /// Filter used when neither `SLUICE_LOG` nor `RUST_LOG` is set.
 pub const DEFAULT_FILTER: &str = "sluice=info,warn";
