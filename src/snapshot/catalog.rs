@@ -1,5 +1,7 @@
 //! What the snapshot needs to know about a table, from the catalog as
-//! `source::catalog` reads it.
+//! `source::catalog` reads it: this file writes no SQL of its own, so the
+//! snapshot and the start-up checks agree on a table's key and replica
+//! identity.
 //!
 //! Owns building the `Relation` for snapshot rows so that it matches what
 //! pgoutput sends for the same table (same columns, type OIDs and key flags:

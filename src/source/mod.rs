@@ -1,9 +1,21 @@
 //! The source layer: reads PostgreSQL.
 //!
 //! Owns the replication connection, the pgoutput decoder, value conversion,
-//! publication/slot management and snapshot reads. It yields `SourceEvent`s in
-//! WAL order and keeps exact LSN bookkeeping: the version of every change is
-//! its transaction's commit LSN (DESIGN invariant 2).
+//! publication/slot management, the table catalog and snapshot reads. It
+//! yields `SourceEvent`s in WAL order and keeps exact LSN bookkeeping: the
+//! version of every change is its transaction's commit LSN (DESIGN
+//! invariant 2).
+//!
+//! Rules kept here:
+//! - source never sees sink (or transform) types: it speaks `model` only,
+//!   and what it hands out is plain data (`SourceEvent`, `Row`, `Catalog`);
+//! - SQL lives only here and in the snapshot reader (`snapshot::reader`):
+//!   every other layer asks source (e.g. `catalog` for tables, keys and
+//!   replica identities, which config validates mappings against);
+//! - one quoting of identifiers and literals (`sql`), one catalog reader
+//!   (`catalog`);
+//! - nothing here changes the application's data; DDL is limited to the
+//!   publication and the slot, under a short lock timeout.
 //!
 //! Entry points:
 //! - `run_reader(ReaderConfig, Option<ReplicationConnection>, mpsc::Sender<SourceEvent>,
@@ -11,7 +23,9 @@
 //!   streaming task (status updates, reconnects with backoff).
 //! - `ReplicationConnection::{connect, identify_system, create_slot, start_replication}`.
 //! - `connect_sql`, `check_server`, `check_tables`, `ensure_publication`,
-//!   `ensure_slot`, `drop_slot`, `drop_publication`, `fetch_rows_by_key`.
+//!   `ensure_slot`, `drop_slot`, `drop_publication` (`manage`);
+//!   `fetch_rows_by_key` (`rows_by_key`); `catalog::read_schemas`,
+//!   `read_table`, `read_relation`, `leaf_oids`, `storage` (`catalog`).
 //! - `row_filter::validate_row_filter`: a mapping's filter is one expression
 //!   before any SQL carries it; `auth_guard`: which password exchanges are
 //!   answered over which transport (both connection kinds).
