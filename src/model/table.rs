@@ -30,7 +30,7 @@ impl TableRef {
     /// `schema.table`, unquoted: how mappings, messages and catalog keys
     /// name it.
     pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        self.to_string()
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use crate::model::change::{Column, Relation, ReplicaIdentity};
 use crate::model::{CatalogTable, PublishedTable};
 use crate::source::catalog;
-use crate::source::sql::quote_ident;
+use crate::source::sql::quote_table;
 
 use super::SnapshotError;
 
@@ -43,7 +43,7 @@ pub struct Leaf {
 
 impl Leaf {
     pub fn sql_name(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        quote_table(&self.schema, &self.name)
     }
 }
 
