@@ -20,13 +20,14 @@ use bytes::Bytes;
 use elasticsearch::Elasticsearch;
 use elasticsearch::http::transport::Transport;
 use serde_json::{Value, json};
+use sluice::model::PublishedTable;
 use sluice::model::change::{Change, ChangeKind, Datum};
 use sluice::snapshot::progress::Progress;
 use sluice::snapshot::run::SnapshotDeps;
 use sluice::snapshot::seams::BoxFuture;
 use sluice::snapshot::{
     AckFuture, ExportedSnapshot, SinkError, SnapshotJob, SnapshotOptions, SnapshotSink, StateStore,
-    TableJob, TableSpec, run_snapshot,
+    TableJob, run_snapshot,
 };
 use tokio::sync::Semaphore;
 use tokio_postgres::NoTls;
@@ -277,7 +278,7 @@ async fn snapshot(ctx: &Ctx, sink: Arc<BenchSink>, readers: usize) -> (f64, f64,
         .await;
     let job = SnapshotJob {
         tables: vec![TableJob {
-            spec: TableSpec::parse("public.bench10"),
+            spec: PublishedTable::parse("public.bench10"),
             target: "bench".into(),
         }],
         options: SnapshotOptions {

@@ -16,29 +16,19 @@ use elasticsearch::Elasticsearch;
 
 use crate::app::setup::pipeline_config;
 use crate::config::{Config, STATE_INDEX};
+use crate::model::PublishedTable;
 use crate::snapshot::progress::Progress;
 use crate::snapshot::run::SnapshotDeps;
 use crate::snapshot::seams::{ExportedSnapshot, PgConnector, SnapshotExporter, ValueConverter};
 use crate::snapshot::sink::IndexerSink;
-use crate::snapshot::{
-    SnapshotError, SnapshotJob, SnapshotOptions, StateStore, TableJob, TableSpec,
-};
+use crate::snapshot::{SnapshotError, SnapshotJob, SnapshotOptions, StateStore, TableJob};
 use crate::source::{self, ReplicationConnection, SnapshotAction, SourceError};
 use crate::transform::Transformer;
 
 /// The mapped tables as snapshot specs (row filter and column list included,
 /// so filtered rows never leave the server), one per table.
-pub fn table_specs(cfg: &Config) -> Vec<TableSpec> {
-    cfg.mappings
-        .publication_tables()
-        .into_iter()
-        .map(|t| TableSpec {
-            schema: t.schema,
-            name: t.table,
-            filter: t.row_filter,
-            columns: t.columns,
-        })
-        .collect()
+pub fn table_specs(cfg: &Config) -> Vec<PublishedTable> {
+    cfg.mappings.publication_tables()
 }
 
 fn connector(cfg: &Config) -> PgConnector {

@@ -22,7 +22,7 @@ use crate::app::setup::{Failure, pipeline_config, preflight, prepare_indices, so
 use crate::config::{Config, SnapshotMode};
 use crate::model::lsn::Lsn;
 use crate::ops::http::{Health, HttpHandles, PipelineState, ReadyState};
-use crate::source::{self, PublishedTable, ReaderConfig, SourceError};
+use crate::source::{self, ReaderConfig, SourceError};
 use crate::stream::pipeline::Pipeline;
 
 /// How long a restart waits for a previous process's walsender to let go
@@ -214,18 +214,11 @@ async fn start_up(
     // altered: a refused row filter must never reach the publication, where
     // it would make the application's own UPDATE and DELETE fail.
     preflight(cfg, crate::app::check::Preflight::Run).await?;
-    crate::config::validate_against_database(&mut cfg.mappings, &pg).await?;
-    let published: Vec<PublishedTable> = cfg
-        .mappings
-        .publication_tables()
-        .into_iter()
-        .map(|t| PublishedTable {
-            schema: t.schema,
-            name: t.table,
-            row_filter: t.row_filter,
-            columns: t.columns,
-        })
-        .collect();
+    let catalog = source::catalog::read_schemas(&pg, &cfg.mappings.schemas())
+        .await
+        .map_err(anyhow::Error::from)?;
+    (cfg.mappings.validate_against_catalog(&catalog)).map_err(anyhow::Error::from)?;
+    let published = cfg.mappings.publication_tables();
     source::check_tables(&pg, &published)
         .await
         .map_err(|e| source_failure(e, "published tables"))?;
@@ -319,12 +312,7 @@ async fn stream(
     // restart during a reindex dual-writes everything it replays), then
     // every second (see `dual_write`).
     let pg = Arc::new(pg);
-    let tables: Vec<(String, String)> = cfg
-        .mappings
-        .list
-        .iter()
-        .map(|m| (m.schema.clone(), m.table.clone()))
-        .collect();
+    let tables = cfg.mappings.tables();
     let step = crate::stream::transform_step::StepSetup {
         pg_cfg: cfg.postgres.clone(),
         pg: pg.clone(),

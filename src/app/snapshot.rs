@@ -21,8 +21,9 @@ use crate::transform::Transformer;
 /// up with exit 1; running it again resumes where it stopped.
 const SNAPSHOT_RETRIES: usize = 12;
 use crate::config::{Config, STATE_INDEX};
+use crate::model::PublishedTable;
+use crate::snapshot::StateStore;
 use crate::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
-use crate::snapshot::{StateStore, TableSpec};
 
 /// `sluice snapshot [--table ...]`: backfill while `run` streams (or alone).
 pub async fn command(args: &SnapshotArgs) -> i32 {
@@ -48,23 +49,21 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         .await
         .with_context(|| format!("connecting to PostgreSQL {}", cfg.postgres))
         .map_err(runtime_err)?;
-    crate::config::validate_against_database(&mut cfg.mappings, &pg)
+    let catalog = source::catalog::read_schemas(&pg, &cfg.mappings.schemas())
         .await
-        .map_err(config_err)?;
+        .map_err(|e| config_err(e.into()))?;
+    (cfg.mappings.validate_against_catalog(&catalog)).map_err(|e| config_err(e.into()))?;
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
         .map_err(|e| config_err(anyhow::anyhow!("[elasticsearch]: {e}")))?;
 
     let all = table_specs(&cfg);
-    let wanted: Vec<TableSpec> = if args.tables.is_empty() {
+    let wanted: Vec<PublishedTable> = if args.tables.is_empty() {
         all
     } else {
         let mut out = Vec::new();
         for name in &args.tables {
-            let spec = TableSpec::parse(name);
-            match all
-                .iter()
-                .find(|t| t.schema == spec.schema && t.name == spec.name)
-            {
+            let spec = PublishedTable::parse(name);
+            match all.iter().find(|t| t.table == spec.table) {
                 Some(t) => out.push(t.clone()),
                 None => {
                     return Err(config_err(anyhow::anyhow!(
@@ -104,7 +103,7 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
     }
     if !args.reindex {
         // A backfill may come before any `sluice run`: create what is missing.
-        let names: Vec<String> = wanted.iter().map(TableSpec::qualified_name).collect();
+        let names: Vec<String> = wanted.iter().map(PublishedTable::qualified_name).collect();
         prepare_indices(&cfg, &es, Some(&names))
             .await
             .map_err(runtime_err)?;
@@ -196,7 +195,7 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
 /// mapping files that write that name. A reindex rebuilds a whole index,
 /// so every table written to it must be part of the run, and templated
 /// names (many indices) cannot be reindexed.
-fn reindex_targets(cfg: &Config, tables: &[TableSpec]) -> anyhow::Result<Vec<BackfillTarget>> {
+fn reindex_targets(cfg: &Config, tables: &[PublishedTable]) -> anyhow::Result<Vec<BackfillTarget>> {
     let mut out = Vec::new();
     for spec in tables {
         let qualified = spec.qualified_name();
@@ -264,7 +263,7 @@ fn reindex_targets(cfg: &Config, tables: &[TableSpec]) -> anyhow::Result<Vec<Bac
 /// index names have no single index to protect with tombstones; their rows
 /// are still written, because the transformer applies every mapping of a
 /// table to each row it reads.
-fn backfill_targets(cfg: &Config, tables: &[TableSpec]) -> Vec<BackfillTarget> {
+fn backfill_targets(cfg: &Config, tables: &[PublishedTable]) -> Vec<BackfillTarget> {
     let mut out = Vec::new();
     for spec in tables {
         let qualified = spec.qualified_name();

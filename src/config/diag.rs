@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 
+use crate::model::secret::is_secret_key;
+
 /// One problem in a configuration or mapping file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -122,6 +124,44 @@ impl std::error::Error for ConfigErrors {}
 impl From<ConfigError> for ConfigErrors {
     fn from(e: ConfigError) -> Self {
         ConfigErrors(vec![e])
+    }
+}
+
+/// Problems found in one file, each placed at the line where a span of the
+/// file's text starts (the parsers of `sluice.toml` and of mapping files
+/// both collect through it).
+pub struct FileErrors<'a> {
+    pub file: &'a Path,
+    text: &'a str,
+    pub errors: ConfigErrors,
+}
+
+impl<'a> FileErrors<'a> {
+    /// Start from `errors` already found (e.g. by `deserialize_all`).
+    pub fn new(file: &'a Path, text: &'a str, errors: ConfigErrors) -> Self {
+        FileErrors { file, text, errors }
+    }
+
+    /// The 1-based line where `span` starts.
+    pub fn line(&self, span: Range<usize>) -> usize {
+        line_of(self.text, span.start)
+    }
+
+    /// A problem with `key` at the line of `span`.
+    pub fn push(
+        &mut self,
+        span: Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        let line = self.line(span);
+        self.errors.push(
+            ConfigError::new(self.file, message)
+                .at(Some(line))
+                .key(key)
+                .hint_opt(hint),
+        );
     }
 }
 
@@ -253,12 +293,11 @@ fn drop_entry_at(table: &mut DeTable<'_>, span: &Range<usize>, prefix: &str) -> 
     Some(join_key(prefix, key.get_ref()))
 }
 
-/// serde's type names, as a user who writes TOML knows them.
 /// Whether the value at dotted key `path` may be or contain a secret: a
 /// password or API key, or a URL (which may carry `user:password@`).
 fn holds_secret(path: &str) -> bool {
     let last = path.rsplit('.').next().unwrap_or(path).trim_matches('"');
-    crate::ops::logging::is_secret_key(last) || matches!(last, "url" | "urls")
+    is_secret_key(last) || matches!(last, "url" | "urls")
 }
 
 /// serde's "invalid type: integer `12345678`, expected a string" without
@@ -278,6 +317,7 @@ fn without_value(msg: &str) -> String {
     msg.to_string()
 }
 
+/// serde's type names, as a user who writes TOML knows them.
 fn plain_type_words(msg: &str) -> String {
     let mut m = msg.to_string();
     // "expected struct RawPipeline": the user wrote a value for a section.

@@ -5,30 +5,33 @@
 //! Entry points: [`Config::load`] reads everything; [`Mappings::publication_tables`]
 //! says what to publish (with row filters and column lists);
 //! [`Mappings::validate_against_catalog`] checks column names against the
-//! live database; [`Mappings::index_specs`] says how to create indices.
+//! live catalog; [`Mappings::index_specs`] says how to create indices.
+//!
+//! Config runs no SQL and opens no connection: the catalog comes in as
+//! plain data (`model::Catalog`, read by `source::catalog`).
 
 pub mod catalog;
 pub mod diag;
 pub mod doc_shape;
 pub mod mapping;
+pub mod mapping_checks;
+pub mod mapping_parse;
 pub mod settings;
 pub mod template;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use catalog::{Catalog, CatalogColumn, CatalogTable, load_catalog};
 pub use diag::{ConfigError, ConfigErrors};
-pub use mapping::{
-    Conversion, Field, FieldSource, IndexName, Mapping, OnDelete, OnTruncate, parse_mapping,
-};
+pub use mapping::{Conversion, Field, FieldSource, IndexName, Mapping, OnDelete, OnTruncate};
+pub use mapping_parse::parse_mapping;
 pub use settings::{
     Env, HttpConfig, PipelineConfig, ProcessEnv, Settings, SnapshotConfig, SnapshotMode,
     parse_settings,
 };
 pub use template::{Template, TemplatePart};
 
-use crate::model::ReplicaIdentity;
+use crate::model::{Catalog, PublishedTable, ReplicaIdentity, TableRef};
 use crate::sink::EsConfig;
 use crate::source::PgConnectConfig;
 
@@ -96,50 +99,6 @@ impl Config {
             mappings,
         })
     }
-}
-
-/// One table of the publication, as `CREATE PUBLICATION ... FOR TABLE
-/// schema.table (columns) WHERE (row_filter)` needs it. The snapshot reader
-/// uses the same `row_filter` as its WHERE clause (DESIGN: filtered rows
-/// never leave the server).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicationTable {
-    pub schema: String,
-    pub table: String,
-    pub row_filter: Option<String>,
-    /// `None`: every column.
-    pub columns: Option<Vec<String>>,
-}
-
-impl PublicationTable {
-    /// The table's part of `CREATE/ALTER PUBLICATION ... FOR TABLE`:
-    /// `"public"."orders" ("id", "total") WHERE (status <> 'draft')`.
-    pub fn to_sql(&self) -> String {
-        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let mut out = format!("{}.{}", q(&self.schema), q(&self.table));
-        if let Some(cols) = &self.columns {
-            let cols: Vec<String> = cols.iter().map(|c| q(c)).collect();
-            out.push_str(&format!(" ({})", cols.join(", ")));
-        }
-        if let Some(f) = &self.row_filter {
-            out.push_str(&format!(" WHERE ({f})"));
-        }
-        out
-    }
-}
-
-/// Read the catalog for the mapped schemas and validate the mappings
-/// against it (binding primary keys). Call once at start-up, before
-/// `publication_tables` and `Transformer::new`. A mapping problem is an
-/// `Err` holding [`ConfigErrors`] (exit code 2); a failed query is any
-/// other error.
-pub async fn validate_against_database(
-    mappings: &mut Mappings,
-    client: &tokio_postgres::Client,
-) -> anyhow::Result<Catalog> {
-    let catalog = load_catalog(client, &mappings.schemas()).await?;
-    mappings.validate_against_catalog(&catalog)?;
-    Ok(catalog)
 }
 
 /// How to create one target index (or, for a templated name, an index
@@ -255,21 +214,20 @@ impl Mappings {
         errors.into_result(mappings)
     }
 
-    /// Distinct `(schema, table)` pairs, in mapping order.
-    pub fn tables(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::new();
+    /// The mapped tables, each once, in mapping order.
+    pub fn tables(&self) -> Vec<TableRef> {
+        let mut out: Vec<TableRef> = Vec::new();
         for m in &self.list {
-            let k = (m.schema.clone(), m.table.clone());
-            if !out.contains(&k) {
-                out.push(k);
+            if !out.contains(&m.table) {
+                out.push(m.table.clone());
             }
         }
         out
     }
 
-    /// Schemas the mappings use (for `load_catalog`).
+    /// Schemas the mappings use (what `source::catalog::read_schemas` reads).
     pub fn schemas(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.list.iter().map(|m| m.schema.clone()).collect();
+        let mut s: Vec<String> = self.list.iter().map(|m| m.table.schema.clone()).collect();
         s.sort();
         s.dedup();
         s
@@ -298,11 +256,11 @@ impl Mappings {
     /// every mapping of the table lists its columns (`include`) and the
     /// replica identity is known and not FULL (PostgreSQL requires the list
     /// to cover the replica identity); otherwise the whole row is published.
-    pub fn publication_tables(&self) -> Vec<PublicationTable> {
+    pub fn publication_tables(&self) -> Vec<PublishedTable> {
         self.tables()
             .into_iter()
-            .map(|(schema, table)| {
-                let q = format!("{schema}.{table}");
+            .map(|table| {
+                let q = table.qualified_name();
                 let ms: Vec<&Mapping> = self.for_table(&q).collect();
                 let row_filter = ms[0].filter.clone();
                 let columns = ms.iter().try_fold(Vec::<String>::new(), |mut acc, m| {
@@ -324,8 +282,7 @@ impl Mappings {
                     c.retain(|x| seen.insert(x.clone()));
                     c
                 });
-                PublicationTable {
-                    schema,
+                PublishedTable {
                     table,
                     row_filter,
                     columns,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::diag::{ConfigError, ConfigErrors, deserialize_all, line_of};
+use super::diag::{ConfigErrors, FileErrors, deserialize_all};
 use crate::sink::{EsAuth, EsConfig};
 use crate::source::{PgConnectConfig, SslMode};
 
@@ -247,21 +247,13 @@ pub fn interpolate(value: &str, env: &dyn Env) -> Result<String, String> {
 }
 
 struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
+    out: FileErrors<'a>,
     env: &'a dyn Env,
-    errors: ConfigErrors,
 }
 
 impl Ctx<'_> {
-    fn line(&self, span: std::ops::Range<usize>) -> Option<usize> {
-        Some(line_of(self.text, span.start))
-    }
-
     fn err(&mut self, span: std::ops::Range<usize>, key: &str, msg: impl Into<String>) {
-        let line = self.line(span);
-        self.errors
-            .push(ConfigError::new(self.file, msg).at(line).key(key));
+        self.out.push(span, key, msg, None);
     }
 
     fn interp(&mut self, v: &Spanned<String>, key: &str) -> String {
@@ -275,7 +267,7 @@ impl Ctx<'_> {
     }
 
     fn read_secret_file(&mut self, v: &Spanned<String>, key: &str) -> String {
-        let p = resolve(self.file, v.get_ref());
+        let p = resolve(self.out.file, v.get_ref());
         match std::fs::read_to_string(&p) {
             Ok(s) => s.trim_end_matches(['\n', '\r']).to_string(),
             Err(e) => {
@@ -341,13 +333,40 @@ pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings
     let (raw, errors) = deserialize_all::<RawSettings>(file, text);
     let Some(raw) = raw else { return Err(errors) };
     let mut cx = Ctx {
-        file,
-        text,
+        out: FileErrors::new(file, text, errors),
         env,
-        errors,
     };
     let postgres = postgres(&mut cx, &raw.postgres);
-    let name = |v: &Option<Spanned<String>>, cx: &mut Ctx, key: &str| match v {
+    let slot = pg_name(&mut cx, &raw.postgres.slot, "postgres.slot");
+    let publication = pg_name(&mut cx, &raw.postgres.publication, "postgres.publication");
+    let heartbeat_interval = raw
+        .postgres
+        .heartbeat_interval_ms
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis);
+    let elasticsearch = elasticsearch(&mut cx, &raw.elasticsearch);
+    let pipeline = pipeline(&mut cx, &raw.pipeline);
+    let snapshot = snapshot(&mut cx, &raw.snapshot);
+    let http = http(&mut cx, &raw.http);
+    let mappings_dir = resolve(file, raw.mappings_dir.as_deref().unwrap_or("mappings"));
+    let settings = Settings {
+        postgres,
+        slot,
+        publication,
+        heartbeat_interval,
+        elasticsearch,
+        pipeline,
+        snapshot,
+        http,
+        mappings_dir,
+    };
+    cx.out.errors.sort_by_place();
+    cx.out.errors.into_result(settings)
+}
+
+/// A slot or publication name (default `sluice`).
+fn pg_name(cx: &mut Ctx, v: &Option<Spanned<String>>, key: &str) -> String {
+    match v {
         Some(s) if !valid_pg_name(s.get_ref()) => {
             cx.err(
                 s.span(),
@@ -358,19 +377,13 @@ pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings
         }
         Some(s) => s.get_ref().clone(),
         None => "sluice".to_string(),
-    };
-    let slot = name(&raw.postgres.slot, &mut cx, "postgres.slot");
-    let publication = name(&raw.postgres.publication, &mut cx, "postgres.publication");
-    let heartbeat_interval = raw
-        .postgres
-        .heartbeat_interval_ms
-        .filter(|&ms| ms > 0)
-        .map(Duration::from_millis);
-    let elasticsearch = elasticsearch(&mut cx, &raw.elasticsearch);
+    }
+}
 
+/// `[pipeline]`, with the defaults for what it leaves out.
+fn pipeline(cx: &mut Ctx, p: &RawPipeline) -> PipelineConfig {
     let d = PipelineConfig::default();
-    let p = &raw.pipeline;
-    let pipeline = PipelineConfig {
+    PipelineConfig {
         batch_max_docs: cx.positive(
             &p.batch_max_docs,
             "pipeline.batch_max_docs",
@@ -391,7 +404,7 @@ pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings
         dead_letter_index: match &p.dead_letter_index {
             None => d.dead_letter_index,
             Some(n) => {
-                if let Some(m) = super::mapping::index_name_problem(n.get_ref()) {
+                if let Some(m) = super::mapping_checks::index_name_problem(n.get_ref()) {
                     cx.err(n.span(), "pipeline.dead_letter_index", m);
                 }
                 n.get_ref().clone()
@@ -402,52 +415,42 @@ pub fn parse_settings(file: &Path, text: &str, env: &dyn Env) -> Result<Settings
             "pipeline.gc_deletes_secs",
             d.gc_deletes.as_secs(),
         )),
-    };
+    }
+}
+
+/// `[snapshot]`, with the defaults for what it leaves out.
+fn snapshot(cx: &mut Ctx, raw: &RawSnapshot) -> SnapshotConfig {
     let ds = SnapshotConfig::default();
-    let snapshot = SnapshotConfig {
-        mode: raw.snapshot.mode.unwrap_or_default(),
+    SnapshotConfig {
+        mode: raw.mode.unwrap_or_default(),
         parallel_readers: cx.positive(
-            &raw.snapshot.parallel_readers,
+            &raw.parallel_readers,
             "snapshot.parallel_readers",
             ds.parallel_readers,
         ),
-        chunk_rows: cx.positive(
-            &raw.snapshot.chunk_rows,
-            "snapshot.chunk_rows",
-            ds.chunk_rows,
-        ),
+        chunk_rows: cx.positive(&raw.chunk_rows, "snapshot.chunk_rows", ds.chunk_rows),
+    }
+}
+
+/// `[http]`: where the operator endpoints listen.
+fn http(cx: &mut Ctx, raw: &RawHttp) -> HttpConfig {
+    let Some(l) = &raw.listen else {
+        return HttpConfig::default();
     };
-    let http = match &raw.http.listen {
-        None => HttpConfig::default(),
-        Some(l) => match l.get_ref().parse::<SocketAddr>() {
-            Ok(listen) => HttpConfig { listen },
-            Err(_) => {
-                cx.err(
-                    l.span(),
-                    "http.listen",
-                    format!(
-                        "`{}` is not an address:port like `0.0.0.0:9187`",
-                        l.get_ref()
-                    ),
-                );
-                HttpConfig::default()
-            }
-        },
-    };
-    let mappings_dir = resolve(file, raw.mappings_dir.as_deref().unwrap_or("mappings"));
-    let settings = Settings {
-        postgres,
-        slot,
-        publication,
-        heartbeat_interval,
-        elasticsearch,
-        pipeline,
-        snapshot,
-        http,
-        mappings_dir,
-    };
-    cx.errors.sort_by_place();
-    cx.errors.into_result(settings)
+    match l.get_ref().parse::<SocketAddr>() {
+        Ok(listen) => HttpConfig { listen },
+        Err(_) => {
+            cx.err(
+                l.span(),
+                "http.listen",
+                format!(
+                    "`{}` is not an address:port like `0.0.0.0:9187`",
+                    l.get_ref()
+                ),
+            );
+            HttpConfig::default()
+        }
+    }
 }
 
 /// Where the mappings are, read leniently from a `sluice.toml` that may
@@ -484,7 +487,7 @@ fn postgres(cx: &mut Ctx, raw: &RawPostgres) -> PgConnectConfig {
                     "postgres.url",
                     format!("`url` and `{key}` are both set"),
                 );
-                cx.errors.0.last_mut().unwrap().hint = Some(format!(
+                cx.out.errors.0.last_mut().unwrap().hint = Some(format!(
                     "put the {key} in the URL or drop `url` and use fields"
                 ));
             }
@@ -516,7 +519,7 @@ fn postgres(cx: &mut Ctx, raw: &RawPostgres) -> PgConnectConfig {
         pg.sslmode = m;
     }
     if let Some(ca) = &raw.ssl_root_cert {
-        pg.ssl_root_cert = Some(resolve(cx.file, ca));
+        pg.ssl_root_cert = Some(resolve(cx.out.file, ca));
     }
     if let Some(a) = &raw.application_name {
         pg.application_name = a.clone();
@@ -589,7 +592,7 @@ fn elasticsearch(cx: &mut Ctx, raw: &RawElasticsearch) -> EsConfig {
         (None, None, None) => EsAuth::None,
     };
     if let Some(ca) = &raw.ca_file {
-        es.ca_file = Some(resolve(cx.file, ca));
+        es.ca_file = Some(resolve(cx.out.file, ca));
     }
     es.insecure_skip_verify = raw.insecure_skip_verify.unwrap_or(false);
     if let Some(t) = raw.request_timeout_ms {

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::*;
+use crate::model::{CatalogColumn, CatalogTable};
 
 fn load(files: &[(&str, &str)]) -> Result<Mappings, ConfigErrors> {
     let texts: Vec<(&Path, &str)> = files.iter().map(|(f, t)| (Path::new(*f), *t)).collect();
@@ -19,30 +20,23 @@ fn one_error(files: &[(&str, &str)]) -> String {
 }
 
 fn table(cols: &[(&str, &str)], pk: &[&str], ident: ReplicaIdentity) -> CatalogTable {
-    let pk: Vec<String> = pk.iter().map(|s| s.to_string()).collect();
     CatalogTable {
-        schema: "public".into(),
-        name: "orders".into(),
+        table: TableRef::new("public", "orders"),
+        oid: 1,
+        partitioned: false,
         columns: cols
             .iter()
-            .map(|(n, t)| CatalogColumn {
-                name: n.to_string(),
-                type_name: t.to_string(),
-            })
+            .map(|(n, t)| CatalogColumn::named(n, t))
             .collect(),
-        replica_identity_columns: match ident {
-            ReplicaIdentity::Full => cols.iter().map(|c| c.0.to_string()).collect(),
-            _ => pk.clone(),
-        },
-        primary_key: pk,
+        primary_key: pk.iter().map(|s| s.to_string()).collect(),
         replica_identity: ident,
+        identity_index: Vec::new(),
+        readable: true,
     }
 }
 
 fn catalog(t: CatalogTable) -> Catalog {
-    let mut c = Catalog::default();
-    c.tables.insert(format!("{}.{}", t.schema, t.name), t);
-    c
+    Catalog::of([t])
 }
 
 fn orders_catalog() -> Catalog {
@@ -330,9 +324,8 @@ fn publication_entries_carry_the_filter_and_a_column_list_only_when_safe() {
     m.validate_against_catalog(&orders_catalog()).unwrap();
     assert_eq!(
         m.publication_tables(),
-        vec![PublicationTable {
-            schema: "public".into(),
-            table: "orders".into(),
+        vec![PublishedTable {
+            table: TableRef::new("public", "orders"),
             row_filter: Some("total > 1".into()),
             columns: Some(vec!["id".into(), "total".into(), "region".into()]),
         }]

@@ -14,6 +14,11 @@ use crate::model::lsn::Lsn;
 
 /// A table as described by a pgoutput Relation message (or the catalog, for
 /// snapshot reads). Shared by every change of that table via `Arc`.
+///
+/// Not a [`TableRef`](crate::model::TableRef) plus data: it is the table as
+/// of one WAL position (OID, columns, key flags), which may differ from the
+/// catalog now, and its name is compared on every change, so it keeps
+/// `schema` and `name` as plain fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Relation {
     /// The relation OID.

@@ -1,17 +1,26 @@
-//! The plain data that crosses every seam: log positions, decoded row
-//! changes and the bulk operations made from them.
+//! The plain data that crosses every seam: log positions, table
+//! references (one `TableRef`; `PublishedTable` for a table as the
+//! publication and the snapshot read it), the catalog as data, decoded row
+//! changes and the bulk operations made from them; and the one pure rule
+//! two layers share that neither may import from the other (`secret`).
 //!
-//! Rule: this module imports nothing from the rest of the crate, so every
-//! layer can depend on it and none of them on each other through it. The
-//! version of every change is its transaction's commit LSN (DESIGN
-//! invariant 2); `Lsn` and `BulkOp::version` carry it.
+//! Rule: this module imports nothing from the rest of the crate, not even
+//! in doc links, so every layer can depend on it and none of them on each
+//! other through it. Nothing here runs SQL or does I/O. The version of
+//! every change is its transaction's commit LSN (DESIGN invariant 2);
+//! `Lsn` and `BulkOp::version` carry it.
 
+pub mod catalog;
 pub mod change;
 pub mod lsn;
 pub mod op;
+pub mod secret;
+pub mod table;
 
+pub use catalog::{Catalog, CatalogColumn, CatalogTable, TableStorage};
 pub use change::{
     Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, Row, SourceEvent,
 };
 pub use lsn::Lsn;
 pub use op::{BulkOp, OpAction, OpOrigin, RejectedRow};
+pub use table::{PublishedTable, TableRef};

@@ -29,7 +29,8 @@ pub struct OpOrigin {
 }
 
 /// A change that one mapping could not turn into a document for a reason
-/// of the row (a [`crate::transform::FailureScope::Row`] failure). It is
+/// of the row itself (a value that does not convert, say), not of the
+/// mapping or the table, which would fail every row alike. It is
 /// stored as a dead letter through the indexer like any write, so the slot
 /// passes it only once the dead letter is durable.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,6 +18,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
+use crate::model::secret::is_secret_key;
 
 /// Filter used when neither `SLUICE_LOG` nor `RUST_LOG` is set.
 pub const DEFAULT_FILTER: &str = "sluice=info,warn";
@@ -123,15 +124,6 @@ fn redact_userinfo(s: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-pub(crate) fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    matches!(
-        k.as_str(),
-        "password" | "passwd" | "pwd" | "apikey" | "api_key" | "api-key" | "token" | "secret"
-    ) || k.ends_with("password")
-        || k.ends_with("secret")
 }
 
 /// `key=value` pairs, in DSNs (space separated, values maybe single-quoted)

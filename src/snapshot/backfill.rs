@@ -21,11 +21,11 @@ use backon::{ExponentialBuilder, Retryable};
 use serde_json::Value;
 
 use super::SnapshotError;
-use super::catalog::TableSpec;
 use super::run::{SnapshotDeps, SnapshotJob, SnapshotOptions, SnapshotSummary, TableJob};
 use super::seams::SnapshotSink;
 use super::state::StateStore;
 use super::{reindex, run_snapshot, tombstones};
+use crate::model::PublishedTable;
 
 /// A templated index name (`orders-{region}`) names no single index whose
 /// settings could be changed; its documents are still written.
@@ -36,7 +36,7 @@ fn is_templated(index: &str) -> bool {
 /// One mapped table and where the mapping writes it.
 #[derive(Debug, Clone)]
 pub struct BackfillTarget {
-    pub table: TableSpec,
+    pub table: PublishedTable,
     /// The mapping's index or alias.
     pub index: String,
     /// The mapping's index settings and mappings (used for a build index).

@@ -1,4 +1,7 @@
-//! What the snapshot needs to know about a table, read from the catalog.
+//! What the snapshot needs to know about a table, from the catalog as
+//! `source::catalog` reads it: this file writes no SQL of its own, so the
+//! snapshot and the start-up checks agree on a table's key and replica
+//! identity.
 //!
 //! Owns building the `Relation` for snapshot rows so that it matches what
 //! pgoutput sends for the same table (same columns, type OIDs and key flags:
@@ -11,46 +14,17 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use crate::model::change::{Column, Relation, ReplicaIdentity};
-use crate::source::sql::quote_ident;
+use crate::model::{CatalogTable, PublishedTable};
+use crate::source::catalog;
+use crate::source::sql::quote_table;
 
 use super::SnapshotError;
 
-/// A table to snapshot, as the mappings describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TableSpec {
-    pub schema: String,
-    pub name: String,
-    /// The mapping's row filter (a SQL boolean expression), also used as the
-    /// publication's row filter.
-    pub filter: Option<String>,
-    /// Only these columns (the publication's column list); `None` = all.
-    pub columns: Option<Vec<String>>,
-}
-
-impl TableSpec {
-    pub fn new(schema: &str, name: &str) -> TableSpec {
-        TableSpec {
-            schema: schema.into(),
-            name: name.into(),
-            filter: None,
-            columns: None,
-        }
-    }
-
-    /// Parse `schema.table` (a bare name means `public`).
-    pub fn parse(qualified: &str) -> TableSpec {
-        match qualified.split_once('.') {
-            Some((s, t)) => TableSpec::new(s, t),
-            None => TableSpec::new("public", qualified),
-        }
-    }
-
-    pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
-    }
-}
-
 /// A physical table to read: the table itself or one leaf partition.
+///
+/// Not a `TableRef`: a leaf is not what a mapping names (its rows carry the
+/// root's `Relation`), and it is stored in the state index as it is, with
+/// its own storage and key facts.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Leaf {
     pub oid: u32,
@@ -69,7 +43,7 @@ pub struct Leaf {
 
 impl Leaf {
     pub fn sql_name(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        quote_table(&self.schema, &self.name)
     }
 }
 
@@ -95,7 +69,7 @@ pub struct KeyColumn {
 /// Everything the planner and the readers need for one mapped table.
 #[derive(Debug, Clone)]
 pub struct TableInfo {
-    pub spec: TableSpec,
+    pub spec: PublishedTable,
     /// Shared by every snapshot row of this table.
     pub relation: Arc<Relation>,
     /// The physical tables to read (one, or every leaf partition).
@@ -112,94 +86,22 @@ impl TableInfo {
     }
 }
 
-/// Read the catalog for `spec`.
-pub async fn load_table(client: &Client, spec: &TableSpec) -> Result<TableInfo, SnapshotError> {
-    let row = client
-        .query_opt(
-            "SELECT c.oid, c.relkind::text, c.relreplident::text
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-            &[&spec.schema, &spec.name],
-        )
+/// Read the catalog for `spec` (through `source::catalog`, the one
+/// catalog reader).
+pub async fn load_table(
+    client: &Client,
+    spec: &PublishedTable,
+) -> Result<TableInfo, SnapshotError> {
+    let table = catalog::read_table(client, &spec.table)
         .await?
         .ok_or_else(|| SnapshotError::NoSuchTable(spec.qualified_name()))?;
-    let oid: u32 = row.get(0);
-    let relkind: String = row.get(1);
-    let replident: String = row.get(2);
-    let replica_identity = match replident.as_str() {
-        "f" => ReplicaIdentity::Full,
-        "n" => ReplicaIdentity::Nothing,
-        "i" => ReplicaIdentity::Index,
-        _ => ReplicaIdentity::Default,
-    };
-
-    let key_names = key_columns(client, oid, replica_identity).await?;
-    let mut columns = Vec::new();
-    for r in client
-        .query(
-            "SELECT a.attname::text, a.atttypid, a.atttypmod
-               FROM pg_attribute a
-              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-                AND a.attgenerated = ''
-              ORDER BY a.attnum",
-            &[&oid],
-        )
-        .await?
-    {
-        let name: String = r.get(0);
-        if let Some(only) = &spec.columns
-            && !only.contains(&name)
-        {
-            continue;
-        }
-        let is_key = match replica_identity {
-            ReplicaIdentity::Full => true,
-            ReplicaIdentity::Nothing => false,
-            _ => key_names.iter().any(|k| k.name == name),
-        };
-        columns.push(Column {
-            name,
-            type_oid: r.get(1),
-            type_modifier: r.get(2),
-            is_key,
-        });
-    }
-    if let Some(only) = &spec.columns
-        && let Some(missing) = only.iter().find(|c| !columns.iter().any(|k| &k.name == *c))
-    {
-        return Err(SnapshotError::NoSuchColumn {
-            table: spec.qualified_name(),
-            column: missing.clone(),
-        });
-    }
-    let relation = Arc::new(Relation {
-        id: oid,
-        schema: spec.schema.clone(),
-        name: spec.name.clone(),
-        replica_identity,
-        columns,
-    });
-
-    let leaf_oids: Vec<u32> = if relkind == "p" {
-        // Partitioned: read each leaf on its own (ctid ranges only mean
+    let relation = Arc::new(relation(spec, &table)?);
+    let mut leaves = Vec::new();
+    for oid in catalog::leaf_oids(client, &table).await? {
+        // Partitioned: each leaf is read on its own (ctid ranges only mean
         // something per physical table); rows carry the parent's Relation,
         // like pgoutput with `publish_via_partition_root = true`.
-        client
-            .query(
-                "SELECT relid::oid FROM pg_partition_tree($1::oid::regclass)
-                  WHERE isleaf ORDER BY relid::oid",
-                &[&oid],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    } else {
-        vec![oid]
-    };
-    let mut leaves = Vec::with_capacity(leaf_oids.len());
-    for leaf in leaf_oids {
-        leaves.push(load_leaf(client, leaf, replica_identity).await?);
+        leaves.push(load_leaf(client, oid, table.replica_identity).await?);
     }
     Ok(TableInfo {
         spec: spec.clone(),
@@ -208,17 +110,67 @@ pub async fn load_table(client: &Client, spec: &TableSpec) -> Result<TableInfo, 
     })
 }
 
+/// The Relation pgoutput would send for `spec`: the published columns
+/// (generated ones are never sent) with the replica identity's key flags.
+fn relation(spec: &PublishedTable, table: &CatalogTable) -> Result<Relation, SnapshotError> {
+    let ri = table.replica_identity;
+    let key_names: Vec<&str> = table
+        .unique_key(ri)
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let columns: Vec<Column> = table
+        .columns
+        .iter()
+        .filter(|c| !c.generated)
+        .filter(|c| {
+            spec.columns
+                .as_ref()
+                .is_none_or(|only| only.contains(&c.name))
+        })
+        .map(|c| Column {
+            name: c.name.clone(),
+            type_oid: c.type_oid,
+            type_modifier: c.type_modifier,
+            is_key: match ri {
+                ReplicaIdentity::Full => true,
+                ReplicaIdentity::Nothing => false,
+                _ => key_names.contains(&c.name.as_str()),
+            },
+        })
+        .collect();
+    if let Some(only) = &spec.columns
+        && let Some(missing) = only.iter().find(|c| !columns.iter().any(|k| &k.name == *c))
+    {
+        return Err(SnapshotError::NoSuchColumn {
+            table: spec.qualified_name(),
+            column: missing.clone(),
+        });
+    }
+    Ok(Relation {
+        id: table.oid,
+        schema: spec.table.schema.clone(),
+        name: spec.table.name.clone(),
+        replica_identity: ri,
+        columns,
+    })
+}
+
+/// One physical table and how to split it; `ri` is the replica identity of
+/// the table it belongs to (a leaf's own may differ).
 async fn load_leaf(client: &Client, oid: u32, ri: ReplicaIdentity) -> Result<Leaf, SnapshotError> {
-    let r = client
-        .query_one(
-            "SELECT n.nspname::text, c.relname::text, c.relfilenode, c.reltuples::float8,
-                    (pg_relation_size(c.oid) / current_setting('block_size')::int)::int8
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.oid = $1",
-            &[&oid],
-        )
-        .await?;
-    let keys = key_columns(client, oid, ri).await?;
+    let table = catalog::read_relation(client, oid)
+        .await?
+        .ok_or_else(|| SnapshotError::NoSuchTable(format!("relation {oid}")))?;
+    let storage = catalog::storage(client, oid).await?;
+    let keys: Vec<KeyColumn> = table
+        .unique_key(ri)
+        .into_iter()
+        .map(|c| KeyColumn {
+            name: c.name.clone(),
+            sql_type: c.type_name.clone(),
+        })
+        .collect();
     let key = match keys.as_slice() {
         [] => KeyKind::Ctid,
         [k] if ["smallint", "integer", "bigint"].contains(&k.sql_type.as_str()) => {
@@ -230,48 +182,11 @@ async fn load_leaf(client: &Client, oid: u32, ri: ReplicaIdentity) -> Result<Lea
     };
     Ok(Leaf {
         oid,
-        schema: r.get(0),
-        name: r.get(1),
-        relfilenode: r.get(2),
-        reltuples: r.get(3),
-        pages: r.get(4),
+        schema: table.table.schema,
+        name: table.table.name,
+        relfilenode: storage.relfilenode,
+        reltuples: storage.reltuples,
+        pages: storage.pages,
         key,
     })
-}
-
-/// The unique not-null key of a table in index order: the primary key, else
-/// the replica identity index; empty when there is neither.
-async fn key_columns(
-    client: &Client,
-    oid: u32,
-    ri: ReplicaIdentity,
-) -> Result<Vec<KeyColumn>, SnapshotError> {
-    for which in ["indisprimary", "indisreplident"] {
-        if which == "indisreplident" && ri != ReplicaIdentity::Index {
-            continue;
-        }
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
-                       FROM pg_index i
-                       CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                      WHERE i.indrelid = $1 AND i.{which}
-                      ORDER BY k.ord"
-                ),
-                &[&oid],
-            )
-            .await?;
-        if !rows.is_empty() {
-            return Ok(rows
-                .iter()
-                .map(|r| KeyColumn {
-                    name: r.get(0),
-                    sql_type: r.get(1),
-                })
-                .collect());
-        }
-    }
-    Ok(Vec::new())
 }

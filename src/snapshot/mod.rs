@@ -28,7 +28,7 @@ pub mod sink;
 pub mod state;
 pub mod tombstones;
 
-pub use catalog::{TableInfo, TableSpec};
+pub use catalog::TableInfo;
 pub use plan::{Bounds, Chunk};
 pub use run::{SnapshotJob, SnapshotOptions, SnapshotSummary, TableJob, run_snapshot};
 pub use seams::{

@@ -45,7 +45,7 @@ pub fn chunk_copy_sql(table: &TableInfo, chunk: &Chunk) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let filter = match &table.spec.filter {
+    let filter = match &table.spec.row_filter {
         Some(f) => format!(" AND ({f})"),
         None => String::new(),
     };

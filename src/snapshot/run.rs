@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use tokio::task::JoinSet;
 
+use crate::model::PublishedTable;
 use crate::model::lsn::Lsn;
 
 use super::SnapshotError;
-use super::catalog::{KeyKind, TableInfo, TableSpec, load_table};
+use super::catalog::{KeyKind, TableInfo, load_table};
 use super::plan::{Chunk, plan_table};
 use super::progress::{Progress, TableProgress};
 use super::reader::{RowContext, import_snapshot, read_chunk};
@@ -47,7 +48,7 @@ impl Default for SnapshotOptions {
 /// One table to snapshot and what its rows are written to.
 #[derive(Debug, Clone)]
 pub struct TableJob {
-    pub spec: TableSpec,
+    pub spec: PublishedTable,
     /// Names the destination in the state index (the mapping's index or
     /// alias, or the build index of a reindex), so a backfill into a new
     /// index does not resume a finished one into the old.

@@ -8,19 +8,16 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
-use serde_json::Value;
-
-use crate::model::change::{Datum, Relation, Row};
 use crate::model::lsn::Lsn;
+use crate::model::{CatalogTable, PublishedTable, ReplicaIdentity, TableRef};
 use crate::source::auth_guard::{AuthGuard, REFUSED_MARKER};
+use crate::source::catalog;
 use crate::source::error::SourceError;
 use crate::source::pg_config::{PgConnectConfig, SslMode};
 use crate::source::replication::ReplicationConnection;
 use crate::source::row_filter::validate_row_filter;
 use crate::source::sql::{quote_ident, quote_table};
-use crate::source::types::TypeCatalog;
 use crate::source::value::SESSION_SETTINGS;
-use crate::source::value::{ValueOptions, convert};
 
 /// Open an ordinary SQL connection with the same TLS rules as the
 /// replication connection and the session settings value conversion expects.
@@ -137,48 +134,6 @@ fn connect_error(cfg: &PgConnectConfig, e: tokio_postgres::Error) -> SourceError
     }
 }
 
-/// One table of the publication, with an optional PostgreSQL 15 row filter
-/// (a SQL boolean expression) and column list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishedTable {
-    pub schema: String,
-    pub name: String,
-    pub row_filter: Option<String>,
-    pub columns: Option<Vec<String>>,
-}
-
-impl PublishedTable {
-    pub fn new(schema: &str, name: &str) -> PublishedTable {
-        PublishedTable {
-            schema: schema.into(),
-            name: name.into(),
-            row_filter: None,
-            columns: None,
-        }
-    }
-
-    fn qualified(&self) -> String {
-        quote_table(&self.schema, &self.name)
-    }
-
-    fn sql(&self) -> String {
-        let mut s = self.qualified();
-        if let Some(cols) = &self.columns {
-            s.push_str(&format!(
-                " ({})",
-                cols.iter()
-                    .map(|c| quote_ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if let Some(f) = &self.row_filter {
-            s.push_str(&format!(" WHERE ({f})"));
-        }
-        s
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublicationChange {
     Created,
@@ -220,21 +175,15 @@ pub async fn ensure_publication(
     // DDL (see `row_filter`): a `;` must never run statements of its own.
     for t in tables {
         if let Some(f) = &t.row_filter {
-            validate_row_filter(client, &t.schema, &t.name, f).await?;
+            validate_row_filter(client, &t.table.schema, &t.table.name, f).await?;
         }
     }
     let list = tables
         .iter()
-        .map(PublishedTable::sql)
+        .map(PublishedTable::to_sql)
         .collect::<Vec<_>>()
         .join(", ");
-    let existing = client
-        .query_opt(
-            "SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication WHERE pubname = $1",
-            &[&name],
-        )
-        .await?;
-    let Some(row) = existing else {
+    let Some((all_tables, all_ops)) = publication_flags(client, name).await? else {
         let sql = format!(
             "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)",
             quote_ident(name)
@@ -242,26 +191,7 @@ pub async fn ensure_publication(
         run_ddl(client, &sql).await?;
         return Ok(PublicationChange::Created);
     };
-    let (all_tables, all_ops): (bool, bool) = (row.get(0), row.get(1));
-    // Partitioned tables must be published as their root: snapshot rows and
-    // mappings name the parent, not the partition a row lives in.
-    let leaf_named: bool = client
-        .query_one(
-            "SELECT NOT p.pubviaroot AND EXISTS (
-                 SELECT 1 FROM pg_publication_rel r JOIN pg_class c ON c.oid = r.prrelid
-                  WHERE r.prpubid = p.oid AND c.relkind = 'p')
-               FROM pg_publication p WHERE p.pubname = $1",
-            &[&name],
-        )
-        .await?
-        .get(0);
-    if leaf_named {
-        return Err(SourceError::Setup(format!(
-            "publication `{name}` publishes a partitioned table without publish_via_partition_root: \
-             run `ALTER PUBLICATION {} SET (publish_via_partition_root = true);` as its owner",
-            quote_ident(name)
-        )));
-    }
+    refuse_partitions_by_leaf(client, name).await?;
     let mut change = PublicationChange::Unchanged;
     if !all_ops {
         let sql = format!(
@@ -282,6 +212,55 @@ pub async fn ensure_publication(
         }
         return Ok(change);
     }
+    if comparable(&published_tables(client, name).await?) != comparable(tables) {
+        let sql = format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(name));
+        run_ddl(client, &sql).await?;
+        change = PublicationChange::Altered;
+    }
+    Ok(change)
+}
+
+/// Whether the publication is FOR ALL TABLES and publishes every kind of
+/// change; `None` when it does not exist.
+async fn publication_flags(
+    client: &Client,
+    name: &str,
+) -> Result<Option<(bool, bool)>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Partitioned tables must be published as their root: snapshot rows and
+/// mappings name the parent, not the partition a row lives in.
+async fn refuse_partitions_by_leaf(client: &Client, name: &str) -> Result<(), SourceError> {
+    let leaf_named: bool = client
+        .query_one(
+            "SELECT NOT p.pubviaroot AND EXISTS (
+                 SELECT 1 FROM pg_publication_rel r JOIN pg_class c ON c.oid = r.prrelid
+                  WHERE r.prpubid = p.oid AND c.relkind = 'p')
+               FROM pg_publication p WHERE p.pubname = $1",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    if leaf_named {
+        return Err(SourceError::Setup(format!(
+            "publication `{name}` publishes a partitioned table without publish_via_partition_root: \
+             run `ALTER PUBLICATION {} SET (publish_via_partition_root = true);` as its owner",
+            quote_ident(name)
+        )));
+    }
+    Ok(())
+}
+
+/// The tables the publication publishes now, with their column lists and
+/// row filters (as the server deparses them).
+async fn published_tables(client: &Client, name: &str) -> Result<Vec<PublishedTable>, SourceError> {
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text,
@@ -296,38 +275,38 @@ pub async fn ensure_publication(
             &[&name],
         )
         .await?;
-    type Spec = (Option<Vec<String>>, Option<String>);
-    let current: BTreeMap<(String, String), Spec> = rows
+    Ok(rows
         .iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1)),
-                (
-                    r.get(2),
-                    r.get::<_, Option<String>>(3).map(|f| canonical_filter(&f)),
-                ),
-            )
+        .map(|r| PublishedTable {
+            table: TableRef {
+                schema: r.get(0),
+                name: r.get(1),
+            },
+            columns: r.get(2),
+            row_filter: r.get(3),
         })
-        .collect();
-    let wanted: BTreeMap<(String, String), Spec> = tables
+        .collect())
+}
+
+/// Published tables in a form where equal means "publishes the same":
+/// column lists in order, filters in [`canonical_filter`] form.
+fn comparable(
+    tables: &[PublishedTable],
+) -> BTreeMap<&TableRef, (Option<Vec<&str>>, Option<String>)> {
+    tables
         .iter()
         .map(|t| {
-            let mut cols = t.columns.clone();
+            let mut cols: Option<Vec<&str>> =
+                (t.columns.as_ref()).map(|c| c.iter().map(String::as_str).collect());
             if let Some(c) = cols.as_mut() {
                 c.sort();
             }
             (
-                (t.schema.clone(), t.name.clone()),
+                &t.table,
                 (cols, t.row_filter.as_deref().map(canonical_filter)),
             )
         })
-        .collect();
-    if current != wanted {
-        let sql = format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(name));
-        run_ddl(client, &sql).await?;
-        change = PublicationChange::Altered;
-    }
-    Ok(change)
+        .collect()
 }
 
 /// How long publication DDL waits for a table lock. CREATE/ALTER
@@ -418,48 +397,46 @@ pub async fn check_server(client: &Client) -> Result<(), SourceError> {
 /// it has a primary key (or REPLICA IDENTITY FULL / USING INDEX), so updates
 /// and deletes identify their row. Every problem found is listed.
 pub async fn check_tables(client: &Client, tables: &[PublishedTable]) -> Result<(), SourceError> {
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .get(0);
     let mut problems = Vec::new();
     for t in tables {
-        let row = client
-            .query_opt(
-                "SELECT c.relreplident::text,
-                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                        has_table_privilege(c.oid, 'SELECT'), current_user::text
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&t.schema, &t.name],
-            )
-            .await?;
-        let q = format!("{}.{}", t.schema, t.name);
-        let Some(row) = row else {
-            problems.push(format!("table {q} does not exist"));
-            continue;
-        };
-        let (ident, has_pk, can_select, user): (String, bool, bool, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        match ident.as_str() {
-            "n" => problems.push(format!(
-                "table {q} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: run `ALTER TABLE {} REPLICA IDENTITY DEFAULT;` (with a primary key) or `... REPLICA IDENTITY FULL;`",
-                t.qualified()
-            )),
-            "d" if !has_pk => problems.push(format!(
-                "table {q} has no primary key and REPLICA IDENTITY is not FULL: add a primary key or run `ALTER TABLE {} REPLICA IDENTITY FULL;`",
-                t.qualified()
-            )),
-            _ => {}
-        }
-        if !can_select {
-            problems.push(format!(
-                "role `{user}` may not read table {q}: run `GRANT SELECT ON {} TO {user};`",
-                t.qualified()
-            ));
-        }
+        let found = catalog::read_table(client, &t.table).await?;
+        problems.extend(table_problems(&t.table, found.as_ref(), &user));
     }
     if problems.is_empty() {
         Ok(())
     } else {
         Err(SourceError::Setup(problems.join("\n")))
     }
+}
+
+/// What keeps `table` (`found` in the catalog, or not) from being
+/// published and read by `user`.
+fn table_problems(table: &TableRef, found: Option<&CatalogTable>, user: &str) -> Vec<String> {
+    let q = table.qualified_name();
+    let Some(found) = found else {
+        return vec![format!("table {q} does not exist")];
+    };
+    let sql_name = quote_table(&table.schema, &table.name);
+    let mut problems = Vec::new();
+    match found.replica_identity {
+        ReplicaIdentity::Nothing => problems.push(format!(
+            "table {q} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be replicated: run `ALTER TABLE {sql_name} REPLICA IDENTITY DEFAULT;` (with a primary key) or `... REPLICA IDENTITY FULL;`"
+        )),
+        ReplicaIdentity::Default if found.primary_key.is_empty() => problems.push(format!(
+            "table {q} has no primary key and REPLICA IDENTITY is not FULL: add a primary key or run `ALTER TABLE {sql_name} REPLICA IDENTITY FULL;`"
+        )),
+        _ => {}
+    }
+    if !found.readable {
+        problems.push(format!(
+            "role `{user}` may not read table {q}: run `GRANT SELECT ON {sql_name} TO {user};`"
+        ));
+    }
+    problems
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,78 +464,114 @@ pub async fn ensure_slot(
         )
         .await?;
     let Some(row) = row else {
-        let r = client
-            .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&name])
-            .await
-            .map_err(|e| match e.code().map(|c| c.code()) {
-                Some("42501") => SourceError::Setup(format!(
-                    "the PostgreSQL role may not create replication slot `{name}`: it needs the REPLICATION attribute"
-                )),
-                Some("53400") => SourceError::Setup(format!(
-                    "cannot create replication slot `{name}`: all replication slots are in use (raise max_replication_slots)"
-                )),
-                _ => SourceError::Sql(e),
-            })?;
-        let lsn: String = r.get(0);
-        return Ok(SlotState {
-            created: true,
-            confirmed_flush: lsn
-                .parse()
-                .map_err(|e| SourceError::Protocol(format!("{e}")))?,
-        });
+        return create_slot(client, name).await;
     };
-    let plugin: Option<String> = row.get(0);
-    let slot_type: String = row.get(1);
-    let database: Option<String> = row.get(2);
-    let current_db: String = row.get(3);
-    let active_pid: Option<i32> = row.get(4);
-    let confirmed: Option<String> = row.get(5);
-    let wal_status: Option<String> = row.get(6);
-    if slot_type != "logical" || plugin.as_deref() != Some("pgoutput") {
-        return Err(SourceError::Setup(format!(
-            "replication slot `{name}` exists but is not a logical pgoutput slot (type {slot_type}, plugin {}): choose another slot name or drop it",
-            plugin.as_deref().unwrap_or("none")
-        )));
-    }
-    if database.as_deref() != Some(current_db.as_str()) {
-        return Err(SourceError::Setup(format!(
-            "replication slot `{name}` belongs to database `{}`, not `{current_db}`: choose another slot name",
-            database.unwrap_or_default()
-        )));
-    }
-    if wal_status.as_deref() == Some("lost") {
-        // PostgreSQL removed WAL the slot still needed (it fell further
-        // behind than max_slot_wal_keep_size): the changes in that WAL are
-        // gone, so no retry can help and the index can only be rebuilt.
-        return Err(SourceError::Setup(format!(
-            "replication slot `{name}` has been invalidated: it fell further behind than max_slot_wal_keep_size \
-             and PostgreSQL removed WAL it still needed, so changes since its position are lost. \
-             Rebuild: `sluice teardown --yes-drop-slot`, then `sluice run` (snapshot mode `initial` loads \
-             every table anew), then `sluice snapshot --reindex` to drop documents of rows deleted meanwhile \
-             (or delete the target indices before that `sluice run`)"
-        )));
-    }
-    if let Some(pid) = active_pid {
-        return Err(SourceError::Setup(format!(
-            "replication slot `{name}` is in use by server process {pid} (another Sluice instance or pg_recvlogical?): stop that consumer, or end it with `SELECT pg_terminate_backend({pid});`"
-        )));
-    }
-    let confirmed: Lsn = confirmed
-        .as_deref()
-        .unwrap_or("0/0")
-        .parse()
-        .map_err(|e| SourceError::Protocol(format!("{e}")))?;
-    if let Some(exp) = expected
-        && confirmed > exp
-    {
-        return Err(SourceError::Setup(format!(
-            "replication slot `{name}` has confirmed up to {confirmed}, past the expected {exp}: changes in between were confirmed by someone else and would be skipped. Re-run the snapshot (or drop the slot) to resynchronise"
-        )));
-    }
+    let slot = ExistingSlot {
+        plugin: row.get(0),
+        slot_type: row.get(1),
+        database: row.get(2),
+        current_db: row.get(3),
+        active_pid: row.get(4),
+        confirmed: row.get(5),
+        wal_status: row.get(6),
+    };
+    let confirmed = slot.usable(name, expected)?;
     Ok(SlotState {
         created: false,
         confirmed_flush: confirmed,
     })
+}
+
+async fn create_slot(client: &Client, name: &str) -> Result<SlotState, SourceError> {
+    let r = client
+        .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&name])
+        .await
+        .map_err(|e| match e.code().map(|c| c.code()) {
+            Some("42501") => SourceError::Setup(format!(
+                "the PostgreSQL role may not create replication slot `{name}`: it needs the REPLICATION attribute"
+            )),
+            Some("53400") => SourceError::Setup(format!(
+                "cannot create replication slot `{name}`: all replication slots are in use (raise max_replication_slots)"
+            )),
+            _ => SourceError::Sql(e),
+        })?;
+    let lsn: String = r.get(0);
+    Ok(SlotState {
+        created: true,
+        confirmed_flush: lsn
+            .parse()
+            .map_err(|e| SourceError::Protocol(format!("{e}")))?,
+    })
+}
+
+/// A slot as `pg_replication_slots` shows it.
+struct ExistingSlot {
+    plugin: Option<String>,
+    slot_type: String,
+    database: Option<String>,
+    current_db: String,
+    active_pid: Option<i32>,
+    confirmed: Option<String>,
+    wal_status: Option<String>,
+}
+
+impl ExistingSlot {
+    /// Its confirmed position, if Sluice may stream from it: a logical
+    /// pgoutput slot of this database, not invalidated, not held by another
+    /// process, and not confirmed past `expected`.
+    fn usable(self, name: &str, expected: Option<Lsn>) -> Result<Lsn, SourceError> {
+        let ExistingSlot {
+            plugin,
+            slot_type,
+            database,
+            current_db,
+            active_pid,
+            confirmed,
+            wal_status,
+        } = self;
+        if slot_type != "logical" || plugin.as_deref() != Some("pgoutput") {
+            return Err(SourceError::Setup(format!(
+                "replication slot `{name}` exists but is not a logical pgoutput slot (type {slot_type}, plugin {}): choose another slot name or drop it",
+                plugin.as_deref().unwrap_or("none")
+            )));
+        }
+        if database.as_deref() != Some(current_db.as_str()) {
+            return Err(SourceError::Setup(format!(
+                "replication slot `{name}` belongs to database `{}`, not `{current_db}`: choose another slot name",
+                database.unwrap_or_default()
+            )));
+        }
+        if wal_status.as_deref() == Some("lost") {
+            // PostgreSQL removed WAL the slot still needed (it fell further
+            // behind than max_slot_wal_keep_size): the changes in that WAL are
+            // gone, so no retry can help and the index can only be rebuilt.
+            return Err(SourceError::Setup(format!(
+                "replication slot `{name}` has been invalidated: it fell further behind than max_slot_wal_keep_size \
+                 and PostgreSQL removed WAL it still needed, so changes since its position are lost. \
+                 Rebuild: `sluice teardown --yes-drop-slot`, then `sluice run` (snapshot mode `initial` loads \
+                 every table anew), then `sluice snapshot --reindex` to drop documents of rows deleted meanwhile \
+                 (or delete the target indices before that `sluice run`)"
+            )));
+        }
+        if let Some(pid) = active_pid {
+            return Err(SourceError::Setup(format!(
+                "replication slot `{name}` is in use by server process {pid} (another Sluice instance or pg_recvlogical?): stop that consumer, or end it with `SELECT pg_terminate_backend({pid});`"
+            )));
+        }
+        let confirmed: Lsn = confirmed
+            .as_deref()
+            .unwrap_or("0/0")
+            .parse()
+            .map_err(|e| SourceError::Protocol(format!("{e}")))?;
+        if let Some(exp) = expected
+            && confirmed > exp
+        {
+            return Err(SourceError::Setup(format!(
+                "replication slot `{name}` has confirmed up to {confirmed}, past the expected {exp}: changes in between were confirmed by someone else and would be skipped. Re-run the snapshot (or drop the slot) to resynchronise"
+            )));
+        }
+        Ok(confirmed)
+    }
 }
 
 /// Drop the slot if it exists; `Ok(false)` if there was none.
@@ -581,172 +594,19 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, SourceError>
     Ok(true)
 }
 
-/// The OIDs of `tables` (`(schema, table)`) as they are now, with their
-/// `schema.table` names; tables that do not exist are left out.
+/// The OIDs of `tables` as they are now, with their `schema.table` names;
+/// tables that do not exist are left out.
 pub async fn relation_oids(
     client: &Client,
-    tables: &[(String, String)],
+    tables: &[TableRef],
 ) -> Result<Vec<(u32, String)>, SourceError> {
     let mut out = Vec::with_capacity(tables.len());
-    for (schema, table) in tables {
-        let row = client
-            .query_opt(
-                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = $2",
-                &[schema, table],
-            )
-            .await?;
-        if let Some(row) = row {
-            out.push((row.get::<_, u32>(0), format!("{schema}.{table}")));
+    for t in tables {
+        if let Some(found) = catalog::read_table(client, t).await? {
+            out.push((found.oid, t.qualified_name()));
         }
     }
     Ok(out)
-}
-
-/// Re-read the current rows for `keys` (rows in `rel`'s column order; only
-/// the key columns are used) and convert them like streamed values. Used to
-/// fill unchanged TOAST values when REPLICA IDENTITY is not FULL (DESIGN
-/// invariant 6). Rows deleted meanwhile are simply absent; order is arbitrary.
-///
-/// `rel` is the relation as of the change's WAL position, which may be
-/// older than the catalog: the table is found by its OID (a renamed table
-/// is read under its current name; a dropped one has no rows), and only the
-/// columns it has now are selected. A column dropped since reads as NULL:
-/// it has no current value, and every later change of the row omits it.
-pub async fn fetch_rows_by_key(
-    client: &Client,
-    rel: &Relation,
-    keys: &[Row],
-    opts: &ValueOptions,
-    catalog: &TypeCatalog,
-) -> Result<Vec<Row>, SourceError> {
-    let key_idx: Vec<usize> = rel
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.is_key)
-        .map(|(i, _)| i)
-        .collect();
-    if key_idx.is_empty() {
-        return Err(SourceError::Setup(format!(
-            "table {} has no key columns in its replica identity, so rows cannot be re-read by key",
-            rel.qualified_name()
-        )));
-    }
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut key_types = Vec::with_capacity(key_idx.len());
-    for &i in &key_idx {
-        let c = &rel.columns[i];
-        let t: String = client
-            .query_one(
-                "SELECT format_type($1::oid, $2::int)",
-                &[&c.type_oid, &c.type_modifier],
-            )
-            .await?
-            .get(0);
-        key_types.push(t);
-    }
-    let mut params: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); key_idx.len()];
-    for key in keys {
-        for (p, &i) in params.iter_mut().zip(&key_idx) {
-            p.push(match key.get(i) {
-                Some(Datum::Value(Value::String(s))) => Some(s.clone()),
-                Some(Datum::Value(Value::Bool(b))) => {
-                    Some(if *b { "t".into() } else { "f".into() })
-                }
-                Some(Datum::Value(v)) => Some(v.to_string()),
-                _ => None,
-            });
-        }
-    }
-    let Some(now) = client
-        .query_opt(
-            "SELECT n.nspname::text, c.relname::text,
-                    ARRAY(SELECT a.attname::text FROM pg_attribute a
-                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.oid = $1",
-            &[&rel.id],
-        )
-        .await?
-    else {
-        return Ok(Vec::new()); // dropped: no row exists any more
-    };
-    let (schema, name, present): (String, String, Vec<String>) =
-        (now.get(0), now.get(1), now.get(2));
-    if let Some(&gone) = key_idx
-        .iter()
-        .find(|&&i| !present.contains(&rel.columns[i].name))
-    {
-        return Err(SourceError::Setup(format!(
-            "key column `{}` of {} no longer exists, so the row cannot be re-read",
-            rel.columns[gone].name,
-            rel.qualified_name()
-        )));
-    }
-    let select = rel
-        .columns
-        .iter()
-        .map(|c| match present.contains(&c.name) {
-            true => format!("{}::text", quote_ident(&c.name)),
-            false => "NULL::text".to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let key_cols = key_idx
-        .iter()
-        .map(|&i| quote_ident(&rel.columns[i].name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let unnest_args = (1..=key_idx.len())
-        .map(|n| format!("${n}::text[]"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let aliases = (1..=key_idx.len())
-        .map(|n| format!("k{n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let casts = key_types
-        .iter()
-        .enumerate()
-        .map(|(n, t)| format!("k{}::{t}", n + 1))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT {select} FROM {}.{} WHERE ({key_cols}) IN (SELECT {casts} FROM unnest({unnest_args}) AS u({aliases}))",
-        quote_ident(&schema),
-        quote_ident(&name)
-    );
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-        .iter()
-        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    let rows = client.query(&sql, &refs).await?;
-    let convs: Vec<_> = rel
-        .columns
-        .iter()
-        .map(|c| catalog.resolve(c.type_oid))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            (0..rel.columns.len())
-                .map(|i| match r.get::<_, Option<&str>>(i) {
-                    None => Ok(Datum::Null),
-                    Some(text) => convert(&convs[i], text, opts)
-                        .map(Datum::Value)
-                        .map_err(|e| {
-                            SourceError::Setup(format!(
-                                "{}.{}: {e}",
-                                rel.qualified_name(),
-                                rel.columns[i].name
-                            ))
-                        }),
-                })
-                .collect()
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -767,20 +627,5 @@ mod tests {
             canonical_filter("price > 0"),
             canonical_filter("(price > (1)::numeric)")
         );
-    }
-
-    #[test]
-    fn published_tables_render_column_lists_and_filters_quoted() {
-        let t = PublishedTable {
-            schema: "public".into(),
-            name: "Order".into(),
-            row_filter: Some("total > 0".into()),
-            columns: Some(vec!["id".into(), "total".into()]),
-        };
-        assert_eq!(
-            t.sql(),
-            r#""public"."Order" ("id", "total") WHERE (total > 0)"#
-        );
-        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
     }
 }

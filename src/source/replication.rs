@@ -279,6 +279,8 @@ impl ReplicationConnection {
         }
     }
 
+    /// The startup exchange: parameters out, then authentication requests,
+    /// parameter status and the rest until ReadyForQuery.
     async fn startup(&mut self, cfg: &PgConnectConfig) -> Result<(), SourceError> {
         let mut params: Vec<(&str, &str)> = vec![
             ("user", &cfg.user),
@@ -291,97 +293,11 @@ impl ReplicationConnection {
         frontend::startup_message(params.iter().copied(), &mut self.wbuf)
             .map_err(SourceError::Io)?;
         self.flush().await?;
-        let auth_err = |reason: String| SourceError::Auth {
-            user: cfg.user.clone(),
-            reason,
-        };
-        let password = || {
-            cfg.password.as_deref().ok_or_else(|| {
-                auth_err("the server asks for a password and none is configured".into())
-            })
-        };
         let mut scram: Option<ScramSha256> = None;
         loop {
-            let (tag, mut body) = self.read_frame().await?;
+            let (tag, body) = self.read_frame().await?;
             match tag {
-                b'R' => {
-                    if body.len() < 4 {
-                        return Err(SourceError::Protocol("short authentication message".into()));
-                    }
-                    match body.get_i32() {
-                        0 => self.max_frame = MAX_FRAME,
-                        3 => {
-                            if password_policy(cfg, 3) == PasswordAnswer::Refuse {
-                                return Err(auth_err(cleartext_refusal(cfg)));
-                            }
-                            frontend::password_message(password()?.as_bytes(), &mut self.wbuf)
-                                .map_err(SourceError::Io)?;
-                            self.flush().await?;
-                        }
-                        5 => {
-                            if body.len() < 4 {
-                                return Err(SourceError::Protocol("short MD5 salt".into()));
-                            }
-                            if password_policy(cfg, 5) == PasswordAnswer::SendWithWarning {
-                                tracing::warn!("{}", md5_warning(cfg));
-                            }
-                            let salt = [body[0], body[1], body[2], body[3]];
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                cfg.user.as_bytes(),
-                                password()?.as_bytes(),
-                                salt,
-                            );
-                            frontend::password_message(hash.as_bytes(), &mut self.wbuf)
-                                .map_err(SourceError::Io)?;
-                            self.flush().await?;
-                        }
-                        10 => {
-                            let mechs: Vec<&[u8]> =
-                                body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
-                            if !mechs.contains(&SCRAM_SHA_256.as_bytes()) {
-                                return Err(auth_err(
-                                    "the server offers no SCRAM-SHA-256 authentication".into(),
-                                ));
-                            }
-                            // Channel binding is not used ("n,,"), which the
-                            // server accepts whether or not TLS is on.
-                            let s = ScramSha256::new(
-                                password()?.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
-                            frontend::sasl_initial_response(
-                                SCRAM_SHA_256,
-                                s.message(),
-                                &mut self.wbuf,
-                            )
-                            .map_err(SourceError::Io)?;
-                            self.flush().await?;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().ok_or_else(|| {
-                                SourceError::Protocol("SASL continue without SASL start".into())
-                            })?;
-                            s.update(&body)
-                                .map_err(|e| auth_err(format!("SCRAM: {e}")))?;
-                            frontend::sasl_response(s.message(), &mut self.wbuf)
-                                .map_err(SourceError::Io)?;
-                            self.flush().await?;
-                        }
-                        12 => {
-                            let s = scram.as_mut().ok_or_else(|| {
-                                SourceError::Protocol("SASL final without SASL start".into())
-                            })?;
-                            s.finish(&body)
-                                .map_err(|e| auth_err(format!("SCRAM server proof: {e}")))?;
-                        }
-                        other => {
-                            return Err(auth_err(format!(
-                                "unsupported authentication method {other}"
-                            )));
-                        }
-                    }
-                }
+                b'R' => self.authenticate(cfg, body, &mut scram).await?,
                 b'E' => {
                     return Err(SourceError::Server {
                         command: "startup".into(),
@@ -406,6 +322,94 @@ impl ReplicationConnection {
                 }
             }
         }
+    }
+
+    /// Answer one authentication request (`R` message): cleartext or MD5
+    /// password as the policy allows, or a SCRAM-SHA-256 step (`scram`
+    /// carries the exchange between its messages).
+    async fn authenticate(
+        &mut self,
+        cfg: &PgConnectConfig,
+        mut body: Bytes,
+        scram: &mut Option<ScramSha256>,
+    ) -> Result<(), SourceError> {
+        let auth_err = |reason: String| SourceError::Auth {
+            user: cfg.user.clone(),
+            reason,
+        };
+        let password = || {
+            cfg.password.as_deref().ok_or_else(|| {
+                auth_err("the server asks for a password and none is configured".into())
+            })
+        };
+        if body.len() < 4 {
+            return Err(SourceError::Protocol("short authentication message".into()));
+        }
+        match body.get_i32() {
+            0 => self.max_frame = MAX_FRAME,
+            3 => {
+                if password_policy(cfg, 3) == PasswordAnswer::Refuse {
+                    return Err(auth_err(cleartext_refusal(cfg)));
+                }
+                frontend::password_message(password()?.as_bytes(), &mut self.wbuf)
+                    .map_err(SourceError::Io)?;
+                self.flush().await?;
+            }
+            5 => {
+                if body.len() < 4 {
+                    return Err(SourceError::Protocol("short MD5 salt".into()));
+                }
+                if password_policy(cfg, 5) == PasswordAnswer::SendWithWarning {
+                    tracing::warn!("{}", md5_warning(cfg));
+                }
+                let salt = [body[0], body[1], body[2], body[3]];
+                let hash = postgres_protocol::authentication::md5_hash(
+                    cfg.user.as_bytes(),
+                    password()?.as_bytes(),
+                    salt,
+                );
+                frontend::password_message(hash.as_bytes(), &mut self.wbuf)
+                    .map_err(SourceError::Io)?;
+                self.flush().await?;
+            }
+            10 => {
+                let mechs: Vec<&[u8]> = body.split(|b| *b == 0).filter(|m| !m.is_empty()).collect();
+                if !mechs.contains(&SCRAM_SHA_256.as_bytes()) {
+                    return Err(auth_err(
+                        "the server offers no SCRAM-SHA-256 authentication".into(),
+                    ));
+                }
+                // Channel binding is not used ("n,,"), which the server
+                // accepts whether or not TLS is on.
+                let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.wbuf)
+                    .map_err(SourceError::Io)?;
+                self.flush().await?;
+                *scram = Some(s);
+            }
+            11 => {
+                let s = scram.as_mut().ok_or_else(|| {
+                    SourceError::Protocol("SASL continue without SASL start".into())
+                })?;
+                s.update(&body)
+                    .map_err(|e| auth_err(format!("SCRAM: {e}")))?;
+                frontend::sasl_response(s.message(), &mut self.wbuf).map_err(SourceError::Io)?;
+                self.flush().await?;
+            }
+            12 => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| SourceError::Protocol("SASL final without SASL start".into()))?;
+                s.finish(&body)
+                    .map_err(|e| auth_err(format!("SCRAM server proof: {e}")))?;
+            }
+            other => {
+                return Err(auth_err(format!(
+                    "unsupported authentication method {other}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SourceError> {

@@ -243,9 +243,11 @@ impl Poller {
         let refs: Vec<(&std::path::Path, &str)> =
             files.iter().map(|(p, t)| (p.as_path(), *t)).collect();
         let mut m = Mappings::from_texts(&refs).map_err(|e| e.to_string())?;
-        crate::config::validate_against_database(&mut m, &self.setup.pg)
+        let catalog = crate::source::catalog::read_schemas(&self.setup.pg, &m.schemas())
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        m.validate_against_catalog(&catalog)
+            .map_err(|e| e.to_string())?;
         for nm in &m.list {
             if !matches!(&nm.index, IndexName::Fixed(n) if **n == *r.alias) {
                 return Err(format!(

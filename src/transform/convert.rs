@@ -93,31 +93,8 @@ pub fn write_converted(buf: &mut Vec<u8>, v: &Value, c: &Conversion) -> Result<(
     }
     match c {
         Conversion::None => write_value(buf, v),
-        Conversion::Float => {
-            let f = match v {
-                Value::Number(n) => n.as_f64(),
-                Value::String(s) => s.trim().parse::<f64>().ok(),
-                _ => None,
-            }
-            .filter(|f| f.is_finite())
-            .ok_or_else(|| format!("{v} is not a finite number"))?;
-            write_value(buf, &Value::from(f));
-        }
-        Conversion::Integer => {
-            let n: Option<Value> = match v {
-                Value::Number(n) if n.is_i64() || n.is_u64() => Some(Value::Number(n.clone())),
-                Value::Number(n) => n.as_f64().and_then(whole),
-                Value::String(s) => {
-                    let s = s.trim();
-                    s.parse::<i64>()
-                        .ok()
-                        .map(Value::from)
-                        .or_else(|| s.parse::<f64>().ok().and_then(whole))
-                }
-                _ => None,
-            };
-            write_value(buf, &n.ok_or_else(|| format!("{v} is not a whole number"))?);
-        }
+        Conversion::Float => write_value(buf, &Value::from(to_float(v)?)),
+        Conversion::Integer => write_value(buf, &to_integer(v)?),
         Conversion::String => match v {
             Value::String(s) => write_json_str(buf, s),
             other => {
@@ -126,36 +103,14 @@ pub fn write_converted(buf: &mut Vec<u8>, v: &Value, c: &Conversion) -> Result<(
                 write_json_str(buf, &s);
             }
         },
-        Conversion::Timestamp(_) | Conversion::EpochMillis if !v.is_string() => {
-            return Err(format!("{v} is not a timestamp"));
-        }
         Conversion::Timestamp(fmt) => {
-            let t = parse_timestamp(v.as_str().unwrap())
-                .ok_or_else(|| format!("{v} is not a timestamp"))?;
-            write_json_str(buf, &t.format(fmt).to_string());
+            write_json_str(buf, &to_timestamp(v)?.format(fmt).to_string());
         }
         Conversion::EpochMillis => {
-            let t = parse_timestamp(v.as_str().unwrap())
-                .ok_or_else(|| format!("{v} is not a timestamp"))?;
-            write_value(buf, &Value::from(t.timestamp_millis()));
+            write_value(buf, &Value::from(to_timestamp(v)?.timestamp_millis()));
         }
         Conversion::Split(sep) => match v {
-            Value::String(s) => {
-                buf.push(b'[');
-                let mut first = true;
-                for part in s
-                    .split(sep.as_str())
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                {
-                    if !first {
-                        buf.push(b',');
-                    }
-                    first = false;
-                    write_json_str(buf, part);
-                }
-                buf.push(b']');
-            }
+            Value::String(s) => write_split(buf, s, sep),
             Value::Array(_) => write_value(buf, v),
             _ => return Err(format!("{v} is not text to split")),
         },
@@ -169,6 +124,55 @@ pub fn write_converted(buf: &mut Vec<u8>, v: &Value, c: &Conversion) -> Result<(
         },
     }
     Ok(())
+}
+
+/// A number, or text holding one; finite only.
+fn to_float(v: &Value) -> Result<f64, String> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|f| f.is_finite())
+    .ok_or_else(|| format!("{v} is not a finite number"))
+}
+
+/// A whole number, or text holding one (`42`, `42.0`); fractions refused.
+fn to_integer(v: &Value) -> Result<Value, String> {
+    match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(Value::Number(n.clone())),
+        Value::Number(n) => n.as_f64().and_then(whole),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .map(Value::from)
+                .or_else(|| s.parse::<f64>().ok().and_then(whole))
+        }
+        _ => None,
+    }
+    .ok_or_else(|| format!("{v} is not a whole number"))
+}
+
+/// Text in one of the forms [`parse_timestamp`] reads.
+fn to_timestamp(v: &Value) -> Result<DateTime<Utc>, String> {
+    v.as_str()
+        .and_then(parse_timestamp)
+        .ok_or_else(|| format!("{v} is not a timestamp"))
+}
+
+/// `s` split on `sep` as a JSON array of trimmed, non-empty strings.
+fn write_split(buf: &mut Vec<u8>, s: &str, sep: &str) {
+    buf.push(b'[');
+    let mut first = true;
+    for part in s.split(sep).map(str::trim).filter(|p| !p.is_empty()) {
+        if !first {
+            buf.push(b',');
+        }
+        first = false;
+        write_json_str(buf, part);
+    }
+    buf.push(b']');
 }
 
 fn whole(f: f64) -> Option<Value> {

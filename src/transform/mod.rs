@@ -1,6 +1,11 @@
 //! The transform layer: a pure function from a `Change` and the mappings to
 //! bulk operations (`index` with the full document, or `delete`).
 //!
+//! Rule: transform is pure and imports only `model` (its input and output)
+//! and `config` (the mappings). It opens no connection, runs no SQL, calls
+//! no Elasticsearch API and never sees source or sink types; re-reading a
+//! row it cannot complete is the caller's job (`stream`).
+//!
 //! It keeps DESIGN invariant 6: an unchanged TOAST value never becomes a null
 //! or a placeholder in a document. When the new row has an unchanged value a
 //! mapping needs and no full old row supplies it, the whole change fails with

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::doc_shape::document_fields;
-use crate::config::{Conversion, FieldSource, IndexName, Mapping, TemplatePart};
+use crate::config::{Conversion, FieldSource, IndexName, Mapping, Template, TemplatePart};
 use crate::model::{Relation, ReplicaIdentity};
 
 use super::TransformError;
@@ -86,33 +86,50 @@ fn insert(tree: &mut Vec<(Vec<u8>, Node)>, path: &[String], leaf: Leaf) {
     }
 }
 
-impl Plan {
-    pub fn build(mapping: Arc<Mapping>, rel: &Relation) -> Result<Plan, TransformError> {
-        let missing = |column: &str| TransformError::MissingColumn {
-            table: mapping.qualified_table.clone(),
-            mapping: mapping.name.clone(),
-            column: column.to_string(),
-        };
-        let pos = |c: &str| rel.column_index(c).ok_or_else(|| missing(c));
-        let parts = |t: &crate::config::Template| {
-            t.parts
-                .iter()
-                .map(|p| {
-                    Ok(match p {
-                        TemplatePart::Literal(l) => PartPlan::Literal(l.clone()),
-                        TemplatePart::Column(c) => PartPlan::Column(pos(c)?),
-                        TemplatePart::CommitTime(f) => PartPlan::CommitTime(f.clone()),
-                    })
+/// Column names of one mapping resolved against one relation.
+struct Resolver<'a> {
+    mapping: &'a Mapping,
+    rel: &'a Relation,
+}
+
+impl Resolver<'_> {
+    fn pos(&self, column: &str) -> Result<usize, TransformError> {
+        self.rel
+            .column_index(column)
+            .ok_or_else(|| TransformError::MissingColumn {
+                table: self.mapping.qualified_table.clone(),
+                mapping: self.mapping.name.clone(),
+                column: column.to_string(),
+            })
+    }
+
+    fn parts(&self, t: &Template) -> Result<Vec<PartPlan>, TransformError> {
+        t.parts
+            .iter()
+            .map(|p| {
+                Ok(match p {
+                    TemplatePart::Literal(l) => PartPlan::Literal(l.clone()),
+                    TemplatePart::Column(c) => PartPlan::Column(self.pos(c)?),
+                    TemplatePart::CommitTime(f) => PartPlan::CommitTime(f.clone()),
                 })
-                .collect::<Result<Vec<_>, TransformError>>()
-        };
-        let index = match &mapping.index {
+            })
+            .collect()
+    }
+
+    fn index(&self) -> Result<IndexPlan, TransformError> {
+        Ok(match &self.mapping.index {
             IndexName::Fixed(n) => IndexPlan::Fixed(n.clone()),
             IndexName::Template(t) => IndexPlan::Template {
-                parts: parts(t)?,
+                parts: self.parts(t)?,
                 cache: HashMap::new(),
             },
-        };
+        })
+    }
+
+    /// The `_id` columns: the mapping's `id`, else the primary key, else
+    /// the relation's key columns (never every column of a FULL identity).
+    fn id_cols(&self) -> Result<Vec<(usize, String)>, TransformError> {
+        let (mapping, rel) = (self.mapping, self.rel);
         let id_names: Vec<String> = match (&mapping.id_columns, &mapping.primary_key) {
             (Some(ids), _) => ids.clone(),
             (None, Some(pk)) if !pk.is_empty() => pk.clone(),
@@ -130,26 +147,27 @@ impl Plan {
                 mapping: mapping.name.clone(),
             });
         }
-        let id_cols = id_names
+        id_names
             .into_iter()
-            .map(|n| Ok((pos(&n)?, n)))
-            .collect::<Result<Vec<_>, TransformError>>()?;
-        let routing = mapping.routing.as_deref().map(pos).transpose()?;
-        let soft_delete = mapping.soft_delete_column.as_deref().map(pos).transpose()?;
+            .map(|n| Ok((self.pos(&n)?, n)))
+            .collect()
+    }
 
-        let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
-        let fields = document_fields(&mapping, &names).map_err(|c| TransformError::Plan {
-            table: mapping.qualified_table.clone(),
-            mapping: mapping.name.clone(),
+    /// The document as a tree of pre-escaped keys.
+    fn doc(&self) -> Result<Vec<(Vec<u8>, Node)>, TransformError> {
+        let names: Vec<&str> = self.rel.columns.iter().map(|c| c.name.as_str()).collect();
+        let fields = document_fields(self.mapping, &names).map_err(|c| TransformError::Plan {
+            table: self.mapping.qualified_table.clone(),
+            mapping: self.mapping.name.clone(),
             reason: c.message,
         })?;
         let mut doc = Vec::new();
         for f in fields {
             let leaf = match &f.source {
                 FieldSource::Column { column, convert } => {
-                    Leaf::Column(pos(column)?, convert.clone())
+                    Leaf::Column(self.pos(column)?, convert.clone())
                 }
-                FieldSource::Template(t) => Leaf::Template(parts(t)?),
+                FieldSource::Template(t) => Leaf::Template(self.parts(t)?),
                 FieldSource::Constant(v) => {
                     let mut b = Vec::new();
                     write_value(&mut b, v);
@@ -158,10 +176,27 @@ impl Plan {
             };
             insert(&mut doc, &f.path, leaf);
         }
+        Ok(doc)
+    }
+}
+
+impl Plan {
+    pub fn build(mapping: Arc<Mapping>, rel: &Relation) -> Result<Plan, TransformError> {
+        let r = Resolver {
+            mapping: &mapping,
+            rel,
+        };
+        let index = r.index()?;
+        let id_cols = r.id_cols()?;
+        let routing = mapping.routing.as_deref().map(|c| r.pos(c)).transpose()?;
+        let soft_delete = (mapping.soft_delete_column.as_deref())
+            .map(|c| r.pos(c))
+            .transpose()?;
+        let doc = r.doc()?;
         let merges = mapping
             .merge
             .iter()
-            .map(|c| pos(c))
+            .map(|c| r.pos(c))
             .collect::<Result<Vec<_>, _>>()?;
         let root_keys = doc
             .iter()

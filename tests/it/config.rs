@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use sluice::config::{Mappings, validate_against_database};
+use sluice::config::Mappings;
+use sluice::source::catalog::read_schemas;
 
 use crate::support::TestDb;
 
@@ -14,15 +15,18 @@ async fn publication_entries_from_the_shipped_mappings_are_accepted_by_postgresq
     db.sql(include_str!("../../scripts/demo-schema.sql")).await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
     let mut mappings = Mappings::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let catalog = validate_against_database(&mut mappings, &db.admin)
+    let catalog = read_schemas(&db.admin, &mappings.schemas())
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
+    mappings
+        .validate_against_catalog(&catalog)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         catalog.tables["public.order_items"].primary_key,
         ["order_id", "line_no"]
     );
     let tables = mappings.publication_tables();
-    let products = tables.iter().find(|t| t.table == "products").unwrap();
+    let products = tables.iter().find(|t| t.table.name == "products").unwrap();
     assert!(
         products
             .columns
@@ -30,7 +34,7 @@ async fn publication_entries_from_the_shipped_mappings_are_accepted_by_postgresq
             .is_some_and(|c| !c.contains(&"updated_at".to_string())),
         "products publishes only the columns its mappings use: {products:?}"
     );
-    let orders = tables.iter().find(|t| t.table == "orders").unwrap();
+    let orders = tables.iter().find(|t| t.table.name == "orders").unwrap();
     assert_eq!(orders.row_filter.as_deref(), Some("status <> 'draft'"));
 
     let list: Vec<String> = tables.iter().map(|t| t.to_sql()).collect();
@@ -71,12 +75,10 @@ async fn a_mapping_typo_fails_start_up_validation_with_its_line() {
         "table = \"public.orders\"\nindex = \"o\"\nrouting = \"totl\"\n",
     )])
     .unwrap();
-    let err = validate_against_database(&mut m, &db.admin)
+    let catalog = read_schemas(&db.admin, &m.schemas())
         .await
-        .unwrap_err();
-    let errors = err
-        .downcast_ref::<sluice::config::ConfigErrors>()
-        .expect("a configuration error, not a query failure");
+        .expect("the catalog reads: the error must be the mapping's, not a query failure");
+    let errors = m.validate_against_catalog(&catalog).unwrap_err();
     assert!(
         errors
             .to_string()

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sluice::model::PublishedTable;
 use sluice::model::change::Change;
 use sluice::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
 use sluice::snapshot::progress::Progress;
@@ -15,7 +16,7 @@ use sluice::snapshot::run::SnapshotDeps;
 use sluice::snapshot::seams::BoxFuture;
 use sluice::snapshot::{
     AckFuture, ChannelSink, SinkError, SnapshotJob, SnapshotOptions, SnapshotSink, StateStore,
-    TableJob, TableSpec, reindex, run_snapshot, tombstones,
+    TableJob, reindex, run_snapshot, tombstones,
 };
 use tokio::sync::Notify;
 
@@ -48,7 +49,7 @@ fn job(tables: &[(&str, &str)], readers: usize, chunk_rows: u64) -> SnapshotJob 
         tables: tables
             .iter()
             .map(|(t, target)| TableJob {
-                spec: TableSpec::parse(t),
+                spec: PublishedTable::parse(t),
                 target: target.to_string(),
             })
             .collect(),
@@ -306,9 +307,9 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
     let flt = job
         .tables
         .iter_mut()
-        .find(|t| t.spec.name == "flt")
+        .find(|t| t.spec.table.name == "flt")
         .unwrap();
-    flt.spec.filter = Some("active AND v <> 'v3'".into());
+    flt.spec.row_filter = Some("active AND v <> 'v3'".into());
     flt.spec.columns = Some(vec!["id".into(), "v".into()]);
 
     let summary = run_snapshot(&deps, &job).await.expect("snapshot");
@@ -689,7 +690,7 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
     };
     let req = BackfillRequest {
         targets: vec![BackfillTarget {
-            table: TableSpec::parse("public.items"),
+            table: PublishedTable::parse("public.items"),
             index: alias.clone(),
             settings: json!({"index": {"number_of_shards": 1, "refresh_interval": "1s"}}),
             mappings: json!({"properties": {"name": {"type": "keyword"}}}),

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::Lsn;
+use sluice::model::PublishedTable;
 use sluice::model::{Change, ChangeKind, Datum, OldRow, SourceEvent};
 use sluice::source::{
-    PgConnectConfig, PublishedTable, ReaderConfig, ReplicationConnection, SnapshotAction,
-    SourceError, SslMode, connect_sql, ensure_publication, ensure_slot, run_reader,
+    PgConnectConfig, ReaderConfig, ReplicationConnection, SnapshotAction, SourceError, SslMode,
+    connect_sql, ensure_publication, ensure_slot, run_reader,
 };
 use tokio::sync::{mpsc, watch};
 

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice::Lsn;
-use sluice::model::{ChangeKind, Datum};
+use sluice::model::{ChangeKind, Datum, PublishedTable};
 use sluice::source::{
-    PublicationChange, PublishedTable, ReaderConfig, TypeCatalog, ValueOptions, check_server,
-    check_tables, connect_sql, drop_publication, drop_slot, ensure_publication, ensure_slot,
-    fetch_rows_by_key,
+    PublicationChange, ReaderConfig, TypeCatalog, ValueOptions, check_server, check_tables,
+    connect_sql, drop_publication, drop_slot, ensure_publication, ensure_slot, fetch_rows_by_key,
 };
 
 use crate::source::{Reader, admin_config, repl_config};
@@ -24,10 +23,9 @@ async fn row_filters_and_column_lists_keep_rows_and_columns_on_the_server() {
         .await;
     let admin = connect_sql(&admin_config(&db)).await.unwrap();
     let table = PublishedTable {
-        schema: "public".into(),
-        name: "items".into(),
         row_filter: Some("status = 'live'".into()),
         columns: Some(vec!["id".into(), "status".into(), "price".into()]),
+        ..PublishedTable::new("public", "items")
     };
     assert_eq!(
         ensure_publication(&admin, "pub", std::slice::from_ref(&table))

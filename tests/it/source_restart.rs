@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice::Lsn;
+use sluice::model::PublishedTable;
 use sluice::model::{ChangeKind, Datum, SourceEvent};
 use sluice::source::{
-    PgConnectConfig, PublishedTable, ReaderConfig, SslMode, connect_sql, ensure_publication,
-    ensure_slot,
+    PgConnectConfig, ReaderConfig, SslMode, connect_sql, ensure_publication, ensure_slot,
 };
 
 use crate::source::{Reader, admin_config, repl_config};

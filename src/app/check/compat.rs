@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::config::doc_shape::DocField;
-use crate::config::{CatalogTable, Conversion, FieldSource};
+use crate::config::{Conversion, FieldSource};
+use crate::model::CatalogTable;
 
 /// What kind of JSON a document field receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,20 +229,20 @@ mod tests {
 
     #[test]
     fn conflicts_name_wrong_leaves_and_scalars_where_objects_go() {
-        use crate::config::{CatalogColumn, doc_shape::DocField};
+        use crate::config::doc_shape::DocField;
+        use crate::model::{CatalogColumn, TableRef};
         let t = CatalogTable {
-            schema: "public".into(),
-            name: "orders".into(),
+            table: TableRef::new("public", "orders"),
+            oid: 1,
+            partitioned: false,
             columns: [("id", "bigint"), ("note", "text"), ("name", "text")]
                 .iter()
-                .map(|(n, ty)| CatalogColumn {
-                    name: n.to_string(),
-                    type_name: ty.to_string(),
-                })
+                .map(|(n, ty)| CatalogColumn::named(n, ty))
                 .collect(),
             primary_key: vec!["id".into()],
             replica_identity: crate::model::ReplicaIdentity::Default,
-            replica_identity_columns: vec!["id".into()],
+            identity_index: Vec::new(),
+            readable: true,
         };
         let col = |path: &[&str], column: &str| DocField {
             path: path.iter().map(|p| p.to_string()).collect(),

@@ -24,7 +24,8 @@ mod row_filter;
 
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::doc_shape::document_fields;
-use crate::config::{Catalog, Config, IndexName, load_catalog};
+use crate::config::{Config, IndexName};
+use crate::model::Catalog;
 use crate::sink::EsConfig;
 use crate::source::PgConnectConfig;
 use crate::source::sql::quote_table;
@@ -242,19 +243,21 @@ async fn check_postgres(
         Err(e) => report.problem(format!("PostgreSQL: cannot read server settings: {e}")),
     }
 
-    let catalog = match load_catalog(&client, &config.mappings.schemas()).await {
-        Ok(c) => c,
-        Err(e) => {
-            report.problem(format!("PostgreSQL: cannot read the catalog: {e}"));
-            return None;
-        }
-    };
+    let catalog =
+        match crate::source::catalog::read_schemas(&client, &config.mappings.schemas()).await {
+            Ok(c) => c,
+            Err(e) => {
+                report.problem(format!("PostgreSQL: cannot read the catalog: {e}"));
+                return None;
+            }
+        };
     if let Err(errors) = config.mappings.validate_against_catalog(&catalog) {
         for e in errors.0 {
             report.problem(e.to_string());
         }
     }
-    for (schema, table) in config.mappings.tables() {
+    for table in config.mappings.tables() {
+        let (schema, table) = (table.schema, table.name);
         let q = format!("{schema}.{table}");
         let Some(t) = catalog.tables.get(&q) else {
             continue;

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use super::Report;
-use crate::config::{Catalog, Config};
+use crate::config::Config;
+use crate::model::Catalog;
 
 pub async fn check_publication(
     client: &tokio_postgres::Client,
@@ -20,11 +21,7 @@ pub async fn check_publication(
         .mappings
         .publication_tables()
         .into_iter()
-        .filter(|t| {
-            catalog
-                .tables
-                .contains_key(&format!("{}.{}", t.schema, t.table))
-        })
+        .filter(|t| catalog.tables.contains_key(&t.qualified_name()))
         .collect();
     let existing = client
         .query(
@@ -56,13 +53,13 @@ pub async fn check_publication(
                          OR pg_has_role(current_user, c.relowner, 'USAGE')
                        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                       WHERE n.nspname = $1 AND c.relname = $2",
-                    &[&t.schema, &t.table],
+                    &[&t.table.schema, &t.table.name],
                 )
                 .await;
             if let Ok(r) = owned
                 && !r.get::<_, bool>(0)
             {
-                not_owned.push(format!("{}.{}", t.schema, t.table));
+                not_owned.push(t.qualified_name());
             }
         }
         let can_create_db = client
@@ -105,7 +102,7 @@ pub async fn check_publication(
         })
         .collect();
     for t in &wanted {
-        let q = format!("{}.{}", t.schema, t.table);
+        let q = t.qualified_name();
         match (have.get(&q), &t.columns) {
             (None, _) => report.warnings.push(format!(
                 "publication `{name}` does not publish {q}: `run` must add it (ALTER PUBLICATION {name} ADD TABLE {})",

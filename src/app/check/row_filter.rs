@@ -8,7 +8,8 @@
 use serde_json::Value;
 
 use super::Report;
-use crate::config::{CatalogTable, Config, Mapping};
+use crate::config::{Config, Mapping};
+use crate::model::CatalogTable;
 use crate::model::ReplicaIdentity;
 use crate::source::sql::quote_table;
 
@@ -36,7 +37,7 @@ pub(super) async fn check_row_filter(
     }
     let sql = format!(
         "EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM ONLY {} AS sluice_filter WHERE ({filter})",
-        quote_table(&t.schema, &t.name)
+        quote_table(&t.table.schema, &t.table.name)
     );
     let plan: Value = match client.query_one(&sql, &[]).await {
         Ok(r) => r.get(0),
@@ -66,7 +67,7 @@ pub(super) async fn check_row_filter(
     let mut outside: Vec<String> = Vec::new();
     for f in &filters {
         for col in filter_columns(f) {
-            if !t.replica_identity_columns.contains(&col) && !outside.contains(&col) {
+            if !t.replica_identity_columns().contains(&col) && !outside.contains(&col) {
                 outside.push(col);
             }
         }
@@ -75,9 +76,9 @@ pub(super) async fn check_row_filter(
         report.problem(format!(
             "{at}: the row filter reads {} outside {}.{}'s replica identity; PostgreSQL would then refuse UPDATE and DELETE on the table; run `ALTER TABLE {} REPLICA IDENTITY FULL` or filter on key columns only",
             outside.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
-            t.schema,
-            t.name,
-            quote_table(&t.schema, &t.name)
+            t.table.schema,
+            t.table.name,
+            quote_table(&t.table.schema, &t.table.name)
         ));
     }
 }
@@ -102,7 +103,7 @@ async fn check_publication_rules(
             "SELECT has_database_privilege(current_database(), 'CREATE'),
                     EXISTS (SELECT 1 FROM pg_publication_tables
                              WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
-            &[&config.publication, &t.schema, &t.name],
+            &[&config.publication, &t.table.schema, &t.table.name],
         )
         .await;
     let (can_create, published) = match facts {
@@ -126,7 +127,7 @@ async fn check_publication_rules(
     let sql = format!(
         "CREATE PUBLICATION sluice_check_{} FOR TABLE {} WHERE ({filter})",
         std::process::id(),
-        quote_table(&t.schema, &t.name)
+        quote_table(&t.table.schema, &t.table.name)
     );
     // The trial takes the same lock as the real publication DDL: bounded
     // the same way, so it never queues the application's DDL behind it.
