@@ -340,19 +340,15 @@ async fn an_existing_index_mapping_that_would_reject_our_documents_is_reported()
     let db = orders_db().await;
     let es = Es::new();
     let index = db.index("orders");
-    es.client
-        .indices()
-        .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
-        .body(json!({"mappings": {"properties": {
+    es.create_index(
+        &index,
+        json!({"mappings": {"properties": {
             "note": {"type": "long"},
             "total": {"type": "double"},
             "meta": {"type": "keyword"}
-        }}}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
+        }}}),
+    )
+    .await;
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
     let setup = Setup::new(
         &db,
@@ -640,11 +636,7 @@ impl PrivatePg {
             "--auth=trust",
             "--no-sync",
         ]);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::free_port();
         let mut opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             dir.path().display()

@@ -82,7 +82,7 @@ async fn quiet_busy(heartbeat_ms: Option<u64>, observer: bool) -> QuietBusy {
         &mut sluice,
         Duration::from_secs(30),
         "the quiet row",
-        async || crate::run::count(&es, &index).await == 1,
+        async || es.count(&index).await == 1,
     )
     .await;
     QuietBusy {

@@ -330,18 +330,7 @@ async fn the_shipped_mappings_make_the_documents_their_comments_describe() {
         doc(&es, &i("orders"), "2").await.is_none(),
         "drafts are filtered"
     );
-    let mapping: Value = es
-        .client
-        .indices()
-        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            &i("orders"),
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mapping = es.mapping(&i("orders")).await;
     assert_eq!(
         mapping[i("orders")]["mappings"]["properties"]["status"]["type"],
         "keyword",

@@ -18,18 +18,10 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice::sink::{EsAuth, EsConfig, build_client};
 
-use crate::support::{TestDb, unique_name, wait_until};
+use crate::support::{TestDb, free_port, unique_name, wait_until};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (./dev services env)"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn ok(cmd: &mut Command) {

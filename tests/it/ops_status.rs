@@ -11,7 +11,7 @@ use sluice::app::status::{
 };
 
 use crate::ops::{es_config, pg_config_from_url, targets};
-use crate::support::{Es, TestDb, connect, services, wait_until};
+use crate::support::{Es, TestDb, connect, free_port, services, wait_until};
 
 async fn slot_and_publication(db: &TestDb) {
     let t = targets(db);
@@ -186,14 +186,7 @@ async fn status_names_a_closed_mapped_index_and_the_cluster_health() {
 
     let helper = Es::new();
     index_docs(&helper, index, &[json!({"id": 1})]).await;
-    let closed = helper
-        .client
-        .indices()
-        .close(elasticsearch::indices::IndicesCloseParts::Index(&[index]))
-        .send()
-        .await
-        .unwrap();
-    assert!(closed.status_code().is_success());
+    helper.close(index).await;
     let r = gather(&pg, &es, &t).await.unwrap();
     assert_eq!(
         r.elasticsearch.indices[0].state,
@@ -246,18 +239,6 @@ async fn slot_pid(db: &TestDb, slot: &str) -> Option<i32> {
         .await
         .unwrap()
         .and_then(|r| r.get(0))
-}
-
-async fn count(index: &str) -> u64 {
-    let r = Es::new()
-        .client
-        .count(elasticsearch::CountParts::Index(&[index]))
-        .send()
-        .await
-        .unwrap();
-    r.json::<Value>().await.unwrap()["count"]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 async fn exists(db: &TestDb, sql: &str, name: &str) -> bool {
@@ -337,7 +318,7 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
         )
         .await
     );
-    assert_eq!(count(&t.state_index).await, 1);
+    assert_eq!(Es::new().count(&t.state_index).await, 1);
 
     holder.kill().await.unwrap();
     let _ = holder.wait().await;
@@ -369,7 +350,7 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
         )
         .await
     );
-    assert_eq!(count(&t.state_index).await, 0);
+    assert_eq!(Es::new().count(&t.state_index).await, 0);
 
     // Again: nothing left, nothing to do, no error.
     let again = teardown(&pg, &es, &t, true).await.expect("second teardown");
@@ -557,12 +538,8 @@ async fn the_status_and_teardown_commands_print_what_they_did() {
 async fn status_still_shows_the_slot_when_elasticsearch_is_down() {
     let db = TestDb::new().await;
     slot_and_publication(&db).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     let es = sluice::sink::EsConfig {
-        urls: vec![format!("http://{closed}")],
+        urls: vec![format!("http://127.0.0.1:{}", free_port())],
         request_timeout: Duration::from_secs(5),
         ..Default::default()
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sluice::sink::EsConfig;
 use sluice::sink::{build_client, describe_es_error};
 
-use crate::support::{services, wait_until};
+use crate::support::{free_port, services, wait_until};
 
 fn run(cmd: &mut Command) {
     let out = cmd
@@ -125,11 +125,7 @@ impl Drop for Terminator {
 }
 
 async fn start_terminator(bin: &Path, dir: &Path, backend: &str) -> Terminator {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let conf = dir.join("stunnel.conf");
     std::fs::write(
         &conf,

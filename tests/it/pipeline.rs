@@ -398,17 +398,7 @@ async fn the_confirmed_lsn_never_passes_an_unacknowledged_transaction() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    client
-        .indices()
-        .put_settings(elasticsearch::indices::IndicesPutSettingsParts::Index(&[
-            &blocked,
-        ]))
-        .body(json!({"index.blocks.write": false}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
+    es.block_writes(&blocked, false).await;
     run.wait_confirmed(308, Duration::from_secs(30)).await;
     assert_eq!(es.sources(&blocked).await.len(), 3);
     assert_eq!(run.shutdown().await.confirmed, Lsn(308));
@@ -457,18 +447,7 @@ async fn a_mapping_conflict_is_dead_lettered_and_the_stream_goes_on() {
     assert_eq!(dead[0]["table"], "public.typed");
     assert_eq!(dead[0]["lsn"], Lsn(100).to_string());
     assert_eq!(dead[0]["doc"], json!({"id": 2, "n": "two"}));
-    let mapping: Value = es
-        .client
-        .indices()
-        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            &dl,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mapping = es.mapping(&dl).await;
     assert_eq!(
         mapping[&dl]["mappings"]["properties"]["doc"],
         dead_letter::index_spec(&dl).mappings["properties"]["doc"]

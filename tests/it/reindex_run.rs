@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
 
 use crate::run::{Sluice, mapping, wait_converged, wait_streaming};
 use crate::support::{Es, TestDb, assert_index_matches};
@@ -89,47 +88,15 @@ fn count_queries(name: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
         let min = AtomicU64::new(u64::MAX);
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) {
-            let v: Value = es
-                .client
-                .count(elasticsearch::CountParts::Index(&[&name]))
-                .send()
+            let c = es
+                .try_count(&name)
                 .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let c = v["count"].as_u64().unwrap_or_else(|| panic!("count: {v}"));
+                .unwrap_or_else(|v| panic!("count: {v}"));
             min.fetch_min(c, Ordering::Relaxed);
             n += 1;
         }
         (n, min.load(Ordering::Relaxed))
     })
-}
-
-/// The concrete indices behind `name` (itself, if it is an index).
-async fn behind(es: &Es, name: &str) -> Vec<String> {
-    let v: Value = es
-        .client
-        .indices()
-        .get(elasticsearch::indices::IndicesGetParts::Index(&[name]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v.as_object().unwrap().keys().cloned().collect()
-}
-
-async fn exists(es: &Es, index: &str) -> bool {
-    es.client
-        .indices()
-        .exists(elasticsearch::indices::IndicesExistsParts::Index(&[index]))
-        .send()
-        .await
-        .unwrap()
-        .status_code()
-        .is_success()
 }
 
 const V2: &str = "[rename]\nname = \"title\"\n\n[fields]\ngeneration = { value = \"v2\" }\n";
@@ -161,7 +128,7 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
     wait_streaming(&db, &mut sluice).await;
     wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
     assert_eq!(
-        behind(&es, &name).await,
+        es.indices_behind(&name).await,
         vec![name.clone()],
         "a concrete index"
     );
@@ -170,7 +137,7 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
     // instant, which is why the README says to do this first).
     let (code, stderr) = reindex(&sluice, &["--delete-old"]).await;
     assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());
-    let old = behind(&es, &name).await;
+    let old = es.indices_behind(&name).await;
     assert_eq!(old.len(), 1);
     assert_ne!(old[0], name);
     // Build index names carry a second-resolution timestamp.
@@ -197,10 +164,10 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
         "{stderr}"
     );
     // The swap is visible at once: the name is an alias over the new index.
-    let now = behind(&es, &name).await;
+    let now = es.indices_behind(&name).await;
     assert_eq!(now.len(), 1);
     assert_ne!(now, old, "the name moved to the build index");
-    assert!(exists(&es, &old[0]).await, "the old index is kept");
+    assert!(es.exists(&old[0]).await, "the old index is kept");
     assert!(
         sluice.log_text().contains("writing every change of"),
         "the running stream dual-wrote:\n{}",
@@ -236,7 +203,11 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
     )
     .await;
     wait_converged(&db, &es, &name, V2_QUERY, &mut sluice).await;
-    assert_eq!(behind(&es, &name).await, now, "written through the alias");
+    assert_eq!(
+        es.indices_behind(&name).await,
+        now,
+        "written through the alias"
+    );
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
     eprintln!("reindex of {rows} rows under load took {took:?}");
 }
@@ -261,14 +232,14 @@ async fn a_concrete_name_needs_delete_old_and_a_second_reindex_keeps_the_old_ind
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--delete-old"), "{stderr}");
     assert_eq!(
-        behind(&es, &name).await,
+        es.indices_behind(&name).await,
         vec![name.clone()],
         "nothing changed"
     );
 
     let (code, stderr) = reindex(&sluice, &["--delete-old"]).await;
     assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());
-    let first = behind(&es, &name).await;
+    let first = es.indices_behind(&name).await;
 
     // Second generation with a changed mapping, old index kept.
     std::fs::write(
@@ -281,9 +252,9 @@ async fn a_concrete_name_needs_delete_old_and_a_second_reindex_keeps_the_old_ind
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (code, stderr) = reindex(&sluice, &[]).await;
     assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());
-    let second = behind(&es, &name).await;
+    let second = es.indices_behind(&name).await;
     assert_ne!(second, first);
-    assert!(exists(&es, &first[0]).await, "the old index is kept");
+    assert!(es.exists(&first[0]).await, "the old index is kept");
     assert_index_matches(&db, &es, &name, V2_QUERY, "id").await;
 
     db.sql("INSERT INTO items VALUES (5000, 'after', 5); DELETE FROM items WHERE id = 1;")
@@ -311,7 +282,7 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
     wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
     let (code, stderr) = reindex(&sluice, &["--delete-old"]).await;
     assert_eq!(code, 0, "{stderr}");
-    let live = behind(&es, &name).await;
+    let live = es.indices_behind(&name).await;
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 
     // Nobody streams: the command says so and exits 1, keeping the build.
@@ -320,7 +291,8 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("start `sluice run`"), "{stderr}");
     let build = format!("{name}-2");
-    let builds: Vec<String> = behind(&es, &format!("{name}-*"))
+    let builds: Vec<String> = es
+        .indices_behind(&format!("{name}-*"))
         .await
         .into_iter()
         .filter(|i| !live.contains(i))
@@ -349,7 +321,7 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
     db.sql("UPDATE items SET qty = 7 WHERE id <= 20").await;
     let (code, stderr) = reindex(&sluice, &["--abandon"]).await;
     assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());
-    assert!(!exists(&es, &builds[0]).await, "the build index is deleted");
+    assert!(!es.exists(&builds[0]).await, "the build index is deleted");
     assert!(
         sluice.log_text().contains("the reindex is abandoned"),
         "{}",
@@ -359,10 +331,10 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
     db.sql("UPDATE items SET qty = 8 WHERE id <= 20").await;
     wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
     assert!(
-        !exists(&es, &builds[0]).await,
+        !es.exists(&builds[0]).await,
         "not recreated by a late write"
     );
-    assert_eq!(behind(&es, &name).await, live, "the name never moved");
+    assert_eq!(es.indices_behind(&name).await, live, "the name never moved");
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 }
 

@@ -762,13 +762,13 @@ async fn sigterm_during_a_busy_stream_exits_cleanly_and_the_restart_replays_noth
         "the first documents",
         async || {
             es.refresh(&index).await;
-            count(&es, &index).await > 0
+            es.count(&index).await > 0
         },
     )
     .await;
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
     es.refresh(&index).await;
-    let before = count(&es, &index).await;
+    let before = es.count(&index).await;
     eprintln!("{before} of 60000 documents in the index at SIGTERM");
 
     sluice.start();
@@ -782,16 +782,4 @@ async fn sigterm_during_a_busy_stream_exits_cleanly_and_the_restart_replays_noth
         "the restart received {received} changes for {missing} missing documents"
     );
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-}
-
-pub(crate) async fn count(es: &Es, index: &str) -> u64 {
-    let r = es
-        .client
-        .count(elasticsearch::CountParts::Index(&[index]))
-        .send()
-        .await
-        .unwrap();
-    r.json::<Value>().await.unwrap()["count"]
-        .as_u64()
-        .unwrap_or(0)
 }

@@ -44,7 +44,7 @@ async fn a_node_killed_mid_stream_in_a_three_node_cluster_costs_no_change() {
         &mut sluice,
         Duration::from_secs(60),
         "documents on the cluster",
-        async || crate::run::count(&es, &index).await > 100,
+        async || es.count(&index).await > 100,
     )
     .await;
     cluster.wait_green().await;

@@ -35,14 +35,7 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
         .await;
     wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
 
-    es.client
-        .indices()
-        .close(elasticsearch::indices::IndicesCloseParts::Index(&[&index]))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
+    es.close(&index).await;
     let before: String = db
         .admin
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -90,14 +83,7 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
         sluice.log_text()
     );
 
-    es.client
-        .indices()
-        .open(elasticsearch::indices::IndicesOpenParts::Index(&[&index]))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
+    es.open(&index).await;
     wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
     poll(
         &mut sluice,
@@ -106,16 +92,7 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
         async || http_get(&addr, "/ready").0 == 200,
     )
     .await;
-    let exists = es
-        .client
-        .indices()
-        .exists(elasticsearch::indices::IndicesExistsParts::Index(&[&dead]))
-        .send()
-        .await
-        .unwrap()
-        .status_code()
-        .as_u16();
-    if exists == 200 {
+    if es.exists(&dead).await {
         let dead_letters = es.sources(&dead).await;
         assert!(
             dead_letters.is_empty(),

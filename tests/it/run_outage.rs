@@ -98,7 +98,7 @@ async fn an_elasticsearch_outage_mid_stream_holds_the_slot_and_heals_without_a_m
         &mut sluice,
         Duration::from_secs(30),
         "documents",
-        async || crate::run::count(&es, &index).await > 100,
+        async || es.count(&index).await > 100,
     )
     .await;
 

@@ -336,17 +336,7 @@ async fn a_blocked_index_is_retried_until_writable_without_losing_anything() {
             panic!("acknowledged while the index refused writes: {acks:?}");
         }
     }
-    client
-        .indices()
-        .put_settings(elasticsearch::indices::IndicesPutSettingsParts::Index(&[
-            &index,
-        ]))
-        .body(json!({"index.blocks.write": false}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
+    es.block_writes(&index, false).await;
     let mut acked = 0;
     wait_until(Duration::from_secs(30), "all 20 acks", || {
         while let Ok(batch) = rx.try_recv() {
@@ -377,18 +367,7 @@ async fn indices_are_created_with_long_tombstones_and_an_alias_and_never_remappe
         ensure_index(&client, &spec, window).await.unwrap(),
         EnsureOutcome::Created
     );
-    let settings: Value = es
-        .client
-        .indices()
-        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::Index(&[
-            &name,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let settings = es.settings(&name).await;
     assert_eq!(settings[&name]["settings"]["index"]["gc_deletes"], "7200s");
     let alias = es
         .client
@@ -427,18 +406,7 @@ async fn indices_are_created_with_long_tombstones_and_an_alias_and_never_remappe
         }
         other => panic!("expected a mapping conflict, got {other:?}"),
     }
-    let mapping: Value = es
-        .client
-        .indices()
-        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            &name,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mapping = es.mapping(&name).await;
     assert_eq!(
         mapping[&name]["mappings"]["properties"]["n"]["type"],
         "long"

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice::model::change::Change;
 use sluice::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
 use sluice::snapshot::progress::Progress;
@@ -476,13 +476,11 @@ async fn a_stale_snapshot_row_arriving_after_the_streams_delete_stays_deleted() 
     let index = db.index("items");
     // The target exists before the backfill, with the default tombstone
     // lifetime; the backfill raises it for its duration.
-    es.client
-        .indices()
-        .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
-        .body(json!({"settings": {"index": {"gc_deletes": "0s", "refresh_interval": "-1"}}}))
-        .send()
-        .await
-        .unwrap();
+    es.create_index(
+        &index,
+        json!({"settings": {"index": {"gc_deletes": "0s", "refresh_interval": "-1"}}}),
+    )
+    .await;
     let state = StateStore::new(es.client.clone(), db.index("state"));
     state.ensure().await.unwrap();
     tombstones::extend(&state, &index, tombstones::DEFAULT_BACKFILL_GC_DELETES)
@@ -528,18 +526,7 @@ async fn a_stale_snapshot_row_arriving_after_the_streams_delete_stays_deleted() 
     run.await.unwrap().expect("snapshot");
 
     tombstones::restore(&state, &index).await.unwrap();
-    let settings: Value = es
-        .client
-        .indices()
-        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::Index(&[
-            &index,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let settings = es.settings(&index).await;
     assert_eq!(
         settings[&index]["settings"]["index"]["gc_deletes"],
         json!("0s"),
@@ -557,13 +544,11 @@ async fn without_the_raised_tombstone_lifetime_the_same_stale_write_resurrects_t
     let db = TestDb::new().await;
     let es = Es::new();
     let index = db.index("control");
-    es.client
-        .indices()
-        .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
-        .body(json!({"settings": {"index": {"gc_deletes": "0s", "refresh_interval": "-1"}}}))
-        .send()
-        .await
-        .unwrap();
+    es.create_index(
+        &index,
+        json!({"settings": {"index": {"gc_deletes": "0s", "refresh_interval": "-1"}}}),
+    )
+    .await;
     let doc = json!({"id": 1});
     bulk_write(
         &es,
@@ -615,13 +600,8 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
     let log = Arc::new(Mutex::new(Vec::new()));
 
     // The current generation: an index behind the alias.
-    es.client
-        .indices()
-        .create(elasticsearch::indices::IndicesCreateParts::Index(&first))
-        .body(json!({"aliases": {&alias: {}}}))
-        .send()
-        .await
-        .unwrap();
+    es.create_index(&first, json!({"aliases": {&alias: {}}}))
+        .await;
     run_snapshot(
         &deps(&db, TestSink::new(&first), log.clone()),
         &job(&[("public.items", &first)], 2, 5_000),
@@ -640,16 +620,10 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
             let es = Es::new();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let v: Value = es
-                    .client
-                    .count(elasticsearch::CountParts::Index(&[&alias]))
-                    .send()
+                let c = es
+                    .try_count(&alias)
                     .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let c = v["count"].as_u64().expect("count");
+                    .unwrap_or_else(|v| panic!("count: {v}"));
                 min_seen.fetch_min(c, Ordering::Relaxed);
                 n += 1;
             }
@@ -734,46 +708,15 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
         min_seen.load(Ordering::Relaxed)
     );
     assert_eq!(after as u64, at_start);
-    let aliases: Value = es
-        .client
-        .indices()
-        .get_alias(elasticsearch::indices::IndicesGetAliasParts::Name(&[
-            &alias,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let behind: Vec<_> = aliases.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(behind, vec![r.build_index.clone()]);
-    let settings: Value = es
-        .client
-        .indices()
-        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::Index(&[
-            &r.build_index,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(es.indices_behind(&alias).await, vec![r.build_index.clone()]);
+    let settings = es.settings(&r.build_index).await;
     let s = &settings[&r.build_index]["settings"]["index"];
     assert_eq!(s["refresh_interval"], json!("1s"));
     // Like every index Sluice creates, it keeps tombstones for the replay
     // window (DESIGN invariant 3), which is what the request passed.
     assert_eq!(s["gc_deletes"], json!("48h"), "{s}");
     assert!(
-        es.client
-            .indices()
-            .exists(elasticsearch::indices::IndicesExistsParts::Index(&[&first]))
-            .send()
-            .await
-            .unwrap()
-            .status_code()
-            .is_success(),
+        es.exists(&first).await,
         "the old index is kept without --delete-old"
     );
     assert_exact(&db, &es, &alias, "SELECT * FROM items", &["id"]).await;

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::run::{Sluice, count, mapping};
+use crate::run::{Sluice, mapping};
 use crate::support::{Es, TestDb, assert_index_matches};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +46,7 @@ async fn sluice_snapshot_resumes_by_itself_when_its_postgres_connections_are_ter
         );
         assert!(Instant::now() < deadline, "no chunk arrived:\n{}", log());
         es.refresh(&index).await;
-        if count(&es, &index).await >= 5_000 {
+        if es.count(&index).await >= 5_000 {
             terminated = db
                 .admin
                 .query_one(

@@ -76,11 +76,7 @@ impl PrivatePg {
             .status()
             .unwrap();
         assert!(st.success(), "initdb");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::free_port();
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\nfsync = off\nshared_buffers = 64MB\n{extra_conf}\n",
             dir.path().display()
