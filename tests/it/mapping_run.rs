@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::run::{Setup, Sluice, http_get, metric_sum, poll, wait_streaming};
+use crate::support::compare::docs_diff;
 use crate::support::{Es, TestDb};
 
 /// The documents a query says an index should hold: `_id` → `doc`.
@@ -29,19 +30,8 @@ async fn expected(db: &TestDb, query: &str) -> BTreeMap<String, Value> {
 async fn mismatch(db: &TestDb, es: &Es, wanted: &[(String, String)]) -> Option<String> {
     for (index, query) in wanted {
         let want = expected(db, query).await;
-        let have = es.sources(index).await;
-        if want != have {
-            let missing: Vec<_> = want.keys().filter(|k| !have.contains_key(*k)).collect();
-            let extra: Vec<_> = have.keys().filter(|k| !want.contains_key(*k)).collect();
-            let differ: Vec<_> = want
-                .iter()
-                .filter(|(k, v)| have.get(*k).is_some_and(|h| h != *v))
-                .map(|(k, v)| format!("{k}: table {v} vs index {}", have[k]))
-                .take(3)
-                .collect();
-            return Some(format!(
-                "{index}: missing {missing:?}, extra {extra:?}, differ {differ:?}"
-            ));
+        if let Some(diff) = docs_diff(&want, &es.sources(index).await) {
+            return Some(format!("{index}: {diff}"));
         }
     }
     None

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 
 use crate::run::{Sluice, mapping, wait_converged, wait_streaming};
-use crate::support::{Es, TestDb, assert_index_matches};
+use crate::support::compare::assert_index_matches;
+use crate::support::{Es, TestDb};
 
 /// `sluice snapshot --reindex ...` with the test's config: (exit code, stderr).
 async fn reindex(sluice: &Sluice, extra: &[&str]) -> (i32, String) {
@@ -255,7 +256,7 @@ async fn a_concrete_name_needs_delete_old_and_a_second_reindex_keeps_the_old_ind
     let second = es.indices_behind(&name).await;
     assert_ne!(second, first);
     assert!(es.exists(&first[0]).await, "the old index is kept");
-    assert_index_matches(&db, &es, &name, V2_QUERY, "id").await;
+    assert_index_matches(&db, &es, &name, V2_QUERY, &["id"]).await;
 
     db.sql("INSERT INTO items VALUES (5000, 'after', 5); DELETE FROM items WHERE id = 1;")
         .await;

@@ -6,9 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
 
-use crate::support::{Es, TestDb, assert_index_matches_on, json_rows};
+use crate::support::compare::{assert_index_matches, table_docs};
+use crate::support::{Es, SqlClient, TestDb};
 
 /// A `sluice run` process with its own config directory.
 pub struct Sluice {
@@ -304,21 +304,10 @@ pub(crate) async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
     .await;
 }
 
-/// Wait until the index equals the table (then assert it once more, whole).
+/// Wait until the index equals the table (then assert it once more, whole,
+/// with a diff on failure). `db`: a `TestDb`, or a private cluster's client.
 pub(crate) async fn wait_converged(
-    db: &TestDb,
-    es: &Es,
-    index: &str,
-    query: &str,
-    sluice: &mut Sluice,
-) {
-    wait_converged_on(&db.admin, es, index, query, sluice).await
-}
-
-/// [`wait_converged`] for a database reached through `client` (a private
-/// cluster, say).
-pub(crate) async fn wait_converged_on(
-    client: &tokio_postgres::Client,
+    db: &impl SqlClient,
     es: &Es,
     index: &str,
     query: &str,
@@ -334,12 +323,7 @@ pub(crate) async fn wait_converged_on(
                 sluice.log_text()
             );
         }
-        let rows: std::collections::BTreeMap<String, Value> = json_rows(client, query)
-            .await
-            .into_iter()
-            .map(|r| (r["id"].to_string(), r))
-            .collect();
-        if rows == es.sources(index).await {
+        if table_docs(db, query, &["id"]).await == es.sources(index).await {
             break;
         }
         if std::time::Instant::now() >= deadline {
@@ -353,7 +337,7 @@ pub(crate) async fn wait_converged_on(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_index_matches_on(client, es, index, query, "id").await;
+    assert_index_matches(db, es, index, query, &["id"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::run::{Sluice, mapping, wait_converged_on};
+use crate::run::{Sluice, mapping, wait_converged};
 use crate::support::{Es, TestDb};
 
 /// Wait for the process to exit on its own; its exit code.
@@ -186,7 +186,7 @@ async fn a_lost_slot_after_the_initial_load_stops_run_with_exit_2_and_the_rebuil
         &[("items.toml", mapping("public.items", &index, ""))],
     );
     sluice.start();
-    wait_converged_on(&db.admin, &es, &index, "SELECT * FROM items", &mut sluice).await;
+    wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 
     // The slot goes (a failover, an administrator); rows change meanwhile.
@@ -276,7 +276,7 @@ async fn sigterm_during_the_initial_snapshot_stops_within_seconds_and_a_restart_
     sluice.start();
     db.sql("UPDATE big SET pad = 'changed after the restart' WHERE id % 1000 = 0")
         .await;
-    wait_converged_on(&db.admin, &es, &index, "SELECT * FROM big", &mut sluice).await;
+    wait_converged(&db, &es, &index, "SELECT * FROM big", &mut sluice).await;
     let log = sluice.log_text();
     assert!(log.contains("resuming its remaining chunks"), "{log}");
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());

@@ -11,13 +11,12 @@ use serde_json::Value;
 use sluice::Lsn;
 use tokio_postgres::Client;
 
-use crate::run::{
-    Setup, Sluice, http_get, mapping, poll, wait_converged, wait_converged_on, wait_streaming,
-};
+use crate::run::{Setup, Sluice, http_get, mapping, poll, wait_converged, wait_streaming};
 use crate::sink_proxy::Proxy;
 use crate::source_restart::PrivatePg;
+use crate::support::compare::assert_index_matches;
 use crate::support::workload::Workload;
-use crate::support::{Es, TestDb, assert_index_matches_on, unique_name};
+use crate::support::{Es, TestDb, unique_name};
 
 const ACCOUNTS: &str =
     "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
@@ -316,7 +315,7 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
 
     let admin = crate::support::connect(&pg.url()).await;
     let query = "SELECT * FROM accounts";
-    wait_converged_on(&admin, &es, &index, query, &mut sluice).await;
+    wait_converged(&admin, &es, &index, query, &mut sluice).await;
     let docs = "SELECT * FROM docs";
     poll(
         &mut sluice,
@@ -328,7 +327,7 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
         },
     )
     .await;
-    assert_index_matches_on(&admin, &es, &docs_index, docs, "id").await;
+    assert_index_matches(&admin, &es, &docs_index, docs, &["id"]).await;
     let log = sluice.log_text();
     assert!(
         log.contains("reconnecting"),
@@ -417,7 +416,7 @@ async fn stop_postgres_during_an_outage(during: i64, pipeline: &str) {
 
     let admin = crate::support::connect(&pg.url()).await;
     let query = "SELECT * FROM accounts";
-    wait_converged_on(&admin, &es, &index, query, &mut sluice).await;
+    wait_converged(&admin, &es, &index, query, &mut sluice).await;
     let log = sluice.log_text();
     assert!(log.contains("PostgreSQL is shutting down"), "{log}");
     assert_eq!(sluice.terminate(), 0, "{log}");

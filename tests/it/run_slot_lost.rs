@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::run::{Sluice, mapping, wait_converged_on};
+use crate::run::{Sluice, mapping, wait_converged};
 use crate::run_outage::{Indices, private_setup, wait_active};
 use crate::source_restart::PrivatePg;
 use crate::support::{Es, connect};
@@ -33,7 +33,7 @@ async fn an_invalidated_slot_stops_run_with_exit_2_and_the_way_to_rebuild() {
         .batch_execute("INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 50) g")
         .await
         .unwrap();
-    wait_converged_on(
+    wait_converged(
         &admin,
         &Es::new(),
         &index,

@@ -20,9 +20,10 @@ use sluice::snapshot::{
 use tokio::sync::Notify;
 
 use crate::snapshot_support::{
-    Exported, TestSink, Write, assert_exact, bulk_write, connector, sources, stream_writer,
-    test_converter, test_exporter, workload,
+    Exported, TestSink, Write, bulk_write, connector, stream_writer, test_converter, test_exporter,
+    workload,
 };
+use crate::support::compare::assert_index_matches;
 use crate::support::{Es, TestDb, wait_until};
 
 fn rows_for_big_tests() -> i64 {
@@ -127,7 +128,7 @@ async fn a_snapshot_taken_under_a_concurrent_workload_equals_the_table() {
         streamed > 0 && txs > streamed / 2,
         "the workload ran alongside: {txs} transactions, {streamed} after the snapshot"
     );
-    assert_exact(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
 }
 
 /// Counts rows handed to the inner sink and wakes the test once a threshold
@@ -248,7 +249,7 @@ async fn a_snapshot_killed_at_random_points_resumes_under_new_snapshots_to_an_ex
         "the last attempt skipped chunks recorded by the killed ones: {summary:?}"
     );
     assert!(streamed > 0);
-    assert_exact(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
 }
 
 /// Sends each table's rows to its own test sink.
@@ -327,7 +328,7 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
     assert_eq!(chunks["public.empty"], 1);
 
     let es = Es::new();
-    assert_exact(
+    assert_index_matches(
         &db,
         &es,
         &db.index("comp"),
@@ -335,7 +336,7 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
         &["region", "n"],
     )
     .await;
-    assert_exact(
+    assert_index_matches(
         &db,
         &es,
         &db.index("texts"),
@@ -343,7 +344,7 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
         &["code"],
     )
     .await;
-    assert_exact(
+    assert_index_matches(
         &db,
         &es,
         &db.index("nokey"),
@@ -351,8 +352,8 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
         &["a", "b"],
     )
     .await;
-    assert_exact(&db, &es, &db.index("empty"), "SELECT * FROM empty", &["id"]).await;
-    assert_exact(
+    assert_index_matches(&db, &es, &db.index("empty"), "SELECT * FROM empty", &["id"]).await;
+    assert_index_matches(
         &db,
         &es,
         &db.index("parted"),
@@ -360,7 +361,7 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
         &["id", "region"],
     )
     .await;
-    assert_exact(
+    assert_index_matches(
         &db,
         &es,
         &db.index("flt"),
@@ -439,7 +440,7 @@ async fn a_chunk_is_recorded_done_only_after_its_batches_are_acknowledged() {
         .expect("resumed");
     assert_eq!(summary.tables[0].chunks_resumed, done.len());
     assert!(summary.tables[0].rows < 10_000);
-    assert_exact(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
 }
 
 /// Holds back the batch holding `id` until released.
@@ -532,9 +533,9 @@ async fn a_stale_snapshot_row_arriving_after_the_streams_delete_stays_deleted() 
         json!("0s"),
         "the user's value is back"
     );
-    let docs = sources(&es, &index).await;
+    let docs = es.sources(&index).await;
     assert!(!docs.contains_key("1500"), "the deleted row came back");
-    assert_exact(&db, &es, &index, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &es, &index, "SELECT * FROM items", &["id"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -582,7 +583,7 @@ async fn without_the_raised_tombstone_lifetime_the_same_stale_write_resurrects_t
                 )
                 .await
                 .unwrap();
-                sources(es, index).await.contains_key("1").then_some(())
+                es.sources(index).await.contains_key("1").then_some(())
             }
         },
     )
@@ -694,7 +695,7 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
     assert_eq!(r.status, reindex::ReindexStatus::Swapped);
     assert!(reindex::active(&state).await.unwrap().is_empty());
     // A few more queries after the swap.
-    let after = sources(&es, &alias).await.len();
+    let after = es.sources(&alias).await.len();
     stop.store(true, Ordering::Relaxed);
     let queries_run = queries.await.unwrap();
 
@@ -719,7 +720,7 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
         es.exists(&first).await,
         "the old index is kept without --delete-old"
     );
-    assert_exact(&db, &es, &alias, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &es, &alias, "SELECT * FROM items", &["id"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -758,5 +759,5 @@ async fn an_interrupted_ctid_snapshot_starts_over_when_the_table_was_rewritten()
         .expect("snapshot");
     assert_ne!(summary.tables[0].run_id, first.run_id);
     assert_eq!(summary.tables[0].chunks_resumed, 0);
-    assert_exact(&db, &Es::new(), &index, "SELECT * FROM nokey", &["a", "b"]).await;
+    assert_index_matches(&db, &Es::new(), &index, "SELECT * FROM nokey", &["a", "b"]).await;
 }

@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::run::{Sluice, mapping};
-use crate::support::{Es, TestDb, assert_index_matches};
+use crate::support::compare::assert_index_matches;
+use crate::support::{Es, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_snapshot_resumes_by_itself_when_its_postgres_connections_are_terminated() {
@@ -88,5 +89,5 @@ async fn sluice_snapshot_resumes_by_itself_when_its_postgres_connections_are_ter
         "the snapshot was interrupted and resumed:\n{}",
         log()
     );
-    assert_index_matches(&db, &es, &index, "SELECT * FROM items", "id").await;
+    assert_index_matches(&db, &es, &index, "SELECT * FROM items", &["id"]).await;
 }

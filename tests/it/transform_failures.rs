@@ -5,28 +5,13 @@
 //! Every test ends with the whole index compared with the whole table, and
 //! the whole dead-letter index with what it must hold.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::run::{Setup, Sluice, mapping, poll, wait_converged, wait_streaming};
+use crate::support::compare::{assert_index_holds, table_docs};
 use crate::support::{Es, TestDb};
-
-/// The rows of `query` keyed by their `key` column's text.
-async fn rows_by(db: &TestDb, query: &str, key: &str) -> BTreeMap<String, Value> {
-    db.json_rows(query)
-        .await
-        .into_iter()
-        .map(|r| {
-            let k = match &r[key] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k, r)
-        })
-        .collect()
-}
 
 /// Wait until `index` holds exactly `query`'s rows (keyed by `key`) and the
 /// dead-letter index exactly `dead_letters` records.
@@ -37,7 +22,7 @@ async fn wait_exact(
     (index, query, key): (&str, &str, &str),
     (dl_index, dead_letters): (&str, usize),
 ) {
-    let want = rows_by(db, query, key).await;
+    let want = table_docs(db, query, &[key]).await;
     assert!(!want.is_empty(), "an empty expectation would prove nothing");
     poll(
         sluice,
@@ -48,7 +33,7 @@ async fn wait_exact(
         },
     )
     .await;
-    assert_eq!(es.sources(index).await, want);
+    assert_index_holds(es, index, &want, query).await;
 }
 
 /// A `sluice run` connecting as the tables' owner, so it creates the

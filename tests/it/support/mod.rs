@@ -8,7 +8,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,6 +17,7 @@ use serde_json::Value;
 use tokio_postgres::types::FromSqlOwned;
 use tokio_postgres::{Client, NoTls};
 
+pub mod compare;
 pub mod es;
 pub mod es_cluster;
 pub mod workload;
@@ -290,71 +290,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Assert that `index` holds exactly the rows of `query` (JSON objects keyed
-/// by `id_column`, compared whole) and nothing else.
-pub async fn assert_index_matches(db: &TestDb, es: &Es, index: &str, query: &str, id_column: &str) {
-    assert_index_matches_on(&db.admin, es, index, query, id_column).await
-}
-
-/// [`assert_index_matches`] for a database reached through `client` (a
-/// private cluster, say).
-pub async fn assert_index_matches_on(
-    client: &Client,
-    es: &Es,
-    index: &str,
-    query: &str,
-    id_column: &str,
-) {
-    let expected: BTreeMap<String, Value> = json_rows(client, query)
-        .await
-        .into_iter()
-        .map(|row| {
-            let id = match &row[id_column] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (id, row)
-        })
-        .collect();
-    let docs = es.all_docs(index).await;
-    let actual: BTreeMap<String, Value> = docs
-        .iter()
-        .map(|(k, (_, s))| (k.clone(), s.clone()))
-        .collect();
-    let missing: Vec<_> = expected
-        .keys()
-        .filter(|k| !actual.contains_key(*k))
-        .collect();
-    let extra: Vec<_> = actual
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .collect();
-    let differ: Vec<_> = expected
-        .iter()
-        .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
-        .map(|(k, v)| {
-            format!(
-                "{k}: table {v} vs index {} (_version {})",
-                actual[k], docs[k].0
-            )
-        })
-        .take(5)
-        .collect();
-    let extra_docs: Vec<String> = extra
-        .iter()
-        .take(5)
-        .map(|k| format!("{k}: {} (_version {})", docs[*k].1, docs[*k].0))
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "index {index} does not match the table: {} missing (e.g. {:?}), {} extra, e.g.:\n{}\n{} differ:\n{}",
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        extra.len(),
-        extra_docs.join("\n"),
-        differ.len(),
-        differ.join("\n")
-    );
 }
