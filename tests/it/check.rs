@@ -7,6 +7,7 @@ use serde_json::json;
 use sluice::app::check::{Report, check};
 use sluice::config::Config;
 
+use crate::support::private_pg::PrivatePg;
 use crate::support::{Es, TestDb, services, unique_name, with_database};
 
 const DEMO_SCHEMA: &str = include_str!("../../scripts/demo-schema.sql");
@@ -598,91 +599,12 @@ async fn bad_configuration_exits_with_code_two_and_names_every_line() {
     assert!(stderr.contains("3 problem(s)"), "{stderr}");
 }
 
-/// A private PostgreSQL (the shared one must not be reconfigured) with
-/// the given settings (no logical WAL, no slots or WAL senders); stopped on drop.
-struct PrivatePg {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl PrivatePg {
-    fn start(settings: &[&str]) -> PrivatePg {
-        let bin = Path::new(&services().pg_bin).to_path_buf();
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        std::process::Command::new("chown")
-            .args(["postgres"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        run(&[
-            bin.join("initdb").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-        ]);
-        let port = crate::support::free_port();
-        let mut opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            dir.path().display()
-        );
-        for s in settings {
-            opts.push_str(&format!(" -c {s}"));
-        }
-        run(&[
-            bin.join("pg_ctl").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-o",
-            &opts,
-            "-l",
-            dir.path().join("log").to_str().unwrap(),
-            "-w",
-            "start",
-        ]);
-        PrivatePg { dir, port }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        let bin = Path::new(&services().pg_bin).join("pg_ctl");
-        let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(bin)
-            .args(["-D"])
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn a_server_without_logical_wal_free_slots_or_wal_senders_is_reported() {
-    let pg = PrivatePg::start(&[
-        "wal_level=replica",
-        "max_replication_slots=0",
-        "max_wal_senders=0",
-    ]);
+    // A private cluster: the shared one must not be reconfigured.
+    let pg = PrivatePg::start_with(
+        "wal_level = replica\nmax_replication_slots = 0\nmax_wal_senders = 0",
+    );
     let client = crate::support::connect(&pg.url()).await;
     client
         .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, total numeric)")

@@ -9,8 +9,10 @@ use sluice::Lsn;
 use tokio_postgres::Client;
 
 use crate::run::{Sluice, mapping, poll};
-use crate::run_outage::{Indices, confirmed_flush, metric, private_setup, wait_active};
-use crate::source_restart::PrivatePg;
+use crate::run_outage::{metric, private_setup, wait_active};
+use crate::support::es::Indices;
+use crate::support::private_pg::PrivatePg;
+use crate::support::slot::{confirmed_flush, wal_lsn};
 use crate::support::{Es, TestDb, connect};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,11 +32,6 @@ struct Outcome {
     samples: Vec<(f64, i64, i64)>,
     /// WAL the slot retains at the end (server position − restart LSN), bytes.
     retained: f64,
-}
-
-async fn lsn(client: &Client, sql: &str) -> Lsn {
-    let s: String = client.query_one(sql, &[]).await.unwrap().get(0);
-    s.parse().unwrap()
 }
 
 /// A private cluster where Sluice streams the published table `quiet`
@@ -134,7 +131,7 @@ fn write_busy(
 
 /// (seconds since `started`, current WAL − confirmed, confirmed − `from`).
 async fn sample(admin: &Client, started: Instant, from: Lsn) -> ((f64, i64, i64), Lsn) {
-    let current = lsn(admin, "SELECT pg_current_wal_lsn()::text").await;
+    let current = wal_lsn(admin).await;
     let confirmed = confirmed_flush(admin, "sluice").await;
     (
         (
@@ -171,7 +168,7 @@ async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64, starve: 
             .unwrap();
         assert!(st.success());
     }
-    let load_start = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
+    let load_start = wal_lsn(&admin).await;
     let (stop, writers) = write_busy(pg.url(), load);
     let started = Instant::now();
     let mut samples = Vec::new();
@@ -204,7 +201,7 @@ async fn moves_past_unpublished_wal(heartbeat_ms: Option<u64>) -> (Outcome, i64)
         admin,
         mut sluice,
     } = quiet_busy(heartbeat_ms, true).await;
-    let load_start = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
+    let load_start = wal_lsn(&admin).await;
     let (stop, writers) = write_busy(pg.url(), Load::Light);
     // WAL the unpublished table wrote in the first seconds of the load...
     let started = Instant::now();
@@ -215,7 +212,7 @@ async fn moves_past_unpublished_wal(heartbeat_ms: Option<u64>) -> (Outcome, i64)
         async || started.elapsed() > Duration::from_secs(3),
     )
     .await;
-    let mark = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
+    let mark = wal_lsn(&admin).await;
     // ...is passed by the slot while the load goes on (status updates every 10 s).
     let mut samples = Vec::new();
     poll(

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::run::{
     Setup, Sluice, http_get, mapping, metric_sum, poll, wait_converged, wait_streaming,
 };
+use crate::support::slot::{confirmed_flush, create_slot, hold_slot, slot_active};
 use crate::support::{Es, TestDb, services, wait_until};
 
 /// The value of the unlabelled series `name`.
@@ -45,20 +46,6 @@ fn exported_names(metrics: &str) -> BTreeSet<String> {
                 .unwrap_or_else(|| name.to_string())
         })
         .collect()
-}
-
-async fn slot_confirmed(db: &TestDb) -> u64 {
-    let slot = format!("sluice_{}", db.name);
-    let lsn: String = db
-        .admin
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    lsn.parse::<sluice::Lsn>().unwrap().0
 }
 
 /// One `sluice run` with an initial snapshot, a stream of inserts, updates
@@ -129,14 +116,14 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
     // The gauge is what Sluice confirms: the slot never passes it, and
     // reaches it with the next standby status update (other tests' WAL keeps
     // moving the position, so the two are compared in that order).
-    let slot = slot_confirmed(&db).await as f64;
+    let slot = confirmed_flush(&db, &db.slot()).await.0 as f64;
     let gauge = plain(&http_get(&addr, "/metrics").1, "sluice_confirmed_flush_lsn").unwrap();
     assert!(gauge >= slot, "gauge {gauge} behind the slot {slot}");
     poll(
         &mut sluice,
         Duration::from_secs(60),
         "the slot's confirmed_flush_lsn to reach sluice_confirmed_flush_lsn",
-        async || slot_confirmed(&db).await as f64 >= gauge,
+        async || confirmed_flush(&db, &db.slot()).await.0 as f64 >= gauge,
     )
     .await;
     // Idle and applied: the lag in seconds drops to 0 (a keepalive confirms).
@@ -219,19 +206,6 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 }
 
-/// Holds `slot` active the way another Sluice would.
-fn hold_slot(db: &TestDb, slot: &str) -> tokio::process::Child {
-    tokio::process::Command::new(format!("{}/pg_recvlogical", services().pg_bin))
-        .args(["-d", &db.repl_url(), "--slot", slot, "--start", "--no-loop"])
-        .args(["-f", "/dev/null", "-o", "proto_version=1"])
-        .args(["-o", "publication_names=sluice"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start pg_recvlogical")
-}
-
 /// `/ready` is 503 while `sluice run` starts — here, while it waits for
 /// another client to let go of its slot — and 200 only once it streams;
 /// `/health` is 200 throughout.
@@ -239,34 +213,18 @@ fn hold_slot(db: &TestDb, slot: &str) -> tokio::process::Child {
 async fn ready_flips_only_once_the_run_streams() {
     let db = TestDb::new().await;
     let index = db.index("r");
-    let slot = format!("sluice_{}", db.name);
+    let slot = db.slot();
     db.sql(
         "CREATE TABLE r (id bigint PRIMARY KEY);
          CREATE PUBLICATION sluice FOR TABLE r;",
     )
     .await;
-    let repl = crate::support::connect(&db.repl_url()).await;
-    repl.query_one(
-        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&slot],
-    )
-    .await
-    .unwrap();
-    let mut holder = hold_slot(&db, &slot);
+    create_slot(&db, &slot).await;
+    let mut holder = hold_slot(&db, &slot, "sluice");
     wait_until(
         Duration::from_secs(20),
         "pg_recvlogical to hold the slot",
-        || async {
-            db.admin
-                .query_one(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .unwrap()
-                .get::<_, bool>(0)
-                .then_some(())
-        },
+        || async { (slot_active(&db, &slot).await == Some(true)).then_some(()) },
     )
     .await;
 

@@ -1,7 +1,6 @@
 //! `sluice status` and `sluice teardown` against a real slot, publication and
 //! indices.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -11,7 +10,8 @@ use sluice::app::status::{
 };
 
 use crate::ops::{es_config, pg_config_from_url, targets};
-use crate::support::{Es, TestDb, connect, free_port, services, wait_until};
+use crate::support::slot::{create_slot, hold_slot, slot_pid};
+use crate::support::{Es, TestDb, connect, free_port, wait_until};
 
 async fn slot_and_publication(db: &TestDb) {
     let t = targets(db);
@@ -21,13 +21,7 @@ async fn slot_and_publication(db: &TestDb) {
         t.publication
     ))
     .await;
-    let repl = connect(&db.repl_url()).await;
-    repl.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&t.slot],
-    )
-    .await
-    .expect("create slot");
+    create_slot(db, &t.slot).await;
 }
 
 /// Write documents with the given ids, then refresh.
@@ -203,44 +197,6 @@ async fn status_names_a_closed_mapped_index_and_the_cluster_health() {
     );
 }
 
-/// Holds the slot active the way a running Sluice would: a walsender
-/// streaming from it to `pg_recvlogical`.
-fn hold_slot(db: &TestDb, slot: &str, publication: &str) -> tokio::process::Child {
-    tokio::process::Command::new(format!("{}/pg_recvlogical", services().pg_bin))
-        .args([
-            "-d",
-            &db.repl_url(),
-            "--slot",
-            slot,
-            "--start",
-            "--no-loop",
-            "-f",
-            "/dev/null",
-        ])
-        .args([
-            "-o",
-            "proto_version=1",
-            "-o",
-            &format!("publication_names={publication}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start pg_recvlogical")
-}
-
-async fn slot_pid(db: &TestDb, slot: &str) -> Option<i32> {
-    db.admin
-        .query_opt(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .and_then(|r| r.get(0))
-}
-
 async fn exists(db: &TestDb, sql: &str, name: &str) -> bool {
     db.admin.query_opt(sql, &[&name]).await.unwrap().is_some()
 }
@@ -265,12 +221,7 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
     ))
     .await
     .unwrap();
-    repl.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&t.slot],
-    )
-    .await
-    .unwrap();
+    create_slot(&db, &t.slot).await;
     put_docs(
         &Es::new(),
         &t.state_index,

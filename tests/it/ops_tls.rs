@@ -299,7 +299,7 @@ async fn postgres_verify_full_with_a_test_ca_connects_and_refuses_a_wrong_ca_or_
     for key in ["good-server.key", "other-host.key"] {
         run(Command::new("chmod").arg("600").arg(dir.join(key)));
     }
-    let pg = crate::source_restart::PrivatePg::start_with(&format!(
+    let pg = crate::support::private_pg::PrivatePg::start_with(&format!(
         "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
         dir.join("good-server.crt").display(),
         dir.join("good-server.key").display()

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rand::{RngExt, SeedableRng};
 
 use crate::support::compare::{assert_index_matches, table_docs};
+use crate::support::slot::{pending_changes, slot_active};
 use crate::support::{Es, SqlClient, TestDb};
 
 /// A `sluice run` process with its own config directory.
@@ -280,7 +281,7 @@ fn progress_metrics(sluice: &Sluice) -> String {
 /// transaction ends; a change committed before it is in neither the stream
 /// nor, with snapshot mode `never`, the index.)
 pub(crate) async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
-    let slot = format!("sluice_{}", db.name);
+    let slot = db.slot();
     let log = sluice.log.clone();
     poll(
         sluice,
@@ -290,15 +291,7 @@ pub(crate) async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             // The last start's address (an earlier one may be dead).
             http_addr_in(&text).is_some_and(|a| streaming_at(&a))
-                && db
-                    .admin
-                    .query_opt(
-                        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&slot],
-                    )
-                    .await
-                    .unwrap()
-                    .is_some_and(|r| r.get::<_, bool>(0))
+                && slot_active(db, &slot).await == Some(true)
         },
     )
     .await;
@@ -442,32 +435,14 @@ async fn sigterm_confirms_the_final_lsn_so_a_restart_replays_nothing() {
     wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 
-    let slot = format!("sluice_{}", db.name);
-    let active: bool = db
-        .admin
-        .query_one(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(
-        !active,
+    assert_eq!(
+        slot_active(&db, &db.slot()).await,
+        Some(false),
         "a clean exit ends the stream, so the slot is already free for a successor"
     );
-    let pending: i64 = db
-        .admin
-        .query_one(
-            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
-               'proto_version', '1', 'publication_names', 'sluice')",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        pending, 0,
+        pending_changes(&db, &db.slot()).await,
+        0,
         "the slot still holds changes Sluice already applied"
     );
 }

@@ -6,10 +6,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice::Lsn;
 
 use crate::run::{Sluice, http_get, mapping, poll, wait_converged, wait_streaming};
-use crate::run_outage::confirmed_flush;
+use crate::support::slot::{confirmed_flush, wal_lsn};
 use crate::support::{Es, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,13 +35,7 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
     wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
 
     es.close(&index).await;
-    let before: String = db
-        .admin
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let before: Lsn = before.parse().unwrap();
+    let before = wal_lsn(&db).await;
     db.sql("UPDATE items SET n = 'v2' WHERE id <= 10").await;
     db.sql("INSERT INTO items SELECT g, 'new' FROM generate_series(51, 60) g")
         .await;

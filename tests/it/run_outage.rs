@@ -13,26 +13,16 @@ use tokio_postgres::Client;
 
 use crate::run::{Setup, Sluice, http_get, mapping, poll, wait_converged, wait_streaming};
 use crate::sink_proxy::Proxy;
-use crate::source_restart::PrivatePg;
 use crate::support::compare::assert_index_matches;
+use crate::support::es::Indices;
+use crate::support::private_pg::PrivatePg;
+use crate::support::slot::{confirmed_flush, slot_active};
 use crate::support::workload::Workload;
-use crate::support::{Es, TestDb, unique_name};
+use crate::support::{Es, TestDb};
 
 const ACCOUNTS: &str =
     "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
      CREATE PUBLICATION sluice FOR TABLE accounts;";
-
-/// The slot's `confirmed_flush_lsn` as the server records it.
-pub(crate) async fn confirmed_flush(client: &Client, slot: &str) -> Lsn {
-    let row = client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .expect("read the slot");
-    row.get::<_, String>(0).parse().unwrap()
-}
 
 /// A metric's value summed over its series (also one without labels).
 pub(crate) fn metric(sluice: &Sluice, name: &str) -> f64 {
@@ -175,34 +165,6 @@ async fn an_elasticsearch_outage_mid_stream_holds_the_slot_and_heals_without_a_m
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
 }
 
-/// Deletes a test's indices at the end (tests on a private cluster have no
-/// `TestDb` to do it).
-pub(crate) struct Indices(pub String);
-
-impl Indices {
-    pub fn new() -> Indices {
-        Indices(format!("{}-", unique_name("t").replace('_', "-")))
-    }
-
-    pub fn name(&self, n: &str) -> String {
-        format!("{}{n}", self.0)
-    }
-}
-
-impl Drop for Indices {
-    fn drop(&mut self) {
-        let pattern = format!("{}*", self.0);
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async { Es::new().delete_indices(&pattern).await })
-        })
-        .join();
-    }
-}
-
 /// A `Setup` for a private cluster's `postgres` database (as its superuser).
 pub(crate) fn private_setup(pg: &PrivatePg, indices: &Indices) -> Setup {
     Setup {
@@ -229,13 +191,7 @@ pub(crate) async fn wait_active(client: &Client, slot: &str, sluice: &mut Sluice
         async || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             crate::run::http_addr_in(&text).is_some_and(|a| crate::run::streaming_at(&a))
-                && client
-                    .query_opt(
-                        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                        &[&slot],
-                    )
-                    .await
-                    .is_ok_and(|r| r.is_some())
+                && slot_active(client, slot).await == Some(true)
         },
     )
     .await;
@@ -399,10 +355,9 @@ async fn stop_postgres_during_an_outage(during: i64, pipeline: &str) {
         .unwrap();
     drop(admin);
     let p = pg.clone();
-    let stopped =
-        tokio::task::spawn_blocking(move || super::source_restart::pg_ctl_stop(&p, "fast", 120))
-            .await
-            .unwrap();
+    let stopped = tokio::task::spawn_blocking(move || p.pg_ctl_stop("fast", 120))
+        .await
+        .unwrap();
     assert!(
         stopped,
         "PostgreSQL could not stop while Sluice held changes it could not apply:\n{}",

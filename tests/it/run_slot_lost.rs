@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use crate::run::{Sluice, mapping, wait_converged};
-use crate::run_outage::{Indices, private_setup, wait_active};
-use crate::source_restart::PrivatePg;
+use crate::run_outage::{private_setup, wait_active};
+use crate::support::es::Indices;
+use crate::support::private_pg::PrivatePg;
 use crate::support::{Es, connect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ use crate::snapshot_support::{
     workload,
 };
 use crate::support::compare::assert_index_matches;
+use crate::support::slot::wal_lsn;
 use crate::support::{Es, TestDb, wait_until};
 
 fn rows_for_big_tests() -> i64 {
@@ -503,14 +504,8 @@ async fn a_stale_snapshot_row_arriving_after_the_streams_delete_stays_deleted() 
     gate.reached.notified().await;
     // The stream deletes row 1500 after the snapshot was taken.
     db.sql("DELETE FROM items WHERE id = 1500").await;
-    let lsn: String = db
-        .admin
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
     let point = log.lock().unwrap()[0].point;
-    let delete_version = lsn.parse::<sluice::Lsn>().unwrap().as_version();
+    let delete_version = wal_lsn(&db).await.as_version();
     assert!(delete_version >= point.as_version());
     bulk_write(
         &es,

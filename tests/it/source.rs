@@ -14,7 +14,8 @@ use sluice::source::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::support::{TestDb, services, unique_name};
+use crate::support::slot::{confirmed_flush, slot_pid};
+use crate::support::{TestDb, services, unique_name, wait_until};
 
 /// Replication-role config for a test database (SCRAM over TCP, no TLS).
 pub fn repl_config(db: &TestDb) -> PgConnectConfig {
@@ -466,15 +467,14 @@ async fn a_keepalive_is_forwarded_while_idle_and_confirmed_flush_reaches_the_slo
     };
     assert!(wal_end >= end);
     reader.flushed.send(end).unwrap();
-    let confirmed = crate::support::wait_until(Duration::from_secs(20), "the slot to confirm the flushed LSN", || async {
-        let row = db
-            .admin
-            .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .await
-            .unwrap();
-        let lsn: Lsn = row.get::<_, String>(0).parse().unwrap();
-        (lsn >= end).then_some(lsn)
-    })
+    let confirmed = wait_until(
+        Duration::from_secs(20),
+        "the slot to confirm the flushed LSN",
+        || async {
+            let lsn = confirmed_flush(&db, &slot).await;
+            (lsn >= end).then_some(lsn)
+        },
+    )
     .await;
     assert!(confirmed >= end);
     reader.stop().await.unwrap();
@@ -496,16 +496,6 @@ async fn a_killed_connection_reconnects_with_backoff_and_resumes_after_the_confi
     cfg.max_backoff = Duration::from_millis(500);
     cfg.status_interval = Duration::from_millis(100);
     let mut reader = Reader::start(cfg, 1024);
-    let walsender = || async {
-        db.admin
-            .query_one(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .get::<_, Option<i32>>(0)
-    };
 
     // Transactions 1..=5 arrive and 1..=3 are confirmed; 4 and 5 are not.
     for i in 1..=5 {
@@ -549,7 +539,7 @@ async fn a_killed_connection_reconnects_with_backoff_and_resumes_after_the_confi
             }
         }
     }
-    let now = walsender().await;
+    let now = slot_pid(&db, &slot).await;
     assert!(
         now.is_some() && now != Some(first),
         "a new walsender serves the slot"

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::run::{Setup, Sluice, mapping, poll, wait_converged, wait_streaming};
 use crate::support::compare::{assert_index_holds, table_docs};
+use crate::support::slot::pending_changes;
 use crate::support::{Es, TestDb};
 
 /// Wait until `index` holds exactly `query`'s rows (keyed by `key`) and the
@@ -45,19 +46,6 @@ fn as_owner(db: &TestDb, extra: &str, mappings: &[(&str, String)]) -> Sluice {
         ..Setup::for_db(db)
     };
     Sluice::with_setup(&setup, mappings)
-}
-
-/// Changes the slot still holds (0: everything is confirmed).
-async fn pending_changes(db: &TestDb) -> i64 {
-    db.admin
-        .query_one(
-            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
-               'proto_version', '1', 'publication_names', 'sluice')",
-            &[&format!("sluice_{}", db.name)],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +102,11 @@ async fn a_bad_integer_text_becomes_one_dead_letter_and_the_stream_goes_on() {
     // The dead letter is durable and confirmed: a clean stop leaves nothing
     // to replay, and a restart neither stops on the row nor stores it twice.
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-    assert_eq!(pending_changes(&db).await, 0, "the slot passed the bad row");
+    assert_eq!(
+        pending_changes(&db, &db.slot()).await,
+        0,
+        "the slot passed the bad row"
+    );
     sluice.start();
     wait_streaming(&db, &mut sluice).await;
     db.sql("INSERT INTO readings VALUES (31, 'r31', '310')")
@@ -162,7 +154,7 @@ async fn a_null_id_column_becomes_a_dead_letter_and_the_stream_goes_on() {
         json!({"n": 4, "code": null, "name": "part 4"})
     );
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-    assert_eq!(pending_changes(&db).await, 0);
+    assert_eq!(pending_changes(&db, &db.slot()).await, 0);
 }
 
 /// 20 kB of incompressible text, stored out of line: an update of another
@@ -269,7 +261,10 @@ async fn a_table_renamed_while_streaming_keeps_being_indexed() {
     assert_ne!(code, 0, "{}", sluice.log_text());
     sluice.kill9();
     assert!(sluice.log_text().contains("public.goods"));
-    assert!(pending_changes(&db).await > 0, "nothing was confirmed");
+    assert!(
+        pending_changes(&db, &db.slot()).await > 0,
+        "nothing was confirmed"
+    );
     // With the mapping naming the table as it is now, the backlog (named
     // `goods`, re-read from `wares`) is indexed.
     std::fs::write(

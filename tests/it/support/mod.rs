@@ -20,6 +20,8 @@ use tokio_postgres::{Client, NoTls};
 pub mod compare;
 pub mod es;
 pub mod es_cluster;
+pub mod private_pg;
+pub mod slot;
 pub mod workload;
 
 pub use es::Es;
