@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::run::{
-    Setup, Sluice, http_get, mapping, metric_sum, poll, wait_converged, wait_streaming,
-};
 use crate::support::slot::{confirmed_flush, create_slot, hold_slot, slot_active};
+use crate::support::sluice::{
+    SNAPSHOT_NEVER, Sluice, SluiceToml, http_get, mapping, metric_sum, sluice_command,
+    table_mapping,
+};
 use crate::support::{Es, TestDb, services, wait_until};
 
 /// The value of the unlabelled series `name`.
@@ -75,18 +76,15 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
             ),
         )],
     );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    sluice.start_streaming(&db).await;
     // The slot is active from its creation on; changes committed before the
     // snapshot ends may still be in it. Stream only once `/ready` says so.
     let addr = sluice.http_addr();
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the stream",
-        async || http_get(&addr, "/ready").1.contains("streaming"),
-    )
-    .await;
+    sluice
+        .wait_for(Duration::from_secs(60), "the stream", async || {
+            http_get(&addr, "/ready").1.contains("streaming")
+        })
+        .await;
     db.sql(
         "INSERT INTO m SELECT g, g::text FROM generate_series(1001, 1030) g;
          UPDATE m SET v = (id * 2)::text WHERE id <= 10;
@@ -94,51 +92,46 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
          INSERT INTO m VALUES (2000, 'not a number');",
     )
     .await;
-    wait_converged(
-        &db,
-        &es,
-        &index,
-        "SELECT * FROM m WHERE id <> 2000",
-        &mut sluice,
-    )
-    .await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM m WHERE id <> 2000")
+        .await;
     let table = "table=\"public.m\"";
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the dead letter to be counted",
-        async || {
-            let m = http_get(&addr, "/metrics").1;
-            metric_sum(&m, "sluice_dead_letters_total", &[table]) == 1.0
-        },
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(60),
+            "the dead letter to be counted",
+            async || {
+                let m = http_get(&addr, "/metrics").1;
+                metric_sum(&m, "sluice_dead_letters_total", &[table]) == 1.0
+            },
+        )
+        .await;
     // The gauge is what Sluice confirms: the slot never passes it, and
     // reaches it with the next standby status update (other tests' WAL keeps
     // moving the position, so the two are compared in that order).
     let slot = confirmed_flush(&db, &db.slot()).await.0 as f64;
     let gauge = plain(&http_get(&addr, "/metrics").1, "sluice_confirmed_flush_lsn").unwrap();
     assert!(gauge >= slot, "gauge {gauge} behind the slot {slot}");
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the slot's confirmed_flush_lsn to reach sluice_confirmed_flush_lsn",
-        async || confirmed_flush(&db, &db.slot()).await.0 as f64 >= gauge,
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(60),
+            "the slot's confirmed_flush_lsn to reach sluice_confirmed_flush_lsn",
+            async || confirmed_flush(&db, &db.slot()).await.0 as f64 >= gauge,
+        )
+        .await;
     // Idle and applied: the lag in seconds drops to 0 (a keepalive confirms).
-    poll(
-        &mut sluice,
-        Duration::from_secs(90),
-        "sluice_replication_lag_seconds to read 0 once caught up",
-        async || {
-            plain(
-                &http_get(&addr, "/metrics").1,
-                "sluice_replication_lag_seconds",
-            ) == Some(0.0)
-        },
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(90),
+            "sluice_replication_lag_seconds to read 0 once caught up",
+            async || {
+                plain(
+                    &http_get(&addr, "/metrics").1,
+                    "sluice_replication_lag_seconds",
+                ) == Some(0.0)
+            },
+        )
+        .await;
 
     let m = http_get(&addr, "/metrics").1;
     let sum = |name: &str, labels: &[&str]| metric_sum(&m, name, labels);
@@ -203,7 +196,7 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
         sluice_names, catalogue,
         "exported metrics (left) differ from the catalogue the dashboard is checked against (right)"
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 }
 
 /// `/ready` is 503 while `sluice run` starts — here, while it waits for
@@ -228,11 +221,7 @@ async fn ready_flips_only_once_the_run_streams() {
     )
     .await;
 
-    let mut sluice = Sluice::new(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("r.toml", mapping("public.r", &index, ""))],
-    );
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("r", &index)]);
     sluice.start();
     wait_until(Duration::from_secs(30), "the HTTP endpoint", || async {
         sluice.log_text().contains("serving /metrics").then_some(())
@@ -251,19 +240,17 @@ async fn ready_flips_only_once_the_run_streams() {
         assert_eq!(*health, 200);
     }
     holder.kill().await.unwrap();
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "/ready to turn 200",
-        async || http_get(&addr, "/ready").0 == 200,
-    )
-    .await;
+    sluice
+        .wait_for(Duration::from_secs(60), "/ready to turn 200", async || {
+            http_get(&addr, "/ready").0 == 200
+        })
+        .await;
     assert_eq!(
         http_get(&addr, "/ready").1,
         r#"{"ready":true,"state":"streaming"}"#
     );
-    wait_streaming(&db, &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.wait_streaming(&db).await;
+    sluice.stop_cleanly();
 }
 
 /// A TCP proxy in front of the shared Elasticsearch that keeps a copy of
@@ -325,19 +312,8 @@ impl Drop for Recorder {
 
 /// Runs the binary to completion; returns (exit code, stdout + stderr).
 fn sluice_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run sluice");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let ran = sluice_command(args, env);
+    (ran.code.unwrap_or(-1), ran.text())
 }
 
 /// Known secrets in every place Sluice takes them from — the PostgreSQL URL
@@ -365,27 +341,23 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
         .to_string();
     let es_secret = "es-Known-Secret-7f3a";
     let api_key = "a25vd24tYXBpLWtleS1zZWNyZXQ=";
-    let setup = Setup {
+    let setup = SluiceToml {
         es_url: format!("http://{}", recorder.addr),
         es_extra: "username = \"sluice\"\npassword_file = \"es-password\"\n".into(),
-        extra: "[snapshot]\nmode = \"never\"\n".into(),
-        ..Setup::for_db(&db)
+        extra: SNAPSHOT_NEVER.into(),
+        ..SluiceToml::for_db(&db)
     };
-    let sluice = Sluice::with_setup(&setup, &[("s.toml", mapping("public.s", &index, ""))]);
-    std::fs::write(
-        sluice.dir.path().join("es-password"),
-        format!("{es_secret}\n"),
-    )
-    .unwrap();
+    let sluice = Sluice::with_config(&setup, &[table_mapping("s", &index)]);
+    std::fs::write(sluice.file("es-password"), format!("{es_secret}\n")).unwrap();
     let config = sluice.config_path().display().to_string();
-    let log_path = sluice.dir.path().join("run.log");
+    let log_path = sluice.file("run.log");
     let trace = [("SLUICE_LOG", "trace"), ("SLUICE_LOG_FORMAT", "json")];
 
     // 1. A working run, JSON logs at trace level for every crate.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "--config", &config])
         .envs(trace)
-        .stdout(std::fs::File::create(sluice.dir.path().join("run.out")).unwrap())
+        .stdout(std::fs::File::create(sluice.file("run.out")).unwrap())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
@@ -420,7 +392,7 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
         .status();
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let run_log = std::fs::read_to_string(&log_path).unwrap()
-        + &std::fs::read_to_string(sluice.dir.path().join("run.out")).unwrap();
+        + &std::fs::read_to_string(sluice.file("run.out")).unwrap();
     assert!(run_log.lines().count() > 50, "a verbose log:\n{run_log}");
     for line in run_log.lines() {
         serde_json::from_str::<serde_json::Value>(line)
@@ -428,7 +400,7 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
     }
 
     // 2. `sluice status` with an API key from the environment.
-    let api_config = sluice.dir.path().join("api-key.toml");
+    let api_config = sluice.file("api-key.toml");
     std::fs::write(
         &api_config,
         std::fs::read_to_string(sluice.config_path())
@@ -453,8 +425,8 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
     // in a file (not in the URL), the Elasticsearch password in the URL's
     // userinfo, the API key in a file. `check` and `status` on each.
     let url_secret = "es-Url-Secret-91c2";
-    std::fs::write(sluice.dir.path().join("pg-password"), &pg_secret).unwrap();
-    std::fs::write(sluice.dir.path().join("api-key"), format!("{api_key}\n")).unwrap();
+    std::fs::write(sluice.file("pg-password"), &pg_secret).unwrap();
+    std::fs::write(sluice.file("api-key"), format!("{api_key}\n")).unwrap();
     let base = std::fs::read_to_string(sluice.config_path()).unwrap();
     let es_auth = "username = \"sluice\"\npassword_file = \"es-password\"";
     let variants = [
@@ -484,7 +456,7 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
     let mut more_outputs = Vec::new();
     for (name, text) in variants {
         assert_ne!(text, base, "{name}: the variant changed nothing");
-        let path = sluice.dir.path().join(format!("{name}.toml"));
+        let path = sluice.file(&format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         let path = path.display().to_string();
         let (code, out) = sluice_cmd(&["status", "--config", &path], &trace);
@@ -496,7 +468,7 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
     }
 
     // 3. Failures: a wrong PostgreSQL password, in `run` and in `status`.
-    let wrong = sluice.dir.path().join("wrong.toml");
+    let wrong = sluice.file("wrong.toml");
     std::fs::write(
         &wrong,
         std::fs::read_to_string(sluice.config_path())

@@ -5,11 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::run::{Sluice, http_get, mapping, poll, wait_converged, wait_streaming};
 use crate::support::slot::{confirmed_flush, wal_lsn};
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, http_get, table_mapping};
 use crate::support::{Es, TestDb};
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_lettered() {
@@ -22,17 +21,13 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
          CREATE PUBLICATION sluice FOR TABLE items;",
     )
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("items.toml", mapping("public.items", &index, ""))],
-    );
-    let slot = format!("sluice_{}", db.name);
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("items", &index)]);
+    sluice.start_streaming(&db).await;
     db.sql("INSERT INTO items SELECT g, 'v1' FROM generate_series(1, 50) g")
         .await;
-    wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM items")
+        .await;
 
     es.close(&index).await;
     let before = wal_lsn(&db).await;
@@ -43,17 +38,17 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
 
     // Held: not ready, with the reason; the slot does not pass the changes.
     let addr = sluice.http_addr();
-    poll(
-        &mut sluice,
-        Duration::from_secs(30),
-        "/ready to report the held writes",
-        async || {
-            let (code, body) = http_get(&addr, "/ready");
-            code == 503 && body.contains("index_closed_exception")
-        },
-    )
-    .await;
-    let (_, body) = http_get(&addr, "/ready");
+    sluice
+        .wait_for(
+            Duration::from_secs(30),
+            "/ready to report the held writes",
+            async || {
+                let (code, body) = http_get(&addr, "/ready");
+                code == 503 && body.contains("index_closed_exception")
+            },
+        )
+        .await;
+    let (_, body) = sluice.get("/ready");
     let ready: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready["ready"], false, "{body}");
     assert!(
@@ -63,7 +58,7 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
         assert_eq!(sluice.exited(), None, "{}", sluice.log_text());
-        let confirmed = confirmed_flush(&db.admin, &slot).await;
+        let confirmed = confirmed_flush(&db, &sluice.slot).await;
         assert!(
             confirmed <= before,
             "the slot confirmed {confirmed} past held changes (after {before})"
@@ -77,14 +72,16 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
     );
 
     es.open(&index).await;
-    wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
-    poll(
-        &mut sluice,
-        Duration::from_secs(30),
-        "/ready to be ready again",
-        async || http_get(&addr, "/ready").0 == 200,
-    )
-    .await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM items")
+        .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(30),
+            "/ready to be ready again",
+            async || http_get(&addr, "/ready").0 == 200,
+        )
+        .await;
     if es.exists(&dead).await {
         let dead_letters = es.sources(&dead).await;
         assert!(
@@ -92,5 +89,5 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
             "nothing was dead-lettered: {dead_letters:#?}"
         );
     }
-    assert_eq!(sluice.terminate(), 0);
+    sluice.stop_cleanly();
 }

@@ -22,9 +22,13 @@ pub mod es;
 pub mod es_cluster;
 pub mod private_pg;
 pub mod slot;
+pub mod sluice;
 pub mod workload;
 
 pub use es::Es;
+
+/// The demo schema (`scripts/demo-schema.sql`) the shipped mappings are for.
+pub const DEMO_SCHEMA: &str = include_str!("../../../scripts/demo-schema.sql");
 
 /// Connection facts exported by `./dev services env`.
 #[derive(Debug, Clone)]
