@@ -20,6 +20,7 @@ use tokio_postgres::{Client, NoTls};
 pub mod compare;
 pub mod es;
 pub mod es_cluster;
+pub mod pipeline;
 pub mod private_pg;
 pub mod slot;
 pub mod sluice;
