@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use sluice::Lsn;
 use sluice::model::{ChangeKind, Datum, SourceEvent};
-use sluice::source::{PublishedTable, ReaderConfig, connect_sql, ensure_publication, ensure_slot};
+use sluice::source::connect_sql;
 
-use crate::source::{Reader, admin_config, repl_config};
 use crate::support::private_pg::PrivatePg;
+use crate::support::reader::{Reader, publish_and_create_slot, published_slot};
 use crate::support::slot::slot_pid;
-use crate::support::{TestDb, unique_name, wait_until};
+use crate::support::{TestDb, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_mid_stream_loses_no_change() {
@@ -22,11 +22,7 @@ async fn a_postgres_restart_mid_stream_loses_no_change() {
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
-    ensure_publication(&sql, "p", &[PublishedTable::new("public", "t")])
-        .await
-        .unwrap();
-    ensure_slot(&sql, "s", None).await.unwrap();
-    let mut rcfg = ReaderConfig::new(cfg.clone(), "s", vec!["p".into()]);
+    let mut rcfg = publish_and_create_slot(&cfg, &cfg, "p", &["t"], "s").await;
     rcfg.min_backoff = Duration::from_millis(100);
     rcfg.max_backoff = Duration::from_secs(1);
     rcfg.status_interval = Duration::from_millis(300);
@@ -118,11 +114,7 @@ async fn stall_consumer(status_interval: Duration) {
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
-    ensure_publication(&sql, "p", &[PublishedTable::new("public", "t")])
-        .await
-        .unwrap();
-    ensure_slot(&sql, "s", None).await.unwrap();
-    let mut rcfg = ReaderConfig::new(cfg.clone(), "s", vec!["p".into()]);
+    let mut rcfg = publish_and_create_slot(&cfg, &cfg, "p", &["t"], "s").await;
     rcfg.status_interval = status_interval;
     // Capacity 1: the reader blocks on the second event.
     let mut reader = Reader::start(rcfg, 1);
@@ -223,21 +215,7 @@ async fn huge_transaction_in_a_process_of_its_own() {
     let db = TestDb::new().await;
     db.sql("CREATE TABLE big (id bigint PRIMARY KEY, payload text, at timestamptz)")
         .await;
-    let admin = connect_sql(&admin_config(&db)).await.unwrap();
-    ensure_publication(
-        &admin,
-        "sluice_pub",
-        &[PublishedTable::new("public", "big")],
-    )
-    .await
-    .unwrap();
-    let repl = connect_sql(&repl_config(&db)).await.unwrap();
-    let slot = unique_name("slot");
-    ensure_slot(&repl, &slot, None).await.unwrap();
-    let mut reader = Reader::start(
-        ReaderConfig::new(repl_config(&db), slot, vec!["sluice_pub".into()]),
-        1024,
-    );
+    let mut reader = Reader::start(published_slot(&db, &["big"]).await, 1024);
     db.sql(&format!(
         "INSERT INTO big SELECT g, repeat('x', 200) || g, now() FROM generate_series(1, {n}) g"
     ))

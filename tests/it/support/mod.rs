@@ -22,6 +22,7 @@ pub mod es;
 pub mod es_cluster;
 pub mod pipeline;
 pub mod private_pg;
+pub mod reader;
 pub mod slot;
 pub mod sluice;
 pub mod workload;
