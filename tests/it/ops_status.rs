@@ -9,8 +9,8 @@ use sluice::app::status::{
     SlotStatus, SnapshotStatus, TeardownError, gather, render_human, render_json, teardown,
 };
 
-use crate::ops::{es_config, pg_config_from_url, targets};
 use crate::support::slot::{create_slot, hold_slot, slot_pid};
+use crate::support::status::{es_config, pg_config_from_url, targets};
 use crate::support::{Es, TestDb, connect, free_port, wait_until};
 
 async fn slot_and_publication(db: &TestDb) {

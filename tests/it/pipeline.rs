@@ -11,10 +11,10 @@ use sluice::model::{ChangeKind, SourceEvent};
 use sluice::sink::dead_letter;
 use sluice::stream::pipeline::StopReason;
 
-use crate::sink_proxy::Proxy;
 use crate::support::pipeline::{
     RunningPipeline, ensure_test_index, indices, relation, write_blocked_index,
 };
+use crate::support::proxy::Proxy;
 use crate::support::{Es, TestDb, services, wait_until};
 
 /// A shutdown signal that finds a transaction half-taken keeps reading until

@@ -11,8 +11,8 @@ use sluice::Lsn;
 use sluice::sink::{EsConfig, IndexerConfig, build_client};
 use sluice::stream::pipeline::PipelineConfig;
 
-use crate::sink_proxy::Proxy;
 use crate::support::pipeline::{RunningPipeline, indices, relation};
+use crate::support::proxy::Proxy;
 use crate::support::{Es, TestDb, services, wait_until};
 
 #[tokio::test]

@@ -10,10 +10,10 @@ use rand::RngExt;
 use serde_json::Value;
 use sluice::Lsn;
 
-use crate::sink_proxy::Proxy;
 use crate::support::compare::assert_index_matches;
 use crate::support::es::Indices;
 use crate::support::private_pg::PrivatePg;
+use crate::support::proxy::Proxy;
 use crate::support::slot::confirmed_flush;
 use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, table_mapping};
 use crate::support::workload::Workload;

@@ -181,7 +181,7 @@ async fn a_batch_tripping_the_request_circuit_breaker_is_halved_until_it_fits() 
     let index = db.index("halved");
     let dl = db.index("dead");
     // About 130 bytes per op: at most 3 ops fit in 400 bytes.
-    let proxy = crate::sink_proxy::Proxy::start_breaking_over(&services().es_url, 400).await;
+    let proxy = crate::support::proxy::Proxy::start_breaking_over(&services().es_url, 400).await;
     let config = IndexerConfig {
         concurrency: 1,
         max_batch_docs: 40,

@@ -19,12 +19,12 @@ use sluice::snapshot::{
 };
 use tokio::sync::Notify;
 
-use crate::snapshot_support::{
+use crate::support::compare::assert_index_matches;
+use crate::support::slot::wal_lsn;
+use crate::support::snapshot::{
     Exported, TestSink, Write, bulk_write, connector, stream_writer, test_converter, test_exporter,
     workload,
 };
-use crate::support::compare::assert_index_matches;
-use crate::support::slot::wal_lsn;
 use crate::support::{Es, TestDb, wait_until};
 
 fn rows_for_big_tests() -> i64 {

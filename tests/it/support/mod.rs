@@ -5,6 +5,19 @@
 //! afterwards, with its replication slots) and its own index-name prefix, so
 //! tests run in parallel without seeing each other. There are no bare sleeps:
 //! `wait_until` polls a condition with a deadline.
+//!
+//! The fixtures, by what a scenario does with them:
+//! - `es`: read and administer Elasticsearch (documents, counts, mappings);
+//! - `compare`: "the index equals the table", with a diff on failure;
+//! - `slot`: what PostgreSQL records about a replication slot;
+//! - `sluice`: a real `sluice run` process and its config directory;
+//! - `pipeline`: the in-process stream (pipeline, indexer) fed by hand;
+//! - `reader`: the WAL reader on a publication and slot;
+//! - `snapshot`: test seams for the snapshot engine;
+//! - `status`: what `sluice status` and `teardown` are pointed at;
+//! - `private_pg`, `es_cluster`, `proxy`: private servers and a faulty
+//!   network, for tests that restart, kill or cut what they talk to;
+//! - `workload`: random writes that run until stopped.
 
 #![allow(dead_code)]
 
@@ -22,9 +35,12 @@ pub mod es;
 pub mod es_cluster;
 pub mod pipeline;
 pub mod private_pg;
+pub mod proxy;
 pub mod reader;
 pub mod slot;
 pub mod sluice;
+pub mod snapshot;
+pub mod status;
 pub mod workload;
 
 pub use es::Es;

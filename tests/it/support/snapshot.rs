@@ -18,8 +18,8 @@ use sluice::snapshot::{
 };
 use tokio::sync::Semaphore;
 
-use crate::support::compare::doc_id;
-use crate::support::{Es, connect};
+use super::compare::doc_id;
+use super::{Es, connect};
 
 /// TEST-ONLY converter for int, text, bool, numeric and float; anything else
 /// stays text. Matches `to_jsonb` for those types.
