@@ -41,7 +41,7 @@ async fn a_transaction_open_at_shutdown_is_finished_and_confirmed() {
     run.signal_shutdown();
     run.feed.insert(&items, 100, 2, json!(2)).await;
     run.feed.commit(100, 110).await;
-    let summary = run.task.await.unwrap().expect("pipeline ends cleanly");
+    let summary = run.shutdown().await;
     assert_eq!(summary.stopped_by, StopReason::Shutdown);
     assert_eq!(
         summary.confirmed,
