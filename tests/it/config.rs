@@ -7,12 +7,12 @@ use std::path::Path;
 use sluice::config::Mappings;
 use sluice::source::catalog::read_schemas;
 
-use crate::support::TestDb;
+use crate::support::{DEMO_SCHEMA, TestDb};
 
 #[tokio::test]
 async fn publication_entries_from_the_shipped_mappings_are_accepted_by_postgresql() {
     let db = TestDb::new().await;
-    db.sql(include_str!("../../scripts/demo-schema.sql")).await;
+    db.sql(DEMO_SCHEMA).await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
     let mut mappings = Mappings::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
     let catalog = read_schemas(&db.admin, &mappings.schemas())

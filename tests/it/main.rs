@@ -1,36 +1,48 @@
 //! Integration tests against the real PostgreSQL and Elasticsearch started by
-//! `./dev services up`. One test binary (one link step) with a module per area.
+//! `./dev services up`. One test binary (one link step) with a module per
+//! area; a file's prefix names its area, and the shared fixtures (scenario
+//! setup, a running `sluice`, "the index equals the table") live in
+//! `support/`.
 
 mod support;
 
-mod check;
+// The foundations the design rests on, and configuration against the catalog.
 mod config;
 mod foundation;
-mod heartbeat;
-mod mapping_run;
-mod ops;
-mod ops_packaging;
-mod ops_run;
-mod ops_secrets;
-mod ops_status;
-mod ops_tls;
-mod pipeline;
-mod pipeline_late_bulk;
-mod reindex_run;
-mod run;
-mod run_cluster;
-mod run_guard;
-mod run_held;
-mod run_outage;
-mod run_slot_lost;
-mod sink;
-mod sink_proxy;
-mod snapshot;
-mod snapshot_retry;
-mod snapshot_support;
+
+// source: the WAL reader, publications and slots, value types, TLS.
 mod source;
 mod source_manage;
 mod source_restart;
 mod source_tls;
 mod source_types;
-mod transform_failures;
+
+// sink and stream: the indexer, index admin, the pipeline fed by hand.
+mod sink;
+mod stream_late_bulk;
+mod stream_pipeline;
+
+// snapshot: the engine through its seams, and `sluice snapshot`.
+mod snapshot;
+mod snapshot_retry;
+
+// run: the real `sluice run` process end to end.
+mod run;
+mod run_cluster;
+mod run_guard;
+mod run_heartbeat;
+mod run_held;
+mod run_mappings;
+mod run_outage;
+mod run_reindex;
+mod run_slot_lost;
+mod run_transform_failures;
+
+// ops: what an operator sees and runs (check, status, HTTP, secrets, packaging).
+mod ops_check;
+mod ops_http;
+mod ops_packaging;
+mod ops_run;
+mod ops_secrets;
+mod ops_status;
+mod ops_tls;

@@ -120,9 +120,10 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
 /// what the mappings need.
 #[tokio::test]
 async fn the_compose_grants_publication_and_config_pass_sluice_check() {
-    use crate::support::{TestDb, services};
+    use crate::support::sluice::{shipped_mappings, sluice_command};
+    use crate::support::{DEMO_SCHEMA, TestDb, services};
     let db = TestDb::new().await;
-    db.sql(include_str!("../../scripts/demo-schema.sql")).await;
+    db.sql(DEMO_SCHEMA).await;
     let initdb =
         std::fs::read_to_string(Path::new(ROOT).join("docker/initdb/10-sluice.sql")).unwrap();
     let create_role = initdb
@@ -134,14 +135,9 @@ async fn the_compose_grants_publication_and_config_pass_sluice_check() {
     let dir = tempfile::tempdir().unwrap();
     let mappings = dir.path().join("mappings");
     std::fs::create_dir(&mappings).unwrap();
-    for e in std::fs::read_dir(Path::new(ROOT).join("mappings")).unwrap() {
-        let p = e.unwrap().path();
-        let text = std::fs::read_to_string(&p).unwrap();
-        // Index names of this test only (the shared Elasticsearch).
-        let text = text
-            .replace("index = \"", &format!("index = \"{}", db.index_prefix))
-            .replace("alias = \"", &format!("alias = \"{}", db.index_prefix));
-        std::fs::write(mappings.join(p.file_name().unwrap()), text).unwrap();
+    // Index names of this test only (the shared Elasticsearch).
+    for (name, text) in shipped_mappings(&db.index_prefix) {
+        std::fs::write(mappings.join(name), text).unwrap();
     }
     let repl = url::Url::parse(&db.repl_url()).unwrap();
     let toml = std::fs::read_to_string(Path::new(ROOT).join("docker/sluice.toml")).unwrap();
@@ -174,17 +170,11 @@ async fn the_compose_grants_publication_and_config_pass_sluice_check() {
     assert!(edited.contains("user = \"sluice\""));
     let config = dir.path().join("sluice.toml");
     std::fs::write(&config, edited).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(&config)
-        .env("SLUICE_PG_PASSWORD", repl.password().unwrap())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = sluice_command(
+        &["check", "--config", config.to_str().unwrap()],
+        &[("SLUICE_PG_PASSWORD", repl.password().unwrap())],
     );
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let text = out.text();
+    assert_eq!(out.code, Some(0), "{text}");
     assert!(text.contains("all good"), "{text}");
 }

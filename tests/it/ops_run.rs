@@ -6,14 +6,16 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::run::{
-    Setup, Sluice, http_get, mapping, metric_sum, poll, wait_converged, wait_streaming,
+use crate::support::slot::{confirmed_flush, create_slot, hold_slot, slot_active};
+use crate::support::sluice::{
+    SNAPSHOT_NEVER, Sluice, SluiceToml, http_get, mapping, metric_sum, sluice_command,
+    table_mapping,
 };
 use crate::support::{Es, TestDb, services, wait_until};
 
@@ -47,20 +49,6 @@ fn exported_names(metrics: &str) -> BTreeSet<String> {
         .collect()
 }
 
-async fn slot_confirmed(db: &TestDb) -> u64 {
-    let slot = format!("sluice_{}", db.name);
-    let lsn: String = db
-        .admin
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    lsn.parse::<sluice::Lsn>().unwrap().0
-}
-
 /// One `sluice run` with an initial snapshot, a stream of inserts, updates
 /// and deletes, and one document Elasticsearch rejects: every counter says
 /// exactly that, and every metric of the catalogue (and nothing else) is
@@ -88,18 +76,15 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
             ),
         )],
     );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    sluice.start_streaming(&db).await;
     // The slot is active from its creation on; changes committed before the
     // snapshot ends may still be in it. Stream only once `/ready` says so.
     let addr = sluice.http_addr();
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the stream",
-        async || http_get(&addr, "/ready").1.contains("streaming"),
-    )
-    .await;
+    sluice
+        .wait_for(Duration::from_secs(60), "the stream", async || {
+            http_get(&addr, "/ready").1.contains("streaming")
+        })
+        .await;
     db.sql(
         "INSERT INTO m SELECT g, g::text FROM generate_series(1001, 1030) g;
          UPDATE m SET v = (id * 2)::text WHERE id <= 10;
@@ -107,51 +92,46 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
          INSERT INTO m VALUES (2000, 'not a number');",
     )
     .await;
-    wait_converged(
-        &db,
-        &es,
-        &index,
-        "SELECT * FROM m WHERE id <> 2000",
-        &mut sluice,
-    )
-    .await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM m WHERE id <> 2000")
+        .await;
     let table = "table=\"public.m\"";
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the dead letter to be counted",
-        async || {
-            let m = http_get(&addr, "/metrics").1;
-            metric_sum(&m, "sluice_dead_letters_total", &[table]) == 1.0
-        },
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(60),
+            "the dead letter to be counted",
+            async || {
+                let m = http_get(&addr, "/metrics").1;
+                metric_sum(&m, "sluice_dead_letters_total", &[table]) == 1.0
+            },
+        )
+        .await;
     // The gauge is what Sluice confirms: the slot never passes it, and
     // reaches it with the next standby status update (other tests' WAL keeps
     // moving the position, so the two are compared in that order).
-    let slot = slot_confirmed(&db).await as f64;
+    let slot = confirmed_flush(&db, &db.slot()).await.0 as f64;
     let gauge = plain(&http_get(&addr, "/metrics").1, "sluice_confirmed_flush_lsn").unwrap();
     assert!(gauge >= slot, "gauge {gauge} behind the slot {slot}");
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the slot's confirmed_flush_lsn to reach sluice_confirmed_flush_lsn",
-        async || slot_confirmed(&db).await as f64 >= gauge,
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(60),
+            "the slot's confirmed_flush_lsn to reach sluice_confirmed_flush_lsn",
+            async || confirmed_flush(&db, &db.slot()).await.0 as f64 >= gauge,
+        )
+        .await;
     // Idle and applied: the lag in seconds drops to 0 (a keepalive confirms).
-    poll(
-        &mut sluice,
-        Duration::from_secs(90),
-        "sluice_replication_lag_seconds to read 0 once caught up",
-        async || {
-            plain(
-                &http_get(&addr, "/metrics").1,
-                "sluice_replication_lag_seconds",
-            ) == Some(0.0)
-        },
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(90),
+            "sluice_replication_lag_seconds to read 0 once caught up",
+            async || {
+                plain(
+                    &http_get(&addr, "/metrics").1,
+                    "sluice_replication_lag_seconds",
+                ) == Some(0.0)
+            },
+        )
+        .await;
 
     let m = http_get(&addr, "/metrics").1;
     let sum = |name: &str, labels: &[&str]| metric_sum(&m, name, labels);
@@ -216,20 +196,7 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
         sluice_names, catalogue,
         "exported metrics (left) differ from the catalogue the dashboard is checked against (right)"
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-}
-
-/// Holds `slot` active the way another Sluice would.
-fn hold_slot(db: &TestDb, slot: &str) -> tokio::process::Child {
-    tokio::process::Command::new(format!("{}/pg_recvlogical", services().pg_bin))
-        .args(["-d", &db.repl_url(), "--slot", slot, "--start", "--no-loop"])
-        .args(["-f", "/dev/null", "-o", "proto_version=1"])
-        .args(["-o", "publication_names=sluice"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start pg_recvlogical")
+    sluice.stop_cleanly();
 }
 
 /// `/ready` is 503 while `sluice run` starts — here, while it waits for
@@ -239,42 +206,22 @@ fn hold_slot(db: &TestDb, slot: &str) -> tokio::process::Child {
 async fn ready_flips_only_once_the_run_streams() {
     let db = TestDb::new().await;
     let index = db.index("r");
-    let slot = format!("sluice_{}", db.name);
+    let slot = db.slot();
     db.sql(
         "CREATE TABLE r (id bigint PRIMARY KEY);
          CREATE PUBLICATION sluice FOR TABLE r;",
     )
     .await;
-    let repl = crate::support::connect(&db.repl_url()).await;
-    repl.query_one(
-        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&slot],
-    )
-    .await
-    .unwrap();
-    let mut holder = hold_slot(&db, &slot);
+    create_slot(&db, &slot).await;
+    let mut holder = hold_slot(&db, &slot, "sluice");
     wait_until(
         Duration::from_secs(20),
         "pg_recvlogical to hold the slot",
-        || async {
-            db.admin
-                .query_one(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .unwrap()
-                .get::<_, bool>(0)
-                .then_some(())
-        },
+        || async { (slot_active(&db, &slot).await == Some(true)).then_some(()) },
     )
     .await;
 
-    let mut sluice = Sluice::new(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("r.toml", mapping("public.r", &index, ""))],
-    );
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("r", &index)]);
     sluice.start();
     wait_until(Duration::from_secs(30), "the HTTP endpoint", || async {
         sluice.log_text().contains("serving /metrics").then_some(())
@@ -293,19 +240,17 @@ async fn ready_flips_only_once_the_run_streams() {
         assert_eq!(*health, 200);
     }
     holder.kill().await.unwrap();
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "/ready to turn 200",
-        async || http_get(&addr, "/ready").0 == 200,
-    )
-    .await;
+    sluice
+        .wait_for(Duration::from_secs(60), "/ready to turn 200", async || {
+            http_get(&addr, "/ready").0 == 200
+        })
+        .await;
     assert_eq!(
         http_get(&addr, "/ready").1,
         r#"{"ready":true,"state":"streaming"}"#
     );
-    wait_streaming(&db, &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.wait_streaming(&db).await;
+    sluice.stop_cleanly();
 }
 
 /// A TCP proxy in front of the shared Elasticsearch that keeps a copy of
@@ -367,19 +312,8 @@ impl Drop for Recorder {
 
 /// Runs the binary to completion; returns (exit code, stdout + stderr).
 fn sluice_cmd(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run sluice");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let ran = sluice_command(args, env);
+    (ran.code.unwrap_or(-1), ran.text())
 }
 
 /// Known secrets in every place Sluice takes them from — the PostgreSQL URL
@@ -407,27 +341,23 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
         .to_string();
     let es_secret = "es-Known-Secret-7f3a";
     let api_key = "a25vd24tYXBpLWtleS1zZWNyZXQ=";
-    let setup = Setup {
+    let setup = SluiceToml {
         es_url: format!("http://{}", recorder.addr),
         es_extra: "username = \"sluice\"\npassword_file = \"es-password\"\n".into(),
-        extra: "[snapshot]\nmode = \"never\"\n".into(),
-        ..Setup::for_db(&db)
+        extra: SNAPSHOT_NEVER.into(),
+        ..SluiceToml::for_db(&db)
     };
-    let sluice = Sluice::with_setup(&setup, &[("s.toml", mapping("public.s", &index, ""))]);
-    std::fs::write(
-        sluice.dir.path().join("es-password"),
-        format!("{es_secret}\n"),
-    )
-    .unwrap();
+    let sluice = Sluice::with_config(&setup, &[table_mapping("s", &index)]);
+    std::fs::write(sluice.file("es-password"), format!("{es_secret}\n")).unwrap();
     let config = sluice.config_path().display().to_string();
-    let log_path = sluice.dir.path().join("run.log");
+    let log_path = sluice.file("run.log");
     let trace = [("SLUICE_LOG", "trace"), ("SLUICE_LOG_FORMAT", "json")];
 
     // 1. A working run, JSON logs at trace level for every crate.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "--config", &config])
         .envs(trace)
-        .stdout(std::fs::File::create(sluice.dir.path().join("run.out")).unwrap())
+        .stdout(std::fs::File::create(sluice.file("run.out")).unwrap())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
@@ -462,7 +392,7 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
         .status();
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let run_log = std::fs::read_to_string(&log_path).unwrap()
-        + &std::fs::read_to_string(sluice.dir.path().join("run.out")).unwrap();
+        + &std::fs::read_to_string(sluice.file("run.out")).unwrap();
     assert!(run_log.lines().count() > 50, "a verbose log:\n{run_log}");
     for line in run_log.lines() {
         serde_json::from_str::<serde_json::Value>(line)
@@ -470,7 +400,7 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
     }
 
     // 2. `sluice status` with an API key from the environment.
-    let api_config = sluice.dir.path().join("api-key.toml");
+    let api_config = sluice.file("api-key.toml");
     std::fs::write(
         &api_config,
         std::fs::read_to_string(sluice.config_path())
@@ -495,8 +425,8 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
     // in a file (not in the URL), the Elasticsearch password in the URL's
     // userinfo, the API key in a file. `check` and `status` on each.
     let url_secret = "es-Url-Secret-91c2";
-    std::fs::write(sluice.dir.path().join("pg-password"), &pg_secret).unwrap();
-    std::fs::write(sluice.dir.path().join("api-key"), format!("{api_key}\n")).unwrap();
+    std::fs::write(sluice.file("pg-password"), &pg_secret).unwrap();
+    std::fs::write(sluice.file("api-key"), format!("{api_key}\n")).unwrap();
     let base = std::fs::read_to_string(sluice.config_path()).unwrap();
     let es_auth = "username = \"sluice\"\npassword_file = \"es-password\"";
     let variants = [
@@ -526,7 +456,7 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
     let mut more_outputs = Vec::new();
     for (name, text) in variants {
         assert_ne!(text, base, "{name}: the variant changed nothing");
-        let path = sluice.dir.path().join(format!("{name}.toml"));
+        let path = sluice.file(&format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         let path = path.display().to_string();
         let (code, out) = sluice_cmd(&["status", "--config", &path], &trace);
@@ -538,7 +468,7 @@ async fn no_secret_shows_in_the_output_of_runs_configured_with_known_secrets() {
     }
 
     // 3. Failures: a wrong PostgreSQL password, in `run` and in `status`.
-    let wrong = sluice.dir.path().join("wrong.toml");
+    let wrong = sluice.file("wrong.toml");
     std::fs::write(
         &wrong,
         std::fs::read_to_string(sluice.config_path())

@@ -18,18 +18,11 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice::sink::{EsAuth, EsConfig, build_client};
 
-use crate::support::{TestDb, unique_name, wait_until};
+use crate::support::sluice::{sluice_command, table_mapping};
+use crate::support::{TestDb, free_port, unique_name, wait_until};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (./dev services env)"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn ok(cmd: &mut Command) {
@@ -168,17 +161,20 @@ async fn authenticate(es: &EsConfig) -> (u16, Value) {
     (status, r.json().await.unwrap_or_default())
 }
 
+/// `sluice check --config <config>`: (exit code, stdout + stderr).
 fn sluice_check(config: &Path, env: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(config)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let ran = sluice_command(&["check", "--config", config.to_str().unwrap()], env);
+    (ran.code.unwrap_or(-1), ran.text())
+}
+
+/// A config directory with the mapping `t.toml`: `public.t` into this
+/// test's index `t` (each test writes its own `sluice.toml` variants).
+fn config_dir_mapping_t(db: &TestDb) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    let (file, text) = table_mapping("t", &db.index("t"));
+    std::fs::write(dir.path().join("mappings").join(file), text).unwrap();
+    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,13 +229,7 @@ async fn credentials_authenticate_against_a_secured_elasticsearch_and_wrong_ones
          CREATE PUBLICATION sluice FOR TABLE t;",
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("mappings")).unwrap();
-    std::fs::write(
-        dir.path().join("mappings/t.toml"),
-        crate::run::mapping("public.t", &db.index("t"), ""),
-    )
-    .unwrap();
+    let dir = config_dir_mapping_t(&db);
     std::fs::write(dir.path().join("good"), format!("{ADMIN_PASSWORD}\n")).unwrap();
     std::fs::write(dir.path().join("bad"), "not-it\n").unwrap();
     let config = |auth_lines: &str| {
@@ -297,13 +287,7 @@ async fn check_and_config_errors_never_print_a_url_password_or_a_mistyped_secret
          CREATE PUBLICATION sluice FOR TABLE t;",
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("mappings")).unwrap();
-    std::fs::write(
-        dir.path().join("mappings/t.toml"),
-        crate::run::mapping("public.t", &db.index("t"), ""),
-    )
-    .unwrap();
+    let dir = config_dir_mapping_t(&db);
     // The shared test server has security off: it ignores the credentials,
     // so `check` gets as far as printing the server it reached.
     let es_url = crate::support::services()

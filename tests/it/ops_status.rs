@@ -1,7 +1,6 @@
 //! `sluice status` and `sluice teardown` against a real slot, publication and
 //! indices.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -10,8 +9,9 @@ use sluice::app::status::{
     SlotStatus, SnapshotStatus, TeardownError, gather, render_human, render_json, teardown,
 };
 
-use crate::ops::{es_config, pg_config_from_url, targets};
-use crate::support::{Es, TestDb, connect, services, wait_until};
+use crate::support::slot::{create_slot, hold_slot, slot_pid};
+use crate::support::status::{es_config, pg_config_from_url, targets};
+use crate::support::{Es, TestDb, connect, free_port, wait_until};
 
 async fn slot_and_publication(db: &TestDb) {
     let t = targets(db);
@@ -21,13 +21,7 @@ async fn slot_and_publication(db: &TestDb) {
         t.publication
     ))
     .await;
-    let repl = connect(&db.repl_url()).await;
-    repl.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&t.slot],
-    )
-    .await
-    .expect("create slot");
+    create_slot(db, &t.slot).await;
 }
 
 /// Write documents with the given ids, then refresh.
@@ -186,14 +180,7 @@ async fn status_names_a_closed_mapped_index_and_the_cluster_health() {
 
     let helper = Es::new();
     index_docs(&helper, index, &[json!({"id": 1})]).await;
-    let closed = helper
-        .client
-        .indices()
-        .close(elasticsearch::indices::IndicesCloseParts::Index(&[index]))
-        .send()
-        .await
-        .unwrap();
-    assert!(closed.status_code().is_success());
+    helper.close(index).await;
     let r = gather(&pg, &es, &t).await.unwrap();
     assert_eq!(
         r.elasticsearch.indices[0].state,
@@ -208,56 +195,6 @@ async fn status_names_a_closed_mapped_index_and_the_cluster_health() {
             && text.contains("elasticsearch         cluster "),
         "{text}"
     );
-}
-
-/// Holds the slot active the way a running Sluice would: a walsender
-/// streaming from it to `pg_recvlogical`.
-fn hold_slot(db: &TestDb, slot: &str, publication: &str) -> tokio::process::Child {
-    tokio::process::Command::new(format!("{}/pg_recvlogical", services().pg_bin))
-        .args([
-            "-d",
-            &db.repl_url(),
-            "--slot",
-            slot,
-            "--start",
-            "--no-loop",
-            "-f",
-            "/dev/null",
-        ])
-        .args([
-            "-o",
-            "proto_version=1",
-            "-o",
-            &format!("publication_names={publication}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start pg_recvlogical")
-}
-
-async fn slot_pid(db: &TestDb, slot: &str) -> Option<i32> {
-    db.admin
-        .query_opt(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .and_then(|r| r.get(0))
-}
-
-async fn count(index: &str) -> u64 {
-    let r = Es::new()
-        .client
-        .count(elasticsearch::CountParts::Index(&[index]))
-        .send()
-        .await
-        .unwrap();
-    r.json::<Value>().await.unwrap()["count"]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 async fn exists(db: &TestDb, sql: &str, name: &str) -> bool {
@@ -284,12 +221,7 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
     ))
     .await
     .unwrap();
-    repl.execute(
-        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&t.slot],
-    )
-    .await
-    .unwrap();
+    create_slot(&db, &t.slot).await;
     put_docs(
         &Es::new(),
         &t.state_index,
@@ -337,7 +269,7 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
         )
         .await
     );
-    assert_eq!(count(&t.state_index).await, 1);
+    assert_eq!(Es::new().count(&t.state_index).await, 1);
 
     holder.kill().await.unwrap();
     let _ = holder.wait().await;
@@ -369,7 +301,7 @@ async fn teardown_refuses_while_the_slot_streams_and_drops_everything_once_idle(
         )
         .await
     );
-    assert_eq!(count(&t.state_index).await, 0);
+    assert_eq!(Es::new().count(&t.state_index).await, 0);
 
     // Again: nothing left, nothing to do, no error.
     let again = teardown(&pg, &es, &t, true).await.expect("second teardown");
@@ -557,12 +489,8 @@ async fn the_status_and_teardown_commands_print_what_they_did() {
 async fn status_still_shows_the_slot_when_elasticsearch_is_down() {
     let db = TestDb::new().await;
     slot_and_publication(&db).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     let es = sluice::sink::EsConfig {
-        urls: vec![format!("http://{closed}")],
+        urls: vec![format!("http://127.0.0.1:{}", free_port())],
         request_timeout: Duration::from_secs(5),
         ..Default::default()
     };

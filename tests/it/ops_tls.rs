@@ -9,7 +9,9 @@ use std::time::Duration;
 use sluice::sink::EsConfig;
 use sluice::sink::{build_client, describe_es_error};
 
-use crate::support::{services, wait_until};
+use crate::support::private_pg::PrivatePg;
+use crate::support::sluice::{Sluice, SluiceToml, mapping};
+use crate::support::{free_port, services, unique_name, wait_until};
 
 fn run(cmd: &mut Command) {
     let out = cmd
@@ -125,11 +127,7 @@ impl Drop for Terminator {
 }
 
 async fn start_terminator(bin: &Path, dir: &Path, backend: &str) -> Terminator {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let conf = dir.join("stunnel.conf");
     std::fs::write(
         &conf,
@@ -303,7 +301,7 @@ async fn postgres_verify_full_with_a_test_ca_connects_and_refuses_a_wrong_ca_or_
     for key in ["good-server.key", "other-host.key"] {
         run(Command::new("chmod").arg("600").arg(dir.join(key)));
     }
-    let pg = crate::source_restart::PrivatePg::start_with(&format!(
+    let pg = PrivatePg::start_with(&format!(
         "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
         dir.join("good-server.crt").display(),
         dir.join("good-server.key").display()
@@ -316,30 +314,10 @@ async fn postgres_verify_full_with_a_test_ca_connects_and_refuses_a_wrong_ca_or_
         )
     };
     let status = |pg_url: String| {
-        let setup = crate::run::Setup {
-            pg_url,
-            slot: "sluice_tls".into(),
-            es_url: services().es_url.clone(),
-            dead_letter_index: crate::support::unique_name("tls-dead"),
-            postgres_extra: String::new(),
-            es_extra: String::new(),
-            pipeline_extra: String::new(),
-            extra: String::new(),
-        };
-        let s = crate::run::Sluice::with_setup(
-            &setup,
-            &[("t.toml", crate::run::mapping("public.t", "tls-t", ""))],
-        );
-        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["status", "--json", "--config"])
-            .arg(s.config_path())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let config = SluiceToml::new(pg_url, "sluice_tls".into(), unique_name("tls-dead"));
+        let sluice = Sluice::with_config(&config, &[("t.toml", mapping("public.t", "tls-t", ""))]);
+        let ran = sluice.command(&["status", "--json"]);
+        (ran.code, ran.text())
     };
 
     for host in ["127.0.0.1", "localhost"] {

@@ -1,360 +1,13 @@
 //! `sluice run` end to end: the real binary against the real servers. Every
 //! test ends by comparing the whole table with the whole index.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
 
-use crate::support::{Es, TestDb, assert_index_matches_on, json_rows};
-
-/// A `sluice run` process with its own config directory.
-pub struct Sluice {
-    pub dir: tempfile::TempDir,
-    child: Option<Child>,
-    log: PathBuf,
-    starts: u32,
-}
-
-/// Where a [`Sluice`] connects, and extra lines for its `sluice.toml`.
-pub struct Setup {
-    pub pg_url: String,
-    pub slot: String,
-    pub es_url: String,
-    pub dead_letter_index: String,
-    /// Lines added to `[postgres]`.
-    pub postgres_extra: String,
-    /// Lines added to `[elasticsearch]`.
-    pub es_extra: String,
-    /// Lines added to `[pipeline]`.
-    pub pipeline_extra: String,
-    /// Appended at the end (whole sections).
-    pub extra: String,
-}
-
-impl Setup {
-    /// The test database (as the replication role) and the shared Elasticsearch.
-    pub fn for_db(db: &TestDb) -> Setup {
-        Setup {
-            pg_url: db.repl_url(),
-            slot: format!("sluice_{}", db.name),
-            es_url: crate::support::services().es_url.clone(),
-            dead_letter_index: db.index("dead-letters"),
-            postgres_extra: String::new(),
-            es_extra: String::new(),
-            pipeline_extra: String::new(),
-            extra: String::new(),
-        }
-    }
-}
-
-impl Sluice {
-    /// Write `sluice.toml` (connecting as the replication role) and the given
-    /// mapping files into a fresh directory.
-    pub fn new(db: &TestDb, extra_config: &str, mappings: &[(&str, String)]) -> Sluice {
-        let setup = Setup {
-            extra: extra_config.to_string(),
-            ..Setup::for_db(db)
-        };
-        Sluice::with_setup(&setup, mappings)
-    }
-
-    /// Like `new`, with the servers and extra settings of `setup`.
-    pub fn with_setup(setup: &Setup, mappings: &[(&str, String)]) -> Sluice {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("mappings")).unwrap();
-        for (name, text) in mappings {
-            std::fs::write(dir.path().join("mappings").join(name), text).unwrap();
-        }
-        let config = format!(
-            r#"mappings_dir = "mappings"
-
-[postgres]
-url = "{url}"
-slot = "{slot}"
-publication = "sluice"
-{postgres_extra}
-
-[elasticsearch]
-urls = ["{es}"]
-{es_extra}
-
-[pipeline]
-dead_letter_index = "{dl}"
-linger_ms = 20
-{pipeline_extra}
-
-[http]
-listen = "127.0.0.1:0"
-{extra}"#,
-            url = setup.pg_url,
-            slot = setup.slot,
-            postgres_extra = setup.postgres_extra,
-            es = setup.es_url,
-            es_extra = setup.es_extra,
-            dl = setup.dead_letter_index,
-            pipeline_extra = setup.pipeline_extra,
-            extra = setup.extra,
-        );
-        std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
-        let log = dir.path().join("sluice.log");
-        Sluice {
-            dir,
-            child: None,
-            log,
-            starts: 0,
-        }
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.log.clone()
-    }
-
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("sluice.toml")
-    }
-
-    pub fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--config"])
-            .arg(self.config_path())
-            .env("SLUICE_LOG", "sluice=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sluice");
-        self.child = Some(child);
-        self.starts += 1;
-    }
-
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then wait for the exit code.
-    pub fn terminate(&mut self) -> i32 {
-        let mut c = self.child.take().expect("running");
-        unsafe_sigterm(c.id());
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sluice did not stop within 60 s of SIGTERM\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The process exited on its own (with this code), if it did.
-    pub fn exited(&mut self) -> Option<i32> {
-        let c = self.child.as_mut()?;
-        c.try_wait().unwrap().map(|s| s.code().unwrap_or(-1))
-    }
-
-    /// The address `/metrics`, `/health` and `/ready` are served on (the
-    /// config asks for port 0), from the start-up log line.
-    pub fn http_addr(&self) -> String {
-        http_addr_in(&self.log_text()).expect("http started")
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// The address in the last "serving /metrics" line of a human-format log.
-pub(crate) fn http_addr_in(log: &str) -> Option<String> {
-    let line = log.lines().rev().find(|l| l.contains("serving /metrics"))?;
-    let at = line.find("addr=")? + 5;
-    Some(
-        line[at..]
-            .split_whitespace()
-            .next()?
-            .trim_matches('"')
-            .to_string(),
-    )
-}
-
-/// Whether `/ready` at `addr` answers that the pipeline streams (false if
-/// nothing listens there).
-pub(crate) fn streaming_at(addr: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let mut out = String::new();
-    write!(s, "GET /ready HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_ok()
-        && s.read_to_string(&mut out).is_ok()
-        && out.contains("\"state\":\"streaming\"")
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-}
-
-pub(crate) fn mapping(table: &str, index: &str, extra: &str) -> String {
-    format!("table = \"{table}\"\nindex = \"{index}\"\n{extra}\n")
-}
-
-/// Poll `check` every 100 ms until it is true; fail early if Sluice exits.
-pub(crate) async fn poll(
-    sluice: &mut Sluice,
-    timeout: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> bool,
-) {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(code) = sluice.exited() {
-            panic!(
-                "sluice exited with {code} while waiting for {what}:\n{}",
-                sluice.log_text()
-            );
-        }
-        if check().await {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}\n{}\nmetrics at the timeout:\n{}",
-            sluice.log_text(),
-            progress_metrics(sluice)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The counters that tell a stalled source from a stalled sink, for a
-/// timeout's message (empty when the process serves no metrics).
-fn progress_metrics(sluice: &Sluice) -> String {
-    let log = sluice.log_text();
-    if !log.contains("serving /metrics") {
-        return String::new();
-    }
-    http_get(&sluice.http_addr(), "/metrics")
-        .1
-        .lines()
-        .filter(|l| {
-            !l.starts_with('#')
-                && [
-                    "sluice_changes_",
-                    "sluice_bulk_items_total",
-                    "sluice_bulk_requests_total",
-                    "sluice_confirmed_flush_lsn",
-                    "sluice_replication_lag",
-                    "sluice_retries_total",
-                ]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Wait until Sluice streams: `/ready` says so and the slot is held. (The
-/// slot alone is not enough: it is active from the start of its creation,
-/// and on a busy cluster its consistent point comes only after every running
-/// transaction ends; a change committed before it is in neither the stream
-/// nor, with snapshot mode `never`, the index.)
-pub(crate) async fn wait_streaming(db: &TestDb, sluice: &mut Sluice) {
-    let slot = format!("sluice_{}", db.name);
-    let log = sluice.log.clone();
-    poll(
-        sluice,
-        Duration::from_secs(60),
-        "sluice to stream from its replication slot",
-        async || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            // The last start's address (an earlier one may be dead).
-            http_addr_in(&text).is_some_and(|a| streaming_at(&a))
-                && db
-                    .admin
-                    .query_opt(
-                        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&slot],
-                    )
-                    .await
-                    .unwrap()
-                    .is_some_and(|r| r.get::<_, bool>(0))
-        },
-    )
-    .await;
-}
-
-/// Wait until the index equals the table (then assert it once more, whole).
-pub(crate) async fn wait_converged(
-    db: &TestDb,
-    es: &Es,
-    index: &str,
-    query: &str,
-    sluice: &mut Sluice,
-) {
-    wait_converged_on(&db.admin, es, index, query, sluice).await
-}
-
-/// [`wait_converged`] for a database reached through `client` (a private
-/// cluster, say).
-pub(crate) async fn wait_converged_on(
-    client: &tokio_postgres::Client,
-    es: &Es,
-    index: &str,
-    query: &str,
-    sluice: &mut Sluice,
-) {
-    // Generous: a loaded 2-core machine has been seen to take over 90 s.
-    let timeout = Duration::from_secs(180);
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(code) = sluice.exited() {
-            panic!(
-                "sluice exited with {code} while waiting for the index to match the table:\n{}",
-                sluice.log_text()
-            );
-        }
-        let rows: std::collections::BTreeMap<String, Value> = json_rows(client, query)
-            .await
-            .into_iter()
-            .map(|r| (r["id"].to_string(), r))
-            .collect();
-        if rows == es.sources(index).await {
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            // The assertion below says which documents differ.
-            eprintln!(
-                "timed out after {timeout:?} waiting for the index to match the table\n{}\nmetrics at the timeout:\n{}",
-                sluice.log_text(),
-                progress_metrics(sluice)
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_index_matches_on(client, es, index, query, "id").await;
-}
+use crate::support::slot::{pending_changes, slot_active};
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, metric_sum, table_mapping};
+use crate::support::{Es, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_streams_inserts_updates_deletes_and_key_changes_into_the_index() {
@@ -366,13 +19,8 @@ async fn run_streams_inserts_updates_deletes_and_key_changes_into_the_index() {
          CREATE PUBLICATION sluice FOR TABLE items;",
     )
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("items.toml", mapping("public.items", &index, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("items", &index)]);
+    sluice.start_streaming(&db).await;
 
     db.sql(
         "INSERT INTO items SELECT g, 'item ' || g, g * 10, g % 2 = 0, jsonb_build_object('g', g) FROM generate_series(1, 500) g;
@@ -382,12 +30,13 @@ async fn run_streams_inserts_updates_deletes_and_key_changes_into_the_index() {
          BEGIN; UPDATE items SET qty = 1 WHERE id = 1; UPDATE items SET qty = 2 WHERE id = 1; UPDATE items SET qty = 3 WHERE id = 1; COMMIT;",
     )
     .await;
-    wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM items")
+        .await;
 
     // The operator's view agrees with the work done.
-    let addr = sluice.http_addr();
-    assert_eq!(http_get(&addr, "/ready").0, 200, "ready while streaming");
-    let metrics = http_get(&addr, "/metrics").1;
+    assert_eq!(sluice.get("/ready").0, 200, "ready while streaming");
+    let metrics = sluice.metrics();
     let applied = |op: &str| {
         metric_sum(
             &metrics,
@@ -399,91 +48,36 @@ async fn run_streams_inserts_updates_deletes_and_key_changes_into_the_index() {
     assert_eq!(applied("delete"), 45.0, "{metrics}");
     // 71 renames, 20 key changes (110 of 100..=120 was deleted), 3 in one transaction.
     assert_eq!(applied("update"), (71 + 20 + 3) as f64, "{metrics}");
-    assert_eq!(
-        sluice.terminate(),
-        0,
-        "graceful exit\n{}",
-        sluice.log_text()
-    );
-}
-
-/// The sum of a Prometheus metric's series whose labels contain all `labels`.
-pub(crate) fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A bare HTTP/1.0 GET: (status, body).
-pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    sluice.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_confirms_the_final_lsn_so_a_restart_replays_nothing() {
     let db = TestDb::new().await;
+    let es = Es::new();
     let index = db.index("items");
     db.sql(
         "CREATE TABLE items (id bigint PRIMARY KEY, name text);
          CREATE PUBLICATION sluice FOR TABLE items;",
     )
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("items.toml", mapping("public.items", &index, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("items", &index)]);
+    sluice.start_streaming(&db).await;
     db.sql("INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 1000) g")
         .await;
-    let es = Es::new();
-    wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM items")
+        .await;
+    sluice.stop_cleanly();
 
-    let slot = format!("sluice_{}", db.name);
-    let active: bool = db
-        .admin
-        .query_one(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(
-        !active,
+    assert_eq!(
+        slot_active(&db, &sluice.slot).await,
+        Some(false),
         "a clean exit ends the stream, so the slot is already free for a successor"
     );
-    let pending: i64 = db
-        .admin
-        .query_one(
-            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
-               'proto_version', '1', 'publication_names', 'sluice')",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        pending, 0,
+        pending_changes(&db, &sluice.slot).await,
+        0,
         "the slot still holds changes Sluice already applied"
     );
 }
@@ -504,14 +98,10 @@ async fn an_unchanged_toast_value_is_never_written_as_null() {
     let (i1, i2) = (db.index("docs"), db.index("docs-full"));
     let mut sluice = Sluice::new(
         &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[
-            ("docs.toml", mapping("public.docs", &i1, "")),
-            ("docs_full.toml", mapping("public.docs_full", &i2, "")),
-        ],
+        SNAPSHOT_NEVER,
+        &[table_mapping("docs", &i1), table_mapping("docs_full", &i2)],
     );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    sluice.start_streaming(&db).await;
     for t in ["docs", "docs_full"] {
         db.sql(&format!(
             "INSERT INTO {t} SELECT g, (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 400) i), 0
@@ -521,14 +111,18 @@ async fn an_unchanged_toast_value_is_never_written_as_null() {
         ))
         .await;
     }
-    wait_converged(&db, &es, &i1, "SELECT * FROM docs", &mut sluice).await;
-    wait_converged(&db, &es, &i2, "SELECT * FROM docs_full", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &i1, "SELECT * FROM docs")
+        .await;
+    sluice
+        .wait_converged(&db, &es, &i2, "SELECT * FROM docs_full")
+        .await;
     let docs = es.sources(&i1).await;
     assert!(
         docs.values()
             .all(|d| d["body"].as_str().is_some_and(|b| b.len() == 400 * 32))
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 }
 
 /// The product's core promise: SIGKILL at random moments, at least ten times,
@@ -546,13 +140,8 @@ async fn kill_dash_nine_at_random_moments_loses_and_duplicates_nothing() {
     .await;
     // The seed rows predate the slot; with mode `never` they are not loaded,
     // so touch them all once the slot exists.
-    let mut sluice = Sluice::new(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("accounts.toml", mapping("public.accounts", &index, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("accounts", &index)]);
+    sluice.start_streaming(&db).await;
     db.sql("UPDATE accounts SET note = 'touched'").await;
 
     let seed: u64 = rand::rng().random();
@@ -580,8 +169,10 @@ async fn kill_dash_nine_at_random_moments_loses_and_duplicates_nothing() {
     }
     workload.await.unwrap();
     assert!(kills >= 10);
-    wait_converged(&db, &es, &index, "SELECT * FROM accounts", &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM accounts")
+        .await;
+    sluice.stop_cleanly();
     eprintln!("{kills} kills, {} starts", sluice.starts);
 }
 
@@ -599,7 +190,7 @@ async fn the_initial_snapshot_loads_existing_rows_exactly_even_when_killed_midwa
     let mut sluice = Sluice::new(
         &db,
         "[snapshot]\nmode = \"initial\"\nchunk_rows = 2000\nparallel_readers = 2\n",
-        &[("books.toml", mapping("public.books", &index, ""))],
+        &[table_mapping("books", &index)],
     );
     let url = db.url();
     // Writes racing the snapshot: each must win over the snapshot's rows.
@@ -628,7 +219,9 @@ async fn the_initial_snapshot_loads_existing_rows_exactly_even_when_killed_midwa
     }
     sluice.start();
     workload.await.unwrap();
-    wait_converged(&db, &es, &index, "SELECT * FROM books", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM books")
+        .await;
     let log = sluice.log_text();
     assert!(
         log.contains("initial snapshot done"),
@@ -638,7 +231,7 @@ async fn the_initial_snapshot_loads_existing_rows_exactly_even_when_killed_midwa
         "resumed after a kill: {}",
         log.contains("resuming its remaining chunks")
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -653,44 +246,38 @@ async fn sluice_snapshot_backfills_a_table_mapped_later_while_run_streams() {
          CREATE PUBLICATION sluice FOR TABLE a;",
     )
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("a.toml", mapping("public.a", &ia, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("a", &ia)]);
+    sluice.start_streaming(&db).await;
     db.sql("INSERT INTO a SELECT g, 'a' FROM generate_series(1, 100) g")
         .await;
-    wait_converged(&db, &es, &ia, "SELECT * FROM a", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &ia, "SELECT * FROM a")
+        .await;
 
     // Map table b too: the owner adds it to the publication, Sluice restarts
     // to stream it, and a backfill loads the rows it already had.
-    std::fs::write(
-        sluice.dir.path().join("mappings/b.toml"),
-        mapping("public.b", &ib, ""),
-    )
-    .unwrap();
+    let (file, text) = table_mapping("b", &ib);
+    sluice.write_mapping(&file, &text);
     db.sql("ALTER PUBLICATION sluice ADD TABLE b").await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    sluice.stop_cleanly();
+    sluice.start_streaming(&db).await;
     db.sql("UPDATE b SET v = 'new' WHERE id % 10 = 0; DELETE FROM b WHERE id % 13 = 0; INSERT INTO b VALUES (9999, 'fresh')")
         .await;
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["snapshot", "--table", "public.b", "--config"])
-        .arg(sluice.config_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
+    let backfill = sluice.command(&["snapshot", "--table", "public.b"]);
+    assert_eq!(
+        backfill.code,
+        Some(0),
         "sluice snapshot failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        backfill.stderr
     );
     db.sql("UPDATE b SET v = 'after' WHERE id % 7 = 0").await;
-    wait_converged(&db, &es, &ib, "SELECT * FROM b", &mut sluice).await;
-    wait_converged(&db, &es, &ia, "SELECT * FROM a", &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice
+        .wait_converged(&db, &es, &ib, "SELECT * FROM b")
+        .await;
+    sluice
+        .wait_converged(&db, &es, &ia, "SELECT * FROM a")
+        .await;
+    sluice.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -707,13 +294,8 @@ async fn a_partitioned_table_is_snapshotted_and_streamed_under_its_root_name() {
          CREATE PUBLICATION sluice FOR TABLE events WITH (publish_via_partition_root = true);",
     )
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "",
-        &[("events.toml", mapping("public.events", &index, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::new(&db, "", &[table_mapping("events", &index)]);
+    sluice.start_streaming(&db).await;
     db.sql(
         "UPDATE events SET kind = 'new' WHERE id % 3 = 0;
          DELETE FROM events WHERE id % 5 = 0;
@@ -721,8 +303,10 @@ async fn a_partitioned_table_is_snapshotted_and_streamed_under_its_root_name() {
          INSERT INTO events VALUES (5000, 'fresh');",
     )
     .await;
-    wait_converged(&db, &es, &index, "SELECT * FROM events", &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM events")
+        .await;
+    sluice.stop_cleanly();
 }
 
 /// SIGTERM while the stream is busy: a clean exit that finishes the
@@ -741,13 +325,8 @@ async fn sigterm_during_a_busy_stream_exits_cleanly_and_the_restart_replays_noth
          CREATE PUBLICATION sluice FOR TABLE busy;",
     )
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("busy.toml", mapping("public.busy", &index, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("busy", &index)]);
+    sluice.start_streaming(&db).await;
     for s in (1..=60_000).step_by(500) {
         db.sql(&format!(
             "INSERT INTO busy SELECT g, repeat('v', 200) FROM generate_series({s}, {}) g",
@@ -756,42 +335,27 @@ async fn sigterm_during_a_busy_stream_exits_cleanly_and_the_restart_replays_noth
         .await;
     }
     // Stop while documents are still arriving.
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the first documents",
-        async || {
+    sluice
+        .wait_for(Duration::from_secs(60), "the first documents", async || {
             es.refresh(&index).await;
-            count(&es, &index).await > 0
-        },
-    )
-    .await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+            es.count(&index).await > 0
+        })
+        .await;
+    sluice.stop_cleanly();
     es.refresh(&index).await;
-    let before = count(&es, &index).await;
+    let before = es.count(&index).await;
     eprintln!("{before} of 60000 documents in the index at SIGTERM");
 
     sluice.start();
-    wait_converged(&db, &es, &index, "SELECT * FROM busy", &mut sluice).await;
-    let metrics = http_get(&sluice.http_addr(), "/metrics").1;
-    let received = metric_sum(&metrics, "sluice_changes_received_total", &[]) as u64;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM busy")
+        .await;
+    let received = metric_sum(&sluice.metrics(), "sluice_changes_received_total", &[]) as u64;
     let missing = 60_000 - before;
     eprintln!("after the restart: {received} changes received, {missing} were missing");
     assert_eq!(
         received, missing,
         "the restart received {received} changes for {missing} missing documents"
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-}
-
-pub(crate) async fn count(es: &Es, index: &str) -> u64 {
-    let r = es
-        .client
-        .count(elasticsearch::CountParts::Index(&[index]))
-        .send()
-        .await
-        .unwrap();
-    r.json::<Value>().await.unwrap()["count"]
-        .as_u64()
-        .unwrap_or(0)
+    sluice.stop_cleanly();
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rand::RngExt;
 
-use crate::run::{Setup, Sluice, http_get, mapping, poll, wait_converged, wait_streaming};
 use crate::support::es_cluster::EsCluster;
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, table_mapping};
 use crate::support::workload::Workload;
 use crate::support::{Es, TestDb};
 
@@ -24,29 +24,25 @@ async fn a_node_killed_mid_stream_in_a_three_node_cluster_costs_no_change() {
          CREATE PUBLICATION sluice FOR TABLE accounts;",
     )
     .await;
-    let setup = Setup {
+    let setup = SluiceToml {
         // `urls = ["{es_url}"]` in the test config: the three nodes, quoted.
         es_url: urls.join("\", \""),
         es_extra: "request_timeout_ms = 3000".into(),
-        extra: "[snapshot]\nmode = \"never\"\n".into(),
-        ..Setup::for_db(&db)
+        extra: SNAPSHOT_NEVER.into(),
+        ..SluiceToml::for_db(&db)
     };
-    let mut sluice = Sluice::with_setup(
-        &setup,
-        &[("a.toml", mapping("public.accounts", &index, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::with_config(&setup, &[table_mapping("accounts", &index)]);
+    sluice.start_streaming(&db).await;
     db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
         .await;
     let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "documents on the cluster",
-        async || crate::run::count(&es, &index).await > 100,
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(60),
+            "documents on the cluster",
+            async || es.count(&index).await > 100,
+        )
+        .await;
     cluster.wait_green().await;
 
     // Any node, the elected master included: a new election must not cost a change.
@@ -54,24 +50,22 @@ async fn a_node_killed_mid_stream_in_a_three_node_cluster_costs_no_change() {
     let before = workload.committed();
     eprintln!("killing node-{victim} after {before} transactions");
     cluster.kill(victim);
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the workload to go on writing with a node down",
-        async || workload.committed() > before + 200,
-    )
-    .await;
-    assert_eq!(
-        http_get(&sluice.http_addr(), "/health").0,
-        200,
-        "alive with a node down"
-    );
+    sluice
+        .wait_for(
+            Duration::from_secs(60),
+            "the workload to go on writing with a node down",
+            async || workload.committed() > before + 200,
+        )
+        .await;
+    assert_eq!(sluice.get("/health").0, 200, "alive with a node down");
     cluster.start_node(victim);
     cluster.wait_for_nodes(3).await;
     let committed = workload.stop().await;
     eprintln!("{committed} transactions during the test");
     // Node 1 may be the one that was down: read through a node that stayed up.
     let reader = Es::at(&urls[victim % 3]);
-    wait_converged(&db, &reader, &index, "SELECT * FROM accounts", &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice
+        .wait_converged(&db, &reader, &index, "SELECT * FROM accounts")
+        .await;
+    sluice.stop_cleanly();
 }

@@ -6,24 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::run::{Sluice, mapping, wait_converged_on};
+use crate::support::sluice::{Sluice, mapping, table_mapping};
 use crate::support::{Es, TestDb};
-
-/// Wait for the process to exit on its own; its exit code.
-async fn exit_code(sluice: &mut Sluice, within: Duration) -> i32 {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(code) = sluice.exited() {
-            return code;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice run kept going:\n{}",
-            sluice.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A table the replication role owns, in a database it may create
 /// publications in: nothing but Sluice's own checks stands in the way.
@@ -37,8 +21,10 @@ async fn owned_table(db: &TestDb, ddl: &str, table: &str) {
     .await;
 }
 
-async fn count(db: &TestDb, sql: &str) -> i64 {
-    db.admin.query_one(sql, &[]).await.unwrap().get(0)
+/// Replication slots in the test database (none unless Sluice made one).
+async fn slots(db: &TestDb) -> i64 {
+    db.query_value("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +47,7 @@ async fn run_refuses_a_row_filter_outside_the_replica_identity_and_the_applicati
         )],
     );
     sluice.start();
-    let code = exit_code(&mut sluice, Duration::from_secs(60)).await;
+    let code = sluice.wait_for_exit(Duration::from_secs(60)).await;
     let log = sluice.log_text();
     assert_eq!(
         code, 2,
@@ -72,33 +58,22 @@ async fn run_refuses_a_row_filter_outside_the_replica_identity_and_the_applicati
             && log.contains("REPLICA IDENTITY FULL"),
         "run says what check says:\n{log}"
     );
-    assert_eq!(count(&db, "SELECT count(*) FROM pg_publication").await, 0);
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
-        )
-        .await,
+        db.query_value::<i64>("SELECT count(*) FROM pg_publication")
+            .await,
         0
     );
+    assert_eq!(slots(&db).await, 0);
     // `snapshot` runs the same checks and refuses with the same words.
-    let snapshot = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["snapshot", "--config"])
-        .arg(sluice.config_path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&snapshot.stderr);
-    assert_eq!(snapshot.status.code(), Some(2), "{out}");
+    let snapshot = sluice.command(&["snapshot"]);
+    let out = &snapshot.stderr;
+    assert_eq!(snapshot.code, Some(2), "{out}");
     assert!(
         out.contains("the row filter reads `status` outside public.orders's replica identity"),
         "{out}"
     );
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
-        )
-        .await,
+        slots(&db).await,
         0,
         "snapshot created no temporary slot either"
     );
@@ -140,7 +115,7 @@ async fn a_row_filter_with_extra_statements_is_refused_naming_the_mapping_file_a
             )],
         );
         sluice.start();
-        let code = exit_code(&mut sluice, Duration::from_secs(60)).await;
+        let code = sluice.wait_for_exit(Duration::from_secs(60)).await;
         let log = sluice.log_text();
         assert_eq!(code, 2, "{filter}: refused as configuration:\n{log}");
         assert!(
@@ -148,24 +123,22 @@ async fn a_row_filter_with_extra_statements_is_refused_naming_the_mapping_file_a
             "{filter}: the error names the mapping file and line:\n{log}"
         );
         assert_eq!(
-            count(
-                &db,
-                "SELECT count(*) FROM pg_tables WHERE tablename = 'victim'"
-            )
-            .await,
+            db.query_value::<i64>("SELECT count(*) FROM pg_tables WHERE tablename = 'victim'")
+                .await,
             1,
             "{filter}: the victim table is still there"
         );
         assert_eq!(
-            count(
-                &db,
-                "SELECT count(*) FROM pg_tables WHERE tablename = 'pwned'"
-            )
-            .await,
+            db.query_value::<i64>("SELECT count(*) FROM pg_tables WHERE tablename = 'pwned'")
+                .await,
             0,
             "{filter}: no table was created"
         );
-        assert_eq!(count(&db, "SELECT count(*) FROM pg_publication").await, 0);
+        assert_eq!(
+            db.query_value::<i64>("SELECT count(*) FROM pg_publication")
+                .await,
+            0
+        );
     }
 }
 
@@ -180,17 +153,15 @@ async fn a_lost_slot_after_the_initial_load_stops_run_with_exit_2_and_the_rebuil
          CREATE PUBLICATION sluice FOR TABLE items;",
     )
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "",
-        &[("items.toml", mapping("public.items", &index, ""))],
-    );
+    let mut sluice = Sluice::new(&db, "", &[table_mapping("items", &index)]);
     sluice.start();
-    wait_converged_on(&db.admin, &es, &index, "SELECT * FROM items", &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM items")
+        .await;
+    sluice.stop_cleanly();
 
     // The slot goes (a failover, an administrator); rows change meanwhile.
-    let slot = format!("sluice_{}", db.name);
+    let slot = db.slot();
     db.admin
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
@@ -200,7 +171,7 @@ async fn a_lost_slot_after_the_initial_load_stops_run_with_exit_2_and_the_rebuil
     let before = es.all_docs(&index).await;
 
     sluice.start();
-    let code = exit_code(&mut sluice, Duration::from_secs(60)).await;
+    let code = sluice.wait_for_exit(Duration::from_secs(60)).await;
     let log = sluice.log_text();
     assert_eq!(code, 2, "a lost slot is for a person to fix:\n{log}");
     assert!(
@@ -209,15 +180,7 @@ async fn a_lost_slot_after_the_initial_load_stops_run_with_exit_2_and_the_rebuil
             && log.contains(&format!("delete the target indices ({index})")),
         "the error says what happened and how to rebuild:\n{log}"
     );
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
-        )
-        .await,
-        0,
-        "no new slot was created"
-    );
+    assert_eq!(slots(&db).await, 0, "no new slot was created");
     es.refresh(&index).await;
     assert_eq!(
         es.all_docs(&index).await,
@@ -240,24 +203,20 @@ async fn sigterm_during_the_initial_snapshot_stops_within_seconds_and_a_restart_
     let mut sluice = Sluice::new(
         &db,
         "[snapshot]\nmode = \"initial\"\nchunk_rows = 5000\nparallel_readers = 1\n",
-        &[("big.toml", mapping("public.big", &index, ""))],
+        &[table_mapping("big", &index)],
     );
     sluice.start();
     // Mid-snapshot: some documents are in, far from all.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(sluice.exited().is_none(), "{}", sluice.log_text());
-        es.refresh(&index).await;
-        if !es.sources(&index).await.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the snapshot never began:\n{}",
-            sluice.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    sluice
+        .wait_for(
+            Duration::from_secs(120),
+            "the snapshot to begin",
+            async || {
+                es.refresh(&index).await;
+                es.count(&index).await > 0
+            },
+        )
+        .await;
     let stopping = Instant::now();
     let code = sluice.terminate();
     let took = stopping.elapsed();
@@ -276,8 +235,10 @@ async fn sigterm_during_the_initial_snapshot_stops_within_seconds_and_a_restart_
     sluice.start();
     db.sql("UPDATE big SET pad = 'changed after the restart' WHERE id % 1000 = 0")
         .await;
-    wait_converged_on(&db.admin, &es, &index, "SELECT * FROM big", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM big")
+        .await;
     let log = sluice.log_text();
     assert!(log.contains("resuming its remaining chunks"), "{log}");
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 }

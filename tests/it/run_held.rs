@@ -5,12 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use sluice::Lsn;
-
-use crate::run::{Sluice, http_get, mapping, poll, wait_converged, wait_streaming};
-use crate::run_outage::confirmed_flush;
+use crate::support::slot::{confirmed_flush, wal_lsn};
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, http_get, table_mapping};
 use crate::support::{Es, TestDb};
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_lettered() {
@@ -23,33 +21,16 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
          CREATE PUBLICATION sluice FOR TABLE items;",
     )
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("items.toml", mapping("public.items", &index, ""))],
-    );
-    let slot = format!("sluice_{}", db.name);
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("items", &index)]);
+    sluice.start_streaming(&db).await;
     db.sql("INSERT INTO items SELECT g, 'v1' FROM generate_series(1, 50) g")
         .await;
-    wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM items")
+        .await;
 
-    es.client
-        .indices()
-        .close(elasticsearch::indices::IndicesCloseParts::Index(&[&index]))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
-    let before: String = db
-        .admin
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let before: Lsn = before.parse().unwrap();
+    es.close(&index).await;
+    let before = wal_lsn(&db).await;
     db.sql("UPDATE items SET n = 'v2' WHERE id <= 10").await;
     db.sql("INSERT INTO items SELECT g, 'new' FROM generate_series(51, 60) g")
         .await;
@@ -57,17 +38,17 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
 
     // Held: not ready, with the reason; the slot does not pass the changes.
     let addr = sluice.http_addr();
-    poll(
-        &mut sluice,
-        Duration::from_secs(30),
-        "/ready to report the held writes",
-        async || {
-            let (code, body) = http_get(&addr, "/ready");
-            code == 503 && body.contains("index_closed_exception")
-        },
-    )
-    .await;
-    let (_, body) = http_get(&addr, "/ready");
+    sluice
+        .wait_for(
+            Duration::from_secs(30),
+            "/ready to report the held writes",
+            async || {
+                let (code, body) = http_get(&addr, "/ready");
+                code == 503 && body.contains("index_closed_exception")
+            },
+        )
+        .await;
+    let (_, body) = sluice.get("/ready");
     let ready: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready["ready"], false, "{body}");
     assert!(
@@ -77,7 +58,7 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
         assert_eq!(sluice.exited(), None, "{}", sluice.log_text());
-        let confirmed = confirmed_flush(&db.admin, &slot).await;
+        let confirmed = confirmed_flush(&db, &sluice.slot).await;
         assert!(
             confirmed <= before,
             "the slot confirmed {confirmed} past held changes (after {before})"
@@ -90,37 +71,23 @@ async fn a_closed_target_index_holds_changes_until_reopened_and_nothing_is_dead_
         sluice.log_text()
     );
 
-    es.client
-        .indices()
-        .open(elasticsearch::indices::IndicesOpenParts::Index(&[&index]))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
-    wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
-    poll(
-        &mut sluice,
-        Duration::from_secs(30),
-        "/ready to be ready again",
-        async || http_get(&addr, "/ready").0 == 200,
-    )
-    .await;
-    let exists = es
-        .client
-        .indices()
-        .exists(elasticsearch::indices::IndicesExistsParts::Index(&[&dead]))
-        .send()
-        .await
-        .unwrap()
-        .status_code()
-        .as_u16();
-    if exists == 200 {
+    es.open(&index).await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM items")
+        .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(30),
+            "/ready to be ready again",
+            async || http_get(&addr, "/ready").0 == 200,
+        )
+        .await;
+    if es.exists(&dead).await {
         let dead_letters = es.sources(&dead).await;
         assert!(
             dead_letters.is_empty(),
             "nothing was dead-lettered: {dead_letters:#?}"
         );
     }
-    assert_eq!(sluice.terminate(), 0);
+    sluice.stop_cleanly();
 }

@@ -9,44 +9,19 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use serde_json::Value;
 use sluice::Lsn;
-use tokio_postgres::Client;
 
-use crate::run::{
-    Setup, Sluice, http_get, mapping, poll, wait_converged, wait_converged_on, wait_streaming,
-};
-use crate::sink_proxy::Proxy;
-use crate::source_restart::PrivatePg;
+use crate::support::compare::assert_index_matches;
+use crate::support::es::Indices;
+use crate::support::private_pg::PrivatePg;
+use crate::support::proxy::Proxy;
+use crate::support::slot::confirmed_flush;
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, table_mapping};
 use crate::support::workload::Workload;
-use crate::support::{Es, TestDb, assert_index_matches_on, unique_name};
+use crate::support::{Es, TestDb};
 
 const ACCOUNTS: &str =
     "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
      CREATE PUBLICATION sluice FOR TABLE accounts;";
-
-/// The slot's `confirmed_flush_lsn` as the server records it.
-pub(crate) async fn confirmed_flush(client: &Client, slot: &str) -> Lsn {
-    let row = client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .expect("read the slot");
-    row.get::<_, String>(0).parse().unwrap()
-}
-
-/// A metric's value summed over its series (also one without labels).
-pub(crate) fn metric(sluice: &Sluice, name: &str) -> f64 {
-    http_get(&sluice.http_addr(), "/metrics")
-        .1
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// The `_version` of a document (its commit LSN), once it is in the index.
 async fn doc_version(es: &Es, index: &str, id: &str) -> Option<u64> {
@@ -78,32 +53,25 @@ async fn an_elasticsearch_outage_mid_stream_holds_the_slot_and_heals_without_a_m
     let index = db.index("accounts");
     db.sql(ACCOUNTS).await;
     let proxy = Proxy::start(&crate::support::services().es_url).await;
-    let setup = Setup {
+    let setup = SluiceToml {
         es_url: proxy.url(),
         es_extra: "request_timeout_ms = 2000".into(),
-        extra: "[snapshot]\nmode = \"never\"\n".into(),
-        ..Setup::for_db(&db)
+        extra: SNAPSHOT_NEVER.into(),
+        ..SluiceToml::for_db(&db)
     };
-    let slot = setup.slot.clone();
-    let mut sluice = Sluice::with_setup(
-        &setup,
-        &[("a.toml", mapping("public.accounts", &index, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::with_config(&setup, &[table_mapping("accounts", &index)]);
+    sluice.start_streaming(&db).await;
     db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
         .await;
     let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
-    poll(
-        &mut sluice,
-        Duration::from_secs(30),
-        "documents",
-        async || crate::run::count(&es, &index).await > 100,
-    )
-    .await;
+    sluice
+        .wait_for(Duration::from_secs(30), "documents", async || {
+            es.count(&index).await > 100
+        })
+        .await;
 
     for (n, outage) in [Outage::Refuse, Outage::Hang].into_iter().enumerate() {
-        let retries_before = metric(&sluice, "sluice_retries_total");
+        let retries_before = sluice.metric("sluice_retries_total");
         match outage {
             Outage::Refuse => proxy.cut(),
             Outage::Hang => proxy.hang(),
@@ -126,13 +94,12 @@ async fn an_elasticsearch_outage_mid_stream_holds_the_slot_and_heals_without_a_m
                     sluice.log_text()
                 );
             }
-            max_confirmed = max_confirmed.max(confirmed_flush(&db.admin, &slot).await);
-            let addr = sluice.http_addr();
-            assert_eq!(http_get(&addr, "/health").0, 200, "alive while it retries");
-            ready.push(http_get(&addr, "/ready").0);
+            max_confirmed = max_confirmed.max(confirmed_flush(&db, &sluice.slot).await);
+            assert_eq!(sluice.get("/health").0, 200, "alive while it retries");
+            ready.push(sluice.get("/ready").0);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let retries = metric(&sluice, "sluice_retries_total") - retries_before;
+        let retries = sluice.metric("sluice_retries_total") - retries_before;
         assert!(retries > 0.0, "{outage:?}: no retries were counted");
         assert!(
             workload.committed() > committed_before + 100,
@@ -162,84 +129,21 @@ async fn an_elasticsearch_outage_mid_stream_holds_the_slot_and_heals_without_a_m
             Lsn(version)
         );
         // ...and moves past it once it is applied (status updates: 10 s).
-        poll(
-            &mut sluice,
-            Duration::from_secs(30),
-            "the slot to move past the marker",
-            async || confirmed_flush(&db.admin, &slot).await.0 > version,
-        )
-        .await;
+        let slot = sluice.slot.clone();
+        sluice
+            .wait_for(
+                Duration::from_secs(30),
+                "the slot to move past the marker",
+                async || confirmed_flush(&db, &slot).await.0 > version,
+            )
+            .await;
     }
     let committed = workload.stop().await;
     eprintln!("{committed} transactions during the test");
-    wait_converged(&db, &es, &index, "SELECT * FROM accounts", &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-}
-
-/// Deletes a test's indices at the end (tests on a private cluster have no
-/// `TestDb` to do it).
-pub(crate) struct Indices(pub String);
-
-impl Indices {
-    pub fn new() -> Indices {
-        Indices(format!("{}-", unique_name("t").replace('_', "-")))
-    }
-
-    pub fn name(&self, n: &str) -> String {
-        format!("{}{n}", self.0)
-    }
-}
-
-impl Drop for Indices {
-    fn drop(&mut self) {
-        let pattern = format!("{}*", self.0);
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async { Es::new().delete_indices(&pattern).await })
-        })
-        .join();
-    }
-}
-
-/// A `Setup` for a private cluster's `postgres` database (as its superuser).
-pub(crate) fn private_setup(pg: &PrivatePg, indices: &Indices) -> Setup {
-    Setup {
-        pg_url: pg.url(),
-        slot: "sluice".into(),
-        es_url: crate::support::services().es_url.clone(),
-        dead_letter_index: indices.name("dead-letters"),
-        postgres_extra: String::new(),
-        es_extra: String::new(),
-        pipeline_extra: String::new(),
-        extra: "[snapshot]\nmode = \"never\"\n".into(),
-    }
-}
-
-/// Wait until the running Sluice streams from its slot: `/ready` says so and
-/// the slot is held (see `run::wait_streaming` for why the slot alone is not
-/// enough).
-pub(crate) async fn wait_active(client: &Client, slot: &str, sluice: &mut Sluice) {
-    let log = sluice.log_path();
-    poll(
-        sluice,
-        Duration::from_secs(60),
-        "sluice to stream from its slot",
-        async || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            crate::run::http_addr_in(&text).is_some_and(|a| crate::run::streaming_at(&a))
-                && client
-                    .query_opt(
-                        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                        &[&slot],
-                    )
-                    .await
-                    .is_ok_and(|r| r.is_some())
-        },
-    )
-    .await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM accounts")
+        .await;
+    sluice.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,16 +164,15 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
         )
         .await
         .unwrap();
-    let setup = private_setup(&pg, &indices);
-    let mut sluice = Sluice::with_setup(
+    let setup = SluiceToml::for_private(&pg, &indices);
+    let mut sluice = Sluice::with_config(
         &setup,
         &[
-            ("a.toml", mapping("public.accounts", &index, "")),
-            ("d.toml", mapping("public.docs", &docs_index, "")),
+            table_mapping("accounts", &index),
+            table_mapping("docs", &docs_index),
         ],
     );
-    sluice.start();
-    wait_active(&admin, "sluice", &mut sluice).await;
+    sluice.start_streaming(&admin).await;
     admin
         .batch_execute(
             "INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g;
@@ -282,13 +185,11 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
 
     for mode in ["fast", "immediate"] {
         let before = workload.committed();
-        poll(
-            &mut sluice,
-            Duration::from_secs(30),
-            "workload progress",
-            async || workload.committed() > before + 200,
-        )
-        .await;
+        sluice
+            .wait_for(Duration::from_secs(30), "workload progress", async || {
+                workload.committed() > before + 200
+            })
+            .await;
         let started = Instant::now();
         let p = pg.clone();
         tokio::task::spawn_blocking(move || p.restart_mode(mode))
@@ -297,15 +198,15 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
         eprintln!("pg_ctl restart -m {mode}: {:?}", started.elapsed());
         // Sluice reconnects by itself and streams what was written since.
         let before = workload.committed();
-        poll(
-            &mut sluice,
-            Duration::from_secs(60),
-            "the workload to resume",
-            async || workload.committed() > before + 200,
-        )
-        .await;
+        sluice
+            .wait_for(
+                Duration::from_secs(60),
+                "the workload to resume",
+                async || workload.committed() > before + 200,
+            )
+            .await;
         let admin = crate::support::connect(&pg.url()).await;
-        wait_active(&admin, "sluice", &mut sluice).await;
+        sluice.wait_streaming(&admin).await;
         admin
             .batch_execute("UPDATE docs SET n = n + 1")
             .await
@@ -316,25 +217,21 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
 
     let admin = crate::support::connect(&pg.url()).await;
     let query = "SELECT * FROM accounts";
-    wait_converged_on(&admin, &es, &index, query, &mut sluice).await;
+    sluice.wait_converged(&admin, &es, &index, query).await;
     let docs = "SELECT * FROM docs";
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "docs to match",
-        async || {
+    sluice
+        .wait_for(Duration::from_secs(60), "docs to match", async || {
             let d = es.sources(&docs_index).await;
             d.len() == 5 && d.values().all(|d| d["n"] == 2)
-        },
-    )
-    .await;
-    assert_index_matches_on(&admin, &es, &docs_index, docs, "id").await;
+        })
+        .await;
+    assert_index_matches(&admin, &es, &docs_index, docs, &["id"]).await;
     let log = sluice.log_text();
     assert!(
         log.contains("reconnecting"),
         "the reader never reconnected:\n{log}"
     );
-    assert_eq!(sluice.terminate(), 0, "{log}");
+    sluice.stop_cleanly();
 }
 
 /// A fast PostgreSQL shutdown while Sluice cannot apply (its Elasticsearch
@@ -366,29 +263,23 @@ async fn stop_postgres_during_an_outage(during: i64, pipeline: &str) {
     let admin = crate::support::connect(&pg.url()).await;
     admin.batch_execute(ACCOUNTS).await.unwrap();
     let proxy = Proxy::start(&crate::support::services().es_url).await;
-    let setup = Setup {
+    let setup = SluiceToml {
         es_url: proxy.url(),
         pipeline_extra: pipeline.to_string(),
-        ..private_setup(&pg, &indices)
+        ..SluiceToml::for_private(&pg, &indices)
     };
-    let mut sluice = Sluice::with_setup(
-        &setup,
-        &[("a.toml", mapping("public.accounts", &index, ""))],
-    );
-    sluice.start();
-    wait_active(&admin, "sluice", &mut sluice).await;
+    let mut sluice = Sluice::with_config(&setup, &[table_mapping("accounts", &index)]);
+    sluice.start_streaming(&admin).await;
     admin
         .batch_execute("INSERT INTO accounts SELECT g, g, 'before' FROM generate_series(1, 50) g")
         .await
         .unwrap();
     let es = Es::new();
-    poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the first rows",
-        async || es.sources(&index).await.len() == 50,
-    )
-    .await;
+    sluice
+        .wait_for(Duration::from_secs(60), "the first rows", async || {
+            es.sources(&index).await.len() == 50
+        })
+        .await;
     proxy.cut();
     admin
         .batch_execute(&format!(
@@ -400,10 +291,9 @@ async fn stop_postgres_during_an_outage(during: i64, pipeline: &str) {
         .unwrap();
     drop(admin);
     let p = pg.clone();
-    let stopped =
-        tokio::task::spawn_blocking(move || super::source_restart::pg_ctl_stop(&p, "fast", 120))
-            .await
-            .unwrap();
+    let stopped = tokio::task::spawn_blocking(move || p.pg_ctl_stop("fast", 120))
+        .await
+        .unwrap();
     assert!(
         stopped,
         "PostgreSQL could not stop while Sluice held changes it could not apply:\n{}",
@@ -417,8 +307,8 @@ async fn stop_postgres_during_an_outage(during: i64, pipeline: &str) {
 
     let admin = crate::support::connect(&pg.url()).await;
     let query = "SELECT * FROM accounts";
-    wait_converged_on(&admin, &es, &index, query, &mut sluice).await;
+    sluice.wait_converged(&admin, &es, &index, query).await;
     let log = sluice.log_text();
     assert!(log.contains("PostgreSQL is shutting down"), "{log}");
-    assert_eq!(sluice.terminate(), 0, "{log}");
+    sluice.stop_cleanly();
 }

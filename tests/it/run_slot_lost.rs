@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::run::{Sluice, mapping, wait_converged_on};
-use crate::run_outage::{Indices, private_setup, wait_active};
-use crate::source_restart::PrivatePg;
+use crate::support::es::Indices;
+use crate::support::private_pg::PrivatePg;
+use crate::support::sluice::{Sluice, SluiceToml, table_mapping};
 use crate::support::{Es, connect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,25 +23,19 @@ async fn an_invalidated_slot_stops_run_with_exit_2_and_the_way_to_rebuild() {
         )
         .await
         .unwrap();
-    let mut sluice = Sluice::with_setup(
-        &private_setup(&pg, &indices),
-        &[("items.toml", mapping("public.items", &index, ""))],
+    let mut sluice = Sluice::with_config(
+        &SluiceToml::for_private(&pg, &indices),
+        &[table_mapping("items", &index)],
     );
-    sluice.start();
-    wait_active(&admin, "sluice", &mut sluice).await;
+    sluice.start_streaming(&admin).await;
     admin
         .batch_execute("INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 50) g")
         .await
         .unwrap();
-    wait_converged_on(
-        &admin,
-        &Es::new(),
-        &index,
-        "SELECT * FROM items",
-        &mut sluice,
-    )
-    .await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice
+        .wait_converged(&admin, &Es::new(), &index, "SELECT * FROM items")
+        .await;
+    sluice.stop_cleanly();
 
     // With Sluice stopped, write far more WAL than the slot may keep; a
     // checkpoint then removes it and marks the slot lost.
@@ -76,36 +70,13 @@ async fn an_invalidated_slot_stops_run_with_exit_2_and_the_way_to_rebuild() {
         );
     }
 
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(sluice.config_path())
-        .output()
-        .unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    assert_ne!(
-        check.status.code(),
-        Some(0),
-        "check passed a lost slot:\n{out}"
-    );
+    let check = sluice.command(&["check"]);
+    let out = check.text();
+    assert_ne!(check.code, Some(0), "check passed a lost slot:\n{out}");
     assert!(out.contains("has been invalidated"), "{out}");
 
     sluice.start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        if let Some(code) = sluice.exited() {
-            break code;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice run kept going on a lost slot:\n{}",
-            sluice.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let code = sluice.wait_for_exit(Duration::from_secs(60)).await;
     let log = sluice.log_text();
     assert_eq!(code, 2, "a lost slot is for a person to fix:\n{log}");
     assert!(

@@ -3,84 +3,20 @@
 //! rejected documents become dead letters, indices are created with long
 //! tombstones and existing mappings are never changed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::Lsn;
-use sluice::model::{BulkOp, OpAction, OpOrigin};
+use sluice::model::BulkOp;
 use sluice::sink::indices::{EnsureOutcome, IndexError, IndexSpec, ensure_index};
-use sluice::sink::{Ack, EsConfig, Indexer, IndexerConfig, build_client, dead_letter};
+use sluice::sink::{Ack, Indexer, IndexerConfig, dead_letter};
 use tokio::sync::mpsc;
 
-use crate::support::{Es, TestDb, services, wait_until};
-
-pub fn client_for(url: &str) -> elasticsearch::Elasticsearch {
-    build_client(&EsConfig {
-        urls: vec![url.to_string()],
-        request_timeout: Duration::from_secs(5),
-        ..EsConfig::default()
-    })
-    .expect("client")
-}
-
-pub fn index_op(index: &str, id: &str, version: u64, doc: Value) -> BulkOp {
-    BulkOp {
-        action: OpAction::Index {
-            doc: serde_json::to_vec(&doc).unwrap(),
-        },
-        index: Arc::from(index),
-        id: id.to_string(),
-        routing: None,
-        pipeline: None,
-        version,
-        origin: OpOrigin {
-            table: Arc::from("public.items"),
-            key: format!("{{\"id\":{id}}}"),
-            lsn: Lsn(version),
-        },
-    }
-}
-
-pub fn delete_op(index: &str, id: &str, version: u64) -> BulkOp {
-    BulkOp {
-        action: OpAction::Delete,
-        ..index_op(index, id, version, Value::Null)
-    }
-}
-
-pub fn test_config(dead_letter_index: &str) -> IndexerConfig {
-    IndexerConfig {
-        concurrency: 3,
-        max_batch_docs: 50,
-        linger: Duration::from_millis(5),
-        dead_letter_index: dead_letter_index.to_string(),
-        retry_min_delay: Duration::from_millis(50),
-        retry_max_delay: Duration::from_millis(500),
-        ..IndexerConfig::default()
-    }
-}
-
-/// Run ops through a fresh indexer; returns the total acknowledged per tag.
-async fn index_all(config: IndexerConfig, ops: Vec<(BulkOp, u64)>) -> Vec<Ack> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let indexer = Indexer::start(client_for(&services().es_url), config, tx);
-    for (op, tag) in ops {
-        indexer.submit(op, tag).await.unwrap();
-    }
-    assert!(indexer.finish(Duration::from_secs(60)).await);
-    let mut acks: Vec<Ack> = Vec::new();
-    while let Some(batch) = rx.recv().await {
-        for a in batch {
-            match acks.iter_mut().find(|x| x.tag == a.tag) {
-                Some(x) => x.count += a.count,
-                None => acks.push(a),
-            }
-        }
-    }
-    acks.sort_by_key(|a| a.tag);
-    acks
-}
+use crate::support::pipeline::{
+    client_for, delete_op, index_all, index_op, indexer_config, strict_long_index, wait_acked,
+    write_blocked_index,
+};
+use crate::support::{Es, TestDb, services};
 
 #[tokio::test]
 async fn versioned_writes_converge_when_replayed_out_of_order() {
@@ -102,7 +38,7 @@ async fn versioned_writes_converge_when_replayed_out_of_order() {
         ops.push((index_op(&index, &i.to_string(), 300, json!({"n": i})), 2));
     }
     ops.push((delete_op(&index, "2", 400), 3));
-    let acks = index_all(test_config(&dl), ops).await;
+    let acks = index_all(indexer_config(&dl), ops).await;
     assert_eq!(
         acks,
         vec![
@@ -120,7 +56,7 @@ async fn versioned_writes_converge_when_replayed_out_of_order() {
         (delete_op(&index, "3", 100), 9),
         (index_op(&index, "3", 300, json!({"n": 3})), 9),
     ];
-    let acks = index_all(test_config(&dl), replay).await;
+    let acks = index_all(indexer_config(&dl), replay).await;
     assert_eq!(acks.iter().map(|a| a.count).sum::<u64>(), 4);
 
     let docs = es.all_docs(&index).await;
@@ -139,23 +75,15 @@ async fn a_rejected_document_becomes_a_dead_letter_and_the_stream_continues() {
     let es = Es::new();
     let index = db.index("typed");
     let dl = db.index("dead");
-    let client = client_for(&services().es_url);
+    strict_long_index(&index).await;
     let window = Duration::from_secs(3600);
     ensure_index(
-        &client,
-        &IndexSpec {
-            name: index.clone(),
-            settings: json!({"index": {"number_of_replicas": 0}}),
-            mappings: json!({"dynamic": "strict", "properties": {"n": {"type": "long"}}}),
-            alias: None,
-        },
+        &client_for(&services().es_url),
+        &dead_letter::index_spec(&dl),
         window,
     )
     .await
     .unwrap();
-    ensure_index(&client, &dead_letter::index_spec(&dl), window)
-        .await
-        .unwrap();
 
     let ops = vec![
         (index_op(&index, "1", 10, json!({"n": 1})), 1),
@@ -166,7 +94,7 @@ async fn a_rejected_document_becomes_a_dead_letter_and_the_stream_continues() {
         ),
         (index_op(&index, "4", 11, json!({"n": 4})), 2),
     ];
-    let acks = index_all(test_config(&dl), ops).await;
+    let acks = index_all(indexer_config(&dl), ops).await;
     assert_eq!(
         acks,
         vec![Ack { tag: 1, count: 3 }, Ack { tag: 2, count: 1 }],
@@ -209,7 +137,7 @@ async fn a_rejected_document_becomes_a_dead_letter_and_the_stream_continues() {
             3,
         ),
     ];
-    let acks = index_all(test_config(&dl), replay).await;
+    let acks = index_all(indexer_config(&dl), replay).await;
     assert_eq!(acks, vec![Ack { tag: 3, count: 2 }]);
     let dead_after_replay = es.sources(&dl).await;
     assert_eq!(dead_after_replay.len(), 2, "{dead_after_replay:#?}");
@@ -221,20 +149,7 @@ async fn two_rejected_updates_of_one_row_in_one_transaction_give_two_dead_letter
     let es = Es::new();
     let index = db.index("typed");
     let dl = db.index("dead");
-    let client = client_for(&services().es_url);
-    let window = Duration::from_secs(3600);
-    ensure_index(
-        &client,
-        &IndexSpec {
-            name: index.clone(),
-            settings: json!({"index": {"number_of_replicas": 0}}),
-            mappings: json!({"dynamic": "strict", "properties": {"n": {"type": "long"}}}),
-            alias: None,
-        },
-        window,
-    )
-    .await
-    .unwrap();
+    strict_long_index(&index).await;
 
     // Both writes share the version (the same transaction, past the
     // per-transaction version cap); only their documents differ.
@@ -242,7 +157,7 @@ async fn two_rejected_updates_of_one_row_in_one_transaction_give_two_dead_letter
         (index_op(&index, "1", 10, json!({"n": "first"})), 1),
         (index_op(&index, "1", 10, json!({"n": "second"})), 1),
     ];
-    let acks = index_all(test_config(&dl), ops).await;
+    let acks = index_all(indexer_config(&dl), ops).await;
     assert_eq!(acks, vec![Ack { tag: 1, count: 2 }]);
 
     let mut docs: Vec<Value> = es
@@ -266,12 +181,12 @@ async fn a_batch_tripping_the_request_circuit_breaker_is_halved_until_it_fits() 
     let index = db.index("halved");
     let dl = db.index("dead");
     // About 130 bytes per op: at most 3 ops fit in 400 bytes.
-    let proxy = crate::sink_proxy::Proxy::start_breaking_over(&services().es_url, 400).await;
+    let proxy = crate::support::proxy::Proxy::start_breaking_over(&services().es_url, 400).await;
     let config = IndexerConfig {
         concurrency: 1,
         max_batch_docs: 40,
         linger: Duration::from_millis(200),
-        ..test_config(&dl)
+        ..indexer_config(&dl)
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let indexer = Indexer::start(client_for(&proxy.url()), config, tx);
@@ -279,15 +194,7 @@ async fn a_batch_tripping_the_request_circuit_breaker_is_halved_until_it_fits() 
         .map(|i| index_op(&index, &i.to_string(), 7, json!({"n": i})))
         .collect();
     indexer.submit_all(ops, 1).await.unwrap();
-    let mut acked = 0;
-    wait_until(Duration::from_secs(60), "all 40 acks", || {
-        while let Ok(batch) = rx.try_recv() {
-            acked += batch.iter().map(|a| a.count).sum::<u64>();
-        }
-        let done = acked == 40;
-        async move { done.then_some(()) }
-    })
-    .await;
+    wait_acked(&mut rx, 40, Duration::from_secs(60)).await;
     assert!(indexer.finish(Duration::from_secs(10)).await);
     assert!(
         proxy.broken.load(std::sync::atomic::Ordering::SeqCst) > 0,
@@ -307,22 +214,10 @@ async fn a_blocked_index_is_retried_until_writable_without_losing_anything() {
     let es = Es::new();
     let index = db.index("blocked");
     let dl = db.index("dead");
-    let client = client_for(&services().es_url);
-    ensure_index(
-        &client,
-        &IndexSpec {
-            name: index.clone(),
-            settings: json!({"index": {"number_of_replicas": 0, "blocks.write": true}}),
-            mappings: Value::Null,
-            alias: None,
-        },
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap();
+    write_blocked_index(&index).await;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let indexer = Indexer::start(client.clone(), test_config(&dl), tx);
+    let indexer = Indexer::start(client_for(&services().es_url), indexer_config(&dl), tx);
     for i in 0..20u64 {
         indexer
             .submit(index_op(&index, &i.to_string(), 5, json!({"i": i})), 1)
@@ -336,26 +231,8 @@ async fn a_blocked_index_is_retried_until_writable_without_losing_anything() {
             panic!("acknowledged while the index refused writes: {acks:?}");
         }
     }
-    client
-        .indices()
-        .put_settings(elasticsearch::indices::IndicesPutSettingsParts::Index(&[
-            &index,
-        ]))
-        .body(json!({"index.blocks.write": false}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
-    let mut acked = 0;
-    wait_until(Duration::from_secs(30), "all 20 acks", || {
-        while let Ok(batch) = rx.try_recv() {
-            acked += batch.iter().map(|a| a.count).sum::<u64>();
-        }
-        let done = acked == 20;
-        async move { done.then_some(()) }
-    })
-    .await;
+    es.block_writes(&index, false).await;
+    wait_acked(&mut rx, 20, Duration::from_secs(30)).await;
     assert!(indexer.finish(Duration::from_secs(10)).await);
     assert_eq!(es.sources(&index).await.len(), 20);
 }
@@ -377,18 +254,7 @@ async fn indices_are_created_with_long_tombstones_and_an_alias_and_never_remappe
         ensure_index(&client, &spec, window).await.unwrap(),
         EnsureOutcome::Created
     );
-    let settings: Value = es
-        .client
-        .indices()
-        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::Index(&[
-            &name,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let settings = es.settings(&name).await;
     assert_eq!(settings[&name]["settings"]["index"]["gc_deletes"], "7200s");
     let alias = es
         .client
@@ -427,18 +293,7 @@ async fn indices_are_created_with_long_tombstones_and_an_alias_and_never_remappe
         }
         other => panic!("expected a mapping conflict, got {other:?}"),
     }
-    let mapping: Value = es
-        .client
-        .indices()
-        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            &name,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mapping = es.mapping(&name).await;
     assert_eq!(
         mapping[&name]["mappings"]["properties"]["n"]["type"],
         "long"

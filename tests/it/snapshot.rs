@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice::model::PublishedTable;
 use sluice::model::change::Change;
 use sluice::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
@@ -20,9 +20,11 @@ use sluice::snapshot::{
 };
 use tokio::sync::Notify;
 
-use crate::snapshot_support::{
-    Exported, TestSink, Write, assert_exact, bulk_write, connector, sources, stream_writer,
-    test_converter, test_exporter, workload,
+use crate::support::compare::assert_index_matches;
+use crate::support::slot::wal_lsn;
+use crate::support::snapshot::{
+    Exported, TestSink, Write, bulk_write, connector, stream_writer, test_converter, test_exporter,
+    workload,
 };
 use crate::support::{Es, TestDb, wait_until};
 
@@ -128,7 +130,7 @@ async fn a_snapshot_taken_under_a_concurrent_workload_equals_the_table() {
         streamed > 0 && txs > streamed / 2,
         "the workload ran alongside: {txs} transactions, {streamed} after the snapshot"
     );
-    assert_exact(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
 }
 
 /// Counts rows handed to the inner sink and wakes the test once a threshold
@@ -249,7 +251,7 @@ async fn a_snapshot_killed_at_random_points_resumes_under_new_snapshots_to_an_ex
         "the last attempt skipped chunks recorded by the killed ones: {summary:?}"
     );
     assert!(streamed > 0);
-    assert_exact(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
 }
 
 /// Sends each table's rows to its own test sink.
@@ -328,7 +330,7 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
     assert_eq!(chunks["public.empty"], 1);
 
     let es = Es::new();
-    assert_exact(
+    assert_index_matches(
         &db,
         &es,
         &db.index("comp"),
@@ -336,7 +338,7 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
         &["region", "n"],
     )
     .await;
-    assert_exact(
+    assert_index_matches(
         &db,
         &es,
         &db.index("texts"),
@@ -344,7 +346,7 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
         &["code"],
     )
     .await;
-    assert_exact(
+    assert_index_matches(
         &db,
         &es,
         &db.index("nokey"),
@@ -352,8 +354,8 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
         &["a", "b"],
     )
     .await;
-    assert_exact(&db, &es, &db.index("empty"), "SELECT * FROM empty", &["id"]).await;
-    assert_exact(
+    assert_index_matches(&db, &es, &db.index("empty"), "SELECT * FROM empty", &["id"]).await;
+    assert_index_matches(
         &db,
         &es,
         &db.index("parted"),
@@ -361,7 +363,7 @@ async fn composite_text_keyless_empty_partitioned_and_filtered_tables_are_read_e
         &["id", "region"],
     )
     .await;
-    assert_exact(
+    assert_index_matches(
         &db,
         &es,
         &db.index("flt"),
@@ -440,7 +442,7 @@ async fn a_chunk_is_recorded_done_only_after_its_batches_are_acknowledged() {
         .expect("resumed");
     assert_eq!(summary.tables[0].chunks_resumed, done.len());
     assert!(summary.tables[0].rows < 10_000);
-    assert_exact(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &Es::new(), &index, "SELECT * FROM items", &["id"]).await;
 }
 
 /// Holds back the batch holding `id` until released.
@@ -477,13 +479,11 @@ async fn a_stale_snapshot_row_arriving_after_the_streams_delete_stays_deleted() 
     let index = db.index("items");
     // The target exists before the backfill, with the default tombstone
     // lifetime; the backfill raises it for its duration.
-    es.client
-        .indices()
-        .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
-        .body(json!({"settings": {"index": {"gc_deletes": "0s", "refresh_interval": "-1"}}}))
-        .send()
-        .await
-        .unwrap();
+    es.create_index(
+        &index,
+        json!({"settings": {"index": {"gc_deletes": "0s", "refresh_interval": "-1"}}}),
+    )
+    .await;
     let state = StateStore::new(es.client.clone(), db.index("state"));
     state.ensure().await.unwrap();
     tombstones::extend(&state, &index, tombstones::DEFAULT_BACKFILL_GC_DELETES)
@@ -505,14 +505,8 @@ async fn a_stale_snapshot_row_arriving_after_the_streams_delete_stays_deleted() 
     gate.reached.notified().await;
     // The stream deletes row 1500 after the snapshot was taken.
     db.sql("DELETE FROM items WHERE id = 1500").await;
-    let lsn: String = db
-        .admin
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
     let point = log.lock().unwrap()[0].point;
-    let delete_version = lsn.parse::<sluice::Lsn>().unwrap().as_version();
+    let delete_version = wal_lsn(&db).await.as_version();
     assert!(delete_version >= point.as_version());
     bulk_write(
         &es,
@@ -529,26 +523,15 @@ async fn a_stale_snapshot_row_arriving_after_the_streams_delete_stays_deleted() 
     run.await.unwrap().expect("snapshot");
 
     tombstones::restore(&state, &index).await.unwrap();
-    let settings: Value = es
-        .client
-        .indices()
-        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::Index(&[
-            &index,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let settings = es.settings(&index).await;
     assert_eq!(
         settings[&index]["settings"]["index"]["gc_deletes"],
         json!("0s"),
         "the user's value is back"
     );
-    let docs = sources(&es, &index).await;
+    let docs = es.sources(&index).await;
     assert!(!docs.contains_key("1500"), "the deleted row came back");
-    assert_exact(&db, &es, &index, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &es, &index, "SELECT * FROM items", &["id"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -558,13 +541,11 @@ async fn without_the_raised_tombstone_lifetime_the_same_stale_write_resurrects_t
     let db = TestDb::new().await;
     let es = Es::new();
     let index = db.index("control");
-    es.client
-        .indices()
-        .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
-        .body(json!({"settings": {"index": {"gc_deletes": "0s", "refresh_interval": "-1"}}}))
-        .send()
-        .await
-        .unwrap();
+    es.create_index(
+        &index,
+        json!({"settings": {"index": {"gc_deletes": "0s", "refresh_interval": "-1"}}}),
+    )
+    .await;
     let doc = json!({"id": 1});
     bulk_write(
         &es,
@@ -598,7 +579,7 @@ async fn without_the_raised_tombstone_lifetime_the_same_stale_write_resurrects_t
                 )
                 .await
                 .unwrap();
-                sources(es, index).await.contains_key("1").then_some(())
+                es.sources(index).await.contains_key("1").then_some(())
             }
         },
     )
@@ -616,13 +597,8 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
     let log = Arc::new(Mutex::new(Vec::new()));
 
     // The current generation: an index behind the alias.
-    es.client
-        .indices()
-        .create(elasticsearch::indices::IndicesCreateParts::Index(&first))
-        .body(json!({"aliases": {&alias: {}}}))
-        .send()
-        .await
-        .unwrap();
+    es.create_index(&first, json!({"aliases": {&alias: {}}}))
+        .await;
     run_snapshot(
         &deps(&db, TestSink::new(&first), log.clone()),
         &job(&[("public.items", &first)], 2, 5_000),
@@ -641,16 +617,10 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
             let es = Es::new();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let v: Value = es
-                    .client
-                    .count(elasticsearch::CountParts::Index(&[&alias]))
-                    .send()
+                let c = es
+                    .try_count(&alias)
                     .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let c = v["count"].as_u64().expect("count");
+                    .unwrap_or_else(|v| panic!("count: {v}"));
                 min_seen.fetch_min(c, Ordering::Relaxed);
                 n += 1;
             }
@@ -721,7 +691,7 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
     assert_eq!(r.status, reindex::ReindexStatus::Swapped);
     assert!(reindex::active(&state).await.unwrap().is_empty());
     // A few more queries after the swap.
-    let after = sources(&es, &alias).await.len();
+    let after = es.sources(&alias).await.len();
     stop.store(true, Ordering::Relaxed);
     let queries_run = queries.await.unwrap();
 
@@ -735,49 +705,18 @@ async fn reindex_swaps_the_alias_atomically_while_queries_never_see_fewer_docume
         min_seen.load(Ordering::Relaxed)
     );
     assert_eq!(after as u64, at_start);
-    let aliases: Value = es
-        .client
-        .indices()
-        .get_alias(elasticsearch::indices::IndicesGetAliasParts::Name(&[
-            &alias,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let behind: Vec<_> = aliases.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(behind, vec![r.build_index.clone()]);
-    let settings: Value = es
-        .client
-        .indices()
-        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::Index(&[
-            &r.build_index,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(es.indices_behind(&alias).await, vec![r.build_index.clone()]);
+    let settings = es.settings(&r.build_index).await;
     let s = &settings[&r.build_index]["settings"]["index"];
     assert_eq!(s["refresh_interval"], json!("1s"));
     // Like every index Sluice creates, it keeps tombstones for the replay
     // window (DESIGN invariant 3), which is what the request passed.
     assert_eq!(s["gc_deletes"], json!("48h"), "{s}");
     assert!(
-        es.client
-            .indices()
-            .exists(elasticsearch::indices::IndicesExistsParts::Index(&[&first]))
-            .send()
-            .await
-            .unwrap()
-            .status_code()
-            .is_success(),
+        es.exists(&first).await,
         "the old index is kept without --delete-old"
     );
-    assert_exact(&db, &es, &alias, "SELECT * FROM items", &["id"]).await;
+    assert_index_matches(&db, &es, &alias, "SELECT * FROM items", &["id"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -816,5 +755,5 @@ async fn an_interrupted_ctid_snapshot_starts_over_when_the_table_was_rewritten()
         .expect("snapshot");
     assert_ne!(summary.tables[0].run_id, first.run_id);
     assert_eq!(summary.tables[0].chunks_resumed, 0);
-    assert_exact(&db, &Es::new(), &index, "SELECT * FROM nokey", &["a", "b"]).await;
+    assert_index_matches(&db, &Es::new(), &index, "SELECT * FROM nokey", &["a", "b"]).await;
 }

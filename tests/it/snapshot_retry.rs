@@ -5,8 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::run::{Sluice, count, mapping};
-use crate::support::{Es, TestDb, assert_index_matches};
+use crate::support::compare::assert_index_matches;
+use crate::support::sluice::{Sluice, table_mapping};
+use crate::support::{Es, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_snapshot_resumes_by_itself_when_its_postgres_connections_are_terminated() {
@@ -22,9 +23,9 @@ async fn sluice_snapshot_resumes_by_itself_when_its_postgres_connections_are_ter
     let sluice = Sluice::new(
         &db,
         "[snapshot]\nmode = \"never\"\nchunk_rows = 5000\nparallel_readers = 2\n",
-        &[("items.toml", mapping("public.items", &index, ""))],
+        &[table_mapping("items", &index)],
     );
-    let log_path = sluice.dir.path().join("snapshot.log");
+    let log_path = sluice.file("snapshot.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["snapshot", "--config"])
         .arg(sluice.config_path())
@@ -46,7 +47,7 @@ async fn sluice_snapshot_resumes_by_itself_when_its_postgres_connections_are_ter
         );
         assert!(Instant::now() < deadline, "no chunk arrived:\n{}", log());
         es.refresh(&index).await;
-        if count(&es, &index).await >= 5_000 {
+        if es.count(&index).await >= 5_000 {
             terminated = db
                 .admin
                 .query_one(
@@ -88,5 +89,5 @@ async fn sluice_snapshot_resumes_by_itself_when_its_postgres_connections_are_ter
         "the snapshot was interrupted and resumed:\n{}",
         log()
     );
-    assert_index_matches(&db, &es, &index, "SELECT * FROM items", "id").await;
+    assert_index_matches(&db, &es, &index, "SELECT * FROM items", &["id"]).await;
 }

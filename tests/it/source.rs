@@ -5,123 +5,21 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice::Lsn;
 use sluice::model::PublishedTable;
 use sluice::model::{Change, ChangeKind, Datum, OldRow, SourceEvent};
 use sluice::source::{
-    PgConnectConfig, ReaderConfig, ReplicationConnection, SnapshotAction, SourceError, SslMode,
-    connect_sql, ensure_publication, ensure_slot, run_reader,
+    ReaderConfig, ReplicationConnection, SnapshotAction, SourceError, SslMode, connect_sql,
+    ensure_publication, run_reader,
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::support::{TestDb, services, unique_name};
-
-/// Replication-role config for a test database (SCRAM over TCP, no TLS).
-pub fn repl_config(db: &TestDb) -> PgConnectConfig {
-    let mut c = PgConnectConfig::parse(&db.repl_url()).unwrap();
-    c.sslmode = SslMode::Disable;
-    c
-}
-
-pub fn admin_config(db: &TestDb) -> PgConnectConfig {
-    let mut c = PgConnectConfig::parse(&db.url()).unwrap();
-    c.sslmode = SslMode::Disable;
-    c
-}
-
-/// A running reader task and the ends of its channels.
-pub struct Reader {
-    pub rx: mpsc::Receiver<SourceEvent>,
-    pub flushed: watch::Sender<Lsn>,
-    shutdown: watch::Sender<bool>,
-    handle: tokio::task::JoinHandle<Result<(), SourceError>>,
-}
-
-impl Reader {
-    pub fn start(cfg: ReaderConfig, capacity: usize) -> Reader {
-        let (tx, rx) = mpsc::channel(capacity);
-        let (flushed, flushed_rx) = watch::channel(Lsn::ZERO);
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let handle = tokio::spawn(run_reader(cfg, None, tx, flushed_rx, shutdown_rx));
-        Reader {
-            rx,
-            flushed,
-            shutdown,
-            handle,
-        }
-    }
-
-    /// The next event, or a panic after `timeout`.
-    pub async fn next(&mut self, timeout: Duration) -> SourceEvent {
-        match tokio::time::timeout(timeout, self.rx.recv()).await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => {
-                let result = (&mut self.handle).await;
-                panic!("the reader stopped: {result:?}")
-            }
-            Err(_) => panic!("no event from the reader within {timeout:?}"),
-        }
-    }
-
-    /// The next `n` changes (skipping Begin/Commit/keepalives).
-    pub async fn changes(&mut self, n: usize) -> Vec<Change> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            if let SourceEvent::Change(c) = self.next(Duration::from_secs(30)).await {
-                out.push(c);
-            }
-        }
-        out
-    }
-
-    pub async fn stop(self) -> Result<(), SourceError> {
-        let _ = self.shutdown.send(true);
-        drop(self.rx);
-        self.handle.await.expect("reader task panicked")
-    }
-}
-
-/// Create a publication for `tables` (as the owner) and a slot, and start a
-/// reader as the replication role.
-pub async fn stream(db: &TestDb, tables: &[&str]) -> (Reader, String) {
-    let admin = connect_sql(&admin_config(db)).await.unwrap();
-    let published: Vec<_> = tables
-        .iter()
-        .map(|t| PublishedTable::new("public", t))
-        .collect();
-    ensure_publication(&admin, "sluice_pub", &published)
-        .await
-        .unwrap();
-    let repl = connect_sql(&repl_config(db)).await.unwrap();
-    let slot = unique_name("slot");
-    ensure_slot(&repl, &slot, None).await.unwrap();
-    let cfg = ReaderConfig::new(repl_config(db), slot.clone(), vec!["sluice_pub".into()]);
-    (Reader::start(cfg, 1024), slot)
-}
-
-pub fn new_row(c: &Change) -> &Vec<Datum> {
-    match &c.kind {
-        ChangeKind::Insert { new } | ChangeKind::Update { new, .. } => new,
-        other => panic!("expected a new row, got {other:?}"),
-    }
-}
-
-pub fn by_name(c: &Change, row: &[Datum]) -> serde_json::Map<String, Value> {
-    c.relation
-        .columns
-        .iter()
-        .zip(row)
-        .map(|(col, d)| {
-            let v = match d {
-                Datum::Null => Value::Null,
-                Datum::Unchanged => json!("<unchanged>"),
-                Datum::Value(v) => v.clone(),
-            };
-            (col.name.clone(), v)
-        })
-        .collect()
-}
+use crate::support::reader::{
+    Reader, admin_config, by_name, new_row, published_slot, repl_config, stream,
+};
+use crate::support::slot::{confirmed_flush, slot_pid};
+use crate::support::{TestDb, services, unique_name, wait_until};
 
 #[tokio::test]
 async fn the_replication_role_authenticates_with_scram_identifies_the_system_and_creates_an_exported_slot()
@@ -441,24 +339,12 @@ async fn tls_verify_full_accepts_the_test_ca_for_localhost_and_127_0_0_1_and_a_w
 async fn a_keepalive_is_forwarded_while_idle_and_confirmed_flush_reaches_the_slot() {
     let db = TestDb::new().await;
     db.sql("CREATE TABLE t (id int PRIMARY KEY)").await;
-    let (mut reader, slot) = {
-        let admin = connect_sql(&admin_config(&db)).await.unwrap();
-        ensure_publication(&admin, "sluice_pub", &[PublishedTable::new("public", "t")])
-            .await
-            .unwrap();
-        let repl = connect_sql(&repl_config(&db)).await.unwrap();
-        let slot = unique_name("slot");
-        ensure_slot(&repl, &slot, None).await.unwrap();
-        let mut cfg = ReaderConfig::new(repl_config(&db), slot.clone(), vec!["sluice_pub".into()]);
-        cfg.status_interval = Duration::from_millis(200);
-        (Reader::start(cfg, 16), slot)
-    };
+    let mut cfg = published_slot(&db, &["t"]).await;
+    cfg.status_interval = Duration::from_millis(200);
+    let slot = cfg.slot.clone();
+    let mut reader = Reader::start(cfg, 16);
     db.sql("INSERT INTO t VALUES (1)").await;
-    let end = loop {
-        if let SourceEvent::Commit { end_lsn, .. } = reader.next(Duration::from_secs(30)).await {
-            break end_lsn;
-        }
-    };
+    let end = reader.next_commit().await;
     // Idle after the commit: the server's keepalives come through as events.
     let wal_end = loop {
         if let SourceEvent::Keepalive { wal_end } = reader.next(Duration::from_secs(40)).await {
@@ -467,15 +353,14 @@ async fn a_keepalive_is_forwarded_while_idle_and_confirmed_flush_reaches_the_slo
     };
     assert!(wal_end >= end);
     reader.flushed.send(end).unwrap();
-    let confirmed = crate::support::wait_until(Duration::from_secs(20), "the slot to confirm the flushed LSN", || async {
-        let row = db
-            .admin
-            .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .await
-            .unwrap();
-        let lsn: Lsn = row.get::<_, String>(0).parse().unwrap();
-        (lsn >= end).then_some(lsn)
-    })
+    let confirmed = wait_until(
+        Duration::from_secs(20),
+        "the slot to confirm the flushed LSN",
+        || async {
+            let lsn = confirmed_flush(&db, &slot).await;
+            (lsn >= end).then_some(lsn)
+        },
+    )
     .await;
     assert!(confirmed >= end);
     reader.stop().await.unwrap();
@@ -485,28 +370,12 @@ async fn a_keepalive_is_forwarded_while_idle_and_confirmed_flush_reaches_the_slo
 async fn a_killed_connection_reconnects_with_backoff_and_resumes_after_the_confirmed_position() {
     let db = TestDb::new().await;
     db.sql("CREATE TABLE t (id int PRIMARY KEY)").await;
-    let admin = connect_sql(&admin_config(&db)).await.unwrap();
-    ensure_publication(&admin, "sluice_pub", &[PublishedTable::new("public", "t")])
-        .await
-        .unwrap();
-    let repl = connect_sql(&repl_config(&db)).await.unwrap();
-    let slot = unique_name("slot");
-    ensure_slot(&repl, &slot, None).await.unwrap();
-    let mut cfg = ReaderConfig::new(repl_config(&db), slot.clone(), vec!["sluice_pub".into()]);
+    let mut cfg = published_slot(&db, &["t"]).await;
+    let slot = cfg.slot.clone();
     cfg.min_backoff = Duration::from_millis(50);
     cfg.max_backoff = Duration::from_millis(500);
     cfg.status_interval = Duration::from_millis(100);
     let mut reader = Reader::start(cfg, 1024);
-    let walsender = || async {
-        db.admin
-            .query_one(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .get::<_, Option<i32>>(0)
-    };
 
     // Transactions 1..=5 arrive and 1..=3 are confirmed; 4 and 5 are not.
     for i in 1..=5 {
@@ -514,9 +383,7 @@ async fn a_killed_connection_reconnects_with_backoff_and_resumes_after_the_confi
     }
     let mut commits = Vec::new();
     while commits.len() < 5 {
-        if let SourceEvent::Commit { end_lsn, .. } = reader.next(Duration::from_secs(30)).await {
-            commits.push(end_lsn);
-        }
+        commits.push(reader.next_commit().await);
     }
     reader.flushed.send(commits[2]).unwrap();
     let first = crate::support::wait_until(Duration::from_secs(20), "the slot to confirm", || async {
@@ -550,7 +417,7 @@ async fn a_killed_connection_reconnects_with_backoff_and_resumes_after_the_confi
             }
         }
     }
-    let now = walsender().await;
+    let now = slot_pid(&db, &slot).await;
     assert!(
         now.is_some() && now != Some(first),
         "a new walsender serves the slot"

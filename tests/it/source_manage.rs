@@ -13,7 +13,7 @@ use sluice::source::{
     connect_sql, drop_publication, drop_slot, ensure_publication, ensure_slot, fetch_rows_by_key,
 };
 
-use crate::source::{Reader, admin_config, repl_config};
+use crate::support::reader::{Reader, admin_config, published_slot, repl_config};
 use crate::support::{TestDb, unique_name};
 
 #[tokio::test]
@@ -192,13 +192,7 @@ async fn a_slot_in_use_or_confirmed_past_the_expected_position_is_refused() {
     );
 
     // Confirm past the start, then expect an older position.
-    let end = loop {
-        if let sluice::model::SourceEvent::Commit { end_lsn, .. } =
-            reader.next(Duration::from_secs(30)).await
-        {
-            break end_lsn;
-        }
-    };
+    let end = reader.next_commit().await;
     reader.flushed.send(end).unwrap();
     reader.stop().await.unwrap();
     let err = crate::support::wait_until(
@@ -226,17 +220,7 @@ async fn rows_are_re_read_by_key_with_the_same_conversion() {
          INSERT INTO docs VALUES (2, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', 'short', NULL);",
     )
     .await;
-    let admin = connect_sql(&admin_config(&db)).await.unwrap();
-    ensure_publication(&admin, "pub", &[PublishedTable::new("public", "docs")])
-        .await
-        .unwrap();
-    let repl = connect_sql(&repl_config(&db)).await.unwrap();
-    let slot = unique_name("slot");
-    ensure_slot(&repl, &slot, None).await.unwrap();
-    let mut reader = Reader::start(
-        ReaderConfig::new(repl_config(&db), slot, vec!["pub".into()]),
-        64,
-    );
+    let mut reader = Reader::start(published_slot(&db, &["docs"]).await, 64);
     db.sql("UPDATE docs SET at = '2024-06-01 00:00:00+00' WHERE tenant = 1")
         .await;
     let ch = reader.changes(1).await;
@@ -246,6 +230,7 @@ async fn rows_are_re_read_by_key_with_the_same_conversion() {
     assert_eq!(new[2], Datum::Unchanged);
     reader.stop().await.unwrap();
 
+    let repl = connect_sql(&repl_config(&db)).await.unwrap();
     let rows = fetch_rows_by_key(
         &repl,
         &ch[0].relation,

@@ -3,174 +3,16 @@
 //! huge single transaction streams through in bounded memory.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice::Lsn;
-use sluice::model::PublishedTable;
 use sluice::model::{ChangeKind, Datum, SourceEvent};
-use sluice::source::{
-    PgConnectConfig, ReaderConfig, SslMode, connect_sql, ensure_publication, ensure_slot,
-};
+use sluice::source::connect_sql;
 
-use crate::source::{Reader, admin_config, repl_config};
-use crate::support::{TestDb, services, unique_name};
-
-/// A throwaway PostgreSQL cluster (trust auth, wal_level=logical) on a free port.
-pub struct PrivatePg {
-    dir: tempfile::TempDir,
-    pub port: u16,
-}
-
-fn pg_ctl(args: &[&str]) -> std::process::ExitStatus {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(format!("{}/pg_ctl", services().pg_bin))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("pg_ctl")
-}
-
-/// `pg_ctl stop -m <mode> -t <secs>`: whether it stopped in time.
-pub fn pg_ctl_stop(pg: &PrivatePg, mode: &str, secs: u32) -> bool {
-    pg_ctl(&[
-        "-D",
-        pg.data().to_str().unwrap(),
-        "-m",
-        mode,
-        "-t",
-        &secs.to_string(),
-        "-w",
-        "stop",
-    ])
-    .success()
-}
-
-impl PrivatePg {
-    pub fn start() -> PrivatePg {
-        PrivatePg::start_with("")
-    }
-
-    /// Start with extra `postgresql.conf` lines.
-    pub fn start_with(extra_conf: &str) -> PrivatePg {
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-pg-")
-            .tempdir()
-            .unwrap();
-        let st = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let data = dir.path().join("data");
-        let st = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{}/initdb", services().pg_bin))
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "initdb");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\nfsync = off\nshared_buffers = 64MB\n{extra_conf}\n",
-            dir.path().display()
-        );
-        std::fs::write(data.join("postgresql.auto.conf"), conf).unwrap();
-        let pg = PrivatePg { dir, port };
-        pg.pg_ctl_start();
-        pg
-    }
-
-    pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// `unix_socket_directories` of this cluster.
-    pub fn socket_dir(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
-    pub fn pg_ctl_start(&self) {
-        let log = self.dir.path().join("log");
-        let st = pg_ctl(&[
-            "-D",
-            self.data().to_str().unwrap(),
-            "-l",
-            log.to_str().unwrap(),
-            "-w",
-            "start",
-        ]);
-        assert!(
-            st.success(),
-            "private PostgreSQL did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-
-    /// Stop (fast: active connections are cut) and start again.
-    pub fn restart(&self) {
-        self.restart_mode("fast");
-    }
-
-    /// Stop with `pg_ctl stop -m <mode>` (`fast`, or `immediate`: a crash,
-    /// recovered from the WAL at the start) and start again.
-    pub fn restart_mode(&self, mode: &str) {
-        let st = pg_ctl(&[
-            "-D",
-            self.data().to_str().unwrap(),
-            "-m",
-            mode,
-            "-t",
-            "120",
-            "-w",
-            "stop",
-        ]);
-        assert!(st.success(), "pg_ctl stop -m {mode}");
-        self.pg_ctl_start();
-    }
-
-    /// Superuser URL of the `postgres` database (trust auth, no TLS).
-    pub fn url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
-            self.port
-        )
-    }
-
-    pub fn config(&self) -> PgConnectConfig {
-        PgConnectConfig {
-            host: "127.0.0.1".into(),
-            port: self.port,
-            user: "postgres".into(),
-            dbname: "postgres".into(),
-            sslmode: SslMode::Disable,
-            ..Default::default()
-        }
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        pg_ctl(&[
-            "-D",
-            self.data().to_str().unwrap(),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ]);
-    }
-}
+use crate::support::private_pg::PrivatePg;
+use crate::support::reader::{Reader, publish_and_create_slot, published_slot};
+use crate::support::slot::slot_pid;
+use crate::support::{TestDb, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_mid_stream_loses_no_change() {
@@ -180,11 +22,7 @@ async fn a_postgres_restart_mid_stream_loses_no_change() {
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
-    ensure_publication(&sql, "p", &[PublishedTable::new("public", "t")])
-        .await
-        .unwrap();
-    ensure_slot(&sql, "s", None).await.unwrap();
-    let mut rcfg = ReaderConfig::new(cfg.clone(), "s", vec!["p".into()]);
+    let mut rcfg = publish_and_create_slot(&cfg, &cfg, "p", &["t"], "s").await;
     rcfg.min_backoff = Duration::from_millis(100);
     rcfg.max_backoff = Duration::from_secs(1);
     rcfg.status_interval = Duration::from_millis(300);
@@ -276,37 +114,28 @@ async fn stall_consumer(status_interval: Duration) {
     sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
-    ensure_publication(&sql, "p", &[PublishedTable::new("public", "t")])
-        .await
-        .unwrap();
-    ensure_slot(&sql, "s", None).await.unwrap();
-    let mut rcfg = ReaderConfig::new(cfg.clone(), "s", vec!["p".into()]);
+    let mut rcfg = publish_and_create_slot(&cfg, &cfg, "p", &["t"], "s").await;
     rcfg.status_interval = status_interval;
     // Capacity 1: the reader blocks on the second event.
     let mut reader = Reader::start(rcfg, 1);
     sql.batch_execute("INSERT INTO t SELECT generate_series(1, 100)")
         .await
         .unwrap();
-    let pid = || async {
-        sql.query_one(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 's'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, Option<i32>>(0)
-    };
-    let first = crate::support::wait_until(
+    let first = wait_until(
         Duration::from_secs(20),
         "the walsender to start",
-        || async { pid().await },
+        || async { slot_pid(&sql, "s").await },
     )
     .await;
     // Stall the consumer for three times wal_sender_timeout (the stall itself
     // is what is tested; with status updates only outside the blocked send,
     // the server ends the connection and the transaction is replayed).
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(pid().await, Some(first), "the walsender survived the stall");
+    assert_eq!(
+        slot_pid(&sql, "s").await,
+        Some(first),
+        "the walsender survived the stall"
+    );
     let mut begins = 0;
     let mut changes = 0;
     while changes < 100 {
@@ -386,21 +215,7 @@ async fn huge_transaction_in_a_process_of_its_own() {
     let db = TestDb::new().await;
     db.sql("CREATE TABLE big (id bigint PRIMARY KEY, payload text, at timestamptz)")
         .await;
-    let admin = connect_sql(&admin_config(&db)).await.unwrap();
-    ensure_publication(
-        &admin,
-        "sluice_pub",
-        &[PublishedTable::new("public", "big")],
-    )
-    .await
-    .unwrap();
-    let repl = connect_sql(&repl_config(&db)).await.unwrap();
-    let slot = unique_name("slot");
-    ensure_slot(&repl, &slot, None).await.unwrap();
-    let mut reader = Reader::start(
-        ReaderConfig::new(repl_config(&db), slot, vec!["sluice_pub".into()]),
-        1024,
-    );
+    let mut reader = Reader::start(published_slot(&db, &["big"]).await, 1024);
     db.sql(&format!(
         "INSERT INTO big SELECT g, repeat('x', 200) || g, now() FROM generate_series(1, {n}) g"
     ))
@@ -460,7 +275,7 @@ async fn md5_works_and_cleartext_passwords_are_refused_without_verified_tls_unle
         "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all clearuser 127.0.0.1/32 password\nhost replication clearuser 127.0.0.1/32 password\nhost all all 127.0.0.1/32 md5\nhost replication all 127.0.0.1/32 md5\n",
     )
     .unwrap();
-    assert!(pg_ctl(&["-D", pg.data().to_str().unwrap(), "reload"]).success());
+    pg.reload();
     for (user, pw) in [("md5user", "pw5"), ("clearuser", "pwc")] {
         let mut cfg = pg.config();
         cfg.user = user.into();

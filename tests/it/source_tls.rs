@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sluice::source::{PgConnectConfig, ReplicationConnection, SourceError, SslMode, connect_sql};
 
-use crate::source_restart::PrivatePg;
+use crate::support::private_pg::PrivatePg;
 use crate::support::{services, wait_until};
 
 fn openssl(args: &[&str], dir: &Path) {

@@ -5,8 +5,8 @@
 
 use serde_json::{Value, json};
 
-use crate::source::{by_name, new_row, repl_config, stream};
 use crate::support::TestDb;
+use crate::support::reader::{by_name, new_row, repl_config, stream};
 use sluice::source::{TypeCatalog, ValueOptions, connect_sql, convert_binary, convert_text};
 
 #[tokio::test]

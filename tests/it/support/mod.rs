@@ -5,22 +5,48 @@
 //! afterwards, with its replication slots) and its own index-name prefix, so
 //! tests run in parallel without seeing each other. There are no bare sleeps:
 //! `wait_until` polls a condition with a deadline.
+//!
+//! The fixtures, by what a scenario does with them:
+//! - `es`: read and administer Elasticsearch (documents, counts, mappings);
+//! - `compare`: "the index equals the table", with a diff on failure;
+//! - `slot`: what PostgreSQL records about a replication slot;
+//! - `sluice`: a real `sluice run` process and its config directory;
+//! - `pipeline`: the in-process stream (pipeline, indexer) fed by hand;
+//! - `reader`: the WAL reader on a publication and slot;
+//! - `snapshot`: test seams for the snapshot engine;
+//! - `status`: what `sluice status` and `teardown` are pointed at;
+//! - `private_pg`, `es_cluster`, `proxy`: private servers and a faulty
+//!   network, for tests that restart, kill or cut what they talk to;
+//! - `workload`: random writes that run until stopped.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use elasticsearch::Elasticsearch;
-use elasticsearch::http::transport::Transport;
 use serde_json::Value;
+use tokio_postgres::types::FromSqlOwned;
 use tokio_postgres::{Client, NoTls};
 
+pub mod compare;
+pub mod es;
 pub mod es_cluster;
+pub mod pipeline;
+pub mod private_pg;
+pub mod proxy;
+pub mod reader;
+pub mod slot;
+pub mod sluice;
+pub mod snapshot;
+pub mod status;
 pub mod workload;
+
+pub use es::Es;
+
+/// The demo schema (`scripts/demo-schema.sql`) the shipped mappings are for.
+pub const DEMO_SCHEMA: &str = include_str!("../../../scripts/demo-schema.sql");
 
 /// Connection facts exported by `./dev services env`.
 #[derive(Debug, Clone)]
@@ -146,6 +172,38 @@ impl TestDb {
     pub async fn json_rows(&self, query: &str) -> Vec<Value> {
         json_rows(&self.admin, query).await
     }
+
+    /// The one value a query returns (`SELECT count(*) ...`).
+    pub async fn query_value<T: FromSqlOwned>(&self, query: &str) -> T {
+        self.admin
+            .query_one(query, &[])
+            .await
+            .unwrap_or_else(|e| panic!("query failed: {e}\n{query}"))
+            .get(0)
+    }
+
+    /// The replication slot of a `sluice run` configured for this database.
+    pub fn slot(&self) -> String {
+        format!("sluice_{}", self.name)
+    }
+}
+
+/// A superuser connection to the database a scenario runs in: a `TestDb`,
+/// or a client of a private cluster.
+pub trait SqlClient {
+    fn sql_client(&self) -> &Client;
+}
+
+impl SqlClient for TestDb {
+    fn sql_client(&self) -> &Client {
+        &self.admin
+    }
+}
+
+impl SqlClient for Client {
+    fn sql_client(&self) -> &Client {
+        self
+    }
 }
 
 /// Rows of a query as JSON objects, on any connection.
@@ -231,6 +289,15 @@ async fn sweep_stale_databases(root: &Client) {
     }
 }
 
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Poll `check` until it returns `Some`, or panic after `timeout` naming `what`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -247,221 +314,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Elasticsearch helpers for tests, on the official client.
-pub struct Es {
-    pub client: Elasticsearch,
-}
-
-impl Es {
-    pub fn new() -> Es {
-        Es::at(&services().es_url)
-    }
-
-    /// Helpers on another node or cluster than the shared one.
-    pub fn at(url: &str) -> Es {
-        let transport = Transport::single_node(url).expect("ES URL");
-        Es {
-            client: Elasticsearch::new(transport),
-        }
-    }
-
-    pub async fn refresh(&self, index: &str) {
-        self.client
-            .indices()
-            .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[index]))
-            .send()
-            .await
-            .expect("refresh");
-    }
-
-    pub async fn delete_indices(&self, pattern: &str) -> Result<(), elasticsearch::Error> {
-        self.client
-            .indices()
-            .delete(elasticsearch::indices::IndicesDeleteParts::Index(&[
-                pattern,
-            ]))
-            .send()
-            .await
-            .map(|_| ())
-    }
-
-    /// The version number of the node we talk to (`8.19.21`, or `2.19.1` for
-    /// OpenSearch), read from `_nodes` because some test distributions refuse
-    /// `GET /`.
-    pub async fn server_version(&self) -> String {
-        let v: Value = self
-            .client
-            .nodes()
-            .info(elasticsearch::nodes::NodesInfoParts::NodeId(&["_local"]))
-            .send()
-            .await
-            .expect("nodes info")
-            .json()
-            .await
-            .expect("nodes info response");
-        v["nodes"]
-            .as_object()
-            .and_then(|n| n.values().next())
-            .and_then(|node| node["version"].as_str())
-            .unwrap_or_else(|| panic!("no node version in {v}"))
-            .to_string()
-    }
-
-    /// Every document of an index as `_id → (_version, _source)`; empty if the
-    /// index does not exist. Refreshes first so recent writes are visible.
-    pub async fn all_docs(&self, index: &str) -> BTreeMap<String, (u64, Value)> {
-        self.refresh(index).await;
-        let mut out = BTreeMap::new();
-        // Elasticsearch 8 refuses to sort on `_id`; page through a scroll in
-        // `_doc` order instead (scroll, unlike a point in time, is the same API
-        // on Elasticsearch and OpenSearch), and fail loudly on any error (an
-        // empty result must mean an empty index).
-        // A just-created index answers 503 (no shard available) until its
-        // primary is started; wait that out (bounded) rather than fail: it is
-        // not yet a statement about the index's content.
-        let mut attempts = 0;
-        let first = loop {
-            let resp = self
-                .client
-                .search(elasticsearch::SearchParts::Index(&[index]))
-                .scroll("1m")
-                .body(serde_json::json!({
-                    "size": 5000,
-                    "version": true,
-                    "sort": ["_doc"],
-                    "query": {"match_all": {}}
-                }))
-                .send()
-                .await
-                .expect("search");
-            attempts += 1;
-            if resp.status_code().as_u16() == 503 && attempts < 100 {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                continue;
-            }
-            break resp;
-        };
-        if first.status_code().as_u16() == 404 {
-            return out;
-        }
-        let mut resp = first;
-        let mut scroll_id: Option<String> = None;
-        loop {
-            let status = resp.status_code().as_u16();
-            let v: Value = resp.json().await.expect("search response");
-            assert!(status == 200, "search of {index} failed: {v}");
-            assert!(
-                v["_shards"]["failed"].as_u64().unwrap_or(0) == 0,
-                "search of {index} failed on some shards: {v}"
-            );
-            scroll_id = v["_scroll_id"].as_str().map(str::to_string).or(scroll_id);
-            let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
-            if hits.is_empty() {
-                break;
-            }
-            for h in &hits {
-                out.insert(
-                    h["_id"].as_str().unwrap().to_string(),
-                    (h["_version"].as_u64().unwrap_or(0), h["_source"].clone()),
-                );
-            }
-            let id = scroll_id
-                .clone()
-                .unwrap_or_else(|| panic!("no scroll id for {index}: {v}"));
-            resp = self
-                .client
-                .scroll(elasticsearch::ScrollParts::None)
-                .body(serde_json::json!({"scroll": "1m", "scroll_id": id}))
-                .send()
-                .await
-                .expect("scroll");
-        }
-        if let Some(id) = scroll_id {
-            let _ = self
-                .client
-                .clear_scroll(elasticsearch::ClearScrollParts::None)
-                .body(serde_json::json!({"scroll_id": [id]}))
-                .send()
-                .await;
-        }
-        out
-    }
-
-    /// Sources only, `_id → _source`.
-    pub async fn sources(&self, index: &str) -> BTreeMap<String, Value> {
-        self.all_docs(index)
-            .await
-            .into_iter()
-            .map(|(k, (_, s))| (k, s))
-            .collect()
-    }
-}
-
-/// Assert that `index` holds exactly the rows of `query` (JSON objects keyed
-/// by `id_column`, compared whole) and nothing else.
-pub async fn assert_index_matches(db: &TestDb, es: &Es, index: &str, query: &str, id_column: &str) {
-    assert_index_matches_on(&db.admin, es, index, query, id_column).await
-}
-
-/// [`assert_index_matches`] for a database reached through `client` (a
-/// private cluster, say).
-pub async fn assert_index_matches_on(
-    client: &Client,
-    es: &Es,
-    index: &str,
-    query: &str,
-    id_column: &str,
-) {
-    let expected: BTreeMap<String, Value> = json_rows(client, query)
-        .await
-        .into_iter()
-        .map(|row| {
-            let id = match &row[id_column] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (id, row)
-        })
-        .collect();
-    let docs = es.all_docs(index).await;
-    let actual: BTreeMap<String, Value> = docs
-        .iter()
-        .map(|(k, (_, s))| (k.clone(), s.clone()))
-        .collect();
-    let missing: Vec<_> = expected
-        .keys()
-        .filter(|k| !actual.contains_key(*k))
-        .collect();
-    let extra: Vec<_> = actual
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .collect();
-    let differ: Vec<_> = expected
-        .iter()
-        .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
-        .map(|(k, v)| {
-            format!(
-                "{k}: table {v} vs index {} (_version {})",
-                actual[k], docs[k].0
-            )
-        })
-        .take(5)
-        .collect();
-    let extra_docs: Vec<String> = extra
-        .iter()
-        .take(5)
-        .map(|k| format!("{k}: {} (_version {})", docs[*k].1, docs[*k].0))
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "index {index} does not match the table: {} missing (e.g. {:?}), {} extra, e.g.:\n{}\n{} differ:\n{}",
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        extra.len(),
-        extra_docs.join("\n"),
-        differ.len(),
-        differ.join("\n")
-    );
 }

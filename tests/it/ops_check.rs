@@ -1,36 +1,48 @@
 //! `sluice check` against the real servers: a clean setup passes, and each
 //! kind of problem is reported (all of them in one run).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::json;
 use sluice::app::check::{Report, check};
 use sluice::config::Config;
 
-use crate::support::{Es, TestDb, services, unique_name, with_database};
+use crate::support::private_pg::PrivatePg;
+use crate::support::sluice::{shipped_mappings, sluice_command};
+use crate::support::{DEMO_SCHEMA, Es, TestDb, services, unique_name, with_database};
 
-const DEMO_SCHEMA: &str = include_str!("../../scripts/demo-schema.sql");
-
-/// A config directory: `sluice.toml` pointing at this test's database
-/// (as the non-superuser replication role unless `pg_url` says otherwise)
-/// and the given mapping files, with index names prefixed for isolation.
-struct Setup {
+/// A config directory for `sluice check`: `sluice.toml` (a slot of its
+/// own) and the given mapping files, with index names given this test's
+/// prefix.
+struct CheckConfig {
     dir: tempfile::TempDir,
 }
 
-impl Setup {
-    fn new(db: &TestDb, pg_url: &str, es_url: &str, mappings: &[(&str, String)]) -> Setup {
-        Setup::with_tls(db, pg_url, es_url, mappings, "sslmode = \"disable\"")
+impl CheckConfig {
+    /// This test's database as the replication role, the shared
+    /// Elasticsearch, no TLS.
+    fn for_db<N: AsRef<str>>(db: &TestDb, mappings: &[(N, String)]) -> CheckConfig {
+        CheckConfig::new(db, &db.repl_url(), &services().es_url, mappings)
     }
 
-    /// Like `new`, with `tls` (sslmode, ssl_root_cert) in `[postgres]`.
-    fn with_tls(
+    /// Another PostgreSQL URL or Elasticsearch, no TLS.
+    fn new<N: AsRef<str>>(
         db: &TestDb,
         pg_url: &str,
         es_url: &str,
-        mappings: &[(&str, String)],
+        mappings: &[(N, String)],
+    ) -> CheckConfig {
+        CheckConfig::with_tls(db, pg_url, es_url, mappings, "sslmode = \"disable\"")
+    }
+
+    /// Like `new`, with `tls` (sslmode, ssl_root_cert) in `[postgres]`.
+    fn with_tls<N: AsRef<str>>(
+        db: &TestDb,
+        pg_url: &str,
+        es_url: &str,
+        mappings: &[(N, String)],
         tls: &str,
-    ) -> Setup {
+    ) -> CheckConfig {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("mappings")).unwrap();
         std::fs::write(
@@ -43,9 +55,9 @@ impl Setup {
         .unwrap();
         for (name, text) in mappings {
             let text = text.replace("index = \"", &format!("index = \"{}", db.index_prefix));
-            std::fs::write(dir.path().join("mappings").join(name), text).unwrap();
+            std::fs::write(dir.path().join("mappings").join(name.as_ref()), text).unwrap();
         }
-        Setup { dir }
+        CheckConfig { dir }
     }
 
     fn config_path(&self) -> PathBuf {
@@ -56,23 +68,6 @@ impl Setup {
         let mut config = Config::load(&self.config_path()).unwrap_or_else(|e| panic!("{e}"));
         check(&mut config).await
     }
-}
-
-fn shipped_mappings() -> Vec<(&'static str, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        let name: &'static str = Box::leak(
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-                .into_boxed_str(),
-        );
-        out.push((name, std::fs::read_to_string(&p).unwrap()));
-    }
-    out
 }
 
 fn messages(r: &Report) -> String {
@@ -112,19 +107,11 @@ async fn the_demo_schema_and_shipped_mappings_pass_with_exit_code_zero() {
     db.sql(DEMO_SCHEMA).await;
     // The tables' owner publishes them (the replication role may not).
     db.sql("CREATE PUBLICATION sluice FOR ALL TABLES").await;
-    let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &shipped_mappings());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(setup.config_path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let setup = CheckConfig::for_db(&db, &shipped_mappings(""));
+    let config = setup.config_path();
+    let out = sluice_command(&["check", "--config", config.to_str().unwrap()], &[]);
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    assert_eq!(out.code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("all good"), "{stdout}");
     assert!(stdout.contains("PostgreSQL 15"), "{stdout}");
     let server = Es::new().server_version().await;
@@ -146,7 +133,7 @@ async fn missing_tables_and_columns_are_named_with_a_suggestion() {
         "schema.toml",
         "table = \"pubic.orders\"\nindex = \"y\"\n".into(),
     ));
-    let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &mappings);
+    let setup = CheckConfig::for_db(&db, &mappings);
     let r = setup.check().await;
     assert_reports(
         &r,
@@ -163,10 +150,8 @@ async fn missing_tables_and_columns_are_named_with_a_suggestion() {
 async fn a_table_without_primary_key_or_full_identity_is_reported() {
     let db = TestDb::new().await;
     db.sql("CREATE TABLE events (id bigint, body text);").await;
-    let setup = Setup::new(
+    let setup = CheckConfig::for_db(
         &db,
-        &db.repl_url(),
-        &services().es_url,
         &[(
             "events.toml",
             "table = \"public.events\"\nindex = \"events\"\n".into(),
@@ -179,10 +164,8 @@ async fn a_table_without_primary_key_or_full_identity_is_reported() {
     // With REPLICA IDENTITY FULL and chosen id columns it is fine.
     db.sql("ALTER TABLE events REPLICA IDENTITY FULL; CREATE PUBLICATION sluice FOR TABLE events")
         .await;
-    let setup = Setup::new(
+    let setup = CheckConfig::for_db(
         &db,
-        &db.repl_url(),
-        &services().es_url,
         &[(
             "events.toml",
             "table = \"public.events\"\nindex = \"events\"\nid = [\"id\"]\n".into(),
@@ -196,7 +179,7 @@ async fn a_table_without_primary_key_or_full_identity_is_reported() {
 async fn a_table_the_role_cannot_read_is_reported() {
     let db = orders_db().await;
     db.sql("REVOKE SELECT ON orders FROM sluice").await;
-    let setup = Setup::new(&db, &db.repl_url(), &services().es_url, &orders_mapping(""));
+    let setup = CheckConfig::for_db(&db, &orders_mapping(""));
     assert_reports(
         &setup.check().await,
         &[
@@ -209,10 +192,8 @@ async fn a_table_the_role_cannot_read_is_reported() {
 #[tokio::test]
 async fn a_publication_the_role_cannot_create_is_reported_with_the_sql_to_run() {
     let db = orders_db().await;
-    let setup = Setup::new(
+    let setup = CheckConfig::for_db(
         &db,
-        &db.repl_url(),
-        &services().es_url,
         &orders_mapping("include = [\"id\", \"total\"]\nfilter = \"id > 0\"\n"),
     );
     let r = setup.check().await;
@@ -241,7 +222,7 @@ async fn a_role_without_replication_is_reported() {
     let mut url = url::Url::parse(&with_database(&services().pg_url, &db.name)).unwrap();
     url.set_username(&role).unwrap();
     url.set_password(Some("pw")).unwrap();
-    let setup = Setup::new(&db, url.as_str(), &services().es_url, &orders_mapping(""));
+    let setup = CheckConfig::new(&db, url.as_str(), &services().es_url, &orders_mapping(""));
     let r = setup.check().await;
     db.sql(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
         .await;
@@ -254,24 +235,14 @@ async fn a_role_without_replication_is_reported() {
 #[tokio::test]
 async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
     let db = orders_db().await;
-    let setup = Setup::new(
-        &db,
-        &db.repl_url(),
-        &services().es_url,
-        &orders_mapping("filter = \"totl > 1\"\n"),
-    );
+    let setup = CheckConfig::for_db(&db, &orders_mapping("filter = \"totl > 1\"\n"));
     assert_reports(
         &setup.check().await,
         &[
             "orders.toml line 3: `filter`: PostgreSQL rejects the row filter: column \"totl\" does not exist; did you mean `total`?",
         ],
     );
-    let setup = Setup::new(
-        &db,
-        &db.repl_url(),
-        &services().es_url,
-        &orders_mapping("filter = \"status <> 'draft'\"\n"),
-    );
+    let setup = CheckConfig::for_db(&db, &orders_mapping("filter = \"status <> 'draft'\"\n"));
     let r = setup.check().await;
     assert_reports(
         &r,
@@ -289,10 +260,8 @@ async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
     // function): a role that may create publications finds out now.
     db.sql(&format!("GRANT CREATE ON DATABASE {} TO sluice", db.name))
         .await;
-    let setup = Setup::new(
+    let setup = CheckConfig::for_db(
         &db,
-        &db.repl_url(),
-        &services().es_url,
         &orders_mapping("filter = \"id > extract(epoch from now())\"\n"),
     );
     let r = setup.check().await;
@@ -317,12 +286,7 @@ async fn row_filters_are_parsed_by_postgresql_and_must_read_key_columns_only() {
 
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders WHERE (id > 10)")
         .await;
-    let setup = Setup::new(
-        &db,
-        &db.repl_url(),
-        &services().es_url,
-        &orders_mapping("filter = \"id > 10\"\n"),
-    );
+    let setup = CheckConfig::for_db(&db, &orders_mapping("filter = \"id > 10\"\n"));
     let r = setup.check().await;
     assert!(r.problems.is_empty(), "{}", messages(&r));
     // Only the test server's unverified connection is warned about.
@@ -340,26 +304,17 @@ async fn an_existing_index_mapping_that_would_reject_our_documents_is_reported()
     let db = orders_db().await;
     let es = Es::new();
     let index = db.index("orders");
-    es.client
-        .indices()
-        .create(elasticsearch::indices::IndicesCreateParts::Index(&index))
-        .body(json!({"mappings": {"properties": {
+    es.create_index(
+        &index,
+        json!({"mappings": {"properties": {
             "note": {"type": "long"},
             "total": {"type": "double"},
             "meta": {"type": "keyword"}
-        }}}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
+        }}}),
+    )
+    .await;
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
-    let setup = Setup::new(
-        &db,
-        &db.repl_url(),
-        &services().es_url,
-        &orders_mapping("[rename]\nstatus = \"meta.status\"\n"),
-    );
+    let setup = CheckConfig::for_db(&db, &orders_mapping("[rename]\nstatus = \"meta.status\"\n"));
     let r = setup.check().await;
     assert_reports(
         &r,
@@ -385,7 +340,7 @@ async fn wrong_credentials_or_a_missing_database_are_configuration_problems() {
     let db = orders_db().await;
     let mut url = url::Url::parse(&db.repl_url()).unwrap();
     url.set_password(Some("wrong")).unwrap();
-    let r = Setup::new(&db, url.as_str(), &services().es_url, &orders_mapping(""))
+    let r = CheckConfig::new(&db, url.as_str(), &services().es_url, &orders_mapping(""))
         .check()
         .await;
     assert_reports(
@@ -394,7 +349,7 @@ async fn wrong_credentials_or_a_missing_database_are_configuration_problems() {
     );
     assert_eq!(r.exit_code(), 2, "fixed in the configuration");
     let missing = unique_name("nodb");
-    let r = Setup::new(
+    let r = CheckConfig::new(
         &db,
         &with_database(&services().pg_repl_url, &missing),
         &services().es_url,
@@ -416,7 +371,7 @@ async fn postgres_tls_is_verified_against_the_configured_ca() {
     let db = orders_db().await;
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
     let tls = |ca: &str| format!("sslmode = \"verify-full\"\nssl_root_cert = \"{ca}\"");
-    let r = Setup::with_tls(
+    let r = CheckConfig::with_tls(
         &db,
         &db.repl_url(),
         &services().es_url,
@@ -445,7 +400,7 @@ async fn postgres_tls_is_verified_against_the_configured_ca() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r = Setup::with_tls(
+    let r = CheckConfig::with_tls(
         &db,
         &db.repl_url(),
         &services().es_url,
@@ -462,10 +417,8 @@ async fn postgres_tls_is_verified_against_the_configured_ca() {
 async fn an_index_mapping_sluice_would_create_must_take_the_documents_too() {
     let db = orders_db().await;
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
-    let setup = Setup::new(
+    let setup = CheckConfig::for_db(
         &db,
-        &db.repl_url(),
-        &services().es_url,
         &orders_mapping(
             "[index_mappings.properties]\nstatus = { type = \"integer\" }\ntotal = { type = \"scaled_float\", scaling_factor = 100 }\n",
         ),
@@ -487,10 +440,8 @@ async fn a_missing_ingest_pipeline_is_reported_with_its_line() {
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
     let es = Es::new();
     let pipeline = db.index("enrich");
-    let setup = Setup::new(
+    let setup = CheckConfig::for_db(
         &db,
-        &db.repl_url(),
-        &services().es_url,
         &orders_mapping(&format!("pipeline = \"{pipeline}\"\n")),
     );
     let r = setup.check().await;
@@ -525,7 +476,7 @@ async fn a_missing_ingest_pipeline_is_reported_with_its_line() {
 async fn an_unreachable_elasticsearch_exits_with_the_runtime_code() {
     let db = orders_db().await;
     db.sql("CREATE PUBLICATION sluice FOR TABLE orders").await;
-    let setup = Setup::new(
+    let setup = CheckConfig::new(
         &db,
         &db.repl_url(),
         "http://127.0.0.1:9",
@@ -543,7 +494,7 @@ async fn an_unreachable_elasticsearch_exits_with_the_runtime_code() {
 async fn every_problem_is_reported_in_one_run() {
     let db = orders_db().await;
     db.sql("REVOKE SELECT ON orders FROM sluice").await;
-    let setup = Setup::new(
+    let setup = CheckConfig::new(
         &db,
         &db.repl_url(),
         "http://127.0.0.1:9",
@@ -576,13 +527,10 @@ async fn bad_configuration_exits_with_code_two_and_names_every_line() {
         "table = \"public.orders\"\nindex = \"orders\"\nrouteing = \"region\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(dir.path().join("sluice.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let config = dir.path().join("sluice.toml");
+    let out = sluice_command(&["check", "--config", config.to_str().unwrap()], &[]);
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(2), "{stderr}");
     assert!(
         stderr.contains(
             "sluice.toml line 5: `pipeline.linger`: unknown key; did you mean `linger_ms`?"
@@ -602,102 +550,19 @@ async fn bad_configuration_exits_with_code_two_and_names_every_line() {
     assert!(stderr.contains("3 problem(s)"), "{stderr}");
 }
 
-/// A private PostgreSQL (the shared one must not be reconfigured) with
-/// the given settings (no logical WAL, no slots or WAL senders); stopped on drop.
-struct PrivatePg {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl PrivatePg {
-    fn start(settings: &[&str]) -> PrivatePg {
-        let bin = Path::new(&services().pg_bin).to_path_buf();
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        std::process::Command::new("chown")
-            .args(["postgres"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        run(&[
-            bin.join("initdb").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-        ]);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            dir.path().display()
-        );
-        for s in settings {
-            opts.push_str(&format!(" -c {s}"));
-        }
-        run(&[
-            bin.join("pg_ctl").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-o",
-            &opts,
-            "-l",
-            dir.path().join("log").to_str().unwrap(),
-            "-w",
-            "start",
-        ]);
-        PrivatePg { dir, port }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        let bin = Path::new(&services().pg_bin).join("pg_ctl");
-        let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(bin)
-            .args(["-D"])
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn a_server_without_logical_wal_free_slots_or_wal_senders_is_reported() {
-    let pg = PrivatePg::start(&[
-        "wal_level=replica",
-        "max_replication_slots=0",
-        "max_wal_senders=0",
-    ]);
+    // A private cluster: the shared one must not be reconfigured.
+    let pg = PrivatePg::start_with(
+        "wal_level = replica\nmax_replication_slots = 0\nmax_wal_senders = 0",
+    );
     let client = crate::support::connect(&pg.url()).await;
     client
         .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, total numeric)")
         .await
         .unwrap();
     let db = TestDb::new().await; // only for the index prefix and cleanup
-    let setup = Setup::new(&db, &pg.url(), &services().es_url, &orders_mapping(""));
+    let setup = CheckConfig::new(&db, &pg.url(), &services().es_url, &orders_mapping(""));
     let r = setup.check().await;
     assert_reports(
         &r,

@@ -3,232 +3,19 @@
 //! Elasticsearch acknowledged — never past an unacknowledged transaction,
 //! held through an outage, advanced after it — and shutdown is graceful.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sluice::Lsn;
-use sluice::model::{BulkOp, OpAction, OpOrigin};
-use sluice::model::{
-    Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, SourceEvent,
+use sluice::model::{ChangeKind, SourceEvent};
+use sluice::sink::dead_letter;
+use sluice::stream::pipeline::StopReason;
+
+use crate::support::pipeline::{
+    RunningPipeline, ensure_test_index, indices, relation, write_blocked_index,
 };
-use sluice::sink::indices::{IndexSpec, ensure_index};
-use sluice::sink::{IndexerConfig, dead_letter};
-use sluice::stream::pipeline::{Pipeline, PipelineConfig, PipelineSummary, StopReason};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
-
-use crate::sink::client_for;
-use crate::sink_proxy::Proxy;
+use crate::support::proxy::Proxy;
 use crate::support::{Es, TestDb, services, wait_until};
-
-pub(crate) fn relation(id: u32, name: &str) -> Arc<Relation> {
-    Arc::new(Relation {
-        id,
-        schema: "public".into(),
-        name: name.into(),
-        replica_identity: ReplicaIdentity::Default,
-        columns: vec![
-            Column {
-                name: "id".into(),
-                type_oid: 20,
-                type_modifier: -1,
-                is_key: true,
-            },
-            Column {
-                name: "n".into(),
-                type_oid: 25,
-                type_modifier: -1,
-                is_key: false,
-            },
-        ],
-    })
-}
-
-pub(crate) fn row(id: i64, n: Value) -> Vec<Datum> {
-    vec![Datum::Value(json!(id)), Datum::Value(n)]
-}
-
-/// A minimal stand-in for the real transformer: table `public.<t>` goes to
-/// the index `indices[t]`; other tables are filtered out (no ops).
-pub(crate) fn transformer(
-    indices: HashMap<String, String>,
-) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static {
-    move |c: &Change, out: &mut Vec<BulkOp>| {
-        let Some(index) = indices.get(&c.relation.name) else {
-            return Ok(());
-        };
-        let to_doc = |r: &Vec<Datum>| {
-            let mut m = Map::new();
-            for (col, d) in c.relation.columns.iter().zip(r) {
-                if let Datum::Value(v) = d {
-                    m.insert(col.name.clone(), v.clone());
-                }
-            }
-            Value::Object(m)
-        };
-        let (action, key_row) = match &c.kind {
-            ChangeKind::Insert { new } | ChangeKind::Update { new, .. } => (
-                OpAction::Index {
-                    doc: serde_json::to_vec(&to_doc(new)).unwrap(),
-                },
-                new,
-            ),
-            ChangeKind::Delete { old } => (OpAction::Delete, old.row()),
-            ChangeKind::Truncate => return Err("truncate is not supported here".into()),
-        };
-        let Datum::Value(id) = &key_row[0] else {
-            return Err("no key".into());
-        };
-        out.push(BulkOp {
-            action,
-            index: Arc::from(index.as_str()),
-            id: id.to_string(),
-            routing: None,
-            pipeline: None,
-            version: c.version.as_version(),
-            origin: OpOrigin {
-                table: Arc::from(c.relation.qualified_name()),
-                key: json!({ "id": id }).to_string(),
-                lsn: c.version,
-            },
-        });
-        Ok(())
-    }
-}
-
-/// Builds the events of transactions.
-pub(crate) struct Feed {
-    pub(crate) tx: mpsc::Sender<SourceEvent>,
-}
-
-impl Feed {
-    pub(crate) async fn send(&self, ev: SourceEvent) {
-        self.tx.send(ev).await.expect("pipeline is running");
-    }
-
-    pub(crate) async fn begin(&self, final_lsn: u64) {
-        self.send(SourceEvent::Begin {
-            final_lsn: Lsn(final_lsn),
-            commit_time: Utc::now(),
-            xid: final_lsn as u32,
-        })
-        .await;
-    }
-
-    pub(crate) async fn change(&self, rel: &Arc<Relation>, version: u64, kind: ChangeKind) {
-        self.send(SourceEvent::Change(Change {
-            relation: rel.clone(),
-            kind,
-            version: Lsn(version),
-            commit_time: Utc::now(),
-        }))
-        .await;
-    }
-
-    pub(crate) async fn insert(&self, rel: &Arc<Relation>, version: u64, id: i64, n: Value) {
-        self.change(rel, version, ChangeKind::Insert { new: row(id, n) })
-            .await;
-    }
-
-    pub(crate) async fn delete(&self, rel: &Arc<Relation>, version: u64, id: i64) {
-        self.change(
-            rel,
-            version,
-            ChangeKind::Delete {
-                old: OldRow::Key(vec![Datum::Value(json!(id)), Datum::Null]),
-            },
-        )
-        .await;
-    }
-
-    pub(crate) async fn commit(&self, final_lsn: u64, end_lsn: u64) {
-        self.send(SourceEvent::Commit {
-            commit_lsn: Lsn(final_lsn),
-            end_lsn: Lsn(end_lsn),
-        })
-        .await;
-    }
-
-    /// A whole transaction inserting `ids` with `n = id * mult`.
-    pub(crate) async fn insert_tx(
-        &self,
-        rel: &Arc<Relation>,
-        lsn: u64,
-        ids: std::ops::Range<i64>,
-        mult: i64,
-    ) {
-        self.begin(lsn).await;
-        for id in ids {
-            self.insert(rel, lsn, id, json!(id * mult)).await;
-        }
-        self.commit(lsn, lsn + 8).await;
-    }
-}
-
-struct Running {
-    feed: Feed,
-    confirmed: watch::Receiver<Lsn>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<PipelineSummary, sluice::stream::pipeline::PipelineError>>,
-}
-
-impl Running {
-    fn start(es_url: &str, dead_letters: &str, indices: HashMap<String, String>) -> Running {
-        let (events_tx, events_rx) = mpsc::channel(64);
-        let (confirmed_tx, confirmed) = watch::channel(Lsn(1));
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let config = PipelineConfig {
-            indexer: IndexerConfig {
-                concurrency: 3,
-                max_batch_docs: 40,
-                linger: Duration::from_millis(5),
-                max_in_flight_bytes: 1 << 20,
-                dead_letter_index: dead_letters.to_string(),
-                retry_min_delay: Duration::from_millis(50),
-                retry_max_delay: Duration::from_secs(1),
-                ..IndexerConfig::default()
-            },
-            transform_buffer: 16,
-            drain_timeout: Duration::from_secs(30),
-            // The tests leave transactions open at shutdown on purpose.
-            finish_transaction_timeout: Duration::from_millis(300),
-        };
-        let pipeline = Pipeline::new(client_for(es_url), config);
-        let task = tokio::spawn(pipeline.run(
-            Lsn(1),
-            events_rx,
-            transformer(indices),
-            confirmed_tx,
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        Running {
-            feed: Feed { tx: events_tx },
-            confirmed,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn wait_confirmed(&self, lsn: u64, within: Duration) {
-        let rx = self.confirmed.clone();
-        wait_until(within, &format!("confirmed LSN {}", Lsn(lsn)), || {
-            let c = *rx.borrow();
-            async move { (c >= Lsn(lsn)).then_some(()) }
-        })
-        .await;
-        assert_eq!(*self.confirmed.borrow(), Lsn(lsn), "never past the goal");
-    }
-
-    async fn shutdown(mut self) -> PipelineSummary {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().expect("pipeline ends cleanly")
-    }
-}
 
 /// A shutdown signal that finds a transaction half-taken keeps reading until
 /// its Commit, so the transaction is confirmed whole and the next start
@@ -239,7 +26,7 @@ async fn a_transaction_open_at_shutdown_is_finished_and_confirmed() {
     let es = Es::new();
     let index = db.index("items");
     let items = relation(1, "items");
-    let mut run = Running::start(
+    let mut run = RunningPipeline::start(
         &services().es_url,
         &db.index("dead"),
         indices(&[("items", &index)]),
@@ -251,10 +38,10 @@ async fn a_transaction_open_at_shutdown_is_finished_and_confirmed() {
         es.sources(&index).await.contains_key("1").then_some(())
     })
     .await;
-    let _ = run.stop.take().unwrap().send(());
+    run.signal_shutdown();
     run.feed.insert(&items, 100, 2, json!(2)).await;
     run.feed.commit(100, 110).await;
-    let summary = run.task.await.unwrap().expect("pipeline ends cleanly");
+    let summary = run.shutdown().await;
     assert_eq!(summary.stopped_by, StopReason::Shutdown);
     assert_eq!(
         summary.confirmed,
@@ -267,13 +54,6 @@ async fn a_transaction_open_at_shutdown_is_finished_and_confirmed() {
     );
 }
 
-fn indices(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(t, i)| (t.to_string(), i.to_string()))
-        .collect()
-}
-
 #[tokio::test]
 async fn the_pipeline_confirms_acknowledged_transactions_and_shuts_down_gracefully() {
     let db = TestDb::new().await;
@@ -281,7 +61,7 @@ async fn the_pipeline_confirms_acknowledged_transactions_and_shuts_down_graceful
     let index = db.index("items");
     let items = relation(1, "items");
     let filtered = relation(2, "audit_log");
-    let run = Running::start(
+    let run = RunningPipeline::start(
         &services().es_url,
         &db.index("dead"),
         indices(&[("items", &index)]),
@@ -297,16 +77,7 @@ async fn the_pipeline_confirms_acknowledged_transactions_and_shuts_down_graceful
     for id in 0..300 {
         run.feed.insert(&items, 100, id, json!(id)).await;
     }
-    run.feed
-        .change(
-            &items,
-            100,
-            ChangeKind::Update {
-                old: None,
-                new: row(7, json!(-7)),
-            },
-        )
-        .await;
+    run.feed.update(&items, 100, 7, json!(-7)).await;
     run.feed.delete(&items, 100, 7).await;
     run.feed.insert(&items, 100, 7, json!(77)).await;
     run.feed.commit(100, 110).await;
@@ -317,16 +88,7 @@ async fn the_pipeline_confirms_acknowledged_transactions_and_shuts_down_graceful
     // Deletes and updates.
     run.feed.begin(140).await;
     run.feed.delete(&items, 140, 0).await;
-    run.feed
-        .change(
-            &items,
-            140,
-            ChangeKind::Update {
-                old: None,
-                new: row(1, json!(11)),
-            },
-        )
-        .await;
+    run.feed.update(&items, 140, 1, json!(11)).await;
     run.feed.commit(140, 150).await;
     run.wait_confirmed(150, Duration::from_secs(30)).await;
 
@@ -360,22 +122,10 @@ async fn the_confirmed_lsn_never_passes_an_unacknowledged_transaction() {
     let es = Es::new();
     let blocked = db.index("blocked");
     let open = db.index("open");
-    let client = client_for(&services().es_url);
-    ensure_index(
-        &client,
-        &IndexSpec {
-            name: blocked.clone(),
-            settings: json!({"index": {"number_of_replicas": 0, "blocks.write": true}}),
-            mappings: Value::Null,
-            alias: None,
-        },
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap();
+    write_blocked_index(&blocked).await;
     let a = relation(1, "a");
     let b = relation(2, "b");
-    let run = Running::start(
+    let run = RunningPipeline::start(
         &services().es_url,
         &db.index("dead"),
         indices(&[("a", &blocked), ("b", &open)]),
@@ -394,21 +144,11 @@ async fn the_confirmed_lsn_never_passes_an_unacknowledged_transaction() {
     // Give acks time to arrive; the confirmed LSN must stay put.
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        assert_eq!(*run.confirmed.borrow(), Lsn(108));
+        assert_eq!(run.confirmed(), Lsn(108));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    client
-        .indices()
-        .put_settings(elasticsearch::indices::IndicesPutSettingsParts::Index(&[
-            &blocked,
-        ]))
-        .body(json!({"index.blocks.write": false}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status_code()
-        .unwrap();
+    es.block_writes(&blocked, false).await;
     run.wait_confirmed(308, Duration::from_secs(30)).await;
     assert_eq!(es.sources(&blocked).await.len(), 3);
     assert_eq!(run.shutdown().await.confirmed, Lsn(308));
@@ -420,24 +160,17 @@ async fn a_mapping_conflict_is_dead_lettered_and_the_stream_goes_on() {
     let es = Es::new();
     let index = db.index("typed");
     let dl = db.index("dead");
-    let client = client_for(&services().es_url);
-    let window = Duration::from_secs(600);
-    ensure_index(
-        &client,
-        &IndexSpec {
-            name: index.clone(),
-            settings: json!({"number_of_replicas": 0}),
-            mappings: json!({"properties": {"n": {"type": "long"}}}),
-            alias: None,
-        },
-        window,
+    ensure_test_index(
+        &index,
+        json!({"number_of_replicas": 0}),
+        json!({"properties": {"n": {"type": "long"}}}),
+        Duration::from_secs(600),
     )
-    .await
-    .unwrap();
+    .await;
     // The dead-letter index is not created beforehand: the indexer creates
     // it at the first dead letter, with its unindexed-document mapping.
     let t = relation(1, "typed");
-    let run = Running::start(&services().es_url, &dl, indices(&[("typed", &index)]));
+    let run = RunningPipeline::start(&services().es_url, &dl, indices(&[("typed", &index)]));
 
     run.feed.begin(100).await;
     run.feed.insert(&t, 100, 1, json!(1)).await;
@@ -457,18 +190,7 @@ async fn a_mapping_conflict_is_dead_lettered_and_the_stream_goes_on() {
     assert_eq!(dead[0]["table"], "public.typed");
     assert_eq!(dead[0]["lsn"], Lsn(100).to_string());
     assert_eq!(dead[0]["doc"], json!({"id": 2, "n": "two"}));
-    let mapping: Value = es
-        .client
-        .indices()
-        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            &dl,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mapping = es.mapping(&dl).await;
     assert_eq!(
         mapping[&dl]["mappings"]["properties"]["doc"],
         dead_letter::index_spec(&dl).mappings["properties"]["doc"]
@@ -482,7 +204,7 @@ async fn an_elasticsearch_outage_holds_the_checkpoint_and_loses_nothing() {
     let index = db.index("items");
     let proxy = Proxy::start(&services().es_url).await;
     let items = relation(1, "items");
-    let run = Running::start(
+    let run = RunningPipeline::start(
         &proxy.url(),
         &db.index("dead"),
         indices(&[("items", &index)]),
@@ -495,9 +217,7 @@ async fn an_elasticsearch_outage_holds_the_checkpoint_and_loses_nothing() {
     let cut_at = Instant::now();
     // Fed from a task: once the in-flight budget and the bounded channels
     // are full, backpressure blocks the feeder (as it would the reader).
-    let feed = Feed {
-        tx: run.feed.tx.clone(),
-    };
+    let feed = run.feed.clone();
     let rel = items.clone();
     let feeder = tokio::spawn(async move {
         feed.insert_tx(&rel, 200, 50..150, 1).await;
@@ -511,7 +231,7 @@ async fn an_elasticsearch_outage_holds_the_checkpoint_and_loses_nothing() {
     });
 
     while cut_at.elapsed() < Duration::from_secs(21) {
-        assert_eq!(*run.confirmed.borrow(), Lsn(108), "held during the outage");
+        assert_eq!(run.confirmed(), Lsn(108), "held during the outage");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     proxy.restore().await;
@@ -534,7 +254,7 @@ async fn a_change_the_transformer_rejects_stops_the_pipeline_before_its_transact
     let db = TestDb::new().await;
     let index = db.index("items");
     let items = relation(1, "items");
-    let run = Running::start(
+    let run = RunningPipeline::start(
         &services().es_url,
         &db.index("dead"),
         indices(&[("items", &index)]),
@@ -543,6 +263,7 @@ async fn a_change_the_transformer_rejects_stops_the_pipeline_before_its_transact
     run.feed.begin(200).await;
     run.feed.insert(&items, 200, 3, json!(3)).await;
     run.feed.change(&items, 200, ChangeKind::Truncate).await;
+    // Sent without waiting on the pipeline: it may have stopped already.
     let _ = run
         .feed
         .tx
@@ -575,7 +296,7 @@ async fn a_heartbeat_message_is_confirmed_only_after_the_transactions_before_it(
     let index = db.index("items");
     let proxy = Proxy::start(&services().es_url).await;
     let items = relation(1, "items");
-    let run = Running::start(
+    let run = RunningPipeline::start(
         &proxy.url(),
         &db.index("dead"),
         indices(&[("items", &index)]),
@@ -593,11 +314,7 @@ async fn a_heartbeat_message_is_confirmed_only_after_the_transactions_before_it(
         .await;
     let held = Instant::now();
     while held.elapsed() < Duration::from_secs(2) {
-        assert_eq!(
-            *run.confirmed.borrow(),
-            Lsn(1),
-            "past an unapplied transaction"
-        );
+        assert_eq!(run.confirmed(), Lsn(1), "past an unapplied transaction");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     proxy.restore().await;

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use sluice::Lsn;
 use tokio_postgres::Client;
 
-use crate::run::{Sluice, mapping, poll};
-use crate::run_outage::{Indices, confirmed_flush, metric, private_setup, wait_active};
-use crate::source_restart::PrivatePg;
+use crate::support::es::Indices;
+use crate::support::private_pg::PrivatePg;
+use crate::support::slot::{confirmed_flush, wal_lsn};
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, table_mapping};
 use crate::support::{Es, TestDb, connect};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,11 +31,6 @@ struct Outcome {
     samples: Vec<(f64, i64, i64)>,
     /// WAL the slot retains at the end (server position − restart LSN), bytes.
     retained: f64,
-}
-
-async fn lsn(client: &Client, sql: &str) -> Lsn {
-    let s: String = client.query_one(sql, &[]).await.unwrap().get(0);
-    s.parse().unwrap()
 }
 
 /// A private cluster where Sluice streams the published table `quiet`
@@ -65,26 +61,23 @@ async fn quiet_busy(heartbeat_ms: Option<u64>, observer: bool) -> QuietBusy {
             .await
             .unwrap();
     }
-    let mut setup = private_setup(&pg, &indices);
+    let mut setup = SluiceToml::for_private(&pg, &indices);
     if let Some(ms) = heartbeat_ms {
         setup.postgres_extra = format!("heartbeat_interval_ms = {ms}");
     }
     let index = indices.name("quiet");
-    let mut sluice = Sluice::with_setup(&setup, &[("q.toml", mapping("public.quiet", &index, ""))]);
-    sluice.start();
-    wait_active(&admin, "sluice", &mut sluice).await;
+    let mut sluice = Sluice::with_config(&setup, &[table_mapping("quiet", &index)]);
+    sluice.start_streaming(&admin).await;
     admin
         .batch_execute("INSERT INTO quiet VALUES (1, 'only change')")
         .await
         .unwrap();
     let es = Es::new();
-    poll(
-        &mut sluice,
-        Duration::from_secs(30),
-        "the quiet row",
-        async || crate::run::count(&es, &index).await == 1,
-    )
-    .await;
+    sluice
+        .wait_for(Duration::from_secs(30), "the quiet row", async || {
+            es.count(&index).await == 1
+        })
+        .await;
     QuietBusy {
         pg,
         _indices: indices,
@@ -134,7 +127,7 @@ fn write_busy(
 
 /// (seconds since `started`, current WAL − confirmed, confirmed − `from`).
 async fn sample(admin: &Client, started: Instant, from: Lsn) -> ((f64, i64, i64), Lsn) {
-    let current = lsn(admin, "SELECT pg_current_wal_lsn()::text").await;
+    let current = wal_lsn(admin).await;
     let confirmed = confirmed_flush(admin, "sluice").await;
     (
         (
@@ -171,7 +164,7 @@ async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64, starve: 
             .unwrap();
         assert!(st.success());
     }
-    let load_start = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
+    let load_start = wal_lsn(&admin).await;
     let (stop, writers) = write_busy(pg.url(), load);
     let started = Instant::now();
     let mut samples = Vec::new();
@@ -185,8 +178,8 @@ async fn slot_measure(heartbeat_ms: Option<u64>, load: Load, secs: u64, starve: 
         w.await.unwrap();
     }
     // Sluice's own gauge (refreshed every 15 s) after a 30 s run.
-    let retained = metric(&sluice, "sluice_slot_retained_wal_bytes");
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    let retained = sluice.metric("sluice_slot_retained_wal_bytes");
+    sluice.stop_cleanly();
     Outcome {
         load_start,
         samples,
@@ -204,31 +197,29 @@ async fn moves_past_unpublished_wal(heartbeat_ms: Option<u64>) -> (Outcome, i64)
         admin,
         mut sluice,
     } = quiet_busy(heartbeat_ms, true).await;
-    let load_start = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
+    let load_start = wal_lsn(&admin).await;
     let (stop, writers) = write_busy(pg.url(), Load::Light);
     // WAL the unpublished table wrote in the first seconds of the load...
     let started = Instant::now();
-    poll(
-        &mut sluice,
-        Duration::from_secs(10),
-        "unpublished WAL",
-        async || started.elapsed() > Duration::from_secs(3),
-    )
-    .await;
-    let mark = lsn(&admin, "SELECT pg_current_wal_lsn()::text").await;
+    sluice
+        .wait_for(Duration::from_secs(10), "unpublished WAL", async || {
+            started.elapsed() > Duration::from_secs(3)
+        })
+        .await;
+    let mark = wal_lsn(&admin).await;
     // ...is passed by the slot while the load goes on (status updates every 10 s).
     let mut samples = Vec::new();
-    poll(
-        &mut sluice,
-        Duration::from_secs(40),
-        "the slot to pass the unpublished WAL",
-        async || {
-            let (s, confirmed) = sample(&admin, started, load_start).await;
-            samples.push(s);
-            confirmed > mark
-        },
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(40),
+            "the slot to pass the unpublished WAL",
+            async || {
+                let (s, confirmed) = sample(&admin, started, load_start).await;
+                samples.push(s);
+                confirmed > mark
+            },
+        )
+        .await;
     let _ = stop.send(true);
     for w in writers {
         w.await.unwrap();
@@ -242,7 +233,7 @@ async fn moves_past_unpublished_wal(heartbeat_ms: Option<u64>) -> (Outcome, i64)
         .await
         .unwrap()
         .get(0);
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
     let heartbeats: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('observer', NULL, NULL,
@@ -331,32 +322,24 @@ async fn a_revoked_emit_message_privilege_is_reported_at_startup_naming_the_func
          REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC;",
     )
     .await;
-    let setup = crate::run::Setup {
+    let setup = SluiceToml {
         postgres_extra: "heartbeat_interval_ms = 1000".into(),
-        extra: "[snapshot]\nmode = \"never\"\n".into(),
-        ..crate::run::Setup::for_db(&db)
+        extra: SNAPSHOT_NEVER.into(),
+        ..SluiceToml::for_db(&db)
     };
-    let mut sluice = Sluice::with_setup(&setup, &[("t.toml", mapping("public.t", &index, ""))]);
+    let mut sluice = Sluice::with_config(&setup, &[table_mapping("t", &index)]);
     // `check` finds it without writing anything.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(sluice.config_path())
-        .output()
-        .unwrap();
-    let stdout =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    let check = sluice.command(&["check"]);
+    let out = check.text();
+    assert_eq!(check.code, Some(2), "{out}");
     assert!(
-        stdout.contains("pg_logical_emit_message(boolean, text, text)")
-            && stdout.contains("role `sluice`")
-            && stdout.contains("GRANT EXECUTE"),
-        "{stdout}"
+        out.contains("pg_logical_emit_message(boolean, text, text)")
+            && out.contains("role `sluice`")
+            && out.contains("GRANT EXECUTE"),
+        "{out}"
     );
     sluice.start();
-    let code = crate::support::wait_until(Duration::from_secs(60), "sluice to exit", || {
-        std::future::ready(sluice.exited())
-    })
-    .await;
+    let code = sluice.wait_for_exit(Duration::from_secs(60)).await;
     let log = sluice.log_text();
     assert_eq!(code, 2, "a setup problem is a configuration failure\n{log}");
     assert!(

@@ -4,47 +4,44 @@
 //! name, and the stream keeps writing the new index after the swap and after
 //! a restart. Every test ends by comparing the whole table with the index.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
+use tokio::task::JoinHandle;
 
-use crate::run::{Sluice, mapping, wait_converged, wait_streaming};
-use crate::support::{Es, TestDb, assert_index_matches};
+use crate::support::compare::assert_index_matches;
+use crate::support::sluice::{Ran, Sluice, mapping, sluice_command, table_mapping};
+use crate::support::{Es, TestDb};
 
-/// `sluice snapshot --reindex ...` with the test's config: (exit code, stderr).
-async fn reindex(sluice: &Sluice, extra: &[&str]) -> (i32, String) {
-    reindex_waiting(sluice, 120, extra).await
+/// `sluice snapshot --reindex --stream-timeout <secs> <extra>` with the
+/// test's config, on a blocking thread (the test goes on meanwhile).
+fn start_reindex(sluice: &Sluice, stream_timeout: u64, extra: &[&str]) -> JoinHandle<Ran> {
+    let mut args: Vec<String> = vec![
+        "snapshot".into(),
+        "--reindex".into(),
+        "--stream-timeout".into(),
+        stream_timeout.to_string(),
+        "--config".into(),
+        sluice.config_path().display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sluice_command(&args, &[("SLUICE_LOG", "sluice=info")])
+    })
 }
 
+/// The reindex to its end: (exit code, stderr).
 async fn reindex_waiting(sluice: &Sluice, stream_timeout: u64, extra: &[&str]) -> (i32, String) {
-    let config = sluice.config_path();
-    let timeout = stream_timeout.to_string();
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args([
-                "snapshot",
-                "--reindex",
-                "--stream-timeout",
-                &timeout,
-                "--config",
-            ])
-            .arg(&config)
-            .args(&extra)
-            .env("SLUICE_LOG", "sluice=info")
-            .output()
-            .expect("run sluice snapshot");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    let ran = start_reindex(sluice, stream_timeout, extra).await.unwrap();
+    (ran.code.unwrap_or(-1), ran.stderr)
+}
+
+/// [`reindex_waiting`] up to 120 s for the stream to dual-write.
+async fn reindex(sluice: &Sluice, extra: &[&str]) -> (i32, String) {
+    reindex_waiting(sluice, 120, extra).await
 }
 
 /// Inserts (ids above `first_new`), updates of any row, deletes of rows the
@@ -89,16 +86,10 @@ fn count_queries(name: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
         let min = AtomicU64::new(u64::MAX);
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) {
-            let v: Value = es
-                .client
-                .count(elasticsearch::CountParts::Index(&[&name]))
-                .send()
+            let c = es
+                .try_count(&name)
                 .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let c = v["count"].as_u64().unwrap_or_else(|| panic!("count: {v}"));
+                .unwrap_or_else(|v| panic!("count: {v}"));
             min.fetch_min(c, Ordering::Relaxed);
             n += 1;
         }
@@ -106,42 +97,32 @@ fn count_queries(name: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
     })
 }
 
-/// The concrete indices behind `name` (itself, if it is an index).
-async fn behind(es: &Es, name: &str) -> Vec<String> {
-    let v: Value = es
-        .client
-        .indices()
-        .get(elasticsearch::indices::IndicesGetParts::Index(&[name]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v.as_object().unwrap().keys().cloned().collect()
-}
-
-async fn exists(es: &Es, index: &str) -> bool {
-    es.client
-        .indices()
-        .exists(elasticsearch::indices::IndicesExistsParts::Index(&[index]))
-        .send()
-        .await
-        .unwrap()
-        .status_code()
-        .is_success()
-}
-
 const V2: &str = "[rename]\nname = \"title\"\n\n[fields]\ngeneration = { value = \"v2\" }\n";
 const V2_QUERY: &str = "SELECT id, name AS title, qty, 'v2' AS generation FROM items";
 
-async fn items(db: &TestDb, rows: i64) {
+/// `rows` items, published and streamed by a running `sluice run` into the
+/// concrete index `items`, which already equals the table: (the process,
+/// the index name).
+async fn items_streamed(db: &TestDb, es: &Es, rows: i64) -> (Sluice, String) {
     db.sql(&format!(
         "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int);
          INSERT INTO items SELECT g, 'item ' || g, g % 97 FROM generate_series(1, {rows}) g;
          CREATE PUBLICATION sluice FOR TABLE items;"
     ))
     .await;
+    let name = db.index("items");
+    let mut sluice = Sluice::new(db, "", &[table_mapping("items", &name)]);
+    sluice.start_streaming(db).await;
+    sluice
+        .wait_converged(db, es, &name, "SELECT * FROM items")
+        .await;
+    (sluice, name)
+}
+
+/// Edit the mapping on disk: `name` becomes `title`, and a constant field
+/// `generation` appears (a running process keeps the old one).
+fn edit_mapping_to_v2(sluice: &Sluice, name: &str) {
+    sluice.write_mapping("items.toml", &mapping("public.items", name, V2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -149,19 +130,10 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
  {
     let db = TestDb::new().await;
     let es = Es::new();
-    let name = db.index("items");
     let rows = 5_000;
-    items(&db, rows).await;
-    let mut sluice = Sluice::new(
-        &db,
-        "",
-        &[("items.toml", mapping("public.items", &name, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
-    wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
+    let (mut sluice, name) = items_streamed(&db, &es, rows).await;
     assert_eq!(
-        behind(&es, &name).await,
+        es.indices_behind(&name).await,
         vec![name.clone()],
         "a concrete index"
     );
@@ -170,7 +142,7 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
     // instant, which is why the README says to do this first).
     let (code, stderr) = reindex(&sluice, &["--delete-old"]).await;
     assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());
-    let old = behind(&es, &name).await;
+    let old = es.indices_behind(&name).await;
     assert_eq!(old.len(), 1);
     assert_ne!(old[0], name);
     // Build index names carry a second-resolution timestamp.
@@ -182,11 +154,7 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
     let writes = workload(&db, rows, stop_writes.clone());
     let stop_queries = Arc::new(AtomicBool::new(false));
     let queries = count_queries(name.clone(), stop_queries.clone());
-    std::fs::write(
-        sluice.dir.path().join("mappings/items.toml"),
-        mapping("public.items", &name, V2),
-    )
-    .unwrap();
+    edit_mapping_to_v2(&sluice, &name);
 
     let started = Instant::now();
     let (code, stderr) = reindex(&sluice, &[]).await;
@@ -197,10 +165,10 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
         "{stderr}"
     );
     // The swap is visible at once: the name is an alias over the new index.
-    let now = behind(&es, &name).await;
+    let now = es.indices_behind(&name).await;
     assert_eq!(now.len(), 1);
     assert_ne!(now, old, "the name moved to the build index");
-    assert!(exists(&es, &old[0]).await, "the old index is kept");
+    assert!(es.exists(&old[0]).await, "the old index is kept");
     assert!(
         sluice.log_text().contains("writing every change of"),
         "the running stream dual-wrote:\n{}",
@@ -223,21 +191,24 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
         fewest >= rows as u64,
         "a query saw {fewest} documents, fewer than the {rows} rows at the start"
     );
-    wait_converged(&db, &es, &name, V2_QUERY, &mut sluice).await;
+    sluice.wait_converged(&db, &es, &name, V2_QUERY).await;
 
     // A restart loads the edited mapping and accepts the alias as its index.
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    sluice.stop_cleanly();
+    sluice.start_streaming(&db).await;
     db.sql(
         "INSERT INTO items SELECT g, 'late ' || g, 1 FROM generate_series(100001, 100100) g;
          UPDATE items SET qty = 0 WHERE id <= 50;
          DELETE FROM items WHERE id BETWEEN 100001 AND 100010;",
     )
     .await;
-    wait_converged(&db, &es, &name, V2_QUERY, &mut sluice).await;
-    assert_eq!(behind(&es, &name).await, now, "written through the alias");
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.wait_converged(&db, &es, &name, V2_QUERY).await;
+    assert_eq!(
+        es.indices_behind(&name).await,
+        now,
+        "written through the alias"
+    );
+    sluice.stop_cleanly();
     eprintln!("reindex of {rows} rows under load took {took:?}");
 }
 
@@ -245,74 +216,52 @@ async fn reindex_rebuilds_under_the_new_mapping_while_the_stream_writes_and_quer
 async fn a_concrete_name_needs_delete_old_and_a_second_reindex_keeps_the_old_index() {
     let db = TestDb::new().await;
     let es = Es::new();
-    let name = db.index("items");
-    items(&db, 1_000).await;
-    let mut sluice = Sluice::new(
-        &db,
-        "",
-        &[("items.toml", mapping("public.items", &name, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
-    wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
+    let (mut sluice, name) = items_streamed(&db, &es, 1_000).await;
 
     // The name is a concrete index: keeping it is impossible, said up front.
     let (code, stderr) = reindex(&sluice, &[]).await;
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--delete-old"), "{stderr}");
     assert_eq!(
-        behind(&es, &name).await,
+        es.indices_behind(&name).await,
         vec![name.clone()],
         "nothing changed"
     );
 
     let (code, stderr) = reindex(&sluice, &["--delete-old"]).await;
     assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());
-    let first = behind(&es, &name).await;
+    let first = es.indices_behind(&name).await;
 
     // Second generation with a changed mapping, old index kept.
-    std::fs::write(
-        sluice.dir.path().join("mappings/items.toml"),
-        mapping("public.items", &name, V2),
-    )
-    .unwrap();
+    edit_mapping_to_v2(&sluice, &name);
     db.sql("UPDATE items SET qty = -1 WHERE id % 10 = 0").await;
     // Build index names carry a second-resolution timestamp.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (code, stderr) = reindex(&sluice, &[]).await;
     assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());
-    let second = behind(&es, &name).await;
+    let second = es.indices_behind(&name).await;
     assert_ne!(second, first);
-    assert!(exists(&es, &first[0]).await, "the old index is kept");
-    assert_index_matches(&db, &es, &name, V2_QUERY, "id").await;
+    assert!(es.exists(&first[0]).await, "the old index is kept");
+    assert_index_matches(&db, &es, &name, V2_QUERY, &["id"]).await;
 
     db.sql("INSERT INTO items VALUES (5000, 'after', 5); DELETE FROM items WHERE id = 1;")
         .await;
-    wait_converged(&db, &es, &name, V2_QUERY, &mut sluice).await;
+    sluice.wait_converged(&db, &es, &name, V2_QUERY).await;
     // The kept index stopped changing at the swap: the new row is not in it.
     es.refresh(&first[0]).await;
     assert!(!es.sources(&first[0]).await.contains_key("5000"));
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abandoned() {
     let db = TestDb::new().await;
     let es = Es::new();
-    let name = db.index("items");
-    items(&db, 500).await;
-    let mut sluice = Sluice::new(
-        &db,
-        "",
-        &[("items.toml", mapping("public.items", &name, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
-    wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
+    let (mut sluice, name) = items_streamed(&db, &es, 500).await;
     let (code, stderr) = reindex(&sluice, &["--delete-old"]).await;
     assert_eq!(code, 0, "{stderr}");
-    let live = behind(&es, &name).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    let live = es.indices_behind(&name).await;
+    sluice.stop_cleanly();
 
     // Nobody streams: the command says so and exits 1, keeping the build.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -320,7 +269,8 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("start `sluice run`"), "{stderr}");
     let build = format!("{name}-2");
-    let builds: Vec<String> = behind(&es, &format!("{name}-*"))
+    let builds: Vec<String> = es
+        .indices_behind(&format!("{name}-*"))
         .await
         .into_iter()
         .filter(|i| !live.contains(i))
@@ -328,12 +278,7 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
     assert_eq!(builds.len(), 1, "one build index: {builds:?}");
     assert!(builds[0].starts_with(&build[..build.len() - 1]));
     // `sluice status` shows the waiting reindex.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["status", "--config"])
-        .arg(sluice.config_path())
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout);
+    let status = sluice.command(&["status"]).stdout;
     assert!(
         status.contains(&format!(
             "{name} → {}: building, waiting for `sluice run` to dual-write",
@@ -344,12 +289,11 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
 
     // A (re)started stream picks the reindex up before streaming, and then
     // abandoning it stops the dual writes before the build index goes.
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    sluice.start_streaming(&db).await;
     db.sql("UPDATE items SET qty = 7 WHERE id <= 20").await;
     let (code, stderr) = reindex(&sluice, &["--abandon"]).await;
     assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());
-    assert!(!exists(&es, &builds[0]).await, "the build index is deleted");
+    assert!(!es.exists(&builds[0]).await, "the build index is deleted");
     assert!(
         sluice.log_text().contains("the reindex is abandoned"),
         "{}",
@@ -357,84 +301,53 @@ async fn without_a_running_stream_the_reindex_waits_then_fails_and_can_be_abando
     );
     // Later changes reach the live index only; the build index stays gone.
     db.sql("UPDATE items SET qty = 8 WHERE id <= 20").await;
-    wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &name, "SELECT * FROM items")
+        .await;
     assert!(
-        !exists(&es, &builds[0]).await,
+        !es.exists(&builds[0]).await,
         "not recreated by a late write"
     );
-    assert_eq!(behind(&es, &name).await, live, "the name never moved");
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    assert_eq!(es.indices_behind(&name).await, live, "the name never moved");
+    sluice.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_killed_during_the_build_dual_writes_everything_it_replays_after_restart() {
     let db = TestDb::new().await;
     let es = Es::new();
-    let name = db.index("items");
     let rows = 3_000;
-    items(&db, rows).await;
-    let mut sluice = Sluice::new(
-        &db,
-        "",
-        &[("items.toml", mapping("public.items", &name, ""))],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
-    wait_converged(&db, &es, &name, "SELECT * FROM items", &mut sluice).await;
+    let (mut sluice, name) = items_streamed(&db, &es, rows).await;
     let (code, stderr) = reindex(&sluice, &["--delete-old"]).await;
     assert_eq!(code, 0, "{stderr}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writes = workload(&db, rows, stop.clone());
-    std::fs::write(
-        sluice.dir.path().join("mappings/items.toml"),
-        mapping("public.items", &name, V2),
-    )
-    .unwrap();
+    edit_mapping_to_v2(&sluice, &name);
     let before = sluice.log_text().matches("writing every change of").count();
-    let command = {
-        let config = sluice.config_path();
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_sluice"))
-                .args([
-                    "snapshot",
-                    "--reindex",
-                    "--stream-timeout",
-                    "120",
-                    "--config",
-                ])
-                .arg(&config)
-                .output()
-                .expect("run sluice snapshot")
-        })
-    };
+    let command = start_reindex(&sluice, 120, &[]);
     // SIGKILL once the stream dual-writes: whatever it had not confirmed is
     // replayed to the next process, which must dual-write it as well.
-    let log = sluice.dir.path().join("sluice.log");
-    crate::run::poll(
-        &mut sluice,
-        Duration::from_secs(60),
-        "the stream to pick the reindex up",
-        async || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .matches("writing every change of")
-                .count()
-                > before
-        },
-    )
-    .await;
+    let log = sluice.log_path();
+    sluice
+        .wait_for(
+            Duration::from_secs(60),
+            "the stream to pick the reindex up",
+            async || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .matches("writing every change of")
+                    .count()
+                    > before
+            },
+        )
+        .await;
     sluice.kill9();
     tokio::time::sleep(Duration::from_millis(300)).await;
     sluice.start();
     let out = command.await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        sluice.log_text()
-    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, sluice.log_text());
     assert!(
         sluice.log_text().matches("writing every change of").count() >= before + 2,
         "the restarted stream picked the reindex up too:\n{}",
@@ -442,6 +355,6 @@ async fn a_stream_killed_during_the_build_dual_writes_everything_it_replays_afte
     );
     stop.store(true, Ordering::Relaxed);
     assert!(writes.await.unwrap() > 10);
-    wait_converged(&db, &es, &name, V2_QUERY, &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.wait_converged(&db, &es, &name, V2_QUERY).await;
+    sluice.stop_cleanly();
 }

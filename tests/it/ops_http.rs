@@ -5,48 +5,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice::app::status::Targets;
 use sluice::ops::http::{Health, HttpHandles, PipelineState, ReadyState};
 use sluice::ops::metrics::names;
 use sluice::sink::{EsAuth, EsConfig};
-use sluice::source::{PgConnectConfig, SslMode};
+use sluice::source::PgConnectConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{TestDb, services, unique_name, wait_until};
-
-/// `PgConnectConfig` from a `postgres://user:pw@host:port/db` URL.
-pub fn pg_config_from_url(url: &str) -> PgConnectConfig {
-    let u = url::Url::parse(url).expect("PostgreSQL URL");
-    PgConnectConfig {
-        host: u.host_str().unwrap().to_string(),
-        port: u.port().unwrap_or(5432),
-        user: u.username().to_string(),
-        password: u.password().map(str::to_string),
-        dbname: u.path().trim_start_matches('/').to_string(),
-        sslmode: SslMode::Prefer,
-        ..Default::default()
-    }
-}
-
-pub fn es_config() -> EsConfig {
-    EsConfig {
-        urls: vec![services().es_url.clone()],
-        ..Default::default()
-    }
-}
-
-pub fn targets(db: &TestDb) -> Targets {
-    Targets {
-        slot: format!("{}_slot", db.name),
-        publication: format!("{}_pub", db.name),
-        dead_letter_index: db.index("dead-letters"),
-        state_index: db.index("state"),
-        indices: vec![db.index("items")],
-    }
-}
+use crate::support::status::{es_config, pg_config_from_url, targets};
+use crate::support::{TestDb, unique_name, wait_until};
 
 /// One HTTP/1.1 GET; returns status code and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::run::{Setup, Sluice, http_get, metric_sum, poll, wait_streaming};
-use crate::support::{Es, TestDb};
+use crate::support::compare::docs_diff;
+use crate::support::sluice::{Sluice, SluiceToml, metric_sum, shipped_mappings};
+use crate::support::{DEMO_SCHEMA, Es, TestDb};
 
 /// The documents a query says an index should hold: `_id` → `doc`.
 async fn expected(db: &TestDb, query: &str) -> BTreeMap<String, Value> {
@@ -29,19 +30,8 @@ async fn expected(db: &TestDb, query: &str) -> BTreeMap<String, Value> {
 async fn mismatch(db: &TestDb, es: &Es, wanted: &[(String, String)]) -> Option<String> {
     for (index, query) in wanted {
         let want = expected(db, query).await;
-        let have = es.sources(index).await;
-        if want != have {
-            let missing: Vec<_> = want.keys().filter(|k| !have.contains_key(*k)).collect();
-            let extra: Vec<_> = have.keys().filter(|k| !want.contains_key(*k)).collect();
-            let differ: Vec<_> = want
-                .iter()
-                .filter(|(k, v)| have.get(*k).is_some_and(|h| h != *v))
-                .map(|(k, v)| format!("{k}: table {v} vs index {}", have[k]))
-                .take(3)
-                .collect();
-            return Some(format!(
-                "{index}: missing {missing:?}, extra {extra:?}, differ {differ:?}"
-            ));
+        if let Some(diff) = docs_diff(&want, &es.sources(index).await) {
+            return Some(format!("{index}: {diff}"));
         }
     }
     None
@@ -58,8 +48,7 @@ async fn wait_matching(db: &TestDb, es: &Es, sluice: &mut Sluice, wanted: &[(Str
     let waited = tokio::time::timeout(
         // Generous: a loaded 2-core machine has been seen to take over 90 s.
         Duration::from_secs(180),
-        poll(
-            sluice,
+        sluice.wait_for(
             Duration::from_secs(3600),
             "every index to match its query",
             async || {
@@ -156,13 +145,8 @@ async fn filters_soft_deletes_and_several_indices_per_table_stay_exact_through_s
     }
 
     // As the tables' owner, so Sluice creates the publication from the mappings.
-    let setup = Setup {
-        pg_url: db.url(),
-        ..Setup::for_db(&db)
-    };
-    let mut sluice = Sluice::with_setup(&setup, &mappings);
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = Sluice::with_config(&SluiceToml::as_owner(&db), &mappings);
+    sluice.start_streaming(&db).await;
     // The initial snapshot read through the same filter: no draft arrived.
     wait_matching(&db, &es, &mut sluice, &wanted).await;
     let row_filter: Option<String> = db
@@ -215,7 +199,7 @@ async fn filters_soft_deletes_and_several_indices_per_table_stay_exact_through_s
     // Filtered rows never left the server: the stream carried exactly the
     // 10 entering drafts and 15 new non-drafts as inserts, and as deletes
     // the 6 leaving rows and the deleted non-drafts.
-    let metrics = http_get(&sluice.http_addr(), "/metrics").1;
+    let metrics = sluice.metrics();
     let received = |op: &str| {
         metric_sum(
             &metrics,
@@ -229,29 +213,10 @@ async fn filters_soft_deletes_and_several_indices_per_table_stay_exact_through_s
         (6 + published_deletes) as f64,
         "{metrics}"
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
     if let Some(m) = mismatch(&db, &es, &wanted).await {
         panic!("after a clean stop: {m}");
     }
-}
-
-/// The shipped `mappings/`, with index names and aliases private to `db`.
-fn shipped_mappings(db: &TestDb) -> Vec<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name.ends_with(".md") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&p)
-            .unwrap()
-            .replace("index = \"", &format!("index = \"{}", db.index_prefix))
-            .replace("alias = \"", &format!("alias = \"{}", db.index_prefix));
-        out.push((name, text));
-    }
-    out
 }
 
 /// One document by `_id`, if the index (or alias, or pattern) has it.
@@ -263,30 +228,25 @@ async fn doc(es: &Es, index: &str, id: &str) -> Option<Value> {
 async fn the_shipped_mappings_make_the_documents_their_comments_describe() {
     let db = TestDb::new().await;
     let es = Es::new();
-    db.sql(include_str!("../../scripts/demo-schema.sql")).await;
-    let files = shipped_mappings(&db);
-    let mappings: Vec<(&str, String)> =
-        files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let setup = Setup {
-        pg_url: db.url(),
-        ..Setup::for_db(&db)
-    };
-    let mut sluice = Sluice::with_setup(&setup, &mappings);
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    db.sql(DEMO_SCHEMA).await;
+    let mut sluice = Sluice::with_config(
+        &SluiceToml::as_owner(&db),
+        &shipped_mappings(&db.index_prefix),
+    );
+    sluice.start_streaming(&db).await;
     let i = |name: &str| db.index(name);
-    poll(
-        &mut sluice,
-        Duration::from_secs(180),
-        "the snapshot in every index",
-        async || {
-            es.sources(&i("search")).await.len() == 4
-                && es.sources(&i("order-items")).await.len() == 3
-                && doc(&es, &i("orders-archive-*"), "2").await.is_none()
-                && doc(&es, &i("orders-archive-*"), "1").await.is_some()
-        },
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(180),
+            "the snapshot in every index",
+            async || {
+                es.sources(&i("search")).await.len() == 4
+                    && es.sources(&i("order-items")).await.len() == 3
+                    && doc(&es, &i("orders-archive-*"), "2").await.is_none()
+                    && doc(&es, &i("orders-archive-*"), "1").await.is_some()
+            },
+        )
+        .await;
 
     // Snapshot values (read by the snapshot reader) through every conversion.
     let sql_text = async |q: &str| -> String { db.admin.query_one(q, &[]).await.unwrap().get(0) };
@@ -330,18 +290,7 @@ async fn the_shipped_mappings_make_the_documents_their_comments_describe() {
         doc(&es, &i("orders"), "2").await.is_none(),
         "drafts are filtered"
     );
-    let mapping: Value = es
-        .client
-        .indices()
-        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            &i("orders"),
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mapping = es.mapping(&i("orders")).await;
     assert_eq!(
         mapping[i("orders")]["mappings"]["properties"]["status"]["type"],
         "keyword",
@@ -383,22 +332,22 @@ async fn the_shipped_mappings_make_the_documents_their_comments_describe() {
          UPDATE orders SET deleted_at = now() WHERE id = 1;",
     )
     .await;
-    poll(
-        &mut sluice,
-        Duration::from_secs(180),
-        "the streamed changes",
-        async || {
-            doc(&es, &i("orders"), "2").await.is_some()
-                && doc(&es, &i("orders"), "1").await.is_none()
-                && doc(&es, &i("customers"), "1")
-                    .await
-                    .is_some_and(|d| d["tier"] == "silver")
-                && doc(&es, &i("products"), "1")
-                    .await
-                    .is_some_and(|d| d["price"] == 79.0)
-        },
-    )
-    .await;
+    sluice
+        .wait_for(
+            Duration::from_secs(180),
+            "the streamed changes",
+            async || {
+                doc(&es, &i("orders"), "2").await.is_some()
+                    && doc(&es, &i("orders"), "1").await.is_none()
+                    && doc(&es, &i("customers"), "1")
+                        .await
+                        .is_some_and(|d| d["tier"] == "silver")
+                    && doc(&es, &i("products"), "1")
+                        .await
+                        .is_some_and(|d| d["price"] == 79.0)
+            },
+        )
+        .await;
     let ada = doc(&es, &i("customers"), "1").await.unwrap();
     assert_eq!(
         (&ada["full_name"], &ada["tier"], &ada["vip"]),
@@ -422,5 +371,5 @@ async fn the_shipped_mappings_make_the_documents_their_comments_describe() {
         doc(&es, &i("orders-archive-*"), "1").await.is_some(),
         "the archive keeps the soft-deleted order"
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 }

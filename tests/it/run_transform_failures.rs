@@ -5,28 +5,14 @@
 //! Every test ends with the whole index compared with the whole table, and
 //! the whole dead-letter index with what it must hold.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::run::{Setup, Sluice, mapping, poll, wait_converged, wait_streaming};
+use crate::support::compare::{assert_index_holds, table_docs};
+use crate::support::slot::pending_changes;
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, mapping, table_mapping};
 use crate::support::{Es, TestDb};
-
-/// The rows of `query` keyed by their `key` column's text.
-async fn rows_by(db: &TestDb, query: &str, key: &str) -> BTreeMap<String, Value> {
-    db.json_rows(query)
-        .await
-        .into_iter()
-        .map(|r| {
-            let k = match &r[key] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k, r)
-        })
-        .collect()
-}
 
 /// Wait until `index` holds exactly `query`'s rows (keyed by `key`) and the
 /// dead-letter index exactly `dead_letters` records.
@@ -37,42 +23,28 @@ async fn wait_exact(
     (index, query, key): (&str, &str, &str),
     (dl_index, dead_letters): (&str, usize),
 ) {
-    let want = rows_by(db, query, key).await;
+    let want = table_docs(db, query, &[key]).await;
     assert!(!want.is_empty(), "an empty expectation would prove nothing");
-    poll(
-        sluice,
-        Duration::from_secs(180),
-        "the index to match the table and the dead letters to be stored",
-        async || {
-            es.sources(index).await == want && es.sources(dl_index).await.len() == dead_letters
-        },
-    )
-    .await;
-    assert_eq!(es.sources(index).await, want);
+    sluice
+        .wait_for(
+            Duration::from_secs(180),
+            "the index to match the table and the dead letters to be stored",
+            async || {
+                es.sources(index).await == want && es.sources(dl_index).await.len() == dead_letters
+            },
+        )
+        .await;
+    assert_index_holds(es, index, &want, query).await;
 }
 
 /// A `sluice run` connecting as the tables' owner, so it creates the
 /// publication from the mappings (column lists, row filters).
-fn as_owner(db: &TestDb, extra: &str, mappings: &[(&str, String)]) -> Sluice {
-    let setup = Setup {
-        pg_url: db.url(),
+fn as_owner<N: AsRef<str>>(db: &TestDb, extra: &str, mappings: &[(N, String)]) -> Sluice {
+    let config = SluiceToml {
         extra: extra.to_string(),
-        ..Setup::for_db(db)
+        ..SluiceToml::as_owner(db)
     };
-    Sluice::with_setup(&setup, mappings)
-}
-
-/// Changes the slot still holds (0: everything is confirmed).
-async fn pending_changes(db: &TestDb) -> i64 {
-    db.admin
-        .query_one(
-            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
-               'proto_version', '1', 'publication_names', 'sluice')",
-            &[&format!("sluice_{}", db.name)],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    Sluice::with_config(&config, mappings)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,13 +59,8 @@ async fn a_bad_integer_text_becomes_one_dead_letter_and_the_stream_goes_on() {
         &index,
         "include = [\"id\", \"label\"]\n[fields]\namount = { column = \"amount\", convert = \"integer\" }",
     );
-    let mut sluice = as_owner(
-        &db,
-        "[snapshot]\nmode = \"never\"\n",
-        &[("readings.toml", file)],
-    );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    let mut sluice = as_owner(&db, SNAPSHOT_NEVER, &[("readings.toml", file)]);
+    sluice.start_streaming(&db).await;
     db.sql(
         "INSERT INTO readings SELECT g, 'r' || g, (g * 10)::text FROM generate_series(1, 20) g;
          UPDATE readings SET amount = 'seven' WHERE id = 7;
@@ -128,14 +95,17 @@ async fn a_bad_integer_text_becomes_one_dead_letter_and_the_stream_goes_on() {
 
     // The dead letter is durable and confirmed: a clean stop leaves nothing
     // to replay, and a restart neither stops on the row nor stores it twice.
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-    assert_eq!(pending_changes(&db).await, 0, "the slot passed the bad row");
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    sluice.stop_cleanly();
+    assert_eq!(
+        pending_changes(&db, &db.slot()).await,
+        0,
+        "the slot passed the bad row"
+    );
+    sluice.start_streaming(&db).await;
     db.sql("INSERT INTO readings VALUES (31, 'r31', '310')")
         .await;
     wait_exact(&db, &es, &mut sluice, (&index, query, "id"), (&dl, 1)).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,14 +121,13 @@ async fn a_null_id_column_becomes_a_dead_letter_and_the_stream_goes_on() {
     .await;
     let mut sluice = Sluice::new(
         &db,
-        "[snapshot]\nmode = \"never\"\n",
+        SNAPSHOT_NEVER,
         &[(
             "parts.toml",
             mapping("public.parts", &index, "id = [\"code\"]"),
         )],
     );
-    sluice.start();
-    wait_streaming(&db, &mut sluice).await;
+    sluice.start_streaming(&db).await;
     db.sql(
         "INSERT INTO parts SELECT g, CASE WHEN g = 4 THEN NULL ELSE 'c' || g END, 'part ' || g
            FROM generate_series(1, 10) g;
@@ -176,8 +145,8 @@ async fn a_null_id_column_becomes_a_dead_letter_and_the_stream_goes_on() {
         record["row"],
         json!({"n": 4, "code": null, "name": "part 4"})
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
-    assert_eq!(pending_changes(&db).await, 0);
+    sluice.stop_cleanly();
+    assert_eq!(pending_changes(&db, &db.slot()).await, 0);
 }
 
 /// 20 kB of incompressible text, stored out of line: an update of another
@@ -196,14 +165,12 @@ async fn a_column_dropped_before_the_backlog_drains_does_not_break_the_toast_re_
          INSERT INTO docs SELECT g, {BIG}, 0, g FROM generate_series(1, 10) g;"
     ))
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "",
-        &[("docs.toml", mapping("public.docs", &index, ""))],
-    );
+    let mut sluice = Sluice::new(&db, "", &[table_mapping("docs", &index)]);
     sluice.start();
-    wait_converged(&db, &es, &index, "SELECT * FROM docs", &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM docs")
+        .await;
+    sluice.stop_cleanly();
 
     // While Sluice is down: updates whose re-read finds a column gone.
     db.sql(
@@ -213,14 +180,16 @@ async fn a_column_dropped_before_the_backlog_drains_does_not_break_the_toast_re_
     )
     .await;
     sluice.start();
-    wait_converged(&db, &es, &index, "SELECT * FROM docs", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM docs")
+        .await;
     let docs = es.sources(&index).await;
     assert!(
         docs.values()
             .all(|d| d["body"].as_str().is_some_and(|b| b.len() == 640 * 32) && d["n"] == 2),
         "every body whole, every row at its last update"
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,13 +204,11 @@ async fn a_table_renamed_while_streaming_keeps_being_indexed() {
          INSERT INTO items SELECT g, 'item ' || g, {BIG} FROM generate_series(1, 10) g;"
     ))
     .await;
-    let mut sluice = Sluice::new(
-        &db,
-        "",
-        &[("items.toml", mapping("public.items", &index, ""))],
-    );
+    let mut sluice = Sluice::new(&db, "", &[table_mapping("items", &index)]);
     sluice.start();
-    wait_converged(&db, &es, &index, "SELECT * FROM items", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM items")
+        .await;
     // After the rename: inserts, and updates whose re-read must find the
     // table under its new name.
     db.sql(&format!(
@@ -251,7 +218,9 @@ async fn a_table_renamed_while_streaming_keeps_being_indexed() {
          DELETE FROM goods WHERE id = 3;"
     ))
     .await;
-    wait_converged(&db, &es, &index, "SELECT * FROM goods", &mut sluice).await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM goods")
+        .await;
     assert!(
         sluice
             .log_text()
@@ -259,7 +228,7 @@ async fn a_table_renamed_while_streaming_keeps_being_indexed() {
         "the rename is reported\n{}",
         sluice.log_text()
     );
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 
     // Renamed again while Sluice is down, after updates that need a
     // re-read: the backlog's Relation messages carry the name `goods`.
@@ -271,30 +240,21 @@ async fn a_table_renamed_while_streaming_keeps_being_indexed() {
     // With the mapping still naming the old table, start-up stops with an
     // error naming it, never streaming past its changes.
     sluice.start();
-    let code = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if let Some(c) = sluice.exited() {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("a mapping naming a table that is gone stops start-up");
+    let code = sluice.wait_for_exit(Duration::from_secs(60)).await;
     assert_ne!(code, 0, "{}", sluice.log_text());
-    sluice.kill9();
     assert!(sluice.log_text().contains("public.goods"));
-    assert!(pending_changes(&db).await > 0, "nothing was confirmed");
+    assert!(
+        pending_changes(&db, &db.slot()).await > 0,
+        "nothing was confirmed"
+    );
     // With the mapping naming the table as it is now, the backlog (named
     // `goods`, re-read from `wares`) is indexed.
-    std::fs::write(
-        sluice.dir.path().join("mappings/items.toml"),
-        mapping("public.wares", &index, ""),
-    )
-    .unwrap();
+    sluice.write_mapping("items.toml", &mapping("public.wares", &index, ""));
     sluice.start();
-    wait_converged(&db, &es, &index, "SELECT * FROM wares", &mut sluice).await;
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM wares")
+        .await;
+    sluice.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +278,7 @@ async fn a_row_re_entering_a_row_filter_with_an_unchanged_toast_value_is_indexed
     );
     sluice.start();
     let query = "SELECT * FROM t WHERE id < 1000";
-    wait_converged(&db, &es, &index, query, &mut sluice).await;
+    sluice.wait_converged(&db, &es, &index, query).await;
     // Leaves the filter (a delete), then re-enters it: PostgreSQL sends an
     // insert whose `body` is "unchanged", having no old row to take it from.
     db.sql(
@@ -327,9 +287,9 @@ async fn a_row_re_entering_a_row_filter_with_an_unchanged_toast_value_is_indexed
          UPDATE t SET n = n + 1 WHERE id = 2;",
     )
     .await;
-    wait_converged(&db, &es, &index, query, &mut sluice).await;
+    sluice.wait_converged(&db, &es, &index, query).await;
     let docs = es.sources(&index).await;
     assert_eq!(docs.len(), 5);
     assert_eq!(docs["1"]["body"].as_str().map(str::len), Some(20_000));
-    assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
+    sluice.stop_cleanly();
 }

@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice::Lsn;
-use sluice::model::ChangeKind;
 use sluice::sink::{EsConfig, IndexerConfig, build_client};
-use sluice::stream::pipeline::{Pipeline, PipelineConfig};
-use tokio::sync::{mpsc, oneshot, watch};
+use sluice::stream::pipeline::PipelineConfig;
 
-use crate::pipeline::{Feed, relation, row, transformer};
-use crate::sink_proxy::Proxy;
+use crate::support::pipeline::{RunningPipeline, indices, relation};
+use crate::support::proxy::Proxy;
 use crate::support::{Es, TestDb, services, wait_until};
 
 #[tokio::test]
@@ -48,40 +46,20 @@ async fn a_timed_out_bulk_landing_after_its_retry_and_the_next_batch_leaves_the_
         transform_buffer: 16,
         ..PipelineConfig::default()
     };
-    let (events, events_rx) = mpsc::channel(16);
-    let (confirmed_tx, mut confirmed) = watch::channel(Lsn(1));
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(Pipeline::new(client, config).run(
-        Lsn(1),
-        events_rx,
-        transformer([("items".to_string(), index.clone())].into()),
-        confirmed_tx,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let feed = Feed { tx: events };
+    let mut run = RunningPipeline::start_with(client, config, indices(&[("items", &index)]));
 
     // One transaction inserts row 1 and then updates it.
-    feed.begin(1000).await;
-    feed.insert(&items, 1000, 1, json!("first")).await;
-    feed.change(
-        &items,
-        1000,
-        ChangeKind::Update {
-            old: None,
-            new: row(1, json!("final")),
-        },
-    )
-    .await;
-    feed.commit(1000, 1100).await;
+    run.feed.begin(1000).await;
+    run.feed.insert(&items, 1000, 1, json!("first")).await;
+    run.feed.update(&items, 1000, 1, json!("final")).await;
+    run.feed.commit(1000, 1100).await;
 
     // The insert's first request is held past the client's timeout; its
     // retry and then the update's request get through.
     tokio::time::timeout(Duration::from_secs(30), held.held())
         .await
         .expect("the first bulk request reached the proxy");
-    confirmed
+    run.confirmed
         .wait_for(|c| *c >= Lsn(1100))
         .await
         .expect("the transaction is confirmed");
@@ -100,8 +78,7 @@ async fn a_timed_out_bulk_landing_after_its_retry_and_the_next_batch_leaves_the_
     assert_eq!(docs.len(), 1);
     assert_eq!(docs["1"], (1001, json!({"id": 1, "n": "final"})));
 
-    let _ = stop.send(());
-    let summary = task.await.unwrap().expect("the pipeline ends cleanly");
+    let summary = run.shutdown().await;
     assert_eq!(summary.confirmed, Lsn(1100));
     wait_until(Duration::from_secs(1), "nothing dead-lettered", || async {
         es.sources(&dead).await.is_empty().then_some(())

@@ -4,7 +4,6 @@
 //! TEST-ONLY: the converter knows a handful of types and the sink is a
 //! minimal bulk writer; the real ones plug into the same seams.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -19,7 +18,8 @@ use sluice::snapshot::{
 };
 use tokio::sync::Semaphore;
 
-use crate::support::{Es, TestDb, connect};
+use super::compare::doc_id;
+use super::{Es, connect};
 
 /// TEST-ONLY converter for int, text, bool, numeric and float; anything else
 /// stays text. Matches `to_jsonb` for those types.
@@ -95,17 +95,6 @@ pub fn test_exporter(url: String, log: Arc<Mutex<Vec<Exported>>>) -> SnapshotExp
             })
         })
     })
-}
-
-/// The document id the test sink uses: key columns' values joined by `|`.
-pub fn doc_id(row: &serde_json::Map<String, Value>, keys: &[&str]) -> String {
-    keys.iter()
-        .map(|k| match &row[*k] {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("|")
 }
 
 fn change_doc(change: &Change) -> (String, Value) {
@@ -381,90 +370,4 @@ pub async fn workload(
         n += 1;
     }
     n
-}
-
-/// Assert that `index` holds exactly the rows of `query`, ids built from
-/// `keys` like the test sink builds them.
-pub async fn assert_exact(db: &TestDb, es: &Es, index: &str, query: &str, keys: &[&str]) {
-    let expected: BTreeMap<String, Value> = db
-        .json_rows(query)
-        .await
-        .into_iter()
-        .map(|row| (doc_id(row.as_object().unwrap(), keys), row))
-        .collect();
-    let actual = sources(es, index).await;
-    let missing: Vec<_> = expected
-        .keys()
-        .filter(|k| !actual.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = actual
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .take(5)
-        .collect();
-    let differ: Vec<_> = expected
-        .iter()
-        .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
-        .map(|(k, v)| format!("{k}: table {v} vs index {}", actual[k]))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "{index} differs from `{query}` ({} rows vs {} docs): missing {missing:?}, extra {extra:?}, differ {differ:#?}",
-        expected.len(),
-        actual.len()
-    );
-}
-
-/// Every document of an index (or alias) as `_id → _source`, after a
-/// refresh; empty if it does not exist. Uses a scroll: Elasticsearch 8
-/// refuses to sort on `_id` (the shared harness's `Es::all_docs` does).
-pub async fn sources(es: &Es, index: &str) -> BTreeMap<String, Value> {
-    es.refresh(index).await;
-    let mut out = BTreeMap::new();
-    let resp = es
-        .client
-        .search(elasticsearch::SearchParts::Index(&[index]))
-        .scroll("1m")
-        .body(json!({"size": 5000, "sort": ["_doc"], "query": {"match_all": {}}}))
-        .send()
-        .await
-        .expect("search");
-    if resp.status_code().as_u16() == 404 {
-        return out;
-    }
-    let mut v: Value = resp.json().await.expect("search response");
-    loop {
-        let hits = v["hits"]["hits"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("search failed: {v}"));
-        if hits.is_empty() {
-            break;
-        }
-        for h in &hits {
-            out.insert(h["_id"].as_str().unwrap().to_string(), h["_source"].clone());
-        }
-        let id = v["_scroll_id"].as_str().expect("scroll id").to_string();
-        v = es
-            .client
-            .scroll(elasticsearch::ScrollParts::None)
-            .body(json!({"scroll": "1m", "scroll_id": id}))
-            .send()
-            .await
-            .expect("scroll")
-            .json()
-            .await
-            .expect("scroll response");
-    }
-    if let Some(id) = v["_scroll_id"].as_str() {
-        let _ = es
-            .client
-            .clear_scroll(elasticsearch::ClearScrollParts::None)
-            .body(json!({"scroll_id": [id]}))
-            .send()
-            .await;
-    }
-    out
 }
