@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use sluice::Lsn;
 use sluice::model::{BulkOp, OpAction, OpOrigin};
 use sluice::model::{Change, ChangeKind, Column, Datum, Relation, ReplicaIdentity, SourceEvent};
-use sluice::sink::{EsConfig, IndexerConfig, build_client};
+use sluice::sink::{EsConfig, Indexer, IndexerConfig, build_client};
 use sluice::stream::pipeline::{Pipeline, PipelineConfig};
 use tokio::sync::{mpsc, watch};
 
@@ -124,16 +124,18 @@ fn main() {
 
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (confirmed_tx, mut confirmed) = watch::channel(Lsn(1));
-        let config = PipelineConfig {
-            indexer: IndexerConfig::default().fit_memory(budget_mb << 20),
-            ..PipelineConfig::default()
-        };
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let indexer = Indexer::start(
+            es.clone(),
+            IndexerConfig::default().fit_memory(budget_mb << 20),
+            ack_tx,
+        );
         let rss0 = status_kb("VmRSS:");
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let cpu0 = cpu_time();
         let started = Instant::now();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(Pipeline::new(es.clone(), config).run(
+        let run = tokio::spawn(Pipeline::new(indexer, acks, PipelineConfig::default()).run(
             Lsn(1),
             events_rx,
             transform,

@@ -31,6 +31,8 @@ use super::classify::{
 use super::dead_letter;
 use super::hold::Holds;
 use super::indices::ensure_index;
+use super::seam::Sink;
+pub use super::seam::{Ack, IndexerClosed};
 use crate::model::BulkOp;
 
 /// How the indexer batches and sends.
@@ -88,19 +90,6 @@ impl IndexerConfig {
         self
     }
 }
-
-/// `count` ops submitted with `tag` are done: written, refused as stale, or
-/// stored as dead letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ack {
-    pub tag: u64,
-    pub count: u64,
-}
-
-/// The indexer stopped (a worker died); nothing more can be submitted.
-#[derive(Debug, thiserror::Error)]
-#[error("the bulk indexer has stopped")]
-pub struct IndexerClosed;
 
 struct Item {
     op: BulkOp,
@@ -269,6 +258,16 @@ impl Indexer {
                 false
             }
         }
+    }
+}
+
+impl Sink for Indexer {
+    async fn submit_all(&self, ops: Vec<BulkOp>, tag: u64) -> Result<(), IndexerClosed> {
+        Indexer::submit_all(self, ops, tag).await
+    }
+
+    async fn finish(self, timeout: Duration) -> bool {
+        Indexer::finish(self, timeout).await
     }
 }
 

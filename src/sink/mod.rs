@@ -13,6 +13,7 @@ pub mod es_config;
 pub mod hold;
 pub mod indexer;
 pub mod indices;
+pub mod seam;
 
 pub use classify::{ItemOutcome, classify_item, classify_request};
 pub use client::{build_client, describe_es_error};
@@ -20,3 +21,4 @@ pub use es_config::{EsAuth, EsConfig};
 pub use hold::Holds;
 pub use indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
 pub use indices::{EnsureOutcome, IndexError, IndexSpec, ensure_index};
+pub use seam::Sink;

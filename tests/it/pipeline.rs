@@ -15,7 +15,7 @@ use sluice::model::{
     Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, SourceEvent,
 };
 use sluice::sink::indices::{IndexSpec, ensure_index};
-use sluice::sink::{IndexerConfig, dead_letter};
+use sluice::sink::{Indexer, IndexerConfig, dead_letter};
 use sluice::stream::pipeline::{Pipeline, PipelineConfig, PipelineSummary, StopReason};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -180,23 +180,25 @@ impl Running {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (confirmed_tx, confirmed) = watch::channel(Lsn(1));
         let (stop, stop_rx) = oneshot::channel::<()>();
+        let indexer_config = IndexerConfig {
+            concurrency: 3,
+            max_batch_docs: 40,
+            linger: Duration::from_millis(5),
+            max_in_flight_bytes: 1 << 20,
+            dead_letter_index: dead_letters.to_string(),
+            retry_min_delay: Duration::from_millis(50),
+            retry_max_delay: Duration::from_secs(1),
+            ..IndexerConfig::default()
+        };
         let config = PipelineConfig {
-            indexer: IndexerConfig {
-                concurrency: 3,
-                max_batch_docs: 40,
-                linger: Duration::from_millis(5),
-                max_in_flight_bytes: 1 << 20,
-                dead_letter_index: dead_letters.to_string(),
-                retry_min_delay: Duration::from_millis(50),
-                retry_max_delay: Duration::from_secs(1),
-                ..IndexerConfig::default()
-            },
             transform_buffer: 16,
             drain_timeout: Duration::from_secs(30),
             // The tests leave transactions open at shutdown on purpose.
             finish_transaction_timeout: Duration::from_millis(300),
         };
-        let pipeline = Pipeline::new(client_for(es_url), config);
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let indexer = Indexer::start(client_for(es_url), indexer_config, ack_tx);
+        let pipeline = Pipeline::new(indexer, acks, config);
         let task = tokio::spawn(pipeline.run(
             Lsn(1),
             events_rx,

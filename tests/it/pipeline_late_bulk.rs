@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use sluice::Lsn;
 use sluice::model::ChangeKind;
-use sluice::sink::{EsConfig, IndexerConfig, build_client};
+use sluice::sink::{EsConfig, Indexer, IndexerConfig, build_client};
 use sluice::stream::pipeline::{Pipeline, PipelineConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -35,23 +35,25 @@ async fn a_timed_out_bulk_landing_after_its_retry_and_the_next_batch_leaves_the_
     .unwrap();
     // One op per batch and one worker: the insert and the update of the row
     // go out as two requests, one after the other.
+    let indexer_config = IndexerConfig {
+        concurrency: 1,
+        max_batch_docs: 1,
+        linger: Duration::from_millis(1),
+        dead_letter_index: dead.clone(),
+        retry_min_delay: Duration::from_millis(50),
+        retry_max_delay: Duration::from_millis(200),
+        ..IndexerConfig::default()
+    };
     let config = PipelineConfig {
-        indexer: IndexerConfig {
-            concurrency: 1,
-            max_batch_docs: 1,
-            linger: Duration::from_millis(1),
-            dead_letter_index: dead.clone(),
-            retry_min_delay: Duration::from_millis(50),
-            retry_max_delay: Duration::from_millis(200),
-            ..IndexerConfig::default()
-        },
         transform_buffer: 16,
         ..PipelineConfig::default()
     };
     let (events, events_rx) = mpsc::channel(16);
     let (confirmed_tx, mut confirmed) = watch::channel(Lsn(1));
     let (stop, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(Pipeline::new(client, config).run(
+    let (ack_tx, acks) = mpsc::unbounded_channel();
+    let indexer = Indexer::start(client, indexer_config, ack_tx);
+    let task = tokio::spawn(Pipeline::new(indexer, acks, config).run(
         Lsn(1),
         events_rx,
         transformer([("items".to_string(), index.clone())].into()),

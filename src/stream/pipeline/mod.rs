@@ -4,10 +4,14 @@
 //! change Elasticsearch has not acknowledged.
 //!
 //! ```text
-//! SourceEvent ─(bounded mpsc)─▶ transform task ─(bounded)─▶ coordinator ─submit─▶ Indexer
+//! SourceEvent ─(bounded mpsc)─▶ transform task ─(bounded)─▶ coordinator ─submit─▶ Sink
 //!                                                             ▲    │                 │
 //!                                     watch<Lsn> ◀─ Checkpoint ◀───┴──── acks ◀──────┘
 //! ```
+//!
+//! The sink is anything that implements [`crate::sink::Sink`]: `app` hands
+//! in the bulk indexer; the tests here a sink in memory that acknowledges
+//! when and in what order they choose.
 //!
 //! The coordinator registers every op with the checkpoint before handing it
 //! to the indexer (whose byte budget bounds what is in flight), so an ack can
@@ -28,20 +32,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use elasticsearch::Elasticsearch;
 use tokio::sync::{mpsc, watch};
 
 use crate::model::BulkOp;
 use crate::model::lsn::Lsn;
 use crate::model::{Change, ChangeKind, SourceEvent};
-use crate::sink::indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
+use crate::sink::{Ack, IndexerClosed, Sink};
 use crate::stream::checkpoint::{Checkpoint, CheckpointError, TxTicket};
 use crate::transform::versions::TxVersions;
 
 /// How the pipeline runs.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
-    pub indexer: IndexerConfig,
     /// Changes buffered between the transform step and the indexer.
     pub transform_buffer: usize,
     /// After a shutdown signal (or the end of the source), how long to wait
@@ -58,7 +60,6 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            indexer: IndexerConfig::default(),
             transform_buffer: 1024,
             drain_timeout: Duration::from_secs(30),
             finish_transaction_timeout: Duration::from_secs(10),
@@ -115,7 +116,7 @@ pub struct PipelineSummary {
     /// The final confirmed flush LSN (also the last value published).
     pub confirmed: Lsn,
     pub stopped_by: StopReason,
-    /// Ops handed to the indexer.
+    /// Ops handed to the sink.
     pub ops_submitted: u64,
     /// False if the drain timeout cut off in-flight bulks.
     pub drained: bool,
@@ -157,17 +158,23 @@ fn op_label(kind: &ChangeKind) -> &'static str {
 }
 
 /// The running pipeline's parts.
-pub struct Pipeline {
-    client: Elasticsearch,
+pub struct Pipeline<S> {
+    sink: S,
+    acks: mpsc::UnboundedReceiver<Vec<Ack>>,
     config: PipelineConfig,
 }
 
 /// Per-transaction counts of changes, reported as applied at confirmation.
 type TxStats = HashMap<u64, Counts>;
 
-impl Pipeline {
-    pub fn new(client: Elasticsearch, config: PipelineConfig) -> Pipeline {
-        Pipeline { client, config }
+impl<S: Sink> Pipeline<S> {
+    /// A pipeline writing to `sink`, which acknowledges on `acks`.
+    pub fn new(
+        sink: S,
+        acks: mpsc::UnboundedReceiver<Vec<Ack>>,
+        config: PipelineConfig,
+    ) -> Pipeline<S> {
+        Pipeline { sink, acks, config }
     }
 
     /// Run until `shutdown` completes, the source closes `events`, or an
@@ -176,24 +183,27 @@ impl Pipeline {
     /// standby status updates). In-flight bulks are finished (within
     /// `drain_timeout`) and the final confirmed LSN published before return,
     /// on errors too.
-    pub async fn run<T, E, S>(
+    pub async fn run<T, E, F>(
         self,
         start: Lsn,
         events: mpsc::Receiver<SourceEvent>,
         transform: T,
         confirmed: watch::Sender<Lsn>,
-        shutdown: S,
+        shutdown: F,
     ) -> Result<PipelineSummary, PipelineError>
     where
         T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), E> + Send + 'static,
         E: Display + Send + 'static,
-        S: Future<Output = ()> + Send,
+        F: Future<Output = ()> + Send,
     {
         let (work_tx, mut work_rx) =
             mpsc::channel((self.config.transform_buffer / TRANSFORM_BATCH).max(1));
         let transformer = tokio::spawn(transform_loop(events, transform, work_tx));
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-        let indexer = Indexer::start(self.client, self.config.indexer.clone(), ack_tx);
+        let Pipeline {
+            sink,
+            acks: mut ack_rx,
+            config,
+        } = self;
 
         let mut co = Coordinator {
             cp: Checkpoint::new(start),
@@ -210,7 +220,7 @@ impl Pipeline {
         // Set when a shutdown signal found a transaction open: the loop goes
         // on until that transaction's Commit (or this deadline).
         let mut finishing: Option<tokio::time::Instant> = None;
-        let finish_by = self.config.finish_transaction_timeout;
+        let finish_by = config.finish_transaction_timeout;
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
 
         let outcome: Result<StopReason, PipelineError> = 'run: loop {
@@ -245,7 +255,7 @@ impl Pipeline {
                                 Ok(tx) => tx,
                                 Err(e) => break 'run Err(e),
                             };
-                            let submit = indexer.submit_all(ops, tx.0);
+                            let submit = sink.submit_all(ops, tx.0);
                             tokio::pin!(submit);
                             // Keep confirming while the budget makes us wait.
                             loop {
@@ -281,7 +291,7 @@ impl Pipeline {
             Ok(reason) => tracing::info!(?reason, "pipeline stopping; finishing in-flight bulks"),
             Err(e) => tracing::error!(error = %e, "pipeline failed; finishing in-flight bulks"),
         }
-        let finish = indexer.finish(self.config.drain_timeout);
+        let finish = sink.finish(config.drain_timeout);
         tokio::pin!(finish);
         let drained = loop {
             tokio::select! {
@@ -547,3 +557,6 @@ async fn transform_loop<T, E>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
