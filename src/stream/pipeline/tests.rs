@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::model::{Column, Datum, OpAction, OpOrigin, Relation, ReplicaIdentity};
+use crate::model::{ChangeKind, Column, Datum, OpAction, OpOrigin, Relation, ReplicaIdentity};
 use crate::transform::TransformError;
 
 /// Long enough for anything the pipeline does in memory.
