@@ -18,6 +18,7 @@ use sluice::model::{BulkOp, OpAction, OpOrigin};
 use sluice::model::{Change, ChangeKind, Column, Datum, Relation, ReplicaIdentity, SourceEvent};
 use sluice::sink::{EsConfig, Indexer, IndexerConfig, build_client};
 use sluice::stream::pipeline::{Pipeline, PipelineConfig};
+use sluice::stream::transform_step::StepError;
 use tokio::sync::{mpsc, watch};
 
 fn cpu_time() -> Duration {
@@ -93,7 +94,7 @@ fn main() {
                 .collect(),
         });
         let idx: Arc<str> = Arc::from(index.as_str());
-        let transform = move |c: &Change, out: &mut Vec<BulkOp>| -> Result<(), String> {
+        let transform = move |c: &Change, out: &mut Vec<BulkOp>| -> Result<(), StepError> {
             let ChangeKind::Insert { new } = &c.kind else {
                 return Ok(());
             };
@@ -106,7 +107,7 @@ fn main() {
             let id = m["id"].to_string();
             out.push(BulkOp {
                 action: OpAction::Index {
-                    doc: serde_json::to_vec(&Value::Object(m)).map_err(|e| e.to_string())?,
+                    doc: serde_json::to_vec(&Value::Object(m)).expect("a JSON object serializes"),
                 },
                 index: idx.clone(),
                 id: id.clone(),

@@ -45,7 +45,7 @@ use crate::model::Change;
 use crate::model::lsn::Lsn;
 use crate::snapshot::reindex::{self, ReindexState, ReindexStatus};
 use crate::snapshot::{SnapshotError, StateStore};
-use crate::stream::pipeline::StepError;
+use crate::stream::transform_step::StepError;
 
 /// A transform step as the pipeline runs it.
 pub type TransformFn = Box<dyn FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send>;

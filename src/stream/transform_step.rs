@@ -27,8 +27,26 @@ use crate::model::{BulkOp, RejectedRow};
 use crate::model::{Change, ChangeKind, Datum, OldRow, Row};
 use crate::sink::dead_letter;
 use crate::source::{self, SourceError};
-use crate::stream::pipeline::StepError;
 use crate::transform::{FailureScope, TransformError, Transformer};
+
+/// Why the transform step could not take a change. Row failures are not
+/// here: the step stores those as dead letters and goes on (issue 14,
+/// case 4). What is here stops the pipeline; nothing is confirmed past the
+/// change, so a restart (after the cause is fixed) replays it.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The mapping cannot work with the table as it is (see
+    /// [`crate::transform::FailureScope::Mapping`]): fix the mapping.
+    #[error(transparent)]
+    Mapping(Box<crate::transform::TransformError>),
+    /// Re-reading a row failed for a reason that is not the row's (lost
+    /// connection past the patience, a missing privilege).
+    #[error("re-reading a row of {table}: {source}")]
+    Refetch {
+        table: String,
+        source: Box<crate::source::SourceError>,
+    },
+}
 
 /// How long re-reading a row waits for PostgreSQL to come back.
 const REFETCH_PATIENCE: Duration = Duration::from_secs(120);

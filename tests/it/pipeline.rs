@@ -17,6 +17,8 @@ use sluice::model::{
 use sluice::sink::indices::{IndexSpec, ensure_index};
 use sluice::sink::{Indexer, IndexerConfig, dead_letter};
 use sluice::stream::pipeline::{Pipeline, PipelineConfig, PipelineSummary, StopReason};
+use sluice::stream::transform_step::StepError;
+use sluice::transform::TransformError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -52,10 +54,12 @@ pub(crate) fn row(id: i64, n: Value) -> Vec<Datum> {
 }
 
 /// A minimal stand-in for the real transformer: table `public.<t>` goes to
-/// the index `indices[t]`; other tables are filtered out (no ops).
+/// the index `indices[t]`; other tables are filtered out (no ops). It fails
+/// as the real one does on a truncate (`on_truncate = "fail"`) and on a row
+/// without a key.
 pub(crate) fn transformer(
     indices: HashMap<String, String>,
-) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static {
+) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send + 'static {
     move |c: &Change, out: &mut Vec<BulkOp>| {
         let Some(index) = indices.get(&c.relation.name) else {
             return Ok(());
@@ -77,10 +81,18 @@ pub(crate) fn transformer(
                 new,
             ),
             ChangeKind::Delete { old } => (OpAction::Delete, old.row()),
-            ChangeKind::Truncate => return Err("truncate is not supported here".into()),
+            ChangeKind::Truncate => {
+                return Err(StepError::Mapping(Box::new(TransformError::Truncated {
+                    table: c.relation.qualified_name().into(),
+                    mapping: c.relation.name.as_str().into(),
+                })));
+            }
         };
         let Datum::Value(id) = &key_row[0] else {
-            return Err("no key".into());
+            return Err(StepError::Mapping(Box::new(TransformError::NoId {
+                table: c.relation.qualified_name().into(),
+                mapping: c.relation.name.as_str().into(),
+            })));
         };
         out.push(BulkOp {
             action,
@@ -560,8 +572,13 @@ async fn a_change_the_transformer_rejects_stops_the_pipeline_before_its_transact
         .unwrap()
         .expect_err("the transform error stops the pipeline");
     assert!(
-        matches!(&err, sluice::stream::pipeline::PipelineError::Transform { table, lsn, .. }
-            if table == "public.items" && *lsn == Lsn(200)),
+        matches!(&err, sluice::stream::pipeline::PipelineError::Transform {
+            table,
+            lsn,
+            source: StepError::Mapping(e),
+        } if table == "public.items"
+            && *lsn == Lsn(200)
+            && matches!(**e, TransformError::Truncated { .. })),
         "{err}"
     );
     assert_eq!(

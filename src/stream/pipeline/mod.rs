@@ -35,7 +35,6 @@ mod apply;
 mod coordinator;
 mod transform_task;
 
-use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
@@ -46,6 +45,7 @@ use crate::model::lsn::Lsn;
 use crate::model::{Change, SourceEvent};
 use crate::sink::{Ack, IndexerClosed, Sink};
 use crate::stream::checkpoint::CheckpointError;
+use crate::stream::transform_step::StepError;
 use apply::Apply;
 use coordinator::Coordinator;
 use transform_task::{TRANSFORM_BATCH, transform_loop};
@@ -78,11 +78,13 @@ impl Default for PipelineConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("cannot transform a change of {table} at {lsn}: {message}")]
+    /// The transform step refused a change; what it said is `source`, to
+    /// match on (a mapping to fix, or a re-read that failed).
+    #[error("cannot transform a change of {table} at {lsn}: {source}")]
     Transform {
         table: String,
         lsn: Lsn,
-        message: String,
+        source: StepError,
     },
     #[error("the source stream is inconsistent: {0}")]
     Stream(#[from] CheckpointError),
@@ -90,25 +92,6 @@ pub enum PipelineError {
     ChangeOutsideTransaction(Lsn),
     #[error(transparent)]
     Indexer(#[from] IndexerClosed),
-}
-
-/// Why the transform step could not take a change. Row failures are not
-/// here: the step stores those as dead letters and goes on (issue 14,
-/// case 4). What is here stops the pipeline; nothing is confirmed past the
-/// change, so a restart (after the cause is fixed) replays it.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    /// The mapping cannot work with the table as it is (see
-    /// [`crate::transform::FailureScope::Mapping`]): fix the mapping.
-    #[error(transparent)]
-    Mapping(Box<crate::transform::TransformError>),
-    /// Re-reading a row failed for a reason that is not the row's (lost
-    /// connection past the patience, a missing privilege).
-    #[error("re-reading a row of {table}: {source}")]
-    Refetch {
-        table: String,
-        source: Box<crate::source::SourceError>,
-    },
 }
 
 /// Why `run` returned without an error.
@@ -154,7 +137,7 @@ impl<S: Sink> Pipeline<S> {
     /// standby status updates). In-flight bulks are finished (within
     /// `drain_timeout`) and the final confirmed LSN published before return,
     /// on errors too.
-    pub async fn run<T, E, F>(
+    pub async fn run<T, F>(
         self,
         start: Lsn,
         events: mpsc::Receiver<SourceEvent>,
@@ -163,8 +146,7 @@ impl<S: Sink> Pipeline<S> {
         shutdown: F,
     ) -> Result<PipelineSummary, PipelineError>
     where
-        T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), E> + Send + 'static,
-        E: Display + Send + 'static,
+        T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send + 'static,
         F: Future<Output = ()> + Send,
     {
         let Pipeline { sink, acks, config } = self;

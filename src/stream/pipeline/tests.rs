@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::model::{ChangeKind, Column, Datum, OpAction, OpOrigin, Relation, ReplicaIdentity};
+use crate::stream::transform_step::StepError;
 use crate::transform::TransformError;
 
 /// Long enough for anything the pipeline does in memory.
@@ -568,9 +569,15 @@ async fn a_change_the_transform_step_refuses_stops_the_pipeline_with_nothing_of_
     let err = ended
         .result
         .expect_err("the refused change stops the pipeline");
+    // Typed all the way: the caller sees which mapping and column.
     assert!(
-        matches!(&err, PipelineError::Transform { table, lsn, .. }
-            if table == "public.items" && *lsn == Lsn(200)),
+        matches!(&err, PipelineError::Transform {
+            table,
+            lsn,
+            source: StepError::Mapping(e),
+        } if table == "public.items"
+            && *lsn == Lsn(200)
+            && matches!(&**e, TransformError::MissingColumn { column, .. } if column == "gone")),
         "{err}"
     );
     assert_eq!(

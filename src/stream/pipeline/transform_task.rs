@@ -6,7 +6,6 @@
 //! change the step refuses ends the task: nothing of it goes out.
 
 use std::collections::HashMap;
-use std::fmt::Display;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -15,6 +14,7 @@ use super::PipelineError;
 use crate::model::BulkOp;
 use crate::model::lsn::Lsn;
 use crate::model::{Change, ChangeKind, SourceEvent};
+use crate::stream::transform_step::StepError;
 use crate::transform::versions::TxVersions;
 
 /// Source events the transform task takes per wake-up (and so, roughly, per
@@ -105,13 +105,12 @@ impl PendingOps {
 /// Turn source events into work for the coordinator, in stream order. Takes
 /// whatever events are waiting (up to `TRANSFORM_BATCH`) and hands them over
 /// as one message.
-pub(super) async fn transform_loop<T, E>(
+pub(super) async fn transform_loop<T>(
     mut events: mpsc::Receiver<SourceEvent>,
     mut transform: T,
     work: mpsc::Sender<Vec<Work>>,
 ) where
-    T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), E>,
-    E: Display,
+    T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError>,
 {
     let mut tables: HashMap<u32, Arc<str>> = HashMap::new();
     let mut evs = Vec::with_capacity(TRANSFORM_BATCH);
@@ -160,7 +159,7 @@ pub(super) async fn transform_loop<T, E>(
                             Work::Failed(PipelineError::Transform {
                                 table: change.relation.qualified_name(),
                                 lsn: change.version,
-                                message: e.to_string(),
+                                source: e,
                             })
                         }
                     }
