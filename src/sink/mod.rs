@@ -4,7 +4,6 @@
 //! index creation. Keeps DESIGN invariants 2, 3 and 5: versioned writes,
 //! long-enough delete tombstones, nothing dropped silently.
 
-mod batch;
 pub mod bulk;
 pub mod classify;
 pub mod client;

@@ -68,7 +68,7 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
         "sum by (result) (rate(sluice_bulk_items_total",
     );
     edit(
-        &root.join("src/sink/indexer.rs"),
+        &root.join("src/sink/indexer/worker.rs"),
         r#"counter!("sluice_retries_total")"#,
         r#"counter!("sluice_retry_total")"#,
     );
