@@ -20,10 +20,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 
 use crate::config::Mappings;
-use crate::model::{BulkOp, RejectedRow};
+use crate::model::{BulkOp, RejectedRow, RetryPolicy};
 use crate::model::{Change, ChangeKind, Datum, OldRow, Row};
 use crate::sink::dead_letter;
 use crate::source::{self, SourceError};
@@ -305,13 +305,7 @@ impl Refetcher {
                     let rows = rows?;
                     Ok((client, rows))
                 })
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_jitter()
-                        .with_min_delay(Duration::from_millis(200))
-                        .with_max_delay(Duration::from_secs(30))
-                        .without_max_times(),
-                )
+                .retry(RetryPolicy::REFETCH.builder())
                 .when(|e: &SourceError| {
                     source::is_retryable(e) && tokio::time::Instant::now() < give_up
                 })

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 use sluice::Lsn;
-use sluice::model::{BulkOp, OpAction, OpOrigin};
+use sluice::model::{BulkOp, OpAction, OpOrigin, RetryPolicy};
 use sluice::model::{
     Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, SourceEvent,
 };
@@ -198,8 +198,7 @@ impl Running {
             linger: Duration::from_millis(5),
             max_in_flight_bytes: 1 << 20,
             dead_letter_index: dead_letters.to_string(),
-            retry_min_delay: Duration::from_millis(50),
-            retry_max_delay: Duration::from_secs(1),
+            retry: RetryPolicy::BULK.between(Duration::from_millis(50), Duration::from_secs(1)),
             ..IndexerConfig::default()
         };
         let config = PipelineConfig {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice::Lsn;
-use sluice::model::ChangeKind;
+use sluice::model::{ChangeKind, RetryPolicy};
 use sluice::sink::{EsConfig, Indexer, IndexerConfig, build_client};
 use sluice::stream::pipeline::{Pipeline, PipelineConfig};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -40,8 +40,7 @@ async fn a_timed_out_bulk_landing_after_its_retry_and_the_next_batch_leaves_the_
         max_batch_docs: 1,
         linger: Duration::from_millis(1),
         dead_letter_index: dead.clone(),
-        retry_min_delay: Duration::from_millis(50),
-        retry_max_delay: Duration::from_millis(200),
+        retry: RetryPolicy::BULK.between(Duration::from_millis(50), Duration::from_millis(200)),
         ..IndexerConfig::default()
     };
     let config = PipelineConfig {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::Lsn;
-use sluice::model::{BulkOp, OpAction, OpOrigin};
+use sluice::model::{BulkOp, OpAction, OpOrigin, RetryPolicy};
 use sluice::sink::indices::{EnsureOutcome, IndexError, IndexSpec, ensure_index};
 use sluice::sink::{Ack, EsConfig, Indexer, IndexerConfig, build_client, dead_letter};
 use tokio::sync::mpsc;
@@ -55,8 +55,7 @@ pub fn test_config(dead_letter_index: &str) -> IndexerConfig {
         max_batch_docs: 50,
         linger: Duration::from_millis(5),
         dead_letter_index: dead_letter_index.to_string(),
-        retry_min_delay: Duration::from_millis(50),
-        retry_max_delay: Duration::from_millis(500),
+        retry: RetryPolicy::BULK.between(Duration::from_millis(50), Duration::from_millis(500)),
         ..IndexerConfig::default()
     }
 }

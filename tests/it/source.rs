@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::Lsn;
-use sluice::model::{Change, ChangeKind, Datum, OldRow, SourceEvent};
+use sluice::model::{Change, ChangeKind, Datum, OldRow, RetryPolicy, SourceEvent};
 use sluice::source::{
     PgConnectConfig, PublishedTable, ReaderConfig, ReplicationConnection, SnapshotAction,
     SourceError, SslMode, connect_sql, ensure_publication, ensure_slot, run_reader,
@@ -492,8 +492,8 @@ async fn a_killed_connection_reconnects_with_backoff_and_resumes_after_the_confi
     let slot = unique_name("slot");
     ensure_slot(&repl, &slot, None).await.unwrap();
     let mut cfg = ReaderConfig::new(repl_config(&db), slot.clone(), vec!["sluice_pub".into()]);
-    cfg.min_backoff = Duration::from_millis(50);
-    cfg.max_backoff = Duration::from_millis(500);
+    cfg.reconnect =
+        RetryPolicy::RECONNECT.between(Duration::from_millis(50), Duration::from_millis(500));
     cfg.status_interval = Duration::from_millis(100);
     let mut reader = Reader::start(cfg, 1024);
     let walsender = || async {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice::Lsn;
-use sluice::model::{ChangeKind, Datum, SourceEvent};
+use sluice::model::{ChangeKind, Datum, RetryPolicy, SourceEvent};
 use sluice::source::{
     PgConnectConfig, PublishedTable, ReaderConfig, SslMode, connect_sql, ensure_publication,
     ensure_slot,
@@ -185,8 +185,8 @@ async fn a_postgres_restart_mid_stream_loses_no_change() {
         .unwrap();
     ensure_slot(&sql, "s", None).await.unwrap();
     let mut rcfg = ReaderConfig::new(cfg.clone(), "s", vec!["p".into()]);
-    rcfg.min_backoff = Duration::from_millis(100);
-    rcfg.max_backoff = Duration::from_secs(1);
+    rcfg.reconnect =
+        RetryPolicy::RECONNECT.between(Duration::from_millis(100), Duration::from_secs(1));
     rcfg.status_interval = Duration::from_millis(300);
     let mut reader = Reader::start(rcfg, 64);
 

@@ -34,7 +34,7 @@ use super::bulk;
 use super::hold::Holds;
 use super::seam::Sink;
 pub use super::seam::{Ack, IndexerClosed};
-use crate::model::BulkOp;
+use crate::model::{BulkOp, RetryPolicy};
 use batch::Inbox;
 use worker::Worker;
 
@@ -53,8 +53,8 @@ pub struct IndexerConfig {
     pub max_in_flight_bytes: usize,
     /// Where rejected documents go.
     pub dead_letter_index: String,
-    pub retry_min_delay: Duration,
-    pub retry_max_delay: Duration,
+    /// How failed requests and items are retried (for as long as it takes).
+    pub retry: RetryPolicy,
     /// Where workers report writes they hold back because of the cluster's
     /// configuration (read by `/ready`).
     pub holds: Holds,
@@ -69,8 +69,7 @@ impl Default for IndexerConfig {
             linger: Duration::from_millis(20),
             max_in_flight_bytes: 128 << 20,
             dead_letter_index: "sluice-dead-letters".into(),
-            retry_min_delay: Duration::from_millis(100),
-            retry_max_delay: Duration::from_secs(10),
+            retry: RetryPolicy::BULK,
             holds: Holds::new(),
         }
     }

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 use elasticsearch::Elasticsearch;
 use elasticsearch::http::Method;
@@ -72,20 +71,15 @@ impl Worker {
         tracing::debug!(worker = self.id, "bulk worker done");
     }
 
-    pub(super) fn backoff(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(self.config.retry_min_delay)
-            .with_max_delay(self.config.retry_max_delay)
-            .without_max_times()
-            .build()
+    pub(super) fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        self.config.retry.backoff()
     }
 
     /// Wait out the next delay of `backoff` before attempt `attempt` (none
     /// before the first).
     pub(super) async fn pause(&self, backoff: &mut impl Iterator<Item = Duration>, attempt: u32) {
         if attempt > 1 {
-            let delay = backoff.next().unwrap_or(self.config.retry_max_delay);
+            let delay = backoff.next().unwrap_or(self.config.retry.max_delay);
             metrics::counter!("sluice_retries_total").increment(1);
             tokio::time::sleep(delay).await;
         }
