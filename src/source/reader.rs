@@ -26,6 +26,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use crate::model::RetryPolicy;
 use crate::model::change::{Change, Relation, SourceEvent};
 use crate::model::lsn::Lsn;
+use crate::ops::metrics::names;
 use crate::source::decoder::Decoder;
 use crate::source::error::{SourceError, is_retryable};
 use crate::source::pg_config::PgConnectConfig;
@@ -118,7 +119,7 @@ pub async fn run_reader(
                     return Err(e);
                 };
                 tracing::warn!(error = %e, retry_in = ?delay, attempt = failures, "replication connection failed; reconnecting");
-                metrics::counter!("sluice_retries_total").increment(1);
+                metrics::counter!(names::RETRIES_TOTAL).increment(1);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -321,7 +322,7 @@ impl ReceivedCounters {
         }
         entry.1[slot]
             .get_or_insert_with(|| {
-                metrics::counter!("sluice_changes_received_total",
+                metrics::counter!(names::CHANGES_RECEIVED_TOTAL,
                     "table" => c.relation.qualified_name(), "op" => op)
             })
             .increment(1);

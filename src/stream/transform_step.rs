@@ -25,6 +25,7 @@ use backon::Retryable;
 use crate::config::Mappings;
 use crate::model::{BulkOp, RejectedRow, RetryPolicy};
 use crate::model::{Change, ChangeKind, Datum, OldRow, Row};
+use crate::ops::metrics::names;
 use crate::sink::dead_letter;
 use crate::source::{self, SourceError};
 use crate::transform::{FailureScope, TransformError, Transformer};
@@ -131,7 +132,7 @@ pub fn transform_step(
             );
             // Counted when handed over (a replay after a crash counts it
             // again; the record itself is stored once).
-            metrics::counter!("sluice_dead_letters_total", "table" => r.table.to_string())
+            metrics::counter!(names::DEAD_LETTERS_TOTAL, "table" => r.table.to_string())
                 .increment(1);
             out.push(dead_letter::rejected_row_op(&r, &dead_letter_index));
         }
@@ -311,7 +312,7 @@ impl Refetcher {
                 })
                 .notify(|e, delay| {
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot re-read a row with an unchanged TOAST value; retrying");
-                    metrics::counter!("sluice_retries_total").increment(1);
+                    metrics::counter!(names::RETRIES_TOTAL).increment(1);
                 })
                 .await
             })

@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::Item;
 use super::items::hold_reason;
 use super::worker::{Worker, log_request_failure};
+use crate::ops::metrics::names;
 use crate::sink::bulk::{self, ItemResult};
 use crate::sink::classify::{ActionKind, ItemOutcome, classify_item};
 use crate::sink::dead_letter;
@@ -147,9 +148,9 @@ impl Worker {
             let item = &dead[rec.item].0;
             match classify_item(ActionKind::Index, res.status, err_type, err_reason) {
                 ItemOutcome::Done | ItemOutcome::Conflict => {
-                    metrics::counter!("sluice_dead_letters_total", "table" => item.op.origin.table.to_string())
+                    metrics::counter!(names::DEAD_LETTERS_TOTAL, "table" => item.op.origin.table.to_string())
                         .increment(1);
-                    metrics::counter!("sluice_bulk_items_total", "outcome" => "dead_lettered")
+                    metrics::counter!(names::BULK_ITEMS_TOTAL, "outcome" => "dead_lettered")
                         .increment(1);
                 }
                 ItemOutcome::Retry => still.push(rec),
@@ -171,7 +172,7 @@ impl Worker {
                     // Even as text: the dead-letter index itself is
                     // misconfigured. A log line is no place to keep a
                     // change, so it is held until that is fixed.
-                    metrics::counter!("sluice_dead_letter_write_failures_total").increment(1);
+                    metrics::counter!(names::DEAD_LETTER_WRITE_FAILURES_TOTAL).increment(1);
                     self.hold_dead_letter(&res, attempt);
                     still.push(rec);
                 }

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use super::Item;
 use super::worker::{Worker, truncate};
 use crate::model::BulkOp;
+use crate::ops::metrics::names;
 use crate::sink::bulk::{self, ItemResult};
 use crate::sink::classify::{ItemOutcome, classify_item};
 
@@ -55,8 +56,8 @@ impl Worker {
                 }
             }
         }
-        metrics::counter!("sluice_bulk_items_total", "outcome" => "ok").increment(ok);
-        metrics::counter!("sluice_bulk_items_total", "outcome" => "conflict").increment(conflict);
+        metrics::counter!(names::BULK_ITEMS_TOTAL, "outcome" => "ok").increment(ok);
+        metrics::counter!(names::BULK_ITEMS_TOTAL, "outcome" => "conflict").increment(conflict);
         self.ack(&done);
         drop(done);
         if !dead.is_empty() {
@@ -73,9 +74,9 @@ impl Worker {
             .iter()
             .filter(|f| matches!(f, ItemOutcome::Conflict))
             .count() as u64;
-        metrics::counter!("sluice_bulk_items_total", "outcome" => "ok")
+        metrics::counter!(names::BULK_ITEMS_TOTAL, "outcome" => "ok")
             .increment(items.len() as u64 - conflict);
-        metrics::counter!("sluice_bulk_items_total", "outcome" => "conflict").increment(conflict);
+        metrics::counter!(names::BULK_ITEMS_TOTAL, "outcome" => "conflict").increment(conflict);
         self.ack(items);
     }
 
@@ -95,7 +96,7 @@ impl Worker {
             None => self.config.holds.clear(self.id),
         }
         if let Some((_, first)) = retry.first() {
-            metrics::counter!("sluice_bulk_items_total", "outcome" => "retried")
+            metrics::counter!(names::BULK_ITEMS_TOTAL, "outcome" => "retried")
                 .increment(retry.len() as u64);
             tracing::warn!(
                 worker = self.id,

@@ -16,6 +16,7 @@ use tokio::sync::{OnceCell, Semaphore, mpsc};
 
 use super::batch::{BatchLimits, Inbox, collect_batch};
 use super::{Ack, IndexerConfig, Item};
+use crate::ops::metrics::names;
 use crate::sink::bulk::{self, ItemResult};
 use crate::sink::classify::{RequestOutcome, classify_request, request_error_type};
 
@@ -80,7 +81,7 @@ impl Worker {
     pub(super) async fn pause(&self, backoff: &mut impl Iterator<Item = Duration>, attempt: u32) {
         if attempt > 1 {
             let delay = backoff.next().unwrap_or(self.config.retry.max_delay);
-            metrics::counter!("sluice_retries_total").increment(1);
+            metrics::counter!(names::RETRIES_TOTAL).increment(1);
             tokio::time::sleep(delay).await;
         }
     }
@@ -118,7 +119,7 @@ impl Worker {
             RequestOutcome::RetryAll => {
                 self.note_request_refusal(&sent);
                 log_request_failure(self.id, &sent, items.len(), attempt);
-                metrics::counter!("sluice_bulk_items_total", "outcome" => "retried")
+                metrics::counter!(names::BULK_ITEMS_TOTAL, "outcome" => "retried")
                     .increment(items.len() as u64);
                 Some(items)
             }
@@ -136,7 +137,7 @@ impl Worker {
                 // One document alone: nothing left to split; the pressure
                 // may ease, so retry it as it is.
                 log_request_failure(self.id, &sent, 1, attempt);
-                metrics::counter!("sluice_bulk_items_total", "outcome" => "retried").increment(1);
+                metrics::counter!(names::BULK_ITEMS_TOTAL, "outcome" => "retried").increment(1);
                 Some(items)
             }
             RequestOutcome::Split => {
@@ -270,15 +271,15 @@ impl Worker {
             Ok((status, bytes))
         }
         .await;
-        metrics::histogram!("sluice_bulk_request_duration_seconds")
+        metrics::histogram!(names::BULK_REQUEST_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok((s, _)) if (200..300).contains(s) => "ok",
             _ => "error",
         };
-        metrics::counter!("sluice_bulk_requests_total", "outcome" => outcome).increment(1);
+        metrics::counter!(names::BULK_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
         if outcome == "ok" {
-            metrics::counter!("sluice_bulk_bytes_sent_total").increment(len);
+            metrics::counter!(names::BULK_BYTES_SENT_TOTAL).increment(len);
         }
         result
     }

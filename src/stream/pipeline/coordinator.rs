@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use super::PipelineError;
 use super::transform_task::{Counts, add_count};
 use crate::model::lsn::Lsn;
+use crate::ops::metrics::names;
 use crate::sink::Ack;
 use crate::stream::checkpoint::{Checkpoint, CheckpointError, TxTicket};
 
@@ -118,7 +119,7 @@ impl Coordinator {
         let completed = self.cp.take_completed();
         for tx in &completed {
             for (table, op, n) in self.stats.remove(&tx.0).unwrap_or_default() {
-                metrics::counter!("sluice_changes_applied_total", "table" => table.to_string(), "op" => op)
+                metrics::counter!(names::CHANGES_APPLIED_TOTAL, "table" => table.to_string(), "op" => op)
                     .increment(n);
             }
         }
@@ -145,7 +146,7 @@ impl Coordinator {
             crate::ops::metrics::record_caught_up();
         }
         let lsn = self.cp.confirmed();
-        metrics::gauge!("sluice_confirmed_flush_lsn").set(lsn.0 as f64);
+        metrics::gauge!(names::CONFIRMED_FLUSH_LSN).set(lsn.0 as f64);
         self.confirmed.send_if_modified(|cur| {
             if lsn > *cur {
                 *cur = lsn;
