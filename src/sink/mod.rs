@@ -3,6 +3,19 @@
 //! Owns batching, bulk requests, per-item results, retries, dead letters and
 //! index creation. Keeps DESIGN invariants 2, 3 and 5: versioned writes,
 //! long-enough delete tombstones, nothing dropped silently.
+//!
+//! Rules this layer keeps:
+//!
+//! - It never sees `source` types (nor the stream's): what comes in is a
+//!   `model::BulkOp` and a plain tag, what goes back an [`Ack`]. So the
+//!   source and the sink can change without each other. (A test in
+//!   `stream`, which sits on this seam, reads the imports to hold it.)
+//! - Elasticsearch calls live here (the client, bulk writes, index admin);
+//!   the stream reaches them only through the [`Sink`] seam.
+//! - An op is acknowledged only once it is settled — written, refused as
+//!   stale, or stored as a dead letter — which is what lets the pipeline
+//!   confirm it (invariant 1); retryable failures are retried with
+//!   [`crate::model::RetryPolicy::BULK`] for as long as it takes.
 
 pub mod bulk;
 pub mod classify;

@@ -14,7 +14,7 @@
 //! when and in what order they choose.
 //!
 //! The coordinator registers every op with the checkpoint before handing it
-//! to the indexer (whose byte budget bounds what is in flight), so an ack can
+//! to the sink (whose budget bounds what is in flight), so an ack can
 //! never precede its registration. A transaction of any size streams through
 //! piecewise: nothing waits for its Commit except the confirmation.
 //!
