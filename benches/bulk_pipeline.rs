@@ -16,8 +16,9 @@ use serde_json::{Map, Value, json};
 use sluice::Lsn;
 use sluice::model::{BulkOp, OpAction, OpOrigin};
 use sluice::model::{Change, ChangeKind, Column, Datum, Relation, ReplicaIdentity, SourceEvent};
-use sluice::sink::{EsConfig, IndexerConfig, build_client};
+use sluice::sink::{EsConfig, Indexer, IndexerConfig, build_client};
 use sluice::stream::pipeline::{Pipeline, PipelineConfig};
+use sluice::stream::transform_step::StepError;
 use tokio::sync::{mpsc, watch};
 
 fn cpu_time() -> Duration {
@@ -93,7 +94,7 @@ fn main() {
                 .collect(),
         });
         let idx: Arc<str> = Arc::from(index.as_str());
-        let transform = move |c: &Change, out: &mut Vec<BulkOp>| -> Result<(), String> {
+        let transform = move |c: &Change, out: &mut Vec<BulkOp>| -> Result<(), StepError> {
             let ChangeKind::Insert { new } = &c.kind else {
                 return Ok(());
             };
@@ -106,7 +107,7 @@ fn main() {
             let id = m["id"].to_string();
             out.push(BulkOp {
                 action: OpAction::Index {
-                    doc: serde_json::to_vec(&Value::Object(m)).map_err(|e| e.to_string())?,
+                    doc: serde_json::to_vec(&Value::Object(m)).expect("a JSON object serializes"),
                 },
                 index: idx.clone(),
                 id: id.clone(),
@@ -124,16 +125,18 @@ fn main() {
 
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (confirmed_tx, mut confirmed) = watch::channel(Lsn(1));
-        let config = PipelineConfig {
-            indexer: IndexerConfig::default().fit_memory(budget_mb << 20),
-            ..PipelineConfig::default()
-        };
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let indexer = Indexer::start(
+            es.clone(),
+            IndexerConfig::default().fit_memory(budget_mb << 20),
+            ack_tx,
+        );
         let rss0 = status_kb("VmRSS:");
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let cpu0 = cpu_time();
         let started = Instant::now();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(Pipeline::new(es.clone(), config).run(
+        let run = tokio::spawn(Pipeline::new(indexer, acks, PipelineConfig::default()).run(
             Lsn(1),
             events_rx,
             transform,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use elasticsearch::Elasticsearch;
 
-use crate::app::setup::pipeline_config;
+use crate::app::setup::indexer_config;
 use crate::config::{Config, STATE_INDEX};
 use crate::model::PublishedTable;
 use crate::snapshot::progress::Progress;
@@ -131,7 +131,7 @@ pub(crate) async fn deps(
 ) -> anyhow::Result<SnapshotDeps> {
     let sink = IndexerSink::start(
         es.clone(),
-        pipeline_config(cfg).indexer,
+        indexer_config(cfg),
         Transformer::new(&cfg.mappings),
         overrides,
     );

@@ -18,12 +18,13 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use tokio::sync::{mpsc, watch};
 
-use crate::app::setup::{Failure, pipeline_config, preflight, prepare_indices, source_failure};
+use crate::app::setup::{Failure, indexer_config, preflight, prepare_indices, source_failure};
 use crate::config::{Config, SnapshotMode};
 use crate::model::lsn::Lsn;
 use crate::ops::http::{Health, HttpHandles, PipelineState, ReadyState};
+use crate::sink::Indexer;
 use crate::source::{self, ReaderConfig, SourceError};
-use crate::stream::pipeline::Pipeline;
+use crate::stream::pipeline::{Pipeline, PipelineConfig};
 
 /// How long a restart waits for a previous process's walsender to let go
 /// of the slot before reporting it as held by someone else.
@@ -413,9 +414,11 @@ async fn stream(
         &cfg.mappings,
         step,
     ));
-    let mut config = pipeline_config(&cfg);
-    config.indexer.holds = ready.holds();
-    let pipeline = Pipeline::new(es, config);
+    let mut indexer_cfg = indexer_config(&cfg);
+    indexer_cfg.holds = ready.holds();
+    let (ack_tx, acks) = mpsc::unbounded_channel();
+    let indexer = Indexer::start(es, indexer_cfg, ack_tx);
+    let pipeline = Pipeline::new(indexer, acks, PipelineConfig::default());
     ready.set(PipelineState::Streaming);
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, %start, "streaming");
     let result = pipeline

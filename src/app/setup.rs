@@ -10,7 +10,6 @@ use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::{Config, ConfigErrors};
 use crate::sink::indexer::IndexerConfig;
 use crate::source::SourceError;
-use crate::stream::pipeline::PipelineConfig;
 
 /// How `run` failed: bad input (exit 2) or a runtime failure (exit 1).
 #[derive(Debug)]
@@ -73,21 +72,18 @@ pub(crate) fn source_failure(e: SourceError, what: &str) -> Failure {
     }
 }
 
-pub(crate) fn pipeline_config(cfg: &Config) -> PipelineConfig {
+pub(crate) fn indexer_config(cfg: &Config) -> IndexerConfig {
     let p = &cfg.pipeline;
-    PipelineConfig {
-        indexer: IndexerConfig {
-            concurrency: p.concurrency,
-            max_batch_docs: p.batch_max_docs,
-            max_batch_bytes: p.batch_max_bytes,
-            linger: p.linger,
-            dead_letter_index: p.dead_letter_index.clone(),
-            ..IndexerConfig::default()
-        }
-        // The memory bound covers queued ops and request bodies together.
-        .fit_memory(p.memory_bound_bytes),
-        ..PipelineConfig::default()
+    IndexerConfig {
+        concurrency: p.concurrency,
+        max_batch_docs: p.batch_max_docs,
+        max_batch_bytes: p.batch_max_bytes,
+        linger: p.linger,
+        dead_letter_index: p.dead_letter_index.clone(),
+        ..IndexerConfig::default()
     }
+    // The memory bound covers queued ops and request bodies together.
+    .fit_memory(p.memory_bound_bytes)
 }
 
 /// Create the target indices (or templates) of the mappings — of those

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::app::load::{deps, options, table_specs, temporary_slot_exporter};
-use crate::app::setup::{pipeline_config, preflight, prepare_indices};
+use crate::app::setup::{indexer_config, preflight, prepare_indices};
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME, SnapshotArgs};
 use crate::snapshot::sink::IndexerSink;
 use crate::source;
@@ -149,7 +149,7 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         };
         Arc::new(IndexerSink::start(
             es.clone(),
-            pipeline_config(&cfg).indexer,
+            indexer_config(&cfg),
             Transformer::new(&only),
             overrides.clone().into_iter().collect(),
         )) as Arc<dyn crate::snapshot::SnapshotSink>

@@ -3,6 +3,7 @@
 //! publication and the snapshot read it), the catalog as data, decoded row
 //! changes and the bulk operations made from them; and the one pure rule
 //! two layers share that neither may import from the other (`secret`).
+//! The one retry policy type every retry loop uses (`retry`).
 //!
 //! Rule: this module imports nothing from the rest of the crate, not even
 //! in doc links, so every layer can depend on it and none of them on each
@@ -14,6 +15,7 @@ pub mod catalog;
 pub mod change;
 pub mod lsn;
 pub mod op;
+pub mod retry;
 pub mod secret;
 pub mod table;
 
@@ -23,4 +25,5 @@ pub use change::{
 };
 pub use lsn::Lsn;
 pub use op::{BulkOp, OpAction, OpOrigin, RejectedRow};
+pub use retry::RetryPolicy;
 pub use table::{PublishedTable, TableRef};

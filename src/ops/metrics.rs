@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 use metrics::Unit;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// The agreed metric names. Record with these constants, not string literals.
+/// The agreed metric names. Every recording in `src/` uses these constants,
+/// never a string literal (`scripts/check-packaging.sh` fails otherwise), so
+/// a typo cannot export a series no dashboard or alert knows.
 pub mod names {
     pub const CHANGES_RECEIVED_TOTAL: &str = "sluice_changes_received_total";
     pub const CHANGES_APPLIED_TOTAL: &str = "sluice_changes_applied_total";
@@ -54,7 +56,7 @@ pub struct MetricSpec {
 
 /// Every metric Sluice exposes. `scripts/check-packaging.sh` checks that the
 /// dashboard and alerts use only names (and labels) listed here and that the
-/// code records no other name; `tests/it/ops_run.rs` that a real run exports
+/// code records only by `names::` constants described here; `tests/it/ops_run.rs` that a real run exports
 /// exactly these.
 pub const CATALOGUE: &[MetricSpec] = &[
     MetricSpec {

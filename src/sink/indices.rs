@@ -116,56 +116,92 @@ pub async fn ensure_index(
     spec: &IndexSpec,
     replay_window: Duration,
 ) -> Result<EnsureOutcome, IndexError> {
-    let name = spec.name.as_str();
-    let req_err = |source| IndexError::Request {
-        index: name.to_string(),
+    if create_if_missing(client, spec, replay_window).await? {
+        return Ok(EnsureOutcome::Created);
+    }
+    check_mappings(client, spec).await?;
+    let too_short = gc_deletes_too_short(client, &spec.name, replay_window).await?;
+    if let Some(alias) = &spec.alias {
+        let resp = client
+            .indices()
+            .put_alias(IndicesPutAliasParts::IndexName(&[&spec.name], alias))
+            .send()
+            .await
+            .map_err(request_error(&spec.name))?;
+        let _: Value = json_or_refused(resp, &spec.name, "adding the alias").await?;
+    }
+    Ok(EnsureOutcome::Existing {
+        gc_deletes_too_short: too_short,
+    })
+}
+
+fn request_error(index: &str) -> impl Fn(elasticsearch::Error) -> IndexError + '_ {
+    move |source| IndexError::Request {
+        index: index.to_string(),
         source,
-    };
+    }
+}
+
+/// Create the index if it does not exist. True if this call created it;
+/// false if it existed (or someone created it meanwhile).
+async fn create_if_missing(
+    client: &Elasticsearch,
+    spec: &IndexSpec,
+    replay_window: Duration,
+) -> Result<bool, IndexError> {
+    let name = spec.name.as_str();
     let exists = client
         .indices()
         .exists(IndicesExistsParts::Index(&[name]))
         .send()
         .await
-        .map_err(req_err)?;
-    if exists.status_code().as_u16() == 404 {
-        let resp = client
-            .indices()
-            .create(IndicesCreateParts::Index(name))
-            .body(create_body(spec, replay_window))
-            .send()
-            .await
-            .map_err(req_err)?;
-        let status = resp.status_code().as_u16();
-        if (200..300).contains(&status) {
-            tracing::info!(index = name, gc_deletes = %gc_deletes_setting(replay_window), "created index");
-            return Ok(EnsureOutcome::Created);
-        }
-        let body = resp.text().await.unwrap_or_default();
-        // Someone (another Sluice, a parallel call) created it meanwhile.
-        if !body.contains("resource_already_exists_exception") {
-            return Err(IndexError::Refused {
-                index: name.to_string(),
-                what: "index creation",
-                status,
-                body,
-            });
-        }
+        .map_err(request_error(name))?;
+    if exists.status_code().as_u16() != 404 {
+        return Ok(false);
     }
+    let resp = client
+        .indices()
+        .create(IndicesCreateParts::Index(name))
+        .body(create_body(spec, replay_window))
+        .send()
+        .await
+        .map_err(request_error(name))?;
+    let status = resp.status_code().as_u16();
+    if (200..300).contains(&status) {
+        tracing::info!(index = name, gc_deletes = %gc_deletes_setting(replay_window), "created index");
+        return Ok(true);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    // Someone (another Sluice, a parallel call) created it meanwhile.
+    if body.contains("resource_already_exists_exception") {
+        return Ok(false);
+    }
+    Err(IndexError::Refused {
+        index: name.to_string(),
+        what: "index creation",
+        status,
+        body,
+    })
+}
 
+/// The existing index's mappings must have every configured field as
+/// configured (they are never changed).
+async fn check_mappings(client: &Elasticsearch, spec: &IndexSpec) -> Result<(), IndexError> {
+    let name = spec.name.as_str();
     let resp = client
         .indices()
         .get_mapping(IndicesGetMappingParts::Index(&[name]))
         .send()
         .await
-        .map_err(req_err)?;
+        .map_err(request_error(name))?;
     let existing: Value = json_or_refused(resp, name, "reading mappings").await?;
-    let mut differences = Vec::new();
+    let Value::Object(by_index) = &existing else {
+        return Ok(());
+    };
     // `name` may be an alias (after `sluice snapshot --reindex` it is one):
     // writes go through it, so it must resolve to exactly one index, whose
     // mappings are the ones checked.
-    if let Value::Object(by_index) = &existing
-        && by_index.len() > 1
-    {
+    if by_index.len() > 1 {
         let mut names: Vec<&str> = by_index.keys().map(String::as_str).collect();
         names.sort();
         return Err(IndexError::AliasOverSeveral {
@@ -173,11 +209,10 @@ pub async fn ensure_index(
             behind: names.join(", "),
         });
     }
-    if let Value::Object(by_index) = &existing {
-        for (concrete, m) in by_index {
-            for d in mapping_differences(&spec.mappings, &m["mappings"]) {
-                differences.push(format!("{concrete}: {d}"));
-            }
+    let mut differences = Vec::new();
+    for (concrete, m) in by_index {
+        for d in mapping_differences(&spec.mappings, &m["mappings"]) {
+            differences.push(format!("{concrete}: {d}"));
         }
     }
     if !differences.is_empty() {
@@ -186,7 +221,16 @@ pub async fn ensure_index(
             differences,
         });
     }
+    Ok(())
+}
 
+/// Whether the existing index keeps delete tombstones for less than the
+/// replay window (DESIGN invariant 3); warns if so.
+async fn gc_deletes_too_short(
+    client: &Elasticsearch,
+    name: &str,
+    replay_window: Duration,
+) -> Result<bool, IndexError> {
     let resp = client
         .indices()
         .get_settings(IndicesGetSettingsParts::IndexName(
@@ -196,7 +240,7 @@ pub async fn ensure_index(
         .include_defaults(true)
         .send()
         .await
-        .map_err(req_err)?;
+        .map_err(request_error(name))?;
     let settings: Value = json_or_refused(resp, name, "reading settings").await?;
     let mut too_short = false;
     if let Value::Object(by_index) = &settings {
@@ -218,19 +262,7 @@ pub async fn ensure_index(
             }
         }
     }
-
-    if let Some(alias) = &spec.alias {
-        let resp = client
-            .indices()
-            .put_alias(IndicesPutAliasParts::IndexName(&[name], alias))
-            .send()
-            .await
-            .map_err(req_err)?;
-        let _: Value = json_or_refused(resp, name, "adding the alias").await?;
-    }
-    Ok(EnsureOutcome::Existing {
-        gc_deletes_too_short: too_short,
-    })
+    Ok(too_short)
 }
 
 async fn json_or_refused(

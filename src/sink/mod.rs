@@ -3,8 +3,20 @@
 //! Owns batching, bulk requests, per-item results, retries, dead letters and
 //! index creation. Keeps DESIGN invariants 2, 3 and 5: versioned writes,
 //! long-enough delete tombstones, nothing dropped silently.
+//!
+//! Rules this layer keeps:
+//!
+//! - It never sees `source` types (nor the stream's): what comes in is a
+//!   `model::BulkOp` and a plain tag, what goes back an [`Ack`]. So the
+//!   source and the sink can change without each other. (A test in
+//!   `stream`, which sits on this seam, reads the imports to hold it.)
+//! - Elasticsearch calls live here (the client, bulk writes, index admin);
+//!   the stream reaches them only through the [`Sink`] seam.
+//! - An op is acknowledged only once it is settled — written, refused as
+//!   stale, or stored as a dead letter — which is what lets the pipeline
+//!   confirm it (invariant 1); retryable failures are retried with
+//!   [`crate::model::RetryPolicy::BULK`] for as long as it takes.
 
-mod batch;
 pub mod bulk;
 pub mod classify;
 pub mod client;
@@ -13,6 +25,7 @@ pub mod es_config;
 pub mod hold;
 pub mod indexer;
 pub mod indices;
+pub mod seam;
 
 pub use classify::{ItemOutcome, classify_item, classify_request};
 pub use client::{build_client, describe_es_error};
@@ -20,3 +33,4 @@ pub use es_config::{EsAuth, EsConfig};
 pub use hold::Holds;
 pub use indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
 pub use indices::{EnsureOutcome, IndexError, IndexSpec, ensure_index};
+pub use seam::Sink;

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use serde_json::Value;
 
 use super::SnapshotError;
@@ -25,7 +25,7 @@ use super::run::{SnapshotDeps, SnapshotJob, SnapshotOptions, SnapshotSummary, Ta
 use super::seams::SnapshotSink;
 use super::state::StateStore;
 use super::{reindex, run_snapshot, tombstones};
-use crate::model::PublishedTable;
+use crate::model::{PublishedTable, RetryPolicy};
 
 /// A templated index name (`orders-{region}`) names no single index whose
 /// settings could be changed; its documents are still written.
@@ -192,13 +192,7 @@ pub async fn backfill(
     // chunks not yet done; rows already written carry the older P - 1, which
     // streamed changes outrank all the same (invariant 4 holds per chunk).
     let summary = (|| run_snapshot(&deps, &prepared.job))
-        .retry(
-            ExponentialBuilder::default()
-                .with_jitter()
-                .with_min_delay(Duration::from_secs(1))
-                .with_max_delay(Duration::from_secs(30))
-                .with_max_times(req.retries),
-        )
+        .retry(RetryPolicy::SNAPSHOT_RESUME.times(req.retries).builder())
         .when(SnapshotError::is_retryable)
         .notify(|e, after| {
             tracing::warn!(error = %e, ?after, "snapshot interrupted; resuming its remaining chunks under a new snapshot")

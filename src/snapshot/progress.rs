@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::ops::metrics::names;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// All tables of one snapshot run.
@@ -31,7 +32,7 @@ impl Progress {
 
     /// Track one table; `done` rows were finished by an earlier attempt.
     pub fn table(&self, table: &str, expected: u64, done: u64) -> TableProgress {
-        metrics::gauge!("sluice_snapshot_rows_expected", "table" => table.to_string())
+        metrics::gauge!(names::SNAPSHOT_ROWS_EXPECTED, "table" => table.to_string())
             .set(expected as f64);
         let bar = self.multi.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new(expected.max(done)));
@@ -73,7 +74,7 @@ impl TableProgress {
     /// `n` more rows handed to the pipeline.
     pub fn add(&self, n: u64) {
         let total = self.rows.fetch_add(n, Ordering::Relaxed) + n;
-        metrics::counter!("sluice_snapshot_rows_total", "table" => self.table.clone()).increment(n);
+        metrics::counter!(names::SNAPSHOT_ROWS_TOTAL, "table" => self.table.clone()).increment(n);
         match &self.bar {
             Some(bar) => {
                 if total > bar.length().unwrap_or(0) {

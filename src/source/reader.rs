@@ -20,12 +20,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
+use crate::model::RetryPolicy;
 use crate::model::change::{Change, Relation, SourceEvent};
 use crate::model::lsn::Lsn;
+use crate::ops::metrics::names;
 use crate::source::decoder::Decoder;
 use crate::source::error::{SourceError, is_retryable};
 use crate::source::pg_config::PgConnectConfig;
@@ -46,10 +47,9 @@ pub struct ReaderConfig {
     /// Standby status update period; keep it well under `wal_sender_timeout`.
     pub status_interval: Duration,
     pub value_options: ValueOptions,
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
-    /// Give up after this many consecutive failed reconnects (`None`: never).
-    pub max_reconnects: Option<usize>,
+    /// How reconnects wait; its `max_times` is how many consecutive failed
+    /// reconnects to give up after (`None`: never).
+    pub reconnect: RetryPolicy,
 }
 
 impl ReaderConfig {
@@ -66,9 +66,7 @@ impl ReaderConfig {
             messages: true,
             status_interval: Duration::from_secs(10),
             value_options: ValueOptions::default(),
-            min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(30),
-            max_reconnects: None,
+            reconnect: RetryPolicy::RECONNECT,
         }
     }
 }
@@ -89,12 +87,7 @@ pub async fn run_reader(
     flushed: watch::Receiver<Lsn>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SourceError> {
-    let builder = ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(cfg.min_backoff)
-        .with_max_delay(cfg.max_backoff)
-        .without_max_times();
-    let mut backoff = builder.build();
+    let mut backoff = cfg.reconnect.backoff();
     let mut failures = 0usize;
     let mut decoder = Decoder::new(cfg.value_options, TypeCatalog::new());
     let mut initial = initial;
@@ -117,16 +110,16 @@ pub async fn run_reader(
             Ok(End::Shutdown) => return Ok(()),
             Err(e) if is_retryable(&e) => {
                 if progressed {
-                    backoff = builder.build();
+                    backoff = cfg.reconnect.backoff();
                     failures = 0;
                 }
                 failures += 1;
-                if cfg.max_reconnects.is_some_and(|m| failures > m) {
+                // Past `max_times` consecutive failures the backoff ends.
+                let Some(delay) = backoff.next() else {
                     return Err(e);
-                }
-                let delay = backoff.next().unwrap_or(cfg.max_backoff);
+                };
                 tracing::warn!(error = %e, retry_in = ?delay, attempt = failures, "replication connection failed; reconnecting");
-                metrics::counter!("sluice_retries_total").increment(1);
+                metrics::counter!(names::RETRIES_TOTAL).increment(1);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -329,7 +322,7 @@ impl ReceivedCounters {
         }
         entry.1[slot]
             .get_or_insert_with(|| {
-                metrics::counter!("sluice_changes_received_total",
+                metrics::counter!(names::CHANGES_RECEIVED_TOTAL,
                     "table" => c.relation.qualified_name(), "op" => op)
             })
             .increment(1);

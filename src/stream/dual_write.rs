@@ -45,7 +45,7 @@ use crate::model::Change;
 use crate::model::lsn::Lsn;
 use crate::snapshot::reindex::{self, ReindexState, ReindexStatus};
 use crate::snapshot::{SnapshotError, StateStore};
-use crate::stream::pipeline::StepError;
+use crate::stream::transform_step::StepError;
 
 /// A transform step as the pipeline runs it.
 pub type TransformFn = Box<dyn FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send>;
@@ -281,68 +281,90 @@ impl Poller {
         let active = reindex::active_for(&self.setup.state, &self.setup.slot).await?;
         let routes = self.setup.dual.routes();
         for r in &active {
-            let have = routes
-                .iter()
-                .find(|(a, b, _)| *a == r.alias && *b == r.build_index);
-            if r.status == ReindexStatus::Abandoning {
-                if have.is_some() {
-                    let seen = self.setup.dual.remove(&r.alias, &r.build_index);
-                    tracing::warn!(alias = %r.alias, build_index = %r.build_index,
-                        "the reindex is abandoned: no longer writing {}", r.build_index);
-                    self.pending_switch.push((r.alias.clone(), seen));
-                } else if !r.stream_switched
-                    && !self.pending_switch.iter().any(|(a, _)| *a == r.alias)
-                {
-                    self.pending_switch.push((r.alias.clone(), None));
-                }
-                continue;
-            }
-            let phase = match have {
-                Some((_, _, p)) => *p,
-                None => {
-                    if self.refused.contains(&r.build_index) {
-                        continue;
-                    }
-                    let mappings = match self.new_mappings(r).await {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::error!(alias = %r.alias, build_index = %r.build_index, error = %e,
-                                "cannot write the reindex's build index with its mapping; not dual-writing");
-                            self.refused.push(r.build_index.clone());
-                            continue;
-                        }
-                    };
-                    let phase = if r.status == ReindexStatus::Building {
-                        Phase::Building
-                    } else {
-                        Phase::Switched
-                    };
-                    let seen = self.setup.dual.install(Route {
-                        alias: r.alias.as_str().into(),
-                        build_index: r.build_index.as_str().into(),
-                        phase,
-                        transform: (self.setup.make_transform)(&mappings),
-                    });
-                    let from = dual_write_from(seen, self.setup.start);
-                    tracing::info!(alias = %r.alias, build_index = %r.build_index, %from,
-                        "writing every change of `{}` to {} as well", r.alias, r.build_index);
-                    if phase == Phase::Switched {
-                        self.pending_switch.push((r.alias.clone(), seen));
-                    } else if r.dual_write_from.is_none() {
-                        // Valid from now on, so kept until published.
-                        self.pending_ack.push((r.alias.clone(), from));
-                    }
-                    phase
-                }
-            };
-            if r.status == ReindexStatus::Swapping && phase == Phase::Building {
-                let seen = self.setup.dual.switch(&r.alias, &r.build_index);
-                tracing::info!(alias = %r.alias, build_index = %r.build_index,
-                    "swapping: writing `{}` only to {} from now on", r.alias, r.build_index);
-                self.pending_switch.push((r.alias.clone(), seen));
-            }
+            self.follow(r, &routes).await;
         }
-        for (alias, build, phase) in &routes {
+        self.drop_finished(&active, &routes).await?;
+        self.acknowledge().await
+    }
+
+    /// Bring the route of the running reindex `r` to where its status says.
+    async fn follow(&mut self, r: &ReindexState, routes: &[(String, String, Phase)]) {
+        let have = routes
+            .iter()
+            .find(|(a, b, _)| *a == r.alias && *b == r.build_index);
+        if r.status == ReindexStatus::Abandoning {
+            if have.is_some() {
+                let seen = self.setup.dual.remove(&r.alias, &r.build_index);
+                tracing::warn!(alias = %r.alias, build_index = %r.build_index,
+                    "the reindex is abandoned: no longer writing {}", r.build_index);
+                self.pending_switch.push((r.alias.clone(), seen));
+            } else if !r.stream_switched && !self.pending_switch.iter().any(|(a, _)| *a == r.alias)
+            {
+                self.pending_switch.push((r.alias.clone(), None));
+            }
+            return;
+        }
+        let phase = match have {
+            Some((_, _, p)) => *p,
+            None => match self.install(r).await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        if r.status == ReindexStatus::Swapping && phase == Phase::Building {
+            let seen = self.setup.dual.switch(&r.alias, &r.build_index);
+            tracing::info!(alias = %r.alias, build_index = %r.build_index,
+                "swapping: writing `{}` only to {} from now on", r.alias, r.build_index);
+            self.pending_switch.push((r.alias.clone(), seen));
+        }
+    }
+
+    /// Start dual-writing for `r`; its phase, or `None` if its mapping
+    /// cannot be used (logged once).
+    async fn install(&mut self, r: &ReindexState) -> Option<Phase> {
+        if self.refused.contains(&r.build_index) {
+            return None;
+        }
+        let mappings = match self.new_mappings(r).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(alias = %r.alias, build_index = %r.build_index, error = %e,
+                    "cannot write the reindex's build index with its mapping; not dual-writing");
+                self.refused.push(r.build_index.clone());
+                return None;
+            }
+        };
+        let phase = if r.status == ReindexStatus::Building {
+            Phase::Building
+        } else {
+            Phase::Switched
+        };
+        let seen = self.setup.dual.install(Route {
+            alias: r.alias.as_str().into(),
+            build_index: r.build_index.as_str().into(),
+            phase,
+            transform: (self.setup.make_transform)(&mappings),
+        });
+        let from = dual_write_from(seen, self.setup.start);
+        tracing::info!(alias = %r.alias, build_index = %r.build_index, %from,
+            "writing every change of `{}` to {} as well", r.alias, r.build_index);
+        if phase == Phase::Switched {
+            self.pending_switch.push((r.alias.clone(), seen));
+        } else if r.dual_write_from.is_none() {
+            // Valid from now on, so kept until published.
+            self.pending_ack.push((r.alias.clone(), from));
+        }
+        Some(phase)
+    }
+
+    /// Routes whose reindex is no longer running: keep a swapped one (it is
+    /// the alias's shape now), drop the others.
+    async fn drop_finished(
+        &mut self,
+        active: &[ReindexState],
+        routes: &[(String, String, Phase)],
+    ) -> Result<(), SnapshotError> {
+        for (alias, build, phase) in routes {
             if active
                 .iter()
                 .any(|r| r.alias == *alias && r.build_index == *build)
@@ -365,6 +387,12 @@ impl Poller {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Publish the dual-write acknowledgements, and the switches whose
+    /// old-shape writes are all confirmed.
+    async fn acknowledge(&mut self) -> Result<(), SnapshotError> {
         while let Some((alias, from)) = self.pending_ack.first().cloned() {
             reindex::acknowledge_dual_write(&self.setup.state, &alias, from).await?;
             self.pending_ack.remove(0);

@@ -20,15 +20,34 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 
 use crate::config::Mappings;
-use crate::model::{BulkOp, RejectedRow};
+use crate::model::{BulkOp, RejectedRow, RetryPolicy};
 use crate::model::{Change, ChangeKind, Datum, OldRow, Row};
+use crate::ops::metrics::names;
 use crate::sink::dead_letter;
 use crate::source::{self, SourceError};
-use crate::stream::pipeline::StepError;
 use crate::transform::{FailureScope, TransformError, Transformer};
+
+/// Why the transform step could not take a change. Row failures are not
+/// here: the step stores those as dead letters and goes on (issue 14,
+/// case 4). What is here stops the pipeline; nothing is confirmed past the
+/// change, so a restart (after the cause is fixed) replays it.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The mapping cannot work with the table as it is (see
+    /// [`crate::transform::FailureScope::Mapping`]): fix the mapping.
+    #[error(transparent)]
+    Mapping(Box<crate::transform::TransformError>),
+    /// Re-reading a row failed for a reason that is not the row's (lost
+    /// connection past the patience, a missing privilege).
+    #[error("re-reading a row of {table}: {source}")]
+    Refetch {
+        table: String,
+        source: Box<crate::source::SourceError>,
+    },
+}
 
 /// How long re-reading a row waits for PostgreSQL to come back.
 const REFETCH_PATIENCE: Duration = Duration::from_secs(120);
@@ -113,7 +132,7 @@ pub fn transform_step(
             );
             // Counted when handed over (a replay after a crash counts it
             // again; the record itself is stored once).
-            metrics::counter!("sluice_dead_letters_total", "table" => r.table.to_string())
+            metrics::counter!(names::DEAD_LETTERS_TOTAL, "table" => r.table.to_string())
                 .increment(1);
             out.push(dead_letter::rejected_row_op(&r, &dead_letter_index));
         }
@@ -287,19 +306,13 @@ impl Refetcher {
                     let rows = rows?;
                     Ok((client, rows))
                 })
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_jitter()
-                        .with_min_delay(Duration::from_millis(200))
-                        .with_max_delay(Duration::from_secs(30))
-                        .without_max_times(),
-                )
+                .retry(RetryPolicy::REFETCH.builder())
                 .when(|e: &SourceError| {
                     source::is_retryable(e) && tokio::time::Instant::now() < give_up
                 })
                 .notify(|e, delay| {
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot re-read a row with an unchanged TOAST value; retrying");
-                    metrics::counter!("sluice_retries_total").increment(1);
+                    metrics::counter!(names::RETRIES_TOTAL).increment(1);
                 })
                 .await
             })

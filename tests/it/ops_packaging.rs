@@ -29,6 +29,10 @@ fn the_packaging_files_parse_and_match_the_binary_and_the_metrics() {
     assert!(ok, "scripts/check-packaging.sh failed:\n{text}");
     assert!(!text.contains("SKIPPED"), "checks were skipped:\n{text}");
     assert!(text.contains("readinessProbe -> /ready"), "{text}");
+    assert!(
+        text.contains("metric recordings, all by names:: constants the catalogue describes"),
+        "{text}"
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -68,9 +72,14 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
         "sum by (result) (rate(sluice_bulk_items_total",
     );
     edit(
-        &root.join("src/sink/indexer.rs"),
-        r#"counter!("sluice_retries_total")"#,
-        r#"counter!("sluice_retry_total")"#,
+        &root.join("src/sink/indexer/worker.rs"),
+        "counter!(names::RETRIES_TOTAL)",
+        "counter!(names::RETRY_TOTAL)",
+    );
+    edit(
+        &root.join("src/stream/pipeline/coordinator.rs"),
+        "gauge!(names::CONFIRMED_FLUSH_LSN)",
+        r#"gauge!("sluice_confirmed_flush_lsn")"#,
     );
     let deployment = root.join("deploy/k8s/deployment.yaml");
     edit(
@@ -101,7 +110,8 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
         "metric sluice_made_up_total is not described",
         "metric sluice_retries_total is described but no dashboard panel shows it",
         "uses label result, which none of its metrics has",
-        "records metric sluice_retry_total, which src/ops/metrics.rs does not describe",
+        "src/sink/indexer/worker.rs: records metric names::RETRY_TOTAL, which src/ops/metrics.rs does not name",
+        "src/stream/pipeline/coordinator.rs: records a metric named by `\"sluice_confirmed_flush_lsn\"`, not by a names:: constant",
         "has no flag --no-such-flag",
         "env SLUICE_UNREAD is given to sluice but nothing reads it",
         "readinessProbe must GET /ready",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use sluice::Lsn;
 use sluice::model::PublishedTable;
-use sluice::model::{Change, ChangeKind, Datum, OldRow, SourceEvent};
+use sluice::model::{Change, ChangeKind, Datum, OldRow, RetryPolicy, SourceEvent};
 use sluice::source::{
     ReaderConfig, ReplicationConnection, SnapshotAction, SourceError, SslMode, connect_sql,
     ensure_publication, run_reader,
@@ -372,8 +372,8 @@ async fn a_killed_connection_reconnects_with_backoff_and_resumes_after_the_confi
     db.sql("CREATE TABLE t (id int PRIMARY KEY)").await;
     let mut cfg = published_slot(&db, &["t"]).await;
     let slot = cfg.slot.clone();
-    cfg.min_backoff = Duration::from_millis(50);
-    cfg.max_backoff = Duration::from_millis(500);
+    cfg.reconnect =
+        RetryPolicy::RECONNECT.between(Duration::from_millis(50), Duration::from_millis(500));
     cfg.status_interval = Duration::from_millis(100);
     let mut reader = Reader::start(cfg, 1024);
 

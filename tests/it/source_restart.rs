@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sluice::Lsn;
-use sluice::model::{ChangeKind, Datum, SourceEvent};
+use sluice::model::{ChangeKind, Datum, RetryPolicy, SourceEvent};
 use sluice::source::connect_sql;
 
 use crate::support::private_pg::PrivatePg;
@@ -23,8 +23,8 @@ async fn a_postgres_restart_mid_stream_loses_no_change() {
         .await
         .unwrap();
     let mut rcfg = publish_and_create_slot(&cfg, &cfg, "p", &["t"], "s").await;
-    rcfg.min_backoff = Duration::from_millis(100);
-    rcfg.max_backoff = Duration::from_secs(1);
+    rcfg.reconnect =
+        RetryPolicy::RECONNECT.between(Duration::from_millis(100), Duration::from_secs(1));
     rcfg.status_interval = Duration::from_millis(300);
     let mut reader = Reader::start(rcfg, 64);
 

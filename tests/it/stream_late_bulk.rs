@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice::Lsn;
+use sluice::model::RetryPolicy;
 use sluice::sink::{EsConfig, IndexerConfig, build_client};
 use sluice::stream::pipeline::PipelineConfig;
 
@@ -33,20 +34,24 @@ async fn a_timed_out_bulk_landing_after_its_retry_and_the_next_batch_leaves_the_
     .unwrap();
     // One op per batch and one worker: the insert and the update of the row
     // go out as two requests, one after the other.
+    let indexer_config = IndexerConfig {
+        concurrency: 1,
+        max_batch_docs: 1,
+        linger: Duration::from_millis(1),
+        dead_letter_index: dead.clone(),
+        retry: RetryPolicy::BULK.between(Duration::from_millis(50), Duration::from_millis(200)),
+        ..IndexerConfig::default()
+    };
     let config = PipelineConfig {
-        indexer: IndexerConfig {
-            concurrency: 1,
-            max_batch_docs: 1,
-            linger: Duration::from_millis(1),
-            dead_letter_index: dead.clone(),
-            retry_min_delay: Duration::from_millis(50),
-            retry_max_delay: Duration::from_millis(200),
-            ..IndexerConfig::default()
-        },
         transform_buffer: 16,
         ..PipelineConfig::default()
     };
-    let mut run = RunningPipeline::start_with(client, config, indices(&[("items", &index)]));
+    let mut run = RunningPipeline::start_with(
+        client,
+        config,
+        indexer_config,
+        indices(&[("items", &index)]),
+    );
 
     // One transaction inserts row 1 and then updates it.
     run.feed.begin(1000).await;

@@ -10,6 +10,8 @@ use sluice::Lsn;
 use sluice::model::{ChangeKind, SourceEvent};
 use sluice::sink::dead_letter;
 use sluice::stream::pipeline::StopReason;
+use sluice::stream::transform_step::StepError;
+use sluice::transform::TransformError;
 
 use crate::support::pipeline::{
     RunningPipeline, ensure_test_index, indices, relation, write_blocked_index,
@@ -279,8 +281,13 @@ async fn a_change_the_transformer_rejects_stops_the_pipeline_before_its_transact
         .unwrap()
         .expect_err("the transform error stops the pipeline");
     assert!(
-        matches!(&err, sluice::stream::pipeline::PipelineError::Transform { table, lsn, .. }
-            if table == "public.items" && *lsn == Lsn(200)),
+        matches!(&err, sluice::stream::pipeline::PipelineError::Transform {
+            table,
+            lsn,
+            source: StepError::Mapping(e),
+        } if table == "public.items"
+            && *lsn == Lsn(200)
+            && matches!(**e, TransformError::Truncated { .. })),
         "{err}"
     );
     assert_eq!(

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 use sluice::Lsn;
+use sluice::model::RetryPolicy;
 use sluice::model::{
     BulkOp, Change, ChangeKind, Column, Datum, OldRow, OpAction, OpOrigin, Relation,
     ReplicaIdentity, SourceEvent,
@@ -17,6 +18,8 @@ use sluice::model::{
 use sluice::sink::indices::{IndexSpec, ensure_index};
 use sluice::sink::{Ack, EsConfig, Indexer, IndexerConfig, build_client};
 use sluice::stream::pipeline::{Pipeline, PipelineConfig, PipelineError, PipelineSummary};
+use sluice::stream::transform_step::StepError;
+use sluice::transform::TransformError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -108,7 +111,7 @@ pub fn indices(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 /// the index `indices[t]`; other tables are filtered out (no ops).
 pub fn transformer(
     indices: HashMap<String, String>,
-) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), String> + Send + 'static {
+) -> impl FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send + 'static {
     move |c: &Change, out: &mut Vec<BulkOp>| {
         let Some(index) = indices.get(&c.relation.name) else {
             return Ok(());
@@ -130,10 +133,18 @@ pub fn transformer(
                 new,
             ),
             ChangeKind::Delete { old } => (OpAction::Delete, old.row()),
-            ChangeKind::Truncate => return Err("truncate is not supported here".into()),
+            ChangeKind::Truncate => {
+                return Err(StepError::Mapping(Box::new(TransformError::Truncated {
+                    table: c.relation.qualified_name().into(),
+                    mapping: c.relation.name.as_str().into(),
+                })));
+            }
         };
         let Datum::Value(id) = &key_row[0] else {
-            return Err("no key".into());
+            return Err(StepError::Mapping(Box::new(TransformError::NoId {
+                table: c.relation.qualified_name().into(),
+                mapping: c.relation.name.as_str().into(),
+            })));
         };
         out.push(BulkOp {
             action,
@@ -237,22 +248,25 @@ impl Feed {
 
 /// The pipeline settings the in-process tests use: small batches, quick
 /// retries, a short wait for a transaction open at shutdown.
-pub fn pipeline_config(dead_letters: &str) -> PipelineConfig {
+pub fn pipeline_config() -> PipelineConfig {
     PipelineConfig {
-        indexer: IndexerConfig {
-            concurrency: 3,
-            max_batch_docs: 40,
-            linger: Duration::from_millis(5),
-            max_in_flight_bytes: 1 << 20,
-            dead_letter_index: dead_letters.to_string(),
-            retry_min_delay: Duration::from_millis(50),
-            retry_max_delay: Duration::from_secs(1),
-            ..IndexerConfig::default()
-        },
         transform_buffer: 16,
         drain_timeout: Duration::from_secs(30),
         // The tests leave transactions open at shutdown on purpose.
         finish_transaction_timeout: Duration::from_millis(300),
+    }
+}
+
+/// The indexer settings of [`pipeline_config`]'s pipelines.
+pub fn pipeline_indexer_config(dead_letters: &str) -> IndexerConfig {
+    IndexerConfig {
+        concurrency: 3,
+        max_batch_docs: 40,
+        linger: Duration::from_millis(5),
+        max_in_flight_bytes: 1 << 20,
+        dead_letter_index: dead_letters.to_string(),
+        retry: RetryPolicy::BULK.between(Duration::from_millis(50), Duration::from_secs(1)),
+        ..IndexerConfig::default()
     }
 }
 
@@ -272,18 +286,26 @@ impl RunningPipeline {
         dead_letters: &str,
         indices: HashMap<String, String>,
     ) -> RunningPipeline {
-        RunningPipeline::start_with(client_for(es_url), pipeline_config(dead_letters), indices)
+        RunningPipeline::start_with(
+            client_for(es_url),
+            pipeline_config(),
+            pipeline_indexer_config(dead_letters),
+            indices,
+        )
     }
 
     pub fn start_with(
         client: elasticsearch::Elasticsearch,
         config: PipelineConfig,
+        indexer_config: IndexerConfig,
         indices: HashMap<String, String>,
     ) -> RunningPipeline {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (confirmed_tx, confirmed) = watch::channel(Lsn(1));
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let pipeline = Pipeline::new(client, config);
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let indexer = Indexer::start(client, indexer_config, ack_tx);
+        let pipeline = Pipeline::new(indexer, acks, config);
         let task = tokio::spawn(pipeline.run(
             Lsn(1),
             events_rx,
@@ -365,8 +387,7 @@ pub fn indexer_config(dead_letter_index: &str) -> IndexerConfig {
         max_batch_docs: 50,
         linger: Duration::from_millis(5),
         dead_letter_index: dead_letter_index.to_string(),
-        retry_min_delay: Duration::from_millis(50),
-        retry_max_delay: Duration::from_millis(500),
+        retry: RetryPolicy::BULK.between(Duration::from_millis(50), Duration::from_millis(500)),
         ..IndexerConfig::default()
     }
 }
