@@ -22,6 +22,7 @@ use crate::app::setup::{Failure, pipeline_config, preflight, prepare_indices, so
 use crate::config::{Config, SnapshotMode};
 use crate::model::lsn::Lsn;
 use crate::ops::http::{Health, HttpHandles, PipelineState, ReadyState};
+use crate::sink::Elasticsearch;
 use crate::source::{self, PublishedTable, ReaderConfig, SourceError};
 use crate::stream::pipeline::Pipeline;
 
@@ -47,7 +48,7 @@ enum SlotStart {
 /// point (DESIGN invariant 4).
 async fn open_slot(
     pg: &tokio_postgres::Client,
-    es: &elasticsearch::Elasticsearch,
+    es: &Elasticsearch,
     cfg: &Config,
 ) -> Result<SlotStart, SourceError> {
     // Right after a crash the old walsender may still hold the slot for a
@@ -197,7 +198,7 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
 async fn start_up(
     cfg: &mut Config,
     ready: &ReadyState,
-) -> Result<Option<(tokio_postgres::Client, elasticsearch::Elasticsearch, Lsn)>, Failure> {
+) -> Result<Option<(tokio_postgres::Client, Elasticsearch, Lsn)>, Failure> {
     // PostgreSQL: server, mappings against the live catalog, tables, publication.
     let pg = source::connect_sql(&cfg.postgres)
         .await
@@ -299,7 +300,7 @@ async fn start_up(
 async fn stream(
     cfg: Config,
     pg: tokio_postgres::Client,
-    es: elasticsearch::Elasticsearch,
+    es: Elasticsearch,
     start: Lsn,
     ready: ReadyState,
     health: Health,

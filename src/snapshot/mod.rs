@@ -37,6 +37,8 @@ pub use seams::{
 };
 pub use state::StateStore;
 
+use crate::sink::admin::AdminError;
+
 /// Everything that can stop a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -60,14 +62,9 @@ pub enum SnapshotError {
     },
     #[error("the sink failed: {0}")]
     Sink(#[from] SinkError),
-    #[error("Elasticsearch: {0}")]
-    Elasticsearch(#[from] elasticsearch::Error),
-    #[error("Elasticsearch answered {status} to {what}: {body}")]
-    EsStatus {
-        what: String,
-        status: u16,
-        body: String,
-    },
+    /// The state index or an administrative request (`sink::admin`).
+    #[error(transparent)]
+    Elasticsearch(#[from] AdminError),
     #[error("connecting to PostgreSQL: {0}")]
     Connect(String),
     #[error("exporting the snapshot: {0}")]
@@ -93,8 +90,7 @@ impl SnapshotError {
             }
             SnapshotError::Sink(SinkError::Closed) => true,
             SnapshotError::Sink(SinkError::Failed(_)) => true,
-            SnapshotError::Elasticsearch(_) => true,
-            SnapshotError::EsStatus { status, .. } => *status == 429 || *status >= 500,
+            SnapshotError::Elasticsearch(e) => e.is_retryable(),
             SnapshotError::Export(_) | SnapshotError::Connect(_) => true,
             SnapshotError::NoSuchTable(_)
             | SnapshotError::NoSuchColumn { .. }
@@ -124,24 +120,6 @@ pub fn postgres_code_is_retryable(code: Option<&str>) -> bool {
     }
 }
 
-/// Check an Elasticsearch response status, keeping the body for the error.
-pub(crate) async fn es_ok(
-    what: &str,
-    resp: elasticsearch::http::response::Response,
-) -> Result<serde_json::Value, SnapshotError> {
-    let status = resp.status_code().as_u16();
-    let text = resp.text().await?;
-    if (200..300).contains(&status) {
-        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
-    } else {
-        Err(SnapshotError::EsStatus {
-            what: what.to_string(),
-            status,
-            body: text.chars().take(500).collect(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,19 +128,19 @@ mod tests {
     fn bad_input_is_not_retryable_but_outages_are() {
         assert!(!SnapshotError::NoSuchTable("public.x".into()).is_retryable());
         assert!(
-            SnapshotError::EsStatus {
+            SnapshotError::Elasticsearch(AdminError::Status {
                 what: "bulk".into(),
                 status: 503,
                 body: String::new()
-            }
+            })
             .is_retryable()
         );
         assert!(
-            !SnapshotError::EsStatus {
+            !SnapshotError::Elasticsearch(AdminError::Status {
                 what: "create index".into(),
                 status: 400,
                 body: String::new()
-            }
+            })
             .is_retryable()
         );
         assert!(SnapshotError::Sink(SinkError::Closed).is_retryable());

@@ -15,8 +15,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
-use elasticsearch::Elasticsearch;
-use serde_json::Value;
 
 mod compat;
 mod publication;
@@ -25,7 +23,8 @@ mod row_filter;
 use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::doc_shape::document_fields;
 use crate::config::{Catalog, Config, IndexName, load_catalog};
-use crate::sink::EsConfig;
+use crate::sink::admin::{self, AdminError};
+use crate::sink::{Elasticsearch, EsConfig};
 use crate::source::PgConnectConfig;
 use crate::source::sql::quote_table;
 use compat::{field_conflicts, flatten_properties, parse_es_duration};
@@ -401,28 +400,10 @@ impl ServerFacts {
 /// An existing index that forgets delete tombstones sooner than the replay
 /// window risks resurrecting deleted documents (DESIGN invariant 3).
 async fn check_gc_deletes(es: &Elasticsearch, index: &str, config: &Config, report: &mut Report) {
-    let Ok(r) = es
-        .indices()
-        .get_settings(elasticsearch::indices::IndicesGetSettingsParts::IndexName(
-            &[index],
-            &["index.gc_deletes"],
-        ))
-        .include_defaults(true)
-        .flat_settings(true)
-        .send()
-        .await
-    else {
+    let Some(value) = admin::effective_gc_deletes(es, index).await else {
         return;
     };
-    let Ok(v) = r.json::<Value>().await else {
-        return;
-    };
-    let s = &v[index];
-    let value = s["settings"]["index.gc_deletes"]
-        .as_str()
-        .or(s["defaults"]["index.gc_deletes"].as_str())
-        .unwrap_or("60s");
-    let secs = parse_es_duration(value);
+    let secs = parse_es_duration(&value);
     let want = config.pipeline.gc_deletes.as_secs();
     if secs.is_some_and(|s| s < want) {
         report.warnings.push(format!(
@@ -431,27 +412,14 @@ async fn check_gc_deletes(es: &Elasticsearch, index: &str, config: &Config, repo
     }
 }
 
-/// `{"version": {"number": ...}}` from the local node's info.
-async fn node_version(es: &Elasticsearch) -> anyhow::Result<Value> {
-    let r = es
-        .nodes()
-        .info(elasticsearch::nodes::NodesInfoParts::NodeId(&["_local"]))
-        .filter_path(&["nodes.*.version"])
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status_code().is_success(),
-        "HTTP {}",
-        r.status_code().as_u16()
-    );
-    let v: Value = r.json().await?;
-    let number = v["nodes"]
-        .as_object()
-        .and_then(|n| n.values().next())
-        .and_then(|n| n["version"].as_str())
-        .unwrap_or("?")
-        .to_string();
-    Ok(serde_json::json!({ "version": { "number": number } }))
+/// What a failed request says in `check`'s words: the client's error, or
+/// the status Elasticsearch answered.
+fn short_reason(e: &AdminError) -> String {
+    match e {
+        AdminError::Request { source, .. } => source.to_string(),
+        AdminError::Status { status, .. } => format!("HTTP {status}"),
+        other => other.to_string(),
+    }
 }
 
 /// A missing ingest pipeline would make Elasticsearch refuse every write
@@ -466,26 +434,25 @@ async fn check_ingest_pipelines(es: &Elasticsearch, config: &Config, report: &mu
             continue;
         }
         seen.push(p);
-        let r = es
-            .ingest()
-            .get_pipeline(elasticsearch::ingest::IngestGetPipelineParts::Id(p))
-            .send()
-            .await;
+        let found = admin::ingest_pipeline_exists(es, p).await;
         let at = format!(
             "{} line {}: `pipeline`",
             m.file.display(),
             m.pipeline_line.unwrap_or(m.table_line)
         );
-        match r {
-            Ok(r) if r.status_code().is_success() => {}
-            Ok(r) if r.status_code().as_u16() == 404 => report.problem(format!(
+        match found {
+            Ok(true) => {}
+            Ok(false) => report.problem(format!(
                 "{at}: ingest pipeline `{p}` does not exist in Elasticsearch; every document of this mapping would be refused (create it with PUT _ingest/pipeline/{p}, or remove `pipeline`)"
             )),
-            Ok(r) => report.problem(format!(
-                "{at}: cannot read ingest pipeline `{p}`: HTTP {}",
-                r.status_code().as_u16()
+            Err(e @ AdminError::Status { .. }) => report.problem(format!(
+                "{at}: cannot read ingest pipeline `{p}`: {}",
+                short_reason(&e)
             )),
-            Err(e) => report.unreachable(format!("{at}: cannot read ingest pipeline `{p}`: {e}")),
+            Err(e) => report.unreachable(format!(
+                "{at}: cannot read ingest pipeline `{p}`: {}",
+                short_reason(&e)
+            )),
         }
     }
 }
@@ -523,27 +490,30 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
         .map(|u| crate::ops::logging::redact_url(u))
         .collect::<Vec<_>>()
         .join(", ");
-    let info = match es.info().send().await {
-        Ok(r) if r.status_code().is_success() => r.json::<Value>().await.unwrap_or_default(),
-        Ok(r) if matches!(r.status_code().as_u16(), 401 | 403) => {
+    let info = match admin::cluster_info(&es).await {
+        Ok(info) => info,
+        Err(AdminError::Status { status, .. }) if matches!(status, 401 | 403) => {
             report.problem(format!(
-                "Elasticsearch at {urls} answered HTTP {}: check `username`/`password` or `api_key` in [elasticsearch]",
-                r.status_code().as_u16()
+                "Elasticsearch at {urls} answered HTTP {status}: check `username`/`password` or `api_key` in [elasticsearch]"
             ));
             return;
         }
         // Some proxies and locked-down clusters refuse `GET /`: ask a node.
-        Ok(_) => match node_version(&es).await {
-            Ok(v) => v,
+        Err(AdminError::Status { .. }) => match admin::node_version(&es).await {
+            Ok(number) => serde_json::json!({ "version": { "number": number } }),
             Err(e) => {
                 report.problem(format!(
-                    "Elasticsearch at {urls}: cannot read its version: {e}"
+                    "Elasticsearch at {urls}: cannot read its version: {}",
+                    short_reason(&e)
                 ));
                 return;
             }
         },
         Err(e) => {
-            report.unreachable(format!("Elasticsearch at {urls} is not reachable: {e}"));
+            report.unreachable(format!(
+                "Elasticsearch at {urls} is not reachable: {}",
+                short_reason(&e)
+            ));
             return;
         }
     };
@@ -579,28 +549,19 @@ async fn check_elasticsearch(config: &Config, catalog: Option<&Catalog>, report:
             IndexName::Fixed(n) => n.to_string(),
             IndexName::Template(tpl) => tpl.wildcard(),
         };
-        let resp = es
-            .indices()
-            .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-                &pattern,
-            ]))
-            .allow_no_indices(true)
-            .ignore_unavailable(true)
-            .send()
-            .await;
-        let body: Value = match resp {
-            Ok(r) if r.status_code().as_u16() == 404 => Value::Object(Default::default()),
-            Ok(r) if r.status_code().is_success() => r.json().await.unwrap_or_default(),
-            Ok(r) => {
+        let body = match admin::index_mappings(&es, &pattern).await {
+            Ok(body) => body,
+            Err(e @ AdminError::Status { .. }) => {
                 report.problem(format!(
-                    "Elasticsearch: cannot read the mapping of `{pattern}`: HTTP {}",
-                    r.status_code().as_u16()
+                    "Elasticsearch: cannot read the mapping of `{pattern}`: {}",
+                    short_reason(&e)
                 ));
                 continue;
             }
             Err(e) => {
                 report.unreachable(format!(
-                    "Elasticsearch: cannot read the mapping of `{pattern}`: {e}"
+                    "Elasticsearch: cannot read the mapping of `{pattern}`: {}",
+                    short_reason(&e)
                 ));
                 continue;
             }

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 
-use elasticsearch::Elasticsearch;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -25,8 +24,11 @@ mod pg_conn;
 mod render;
 mod teardown;
 
+use crate::sink::Elasticsearch;
+use crate::sink::admin::{self, AdminError};
+use crate::sink::build_client;
 use crate::sink::client::ClientError;
-use crate::sink::{build_client, describe_es_error};
+use crate::sink::state_store::StateIndex;
 pub use pg_conn::connect_pg;
 pub use render::{human_bytes, render_human, render_json, render_teardown};
 pub use teardown::{TeardownError, TeardownReport, teardown, teardown_command};
@@ -453,80 +455,40 @@ fn warnings(r: &StatusReport, dbname: &str) -> Vec<String> {
     w
 }
 
-fn es_err(what: &'static str) -> impl Fn(elasticsearch::Error) -> StatusError {
+fn es_err(what: &'static str) -> impl Fn(AdminError) -> StatusError {
     move |e| StatusError::Es {
         what,
-        message: describe_es_error(&e),
+        message: e.describe(),
     }
 }
 
 /// Document count of `index`, `None` if it does not exist.
 async fn count_docs(es: &Elasticsearch, index: &str) -> Result<Option<u64>, StatusError> {
-    let resp = es
-        .count(elasticsearch::CountParts::Index(&[index]))
-        .send()
+    admin::count_docs(es, index)
         .await
-        .map_err(es_err("counting dead letters"))?;
-    let code = resp.status_code().as_u16();
-    if code == 404 {
-        return Ok(None);
-    }
-    let body: Value = resp.json().await.map_err(es_err("counting dead letters"))?;
-    if !(200..300).contains(&code) {
-        return Err(StatusError::Es {
-            what: "counting dead letters",
-            message: format!("HTTP {code}: {}", es_reason(&body)),
-        });
-    }
-    Ok(body["count"].as_u64())
-}
-
-fn es_reason(body: &Value) -> String {
-    body["error"]["reason"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| body["error"].to_string())
+        .map_err(es_err("counting dead letters"))
 }
 
 /// How many state documents one status read looks at.
 const STATE_READ_LIMIT: u64 = 10_000;
 
 async fn read_snapshots(es: &Elasticsearch, index: &str) -> Result<SnapshotStatus, StatusError> {
-    let resp = es
-        .search(elasticsearch::SearchParts::Index(&[index]))
-        .body(serde_json::json!({
-            "size": STATE_READ_LIMIT,
-            "track_total_hits": true,
-            "query": {"match_all": {}}
-        }))
-        .send()
+    let read = StateIndex::new(es.clone(), index)
+        .read_all(STATE_READ_LIMIT)
         .await
         .map_err(es_err("reading the snapshot state index"))?;
-    let code = resp.status_code().as_u16();
-    if code == 404 {
+    let Some(page) = read else {
         return Ok(SnapshotStatus::NoneRecorded {
             index: index.into(),
         });
-    }
-    let body: Value = resp
-        .json()
-        .await
-        .map_err(es_err("reading the snapshot state index"))?;
-    if !(200..300).contains(&code) {
-        return Err(StatusError::Es {
-            what: "reading the snapshot state index",
-            message: format!("HTTP {code}: {}", es_reason(&body)),
-        });
-    }
-    let hits = body["hits"]["hits"].as_array().cloned().unwrap_or_default();
-    let total = body["hits"]["total"]["value"].as_u64().unwrap_or(0);
-    let sources: Vec<Value> = hits.into_iter().map(|h| h["_source"].clone()).collect();
+    };
+    let sources: Vec<Value> = page.records.into_iter().map(|r| r.source).collect();
     let (tables, unrecognized) = summarize_snapshot_docs(&sources);
     Ok(SnapshotStatus::Recorded {
         index: index.into(),
         tables,
         unrecognized_documents: unrecognized,
-        truncated: total > sources.len() as u64,
+        truncated: page.total > sources.len() as u64,
         reindexes: summarize_reindex_docs(&sources),
     })
 }

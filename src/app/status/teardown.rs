@@ -12,15 +12,17 @@
 //! Backfills (`sluice snapshot`) record their progress by table and target,
 //! not by slot, so nothing says whose they are: they stay.
 
-use elasticsearch::Elasticsearch;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_postgres::error::SqlState;
 
 use super::{
-    SlotStatus, StatusError, Targets, connect_pg, es_reason, pg_err, read_slot, render_teardown,
+    SlotStatus, StatusError, Targets, connect_pg, es_err, pg_err, read_slot, render_teardown,
     server_wal_lsn,
 };
+use crate::sink::Elasticsearch;
+use crate::sink::admin::AdminError;
+use crate::sink::state_store::{Filter, Record, StateIndex};
 use crate::source::PgConnectConfig;
 use crate::source::sql::quote_ident;
 
@@ -186,136 +188,70 @@ pub async fn teardown(
 /// Delete `slot`'s records from the state index (see the module docs);
 /// returns how many there were. A missing state index holds none.
 async fn delete_own_state(es: &Elasticsearch, index: &str, slot: &str) -> Result<u64, StatusError> {
-    let es_err = |what: &'static str| {
-        move |e: elasticsearch::Error| StatusError::Es {
-            what,
-            message: crate::sink::describe_es_error(&e),
-        }
-    };
-    // Searches see what was written before.
-    es.indices()
-        .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[index]))
-        .send()
-        .await
-        .map_err(es_err("refreshing the state index"))?;
+    let records = StateIndex::new(es.clone(), index);
+    // Searches see what was written before (a missing index has nothing).
+    match records.refresh().await {
+        Ok(()) | Err(AdminError::Status { .. }) => {}
+        Err(e) => return Err(es_err("refreshing the state index")(e)),
+    }
     let initial = crate::app::load::target(slot);
-    let tables = search_state(
-        es,
-        index,
-        json!({"bool": {"filter": [{"term": {"kind": "table"}}, {"term": {"target": initial}}]}}),
+    let tables = find(
+        &records,
+        &[
+            Filter::Is("kind", json!("table")),
+            Filter::Is("target", json!(initial)),
+        ],
     )
     .await?;
-    let reindexes = search_state(es, index, json!({"term": {"kind": "reindex"}})).await?;
+    let reindexes = find(&records, &[Filter::Is("kind", json!("reindex"))]).await?;
     let run_ids: Vec<Value> = tables
         .iter()
-        .filter_map(|(_, src)| src.get("run_id").cloned())
+        .filter_map(|r| r.source.get("run_id").cloned())
         .collect();
     let mut ids: Vec<String> = vec![crate::app::load::marker_id(slot)];
-    ids.extend(tables.into_iter().map(|(id, _)| id));
+    ids.extend(tables.into_iter().map(|r| r.id));
     ids.extend(
         reindexes
             .into_iter()
-            .filter(|(_, src)| src["slot"] == slot)
-            .map(|(id, _)| id),
+            .filter(|r| r.source["slot"] == slot)
+            .map(|r| r.id),
     );
-    let mut deleted = bulk_delete(es, index, &ids).await?;
+    let mut deleted = delete(&records, &ids).await?;
     // Chunk records, a page at a time: each page is deleted (and refreshed)
     // before the next search, so the loop ends when none is left.
     if !run_ids.is_empty() {
+        let chunks_of_runs = [
+            Filter::Is("kind", json!("chunk")),
+            Filter::AnyOf("run_id", run_ids),
+        ];
         loop {
-            let chunks = search_state(
-                es,
-                index,
-                json!({"bool": {"filter": [
-                    {"term": {"kind": "chunk"}},
-                    {"terms": {"run_id": run_ids}}
-                ]}}),
-            )
-            .await?;
+            let chunks = find(&records, &chunks_of_runs).await?;
             if chunks.is_empty() {
                 break;
             }
-            let ids: Vec<String> = chunks.into_iter().map(|(id, _)| id).collect();
-            deleted += bulk_delete(es, index, &ids).await?;
+            let ids: Vec<String> = chunks.into_iter().map(|r| r.id).collect();
+            deleted += delete(&records, &ids).await?;
         }
     }
     Ok(deleted)
 }
 
-/// Up to 5000 `(id, _source)` of the state index matching `query`; none if
-/// the index does not exist.
-async fn search_state(
-    es: &Elasticsearch,
-    index: &str,
-    query: Value,
-) -> Result<Vec<(String, Value)>, StatusError> {
-    let resp = es
-        .search(elasticsearch::SearchParts::Index(&[index]))
-        .body(json!({"size": 5000, "query": query}))
-        .send()
+/// Up to 5000 records of the state index matching `filters`; none if the
+/// index does not exist.
+async fn find(records: &StateIndex, filters: &[Filter]) -> Result<Vec<Record>, StatusError> {
+    records
+        .find(filters, 5000)
         .await
-        .map_err(|e| StatusError::Es {
-            what: "reading the state index",
-            message: crate::sink::describe_es_error(&e),
-        })?;
-    let code = resp.status_code().as_u16();
-    let body: Value = resp.json().await.unwrap_or_default();
-    match code {
-        404 => Ok(Vec::new()),
-        c if (200..300).contains(&c) => Ok(body["hits"]["hits"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|h| Some((h["_id"].as_str()?.to_string(), h["_source"].clone())))
-            .collect()),
-        c => Err(StatusError::Es {
-            what: "reading the state index",
-            message: format!("HTTP {c}: {}", es_reason(&body)),
-        }),
-    }
+        .map_err(es_err("reading the state index"))
 }
 
 /// Delete `ids` from the state index (refreshed, so the next search no
 /// longer sees them); returns how many existed.
-async fn bulk_delete(es: &Elasticsearch, index: &str, ids: &[String]) -> Result<u64, StatusError> {
-    let what = "deleting this slot's state records";
-    let body: Vec<elasticsearch::http::request::JsonBody<Value>> = ids
-        .iter()
-        .map(|id| json!({"delete": {"_index": index, "_id": id}}).into())
-        .collect();
-    let resp = es
-        .bulk(elasticsearch::BulkParts::None)
-        .refresh(elasticsearch::params::Refresh::True)
-        .body(body)
-        .send()
+async fn delete(records: &StateIndex, ids: &[String]) -> Result<u64, StatusError> {
+    records
+        .delete_ids(ids)
         .await
-        .map_err(|e| StatusError::Es {
-            what,
-            message: crate::sink::describe_es_error(&e),
-        })?;
-    let code = resp.status_code().as_u16();
-    let v: Value = resp.json().await.unwrap_or_default();
-    if !(200..300).contains(&code) {
-        return Err(StatusError::Es {
-            what,
-            message: format!("HTTP {code}: {}", es_reason(&v)),
-        });
-    }
-    let mut deleted = 0;
-    for item in v["items"].as_array().into_iter().flatten() {
-        match item["delete"]["status"].as_u64() {
-            Some(200) => deleted += 1,
-            // Not there (or the index is missing): nothing to delete.
-            Some(404) => {}
-            _ => {
-                return Err(StatusError::Es {
-                    what,
-                    message: format!("{}", item["delete"]["error"]),
-                });
-            }
-        }
-    }
-    Ok(deleted)
+        .map_err(es_err("deleting this slot's state records"))
 }
 
 /// `sluice teardown [--yes-drop-slot]` in one call: returns the text to print.
