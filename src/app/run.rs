@@ -57,13 +57,9 @@ async fn open_slot(
     // half-made slot disappears when it exits: then create it anew.
     let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
     loop {
-        let active: Option<bool> = pg
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&cfg.slot],
-            )
+        let active = source::inspect::slot(pg, &cfg.slot)
             .await?
-            .map(|r| r.get(0));
+            .map(|s| s.active);
         match active {
             None => break,
             Some(true) if tokio::time::Instant::now() < deadline => {

@@ -26,7 +26,9 @@
 pub mod auth_guard;
 pub mod decoder;
 pub mod error;
+pub mod filter_check;
 pub mod heartbeat;
+pub mod inspect;
 pub mod manage;
 pub mod pg_config;
 pub mod pgoutput;

@@ -26,6 +26,8 @@ use crate::config::{Catalog, Config, IndexName, load_catalog};
 use crate::sink::admin::{self, AdminError};
 use crate::sink::{Elasticsearch, EsConfig};
 use crate::source::PgConnectConfig;
+use crate::source::inspect;
+pub use crate::source::inspect::ServerFacts;
 use crate::source::sql::quote_table;
 use compat::{field_conflicts, flatten_properties, parse_es_duration};
 
@@ -194,53 +196,7 @@ async fn check_postgres(
             return None;
         }
     };
-    let pg = config.postgres.to_string();
-    let settings = client
-        .query_one(
-            "SELECT current_setting('server_version_num')::int, current_setting('server_version'),
-                    current_setting('wal_level'),
-                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
-                    current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
-                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
-                    current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int,
-                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND wal_status = 'lost')",
-            &[&config.slot],
-        )
-        .await;
-    match settings {
-        Ok(r) => {
-            let s = ServerFacts {
-                version_num: r.get(0),
-                version: r.get(1),
-                wal_level: r.get(2),
-                can_replicate: r.get::<_, Option<bool>>(3).unwrap_or(false),
-                free_slots: r.get(4),
-                slot_exists: r.get(5),
-                free_wal_senders: r.get(6),
-                slot_lost: r.get(7),
-            };
-            for p in s.problems(&config.postgres.user, &config.slot) {
-                report.problem(p);
-            }
-            report.facts.push(format!(
-                "PostgreSQL {} at {pg}, wal_level={}",
-                s.version, s.wal_level
-            ));
-            report.facts.push(if s.slot_exists {
-                format!(
-                    "replication slot `{}` exists (streaming resumes from it)",
-                    config.slot
-                )
-            } else {
-                format!(
-                    "{} free replication slot(s); `{}` will be created",
-                    s.free_slots, config.slot
-                )
-            });
-        }
-        Err(e) => report.problem(format!("PostgreSQL: cannot read server settings: {e}")),
-    }
-
+    check_server(&client, config, report).await;
     let catalog = match load_catalog(&client, &config.mappings.schemas()).await {
         Ok(c) => c,
         Err(e) => {
@@ -253,30 +209,7 @@ async fn check_postgres(
             report.problem(e.to_string());
         }
     }
-    for (schema, table) in config.mappings.tables() {
-        let q = format!("{schema}.{table}");
-        let Some(t) = catalog.tables.get(&q) else {
-            continue;
-        };
-        let ident = quote_table(&schema, &table);
-        match client
-            .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&ident])
-            .await
-        {
-            Ok(r) if r.get::<_, bool>(0) => {}
-            Ok(_) => report.problem(format!(
-                "PostgreSQL role `{}` may not read {q}: run `GRANT SELECT ON {ident} TO {}`",
-                config.postgres.user, config.postgres.user
-            )),
-            Err(e) => report.problem(format!("{q}: cannot check privileges: {e}")),
-        }
-        let Some(m) = config.mappings.for_table(&q).next() else {
-            continue;
-        };
-        if let Some(filter) = &m.filter {
-            row_filter::check_row_filter(&client, config, m, t, filter, report).await;
-        }
-    }
+    check_tables(&client, config, &catalog, report).await;
     if config.heartbeat_interval.is_some() {
         check_heartbeat_privilege(&client, config, report).await;
     }
@@ -291,6 +224,68 @@ async fn check_postgres(
     Some(catalog)
 }
 
+/// The server's version, `wal_level`, the role's REPLICATION attribute,
+/// free slots and WAL senders, and the slot.
+async fn check_server(client: &tokio_postgres::Client, config: &Config, report: &mut Report) {
+    let s = match inspect::server_facts(client, &config.slot).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.problem(format!("PostgreSQL: cannot read server settings: {e}"));
+            return;
+        }
+    };
+    for p in s.problems(&config.postgres.user, &config.slot) {
+        report.problem(p);
+    }
+    report.facts.push(format!(
+        "PostgreSQL {} at {}, wal_level={}",
+        s.version, config.postgres, s.wal_level
+    ));
+    report.facts.push(if s.slot_exists {
+        format!(
+            "replication slot `{}` exists (streaming resumes from it)",
+            config.slot
+        )
+    } else {
+        format!(
+            "{} free replication slot(s); `{}` will be created",
+            s.free_slots, config.slot
+        )
+    });
+}
+
+/// Each mapped table the catalog has: readable by the role, and its row
+/// filter acceptable to PostgreSQL.
+async fn check_tables(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    catalog: &Catalog,
+    report: &mut Report,
+) {
+    for (schema, table) in config.mappings.tables() {
+        let q = format!("{schema}.{table}");
+        let Some(t) = catalog.tables.get(&q) else {
+            continue;
+        };
+        match inspect::may_select(client, &schema, &table).await {
+            Ok(true) => {}
+            Ok(false) => report.problem(format!(
+                "PostgreSQL role `{}` may not read {q}: run `GRANT SELECT ON {} TO {}`",
+                config.postgres.user,
+                quote_table(&schema, &table),
+                config.postgres.user
+            )),
+            Err(e) => report.problem(format!("{q}: cannot check privileges: {e}")),
+        }
+        let Some(m) = config.mappings.for_table(&q).next() else {
+            continue;
+        };
+        if let Some(filter) = &m.filter {
+            row_filter::check_row_filter(client, config, m, t, filter, report).await;
+        }
+    }
+}
+
 /// The heartbeat writes WAL with a function whose EXECUTE privilege an
 /// administrator may have revoked; `check` changes nothing, so it asks
 /// instead of emitting one.
@@ -301,11 +296,8 @@ async fn check_heartbeat_privilege(
 ) {
     use crate::source::heartbeat::FUNCTION;
     let user = &config.postgres.user;
-    match client
-        .query_one("SELECT has_function_privilege($1, 'EXECUTE')", &[&FUNCTION])
-        .await
-    {
-        Ok(r) if r.get::<_, bool>(0) => report
+    match inspect::may_execute(client, FUNCTION).await {
+        Ok(true) => report
             .facts
             .push(format!("heartbeat: role `{user}` may execute {FUNCTION}")),
         Ok(_) => report.problem(format!(
@@ -342,21 +334,7 @@ fn connect_problem(e: &crate::source::SourceError, pg: &PgConnectConfig) -> Stri
     )
 }
 
-/// What `check` reads from the server before looking at tables.
-#[derive(Debug, Clone)]
-pub struct ServerFacts {
-    pub version_num: i32,
-    pub version: String,
-    pub wal_level: String,
-    /// REPLICATION or superuser.
-    pub can_replicate: bool,
-    pub free_slots: i32,
-    pub slot_exists: bool,
-    pub free_wal_senders: i32,
-    /// The slot exists but PostgreSQL invalidated it (`wal_status = lost`).
-    pub slot_lost: bool,
-}
-
+/// What `check` makes of the facts `source::inspect` reads.
 impl ServerFacts {
     /// Each server-level problem, with what to do about it.
     pub fn problems(&self, user: &str, slot: &str) -> Vec<String> {

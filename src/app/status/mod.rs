@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::Lsn;
 use crate::source::PgConnectConfig;
+use crate::source::inspect;
 
 pub mod es_health;
 mod pg_conn;
@@ -219,10 +220,6 @@ fn opt_lsn_text<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S:
     }
 }
 
-fn parse_lsn(text: Option<String>) -> Option<Lsn> {
-    text.and_then(|t| t.parse().ok())
-}
-
 fn pg_err(
     what: &'static str,
     pg: &PgConnectConfig,
@@ -242,39 +239,27 @@ async fn read_slot(
     slot: &str,
     server_lsn: Lsn,
 ) -> Result<SlotStatus, StatusError> {
-    let row = client
-        .query_opt(
-            "SELECT s.slot_type, s.plugin, s.database, s.active, s.active_pid,
-                    s.confirmed_flush_lsn::text, s.restart_lsn::text, s.wal_status,
-                    s.safe_wal_size, a.application_name
-               FROM pg_replication_slots s
-               LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
-              WHERE s.slot_name = $1",
-            &[&slot],
-        )
+    let row = inspect::slot(client, slot)
         .await
         .map_err(pg_err("reading pg_replication_slots", pg))?;
     let Some(row) = row else {
         return Ok(SlotStatus::Missing { name: slot.into() });
     };
-    let confirmed = parse_lsn(row.get(5));
-    let restart = parse_lsn(row.get(6));
     let diff = |l: Option<Lsn>| l.map(|l| server_lsn.0.saturating_sub(l.0));
-    let application: Option<String> = row.get(9);
     Ok(SlotStatus::Present(Box::new(SlotInfo {
         name: slot.into(),
-        slot_type: row.get(0),
-        plugin: row.get(1),
-        database: row.get(2),
-        active: row.get(3),
-        active_pid: row.get(4),
-        active_application: application.filter(|a| !a.is_empty()),
-        confirmed_flush_lsn: confirmed,
-        restart_lsn: restart,
-        lag_bytes: diff(confirmed),
-        retained_wal_bytes: diff(restart),
-        wal_status: row.get(7),
-        safe_wal_size: row.get(8),
+        slot_type: row.slot_type,
+        plugin: row.plugin,
+        database: row.database,
+        active: row.active,
+        active_pid: row.active_pid,
+        active_application: row.application,
+        confirmed_flush_lsn: row.confirmed_flush,
+        restart_lsn: row.restart,
+        lag_bytes: diff(row.confirmed_flush),
+        retained_wal_bytes: diff(row.restart),
+        wal_status: row.wal_status,
+        safe_wal_size: row.safe_wal_size,
     })))
 }
 
@@ -282,18 +267,10 @@ async fn server_wal_lsn(
     client: &tokio_postgres::Client,
     pg: &PgConnectConfig,
 ) -> Result<(Lsn, bool), StatusError> {
-    // On a standby the current insert position does not exist; what it has
-    // received is the comparable position.
-    let row = client
-        .query_one(
-            "SELECT pg_is_in_recovery(),
-                    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
-                          ELSE pg_current_wal_lsn() END)::text",
-            &[],
-        )
+    let at = inspect::wal_position(client)
         .await
         .map_err(pg_err("reading the server's WAL position", pg))?;
-    Ok((parse_lsn(row.get(1)).unwrap_or_default(), row.get(0)))
+    Ok((at.lsn, at.in_recovery))
 }
 
 async fn read_publication(
@@ -301,11 +278,7 @@ async fn read_publication(
     pg: &PgConnectConfig,
     name: &str,
 ) -> Result<PublicationStatus, StatusError> {
-    let row = client
-        .query_opt(
-            "SELECT pg_get_userbyid(pubowner)::text, puballtables FROM pg_publication WHERE pubname = $1",
-            &[&name],
-        )
+    let row = inspect::publication(client, name)
         .await
         .map_err(pg_err("reading pg_publication", pg))?;
     let Some(row) = row else {
@@ -317,22 +290,14 @@ async fn read_publication(
             tables: vec![],
         });
     };
-    let tables = client
-        .query(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables
-              WHERE pubname = $1 ORDER BY 1",
-            &[&name],
-        )
+    let tables = inspect::publication_tables(client, name)
         .await
-        .map_err(pg_err("reading pg_publication_tables", pg))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map_err(pg_err("reading pg_publication_tables", pg))?;
     Ok(PublicationStatus {
         name: name.into(),
         exists: true,
-        owner: row.get(0),
-        all_tables: row.get(1),
+        owner: row.owner,
+        all_tables: row.all_tables,
         tables,
     })
 }
@@ -345,14 +310,9 @@ pub async fn gather(
     targets: &Targets,
 ) -> Result<StatusReport, StatusError> {
     let client = connect_pg(pg, "sluice-status").await?;
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version'), current_setting('wal_level')",
-            &[],
-        )
+    let (server_version, wal_level) = inspect::version_and_wal_level(&client)
         .await
         .map_err(pg_err("reading server settings", pg))?;
-    let (server_version, wal_level): (String, String) = (row.get(0), row.get(1));
     let (server_lsn, in_recovery) = server_wal_lsn(&client, pg).await?;
     let slot = read_slot(&client, pg, &targets.slot, server_lsn).await?;
     let publication = read_publication(&client, pg, &targets.publication).await?;

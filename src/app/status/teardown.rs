@@ -23,8 +23,7 @@ use super::{
 use crate::sink::Elasticsearch;
 use crate::sink::admin::AdminError;
 use crate::sink::state_store::{Filter, Record, StateIndex};
-use crate::source::PgConnectConfig;
-use crate::source::sql::quote_ident;
+use crate::source::{self, PgConnectConfig, SourceError, inspect};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TeardownReport {
@@ -106,8 +105,42 @@ pub async fn teardown(
         });
     }
     let client = connect_pg(pg, "sluice-teardown").await?;
-    let (server_lsn, _) = server_wal_lsn(&client, pg).await?;
-    let slot = read_slot(&client, pg, &targets.slot, server_lsn).await?;
+    let (slot_exists, publication_exists) = may_drop(&client, pg, targets).await?;
+    let mut report = TeardownReport {
+        slot_dropped: false,
+        publication_dropped: false,
+        state_records_deleted: 0,
+    };
+    if slot_exists {
+        report.slot_dropped = drop_slot(&client, pg, &targets.slot).await?;
+        if report.slot_dropped {
+            tracing::info!(slot = %targets.slot, "dropped replication slot");
+        }
+    }
+    if publication_exists {
+        source::drop_publication(&client, &targets.publication)
+            .await
+            .map_err(|e| query_failed("dropping the publication", pg, e))?;
+        report.publication_dropped = true;
+        tracing::info!(publication = %targets.publication, "dropped publication");
+    }
+    report.state_records_deleted =
+        delete_own_state(es, &targets.state_index, &targets.slot).await?;
+    tracing::info!(index = %targets.state_index, slot = %targets.slot,
+        deleted = report.state_records_deleted, "deleted this slot's state records");
+    Ok(report)
+}
+
+/// Everything teardown checks before it drops anything: the slot is this
+/// database's and idle, the publication is this role's to drop. Returns
+/// whether the slot and the publication exist.
+async fn may_drop(
+    client: &tokio_postgres::Client,
+    pg: &PgConnectConfig,
+    targets: &Targets,
+) -> Result<(bool, bool), TeardownError> {
+    let (server_lsn, _) = server_wal_lsn(client, pg).await?;
+    let slot = read_slot(client, pg, &targets.slot, server_lsn).await?;
     if let SlotStatus::Present(s) = &slot {
         if let Some(db) = &s.database
             && db != &pg.dbname
@@ -126,63 +159,59 @@ pub async fn teardown(
             });
         }
     }
-    let publication = client
-        .query_opt(
-            "SELECT pg_get_userbyid(pubowner)::text, pg_has_role(pubowner, 'USAGE'), current_user::text
-               FROM pg_publication WHERE pubname = $1",
-            &[&targets.publication],
-        )
+    let publication = inspect::publication_owner(client, &targets.publication)
         .await
         .map_err(pg_err("reading pg_publication", pg))?;
-    if let Some(row) = &publication
-        && !row.get::<_, bool>(1)
+    if let Some(p) = &publication
+        && !p.may_drop
     {
         return Err(TeardownError::PublicationNotOwned {
             publication: targets.publication.clone(),
-            owner: row.get(0),
-            user: row.get(2),
+            owner: p.owner.clone(),
+            user: p.current_user.clone(),
         });
     }
+    Ok((
+        matches!(slot, SlotStatus::Present(_)),
+        publication.is_some(),
+    ))
+}
 
-    let mut report = TeardownReport {
-        slot_dropped: false,
-        publication_dropped: false,
-        state_records_deleted: 0,
-    };
-    if matches!(slot, SlotStatus::Present(_)) {
-        match client
-            .execute("SELECT pg_drop_replication_slot($1)", &[&targets.slot])
-            .await
-        {
-            Ok(_) => report.slot_dropped = true,
-            // A Sluice started between the check and the drop.
-            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
-                return Err(TeardownError::SlotActive {
-                    slot: targets.slot.clone(),
-                    pid: 0,
-                    application: None,
-                });
-            }
-            Err(e) => return Err(pg_err("dropping the replication slot", pg)(e).into()),
+/// Drop the (idle) slot; whether it was there to drop.
+async fn drop_slot(
+    client: &tokio_postgres::Client,
+    pg: &PgConnectConfig,
+    slot: &str,
+) -> Result<bool, TeardownError> {
+    match source::drop_slot(client, slot).await {
+        Ok(dropped) => Ok(dropped),
+        // A Sluice started between the check and the drop.
+        Err(SourceError::Setup(_)) => Err(TeardownError::SlotActive {
+            slot: slot.to_string(),
+            pid: 0,
+            application: None,
+        }),
+        Err(SourceError::Sql(e)) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
+            Err(TeardownError::SlotActive {
+                slot: slot.to_string(),
+                pid: 0,
+                application: None,
+            })
         }
-        tracing::info!(slot = %targets.slot, "dropped replication slot");
+        Err(e) => Err(query_failed("dropping the replication slot", pg, e).into()),
     }
-    if publication.is_some() {
-        client
-            .batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                quote_ident(&targets.publication)
-            ))
-            .await
-            .map_err(pg_err("dropping the publication", pg))?;
-        report.publication_dropped = true;
-        tracing::info!(publication = %targets.publication, "dropped publication");
+}
+
+/// A failed statement of the source layer, in status's words.
+fn query_failed(what: &'static str, pg: &PgConnectConfig, e: SourceError) -> StatusError {
+    match e {
+        SourceError::Sql(e) => pg_err(what, pg)(e),
+        other => StatusError::PgQuery {
+            what,
+            target: pg.to_string(),
+            message: crate::ops::logging::redact_url(&other.to_string()),
+        },
     }
-    report.state_records_deleted =
-        delete_own_state(es, &targets.state_index, &targets.slot).await?;
-    tracing::info!(index = %targets.state_index, slot = %targets.slot,
-        deleted = report.state_records_deleted, "deleted this slot's state records");
-    Ok(report)
 }
 
 /// Delete `slot`'s records from the state index (see the module docs);
