@@ -86,7 +86,7 @@ async fn dispatch(command: Command) -> i32 {
                 }
             }
         }
-        Command::Snapshot(args) => sluice::app::snapshot::command(&args).await,
+        Command::Snapshot(args) => sluice::app::snapshot::command(&args.request()).await,
     }
 }
 

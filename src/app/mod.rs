@@ -15,3 +15,8 @@ pub mod run;
 pub mod setup;
 pub mod snapshot;
 pub mod status;
+
+/// Exit code for a run that failed at runtime (a server went away, ...).
+pub const EXIT_RUNTIME: i32 = 1;
+/// Exit code for bad usage or bad configuration: fix the input, do not retry.
+pub const EXIT_CONFIG: i32 = 2;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 
-use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
+use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::{Config, ConfigErrors};
 use crate::sink::Elasticsearch;
 use crate::sink::admin::{self, AdminError};

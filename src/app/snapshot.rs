@@ -5,6 +5,7 @@
 //! `app::load`; this file turns the command line into backfill targets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use anyhow::Context;
 
 use crate::app::load::{deps, options, table_specs, temporary_slot_exporter};
 use crate::app::setup::{pipeline_config, preflight, prepare_indices};
-use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME, SnapshotArgs};
+use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::{Config, IndexName, Mappings, STATE_INDEX};
 use crate::sink::Elasticsearch;
 use crate::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
@@ -26,8 +27,22 @@ use crate::transform::Transformer;
 /// up with exit 1; running it again resumes where it stopped.
 const SNAPSHOT_RETRIES: usize = 12;
 
+/// What `sluice snapshot` is asked to do (the command line, as plain data).
+#[derive(Debug, Clone)]
+pub struct SnapshotRequest {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// `schema.table` names; empty: every mapped table.
+    pub tables: Vec<String>,
+    pub reindex: bool,
+    pub delete_old: bool,
+    /// With `reindex`: how long to wait for `sluice run` to pick it up.
+    pub stream_timeout: Duration,
+    pub abandon: bool,
+}
+
 /// `sluice snapshot [--table ...]`: backfill while `run` streams (or alone).
-pub async fn command(args: &SnapshotArgs) -> i32 {
+pub async fn command(args: &SnapshotRequest) -> i32 {
     match snapshot_command(args).await {
         Ok(()) => 0,
         Err((code, e)) => {
@@ -38,7 +53,7 @@ pub async fn command(args: &SnapshotArgs) -> i32 {
     }
 }
 
-async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error)> {
+async fn snapshot_command(args: &SnapshotRequest) -> Result<(), (i32, anyhow::Error)> {
     let (cfg, pg, es) = open(args).await?;
     let wanted = wanted_tables(&cfg, &args.tables).map_err(config_err)?;
     let targets = if args.reindex {
@@ -47,7 +62,7 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         backfill_targets(&cfg, &wanted)
     };
     if args.abandon {
-        return abandon(&es, &targets, Duration::from_secs(args.stream_timeout)).await;
+        return abandon(&es, &targets, args.stream_timeout).await;
     }
     if !args.reindex {
         // A backfill may come before any `sluice run`: create what is missing.
@@ -70,9 +85,7 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         reindex: args.reindex,
         delete_old: args.delete_old,
         gc_deletes: cfg.pipeline.gc_deletes_setting(),
-        wait_for_stream: args
-            .reindex
-            .then(|| Duration::from_secs(args.stream_timeout)),
+        wait_for_stream: args.reindex.then_some(args.stream_timeout),
         stream_slot: Some(cfg.slot.clone()),
         options: options(&cfg),
         retries: SNAPSHOT_RETRIES,
@@ -120,10 +133,9 @@ fn snapshot_failure(e: SnapshotError) -> (i32, anyhow::Error) {
 
 /// The configuration, checked against PostgreSQL, and both connections.
 async fn open(
-    args: &SnapshotArgs,
+    args: &SnapshotRequest,
 ) -> Result<(Config, tokio_postgres::Client, Elasticsearch), (i32, anyhow::Error)> {
-    let mut cfg =
-        Config::load(&args.config.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
+    let mut cfg = Config::load(&args.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
     preflight(&cfg, crate::app::check::Preflight::Snapshot)
         .await
         .map_err(|f| (f.exit_code(), anyhow::anyhow!("{f}")))?;

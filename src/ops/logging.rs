@@ -17,7 +17,13 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::cli::LogFormat;
+/// How logs are written: `human` on a terminal, `json` for log collectors.
+/// (The command line offers these values as `--log-format`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
 
 /// Filter used when neither `SLUICE_LOG` nor `RUST_LOG` is set.
 pub const DEFAULT_FILTER: &str = "sluice=info,warn";

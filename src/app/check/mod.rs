@@ -23,7 +23,7 @@ mod row_filter;
 
 use self::elasticsearch::check_elasticsearch;
 use self::postgres::check_postgres;
-use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
+use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::Config;
 use crate::sink::{Elasticsearch, EsConfig};
 use crate::source::PgConnectConfig;

@@ -203,8 +203,8 @@ pub enum StatusError {
 impl StatusError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            StatusError::EsClient(_) => crate::cli::EXIT_CONFIG,
-            _ => crate::cli::EXIT_RUNTIME,
+            StatusError::EsClient(_) => crate::app::EXIT_CONFIG,
+            _ => crate::app::EXIT_RUNTIME,
         }
     }
 }

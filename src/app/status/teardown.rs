@@ -80,9 +80,9 @@ pub enum TeardownError {
 impl TeardownError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            TeardownError::NotConfirmed { .. } => crate::cli::EXIT_CONFIG,
+            TeardownError::NotConfirmed { .. } => crate::app::EXIT_CONFIG,
             TeardownError::Status(e) => e.exit_code(),
-            _ => crate::cli::EXIT_RUNTIME,
+            _ => crate::app::EXIT_RUNTIME,
         }
     }
 }
