@@ -14,6 +14,19 @@
 //! (`SnapshotExporter`; the replication slot in production), how to convert a
 //! column text to JSON (`ValueConverter`), how to connect (`PgConnector`),
 //! and where rows go (`SnapshotSink`, with a per-batch acknowledgement).
+//!
+//! Rules that hold here:
+//! - No connection is opened here: the connector, the exporter and the
+//!   Elasticsearch client come in from `app`, which wires them.
+//! - SQL only in the snapshot reader (`catalog`, `plan`, `reader`: reads
+//!   inside the exported snapshot); nothing else here writes SQL.
+//! - No Elasticsearch request here: the state records go through
+//!   `sink::state_store` (`state`), index settings, build indices and
+//!   aliases through `sink::admin` (`tombstones`, `reindex`), documents
+//!   through the sink's indexer (`sink`). This module decides what the
+//!   records mean and when a chunk, a backfill or a swap is done.
+//! - Imports model, source (its SQL quoting), sink and transform; never
+//!   stream, ops, app or cli.
 
 pub mod backfill;
 pub mod catalog;

@@ -1,5 +1,6 @@
 //! Durable snapshot progress, kept in an Elasticsearch state index
-//! (`sluice-state` by default).
+//! (`sluice-state` by default) through `sink::state_store`; this module
+//! says what the snapshot's records mean.
 //!
 //! Keeps the resumability half of DESIGN invariant 4: a chunk document is
 //! written only after every document of that chunk is acknowledged by

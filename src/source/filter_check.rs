@@ -3,7 +3,9 @@
 //! reads, from a VERBOSE plan), and under the stricter rules of a
 //! publication, in a publication created inside a transaction that is
 //! rolled back. Nothing here changes the server; the verdicts and their
-//! words are the caller's.
+//! words are the caller's. Keeps DESIGN invariant 10 with them: a filter
+//! that would make PostgreSQL refuse the application's UPDATE and DELETE is
+//! found before any publication carries it.
 //!
 //! Call only with a filter that `row_filter::single_expression` accepted:
 //! the text is pasted into the statements below.

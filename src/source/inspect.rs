@@ -4,7 +4,7 @@
 //! refusals, the words an operator reads) is the caller's.
 //!
 //! Read-only, on an ordinary SQL connection: nothing here changes the
-//! server (DESIGN invariant 6, never break the application's database).
+//! server (DESIGN invariant 10, never break the application).
 
 use tokio_postgres::{Client, Error};
 

@@ -10,6 +10,11 @@
 //! `snapshot`, so a configuration `check` refuses can never be started and
 //! turn against the application (e.g. a row filter outside the replica
 //! identity, which makes PostgreSQL refuse the application's UPDATEs).
+//!
+//! `postgres` and `elasticsearch` hold the two halves (with `publication`,
+//! `row_filter` and `compat`); the questions they put to the servers are
+//! `source::inspect`, `source::filter_check` and `sink::admin`, so only the
+//! verdicts and their words are here.
 
 use std::path::Path;
 

@@ -1,9 +1,11 @@
 //! `sluice status` and `sluice teardown`: what the slot, the publication and
 //! Sluice's indices look like, and how to remove them safely.
 //!
-//! Reads PostgreSQL (`pg_replication_slots`, `pg_publication`, the server's
-//! WAL position) and Elasticsearch (dead-letter count, snapshot progress in
-//! the state index). The state index's document shape belongs to the snapshot
+//! Reads PostgreSQL through `source::inspect` (the slot and who holds it,
+//! the publication, the server's WAL position) and Elasticsearch through
+//! the sink (dead-letter count, snapshot progress in the state index, the
+//! cluster's health); this module makes the report, its warnings and its
+//! words. The state index's document shape belongs to the snapshot
 //! feature, so the reader is tolerant: a missing index means "no snapshot
 //! recorded", unknown fields are ignored.
 //!
