@@ -51,7 +51,10 @@ fn excerpt(body: &str) -> String {
 }
 
 impl AdminError {
-    fn request(what: impl Into<String>) -> impl FnOnce(elasticsearch::Error) -> AdminError {
+    /// The error for a request that got no (readable) answer.
+    pub(crate) fn request(
+        what: impl Into<String>,
+    ) -> impl FnOnce(elasticsearch::Error) -> AdminError {
         let what = what.into();
         move |source| AdminError::Request { what, source }
     }
@@ -116,6 +119,33 @@ pub(crate) async fn json_ok(
             body: text,
         })
     }
+}
+
+/// A 2xx answer's JSON, `None` for a 404 (nothing there); any other status
+/// is an error that keeps the body. An answer that is not JSON is a
+/// `Request` error, like no answer.
+pub(crate) async fn found_json(
+    what: impl Into<String>,
+    sent: Result<Response, elasticsearch::Error>,
+) -> Result<Option<Value>, AdminError> {
+    let what = what.into();
+    let resp = sent.map_err(AdminError::request(what.clone()))?;
+    let status = resp.status_code().as_u16();
+    if status == 404 {
+        return Ok(None);
+    }
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(AdminError::request(what.clone()))?;
+    if !(200..300).contains(&status) {
+        return Err(AdminError::Status {
+            what,
+            status,
+            body: body.to_string(),
+        });
+    }
+    Ok(Some(body))
 }
 
 /// The status of an answer, its body dropped.
@@ -346,28 +376,12 @@ pub async fn index_mappings(es: &Elasticsearch, pattern: &str) -> Result<Value, 
 
 /// Document count of `index`; `None` when it does not exist.
 pub async fn count_docs(es: &Elasticsearch, index: &str) -> Result<Option<u64>, AdminError> {
-    let what = format!("count the documents of {index}");
-    let resp = es
+    let sent = es
         .count(elasticsearch::CountParts::Index(&[index]))
         .send()
-        .await
-        .map_err(AdminError::request(what.clone()))?;
-    let status = resp.status_code().as_u16();
-    if status == 404 {
-        return Ok(None);
-    }
-    let body: Value = resp
-        .json()
-        .await
-        .map_err(AdminError::request(what.clone()))?;
-    if !(200..300).contains(&status) {
-        return Err(AdminError::Status {
-            what,
-            status,
-            body: body.to_string(),
-        });
-    }
-    Ok(body["count"].as_u64())
+        .await;
+    let body = found_json(format!("count the documents of {index}"), sent).await?;
+    Ok(body.and_then(|b| b["count"].as_u64()))
 }
 
 // ---- what `check` asks ---------------------------------------------------------

@@ -17,7 +17,7 @@ use elasticsearch::{
 };
 use serde_json::{Value, json};
 
-use super::admin::{AdminError, json_ok};
+use super::admin::{AdminError, found_json, json_ok};
 use super::indices::{IndexSpec, ensure_index};
 
 /// One record: its id and its document.
@@ -127,10 +127,7 @@ impl StateIndex {
             .get(GetParts::IndexId(&self.index, id))
             .send()
             .await
-            .map_err(|source| AdminError::Request {
-                what: what.clone(),
-                source,
-            })?;
+            .map_err(AdminError::request(what.clone()))?;
         if resp.status_code().as_u16() == 404 {
             return Ok(None);
         }
@@ -197,37 +194,12 @@ impl StateIndex {
     /// The first `limit` records and the total count; `None` when the index
     /// does not exist.
     pub async fn read_all(&self, limit: u64) -> Result<Option<Page>, AdminError> {
-        let what = "read the state index";
-        let resp = self
-            .es
-            .search(SearchParts::Index(&[&self.index]))
-            .body(json!({
-                "size": limit,
-                "track_total_hits": true,
-                "query": {"match_all": {}}
-            }))
-            .send()
-            .await
-            .map_err(|source| AdminError::Request {
-                what: what.into(),
-                source,
-            })?;
-        let status = resp.status_code().as_u16();
-        if status == 404 {
-            return Ok(None);
-        }
-        let body: Value = resp.json().await.map_err(|source| AdminError::Request {
-            what: what.into(),
-            source,
-        })?;
-        if !(200..300).contains(&status) {
-            return Err(AdminError::Status {
-                what: what.into(),
-                status,
-                body: body.to_string(),
-            });
-        }
-        Ok(Some(page(&body)))
+        self.search(json!({
+            "size": limit,
+            "track_total_hits": true,
+            "query": {"match_all": {}}
+        }))
+        .await
     }
 
     /// Delete the records `ids` (refreshed, so the next search no longer
@@ -238,26 +210,14 @@ impl StateIndex {
             .iter()
             .map(|id| json!({"delete": {"_index": self.index, "_id": id}}).into())
             .collect();
-        let resp = self
+        let sent = self
             .es
             .bulk(BulkParts::None)
             .refresh(Refresh::True)
             .body(body)
             .send()
-            .await
-            .map_err(|source| AdminError::Request {
-                what: what.into(),
-                source,
-            })?;
-        let status = resp.status_code().as_u16();
-        let v: Value = resp.json().await.unwrap_or_default();
-        if !(200..300).contains(&status) {
-            return Err(AdminError::Status {
-                what: what.into(),
-                status,
-                body: v.to_string(),
-            });
-        }
+            .await;
+        let v = json_ok(what, sent).await?;
         let mut deleted = 0;
         for item in v["items"].as_array().into_iter().flatten() {
             match item["delete"]["status"].as_u64() {
@@ -277,28 +237,14 @@ impl StateIndex {
 
     /// One search; `None` when the index does not exist.
     async fn search(&self, body: Value) -> Result<Option<Page>, AdminError> {
-        let what = "search the state index";
-        let resp = self
+        let sent = self
             .es
             .search(SearchParts::Index(&[&self.index]))
             .body(body)
             .send()
-            .await
-            .map_err(|source| AdminError::Request {
-                what: what.into(),
-                source,
-            })?;
-        let status = resp.status_code().as_u16();
-        let body: Value = resp.json().await.unwrap_or_default();
-        match status {
-            404 => Ok(None),
-            s if (200..300).contains(&s) => Ok(Some(page(&body))),
-            s => Err(AdminError::Status {
-                what: what.into(),
-                status: s,
-                body: body.to_string(),
-            }),
-        }
+            .await;
+        let found = found_json("search the state index", sent).await?;
+        Ok(found.map(|body| page(&body)))
     }
 }
 

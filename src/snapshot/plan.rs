@@ -11,8 +11,8 @@
 
 use tokio_postgres::Client;
 
-use super::SnapshotError;
 use super::catalog::{KeyColumn, KeyKind, Leaf, TableInfo};
+use super::error::SnapshotError;
 use crate::source::sql::{quote_ident, quote_literal};
 
 /// One unit of reading and of recorded progress.

@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::SnapshotError;
+use super::error::SnapshotError;
 use super::state::StateStore;
 use crate::sink::admin;
 use crate::sink::state_store::Filter;

@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 
 use crate::model::lsn::Lsn;
 
-use super::SnapshotError;
 use super::catalog::{KeyKind, TableInfo, TableSpec, load_table};
+use super::error::SnapshotError;
 use super::plan::{Chunk, plan_table};
 use super::progress::{Progress, TableProgress};
 use super::reader::{RowContext, import_snapshot, read_chunk};

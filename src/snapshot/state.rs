@@ -21,7 +21,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::SnapshotError;
+use super::error::SnapshotError;
 use super::plan::Chunk;
 use crate::sink::Elasticsearch;
 use crate::sink::state_store::{Filter, StateIndex};

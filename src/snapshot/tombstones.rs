@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 
-use super::SnapshotError;
+use super::error::SnapshotError;
 use super::state::StateStore;
 use crate::sink::admin;
 
