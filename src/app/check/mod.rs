@@ -11,7 +11,7 @@
 //! turn against the application (e.g. a row filter outside the replica
 //! identity, which makes PostgreSQL refuse the application's UPDATEs).
 //!
-//! `postgres` and `elasticsearch` hold the two halves (with `publication`,
+//! `pg_checks` and `es_checks` hold the two halves (with `publication`,
 //! `row_filter` and `compat`); the questions they put to the servers are
 //! `source::inspect`, `source::filter_check` and `sink::admin`, so only the
 //! verdicts and their words are here.
@@ -21,18 +21,18 @@ use std::path::Path;
 use anyhow::Context;
 
 mod compat;
-mod elasticsearch;
-mod postgres;
+mod es_checks;
+mod pg_checks;
 mod publication;
 mod row_filter;
 
-use self::elasticsearch::check_elasticsearch;
-use self::postgres::check_postgres;
 use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::Config;
 use crate::sink::{Elasticsearch, EsConfig};
 use crate::source::PgConnectConfig;
 pub use crate::source::inspect::ServerFacts;
+use es_checks::check_elasticsearch;
+use pg_checks::check_postgres;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {
