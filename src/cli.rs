@@ -1,16 +1,17 @@
 //! The command line: `sluice run | snapshot | check | status | teardown`.
 //!
-//! Owns argument parsing and exit codes. Exit codes distinguish bad usage or
-//! configuration (2) from runtime failure (1) (DESIGN invariant 8).
+//! Owns argument parsing; the top of the crate, importing the commands
+//! (`app`) and nothing importing it. Exit codes distinguish bad usage or
+//! configuration (2) from runtime failure (1) (DESIGN invariant 8); the
+//! commands define them (`app`), this module re-exports them.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-/// Exit code for a run that failed at runtime (a server went away, ...).
-pub const EXIT_RUNTIME: i32 = 1;
-/// Exit code for bad usage or bad configuration: fix the input, do not retry.
-pub const EXIT_CONFIG: i32 = 2;
+use crate::app::snapshot::SnapshotRequest;
+pub use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
+pub use crate::ops::logging::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,12 +31,6 @@ pub struct Cli {
     /// Log format: `human` on a terminal, `json` for log collectors.
     #[arg(long, global = true, value_enum, env = "SLUICE_LOG_FORMAT", default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +90,20 @@ pub struct SnapshotArgs {
     /// index and state) instead of starting or resuming one.
     #[arg(long, requires = "reindex")]
     pub abandon: bool,
+}
+
+impl SnapshotArgs {
+    /// The request as the command takes it.
+    pub fn request(&self) -> SnapshotRequest {
+        SnapshotRequest {
+            config: self.config.config.clone(),
+            tables: self.tables.clone(),
+            reindex: self.reindex,
+            delete_old: self.delete_old,
+            stream_timeout: std::time::Duration::from_secs(self.stream_timeout),
+            abandon: self.abandon,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

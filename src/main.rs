@@ -46,47 +46,50 @@ async fn dispatch(command: Command) -> i32 {
             let Some((cfg, targets)) = load_for_ops(&args.config.config) else {
                 return EXIT_CONFIG;
             };
-            match sluice::app::status::status_command(
+            let outcome = sluice::app::status::status_command(
                 &cfg.postgres,
                 &cfg.elasticsearch,
                 &targets,
                 args.json,
             )
-            .await
-            {
-                Ok(text) => {
-                    print!("{text}");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("sluice status: {e}");
-                    e.exit_code()
-                }
-            }
+            .await;
+            print_outcome(
+                "status",
+                outcome.map_err(|e| (e.to_string(), e.exit_code())),
+            )
         }
         Command::Teardown(args) => {
             let Some((cfg, targets)) = load_for_ops(&args.config.config) else {
                 return EXIT_CONFIG;
             };
-            match sluice::app::status::teardown_command(
+            let outcome = sluice::app::status::teardown_command(
                 &cfg.postgres,
                 &cfg.elasticsearch,
                 &targets,
                 args.yes_drop_slot,
             )
-            .await
-            {
-                Ok(text) => {
-                    print!("{text}");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("sluice teardown: {e}");
-                    e.exit_code()
-                }
-            }
+            .await;
+            print_outcome(
+                "teardown",
+                outcome.map_err(|e| (e.to_string(), e.exit_code())),
+            )
         }
-        Command::Snapshot(args) => sluice::app::snapshot::command(&args).await,
+        Command::Snapshot(args) => sluice::app::snapshot::command(&args.request()).await,
+    }
+}
+
+/// A command's text on stdout (exit 0), or its error on stderr with its
+/// exit code.
+fn print_outcome(command: &str, outcome: Result<String, (String, i32)>) -> i32 {
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err((error, code)) => {
+            eprintln!("sluice {command}: {error}");
+            code
+        }
     }
 }
 

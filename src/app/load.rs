@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use elasticsearch::Elasticsearch;
 
 use crate::app::setup::indexer_config;
 use crate::config::{Config, STATE_INDEX};
 use crate::model::PublishedTable;
+use crate::sink::Elasticsearch;
+use crate::sink::admin::AdminError;
 use crate::snapshot::progress::Progress;
 use crate::snapshot::run::SnapshotDeps;
 use crate::snapshot::seams::{ExportedSnapshot, PgConnector, SnapshotExporter, ValueConverter};
@@ -163,10 +164,11 @@ pub async fn begin_initial(cfg: &Config, es: &Elasticsearch) -> Result<(), Snaps
     state.ensure().await?;
     for spec in table_specs(cfg) {
         let id = format!("table|{}|{}", spec.qualified_name(), target(&cfg.slot));
-        let _ = es
-            .delete(elasticsearch::DeleteParts::IndexId(STATE_INDEX, &id))
-            .send()
-            .await?;
+        // Gone already is as good as deleted.
+        match state.records().delete(&id, false).await {
+            Ok(()) | Err(AdminError::Status { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     state
         .put(

@@ -11,20 +11,26 @@
 //! pipeline drains and publishes its final LSN *before* the reader is told to
 //! stop, so the last standby status update carries it.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::app::setup::{Failure, indexer_config, preflight, prepare_indices, source_failure};
 use crate::config::{Config, SnapshotMode};
 use crate::model::lsn::Lsn;
-use crate::ops::http::{Health, HttpHandles, PipelineState, ReadyState};
+use crate::ops::http::{Health, Heartbeat, HttpHandles, PipelineState, ReadyState};
+use crate::sink::Elasticsearch;
 use crate::sink::Indexer;
+use crate::snapshot::StateStore;
 use crate::source::{self, ReaderConfig, SourceError};
+use crate::stream::dual_write::{DualWrite, MakeTransform, Poller, PollerSetup};
 use crate::stream::pipeline::{Pipeline, PipelineConfig};
+use crate::stream::transform_step::{StepSetup, transform_step};
 
 /// How long a restart waits for a previous process's walsender to let go
 /// of the slot before reporting it as held by someone else.
@@ -48,7 +54,7 @@ enum SlotStart {
 /// point (DESIGN invariant 4).
 async fn open_slot(
     pg: &tokio_postgres::Client,
-    es: &elasticsearch::Elasticsearch,
+    es: &Elasticsearch,
     cfg: &Config,
 ) -> Result<SlotStart, SourceError> {
     // Right after a crash the old walsender may still hold the slot for a
@@ -57,13 +63,9 @@ async fn open_slot(
     // half-made slot disappears when it exits: then create it anew.
     let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
     loop {
-        let active: Option<bool> = pg
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&cfg.slot],
-            )
+        let active = source::inspect::slot(pg, &cfg.slot)
             .await?
-            .map(|r| r.get(0));
+            .map(|s| s.active);
         match active {
             None => break,
             Some(true) if tokio::time::Instant::now() < deadline => {
@@ -189,7 +191,7 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     let Some((pg, es, start)) = started else {
         return Ok(());
     };
-    stream(cfg, pg, es, start, ready, health, shutdown).await
+    stream(cfg, pg, es, start, ready, Signals { health, shutdown }).await
 }
 
 /// Everything before streaming: the servers and mappings checked, the
@@ -198,8 +200,35 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
 async fn start_up(
     cfg: &mut Config,
     ready: &ReadyState,
-) -> Result<Option<(tokio_postgres::Client, elasticsearch::Elasticsearch, Lsn)>, Failure> {
-    // PostgreSQL: server, mappings against the live catalog, tables, publication.
+) -> Result<Option<(tokio_postgres::Client, Elasticsearch, Lsn)>, Failure> {
+    let pg = prepare_postgres(cfg).await?;
+
+    // Elasticsearch: target indices (or templates) and the dead-letter index.
+    let es = crate::sink::client::build_client(&cfg.elasticsearch)
+        .map_err(|e| Failure::Config(format!("[elasticsearch]: {e}")))?;
+    prepare_indices(cfg, &es, None).await?;
+
+    // The slot: create it (with an exported snapshot for the initial load) or resume it.
+    let slot = open_slot(&pg, &es, cfg)
+        .await
+        .map_err(|e| source_failure(e, &format!("replication slot `{}`", cfg.slot)))?;
+    let start = load_initial(cfg, &es, &pg, slot, ready).await?;
+    if cfg.snapshot.mode == SnapshotMode::InitialOnly {
+        tracing::warn!(
+            slot = %cfg.slot,
+            "snapshot mode `initial_only`: the snapshot is done, not streaming. The replication slot stays \
+             and holds WAL on the database server from this point on until a `sluice run` streams from it \
+             or `sluice teardown --yes-drop-slot` removes it; run this mode as a one-off Job, not a \
+             Deployment (which would restart it on this exit 0, forever)"
+        );
+        return Ok(None);
+    }
+    Ok(Some((pg, es, start)))
+}
+
+/// PostgreSQL before anything is written: the server, the mappings against
+/// the live catalog, the tables, and the publication made sure of.
+async fn prepare_postgres(cfg: &mut Config) -> Result<tokio_postgres::Client, Failure> {
     let pg = source::connect_sql(&cfg.postgres)
         .await
         .map_err(|e| source_failure(e, &format!("connecting to PostgreSQL {}", cfg.postgres)))?;
@@ -226,21 +255,23 @@ async fn start_up(
     source::ensure_publication(&pg, &cfg.publication, &published)
         .await
         .map_err(|e| source_failure(e, &format!("publication `{}`", cfg.publication)))?;
+    Ok(pg)
+}
 
-    // Elasticsearch: target indices (or templates) and the dead-letter index.
-    let es = crate::sink::client::build_client(&cfg.elasticsearch)
-        .map_err(|e| Failure::Config(format!("[elasticsearch]: {e}")))?;
-    prepare_indices(cfg, &es, None).await?;
-
-    // The slot: create it (with an exported snapshot for the initial load) or resume it.
-    let slot = open_slot(&pg, &es, cfg)
-        .await
-        .map_err(|e| source_failure(e, &format!("replication slot `{}`", cfg.slot)))?;
-    let start = match slot {
+/// Take the initial snapshot from a slot just created, or finish one an
+/// interrupted start left pending; returns where streaming starts.
+async fn load_initial(
+    cfg: &Config,
+    es: &Elasticsearch,
+    pg: &tokio_postgres::Client,
+    slot: SlotStart,
+    ready: &ReadyState,
+) -> Result<Lsn, Failure> {
+    match slot {
         SlotStart::Existing { confirmed_flush } => {
             tracing::info!(slot = %cfg.slot, %confirmed_flush, "resuming from the replication slot");
             if cfg.snapshot.mode != SnapshotMode::Never
-                && crate::app::load::initial_pending(cfg, &es)
+                && crate::app::load::initial_pending(cfg, es)
                     .await
                     .context("reading the snapshot state")?
             {
@@ -248,9 +279,9 @@ async fn start_up(
                     "the initial snapshot was interrupted: resuming its remaining chunks"
                 );
                 ready.set(PipelineState::Snapshotting);
-                crate::app::load::initial_load(cfg, &es, &pg, None).await?;
+                crate::app::load::initial_load(cfg, es, pg, None).await?;
             }
-            confirmed_flush
+            Ok(confirmed_flush)
         }
         SlotStart::Created {
             consistent_point,
@@ -266,94 +297,65 @@ async fn start_up(
                     ready.set(PipelineState::Snapshotting);
                     crate::app::load::initial_load(
                         cfg,
-                        &es,
-                        &pg,
+                        es,
+                        pg,
                         Some((conn, name, consistent_point)),
                     )
                     .await?;
                 }
             }
-            consistent_point
+            Ok(consistent_point)
         }
-    };
-    if cfg.snapshot.mode == SnapshotMode::InitialOnly {
-        tracing::warn!(
-            slot = %cfg.slot,
-            "snapshot mode `initial_only`: the snapshot is done, not streaming. The replication slot stays \
-             and holds WAL on the database server from this point on until a `sluice run` streams from it \
-             or `sluice teardown --yes-drop-slot` removes it; run this mode as a one-off Job, not a \
-             Deployment (which would restart it on this exit 0, forever)"
-        );
-        return Ok(None);
     }
-    Ok(Some((pg, es, start)))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The signals every streaming task shares.
+struct Signals {
+    health: Health,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Signals {
+    /// Spawn a long-running task supervised: one that ends or panics before
+    /// shutdown turns /health to 503.
+    fn spawn<T: Send + 'static>(
+        &self,
+        name: &'static str,
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> JoinHandle<T> {
+        tokio::spawn(self.health.supervise(name, task))
+    }
+
+    fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        wait_true(self.shutdown.clone())
+    }
+}
+
 async fn stream(
     cfg: Config,
     pg: tokio_postgres::Client,
-    es: elasticsearch::Elasticsearch,
+    es: Elasticsearch,
     start: Lsn,
     ready: ReadyState,
-    health: Health,
-    shutdown: watch::Receiver<bool>,
+    signals: Signals,
 ) -> Result<(), Failure> {
     let (events_tx, events_rx) = mpsc::channel(4096);
     let (confirmed_tx, confirmed_rx) = watch::channel(start);
     let (reader_stop_tx, reader_stop_rx) = watch::channel(false);
 
+    let pg = Arc::new(pg);
+    let step = transform_setup(&cfg, &pg).await?;
+    let dual = DualWrite::new(step.dead_letter_index.clone());
+    let mut background = vec![
+        start_reindex_poller(&cfg, &es, &pg, &step, &dual, start, &confirmed_rx, &signals).await?,
+    ];
     let mut reader_cfg = ReaderConfig::new(
         cfg.postgres.clone(),
         cfg.slot.clone(),
         vec![cfg.publication.clone()],
     );
     reader_cfg.start_lsn = start;
-    // Reindexes: polled once before any change is transformed (so a
-    // restart during a reindex dual-writes everything it replays), then
-    // every second (see `dual_write`).
-    let pg = Arc::new(pg);
-    let tables = cfg.mappings.tables();
-    let step = crate::stream::transform_step::StepSetup {
-        pg_cfg: cfg.postgres.clone(),
-        pg: pg.clone(),
-        dead_letter_index: cfg.pipeline.dead_letter_index.as_str().into(),
-        relation_ids: source::relation_oids(&pg, &tables)
-            .await
-            .map_err(|e| source_failure(e, "reading the mapped tables' relation ids"))?,
-    };
-    let dual = crate::stream::dual_write::DualWrite::new(step.dead_letter_index.clone());
-    let mut poller =
-        crate::stream::dual_write::Poller::new(crate::stream::dual_write::PollerSetup {
-            dual: dual.clone(),
-            state: crate::snapshot::StateStore::new(es.clone(), crate::config::STATE_INDEX),
-            pg: pg.clone(),
-            loaded: cfg.mappings.clone(),
-            make_transform: {
-                let step = step.clone();
-                Box::new(move |m| {
-                    Box::new(crate::stream::transform_step::transform_step(
-                        m,
-                        step.clone(),
-                    ))
-                })
-            },
-            slot: cfg.slot.clone(),
-            start,
-            confirmed: confirmed_rx.clone(),
-        });
-    poller
-        .poll()
-        .await
-        .context("reading running reindexes from the state index")?;
-    // Long-running tasks run supervised: one that ends or panics before
-    // shutdown turns /health to 503 (the reader's end also ends the pipeline).
-    let poll_task = tokio::spawn(health.supervise(
-        "reindex poller",
-        poller.run(Duration::from_secs(1), wait_true(shutdown.clone())),
-    ));
-
-    let reader = tokio::spawn(health.supervise(
+    let reader = signals.spawn(
         "replication reader",
         source::run_reader(
             reader_cfg,
@@ -362,58 +364,10 @@ async fn stream(
             confirmed_rx.clone(),
             reader_stop_rx,
         ),
-    ));
+    );
+    background.extend(spawn_side_tasks(&cfg, &signals, confirmed_rx));
 
-    let gauges = tokio::spawn(health.supervise(
-        "slot gauges",
-        crate::app::status::run_slot_gauges(
-            cfg.postgres.clone(),
-            cfg.slot.clone(),
-            Duration::from_secs(15),
-            wait_true(shutdown.clone()),
-        ),
-    ));
-    // Heartbeat messages let the slot advance while only unpublished tables
-    // write (see source::heartbeat); the checkpoint confirms them in order.
-    let wal_heartbeat = cfg.heartbeat_interval.map(|every| {
-        tokio::spawn(health.supervise(
-            "heartbeat messages",
-            source::heartbeat::run_heartbeat(
-                cfg.postgres.clone(),
-                every,
-                wait_true(shutdown.clone()),
-            ),
-        ))
-    });
-    // Beaten on a timer by its own task: overdue only when the runtime is
-    // blocked (a stuck worker thread), not when Elasticsearch is down.
-    let heartbeat = health.heartbeat("pipeline", Duration::from_secs(120));
-    let beat = tokio::spawn(health.supervise("progress", {
-        let mut confirmed = confirmed_rx.clone();
-        async move {
-            // A line a minute, so a log shows whether the stream moves.
-            let mut last_report = (tokio::time::Instant::now(), *confirmed.borrow());
-            loop {
-                heartbeat.beat();
-                let now_confirmed = *confirmed.borrow();
-                crate::ops::metrics::record_confirmed_flush(now_confirmed);
-                if last_report.0.elapsed() >= PROGRESS_LOG_EVERY {
-                    let advanced = now_confirmed.0.saturating_sub(last_report.1.0);
-                    tracing::info!(confirmed = %now_confirmed, advanced_bytes = advanced, "progress");
-                    last_report = (tokio::time::Instant::now(), now_confirmed);
-                }
-                tokio::select! {
-                    r = confirmed.changed() => if r.is_err() { break },
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-            }
-        }
-    }));
-
-    let transform = dual.wrap(crate::stream::transform_step::transform_step(
-        &cfg.mappings,
-        step,
-    ));
+    let transform = dual.wrap(transform_step(&cfg.mappings, step));
     let mut indexer_cfg = indexer_config(&cfg);
     indexer_cfg.holds = ready.holds();
     let (ack_tx, acks) = mpsc::unbounded_channel();
@@ -427,19 +381,16 @@ async fn stream(
             events_rx,
             transform,
             confirmed_tx,
-            wait_true(shutdown.clone()),
+            signals.stopping(),
         )
         .await;
 
     // The pipeline has published its final LSN; now let the reader send it.
     let _ = reader_stop_tx.send(true);
     let reader_result = reader.await;
-    beat.abort();
-    gauges.abort();
-    if let Some(h) = wal_heartbeat {
-        h.abort();
+    for task in background {
+        task.abort();
     }
-    poll_task.abort();
     let summary = result.context("pipeline")?;
     tracing::info!(confirmed = %summary.confirmed, drained = summary.drained, ops = summary.ops_submitted, "stopped");
     match reader_result {
@@ -448,6 +399,114 @@ async fn stream(
         Err(e) => Err(Failure::Runtime(anyhow!(
             "the replication reader panicked: {e}"
         ))),
+    }
+}
+
+/// What turning one change into bulk operations needs from the source: a
+/// connection for re-reads and the mapped tables' relation ids.
+async fn transform_setup(
+    cfg: &Config,
+    pg: &Arc<tokio_postgres::Client>,
+) -> Result<StepSetup, Failure> {
+    let tables = cfg.mappings.tables();
+    Ok(StepSetup {
+        pg_cfg: cfg.postgres.clone(),
+        pg: pg.clone(),
+        dead_letter_index: cfg.pipeline.dead_letter_index.as_str().into(),
+        relation_ids: source::relation_oids(pg, &tables)
+            .await
+            .map_err(|e| source_failure(e, "reading the mapped tables' relation ids"))?,
+    })
+}
+
+/// Reindexes: polled once before any change is transformed (so a restart
+/// during a reindex dual-writes everything it replays), then every second
+/// by the task returned (see `dual_write`).
+#[allow(clippy::too_many_arguments)]
+async fn start_reindex_poller(
+    cfg: &Config,
+    es: &Elasticsearch,
+    pg: &Arc<tokio_postgres::Client>,
+    step: &StepSetup,
+    dual: &DualWrite,
+    start: Lsn,
+    confirmed: &watch::Receiver<Lsn>,
+    signals: &Signals,
+) -> Result<JoinHandle<()>, Failure> {
+    let make_transform: MakeTransform = {
+        let step = step.clone();
+        Box::new(move |m| Box::new(transform_step(m, step.clone())))
+    };
+    let mut poller = Poller::new(PollerSetup {
+        dual: dual.clone(),
+        state: StateStore::new(es.clone(), crate::config::STATE_INDEX),
+        pg: pg.clone(),
+        loaded: cfg.mappings.clone(),
+        make_transform,
+        slot: cfg.slot.clone(),
+        start,
+        confirmed: confirmed.clone(),
+    });
+    poller
+        .poll()
+        .await
+        .context("reading running reindexes from the state index")?;
+    Ok(signals.spawn(
+        "reindex poller",
+        poller.run(Duration::from_secs(1), signals.stopping()),
+    ))
+}
+
+/// The tasks beside the pipeline: slot gauges, heartbeat messages (when
+/// configured) and the progress beat.
+fn spawn_side_tasks(
+    cfg: &Config,
+    signals: &Signals,
+    confirmed: watch::Receiver<Lsn>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![signals.spawn(
+        "slot gauges",
+        crate::app::status::run_slot_gauges(
+            cfg.postgres.clone(),
+            cfg.slot.clone(),
+            Duration::from_secs(15),
+            signals.stopping(),
+        ),
+    )];
+    // Heartbeat messages let the slot advance while only unpublished tables
+    // write (see source::heartbeat); the checkpoint confirms them in order.
+    if let Some(every) = cfg.heartbeat_interval {
+        tasks.push(signals.spawn(
+            "heartbeat messages",
+            source::heartbeat::run_heartbeat(cfg.postgres.clone(), every, signals.stopping()),
+        ));
+    }
+    // Beaten on a timer by its own task: overdue only when the runtime is
+    // blocked (a stuck worker thread), not when Elasticsearch is down.
+    let heartbeat = signals
+        .health
+        .heartbeat("pipeline", Duration::from_secs(120));
+    tasks.push(signals.spawn("progress", report_progress(heartbeat, confirmed)));
+    tasks
+}
+
+/// Beat the pipeline's heartbeat, export the confirmed position, and log a
+/// line a minute, so a log shows whether the stream moves.
+async fn report_progress(heartbeat: Heartbeat, mut confirmed: watch::Receiver<Lsn>) {
+    let mut last_report = (tokio::time::Instant::now(), *confirmed.borrow());
+    loop {
+        heartbeat.beat();
+        let now_confirmed = *confirmed.borrow();
+        crate::ops::metrics::record_confirmed_flush(now_confirmed);
+        if last_report.0.elapsed() >= PROGRESS_LOG_EVERY {
+            let advanced = now_confirmed.0.saturating_sub(last_report.1.0);
+            tracing::info!(confirmed = %now_confirmed, advanced_bytes = advanced, "progress");
+            last_report = (tokio::time::Instant::now(), now_confirmed);
+        }
+        tokio::select! {
+            r = confirmed.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
     }
 }
 

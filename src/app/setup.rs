@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 
-use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME};
+use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::{Config, ConfigErrors};
+use crate::sink::Elasticsearch;
+use crate::sink::admin::{self, AdminError};
 use crate::sink::indexer::IndexerConfig;
 use crate::source::SourceError;
 
@@ -92,7 +94,7 @@ pub(crate) fn indexer_config(cfg: &Config) -> IndexerConfig {
 /// `snapshot` too, so a backfill can be the first thing a deployment does.
 pub(crate) async fn prepare_indices(
     cfg: &Config,
-    es: &elasticsearch::Elasticsearch,
+    es: &Elasticsearch,
     tables: Option<&[String]>,
 ) -> anyhow::Result<()> {
     // A name being reindexed is checked against nothing here: its build
@@ -141,33 +143,25 @@ pub(crate) async fn prepare_indices(
 /// Create the mappings' target indices (or index templates, for templated
 /// names) that do not exist; existing ones are checked, never changed.
 async fn ensure_mapping_indices(
-    es: &elasticsearch::Elasticsearch,
+    es: &Elasticsearch,
     specs: &[crate::config::IndexSpec],
     replay_window: Duration,
 ) -> anyhow::Result<()> {
     for spec in specs {
         if spec.templated {
             let name = format!("sluice-{}", spec.pattern.replace(['*', ',', ' '], ""));
-            let resp = es
-                .indices()
-                .put_index_template(elasticsearch::indices::IndicesPutIndexTemplateParts::Name(
-                    &name,
-                ))
-                .body(serde_json::json!({
-                    "index_patterns": [spec.pattern],
-                    "template": spec.body,
-                }))
-                .send()
-                .await
-                .with_context(|| format!("creating index template `{name}`"))?;
-            let status = resp.status_code();
-            if !status.is_success() {
-                let body = resp.text().await.unwrap_or_default();
-                anyhow::bail!(
+            match admin::put_index_template(es, &name, &spec.pattern, &spec.body).await {
+                Ok(()) => continue,
+                Err(AdminError::Status { status, body, .. }) => anyhow::bail!(
                     "Elasticsearch refused index template `{name}` with HTTP {status}: {body}"
-                );
+                ),
+                Err(AdminError::Request { source, .. }) => {
+                    return Err(
+                        anyhow!(source).context(format!("creating index template `{name}`"))
+                    );
+                }
+                Err(e) => return Err(e.into()),
             }
-            continue;
         }
         let sink_spec = crate::sink::IndexSpec {
             name: spec.pattern.clone(),

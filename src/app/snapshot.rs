@@ -4,15 +4,22 @@
 //! The snapshot itself lives in the `snapshot` module and its wiring in
 //! `app::load`; this file turns the command line into backfill targets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::app::load::{deps, options, table_specs, temporary_slot_exporter};
 use crate::app::setup::{indexer_config, preflight, prepare_indices};
-use crate::cli::{EXIT_CONFIG, EXIT_RUNTIME, SnapshotArgs};
+use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
+use crate::config::{Config, IndexName, Mappings, STATE_INDEX};
+use crate::model::PublishedTable;
+use crate::sink::Elasticsearch;
+use crate::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
 use crate::snapshot::sink::IndexerSink;
+use crate::snapshot::{SnapshotError, SnapshotSink, StateStore};
 use crate::source;
 use crate::transform::Transformer;
 
@@ -20,13 +27,23 @@ use crate::transform::Transformer;
 /// doubling to 30 s, so about five minutes of outage in all) before it gives
 /// up with exit 1; running it again resumes where it stopped.
 const SNAPSHOT_RETRIES: usize = 12;
-use crate::config::{Config, STATE_INDEX};
-use crate::model::PublishedTable;
-use crate::snapshot::StateStore;
-use crate::snapshot::backfill::{BackfillRequest, BackfillTarget, backfill};
+
+/// What `sluice snapshot` is asked to do (the command line, as plain data).
+#[derive(Debug, Clone)]
+pub struct SnapshotRequest {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// `schema.table` names; empty: every mapped table.
+    pub tables: Vec<String>,
+    pub reindex: bool,
+    pub delete_old: bool,
+    /// With `reindex`: how long to wait for `sluice run` to pick it up.
+    pub stream_timeout: Duration,
+    pub abandon: bool,
+}
 
 /// `sluice snapshot [--table ...]`: backfill while `run` streams (or alone).
-pub async fn command(args: &SnapshotArgs) -> i32 {
+pub async fn command(args: &SnapshotRequest) -> i32 {
     match snapshot_command(args).await {
         Ok(()) => 0,
         Err((code, e)) => {
@@ -37,69 +54,16 @@ pub async fn command(args: &SnapshotArgs) -> i32 {
     }
 }
 
-async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error)> {
-    let config_err = |e: anyhow::Error| (EXIT_CONFIG, e);
-    let runtime_err = |e: anyhow::Error| (EXIT_RUNTIME, e);
-    let mut cfg =
-        Config::load(&args.config.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
-    preflight(&cfg, crate::app::check::Preflight::Snapshot)
-        .await
-        .map_err(|f| (f.exit_code(), anyhow::anyhow!("{f}")))?;
-    let pg = source::connect_sql(&cfg.postgres)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL {}", cfg.postgres))
-        .map_err(runtime_err)?;
-    let catalog = source::catalog::read_schemas(&pg, &cfg.mappings.schemas())
-        .await
-        .map_err(|e| config_err(e.into()))?;
-    (cfg.mappings.validate_against_catalog(&catalog)).map_err(|e| config_err(e.into()))?;
-    let es = crate::sink::client::build_client(&cfg.elasticsearch)
-        .map_err(|e| config_err(anyhow::anyhow!("[elasticsearch]: {e}")))?;
-
-    let all = table_specs(&cfg);
-    let wanted: Vec<PublishedTable> = if args.tables.is_empty() {
-        all
-    } else {
-        let mut out = Vec::new();
-        for name in &args.tables {
-            let spec = PublishedTable::parse(name);
-            match all.iter().find(|t| t.table == spec.table) {
-                Some(t) => out.push(t.clone()),
-                None => {
-                    return Err(config_err(anyhow::anyhow!(
-                        "--table {name}: no mapping in {} reads this table",
-                        cfg.mappings_dir.display()
-                    )));
-                }
-            }
-        }
-        out
-    };
+async fn snapshot_command(args: &SnapshotRequest) -> Result<(), (i32, anyhow::Error)> {
+    let (cfg, pg, es) = open(args).await?;
+    let wanted = wanted_tables(&cfg, &args.tables).map_err(config_err)?;
     let targets = if args.reindex {
         reindex_targets(&cfg, &wanted).map_err(config_err)?
     } else {
         backfill_targets(&cfg, &wanted)
     };
     if args.abandon {
-        let state = StateStore::new(es.clone(), STATE_INDEX);
-        let mut aliases: Vec<&str> = targets.iter().map(|t| t.index.as_str()).collect();
-        aliases.dedup();
-        for alias in aliases {
-            let wait = std::time::Duration::from_secs(args.stream_timeout);
-            match crate::snapshot::reindex::abandon(&state, alias, Some(wait)).await {
-                Ok(Some(build)) => println!("{alias}: reindex abandoned, {build} deleted"),
-                Ok(None) => println!("{alias}: no reindex in progress"),
-                Err(e) => {
-                    let code = if e.is_retryable() {
-                        EXIT_RUNTIME
-                    } else {
-                        EXIT_CONFIG
-                    };
-                    return Err((code, anyhow::Error::new(e)));
-                }
-            }
-        }
-        return Ok(());
+        return abandon(&es, &targets, args.stream_timeout).await;
     }
     if !args.reindex {
         // A backfill may come before any `sluice run`: create what is missing.
@@ -122,46 +86,22 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         reindex: args.reindex,
         delete_old: args.delete_old,
         gc_deletes: cfg.pipeline.gc_deletes_setting(),
-        wait_for_stream: args
-            .reindex
-            .then(|| std::time::Duration::from_secs(args.stream_timeout)),
+        wait_for_stream: args.reindex.then_some(args.stream_timeout),
         stream_slot: Some(cfg.slot.clone()),
         options: options(&cfg),
         retries: SNAPSHOT_RETRIES,
     };
     let sink = deps.sink.clone();
-    let make_sink = |overrides: &std::collections::BTreeMap<String, String>| {
+    let make_sink = |overrides: &BTreeMap<String, String>| {
         if overrides.is_empty() {
-            return sink;
-        }
-        // Only the reindexed names: the table's other mappings are not
-        // being rebuilt, and the stream keeps them current.
-        let only = crate::config::Mappings {
-            list: cfg
-                .mappings
-                .list
-                .iter()
-                .filter(|m| {
-                    matches!(&m.index, crate::config::IndexName::Fixed(n) if overrides.contains_key(&n.to_string()))
-                })
-                .cloned()
-                .collect(),
-        };
-        Arc::new(IndexerSink::start(
-            es.clone(),
-            indexer_config(&cfg),
-            Transformer::new(&only),
-            overrides.clone().into_iter().collect(),
-        )) as Arc<dyn crate::snapshot::SnapshotSink>
-    };
-    let summary = backfill(&deps, &req, make_sink).await.map_err(|e| {
-        let code = if e.is_retryable() {
-            EXIT_RUNTIME
+            sink
         } else {
-            EXIT_CONFIG
-        };
-        (code, anyhow::Error::new(e))
-    })?;
+            reindex_sink(&cfg, &es, overrides)
+        }
+    };
+    let summary = backfill(&deps, &req, make_sink)
+        .await
+        .map_err(snapshot_failure)?;
     for t in &summary.tables {
         println!(
             "{}: {} rows read ({} of {} chunks were already done)",
@@ -169,26 +109,136 @@ async fn snapshot_command(args: &SnapshotArgs) -> Result<(), (i32, anyhow::Error
         );
     }
     if args.reindex {
-        let state = StateStore::new(es.clone(), STATE_INDEX);
-        let mut seen = Vec::new();
-        for t in &req.targets {
-            if seen.contains(&t.index) {
-                continue;
-            }
-            seen.push(t.index.clone());
-            if let Ok(Some(r)) = crate::snapshot::reindex::load(&state, &t.index).await {
-                let old = if r.old_indices.is_empty() {
-                    "no old index".to_string()
-                } else if args.delete_old {
-                    format!("old {} deleted", r.old_indices.join(", "))
-                } else {
-                    format!("old {} kept", r.old_indices.join(", "))
-                };
-                println!("{}: alias now points at {} ({old})", r.alias, r.build_index);
-            }
+        print_swaps(&es, &req.targets, args.delete_old).await;
+    }
+    Ok(())
+}
+
+fn config_err(e: anyhow::Error) -> (i32, anyhow::Error) {
+    (EXIT_CONFIG, e)
+}
+
+fn runtime_err(e: anyhow::Error) -> (i32, anyhow::Error) {
+    (EXIT_RUNTIME, e)
+}
+
+/// A failed snapshot: worth running again (exit 1) or not (exit 2).
+fn snapshot_failure(e: SnapshotError) -> (i32, anyhow::Error) {
+    let code = if e.is_retryable() {
+        EXIT_RUNTIME
+    } else {
+        EXIT_CONFIG
+    };
+    (code, anyhow::Error::new(e))
+}
+
+/// The configuration, checked against PostgreSQL, and both connections.
+async fn open(
+    args: &SnapshotRequest,
+) -> Result<(Config, tokio_postgres::Client, Elasticsearch), (i32, anyhow::Error)> {
+    let mut cfg = Config::load(&args.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
+    preflight(&cfg, crate::app::check::Preflight::Snapshot)
+        .await
+        .map_err(|f| (f.exit_code(), anyhow::anyhow!("{f}")))?;
+    let pg = source::connect_sql(&cfg.postgres)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL {}", cfg.postgres))
+        .map_err(runtime_err)?;
+    let catalog = source::catalog::read_schemas(&pg, &cfg.mappings.schemas())
+        .await
+        .map_err(|e| config_err(e.into()))?;
+    (cfg.mappings.validate_against_catalog(&catalog)).map_err(|e| config_err(e.into()))?;
+    let es = crate::sink::client::build_client(&cfg.elasticsearch)
+        .map_err(|e| config_err(anyhow::anyhow!("[elasticsearch]: {e}")))?;
+    Ok((cfg, pg, es))
+}
+
+/// The mapped tables `--table` names (all of them without it).
+fn wanted_tables(cfg: &Config, names: &[String]) -> anyhow::Result<Vec<PublishedTable>> {
+    let all = table_specs(cfg);
+    if names.is_empty() {
+        return Ok(all);
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let spec = PublishedTable::parse(name);
+        match all.iter().find(|t| t.table == spec.table) {
+            Some(t) => out.push(t.clone()),
+            None => anyhow::bail!(
+                "--table {name}: no mapping in {} reads this table",
+                cfg.mappings_dir.display()
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// `--reindex --abandon`: give up the reindex of every target's name.
+async fn abandon(
+    es: &Elasticsearch,
+    targets: &[BackfillTarget],
+    wait: Duration,
+) -> Result<(), (i32, anyhow::Error)> {
+    let state = StateStore::new(es.clone(), STATE_INDEX);
+    let mut aliases: Vec<&str> = targets.iter().map(|t| t.index.as_str()).collect();
+    aliases.dedup();
+    for alias in aliases {
+        match crate::snapshot::reindex::abandon(&state, alias, Some(wait)).await {
+            Ok(Some(build)) => println!("{alias}: reindex abandoned, {build} deleted"),
+            Ok(None) => println!("{alias}: no reindex in progress"),
+            Err(e) => return Err(snapshot_failure(e)),
         }
     }
     Ok(())
+}
+
+/// The sink of a reindex: only the reindexed names, written to their build
+/// indices. The table's other mappings are not being rebuilt, and the
+/// stream keeps them current.
+fn reindex_sink(
+    cfg: &Config,
+    es: &Elasticsearch,
+    overrides: &BTreeMap<String, String>,
+) -> Arc<dyn SnapshotSink> {
+    let only = Mappings {
+        list: cfg
+            .mappings
+            .list
+            .iter()
+            .filter(|m| {
+                matches!(&m.index, IndexName::Fixed(n) if overrides.contains_key(&n.to_string()))
+            })
+            .cloned()
+            .collect(),
+    };
+    Arc::new(IndexerSink::start(
+        es.clone(),
+        indexer_config(cfg),
+        Transformer::new(&only),
+        overrides.clone().into_iter().collect(),
+    ))
+}
+
+/// Where each reindexed name points now, and what became of its old index.
+async fn print_swaps(es: &Elasticsearch, targets: &[BackfillTarget], delete_old: bool) {
+    let state = StateStore::new(es.clone(), STATE_INDEX);
+    let mut seen = Vec::new();
+    for t in targets {
+        if seen.contains(&t.index) {
+            continue;
+        }
+        seen.push(t.index.clone());
+        if let Ok(Some(r)) = crate::snapshot::reindex::load(&state, &t.index).await {
+            let old = if r.old_indices.is_empty() {
+                "no old index".to_string()
+            } else if delete_old {
+                format!("old {} deleted", r.old_indices.join(", "))
+            } else {
+                format!("old {} kept", r.old_indices.join(", "))
+            };
+            println!("{}: alias now points at {} ({old})", r.alias, r.build_index);
+        }
+    }
 }
 
 /// `--reindex` targets: one per table and fixed index name, with the
@@ -201,8 +251,8 @@ fn reindex_targets(cfg: &Config, tables: &[PublishedTable]) -> anyhow::Result<Ve
         let qualified = spec.qualified_name();
         for m in cfg.mappings.for_table(&qualified) {
             let name = match &m.index {
-                crate::config::IndexName::Fixed(n) => n.to_string(),
-                crate::config::IndexName::Template(_) => anyhow::bail!(
+                IndexName::Fixed(n) => n.to_string(),
+                IndexName::Template(_) => anyhow::bail!(
                     "{}: index `{}` is templated; a reindex builds one index behind one alias, \
                      so templated names cannot be reindexed (leave {qualified} out with --table)",
                     m.file.display(),
@@ -223,7 +273,7 @@ fn reindex_targets(cfg: &Config, tables: &[PublishedTable]) -> anyhow::Result<Ve
                 .mappings
                 .list
                 .iter()
-                .filter(|w| matches!(&w.index, crate::config::IndexName::Fixed(n) if n.to_string() == name))
+                .filter(|w| matches!(&w.index, IndexName::Fixed(n) if n.to_string() == name))
                 .collect();
             for w in &writers {
                 if !tables
@@ -271,20 +321,18 @@ fn backfill_targets(cfg: &Config, tables: &[PublishedTable]) -> Vec<BackfillTarg
             .mappings
             .for_table(&qualified)
             .filter_map(|m| match &m.index {
-                crate::config::IndexName::Fixed(name) => Some(BackfillTarget {
+                IndexName::Fixed(name) => Some(BackfillTarget {
                     table: spec.clone(),
                     index: name.to_string(),
                     settings: m.index_settings.clone().unwrap_or_default(),
                     mappings: m.index_mappings.clone().unwrap_or_default(),
                     mapping_files: Vec::new(),
                 }),
-                crate::config::IndexName::Template(_) => None,
+                IndexName::Template(_) => None,
             })
             .collect();
         if fixed.is_empty() {
             tracing::warn!(table = %qualified, "every mapping of this table has a templated index name: backfilled without extending delete tombstones");
-        }
-        if fixed.is_empty() {
             // The table must still be read; `{` marks a name with no index
             // behind it, which the backfill leaves out of tombstone handling.
             let m = cfg

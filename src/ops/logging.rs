@@ -17,7 +17,14 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::cli::LogFormat;
+/// How logs are written: `human` on a terminal, `json` for log collectors.
+/// (The command line offers these values as `--log-format`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
 use crate::model::secret::is_secret_key;
 
 /// Filter used when neither `SLUICE_LOG` nor `RUST_LOG` is set.

@@ -2,8 +2,14 @@
 //! `/ready`, `/metrics`), the Prometheus metrics and their names (one
 //! place), and logging with secrets redacted.
 //!
-//! Rule: nothing here reads PostgreSQL or writes Elasticsearch; the
-//! application layer feeds these modules its state.
+//! Rules that hold here:
+//! - Nothing here reads PostgreSQL or writes Elasticsearch, and nothing
+//!   opens a connection: the commands (`app`) feed these modules their state
+//!   (`Health`, `ReadyState`, the recorder handle) and wire the HTTP server.
+//! - No SQL and no Elasticsearch request (those are `source` and `sink`).
+//! - Imports only the layers below it (the sink's `Holds` for readiness),
+//!   never `app` or `cli`: the log format is defined here and the command
+//!   line takes it from here.
 
 pub mod http;
 pub mod logging;

@@ -16,16 +16,22 @@
 //!   stale, or stored as a dead letter — which is what lets the pipeline
 //!   confirm it (invariant 1); retryable failures are retried with
 //!   [`crate::model::RetryPolicy::BULK`] for as long as it takes.
+//! - Index admin (creation, templates, aliases, settings, cluster health,
+//!   the state records Sluice keeps) lives here too (`admin`, `health`,
+//!   `state_store`), so no other layer builds an Elasticsearch request.
 
+pub mod admin;
 pub mod bulk;
 pub mod classify;
 pub mod client;
 pub mod dead_letter;
 pub mod es_config;
+pub mod health;
 pub mod hold;
 pub mod indexer;
 pub mod indices;
 pub mod seam;
+pub mod state_store;
 
 pub use classify::{ItemOutcome, classify_item, classify_request};
 pub use client::{build_client, describe_es_error};
@@ -34,3 +40,7 @@ pub use hold::Holds;
 pub use indexer::{Ack, Indexer, IndexerClosed, IndexerConfig};
 pub use indices::{EnsureOutcome, IndexError, IndexSpec, ensure_index};
 pub use seam::Sink;
+
+/// The client handle: built by the commands (`app`), passed down to whoever
+/// writes or administers through the sink.
+pub use elasticsearch::Elasticsearch;

@@ -103,7 +103,8 @@ pub async fn prepare(state: &StateStore, req: &BackfillRequest) -> Result<Prepar
                 .await?
                 .is_some_and(|r| r.status != reindex::ReindexStatus::Swapped);
             if !resuming && !req.delete_old {
-                let (_, concrete) = reindex::current_target(&state.es, &t.index).await?;
+                let (_, concrete) =
+                    crate::sink::admin::alias_target(state.client(), &t.index).await?;
                 if concrete {
                     return Err(SnapshotError::Reindex(format!(
                         "`{0}` is a concrete index, not an alias: the reindex replaces it with an \

@@ -11,8 +11,8 @@
 
 use tokio_postgres::Client;
 
-use super::SnapshotError;
 use super::catalog::{KeyColumn, KeyKind, Leaf, TableInfo};
+use super::error::SnapshotError;
 use crate::source::sql::{quote_ident, quote_literal};
 
 /// One unit of reading and of recorded progress.
@@ -165,97 +165,111 @@ async fn plan_leaf(
     leaf: &Leaf,
     chunk_rows: u64,
 ) -> Result<Vec<Bounds>, SnapshotError> {
-    let table = leaf.sql_name();
     match &leaf.key {
-        KeyKind::Integer { column } => {
-            let c = quote_ident(column);
-            let r = client
-                .query_one(
-                    &format!("SELECT min({c})::int8, max({c})::int8 FROM ONLY {table}"),
-                    &[],
-                )
-                .await?;
-            let (Some(min), Some(max)) = (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1))
-            else {
-                return Ok(vec![Bounds::All]);
-            };
-            // Without statistics assume the keys are dense.
-            let rows = if leaf.reltuples > 0.0 {
-                leaf.reltuples as u64
-            } else {
-                (max as i128 - min as i128 + 1).min(u64::MAX as i128) as u64
-            };
-            Ok(integer_ranges(min, max, rows.div_ceil(chunk_rows))
-                .into_iter()
-                .map(|(lo, hi)| Bounds::Integer {
-                    column: column.clone(),
-                    lo,
-                    hi,
-                })
-                .collect())
-        }
-        KeyKind::Tuple { columns } => {
-            // Walk the key index: each boundary is the key `chunk_rows` rows
-            // after the previous one. One index-only pass over the keys.
-            let cols = columns
-                .iter()
-                .map(|c| quote_ident(&c.name))
-                .collect::<Vec<_>>();
-            let text_cols = cols
-                .iter()
-                .map(|c| format!("{c}::text"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let order = cols.join(", ");
-            let mut bounds = Vec::new();
-            let mut lo: Option<Vec<String>> = None;
-            loop {
-                let from = match &lo {
-                    None => "TRUE".to_string(),
-                    Some(_) => Bounds::Tuple {
-                        columns: columns.clone(),
-                        lo: lo.clone(),
-                        hi: None,
-                    }
-                    .predicate(),
-                };
-                let sql = format!(
-                    "SELECT {text_cols} FROM ONLY {table} WHERE {from}
-                      ORDER BY {order} OFFSET {chunk_rows} LIMIT 1"
-                );
-                let next = client.query_opt(&sql, &[]).await?;
-                let Some(row) = next else { break };
-                let hi: Vec<String> = (0..columns.len()).map(|i| row.get(i)).collect();
-                bounds.push(Bounds::Tuple {
-                    columns: columns.clone(),
-                    lo: lo.take(),
-                    hi: Some(hi.clone()),
-                });
-                lo = Some(hi);
-            }
-            bounds.push(Bounds::Tuple {
-                columns: columns.clone(),
-                lo,
-                hi: None,
-            });
-            Ok(bounds)
-        }
-        KeyKind::Ctid => {
-            let pages = leaf.pages.max(0) as u64;
-            let rows_per_page = if leaf.reltuples > 0.0 && pages > 0 {
-                (leaf.reltuples / pages as f64).max(1.0)
-            } else {
-                // Unknown density: a guess for narrow rows; only chunk size
-                // depends on it, never correctness.
-                60.0
-            };
-            let per_chunk = ((chunk_rows as f64) / rows_per_page).ceil() as u64;
-            Ok(page_ranges(pages, per_chunk)
-                .into_iter()
-                .map(|(lo, hi)| Bounds::Ctid { lo, hi })
-                .collect())
-        }
+        KeyKind::Integer { column } => plan_integer(client, leaf, column, chunk_rows).await,
+        KeyKind::Tuple { columns } => plan_tuple(client, leaf, columns, chunk_rows).await,
+        KeyKind::Ctid => Ok(plan_ctid(leaf, chunk_rows)),
     }
+}
+
+/// Equal ranges between the key's minimum and maximum, as many as the
+/// table's estimated rows fill.
+async fn plan_integer(
+    client: &Client,
+    leaf: &Leaf,
+    column: &str,
+    chunk_rows: u64,
+) -> Result<Vec<Bounds>, SnapshotError> {
+    let c = quote_ident(column);
+    let r = client
+        .query_one(
+            &format!(
+                "SELECT min({c})::int8, max({c})::int8 FROM ONLY {}",
+                leaf.sql_name()
+            ),
+            &[],
+        )
+        .await?;
+    let (Some(min), Some(max)) = (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)) else {
+        return Ok(vec![Bounds::All]);
+    };
+    // Without statistics assume the keys are dense.
+    let rows = if leaf.reltuples > 0.0 {
+        leaf.reltuples as u64
+    } else {
+        (max as i128 - min as i128 + 1).min(u64::MAX as i128) as u64
+    };
+    Ok(integer_ranges(min, max, rows.div_ceil(chunk_rows))
+        .into_iter()
+        .map(|(lo, hi)| Bounds::Integer {
+            column: column.to_string(),
+            lo,
+            hi,
+        })
+        .collect())
+}
+
+/// Walk the key index: each boundary is the key `chunk_rows` rows after
+/// the previous one. One index-only pass over the keys.
+async fn plan_tuple(
+    client: &Client,
+    leaf: &Leaf,
+    columns: &[KeyColumn],
+    chunk_rows: u64,
+) -> Result<Vec<Bounds>, SnapshotError> {
+    let table = leaf.sql_name();
+    let cols = columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>();
+    let text_cols = cols
+        .iter()
+        .map(|c| format!("{c}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let order = cols.join(", ");
+    let range = |lo: Option<Vec<String>>, hi: Option<Vec<String>>| Bounds::Tuple {
+        columns: columns.to_vec(),
+        lo,
+        hi,
+    };
+    let mut bounds = Vec::new();
+    let mut lo: Option<Vec<String>> = None;
+    loop {
+        let from = match &lo {
+            None => "TRUE".to_string(),
+            Some(_) => range(lo.clone(), None).predicate(),
+        };
+        let sql = format!(
+            "SELECT {text_cols} FROM ONLY {table} WHERE {from}
+              ORDER BY {order} OFFSET {chunk_rows} LIMIT 1"
+        );
+        let Some(row) = client.query_opt(&sql, &[]).await? else {
+            break;
+        };
+        let hi: Vec<String> = (0..columns.len()).map(|i| row.get(i)).collect();
+        bounds.push(range(lo.take(), Some(hi.clone())));
+        lo = Some(hi);
+    }
+    bounds.push(range(lo, None));
+    Ok(bounds)
+}
+
+/// Heap page ranges of about `chunk_rows` rows each, by the table's density.
+fn plan_ctid(leaf: &Leaf, chunk_rows: u64) -> Vec<Bounds> {
+    let pages = leaf.pages.max(0) as u64;
+    let rows_per_page = if leaf.reltuples > 0.0 && pages > 0 {
+        (leaf.reltuples / pages as f64).max(1.0)
+    } else {
+        // Unknown density: a guess for narrow rows; only chunk size
+        // depends on it, never correctness.
+        60.0
+    };
+    let per_chunk = ((chunk_rows as f64) / rows_per_page).ceil() as u64;
+    page_ranges(pages, per_chunk)
+        .into_iter()
+        .map(|(lo, hi)| Bounds::Ctid { lo, hi })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use tokio_postgres::Client;
 use crate::model::change::{Change, ChangeKind, Datum};
 use crate::model::lsn::Lsn;
 
-use super::SnapshotError;
 use super::catalog::TableInfo;
 use super::copy_text;
+use super::error::SnapshotError;
 use super::plan::Chunk;
 use super::seams::{AckFuture, SnapshotSink, ValueConverter};
 use crate::source::sql::{quote_ident, quote_literal};

@@ -33,15 +33,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use elasticsearch::indices::{
-    IndicesCreateParts, IndicesDeleteParts, IndicesExistsParts, IndicesGetAliasParts,
-    IndicesPutSettingsParts, IndicesRefreshParts,
-};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::error::SnapshotError;
 use super::state::StateStore;
-use super::{SnapshotError, es_ok};
+use crate::sink::admin;
+use crate::sink::state_store::Filter;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReindexState {
@@ -186,37 +184,6 @@ pub async fn load(state: &StateStore, alias: &str) -> Result<Option<ReindexState
     }
 }
 
-/// What `alias` names now: the indices an alias points at (`false`), a
-/// concrete index of that name (`[alias]`, `true`), or nothing.
-pub async fn current_target(
-    es: &elasticsearch::Elasticsearch,
-    alias: &str,
-) -> Result<(Vec<String>, bool), SnapshotError> {
-    let resp = es
-        .indices()
-        .get_alias(IndicesGetAliasParts::Name(&[alias]))
-        .send()
-        .await?;
-    if resp.status_code().is_success() {
-        let v: Value = resp.json().await?;
-        let names = v
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        return Ok((names, false));
-    }
-    let exists = es
-        .indices()
-        .exists(IndicesExistsParts::Index(&[alias]))
-        .send()
-        .await?;
-    Ok(if exists.status_code().is_success() {
-        (vec![alias.to_string()], true)
-    } else {
-        (Vec::new(), false)
-    })
-}
-
 /// Create the build index (or pick up the one an interrupted reindex made,
 /// if it builds with the same mapping files: a second, different reindex of
 /// the same alias while one is building is refused).
@@ -252,21 +219,14 @@ pub async fn start(
         tracing::info!(%alias, build_index = %r.build_index, "resuming the interrupted reindex");
         return Ok(r);
     }
-    let (old_indices, old_is_concrete) = current_target(&state.es, alias).await?;
-    let es = &state.es;
+    let (old_indices, old_is_concrete) = admin::alias_target(state.client(), alias).await?;
     let build_index = build_index_name(alias, Utc::now());
     let mut body =
         json!({ "settings": {"index": bulk_load_settings(mapping_settings, gc_deletes)} });
     if !mappings.is_null() {
         body["mappings"] = mappings.clone();
     }
-    let resp = es
-        .indices()
-        .create(IndicesCreateParts::Index(&build_index))
-        .body(body)
-        .send()
-        .await?;
-    es_ok(&format!("create build index {build_index}"), resp).await?;
+    admin::create_index(state.client(), &build_index, body).await?;
     let r = ReindexState {
         alias: alias.to_string(),
         build_index,
@@ -316,37 +276,20 @@ pub async fn abandon(
     if let Some(timeout) = wait_for_stream {
         tracing::info!(%alias, build_index = %r.build_index,
             "waiting for `sluice run` to stop writing to {}", r.build_index);
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !load(state, alias).await?.is_some_and(|r| r.stream_switched) {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(SnapshotError::NoStream(format!(
-                    "no running `sluice run` stopped writing to {} within {timeout:?}: start \
-                     `sluice run` with this configuration, then run this command again",
-                    r.build_index
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let switched = poll(state, alias, timeout, |now| {
+            Ok(now.filter(|now| now.stream_switched).map(|_| ()))
+        })
+        .await?;
+        if switched.is_none() {
+            return Err(SnapshotError::NoStream(format!(
+                "no running `sluice run` stopped writing to {} within {timeout:?}: start \
+                 `sluice run` with this configuration, then run this command again",
+                r.build_index
+            )));
         }
     }
-    let resp = state
-        .es
-        .indices()
-        .delete(IndicesDeleteParts::Index(&[&r.build_index]))
-        .send()
-        .await?;
-    if resp.status_code().as_u16() != 404 {
-        es_ok(&format!("delete {}", r.build_index), resp).await?;
-    }
-    let resp = state
-        .es
-        .delete(elasticsearch::DeleteParts::IndexId(
-            &state.index,
-            &doc_id(alias),
-        ))
-        .refresh(elasticsearch::params::Refresh::True)
-        .send()
-        .await?;
-    es_ok(&format!("delete state document of {alias}"), resp).await?;
+    admin::delete_indices(state.client(), &[&r.build_index], true).await?;
+    state.records().delete(&doc_id(alias), true).await?;
     Ok(Some(r.build_index))
 }
 
@@ -354,35 +297,28 @@ pub async fn abandon(
 /// also writes every op aimed at `alias` to `build_index`.
 pub async fn active(state: &StateStore) -> Result<Vec<ReindexState>, SnapshotError> {
     // A refresh of the small state index makes a just-started reindex
-    // visible to the next poll.
-    let _ = state
-        .es
-        .indices()
-        .refresh(IndicesRefreshParts::Index(&[&state.index]))
-        .send()
-        .await?;
-    let resp = state
-        .es
-        .search(elasticsearch::SearchParts::Index(&[&state.index]))
-        .body(json!({
-            "size": 1000,
-            "query": {"bool": {"filter": [
-                {"term": {"kind": "reindex"}},
-                {"terms": {"status": ["building", "swapping", "abandoning"]}}
-            ]}}
-        }))
-        .send()
-        .await?;
-    if resp.status_code().as_u16() == 404 {
-        return Ok(Vec::new());
+    // visible to the next poll (a missing index has nothing to show).
+    match state.records().refresh().await {
+        Ok(()) | Err(admin::AdminError::Status { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
-    let v = es_ok("list reindexes", resp).await?;
-    v["hits"]["hits"]
-        .as_array()
+    let records = state
+        .records()
+        .find(
+            &[
+                Filter::Is("kind", json!("reindex")),
+                Filter::AnyOf(
+                    "status",
+                    vec![json!("building"), json!("swapping"), json!("abandoning")],
+                ),
+            ],
+            1000,
+        )
+        .await?;
+    records
         .into_iter()
-        .flatten()
-        .map(|h| {
-            serde_json::from_value(h["_source"].clone())
+        .map(|r| {
+            serde_json::from_value(r.source)
                 .map_err(|e| SnapshotError::State(format!("reindex document: {e}")))
         })
         .collect()
@@ -423,30 +359,25 @@ pub async fn wait_for_dual_write(
     alias: &str,
     timeout: Duration,
 ) -> Result<String, SnapshotError> {
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut logged = false;
-    loop {
-        let r = load(state, alias).await?;
-        if let Some(r) = &r
-            && let Some(from) = &r.dual_write_from
-        {
-            return Ok(from.clone());
-        }
-        if !logged && let Some(r) = &r {
-            tracing::info!(%alias, build_index = %r.build_index, timeout = ?timeout,
-                "waiting for `sluice run` to start writing to {}", r.build_index);
+    let from = poll(state, alias, timeout, |now| {
+        let Some(now) = now else { return Ok(None) };
+        if now.dual_write_from.is_none() && !logged {
+            tracing::info!(%alias, build_index = %now.build_index, timeout = ?timeout,
+                "waiting for `sluice run` to start writing to {}", now.build_index);
             logged = true;
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(SnapshotError::NoStream(format!(
-                "no running `sluice run` started writing `{alias}` to the build index within \
-                 {timeout:?}: start `sluice run` with this configuration (it picks up the \
-                 reindex within a second and the snapshot continues), then run this command \
-                 again; the build index is kept and resumed"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok(now.dual_write_from)
+    })
+    .await?;
+    from.ok_or_else(|| {
+        SnapshotError::NoStream(format!(
+            "no running `sluice run` started writing `{alias}` to the build index within \
+             {timeout:?}: start `sluice run` with this configuration (it picks up the \
+             reindex within a second and the snapshot continues), then run this command \
+             again; the build index is kept and resumed"
+        ))
+    })
 }
 
 /// Called by the pipeline in `Swapping` once it writes `alias`'s documents
@@ -491,67 +422,81 @@ pub async fn finish(
         save(state, &r).await?;
     }
     if let Some(timeout) = wait_for_stream {
-        tracing::info!(%alias, build_index = %r.build_index,
-            "waiting for `sluice run` to switch `{alias}` to {}", r.build_index);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            r = load(state, alias).await?.ok_or_else(|| {
-                SnapshotError::Reindex(format!("the reindex of {alias} vanished"))
-            })?;
-            if r.stream_switched {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(SnapshotError::NoStream(format!(
-                    "no running `sluice run` switched `{alias}` to {} within {timeout:?}: start \
-                     `sluice run` with this configuration, then run this command again (the \
-                     build index is complete; only the swap is left)",
-                    r.build_index
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        r = wait_for_switch(state, &r, timeout).await?;
     }
-    let es = &state.es;
-    let resp = es
-        .indices()
-        .put_settings(IndicesPutSettingsParts::Index(&[&r.build_index]))
-        .body(json!({ "index": r.live_settings }))
-        .send()
-        .await?;
-    es_ok(&format!("restore settings of {}", r.build_index), resp).await?;
-    let resp = es
-        .indices()
-        .refresh(IndicesRefreshParts::Index(&[&r.build_index]))
-        .send()
-        .await?;
-    es_ok(&format!("refresh {}", r.build_index), resp).await?;
-    // Replicas must be allocated before the alias moves, or a node loss
-    // right after the swap could lose the only copy.
-    let resp = es
-        .cluster()
-        .health(elasticsearch::cluster::ClusterHealthParts::Index(&[
-            &r.build_index
-        ]))
-        .wait_for_status(elasticsearch::params::WaitForStatus::Yellow)
-        .timeout("5m")
-        .send()
-        .await?;
-    es_ok(&format!("wait for {} to be allocated", r.build_index), resp).await?;
-    let resp = es.indices().update_aliases().body(actions).send().await?;
-    es_ok(&format!("move alias {alias}"), resp).await?;
+    go_live(state, &r, actions).await?;
     r.status = ReindexStatus::Swapped;
     save(state, &r).await?;
     if delete_old && !r.old_is_concrete && !r.old_indices.is_empty() {
         let names: Vec<&str> = r.old_indices.iter().map(String::as_str).collect();
-        let resp = es
-            .indices()
-            .delete(IndicesDeleteParts::Index(&names))
-            .send()
-            .await?;
-        es_ok("delete the old indices", resp).await?;
+        admin::delete_indices(state.client(), &names, false).await?;
     }
     Ok(r)
+}
+
+/// Wait until the stream acknowledged the switch of `r.alias` (see
+/// `finish`); returns the record as it is then.
+async fn wait_for_switch(
+    state: &StateStore,
+    r: &ReindexState,
+    timeout: Duration,
+) -> Result<ReindexState, SnapshotError> {
+    let alias = &r.alias;
+    tracing::info!(%alias, build_index = %r.build_index,
+        "waiting for `sluice run` to switch `{alias}` to {}", r.build_index);
+    let switched = poll(state, alias, timeout, |now| {
+        let now =
+            now.ok_or_else(|| SnapshotError::Reindex(format!("the reindex of {alias} vanished")))?;
+        Ok(now.stream_switched.then_some(now))
+    })
+    .await?;
+    switched.ok_or_else(|| {
+        SnapshotError::NoStream(format!(
+            "no running `sluice run` switched `{alias}` to {} within {timeout:?}: start \
+             `sluice run` with this configuration, then run this command again (the \
+             build index is complete; only the swap is left)",
+            r.build_index
+        ))
+    })
+}
+
+/// Put the build index's live settings back, make it searchable, wait for
+/// its replicas (a node lost right after the swap must not lose the only
+/// copy), then move the alias with `actions` in one request.
+async fn go_live(
+    state: &StateStore,
+    r: &ReindexState,
+    actions: Value,
+) -> Result<(), SnapshotError> {
+    let es = state.client();
+    admin::put_index_settings(es, &r.build_index, &r.live_settings).await?;
+    admin::refresh(es, &r.build_index).await?;
+    admin::wait_until_allocated(es, &r.build_index, "5m").await?;
+    admin::update_aliases(es, actions).await?;
+    Ok(())
+}
+
+/// How often a wait for the stream reads the reindex record again.
+const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// Read `alias`'s reindex record every `POLL_EVERY` until `ready` finds
+/// what it waits for in it; `Ok(None)` once `timeout` passed without.
+async fn poll<T>(
+    state: &StateStore,
+    alias: &str,
+    timeout: Duration,
+    mut ready: impl FnMut(Option<ReindexState>) -> Result<Option<T>, SnapshotError>,
+) -> Result<Option<T>, SnapshotError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(found) = ready(load(state, alias).await?)? {
+            return Ok(Some(found));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! and P2 reaches the index through the stream with a version ≥ P.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -16,12 +17,12 @@ use tokio::task::JoinSet;
 use crate::model::PublishedTable;
 use crate::model::lsn::Lsn;
 
-use super::SnapshotError;
 use super::catalog::{KeyKind, TableInfo, load_table};
+use super::error::SnapshotError;
 use super::plan::{Chunk, plan_table};
 use super::progress::{Progress, TableProgress};
 use super::reader::{RowContext, import_snapshot, read_chunk};
-use super::seams::{PgConnector, SnapshotExporter, SnapshotSink, ValueConverter};
+use super::seams::{ExportedSnapshot, PgConnector, SnapshotExporter, SnapshotSink, ValueConverter};
 use super::state::{StateStore, TableState, TableStatus};
 
 /// Tuning (from `[snapshot]` in sluice.toml).
@@ -91,20 +92,12 @@ pub struct SnapshotSummary {
     pub tables: Vec<TableSummary>,
 }
 
-/// Per table, what readers share: row context, progress, run id, rows read.
-type ReaderTable = (
-    RowContext,
-    Arc<TableProgress>,
-    String,
-    Arc<std::sync::atomic::AtomicU64>,
-);
-
 struct Planned {
     info: Arc<TableInfo>,
     state: TableState,
     pending: Vec<Chunk>,
     progress: Arc<TableProgress>,
-    rows: Arc<std::sync::atomic::AtomicU64>,
+    rows: Arc<AtomicU64>,
 }
 
 fn fingerprint(info: &TableInfo) -> Vec<(u32, u32)> {
@@ -232,99 +225,133 @@ pub async fn run_snapshot(
             run_id: pl.state.run_id.clone(),
             chunks: pl.state.plan.len(),
             chunks_resumed: pl.state.plan.len() - pl.pending.len(),
-            rows: pl.rows.load(std::sync::atomic::Ordering::Relaxed),
+            rows: pl.rows.load(Ordering::Relaxed),
         });
     }
     Ok(summary)
 }
 
+/// Read every pending chunk with `options.readers` parallel readers, all
+/// inside the exported snapshot, and record each chunk once it is durable.
 async fn read_all(
     deps: &SnapshotDeps,
     options: &SnapshotOptions,
     planned: &[Planned],
     work: VecDeque<(usize, Chunk)>,
-    exported: super::seams::ExportedSnapshot,
+    exported: ExportedSnapshot,
 ) -> Result<(), SnapshotError> {
     let version = Lsn(exported.consistent_point.0 - 1);
-    let point = exported.consistent_point.to_string();
     let commit_time = Utc::now();
     let readers = options.readers.max(1).min(work.len());
-    let work = Arc::new(Mutex::new(work));
-    let contexts: Arc<Vec<ReaderTable>> = Arc::new(
-        planned
+    let shared = Arc::new(ReaderShared {
+        work: Mutex::new(work),
+        tables: planned
             .iter()
-            .map(|p| {
-                (
-                    RowContext {
-                        table: p.info.clone(),
-                        converter: deps.converter.clone(),
-                        version,
-                        commit_time,
-                        batch_rows: options.batch_rows.max(1),
-                    },
-                    p.progress.clone(),
-                    p.state.run_id.clone(),
-                    p.rows.clone(),
-                )
+            .map(|p| ReaderTable {
+                ctx: RowContext {
+                    table: p.info.clone(),
+                    converter: deps.converter.clone(),
+                    version,
+                    commit_time,
+                    batch_rows: options.batch_rows.max(1),
+                },
+                progress: p.progress.clone(),
+                run_id: p.state.run_id.clone(),
+                rows: p.rows.clone(),
             })
             .collect(),
-    );
-    let (imported_tx, mut imported_rx) = tokio::sync::mpsc::channel::<()>(readers);
+        snapshot: exported.name.clone(),
+        point: exported.consistent_point.to_string(),
+    });
+    let (imported_tx, imported_rx) = tokio::sync::mpsc::channel::<()>(readers);
     let mut set = JoinSet::new();
     for _ in 0..readers {
-        let deps = deps.clone();
-        let work = work.clone();
-        let contexts = contexts.clone();
-        let name = exported.name.clone();
-        let point = point.clone();
-        let imported_tx = imported_tx.clone();
-        set.spawn(async move {
-            let client = (deps.connector)().await?;
-            import_snapshot(&client, &name).await?;
-            let _ = imported_tx.send(()).await;
-            drop(imported_tx);
-            // Chunks whose rows are sent and whose acknowledgements are
-            // awaited here, so reading goes on meanwhile.
-            let mut completing: JoinSet<Result<(), SnapshotError>> = JoinSet::new();
-            loop {
-                let next = work.lock().expect("not poisoned").pop_front();
-                let Some((t, chunk)) = next else { break };
-                let (ctx, progress, run_id, rows_counter) = &contexts[t];
-                let (rows, acks) = read_chunk(&client, ctx, &chunk, deps.sink.as_ref(), |n| {
-                    progress.add(n)
-                })
-                .await?;
-                rows_counter.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
-                // Keep at most one chunk completing besides the one being read.
-                while completing.len() > 1 {
-                    if let Some(r) = completing.join_next().await {
-                        r.expect("chunk completion does not panic")?;
-                    }
-                }
-                let state = deps.state.clone();
-                let run_id = run_id.clone();
-                let table = ctx.table.relation.qualified_name();
-                let point = point.clone();
-                completing.spawn(async move {
-                    for ack in acks {
-                        ack.await?;
-                    }
-                    state
-                        .mark_chunk_done(&run_id, &table, chunk.id, rows, &point)
-                        .await
-                });
-            }
-            while let Some(r) = completing.join_next().await {
-                r.expect("chunk completion does not panic")?;
-            }
-            let _ = client.batch_execute("COMMIT").await;
-            Ok::<(), SnapshotError>(())
-        });
+        set.spawn(read_chunks(
+            deps.clone(),
+            shared.clone(),
+            imported_tx.clone(),
+        ));
     }
     drop(imported_tx);
+    join_readers(set, imported_rx, readers, exported.guard).await
+}
 
-    // Release the exporting session once every reader holds the snapshot.
-    let mut guard = Some(exported.guard);
+/// What the readers of one run share: the chunks left, per table the row
+/// context, progress, run id and rows read, and the snapshot.
+struct ReaderShared {
+    work: Mutex<VecDeque<(usize, Chunk)>>,
+    tables: Vec<ReaderTable>,
+    /// The exported snapshot's name.
+    snapshot: String,
+    /// Its consistent point, recorded with each chunk.
+    point: String,
+}
+
+struct ReaderTable {
+    ctx: RowContext,
+    progress: Arc<TableProgress>,
+    run_id: String,
+    rows: Arc<AtomicU64>,
+}
+
+/// One reader: import the snapshot, say so, then take chunks until none is
+/// left, recording each once its acknowledgements are in.
+async fn read_chunks(
+    deps: SnapshotDeps,
+    shared: Arc<ReaderShared>,
+    imported: tokio::sync::mpsc::Sender<()>,
+) -> Result<(), SnapshotError> {
+    let client = (deps.connector)().await?;
+    import_snapshot(&client, &shared.snapshot).await?;
+    let _ = imported.send(()).await;
+    drop(imported);
+    // Chunks whose rows are sent and whose acknowledgements are awaited
+    // here, so reading goes on meanwhile.
+    let mut completing: JoinSet<Result<(), SnapshotError>> = JoinSet::new();
+    loop {
+        let next = shared.work.lock().expect("not poisoned").pop_front();
+        let Some((t, chunk)) = next else { break };
+        let table = &shared.tables[t];
+        let (rows, acks) = read_chunk(&client, &table.ctx, &chunk, deps.sink.as_ref(), |n| {
+            table.progress.add(n)
+        })
+        .await?;
+        table.rows.fetch_add(rows, Ordering::Relaxed);
+        // Keep at most one chunk completing besides the one being read.
+        while completing.len() > 1 {
+            if let Some(r) = completing.join_next().await {
+                r.expect("chunk completion does not panic")?;
+            }
+        }
+        let state = deps.state.clone();
+        let run_id = table.run_id.clone();
+        let name = table.ctx.table.relation.qualified_name();
+        let point = shared.point.clone();
+        completing.spawn(async move {
+            for ack in acks {
+                ack.await?;
+            }
+            state
+                .mark_chunk_done(&run_id, &name, chunk.id, rows, &point)
+                .await
+        });
+    }
+    while let Some(r) = completing.join_next().await {
+        r.expect("chunk completion does not panic")?;
+    }
+    let _ = client.batch_execute("COMMIT").await;
+    Ok(())
+}
+
+/// Wait for every reader, releasing the exporting session (`guard`) as soon
+/// as all of them hold the snapshot; the first failure ends the run.
+async fn join_readers(
+    mut set: JoinSet<Result<(), SnapshotError>>,
+    mut imported_rx: tokio::sync::mpsc::Receiver<()>,
+    readers: usize,
+    guard: Box<dyn std::any::Any + Send>,
+) -> Result<(), SnapshotError> {
+    let mut guard = Some(guard);
     let mut imported = 0;
     loop {
         tokio::select! {

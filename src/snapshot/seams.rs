@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use super::error::SinkError;
+use super::error::SnapshotError;
 use crate::model::change::Change;
 use crate::model::lsn::Lsn;
 
@@ -23,9 +25,7 @@ pub type ValueConverter = Arc<dyn Fn(u32, &str) -> Result<serde_json::Value, Str
 /// database, with whatever TLS the config asks for; the connection task is
 /// spawned by the connector.
 pub type PgConnector = Arc<
-    dyn Fn() -> BoxFuture<'static, Result<tokio_postgres::Client, super::SnapshotError>>
-        + Send
-        + Sync,
+    dyn Fn() -> BoxFuture<'static, Result<tokio_postgres::Client, SnapshotError>> + Send + Sync,
 >;
 
 /// A snapshot exported by PostgreSQL, valid while `guard` lives.
@@ -56,17 +56,6 @@ impl std::fmt::Debug for ExportedSnapshot {
 /// the initial load). Called once per run (a resumed run gets a new one).
 pub type SnapshotExporter =
     Arc<dyn Fn() -> BoxFuture<'static, Result<ExportedSnapshot, String>> + Send + Sync>;
-
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum SinkError {
-    /// The pipeline is shutting down.
-    #[error("the pipeline closed before acknowledging the batch")]
-    Closed,
-    /// The batch could not be made durable (e.g. Elasticsearch unreachable
-    /// beyond the sink's retry budget). The chunk is not recorded as done.
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// Resolves once Elasticsearch acknowledged every operation of one batch:
 /// written, refused as stale (409), or stored as a dead letter.

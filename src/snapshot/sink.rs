@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use elasticsearch::Elasticsearch;
+use crate::sink::Elasticsearch;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::BulkOp;

@@ -1,5 +1,6 @@
 //! Durable snapshot progress, kept in an Elasticsearch state index
-//! (`sluice-state` by default).
+//! (`sluice-state` by default) through `sink::state_store`; this module
+//! says what the snapshot's records mean.
 //!
 //! Keeps the resumability half of DESIGN invariant 4: a chunk document is
 //! written only after every document of that chunk is acknowledged by
@@ -17,13 +18,13 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
-use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts, IndicesRefreshParts};
-use elasticsearch::{Elasticsearch, GetParts, IndexParts, SearchParts};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::error::SnapshotError;
 use super::plan::Chunk;
-use super::{SnapshotError, es_ok};
+use crate::sink::Elasticsearch;
+use crate::sink::state_store::{Filter, StateIndex};
 
 pub const DEFAULT_STATE_INDEX: &str = "sluice-state";
 
@@ -55,11 +56,10 @@ pub enum TableStatus {
     Done,
 }
 
-/// The state index.
+/// The state index, as the snapshot reads and writes it.
 #[derive(Clone)]
 pub struct StateStore {
-    pub es: Elasticsearch,
-    pub index: String,
+    records: StateIndex,
 }
 
 fn table_doc_id(table: &str, target: &str) -> String {
@@ -69,79 +69,33 @@ fn table_doc_id(table: &str, target: &str) -> String {
 impl StateStore {
     pub fn new(es: Elasticsearch, index: impl Into<String>) -> StateStore {
         StateStore {
-            es,
-            index: index.into(),
+            records: StateIndex::new(es, index),
         }
+    }
+
+    /// The records themselves, for the kinds kept beside the snapshot's.
+    pub fn records(&self) -> &StateIndex {
+        &self.records
+    }
+
+    /// The cluster the state index lives in.
+    pub fn client(&self) -> &Elasticsearch {
+        self.records.client()
     }
 
     /// Create the state index if it does not exist.
     pub async fn ensure(&self) -> Result<(), SnapshotError> {
-        let exists = self
-            .es
-            .indices()
-            .exists(IndicesExistsParts::Index(&[&self.index]))
-            .send()
-            .await?;
-        if exists.status_code().is_success() {
-            return Ok(());
-        }
-        let resp = self
-            .es
-            .indices()
-            .create(IndicesCreateParts::Index(&self.index))
-            .body(json!({
-                "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-1"},
-                "mappings": {
-                    "dynamic": false,
-                    "properties": {
-                        "kind": {"type": "keyword"},
-                        "run_id": {"type": "keyword"},
-                        "table": {"type": "keyword"},
-                        "target": {"type": "keyword"},
-                        "status": {"type": "keyword"},
-                        "chunk": {"type": "long"},
-                        "rows": {"type": "long"}
-                    }
-                }
-            }))
-            .send()
-            .await?;
-        match es_ok("create the state index", resp).await {
-            Ok(_) => Ok(()),
-            // Another process created it first.
-            Err(SnapshotError::EsStatus { body, .. })
-                if body.contains("resource_already_exists_exception") =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        Ok(self.records.ensure().await?)
     }
 
     /// Write a document; acknowledged means durable (translog synced).
     pub async fn put(&self, id: &str, doc: &Value) -> Result<(), SnapshotError> {
-        let resp = self
-            .es
-            .index(IndexParts::IndexId(&self.index, id))
-            .body(doc)
-            .send()
-            .await?;
-        es_ok(&format!("write state document {id}"), resp).await?;
-        Ok(())
+        Ok(self.records.put(id, doc).await?)
     }
 
     /// Read a document (real-time: no refresh needed).
     pub async fn get(&self, id: &str) -> Result<Option<Value>, SnapshotError> {
-        let resp = self
-            .es
-            .get(GetParts::IndexId(&self.index, id))
-            .send()
-            .await?;
-        if resp.status_code().as_u16() == 404 {
-            return Ok(None);
-        }
-        let v = es_ok(&format!("read state document {id}"), resp).await?;
-        Ok(v.get("_source").cloned())
+        Ok(self.records.get(id).await?)
     }
 
     pub async fn load_table(
@@ -190,48 +144,27 @@ impl StateStore {
 
     /// The chunks of a run already recorded as done, and their rows.
     pub async fn done_chunks(&self, run_id: &str) -> Result<(HashSet<u32>, u64), SnapshotError> {
-        let resp = self
-            .es
-            .indices()
-            .refresh(IndicesRefreshParts::Index(&[&self.index]))
-            .send()
+        self.records.refresh().await?;
+        let chunks = self
+            .records
+            .find_all_sorted(
+                &[
+                    Filter::Is("kind", json!("chunk")),
+                    Filter::Is("run_id", json!(run_id)),
+                ],
+                "chunk",
+                &["chunk", "rows"],
+            )
             .await?;
-        es_ok("refresh the state index", resp).await?;
         let mut done = HashSet::new();
         let mut rows = 0;
-        let mut after: Option<Value> = None;
-        loop {
-            let mut body = json!({
-                "size": 5000,
-                "_source": ["chunk", "rows"],
-                "query": {"bool": {"filter": [
-                    {"term": {"kind": "chunk"}},
-                    {"term": {"run_id": run_id}}
-                ]}},
-                "sort": [{"chunk": "asc"}]
-            });
-            if let Some(a) = &after {
-                body["search_after"] = a.clone();
-            }
-            let resp = self
-                .es
-                .search(SearchParts::Index(&[&self.index]))
-                .body(body)
-                .send()
-                .await?;
-            let v = es_ok("read snapshot progress", resp).await?;
-            let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
-            if hits.is_empty() {
-                return Ok((done, rows));
-            }
-            for h in &hits {
-                let c = h["_source"]["chunk"]
-                    .as_u64()
-                    .ok_or_else(|| SnapshotError::State(format!("chunk document {h}")))?;
-                done.insert(c as u32);
-                rows += h["_source"]["rows"].as_u64().unwrap_or(0);
-            }
-            after = hits.last().map(|h| h["sort"].clone());
+        for c in &chunks {
+            let chunk = c.source["chunk"]
+                .as_u64()
+                .ok_or_else(|| SnapshotError::State(format!("chunk document {}", c.id)))?;
+            done.insert(chunk as u32);
+            rows += c.source["rows"].as_u64().unwrap_or(0);
         }
+        Ok((done, rows))
     }
 }

@@ -9,11 +9,11 @@
 //! the state index before anything is changed, so a crashed run that is
 //! resumed (or restored) puts back the user's value, not the raised one.
 
-use elasticsearch::indices::{IndicesGetSettingsParts, IndicesPutSettingsParts};
 use serde_json::{Value, json};
 
+use super::error::SnapshotError;
 use super::state::StateStore;
-use super::{SnapshotError, es_ok};
+use crate::sink::admin;
 
 /// Long enough for a backfill of many hours; tombstones cost a little heap
 /// per delete made during the window, nothing per document.
@@ -26,34 +26,12 @@ fn doc_id(index: &str) -> String {
 /// The explicit `index.gc_deletes` of every concrete index behind `target`
 /// (an index or an alias); `null` where it is the default.
 async fn current(state: &StateStore, target: &str) -> Result<Value, SnapshotError> {
-    let resp = state
-        .es
-        .indices()
-        .get_settings(IndicesGetSettingsParts::IndexName(
-            &[target],
-            &["index.gc_deletes"],
-        ))
-        .send()
-        .await?;
-    let v = es_ok(&format!("read settings of {target}"), resp).await?;
-    let mut out = serde_json::Map::new();
-    if let Some(obj) = v.as_object() {
-        for (index, s) in obj {
-            out.insert(index.clone(), s["settings"]["index"]["gc_deletes"].clone());
-        }
-    }
-    Ok(Value::Object(out))
+    let by_index = admin::explicit_gc_deletes(state.client(), target).await?;
+    Ok(Value::Object(by_index))
 }
 
 async fn put(state: &StateStore, index: &str, value: &Value) -> Result<(), SnapshotError> {
-    let resp = state
-        .es
-        .indices()
-        .put_settings(IndicesPutSettingsParts::Index(&[index]))
-        .body(json!({"index": {"gc_deletes": value}}))
-        .send()
-        .await?;
-    es_ok(&format!("set index.gc_deletes on {index}"), resp).await?;
+    admin::put_index_settings(state.client(), index, &json!({"gc_deletes": value})).await?;
     Ok(())
 }
 
@@ -92,11 +70,6 @@ pub async fn restore(state: &StateStore, target: &str) -> Result<(), SnapshotErr
             put(state, index, value).await?;
         }
     }
-    let resp = state
-        .es
-        .delete(elasticsearch::DeleteParts::IndexId(&state.index, &id))
-        .send()
-        .await?;
-    es_ok(&format!("forget {id}"), resp).await?;
+    state.records().delete(&id, false).await?;
     Ok(())
 }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use super::Report;
 use crate::config::Config;
-use crate::model::Catalog;
+use crate::model::{Catalog, PublishedTable};
+use crate::source::inspect::{self, PublishedColumns};
 
 pub async fn check_publication(
     client: &tokio_postgres::Client,
@@ -23,85 +24,67 @@ pub async fn check_publication(
         .into_iter()
         .filter(|t| catalog.tables.contains_key(&t.qualified_name()))
         .collect();
-    let existing = client
-        .query(
-            "SELECT schemaname::text, tablename::text, attnames::text[]
-               FROM pg_publication_tables WHERE pubname = $1",
-            &[name],
-        )
-        .await;
-    let exists = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[name],
-        )
+    match inspect::published_columns(client, name).await {
+        Err(e) => report.problem(format!("PostgreSQL: cannot read publication `{name}`: {e}")),
+        Ok((false, _)) => check_creatable(client, config, &wanted, report).await,
+        Ok((true, existing)) => check_published(name, &wanted, &existing, report),
+    }
+}
+
+/// A missing publication: `run` creates it if the role owns every table
+/// and may create in the database; otherwise the tables' owner must, and
+/// the report says with which statement.
+async fn check_creatable(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    wanted: &[PublishedTable],
+    report: &mut Report,
+) {
+    let name = &config.publication;
+    let mut not_owned = Vec::new();
+    for t in wanted {
+        if let Ok(false) = inspect::owns_table(client, &t.table.schema, &t.table.name).await {
+            not_owned.push(t.qualified_name());
+        }
+    }
+    let can_create_db = inspect::may_create_in_database(client)
         .await
-        .map(|r| r.get::<_, bool>(0));
-    let (existing, exists) = match (existing, exists) {
-        (Ok(e), Ok(x)) => (e, x),
-        (Err(e), _) | (_, Err(e)) => {
-            report.problem(format!("PostgreSQL: cannot read publication `{name}`: {e}"));
-            return;
-        }
-    };
-    if !exists {
-        let mut not_owned = Vec::new();
-        for t in &wanted {
-            let owned = client
-                .query_one(
-                    "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-                         OR pg_has_role(current_user, c.relowner, 'USAGE')
-                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                      WHERE n.nspname = $1 AND c.relname = $2",
-                    &[&t.table.schema, &t.table.name],
-                )
-                .await;
-            if let Ok(r) = owned
-                && !r.get::<_, bool>(0)
-            {
-                not_owned.push(t.qualified_name());
-            }
-        }
-        let can_create_db = client
-            .query_one(
-                "SELECT has_database_privilege(current_database(), 'CREATE')",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false);
-        if wanted.is_empty() {
-            return;
-        }
-        if !not_owned.is_empty() || !can_create_db {
-            let why = if not_owned.is_empty() {
-                "it lacks CREATE on the database".to_string()
-            } else {
-                format!("it does not own {}", not_owned.join(", "))
-            };
-            let list: Vec<String> = wanted.iter().map(|t| t.to_sql()).collect();
-            report.problem(format!(
-                "publication `{name}` does not exist and role `{}` cannot create it ({why}); as the tables' owner run: CREATE PUBLICATION {name} FOR TABLE {} WITH (publish_via_partition_root = true);",
-                config.postgres.user,
-                list.join(", ")
-            ));
-        } else {
-            report
-                .facts
-                .push(format!("publication `{name}` will be created"));
-        }
+        .unwrap_or(false);
+    if wanted.is_empty() {
         return;
     }
-    let have: BTreeMap<String, Vec<String>> = existing
+    if !not_owned.is_empty() || !can_create_db {
+        let why = if not_owned.is_empty() {
+            "it lacks CREATE on the database".to_string()
+        } else {
+            format!("it does not own {}", not_owned.join(", "))
+        };
+        let list: Vec<String> = wanted.iter().map(|t| t.to_sql()).collect();
+        report.problem(format!(
+            "publication `{name}` does not exist and role `{}` cannot create it ({why}); as the tables' owner run: CREATE PUBLICATION {name} FOR TABLE {} WITH (publish_via_partition_root = true);",
+            config.postgres.user,
+            list.join(", ")
+        ));
+    } else {
+        report
+            .facts
+            .push(format!("publication `{name}` will be created"));
+    }
+}
+
+/// An existing publication: every wanted table and column published (or
+/// `run` must add them: warnings, since `run` does).
+fn check_published(
+    name: &str,
+    wanted: &[PublishedTable],
+    existing: &[PublishedColumns],
+    report: &mut Report,
+) {
+    let have: BTreeMap<String, &Vec<String>> = existing
         .iter()
-        .map(|r| {
-            (
-                format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
-                r.get::<_, Vec<String>>(2),
-            )
-        })
+        .map(|p| (format!("{}.{}", p.schema, p.table), &p.columns))
         .collect();
-    for t in &wanted {
+    for t in wanted {
         let q = t.qualified_name();
         match (have.get(&q), &t.columns) {
             (None, _) => report.warnings.push(format!(

@@ -1,16 +1,18 @@
-//! Row filters, validated by PostgreSQL itself: first as a WHERE clause
-//! (names, types, syntax), then under the stricter rules of a publication
-//! (built-in immutable functions only, no subqueries or system columns) in a
-//! publication created and rolled back, and finally for the columns it
-//! reads: outside the replica identity, PostgreSQL would refuse every
-//! UPDATE and DELETE on the table once it is published.
-
-use serde_json::Value;
+//! Row filters, validated by PostgreSQL itself (the questions are put by
+//! `source::filter_check`): first as a WHERE clause (names, types, syntax),
+//! then under the stricter rules of a publication (built-in immutable
+//! functions only, no subqueries or system columns) in a publication created
+//! and rolled back, and finally for the columns it reads: outside the
+//! replica identity, PostgreSQL would refuse every UPDATE and DELETE on the
+//! table once it is published.
 
 use super::Report;
 use crate::config::{Config, Mapping};
 use crate::model::CatalogTable;
 use crate::model::ReplicaIdentity;
+use crate::source::filter_check::{
+    filter_columns, publication_facts, try_in_publication, unknown_filter_column,
+};
 use crate::source::sql::quote_table;
 
 /// Ask PostgreSQL to parse the filter, and check that it only reads replica
@@ -35,12 +37,8 @@ pub(super) async fn check_row_filter(
         report.problem(format!("{at}: Sluice rejects the row filter: {why}"));
         return;
     }
-    let sql = format!(
-        "EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM ONLY {} AS sluice_filter WHERE ({filter})",
-        quote_table(&t.table.schema, &t.table.name)
-    );
-    let plan: Value = match client.query_one(&sql, &[]).await {
-        Ok(r) => r.get(0),
+    let columns = match filter_columns(client, &t.table.schema, &t.table.name, filter).await {
+        Ok(columns) => columns,
         Err(e) => {
             let msg = e
                 .as_db_error()
@@ -59,19 +57,13 @@ pub(super) async fn check_row_filter(
         }
     };
     check_publication_rules(client, config, t, filter, &at, report).await;
-    let mut filters = Vec::new();
-    collect_filters(&plan, &mut filters);
     if t.replica_identity == ReplicaIdentity::Full {
         return;
     }
-    let mut outside: Vec<String> = Vec::new();
-    for f in &filters {
-        for col in filter_columns(f) {
-            if !t.replica_identity_columns().contains(&col) && !outside.contains(&col) {
-                outside.push(col);
-            }
-        }
-    }
+    let outside: Vec<&String> = columns
+        .iter()
+        .filter(|c| !t.replica_identity_columns().contains(c))
+        .collect();
     if !outside.is_empty() {
         report.problem(format!(
             "{at}: the row filter reads {} outside {}.{}'s replica identity; PostgreSQL would then refuse UPDATE and DELETE on the table; run `ALTER TABLE {} REPLICA IDENTITY FULL` or filter on key columns only",
@@ -98,16 +90,15 @@ async fn check_publication_rules(
     at: &str,
     report: &mut Report,
 ) {
-    let facts = client
-        .query_one(
-            "SELECT has_database_privilege(current_database(), 'CREATE'),
-                    EXISTS (SELECT 1 FROM pg_publication_tables
-                             WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
-            &[&config.publication, &t.table.schema, &t.table.name],
-        )
-        .await;
-    let (can_create, published) = match facts {
-        Ok(r) => (r.get::<_, bool>(0), r.get::<_, bool>(1)),
+    let (can_create, published) = match publication_facts(
+        client,
+        &config.publication,
+        &t.table.schema,
+        &t.table.name,
+    )
+    .await
+    {
+        Ok(facts) => facts,
         Err(e) => {
             report.problem(format!(
                 "{at}: cannot check the row filter's privileges: {e}"
@@ -124,27 +115,9 @@ async fn check_publication_rules(
         }
         return;
     }
-    let sql = format!(
-        "CREATE PUBLICATION sluice_check_{} FOR TABLE {} WHERE ({filter})",
-        std::process::id(),
-        quote_table(&t.table.schema, &t.table.name)
-    );
-    // The trial takes the same lock as the real publication DDL: bounded
-    // the same way, so it never queues the application's DDL behind it.
-    let lock_timeout = format!(
-        "SET LOCAL lock_timeout = '{}'",
-        crate::source::manage::DDL_LOCK_TIMEOUT
-    );
-    let tried = match client.batch_execute("BEGIN").await {
-        // Extended protocol: exactly one statement, whatever the filter says.
-        Ok(()) => match client.execute(&lock_timeout, &[]).await {
-            Ok(_) => client.execute(&sql, &[]).await.map(|_| ()),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
+    let Err(e) = try_in_publication(client, &t.table.schema, &t.table.name, filter).await else {
+        return;
     };
-    let _ = client.batch_execute("ROLLBACK").await;
-    let Err(e) = tried else { return };
     match e.as_db_error() {
         Some(db) if db.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {}
         Some(db) => {
@@ -155,97 +128,5 @@ async fn check_publication_rules(
             ));
         }
         None => report.problem(format!("{at}: cannot validate the row filter: {e}")),
-    }
-}
-
-/// The column of PostgreSQL's `column "x" does not exist`.
-fn unknown_filter_column(msg: &str) -> Option<&str> {
-    let rest = msg.strip_prefix("column \"")?;
-    let name = rest.strip_suffix("\" does not exist")?;
-    // `sluice_filter.x` when the filter qualified it with the alias.
-    Some(name.rsplit('.').next().unwrap_or(name))
-}
-
-fn collect_filters(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(o) => {
-            for (k, x) in o {
-                if k == "Filter" || k == "One-Time Filter" {
-                    if let Value::String(s) = x {
-                        out.push(s.clone());
-                    }
-                } else {
-                    collect_filters(x, out);
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_filters(x, out)),
-        _ => {}
-    }
-}
-
-/// Columns a VERBOSE plan's filter reads, from `sluice_filter.<column>`.
-fn filter_columns(filter: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = filter;
-    while let Some(p) = rest.find("sluice_filter.") {
-        let after = &rest[p + "sluice_filter.".len()..];
-        let (name, consumed) = if let Some(q) = after.strip_prefix('"') {
-            let mut name = String::new();
-            let mut chars = q.char_indices();
-            let mut end = q.len();
-            while let Some((i, c)) = chars.next() {
-                if c == '"' {
-                    if q[i + 1..].starts_with('"') {
-                        name.push('"');
-                        chars.next();
-                        continue;
-                    }
-                    end = i + 1;
-                    break;
-                }
-                name.push(c);
-            }
-            (name, end + 1)
-        } else {
-            let end = after
-                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-                .unwrap_or(after.len());
-            (after[..end].to_string(), end)
-        };
-        if !name.is_empty() {
-            out.push(name);
-        }
-        rest = &after[consumed.min(after.len())..];
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filter_columns_are_read_from_verbose_plans() {
-        assert_eq!(
-            filter_columns(
-                "((sluice_filter.status <> 'draft'::text) AND (sluice_filter.\"Total\"\"x\" > 1))"
-            ),
-            vec!["status".to_string(), "Total\"x".to_string()]
-        );
-        assert!(filter_columns("(1 = 1)").is_empty());
-    }
-
-    #[test]
-    fn the_unknown_column_is_read_from_postgresqls_message() {
-        assert_eq!(
-            unknown_filter_column("column \"stauts\" does not exist"),
-            Some("stauts")
-        );
-        assert_eq!(
-            unknown_filter_column("column sluice_filter.x does not exist"),
-            None
-        );
-        assert_eq!(unknown_filter_column("syntax error at or near \"(\""), None);
     }
 }

@@ -1,9 +1,11 @@
 //! `sluice status` and `sluice teardown`: what the slot, the publication and
 //! Sluice's indices look like, and how to remove them safely.
 //!
-//! Reads PostgreSQL (`pg_replication_slots`, `pg_publication`, the server's
-//! WAL position) and Elasticsearch (dead-letter count, snapshot progress in
-//! the state index). The state index's document shape belongs to the snapshot
+//! Reads PostgreSQL through `source::inspect` (the slot and who holds it,
+//! the publication, the server's WAL position) and Elasticsearch through
+//! the sink (dead-letter count, snapshot progress in the state index, the
+//! cluster's health); this module makes the report, its warnings and its
+//! words. The state index's document shape belongs to the snapshot
 //! feature, so the reader is tolerant: a missing index means "no snapshot
 //! recorded", unknown fields are ignored.
 //!
@@ -13,20 +15,23 @@
 
 use std::collections::BTreeMap;
 
-use elasticsearch::Elasticsearch;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::Lsn;
 use crate::source::PgConnectConfig;
+use crate::source::inspect;
 
 pub mod es_health;
 mod pg_conn;
 mod render;
 mod teardown;
 
+use crate::sink::Elasticsearch;
+use crate::sink::admin::{self, AdminError};
+use crate::sink::build_client;
 use crate::sink::client::ClientError;
-use crate::sink::{build_client, describe_es_error};
+use crate::sink::state_store::StateIndex;
 pub use pg_conn::connect_pg;
 pub use render::{human_bytes, render_human, render_json, render_teardown};
 pub use teardown::{TeardownError, TeardownReport, teardown, teardown_command};
@@ -200,8 +205,8 @@ pub enum StatusError {
 impl StatusError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            StatusError::EsClient(_) => crate::cli::EXIT_CONFIG,
-            _ => crate::cli::EXIT_RUNTIME,
+            StatusError::EsClient(_) => crate::app::EXIT_CONFIG,
+            _ => crate::app::EXIT_RUNTIME,
         }
     }
 }
@@ -215,10 +220,6 @@ fn opt_lsn_text<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S:
         Some(l) => s.serialize_str(&l.to_string()),
         None => s.serialize_none(),
     }
-}
-
-fn parse_lsn(text: Option<String>) -> Option<Lsn> {
-    text.and_then(|t| t.parse().ok())
 }
 
 fn pg_err(
@@ -240,39 +241,27 @@ async fn read_slot(
     slot: &str,
     server_lsn: Lsn,
 ) -> Result<SlotStatus, StatusError> {
-    let row = client
-        .query_opt(
-            "SELECT s.slot_type, s.plugin, s.database, s.active, s.active_pid,
-                    s.confirmed_flush_lsn::text, s.restart_lsn::text, s.wal_status,
-                    s.safe_wal_size, a.application_name
-               FROM pg_replication_slots s
-               LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
-              WHERE s.slot_name = $1",
-            &[&slot],
-        )
+    let row = inspect::slot(client, slot)
         .await
         .map_err(pg_err("reading pg_replication_slots", pg))?;
     let Some(row) = row else {
         return Ok(SlotStatus::Missing { name: slot.into() });
     };
-    let confirmed = parse_lsn(row.get(5));
-    let restart = parse_lsn(row.get(6));
     let diff = |l: Option<Lsn>| l.map(|l| server_lsn.0.saturating_sub(l.0));
-    let application: Option<String> = row.get(9);
     Ok(SlotStatus::Present(Box::new(SlotInfo {
         name: slot.into(),
-        slot_type: row.get(0),
-        plugin: row.get(1),
-        database: row.get(2),
-        active: row.get(3),
-        active_pid: row.get(4),
-        active_application: application.filter(|a| !a.is_empty()),
-        confirmed_flush_lsn: confirmed,
-        restart_lsn: restart,
-        lag_bytes: diff(confirmed),
-        retained_wal_bytes: diff(restart),
-        wal_status: row.get(7),
-        safe_wal_size: row.get(8),
+        slot_type: row.slot_type,
+        plugin: row.plugin,
+        database: row.database,
+        active: row.active,
+        active_pid: row.active_pid,
+        active_application: row.application,
+        confirmed_flush_lsn: row.confirmed_flush,
+        restart_lsn: row.restart,
+        lag_bytes: diff(row.confirmed_flush),
+        retained_wal_bytes: diff(row.restart),
+        wal_status: row.wal_status,
+        safe_wal_size: row.safe_wal_size,
     })))
 }
 
@@ -280,18 +269,10 @@ async fn server_wal_lsn(
     client: &tokio_postgres::Client,
     pg: &PgConnectConfig,
 ) -> Result<(Lsn, bool), StatusError> {
-    // On a standby the current insert position does not exist; what it has
-    // received is the comparable position.
-    let row = client
-        .query_one(
-            "SELECT pg_is_in_recovery(),
-                    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
-                          ELSE pg_current_wal_lsn() END)::text",
-            &[],
-        )
+    let at = inspect::wal_position(client)
         .await
         .map_err(pg_err("reading the server's WAL position", pg))?;
-    Ok((parse_lsn(row.get(1)).unwrap_or_default(), row.get(0)))
+    Ok((at.lsn, at.in_recovery))
 }
 
 async fn read_publication(
@@ -299,11 +280,7 @@ async fn read_publication(
     pg: &PgConnectConfig,
     name: &str,
 ) -> Result<PublicationStatus, StatusError> {
-    let row = client
-        .query_opt(
-            "SELECT pg_get_userbyid(pubowner)::text, puballtables FROM pg_publication WHERE pubname = $1",
-            &[&name],
-        )
+    let row = inspect::publication(client, name)
         .await
         .map_err(pg_err("reading pg_publication", pg))?;
     let Some(row) = row else {
@@ -315,22 +292,14 @@ async fn read_publication(
             tables: vec![],
         });
     };
-    let tables = client
-        .query(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables
-              WHERE pubname = $1 ORDER BY 1",
-            &[&name],
-        )
+    let tables = inspect::publication_tables(client, name)
         .await
-        .map_err(pg_err("reading pg_publication_tables", pg))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map_err(pg_err("reading pg_publication_tables", pg))?;
     Ok(PublicationStatus {
         name: name.into(),
         exists: true,
-        owner: row.get(0),
-        all_tables: row.get(1),
+        owner: row.owner,
+        all_tables: row.all_tables,
         tables,
     })
 }
@@ -343,14 +312,9 @@ pub async fn gather(
     targets: &Targets,
 ) -> Result<StatusReport, StatusError> {
     let client = connect_pg(pg, "sluice-status").await?;
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version'), current_setting('wal_level')",
-            &[],
-        )
+    let (server_version, wal_level) = inspect::version_and_wal_level(&client)
         .await
         .map_err(pg_err("reading server settings", pg))?;
-    let (server_version, wal_level): (String, String) = (row.get(0), row.get(1));
     let (server_lsn, in_recovery) = server_wal_lsn(&client, pg).await?;
     let slot = read_slot(&client, pg, &targets.slot, server_lsn).await?;
     let publication = read_publication(&client, pg, &targets.publication).await?;
@@ -453,80 +417,40 @@ fn warnings(r: &StatusReport, dbname: &str) -> Vec<String> {
     w
 }
 
-fn es_err(what: &'static str) -> impl Fn(elasticsearch::Error) -> StatusError {
+fn es_err(what: &'static str) -> impl Fn(AdminError) -> StatusError {
     move |e| StatusError::Es {
         what,
-        message: describe_es_error(&e),
+        message: e.describe(),
     }
 }
 
 /// Document count of `index`, `None` if it does not exist.
 async fn count_docs(es: &Elasticsearch, index: &str) -> Result<Option<u64>, StatusError> {
-    let resp = es
-        .count(elasticsearch::CountParts::Index(&[index]))
-        .send()
+    admin::count_docs(es, index)
         .await
-        .map_err(es_err("counting dead letters"))?;
-    let code = resp.status_code().as_u16();
-    if code == 404 {
-        return Ok(None);
-    }
-    let body: Value = resp.json().await.map_err(es_err("counting dead letters"))?;
-    if !(200..300).contains(&code) {
-        return Err(StatusError::Es {
-            what: "counting dead letters",
-            message: format!("HTTP {code}: {}", es_reason(&body)),
-        });
-    }
-    Ok(body["count"].as_u64())
-}
-
-fn es_reason(body: &Value) -> String {
-    body["error"]["reason"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| body["error"].to_string())
+        .map_err(es_err("counting dead letters"))
 }
 
 /// How many state documents one status read looks at.
 const STATE_READ_LIMIT: u64 = 10_000;
 
 async fn read_snapshots(es: &Elasticsearch, index: &str) -> Result<SnapshotStatus, StatusError> {
-    let resp = es
-        .search(elasticsearch::SearchParts::Index(&[index]))
-        .body(serde_json::json!({
-            "size": STATE_READ_LIMIT,
-            "track_total_hits": true,
-            "query": {"match_all": {}}
-        }))
-        .send()
+    let read = StateIndex::new(es.clone(), index)
+        .read_all(STATE_READ_LIMIT)
         .await
         .map_err(es_err("reading the snapshot state index"))?;
-    let code = resp.status_code().as_u16();
-    if code == 404 {
+    let Some(page) = read else {
         return Ok(SnapshotStatus::NoneRecorded {
             index: index.into(),
         });
-    }
-    let body: Value = resp
-        .json()
-        .await
-        .map_err(es_err("reading the snapshot state index"))?;
-    if !(200..300).contains(&code) {
-        return Err(StatusError::Es {
-            what: "reading the snapshot state index",
-            message: format!("HTTP {code}: {}", es_reason(&body)),
-        });
-    }
-    let hits = body["hits"]["hits"].as_array().cloned().unwrap_or_default();
-    let total = body["hits"]["total"]["value"].as_u64().unwrap_or(0);
-    let sources: Vec<Value> = hits.into_iter().map(|h| h["_source"].clone()).collect();
+    };
+    let sources: Vec<Value> = page.records.into_iter().map(|r| r.source).collect();
     let (tables, unrecognized) = summarize_snapshot_docs(&sources);
     Ok(SnapshotStatus::Recorded {
         index: index.into(),
         tables,
         unrecognized_documents: unrecognized,
-        truncated: total > sources.len() as u64,
+        truncated: page.total > sources.len() as u64,
         reindexes: summarize_reindex_docs(&sources),
     })
 }

@@ -2,7 +2,11 @@
 
 use std::fmt::Write as _;
 
-use super::{SlotStatus, SnapshotStatus, StatusReport, Targets, TeardownReport, is_done_word};
+use super::es_health::{EsStatus, IndexState};
+use super::{
+    DeadLetterStatus, PublicationStatus, ReindexSummary, SlotStatus, SnapshotStatus, StatusReport,
+    TableSnapshot, Targets, TeardownReport, is_done_word,
+};
 use crate::Lsn;
 
 /// Bytes as a human reads them (`1.5 MiB`).
@@ -37,64 +41,81 @@ pub fn render_human(r: &StatusReport) -> String {
         if r.in_recovery { ", standby" } else { "" }
     );
     let _ = writeln!(o, "  server WAL position   {}", r.server_wal_lsn);
-    match &r.slot {
+    render_slot(&mut o, &r.slot);
+    render_publication(&mut o, &r.publication);
+    render_snapshots(&mut o, &r.snapshots);
+    render_dead_letters(&mut o, &r.dead_letters);
+    render_elasticsearch(&mut o, &r.elasticsearch);
+    for w in &r.warnings {
+        let _ = writeln!(o, "warning: {w}");
+    }
+    o
+}
+
+fn render_slot(o: &mut String, slot: &SlotStatus) {
+    let s = match slot {
         SlotStatus::Missing { name } => {
             let _ = writeln!(o, "  replication slot      {name}: does not exist");
+            return;
         }
-        SlotStatus::Present(s) => {
-            let holder = match (s.active, s.active_pid) {
-                (true, Some(pid)) => format!(
-                    "active, pid {pid}{}",
-                    s.active_application
-                        .as_deref()
-                        .map(|a| format!(" ({a})"))
-                        .unwrap_or_default()
-                ),
-                (true, None) => "active".into(),
-                (false, _) => "inactive (no Sluice is streaming)".into(),
-            };
-            let _ = writeln!(
-                o,
-                "  replication slot      {} ({}, {}): {holder}",
-                s.name,
-                s.slot_type,
-                s.plugin.as_deref().unwrap_or("-")
-            );
-            let lsn = |l: Option<Lsn>| l.map_or("-".into(), |l| l.to_string());
-            let _ = writeln!(o, "  confirmed flush LSN   {}", lsn(s.confirmed_flush_lsn));
-            let _ = writeln!(o, "  lag                   {}", opt_bytes(s.lag_bytes));
-            let _ = writeln!(o, "  restart LSN           {}", lsn(s.restart_lsn));
-            let _ = writeln!(
-                o,
-                "  retained WAL          {} (wal_status {}{})",
-                opt_bytes(s.retained_wal_bytes),
-                s.wal_status.as_deref().unwrap_or("-"),
-                s.safe_wal_size
-                    .map(|b| format!(
-                        ", {} left before max_slot_wal_keep_size",
-                        human_bytes(b.max(0) as u64)
-                    ))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    let p = &r.publication;
-    if p.exists {
-        let tables = if p.all_tables {
-            "all tables".to_string()
-        } else {
-            format!("{} tables: {}", p.tables.len(), p.tables.join(", "))
-        };
-        let _ = writeln!(
-            o,
-            "  publication           {} (owner {}): {tables}",
-            p.name,
-            p.owner.as_deref().unwrap_or("?")
-        );
-    } else {
+        SlotStatus::Present(s) => s,
+    };
+    let holder = match (s.active, s.active_pid) {
+        (true, Some(pid)) => format!(
+            "active, pid {pid}{}",
+            s.active_application
+                .as_deref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default()
+        ),
+        (true, None) => "active".into(),
+        (false, _) => "inactive (no Sluice is streaming)".into(),
+    };
+    let _ = writeln!(
+        o,
+        "  replication slot      {} ({}, {}): {holder}",
+        s.name,
+        s.slot_type,
+        s.plugin.as_deref().unwrap_or("-")
+    );
+    let lsn = |l: Option<Lsn>| l.map_or("-".into(), |l| l.to_string());
+    let _ = writeln!(o, "  confirmed flush LSN   {}", lsn(s.confirmed_flush_lsn));
+    let _ = writeln!(o, "  lag                   {}", opt_bytes(s.lag_bytes));
+    let _ = writeln!(o, "  restart LSN           {}", lsn(s.restart_lsn));
+    let _ = writeln!(
+        o,
+        "  retained WAL          {} (wal_status {}{})",
+        opt_bytes(s.retained_wal_bytes),
+        s.wal_status.as_deref().unwrap_or("-"),
+        s.safe_wal_size
+            .map(|b| format!(
+                ", {} left before max_slot_wal_keep_size",
+                human_bytes(b.max(0) as u64)
+            ))
+            .unwrap_or_default()
+    );
+}
+
+fn render_publication(o: &mut String, p: &PublicationStatus) {
+    if !p.exists {
         let _ = writeln!(o, "  publication           {}: does not exist", p.name);
+        return;
     }
-    match &r.snapshots {
+    let tables = if p.all_tables {
+        "all tables".to_string()
+    } else {
+        format!("{} tables: {}", p.tables.len(), p.tables.join(", "))
+    };
+    let _ = writeln!(
+        o,
+        "  publication           {} (owner {}): {tables}",
+        p.name,
+        p.owner.as_deref().unwrap_or("?")
+    );
+}
+
+fn render_snapshots(o: &mut String, snapshots: &SnapshotStatus) {
+    match snapshots {
         SnapshotStatus::Unavailable { index, .. } => {
             let _ = writeln!(o, "  snapshots             unknown: cannot read {index}");
         }
@@ -122,29 +143,7 @@ pub fn render_human(r: &StatusReport) -> String {
                 }
             );
             for t in tables {
-                let others: Vec<String> = t
-                    .states
-                    .iter()
-                    .filter(|(s, _)| !is_done_word(s))
-                    .map(|(s, n)| format!("{n} {s}"))
-                    .collect();
-                let _ = writeln!(
-                    o,
-                    "    {:<30} {}/{} chunks done, {} rows{}{}",
-                    t.table,
-                    t.chunks_done,
-                    t.chunks,
-                    t.rows,
-                    if others.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", others.join(", "))
-                    },
-                    t.last_update
-                        .as_deref()
-                        .map(|u| format!(", last update {u}"))
-                        .unwrap_or_default()
-                );
+                render_table_snapshot(o, t);
             }
             if *unrecognized_documents > 0 {
                 let _ = writeln!(
@@ -153,49 +152,77 @@ pub fn render_human(r: &StatusReport) -> String {
                 );
             }
             for r in reindexes {
-                let stream = match (&r.dual_write_from, r.status.as_str()) {
-                    (_, "swapped") => String::new(),
-                    (Some(lsn), _) => format!(", stream dual-writes from {lsn}"),
-                    (None, _) => ", waiting for `sluice run` to dual-write".to_string(),
-                };
-                let _ = writeln!(
-                    o,
-                    "  reindex               {} → {}: {}{stream}{}",
-                    r.alias,
-                    r.build_index,
-                    r.status,
-                    r.started_at
-                        .as_deref()
-                        .map(|t| format!(", started {t}"))
-                        .unwrap_or_default()
-                );
+                render_reindex(o, r);
             }
         }
     }
-    match r.dead_letters.count {
-        None if r.dead_letters.error.is_some() => {
+}
+
+fn render_table_snapshot(o: &mut String, t: &TableSnapshot) {
+    let others: Vec<String> = t
+        .states
+        .iter()
+        .filter(|(s, _)| !is_done_word(s))
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "    {:<30} {}/{} chunks done, {} rows{}{}",
+        t.table,
+        t.chunks_done,
+        t.chunks,
+        t.rows,
+        if others.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", others.join(", "))
+        },
+        t.last_update
+            .as_deref()
+            .map(|u| format!(", last update {u}"))
+            .unwrap_or_default()
+    );
+}
+
+fn render_reindex(o: &mut String, r: &ReindexSummary) {
+    let stream = match (&r.dual_write_from, r.status.as_str()) {
+        (_, "swapped") => String::new(),
+        (Some(lsn), _) => format!(", stream dual-writes from {lsn}"),
+        (None, _) => ", waiting for `sluice run` to dual-write".to_string(),
+    };
+    let _ = writeln!(
+        o,
+        "  reindex               {} → {}: {}{stream}{}",
+        r.alias,
+        r.build_index,
+        r.status,
+        r.started_at
+            .as_deref()
+            .map(|t| format!(", started {t}"))
+            .unwrap_or_default()
+    );
+}
+
+fn render_dead_letters(o: &mut String, d: &DeadLetterStatus) {
+    match d.count {
+        None if d.error.is_some() => {
             let _ = writeln!(
                 o,
                 "  dead letters          unknown: cannot read {}",
-                r.dead_letters.index
+                d.index
             );
         }
         Some(n) => {
-            let _ = writeln!(
-                o,
-                "  dead letters          {n} (index {})",
-                r.dead_letters.index
-            );
+            let _ = writeln!(o, "  dead letters          {n} (index {})", d.index);
         }
         None => {
-            let _ = writeln!(
-                o,
-                "  dead letters          0 (no index {})",
-                r.dead_letters.index
-            );
+            let _ = writeln!(o, "  dead letters          0 (no index {})", d.index);
         }
     }
-    if let Some(c) = &r.elasticsearch.cluster {
+}
+
+fn render_elasticsearch(o: &mut String, es: &EsStatus) {
+    if let Some(c) = &es.cluster {
         let _ = writeln!(
             o,
             "  elasticsearch         cluster {}, {} node{}, {} unassigned shard{}",
@@ -206,8 +233,7 @@ pub fn render_human(r: &StatusReport) -> String {
             if c.unassigned_shards == 1 { "" } else { "s" },
         );
     }
-    for t in &r.elasticsearch.indices {
-        use super::es_health::IndexState;
+    for t in &es.indices {
         let state = match &t.state {
             IndexState::Missing => "not created yet".to_string(),
             IndexState::Open { health } => format!("open, {health}"),
@@ -216,10 +242,6 @@ pub fn render_human(r: &StatusReport) -> String {
         };
         let _ = writeln!(o, "  index {:<15} {state}", t.name);
     }
-    for w in &r.warnings {
-        let _ = writeln!(o, "warning: {w}");
-    }
-    o
 }
 
 /// The report as `sluice status --json` prints it.

@@ -12,17 +12,18 @@
 //! Backfills (`sluice snapshot`) record their progress by table and target,
 //! not by slot, so nothing says whose they are: they stay.
 
-use elasticsearch::Elasticsearch;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_postgres::error::SqlState;
 
 use super::{
-    SlotStatus, StatusError, Targets, connect_pg, es_reason, pg_err, read_slot, render_teardown,
+    SlotStatus, StatusError, Targets, connect_pg, es_err, pg_err, read_slot, render_teardown,
     server_wal_lsn,
 };
-use crate::source::PgConnectConfig;
-use crate::source::sql::quote_ident;
+use crate::sink::Elasticsearch;
+use crate::sink::admin::AdminError;
+use crate::sink::state_store::{Filter, Record, StateIndex};
+use crate::source::{self, PgConnectConfig, SourceError, inspect};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TeardownReport {
@@ -79,9 +80,9 @@ pub enum TeardownError {
 impl TeardownError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            TeardownError::NotConfirmed { .. } => crate::cli::EXIT_CONFIG,
+            TeardownError::NotConfirmed { .. } => crate::app::EXIT_CONFIG,
             TeardownError::Status(e) => e.exit_code(),
-            _ => crate::cli::EXIT_RUNTIME,
+            _ => crate::app::EXIT_RUNTIME,
         }
     }
 }
@@ -104,8 +105,42 @@ pub async fn teardown(
         });
     }
     let client = connect_pg(pg, "sluice-teardown").await?;
-    let (server_lsn, _) = server_wal_lsn(&client, pg).await?;
-    let slot = read_slot(&client, pg, &targets.slot, server_lsn).await?;
+    let (slot_exists, publication_exists) = may_drop(&client, pg, targets).await?;
+    let mut report = TeardownReport {
+        slot_dropped: false,
+        publication_dropped: false,
+        state_records_deleted: 0,
+    };
+    if slot_exists {
+        report.slot_dropped = drop_slot(&client, pg, &targets.slot).await?;
+        if report.slot_dropped {
+            tracing::info!(slot = %targets.slot, "dropped replication slot");
+        }
+    }
+    if publication_exists {
+        source::drop_publication(&client, &targets.publication)
+            .await
+            .map_err(|e| query_failed("dropping the publication", pg, e))?;
+        report.publication_dropped = true;
+        tracing::info!(publication = %targets.publication, "dropped publication");
+    }
+    report.state_records_deleted =
+        delete_own_state(es, &targets.state_index, &targets.slot).await?;
+    tracing::info!(index = %targets.state_index, slot = %targets.slot,
+        deleted = report.state_records_deleted, "deleted this slot's state records");
+    Ok(report)
+}
+
+/// Everything teardown checks before it drops anything: the slot is this
+/// database's and idle, the publication is this role's to drop. Returns
+/// whether the slot and the publication exist.
+async fn may_drop(
+    client: &tokio_postgres::Client,
+    pg: &PgConnectConfig,
+    targets: &Targets,
+) -> Result<(bool, bool), TeardownError> {
+    let (server_lsn, _) = server_wal_lsn(client, pg).await?;
+    let slot = read_slot(client, pg, &targets.slot, server_lsn).await?;
     if let SlotStatus::Present(s) = &slot {
         if let Some(db) = &s.database
             && db != &pg.dbname
@@ -124,198 +159,128 @@ pub async fn teardown(
             });
         }
     }
-    let publication = client
-        .query_opt(
-            "SELECT pg_get_userbyid(pubowner)::text, pg_has_role(pubowner, 'USAGE'), current_user::text
-               FROM pg_publication WHERE pubname = $1",
-            &[&targets.publication],
-        )
+    let publication = inspect::publication_owner(client, &targets.publication)
         .await
         .map_err(pg_err("reading pg_publication", pg))?;
-    if let Some(row) = &publication
-        && !row.get::<_, bool>(1)
+    if let Some(p) = &publication
+        && !p.may_drop
     {
         return Err(TeardownError::PublicationNotOwned {
             publication: targets.publication.clone(),
-            owner: row.get(0),
-            user: row.get(2),
+            owner: p.owner.clone(),
+            user: p.current_user.clone(),
         });
     }
+    Ok((
+        matches!(slot, SlotStatus::Present(_)),
+        publication.is_some(),
+    ))
+}
 
-    let mut report = TeardownReport {
-        slot_dropped: false,
-        publication_dropped: false,
-        state_records_deleted: 0,
-    };
-    if matches!(slot, SlotStatus::Present(_)) {
-        match client
-            .execute("SELECT pg_drop_replication_slot($1)", &[&targets.slot])
-            .await
-        {
-            Ok(_) => report.slot_dropped = true,
-            // A Sluice started between the check and the drop.
-            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
-                return Err(TeardownError::SlotActive {
-                    slot: targets.slot.clone(),
-                    pid: 0,
-                    application: None,
-                });
-            }
-            Err(e) => return Err(pg_err("dropping the replication slot", pg)(e).into()),
+/// Drop the (idle) slot; whether it was there to drop.
+async fn drop_slot(
+    client: &tokio_postgres::Client,
+    pg: &PgConnectConfig,
+    slot: &str,
+) -> Result<bool, TeardownError> {
+    match source::drop_slot(client, slot).await {
+        Ok(dropped) => Ok(dropped),
+        // A Sluice started between the check and the drop.
+        Err(SourceError::Setup(_)) => Err(TeardownError::SlotActive {
+            slot: slot.to_string(),
+            pid: 0,
+            application: None,
+        }),
+        Err(SourceError::Sql(e)) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
+            Err(TeardownError::SlotActive {
+                slot: slot.to_string(),
+                pid: 0,
+                application: None,
+            })
         }
-        tracing::info!(slot = %targets.slot, "dropped replication slot");
+        Err(e) => Err(query_failed("dropping the replication slot", pg, e).into()),
     }
-    if publication.is_some() {
-        client
-            .batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                quote_ident(&targets.publication)
-            ))
-            .await
-            .map_err(pg_err("dropping the publication", pg))?;
-        report.publication_dropped = true;
-        tracing::info!(publication = %targets.publication, "dropped publication");
+}
+
+/// A failed statement of the source layer, in status's words.
+fn query_failed(what: &'static str, pg: &PgConnectConfig, e: SourceError) -> StatusError {
+    match e {
+        SourceError::Sql(e) => pg_err(what, pg)(e),
+        other => StatusError::PgQuery {
+            what,
+            target: pg.to_string(),
+            message: crate::ops::logging::redact_url(&other.to_string()),
+        },
     }
-    report.state_records_deleted =
-        delete_own_state(es, &targets.state_index, &targets.slot).await?;
-    tracing::info!(index = %targets.state_index, slot = %targets.slot,
-        deleted = report.state_records_deleted, "deleted this slot's state records");
-    Ok(report)
 }
 
 /// Delete `slot`'s records from the state index (see the module docs);
 /// returns how many there were. A missing state index holds none.
 async fn delete_own_state(es: &Elasticsearch, index: &str, slot: &str) -> Result<u64, StatusError> {
-    let es_err = |what: &'static str| {
-        move |e: elasticsearch::Error| StatusError::Es {
-            what,
-            message: crate::sink::describe_es_error(&e),
-        }
-    };
-    // Searches see what was written before.
-    es.indices()
-        .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[index]))
-        .send()
-        .await
-        .map_err(es_err("refreshing the state index"))?;
+    let records = StateIndex::new(es.clone(), index);
+    // Searches see what was written before (a missing index has nothing).
+    match records.refresh().await {
+        Ok(()) | Err(AdminError::Status { .. }) => {}
+        Err(e) => return Err(es_err("refreshing the state index")(e)),
+    }
     let initial = crate::app::load::target(slot);
-    let tables = search_state(
-        es,
-        index,
-        json!({"bool": {"filter": [{"term": {"kind": "table"}}, {"term": {"target": initial}}]}}),
+    let tables = find(
+        &records,
+        &[
+            Filter::Is("kind", json!("table")),
+            Filter::Is("target", json!(initial)),
+        ],
     )
     .await?;
-    let reindexes = search_state(es, index, json!({"term": {"kind": "reindex"}})).await?;
+    let reindexes = find(&records, &[Filter::Is("kind", json!("reindex"))]).await?;
     let run_ids: Vec<Value> = tables
         .iter()
-        .filter_map(|(_, src)| src.get("run_id").cloned())
+        .filter_map(|r| r.source.get("run_id").cloned())
         .collect();
     let mut ids: Vec<String> = vec![crate::app::load::marker_id(slot)];
-    ids.extend(tables.into_iter().map(|(id, _)| id));
+    ids.extend(tables.into_iter().map(|r| r.id));
     ids.extend(
         reindexes
             .into_iter()
-            .filter(|(_, src)| src["slot"] == slot)
-            .map(|(id, _)| id),
+            .filter(|r| r.source["slot"] == slot)
+            .map(|r| r.id),
     );
-    let mut deleted = bulk_delete(es, index, &ids).await?;
+    let mut deleted = delete(&records, &ids).await?;
     // Chunk records, a page at a time: each page is deleted (and refreshed)
     // before the next search, so the loop ends when none is left.
     if !run_ids.is_empty() {
+        let chunks_of_runs = [
+            Filter::Is("kind", json!("chunk")),
+            Filter::AnyOf("run_id", run_ids),
+        ];
         loop {
-            let chunks = search_state(
-                es,
-                index,
-                json!({"bool": {"filter": [
-                    {"term": {"kind": "chunk"}},
-                    {"terms": {"run_id": run_ids}}
-                ]}}),
-            )
-            .await?;
+            let chunks = find(&records, &chunks_of_runs).await?;
             if chunks.is_empty() {
                 break;
             }
-            let ids: Vec<String> = chunks.into_iter().map(|(id, _)| id).collect();
-            deleted += bulk_delete(es, index, &ids).await?;
+            let ids: Vec<String> = chunks.into_iter().map(|r| r.id).collect();
+            deleted += delete(&records, &ids).await?;
         }
     }
     Ok(deleted)
 }
 
-/// Up to 5000 `(id, _source)` of the state index matching `query`; none if
-/// the index does not exist.
-async fn search_state(
-    es: &Elasticsearch,
-    index: &str,
-    query: Value,
-) -> Result<Vec<(String, Value)>, StatusError> {
-    let resp = es
-        .search(elasticsearch::SearchParts::Index(&[index]))
-        .body(json!({"size": 5000, "query": query}))
-        .send()
+/// Up to 5000 records of the state index matching `filters`; none if the
+/// index does not exist.
+async fn find(records: &StateIndex, filters: &[Filter]) -> Result<Vec<Record>, StatusError> {
+    records
+        .find(filters, 5000)
         .await
-        .map_err(|e| StatusError::Es {
-            what: "reading the state index",
-            message: crate::sink::describe_es_error(&e),
-        })?;
-    let code = resp.status_code().as_u16();
-    let body: Value = resp.json().await.unwrap_or_default();
-    match code {
-        404 => Ok(Vec::new()),
-        c if (200..300).contains(&c) => Ok(body["hits"]["hits"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|h| Some((h["_id"].as_str()?.to_string(), h["_source"].clone())))
-            .collect()),
-        c => Err(StatusError::Es {
-            what: "reading the state index",
-            message: format!("HTTP {c}: {}", es_reason(&body)),
-        }),
-    }
+        .map_err(es_err("reading the state index"))
 }
 
 /// Delete `ids` from the state index (refreshed, so the next search no
 /// longer sees them); returns how many existed.
-async fn bulk_delete(es: &Elasticsearch, index: &str, ids: &[String]) -> Result<u64, StatusError> {
-    let what = "deleting this slot's state records";
-    let body: Vec<elasticsearch::http::request::JsonBody<Value>> = ids
-        .iter()
-        .map(|id| json!({"delete": {"_index": index, "_id": id}}).into())
-        .collect();
-    let resp = es
-        .bulk(elasticsearch::BulkParts::None)
-        .refresh(elasticsearch::params::Refresh::True)
-        .body(body)
-        .send()
+async fn delete(records: &StateIndex, ids: &[String]) -> Result<u64, StatusError> {
+    records
+        .delete_ids(ids)
         .await
-        .map_err(|e| StatusError::Es {
-            what,
-            message: crate::sink::describe_es_error(&e),
-        })?;
-    let code = resp.status_code().as_u16();
-    let v: Value = resp.json().await.unwrap_or_default();
-    if !(200..300).contains(&code) {
-        return Err(StatusError::Es {
-            what,
-            message: format!("HTTP {code}: {}", es_reason(&v)),
-        });
-    }
-    let mut deleted = 0;
-    for item in v["items"].as_array().into_iter().flatten() {
-        match item["delete"]["status"].as_u64() {
-            Some(200) => deleted += 1,
-            // Not there (or the index is missing): nothing to delete.
-            Some(404) => {}
-            _ => {
-                return Err(StatusError::Es {
-                    what,
-                    message: format!("{}", item["delete"]["error"]),
-                });
-            }
-        }
-    }
-    Ok(deleted)
+        .map_err(es_err("deleting this slot's state records"))
 }
 
 /// `sluice teardown [--yes-drop-slot]` in one call: returns the text to print.
