@@ -12,7 +12,7 @@
 //!   is not a liveness failure (a restart would not help).
 //! - [`ReadyState`] (readiness, `/ready`): 200 only while the pipeline is
 //!   connected and Snapshotting or Streaming and no write is held back for
-//!   the cluster's configuration (`sink::Holds`); 503 naming the state and
+//!   the cluster's configuration (`ops::Holds`); 503 naming the state and
 //!   the reason otherwise.
 //!
 //! `/metrics` renders the Prometheus recorder installed by `metrics::install`.
@@ -76,7 +76,7 @@ impl PipelineState {
 /// Shared readiness state; clone it into the pipeline, which calls `set` on
 /// each transition. Starts in `Starting`.
 #[derive(Debug, Clone, Default)]
-pub struct ReadyState(Arc<AtomicU8>, crate::sink::Holds);
+pub struct ReadyState(Arc<AtomicU8>, crate::ops::Holds);
 
 impl ReadyState {
     pub fn new() -> ReadyState {
@@ -84,7 +84,7 @@ impl ReadyState {
     }
 
     /// Where the bulk workers report held writes; give it to the indexer.
-    pub fn holds(&self) -> crate::sink::Holds {
+    pub fn holds(&self) -> crate::ops::Holds {
         self.1.clone()
     }
 

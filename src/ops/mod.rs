@@ -7,10 +7,15 @@
 //!   opens a connection: the commands (`app`) feed these modules their state
 //!   (`Health`, `ReadyState`, the recorder handle) and wire the HTTP server.
 //! - No SQL and no Elasticsearch request (those are `source` and `sink`).
-//! - Imports only the layers below it (the sink's `Holds` for readiness),
-//!   never `app` or `cli`: the log format is defined here and the command
-//!   line takes it from here.
+//! - Imports only `model`: every other layer records metrics and logs
+//!   through here, so `ops` must sit below them all. What `/ready` needs
+//!   from the sink (why writes are held) is the [`Holds`] board defined
+//!   here, written by the sink's workers. Never `app` or `cli`: the log
+//!   format is defined here and the command line takes it from here.
 
+pub mod holds;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+
+pub use holds::Holds;

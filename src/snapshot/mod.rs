@@ -25,8 +25,8 @@
 //!   aliases through `sink::admin` (`tombstones`, `reindex`), documents
 //!   through the sink's indexer (`sink`). This module decides what the
 //!   records mean and when a chunk, a backfill or a swap is done.
-//! - Imports model, source (its SQL quoting), sink and transform; never
-//!   stream, ops, app or cli.
+//! - Imports model, ops (metric names), source (its SQL quoting),
+//!   sink and transform; never stream, app or cli.
 
 pub mod backfill;
 pub mod catalog;

@@ -31,10 +31,10 @@ use tokio::sync::{OnceCell, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::bulk;
-use super::hold::Holds;
 use super::seam::Sink;
 pub use super::seam::{Ack, IndexerClosed};
 use crate::model::{BulkOp, RetryPolicy};
+use crate::ops::Holds;
 use batch::Inbox;
 use worker::Worker;
 

@@ -1,5 +1,10 @@
 //! `Holds`: why the bulk workers are holding changes back right now.
 //!
+//! It lives with the operator endpoints, not in the sink, because it is
+//! what `/ready` reports: the sink's workers write it, the readiness
+//! endpoint reads it, and `ops` stays below every other layer (it imports
+//! only `model`), so no layer cycle runs through it.
+//!
 //! A write Elasticsearch refuses because of its configuration (privileges, a
 //! closed or missing index, a missing ingest pipeline, an alias without a
 //! write index; see `classify::ItemOutcome::Hold`) is never dead-lettered
