@@ -66,6 +66,17 @@ impl RetryPolicy {
         jitter: true,
     };
 
+    /// Index admin at start-up (create, check mappings, alias) on a busy
+    /// cluster: from 500 ms up to 10 s, 8 times (about a minute and a half
+    /// with jitter), then the command reports the failure.
+    pub const ADMIN: RetryPolicy = RetryPolicy {
+        min_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(10),
+        factor: 2.0,
+        max_times: Some(8),
+        jitter: true,
+    };
+
     /// This policy, giving up after `n` retries.
     pub const fn times(self, n: usize) -> RetryPolicy {
         RetryPolicy {
@@ -161,12 +172,19 @@ mod tests {
     }
 
     #[test]
+    fn index_admin_at_start_up_tries_eight_times_from_half_a_second_up_to_10_s() {
+        let want = [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000].map(ms);
+        assert_delays(&steady(RetryPolicy::ADMIN, 100), &want);
+    }
+
+    #[test]
     fn jitter_stretches_each_delay_by_less_than_itself() {
         for p in [
             RetryPolicy::RECONNECT,
             RetryPolicy::BULK,
             RetryPolicy::REFETCH,
             RetryPolicy::SNAPSHOT_RESUME,
+            RetryPolicy::ADMIN,
         ] {
             assert!(p.jitter);
             let base = steady(p, 12);

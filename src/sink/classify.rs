@@ -149,6 +149,14 @@ pub fn classify_request(status: Option<u16>, error_type: Option<&str>) -> Reques
     }
 }
 
+/// Whether an index-admin call (create, check, alias) that failed with
+/// `status` (`None`: no answer at all — refused, reset, timed out) may
+/// succeed if made again unchanged: no answer, too many requests, or a
+/// gateway/cluster not ready. Any other status refuses the request itself.
+pub fn admin_call_is_transient(status: Option<u16>) -> bool {
+    matches!(status, None | Some(429 | 502 | 503 | 504))
+}
+
 /// The `error.type` of a request-level error body (`{"error":{"type":..}}`).
 pub fn request_error_type(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -160,6 +168,23 @@ mod tests {
     use super::ActionKind::{Delete, Index};
     use super::ItemOutcome::*;
     use super::*;
+
+    #[test]
+    fn an_admin_call_without_answer_or_with_a_busy_cluster_is_tried_again() {
+        for transient in [None, Some(429), Some(502), Some(503), Some(504)] {
+            assert!(admin_call_is_transient(transient), "{transient:?}");
+        }
+        for refused in [
+            Some(400),
+            Some(401),
+            Some(403),
+            Some(404),
+            Some(409),
+            Some(500),
+        ] {
+            assert!(!admin_call_is_transient(refused), "{refused:?}");
+        }
+    }
 
     #[test]
     fn success_statuses_are_done() {

@@ -8,12 +8,17 @@
 
 use std::time::Duration;
 
+use backon::Retryable;
+
 use elasticsearch::Elasticsearch;
 use elasticsearch::indices::{
     IndicesCreateParts, IndicesExistsParts, IndicesGetMappingParts, IndicesGetSettingsParts,
     IndicesPutAliasParts,
 };
 use serde_json::{Map, Value, json};
+
+use crate::model::RetryPolicy;
+use crate::ops::metrics::names;
 
 /// What an index should look like.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,10 +113,49 @@ pub fn create_body(spec: &IndexSpec, replay_window: Duration) -> Value {
     body
 }
 
+impl IndexError {
+    /// A failure that passes by itself (no answer in time, the cluster busy
+    /// or between masters), so trying again is right; a refusal of the
+    /// request itself (privileges, a conflict) is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            IndexError::Request { source, .. } => {
+                super::classify::admin_call_is_transient(source.status_code().map(|s| s.as_u16()))
+            }
+            IndexError::Refused { status, .. } => {
+                super::classify::admin_call_is_transient(Some(*status))
+            }
+            IndexError::AliasOverSeveral { .. } | IndexError::MappingConflict { .. } => false,
+        }
+    }
+}
+
 /// Make sure `spec.name` exists. Creates it if missing; otherwise checks its
 /// mappings (reporting a conflict, never changing them) and adds the alias if
 /// it is missing.
+///
+/// A busy cluster answers index creation slowly (it waits for the primary
+/// shard): a transient failure is tried again with
+/// [`RetryPolicy::ADMIN`], so `sluice run` does not exit at start-up
+/// because Elasticsearch was slow once. Every step is idempotent (a
+/// creation that raced another is "exists").
 pub async fn ensure_index(
+    client: &Elasticsearch,
+    spec: &IndexSpec,
+    replay_window: Duration,
+) -> Result<EnsureOutcome, IndexError> {
+    (|| ensure_index_once(client, spec, replay_window))
+        .retry(RetryPolicy::ADMIN.builder())
+        .when(IndexError::is_transient)
+        .notify(|e, delay| {
+            tracing::warn!(index = %spec.name, error = %e, retry_in = ?delay,
+                "preparing the index failed for a passing reason; trying again");
+            metrics::counter!(names::RETRIES_TOTAL).increment(1);
+        })
+        .await
+}
+
+async fn ensure_index_once(
     client: &Elasticsearch,
     spec: &IndexSpec,
     replay_window: Duration,
