@@ -178,6 +178,7 @@ fn main() {
                     kind: ChangeKind::Insert { new: row },
                     version,
                     commit_time: now,
+                    xid: 0,
                 }))
                 .await
                 .unwrap();

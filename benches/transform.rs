@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion) {
         },
         version: Lsn(0x16_B374_D848),
         commit_time: Utc.with_ymd_and_hms(2024, 3, 5, 10, 0, 0).unwrap(),
+        xid: 0,
     };
     let mut out: Vec<BulkOp> = Vec::with_capacity(1);
 

@@ -121,6 +121,12 @@ pub struct Change {
     pub version: Lsn,
     /// Commit time of the transaction (snapshot rows: the snapshot time).
     pub commit_time: DateTime<Utc>,
+    /// The transaction's id from its Begin message (0 for snapshot rows and
+    /// anything else not read from the stream). A re-read of the row must
+    /// not run before this transaction is visible to other sessions: the
+    /// stream can deliver a transaction between the moment its commit
+    /// record is flushed and the moment it becomes visible.
+    pub xid: u32,
 }
 
 /// What the replication stream yields, in stream order.

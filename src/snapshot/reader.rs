@@ -122,6 +122,7 @@ pub async fn read_chunk(
                 kind: ChangeKind::Insert { new: row },
                 version: ctx.version,
                 commit_time: ctx.commit_time,
+                xid: 0,
             });
             rows += 1;
             if batch.len() >= ctx.batch_rows {

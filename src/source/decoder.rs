@@ -51,7 +51,7 @@ pub struct Decoder {
     relations: HashMap<u32, CachedRelation>,
     types: TypeCatalog,
     opts: ValueOptions,
-    tx: Option<(Lsn, DateTime<Utc>)>,
+    tx: Option<(Lsn, DateTime<Utc>, u32)>,
     pending_types: HashSet<u32>,
     /// Columns of an unknown type already warned about, as (relation id,
     /// column name, type OID): the server resends Relation messages after
@@ -131,7 +131,7 @@ impl Decoder {
                 xid,
             } => {
                 let commit_time = pg_time(commit_time);
-                self.tx = Some((final_lsn, commit_time));
+                self.tx = Some((final_lsn, commit_time, xid));
                 out.push(SourceEvent::Begin {
                     final_lsn,
                     commit_time,
@@ -181,31 +181,31 @@ impl Decoder {
                 self.unscanned = true;
             }
             Message::Insert { rel_id, new } => {
-                let (version, time) = self.tx("Insert")?;
+                let tx = self.tx("Insert")?;
                 let c = self.cached("Insert", rel_id)?;
                 let new = row("Insert", c, &new, &self.opts)?;
-                out.push(change(c, ChangeKind::Insert { new }, version, time));
+                out.push(change(c, ChangeKind::Insert { new }, tx));
             }
             Message::Update { rel_id, old, new } => {
-                let (version, time) = self.tx("Update")?;
+                let tx = self.tx("Update")?;
                 let c = self.cached("Update", rel_id)?;
                 let old = old
                     .map(|o| old_row("Update", c, o, &self.opts))
                     .transpose()?;
                 let new = row("Update", c, &new, &self.opts)?;
-                out.push(change(c, ChangeKind::Update { old, new }, version, time));
+                out.push(change(c, ChangeKind::Update { old, new }, tx));
             }
             Message::Delete { rel_id, old } => {
-                let (version, time) = self.tx("Delete")?;
+                let tx = self.tx("Delete")?;
                 let c = self.cached("Delete", rel_id)?;
                 let old = old_row("Delete", c, old, &self.opts)?;
-                out.push(change(c, ChangeKind::Delete { old }, version, time));
+                out.push(change(c, ChangeKind::Delete { old }, tx));
             }
             Message::Truncate { rel_ids, .. } => {
-                let (version, time) = self.tx("Truncate")?;
+                let tx = self.tx("Truncate")?;
                 for rel_id in rel_ids {
                     let c = self.cached("Truncate", rel_id)?;
-                    out.push(change(c, ChangeKind::Truncate, version, time));
+                    out.push(change(c, ChangeKind::Truncate, tx));
                 }
             }
             Message::Message {
@@ -226,7 +226,7 @@ impl Decoder {
         Ok(())
     }
 
-    fn tx(&self, kind: &'static str) -> Result<(Lsn, DateTime<Utc>), DecoderError> {
+    fn tx(&self, kind: &'static str) -> Result<(Lsn, DateTime<Utc>, u32), DecoderError> {
         self.tx.ok_or(DecoderError::OutsideTransaction { kind })
     }
 
@@ -263,17 +263,18 @@ impl Decoder {
     }
 }
 
+/// A change of the open transaction `(version, commit_time, xid)`.
 fn change(
     c: &CachedRelation,
     kind: ChangeKind,
-    version: Lsn,
-    commit_time: DateTime<Utc>,
+    (version, commit_time, xid): (Lsn, DateTime<Utc>, u32),
 ) -> SourceEvent {
     SourceEvent::Change(Change {
         relation: c.rel.clone(),
         kind,
         version,
         commit_time,
+        xid,
     })
 }
 

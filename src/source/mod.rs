@@ -67,7 +67,7 @@ pub use reader::{ReaderConfig, run_reader};
 pub use replication::{
     CreatedSlot, ReplMessage, ReplicationConnection, ReplicationStream, SnapshotAction, SystemInfo,
 };
-pub use rows_by_key::fetch_rows_by_key;
+pub use rows_by_key::{fetch_rows_by_key, transaction_visible};
 pub use types::{Conv, TypeCatalog, TypeInfo};
 pub use value::binary::convert_binary;
 pub use value::{

@@ -58,6 +58,34 @@ pub async fn fetch_rows_by_key(
     convert_rows(&rows, rel, opts, catalog)
 }
 
+/// Whether transaction `xid` (the 32-bit id of a Begin message) is visible
+/// to a statement that starts now, i.e. whether a re-read of its rows sees
+/// its effects.
+///
+/// Why this is asked: a committing backend flushes its commit record, and
+/// only then leaves the list of running transactions. The walsender decodes
+/// and sends the transaction as soon as the record is flushed, so the stream
+/// can hand Sluice a transaction that other sessions do not see yet. A
+/// re-read in that gap finds the row as it was before the transaction (or
+/// not at all, if the transaction inserted it), and the document would be
+/// built from a state older than its version says. Visibility never goes
+/// back: once a snapshot sees the transaction, every later one does.
+///
+/// The full 64-bit id is rebuilt from the snapshot's `xmax` (the
+/// transaction was assigned before it, so it lies in `xmax`'s epoch or the
+/// one before); an id older than the snapshot's `xmin` is visible.
+pub async fn transaction_visible(client: &Client, xid: u32) -> Result<bool, SourceError> {
+    const SQL: &str = "SELECT COALESCE(pg_visible_in_snapshot(
+                CASE WHEN f.full <= f.xmax THEN f.full::text::xid8
+                     WHEN f.full >= 4294967296 THEN (f.full - 4294967296)::text::xid8 END,
+                f.snap), true)
+           FROM (SELECT s.snap, s.xmax, ((s.xmax >> 32) << 32) | $1::int8 AS full
+                   FROM (SELECT pg_current_snapshot() AS snap,
+                                pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS xmax) s) f";
+    let row = client.query_one(SQL, &[&i64::from(xid)]).await?;
+    Ok(row.get(0))
+}
+
 /// Positions of `rel`'s key columns (its replica identity).
 fn key_positions(rel: &Relation) -> Result<Vec<usize>, SourceError> {
     let key_idx: Vec<usize> = rel

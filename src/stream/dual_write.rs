@@ -450,6 +450,7 @@ mod tests {
             kind: ChangeKind::Truncate,
             version: Lsn(version),
             commit_time: chrono::Utc::now(),
+            xid: 0,
         }
     }
 

@@ -4,7 +4,9 @@
 //! - Unchanged TOAST values (DESIGN invariant 6): when a change carries one
 //!   that no full old row can fill — an update, or an insert of a row that
 //!   re-enters a row filter, which PostgreSQL sends without the value — the
-//!   row is read again by key and the holes are filled from it.
+//!   row is read again by key and the holes are filled from it — once the
+//!   change's transaction is visible to other sessions, which can lag a
+//!   moment behind the stream delivering it (`source::transaction_visible`).
 //! - Row failures (issue 14, case 4): a change one mapping cannot turn into
 //!   a document (bad text for a conversion, a NULL `_id` column) becomes a
 //!   dead-letter write for that mapping, handed to the indexer with the
@@ -81,6 +83,7 @@ pub fn transform_step(
         pg: Some(setup.pg),
         catalog: source::TypeCatalog::new(),
         opts: source::ValueOptions::default(),
+        visible: None,
     };
     let dead_letter_index = setup.dead_letter_index;
     move |change, out| {
@@ -225,6 +228,9 @@ struct Refetcher {
     pg: Option<Arc<tokio_postgres::Client>>,
     catalog: source::TypeCatalog,
     opts: source::ValueOptions,
+    /// The last transaction seen visible (re-reads of one transaction's
+    /// rows ask once).
+    visible: Option<u32>,
 }
 
 impl Refetcher {
@@ -276,6 +282,28 @@ impl Refetcher {
         }))
     }
 
+    /// Wait, polling from 1 ms up to 50 ms, until `xid` is visible to a
+    /// new statement on `client`, or `give_up` (see
+    /// [`source::transaction_visible`] for why a streamed transaction may
+    /// not be visible yet).
+    async fn wait_visible(
+        client: &tokio_postgres::Client,
+        xid: u32,
+        give_up: tokio::time::Instant,
+    ) -> Result<(), SourceError> {
+        let mut pause = Duration::from_millis(1);
+        while !source::transaction_visible(client, xid).await? {
+            if tokio::time::Instant::now() >= give_up {
+                return Err(SourceError::Protocol(format!(
+                    "transaction {xid}, delivered by the replication stream as committed, is still not visible to other sessions after {REFETCH_PATIENCE:?}"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Read the row by `new`'s key. The transform task runs on the
     /// multi-threaded runtime; this rare path may block it briefly for one
     /// primary-key lookup. A PostgreSQL restart closes the connection:
@@ -289,6 +317,11 @@ impl Refetcher {
                 Some(c) => c.clone(),
                 None => Arc::new(source::connect_sql(&self.pg_cfg).await?),
             };
+            // Snapshot rows (xid 0) are read at their snapshot; a streamed
+            // change is re-read only once its transaction is visible.
+            if change.xid != 0 && self.visible != Some(change.xid) {
+                Self::wait_visible(&client, change.xid, give_up).await?;
+            }
             let rows = source::fetch_rows_by_key(
                 &client,
                 &change.relation,
@@ -320,6 +353,7 @@ impl Refetcher {
         match result {
             Ok((client, rows)) => {
                 self.pg = Some(client);
+                self.visible = Some(change.xid);
                 Ok(rows)
             }
             Err(e) => {

@@ -62,6 +62,7 @@ fn change(relation: &Arc<Relation>, kind: ChangeKind) -> Change {
         kind,
         version: Lsn(0x16_0000_0100),
         commit_time: Utc.with_ymd_and_hms(2024, 3, 5, 10, 0, 0).unwrap(),
+        xid: 0,
     }
 }
 

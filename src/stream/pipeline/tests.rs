@@ -273,6 +273,7 @@ impl Running {
             },
             version: Lsn(final_lsn),
             commit_time: Utc::now(),
+            xid: 0,
         }))
         .await;
     }

@@ -189,6 +189,7 @@ impl Feed {
             kind,
             version: Lsn(version),
             commit_time: Utc::now(),
+            xid: 0,
         }))
         .await;
     }
