@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import summary  # noqa: E402
+from common import ratios, summary  # noqa: E402
 
 COLORS = {"raw": "#9e9e9e", "ceiling": "#9e9e9e", "pg_recvlogical": "#9e9e9e", "sluice": "#1f77b4",
           "pgsync": "#ff7f0e"}
@@ -51,7 +51,6 @@ def throughput(wl, data, meta, path):
     unit = "rows/s" if wl == "snapshot" else "changes/s"
     ax.set_xlabel(unit)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    from report import ratios
     for i, (t, m) in enumerate(zip(tools, meds)):
         txt = f" {m:,.0f}"
         r = ratios(data[t], data.get(base)) if t != base else None

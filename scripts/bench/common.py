@@ -352,3 +352,13 @@ def wait_until(pred, timeout, what, interval=0.05, alive=None):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def ratios(runs, base):
+    """Per-run ratio to the same run's ceiling. While the load generator
+    writes (live streaming), no tool can be faster than it, so the ceiling
+    there is the lower of the co-tenant ceiling and that run's writer rate."""
+    if not base:
+        return None
+    return summary([r["rate"] / min(b["rate"], r.get("writer_rate") if "lag_after_writer_s" in r else b["rate"])
+                    for r, b in zip(runs, base) if r.get("rate") and b.get("rate")])

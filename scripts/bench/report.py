@@ -9,7 +9,7 @@ import json
 import os
 import re
 
-from common import ROOT, summary
+from common import ROOT, ratios, summary
 
 DOCS = os.path.join(ROOT, "docs", "bench")
 BENCHMARKS = os.path.join(ROOT, "BENCHMARKS.md")
@@ -42,16 +42,6 @@ def fsum(s, digits=0, unit=""):
 
 def col(runs, key):
     return summary([r.get(key) for r in runs])
-
-
-def ratios(runs, base):
-    """Per-run ratio to the same run's ceiling. While the load generator
-    writes (live streaming), no tool can be faster than it, so the ceiling
-    there is the lower of the co-tenant ceiling and that run's writer rate."""
-    if not base:
-        return None
-    return summary([r["rate"] / min(b["rate"], r.get("writer_rate") if "lag_after_writer_s" in r else b["rate"])
-                    for r, b in zip(runs, base) if r.get("rate") and b.get("rate")])
 
 
 def per_change(runs):
