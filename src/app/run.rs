@@ -188,20 +188,30 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
             };
         }
     };
-    let Some((pg, es, start)) = started else {
+    let Some(started) = started else {
         return Ok(());
     };
-    stream(cfg, pg, es, start, ready, Signals { health, shutdown }).await
+    stream(cfg, started, ready, Signals { health, shutdown }).await
+}
+
+/// What start-up hands the stream.
+struct Started {
+    pg: tokio_postgres::Client,
+    es: Elasticsearch,
+    /// Where streaming starts.
+    start: Lsn,
+    /// The mapped tables' OIDs (`oid → schema.table`) from the catalog
+    /// that start-up checked: read then, before the initial snapshot, and
+    /// not after it, when a table renamed meanwhile would no longer be
+    /// found under its mapped name and its changes would look unmapped.
+    relation_ids: Vec<(u32, String)>,
 }
 
 /// Everything before streaming: the servers and mappings checked, the
 /// publication, indices and slot made sure of, and the initial snapshot
 /// taken or resumed. `None` when the mode says not to stream.
-async fn start_up(
-    cfg: &mut Config,
-    ready: &ReadyState,
-) -> Result<Option<(tokio_postgres::Client, Elasticsearch, Lsn)>, Failure> {
-    let pg = prepare_postgres(cfg).await?;
+async fn start_up(cfg: &mut Config, ready: &ReadyState) -> Result<Option<Started>, Failure> {
+    let (pg, relation_ids) = prepare_postgres(cfg).await?;
 
     // Elasticsearch: target indices (or templates) and the dead-letter index.
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
@@ -223,12 +233,20 @@ async fn start_up(
         );
         return Ok(None);
     }
-    Ok(Some((pg, es, start)))
+    Ok(Some(Started {
+        pg,
+        es,
+        start,
+        relation_ids,
+    }))
 }
 
 /// PostgreSQL before anything is written: the server, the mappings against
-/// the live catalog, the tables, and the publication made sure of.
-async fn prepare_postgres(cfg: &mut Config) -> Result<tokio_postgres::Client, Failure> {
+/// the live catalog, the tables, and the publication made sure of. Returns
+/// the session and the mapped tables' OIDs from the catalog it checked.
+async fn prepare_postgres(
+    cfg: &mut Config,
+) -> Result<(tokio_postgres::Client, Vec<(u32, String)>), Failure> {
     let pg = source::connect_sql(&cfg.postgres)
         .await
         .map_err(|e| source_failure(e, &format!("connecting to PostgreSQL {}", cfg.postgres)))?;
@@ -255,7 +273,17 @@ async fn prepare_postgres(cfg: &mut Config) -> Result<tokio_postgres::Client, Fa
     source::ensure_publication(&pg, &cfg.publication, &published)
         .await
         .map_err(|e| source_failure(e, &format!("publication `{}`", cfg.publication)))?;
-    Ok(pg)
+    // Every mapped table is in the catalog: validation refused a missing one.
+    let relation_ids = cfg
+        .mappings
+        .tables()
+        .iter()
+        .filter_map(|t| {
+            let name = t.qualified_name();
+            catalog.tables.get(&name).map(|found| (found.oid, name))
+        })
+        .collect();
+    Ok((pg, relation_ids))
 }
 
 /// Take the initial snapshot from a slot just created, or finish one an
@@ -333,18 +361,27 @@ impl Signals {
 
 async fn stream(
     cfg: Config,
-    pg: tokio_postgres::Client,
-    es: Elasticsearch,
-    start: Lsn,
+    started: Started,
     ready: ReadyState,
     signals: Signals,
 ) -> Result<(), Failure> {
+    let Started {
+        pg,
+        es,
+        start,
+        relation_ids,
+    } = started;
     let (events_tx, events_rx) = mpsc::channel(4096);
     let (confirmed_tx, confirmed_rx) = watch::channel(start);
     let (reader_stop_tx, reader_stop_rx) = watch::channel(false);
 
     let pg = Arc::new(pg);
-    let step = transform_setup(&cfg, &pg).await?;
+    let step = StepSetup {
+        pg_cfg: cfg.postgres.clone(),
+        pg: pg.clone(),
+        dead_letter_index: cfg.pipeline.dead_letter_index.as_str().into(),
+        relation_ids,
+    };
     let dual = DualWrite::new(step.dead_letter_index.clone());
     let mut background = vec![
         start_reindex_poller(&cfg, &es, &pg, &step, &dual, start, &confirmed_rx, &signals).await?,
@@ -400,23 +437,6 @@ async fn stream(
             "the replication reader panicked: {e}"
         ))),
     }
-}
-
-/// What turning one change into bulk operations needs from the source: a
-/// connection for re-reads and the mapped tables' relation ids.
-async fn transform_setup(
-    cfg: &Config,
-    pg: &Arc<tokio_postgres::Client>,
-) -> Result<StepSetup, Failure> {
-    let tables = cfg.mappings.tables();
-    Ok(StepSetup {
-        pg_cfg: cfg.postgres.clone(),
-        pg: pg.clone(),
-        dead_letter_index: cfg.pipeline.dead_letter_index.as_str().into(),
-        relation_ids: source::relation_oids(pg, &tables)
-            .await
-            .map_err(|e| source_failure(e, "reading the mapped tables' relation ids"))?,
-    })
 }
 
 /// Reindexes: polled once before any change is transformed (so a restart

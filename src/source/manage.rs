@@ -594,21 +594,6 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, SourceError>
     Ok(true)
 }
 
-/// The OIDs of `tables` as they are now, with their `schema.table` names;
-/// tables that do not exist are left out.
-pub async fn relation_oids(
-    client: &Client,
-    tables: &[TableRef],
-) -> Result<Vec<(u32, String)>, SourceError> {
-    let mut out = Vec::with_capacity(tables.len());
-    for t in tables {
-        if let Some(found) = catalog::read_table(client, t).await? {
-            out.push((found.oid, t.qualified_name()));
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

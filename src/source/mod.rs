@@ -60,7 +60,7 @@ pub use decoder::{Decoder, DecoderError};
 pub use error::{ServerError, SourceError, is_retryable};
 pub use manage::{
     PublicationChange, SlotState, check_server, check_tables, connect_sql, drop_publication,
-    drop_slot, ensure_publication, ensure_slot, relation_oids,
+    drop_slot, ensure_publication, ensure_slot,
 };
 pub use pg_config::{PgConfigError, PgConnectConfig, SslMode};
 pub use reader::{ReaderConfig, run_reader};
