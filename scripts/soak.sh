@@ -30,7 +30,7 @@ set -e
 if [ -s "$report" ]; then
   commit=$(git rev-parse --short HEAD)
   dirty=$(git diff --quiet HEAD -- src tests || echo "+changes")
-  line="| $(date -u +%Y-%m-%d) | $commit$dirty $(cut -c2- "$report")"
+  line="| $(date -u +%Y-%m-%d) | $commit$dirty $(cat "$report")"
   # Append to the soak table (the last table of RELIABILITY.md).
   printf '%s\n' "$line" >>RELIABILITY.md
   echo "[soak] appended to RELIABILITY.md: $line" >&2

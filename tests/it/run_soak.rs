@@ -1,6 +1,6 @@
 //! The SIGKILL soak (`./dev soak`): `sluice run` killed with SIGKILL many
 //! times under a pgbench-style load plus the random workload (inserts,
-//! updates, key changes, deletes), truncates and large transactions; at the
+//! updates, key changes, deletes) and large inserts and deletes; at the
 //! end every index must equal its table exactly. Ignored in the suite (it
 //! runs for many minutes); `./dev soak` runs it with its figures going to
 //! RELIABILITY.md.
@@ -46,7 +46,10 @@ async fn catch_up(db: &TestDb, slot: &str, sluice: &mut Sluice) -> Duration {
     );
     loop {
         if let Some(code) = sluice.exited() {
-            panic!("sluice exited with {code} during the soak:\n{}", sluice.log_text());
+            panic!(
+                "sluice exited with {code} during the soak:\n{}",
+                sluice.log_text()
+            );
         }
         if db.query_value::<bool>(&query).await {
             return started.elapsed();
@@ -85,7 +88,7 @@ fn spawn_bench(
     })
 }
 
-/// Now and then a large transaction (20k rows) or a TRUNCATE of `big`.
+/// Now and then a large transaction: 20k rows inserted into `big`, or all deleted.
 fn spawn_big(
     url: String,
     stop: Arc<AtomicBool>,
@@ -98,8 +101,11 @@ fn spawn_big(
         let mut next = 1i64;
         while !stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(2000..8000))).await;
+            // A large delete, not TRUNCATE: Sluice logs a TRUNCATE and keeps
+            // the documents until `--reindex` (`on_truncate = "log"`, by
+            // design), so an exact comparison cannot follow one.
             if rng.random_range(0..4) == 0 {
-                client.batch_execute("TRUNCATE big").await.unwrap();
+                client.batch_execute("DELETE FROM big").await.unwrap();
                 continue;
             }
             let n = 20_000;
@@ -189,6 +195,7 @@ async fn soak_sigkill_under_load_loses_and_duplicates_nothing() {
             eprintln!("soak: {kills} kills after {:?}", started.elapsed());
         }
     }
+    let kill_phase = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let workload_tx = workload.stop().await;
     bench.await.unwrap();
@@ -214,12 +221,15 @@ async fn soak_sigkill_under_load_loses_and_duplicates_nothing() {
     sluice.stop_cleanly();
 
     catch_ups.sort();
-    let median = catch_ups.get(catch_ups.len() / 2).copied().unwrap_or_default();
+    let median = catch_ups
+        .get(catch_ups.len() / 2)
+        .copied()
+        .unwrap_or_default();
     let max = catch_ups.last().copied().unwrap_or_default();
     let changes = workload_tx + bench_tx.load(Ordering::Relaxed) + big_rows.load(Ordering::Relaxed);
     let row = format!(
         "| {kills} | {:.1} | {workload_tx} random tx, {} bench tx, {} rows in large tx | {:.2} | {:.2} | {} | {} / {} / {} |",
-        started.elapsed().as_secs_f64() / 60.0,
+        kill_phase.as_secs_f64() / 60.0,
         bench_tx.load(Ordering::Relaxed),
         big_rows.load(Ordering::Relaxed),
         max.as_secs_f64(),
@@ -239,5 +249,9 @@ async fn soak_sigkill_under_load_loses_and_duplicates_nothing() {
     if let Ok(path) = std::env::var("SLUICE_SOAK_REPORT") {
         std::fs::write(path, format!("{row}\n")).unwrap();
     }
-    assert_eq!(diff, (0, 0, 0), "missing / extra / stale documents after the soak");
+    assert_eq!(
+        diff,
+        (0, 0, 0),
+        "missing / extra / stale documents after the soak"
+    );
 }
