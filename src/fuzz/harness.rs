@@ -29,6 +29,9 @@ pub fn alloc_bound(len: usize) -> usize {
     (4 << 20) + 64 * len
 }
 
+/// The case running now and since when, for the watchdog.
+type Current = Mutex<Option<(Instant, Vec<u8>)>>;
+
 pub fn cases() -> u32 {
     std::env::var("SLUICE_FUZZ_CASES")
         .ok()
@@ -41,7 +44,7 @@ pub fn cases() -> u32 {
 pub fn run(name: &str, target: fn(&[u8])) -> u64 {
     let seeds = seeds(name);
     assert!(!seeds.is_empty(), "target {name} has no seeds");
-    let current: Arc<Mutex<Option<(Instant, Vec<u8>)>>> = Arc::new(Mutex::new(None));
+    let current: Arc<Current> = Arc::new(Mutex::new(None));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchdog = {
         let (current, done, name) = (current.clone(), done.clone(), name.to_string());
@@ -60,7 +63,7 @@ pub fn run(name: &str, target: fn(&[u8])) -> u64 {
     let one = |input: &[u8]| -> Result<(), TestCaseError> {
         // Cleared on unwind too: proptest catches a panicking case and
         // goes on shrinking, which the watchdog must not take for a hang.
-        struct Clear<'a>(&'a Mutex<Option<(Instant, Vec<u8>)>>);
+        struct Clear<'a>(&'a Current);
         impl Drop for Clear<'_> {
             fn drop(&mut self) {
                 *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -401,7 +401,9 @@ pub(crate) struct FuzzEnv;
 
 impl crate::config::Env for FuzzEnv {
     fn var(&self, name: &str) -> Option<String> {
-        (name.len() % 2 == 0).then(|| format!("value-of-{name}"))
+        name.len()
+            .is_multiple_of(2)
+            .then(|| format!("value-of-{name}"))
     }
 }
 

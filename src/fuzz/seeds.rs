@@ -526,7 +526,7 @@ fn auth_streams() -> Vec<Vec<u8>> {
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            let mut v = vec![s[0].max(1), (i as u8) | 0x80 * (i as u8 % 2)];
+            let mut v = vec![s[0].max(1), (i as u8) | (0x80 * (i as u8 % 2))];
             v.extend(&s[1..]);
             v
         })
