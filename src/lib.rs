@@ -22,6 +22,8 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod model;
 pub mod ops;
 pub mod sink;

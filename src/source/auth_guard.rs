@@ -100,7 +100,7 @@ pub fn md5_warning(cfg: &PgConnectConfig) -> String {
 
 /// Scans backend messages until authentication succeeds.
 #[derive(Debug)]
-struct Scan {
+pub(crate) struct Scan {
     /// Header bytes of the current message: tag, length, and for `R` the
     /// request code (9 bytes at most).
     head: [u8; 9],
@@ -111,7 +111,7 @@ struct Scan {
 }
 
 impl Scan {
-    fn new() -> Scan {
+    pub(crate) fn new() -> Scan {
         Scan {
             head: [0; 9],
             have: 0,
@@ -122,7 +122,7 @@ impl Scan {
 
     /// Feed bytes read from the server; an authentication request code
     /// each time one is complete (the caller decides), until AuthenticationOk.
-    fn feed(
+    pub(crate) fn feed(
         &mut self,
         mut bytes: &[u8],
         on_request: &mut impl FnMut(i32) -> io::Result<()>,

@@ -96,6 +96,8 @@ const PRE_AUTH_MAX_FRAME: usize = 1024 * 1024;
 /// After it: PostgreSQL builds each message in one allocation of at most
 /// 1 GiB (MaxAllocSize), so nothing longer can be real.
 const MAX_FRAME: usize = 1 << 30;
+/// The most reserved at once for a frame still arriving.
+const READ_AHEAD: usize = 1 << 20;
 
 /// A server-supplied message length, checked before anything is reserved.
 fn frame_len(len: u32, max: usize) -> Result<usize, SourceError> {
@@ -202,17 +204,20 @@ impl ReplicationConnection {
             let tcp = Self::tcp(cfg, &target).await?;
             Self::maybe_tls(cfg, tcp, &target).await?
         };
-        Ok((
-            ReplicationConnection {
-                io,
-                rbuf: BytesMut::with_capacity(128 * 1024),
-                wbuf: BytesMut::with_capacity(1024),
-                target,
-                server_version: None,
-                max_frame: PRE_AUTH_MAX_FRAME,
-            },
-            encrypted,
-        ))
+        Ok((Self::over(io, target), encrypted))
+    }
+
+    /// A connection over an already open stream, before startup (also how
+    /// the fuzz targets play a server's bytes into it).
+    pub(crate) fn over(io: Box<dyn Io>, target: String) -> ReplicationConnection {
+        ReplicationConnection {
+            io,
+            rbuf: BytesMut::with_capacity(128 * 1024),
+            wbuf: BytesMut::with_capacity(1024),
+            target,
+            server_version: None,
+            max_frame: PRE_AUTH_MAX_FRAME,
+        }
     }
 
     pub(crate) async fn tcp(
@@ -281,7 +286,7 @@ impl ReplicationConnection {
 
     /// The startup exchange: parameters out, then authentication requests,
     /// parameter status and the rest until ReadyForQuery.
-    async fn startup(&mut self, cfg: &PgConnectConfig) -> Result<(), SourceError> {
+    pub(crate) async fn startup(&mut self, cfg: &PgConnectConfig) -> Result<(), SourceError> {
         let mut params: Vec<(&str, &str)> = vec![
             ("user", &cfg.user),
             ("database", &cfg.dbname),
@@ -433,7 +438,13 @@ impl ReplicationConnection {
                     frame.advance(5);
                     return Ok((tag, frame));
                 }
-                self.rbuf.reserve(len + 1 - self.rbuf.len());
+                // Grow toward the frame as its bytes arrive, never to what
+                // the length field claims: a server (or anything between)
+                // sending a 1 GiB length and then little else must not
+                // make us hold 1 GiB. Reserving grows by doubling, so a
+                // real large frame still costs few copies.
+                self.rbuf
+                    .reserve((len + 1 - self.rbuf.len()).min(READ_AHEAD));
             }
             if self.rbuf.capacity() - self.rbuf.len() < 8192 {
                 self.rbuf.reserve(64 * 1024);

@@ -38,6 +38,8 @@ mod run_refetch;
 mod run_reindex;
 mod run_slot_lost;
 mod run_transform_failures;
+// The long SIGKILL soak, run by `./dev soak` (ignored in the suite).
+mod run_soak;
 
 // ops: what an operator sees and runs (check, status, HTTP, secrets, packaging).
 mod ops_check;

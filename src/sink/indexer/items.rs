@@ -114,7 +114,10 @@ impl Worker {
 /// every later item of that document is retried too, even if it succeeded —
 /// otherwise the retried earlier write could land after it (items of one
 /// transaction share a version, so `external_gte` would accept it).
-fn triage<'a>(ops: impl Iterator<Item = &'a BulkOp>, results: &[ItemResult]) -> Vec<ItemOutcome> {
+pub(crate) fn triage<'a>(
+    ops: impl Iterator<Item = &'a BulkOp>,
+    results: &[ItemResult],
+) -> Vec<ItemOutcome> {
     let mut retry_docs: HashSet<(&str, &str)> = HashSet::new();
     ops.zip(results)
         .map(|(op, res)| {

@@ -20,7 +20,7 @@
 
 mod batch;
 mod dead_letters;
-mod items;
+pub(crate) mod items;
 mod worker;
 
 use std::sync::Arc;

@@ -401,6 +401,12 @@ fn array(elem: &Conv, r: &mut Reader<'_>, opts: &ValueOptions) -> Result<Value, 
     if total.is_none_or(|t| t > r.0.len() / 4) {
         return Err(verr("array", "", "more elements than bytes"));
     }
+    // PostgreSQL sends an empty array with no dimensions. A zero-length
+    // dimension next to a huge one passes the bound above (the product is 0)
+    // but would make `nested` reserve and loop over the huge one.
+    if dims.contains(&0) {
+        return Err(verr("array", "", "zero-length dimension"));
+    }
     nested(&dims, elem_oid, elem, r, opts)
 }
 
