@@ -51,7 +51,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // they live; nothing imports them but the fuzz crate and their tests.
     (
         "fuzz",
-        &["model", "ops", "source", "sink", "config", "transform", "snapshot"],
+        &[
+            "model",
+            "ops",
+            "source",
+            "sink",
+            "config",
+            "transform",
+            "snapshot",
+        ],
     ),
     (
         "cli",
