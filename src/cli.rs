@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::snapshot::SnapshotRequest;
-pub use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
+pub use crate::app::{EXIT_CONFIG, EXIT_DRIFT, EXIT_RUNTIME};
 pub use crate::ops::logging::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -58,6 +58,47 @@ pub enum Command {
     Status(StatusArgs),
     /// Drop the replication slot, the publication and Sluice's state index.
     Teardown(TeardownArgs),
+    /// Compare the tables (inside one snapshot) with the index, document by
+    /// document, while `run` streams; `--repair` mends the difference.
+    /// Exit 0: equal; 3: drift found; 1: runtime failure; 2: bad usage.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only these tables (`schema.table`); default: every mapped table.
+    #[arg(long = "table", value_name = "SCHEMA.TABLE")]
+    pub tables: Vec<String>,
+    /// Print the report as JSON, with every drifted id.
+    #[arg(long)]
+    pub json: bool,
+    /// Compare about N rows per table (whole chunks, in random order); no
+    /// scan for extra documents.
+    #[arg(long, value_name = "N")]
+    pub sample: Option<u64>,
+    /// Write the fixes (version P − 1, so never over a newer change) and
+    /// delete extra documents (versioned deletes).
+    #[arg(long, conflicts_with = "sample")]
+    pub repair: bool,
+    /// How long to wait for `sluice run` to apply everything up to the
+    /// snapshot before giving up (exit 1).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub stream_timeout: u64,
+}
+
+impl VerifyArgs {
+    pub fn request(&self) -> crate::app::verify::VerifyRequest {
+        crate::app::verify::VerifyRequest {
+            config: self.config.config.clone(),
+            tables: self.tables.clone(),
+            json: self.json,
+            sample: self.sample,
+            repair: self.repair,
+            stream_timeout: std::time::Duration::from_secs(self.stream_timeout),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -75,6 +75,7 @@ async fn dispatch(command: Command) -> i32 {
             )
         }
         Command::Snapshot(args) => sluice::app::snapshot::command(&args.request()).await,
+        Command::Verify(args) => sluice::app::verify::command(&args.request()).await,
     }
 }
 

@@ -41,6 +41,7 @@ pub mod seams;
 pub mod sink;
 pub mod state;
 pub mod tombstones;
+pub mod verify;
 
 pub use catalog::TableInfo;
 pub use error::{SnapshotError, postgres_code_is_retryable};
