@@ -199,7 +199,8 @@ pub struct DeadLetter {
 
 /// Every dead letter in `dead_letter_index` (for the index `only`, if
 /// given), oldest first; none when the index does not exist. Dead letters
-/// are few (each is a failure someone must look at), so they are read whole.
+/// are few (each is a failure someone must look at), so they are read whole,
+/// through a scroll (Elasticsearch 8 refuses to sort on `_id`).
 pub async fn dead_letters(
     es: &Elasticsearch,
     dead_letter_index: &str,
@@ -209,37 +210,50 @@ pub async fn dead_letters(
         Some(i) => json!({"term": {"index": i}}),
         None => json!({"match_all": {}}),
     };
+    let what = "read the dead letters";
+    let sent = es
+        .search(SearchParts::Index(&[dead_letter_index]))
+        .scroll(SCROLL_KEEP_ALIVE)
+        .body(json!({"size": 1000, "query": query, "sort": ["_doc"]}))
+        .send()
+        .await;
+    let Some(mut page) = found_json(what, sent).await? else {
+        return Ok(Vec::new());
+    };
     let mut out = Vec::new();
-    let mut after: Option<Value> = None;
     loop {
-        let mut body = json!({
-            "size": 1000,
-            "query": query,
-            "sort": [{"@timestamp": "asc"}, {"_id": "asc"}]
-        });
-        if let Some(a) = after.take() {
-            body["search_after"] = a;
-        }
-        let sent = es
-            .search(SearchParts::Index(&[dead_letter_index]))
-            .body(body)
-            .send()
-            .await;
-        let Some(page) = found_json("read the dead letters", sent).await? else {
-            return Ok(out);
-        };
+        let scroll_id = page["_scroll_id"].as_str().map(str::to_string);
         let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-        if hits.is_empty() {
-            return Ok(out);
-        }
-        after = hits.last().map(|h| h["sort"].clone());
+        let done = hits.is_empty();
         out.extend(hits.into_iter().filter_map(|mut h| {
             Some(DeadLetter {
                 record_id: h["_id"].as_str()?.to_string(),
                 source: h["_source"].take(),
             })
         }));
+        let Some(id) = scroll_id else { break };
+        if done {
+            let _ = es
+                .clear_scroll(ClearScrollParts::None)
+                .body(json!({ "scroll_id": [id] }))
+                .send()
+                .await;
+            break;
+        }
+        let sent = es
+            .scroll(ScrollParts::None)
+            .body(json!({"scroll": SCROLL_KEEP_ALIVE, "scroll_id": id}))
+            .send()
+            .await;
+        page = json_ok(what, sent).await?;
     }
+    out.sort_by(|a, b| {
+        a.source["@timestamp"]
+            .as_str()
+            .cmp(&b.source["@timestamp"].as_str())
+            .then_with(|| a.record_id.cmp(&b.record_id))
+    });
+    Ok(out)
 }
 
 /// Delete dead-letter records (refreshed, so a listing right after no

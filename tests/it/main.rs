@@ -46,3 +46,6 @@ mod ops_run;
 mod ops_secrets;
 mod ops_status;
 mod ops_tls;
+
+// verify: `sluice verify`, `--repair` and the dead-letter commands.
+mod verify_repair;
