@@ -62,6 +62,47 @@ pub enum Command {
     /// document, while `run` streams; `--repair` mends the difference.
     /// Exit 0: equal; 3: drift found; 1: runtime failure; 2: bad usage.
     Verify(VerifyArgs),
+    /// List the documents Elasticsearch refused, or write their rows again
+    /// once the cause is fixed.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Print the dead letters (oldest first).
+    List(DeadLettersArgs),
+    /// Re-read the current rows of dead-lettered keys, write them through
+    /// the normal path (version P − 1) and remove the dead letters that
+    /// succeeded.
+    Retry(DeadLettersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only the dead letters of this index.
+    #[arg(long)]
+    pub index: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DeadLettersCommand {
+    pub fn request(&self) -> crate::app::dead_letters::DeadLettersRequest {
+        let (a, retry) = match self {
+            DeadLettersCommand::List(a) => (a, false),
+            DeadLettersCommand::Retry(a) => (a, true),
+        };
+        crate::app::dead_letters::DeadLettersRequest {
+            config: a.config.config.clone(),
+            index: a.index.clone(),
+            json: a.json,
+            retry,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

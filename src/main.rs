@@ -76,6 +76,7 @@ async fn dispatch(command: Command) -> i32 {
         }
         Command::Snapshot(args) => sluice::app::snapshot::command(&args.request()).await,
         Command::Verify(args) => sluice::app::verify::command(&args.request()).await,
+        Command::DeadLetters(c) => sluice::app::dead_letters::command(&c.request()).await,
     }
 }
 

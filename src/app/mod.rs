@@ -24,6 +24,7 @@
 //! - Imports every layer below; only `cli` and `main` import this one.
 
 pub mod check;
+pub mod dead_letters;
 pub mod load;
 pub mod run;
 pub mod setup;

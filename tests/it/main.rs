@@ -48,4 +48,5 @@ mod ops_status;
 mod ops_tls;
 
 // verify: `sluice verify`, `--repair` and the dead-letter commands.
+mod verify_dead_letters;
 mod verify_repair;
