@@ -18,10 +18,10 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::Value;
 
-use crate::app::load::{temporary_slot_exporter, connector};
+use crate::app::EXIT_RUNTIME;
+use crate::app::load::{connector, temporary_slot_exporter};
 use crate::app::setup::indexer_config;
 use crate::app::snapshot::{open, runtime_err};
-use crate::app::EXIT_RUNTIME;
 use crate::model::change::{Change, ChangeKind, Datum, Row};
 use crate::model::{BulkOp, Lsn, OpAction, OpOrigin, PublishedTable};
 use crate::sink::doc_reads::{DeadLetter, DocRef, dead_letters, delete_dead_letters, mget};
@@ -41,7 +41,11 @@ pub struct DeadLettersRequest {
 }
 
 pub async fn command(req: &DeadLettersRequest) -> i32 {
-    let outcome = if req.retry { retry(req).await } else { list(req).await };
+    let outcome = if req.retry {
+        retry(req).await
+    } else {
+        list(req).await
+    };
     match outcome {
         Ok(text) => {
             print!("{text}");

@@ -235,3 +235,57 @@ async fn store(es: &Elasticsearch, report: &VerifyReport) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// `sluice run`'s side of the verify metrics: `verify` is a separate
+/// process, so its last result per index lives in the state index, and the
+/// running stream reads it back every `every` into the gauges `/metrics`
+/// serves (an alert fires on drift without scraping the verify itself).
+/// Every mapped index is registered at 0 (never verified: timestamp 0).
+pub async fn run_verify_gauges(
+    es: Elasticsearch,
+    indices: Vec<String>,
+    every: Duration,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use crate::ops::metrics::names;
+    use crate::snapshot::verify::report::DRIFT_KINDS;
+    for index in &indices {
+        for kind in DRIFT_KINDS {
+            metrics::gauge!(names::VERIFY_DRIFT_DOCUMENTS, "index" => index.clone(), "kind" => kind)
+                .set(0.0);
+        }
+        metrics::gauge!(names::VERIFY_LAST_RUN_TIMESTAMP_SECONDS, "index" => index.clone())
+            .set(0.0);
+    }
+    let state = StateIndex::new(es, STATE_INDEX);
+    tokio::pin!(stop);
+    loop {
+        let filter = [crate::sink::state_store::Filter::Is(
+            "kind",
+            json!("verify"),
+        )];
+        match state.find(&filter, 10_000).await {
+            Ok(records) => {
+                for r in records {
+                    let s = &r.source;
+                    let Some(index) = s["index"].as_str().map(str::to_string) else {
+                        continue;
+                    };
+                    for kind in DRIFT_KINDS {
+                        let n = s["drift"][kind].as_f64().unwrap_or(0.0);
+                        metrics::gauge!(names::VERIFY_DRIFT_DOCUMENTS, "index" => index.clone(), "kind" => kind)
+                            .set(n);
+                    }
+                    let at = s["finished_at_epoch"].as_f64().unwrap_or(0.0);
+                    metrics::gauge!(names::VERIFY_LAST_RUN_TIMESTAMP_SECONDS, "index" => index)
+                        .set(at);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the last verify results"),
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -38,7 +38,10 @@ pub struct FoundDoc {
 
 /// Real-time get of every `docs` entry, in order: `None` where there is no
 /// document (or no index).
-pub async fn mget(es: &Elasticsearch, docs: &[DocRef]) -> Result<Vec<Option<FoundDoc>>, AdminError> {
+pub async fn mget(
+    es: &Elasticsearch,
+    docs: &[DocRef],
+) -> Result<Vec<Option<FoundDoc>>, AdminError> {
     if docs.is_empty() {
         return Ok(Vec::new());
     }

@@ -59,14 +59,20 @@ async fn a_mapping_conflict_is_known_drift_until_the_fixed_mapping_lets_retry_in
     let r: Value = serde_json::from_str(&ran.stdout).unwrap();
     let r = &r["indices"][&index];
     assert_eq!(r["dead_lettered"]["count"], json!(3), "{r}");
-    assert_eq!(r["missing"]["count"], json!(0), "dead letters are named as such: {r}");
+    assert_eq!(
+        r["missing"]["count"],
+        json!(0),
+        "dead letters are named as such: {r}"
+    );
     assert_eq!(r["equal"], json!(20), "{r}");
 
     // The fix: the field keeps malformed values in the source.
     let resp = es
         .client
         .indices()
-        .put_mapping(elasticsearch::indices::IndicesPutMappingParts::Index(&[&index]))
+        .put_mapping(elasticsearch::indices::IndicesPutMappingParts::Index(&[
+            &index,
+        ]))
         .body(json!({"properties": {"amount": {"type": "long", "ignore_malformed": true}}}))
         .send()
         .await
@@ -76,7 +82,9 @@ async fn a_mapping_conflict_is_known_drift_until_the_fixed_mapping_lets_retry_in
     let retried = sluice.command(&["dead-letters", "retry"]);
     assert_eq!(retried.code, Some(0), "{}", retried.text());
     assert!(
-        retried.stdout.contains("3 indexed and removed, 0 still failing"),
+        retried
+            .stdout
+            .contains("3 indexed and removed, 0 still failing"),
         "{}",
         retried.text()
     );
@@ -84,7 +92,12 @@ async fn a_mapping_conflict_is_known_drift_until_the_fixed_mapping_lets_retry_in
     assert_eq!(listed.stdout.trim(), "[]", "{}", listed.text());
 
     let ran = sluice.command(&["verify"]);
-    assert_eq!(ran.code, Some(0), "zero drift after the retry: {}", ran.text());
+    assert_eq!(
+        ran.code,
+        Some(0),
+        "zero drift after the retry: {}",
+        ran.text()
+    );
     assert_index_matches(&db, &es, &index, "SELECT * FROM readings", &["id"]).await;
     sluice.stop_cleanly();
 }

@@ -9,8 +9,8 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::support::sluice::{Ran, Sluice, table_mapping};
-use crate::support::{Es, TestDb, connect};
+use crate::support::sluice::{Ran, Sluice, metric_sum, table_mapping};
+use crate::support::{Es, TestDb, connect, wait_until};
 
 /// Writes to ids 1..=500 of `accounts` (updates, deletes, re-inserts of new
 /// ids above 100000) until stopped: the stream's newer work, which verify
@@ -143,7 +143,12 @@ async fn verify_reports_four_kinds_of_corruption_exactly_and_repair_mends_them_u
     assert_eq!(r["stale"]["count"], json!(7));
     assert_eq!(r["extra"]["count"], json!(2));
     let examples = r["stale_examples"].to_string();
-    assert!(examples.contains("\"balance\"") && examples.contains("\"note\""), "{r}");
+    assert!(
+        examples.contains("\"balance\"") && examples.contains("\"note\""),
+        "{r}"
+    );
+    // The running stream serves the last result on /metrics.
+    wait_for_drift_metrics(&sluice, &index, [5.0, 2.0, 7.0]).await;
 
     // Repaired while the load goes on; a verify right after finds nothing.
     let (code, r) = verify(&sluice, &["--repair"], &index);
@@ -166,5 +171,32 @@ async fn verify_reports_four_kinds_of_corruption_exactly_and_repair_mends_them_u
         .await;
     let (code, r) = verify(&sluice, &[], &index);
     assert_eq!(code, Some(0), "{r}");
+    wait_for_drift_metrics(&sluice, &index, [0.0, 0.0, 0.0]).await;
     sluice.stop_cleanly();
+}
+
+/// Wait until `/metrics` shows the last verify's missing, extra and stale
+/// counts for `index`, and a time for it.
+async fn wait_for_drift_metrics(sluice: &Sluice, index: &str, want: [f64; 3]) {
+    let label = format!("index=\"{index}\"");
+    wait_until(
+        Duration::from_secs(60),
+        "the verify result on /metrics",
+        async || {
+            let m = sluice.metrics();
+            let got: Vec<f64> = ["missing", "extra", "stale"]
+                .iter()
+                .map(|k| {
+                    metric_sum(
+                        &m,
+                        "sluice_verify_drift_documents",
+                        &[&label, &format!("kind=\"{k}\"")],
+                    )
+                })
+                .collect();
+            let at = metric_sum(&m, "sluice_verify_last_run_timestamp_seconds", &[&label]);
+            (got == want && at > 0.0).then_some(())
+        },
+    )
+    .await;
 }

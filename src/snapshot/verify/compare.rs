@@ -35,7 +35,12 @@ pub enum Verdict {
 /// document, or `None` when the row's document must not exist) with what
 /// Elasticsearch holds. `content` is false for a mapping whose documents
 /// pass an ingest pipeline: their stored form is not the transformer's.
-pub fn judge(expected: Option<&Value>, found: Option<&FoundDoc>, point: Lsn, content: bool) -> Verdict {
+pub fn judge(
+    expected: Option<&Value>,
+    found: Option<&FoundDoc>,
+    point: Lsn,
+    content: bool,
+) -> Verdict {
     match (expected, found) {
         (_, Some(f)) if f.version >= point.0 => Verdict::Newer,
         (None, None) => Verdict::Equal,
@@ -106,7 +111,10 @@ mod tests {
     #[test]
     fn an_older_document_must_equal_the_row_whatever_the_key_order() {
         let row = json!({"a": 1, "b": {"c": [1, 2]}});
-        let same = doc(999, serde_json::from_str(r#"{"b":{"c":[1,2]},"a":1}"#).unwrap());
+        let same = doc(
+            999,
+            serde_json::from_str(r#"{"b":{"c":[1,2]},"a":1}"#).unwrap(),
+        );
         assert_eq!(judge(Some(&row), Some(&same), P, true), Verdict::Equal);
         let edited = doc(5, json!({"a": 2, "b": {"c": [1, 2]}}));
         assert_eq!(
@@ -126,7 +134,10 @@ mod tests {
     fn absence_on_either_side_is_missing_or_extra() {
         let row = json!({"a": 1});
         assert_eq!(judge(Some(&row), None, P, true), Verdict::MissingCandidate);
-        assert_eq!(judge(None, Some(&doc(1, row.clone())), P, true), Verdict::Extra);
+        assert_eq!(
+            judge(None, Some(&doc(1, row.clone())), P, true),
+            Verdict::Extra
+        );
         assert_eq!(judge(None, None, P, true), Verdict::Equal);
     }
 

@@ -48,14 +48,17 @@ use super::catalog::load_table;
 use super::error::{SinkError, SnapshotError};
 use super::plan::{Chunk, plan_table};
 use super::reader::{RowContext, import_snapshot, read_chunk};
-use super::seams::{AckFuture, BoxFuture, ExportedSnapshot, PgConnector, SnapshotSink, ValueConverter};
+use super::seams::{
+    AckFuture, BoxFuture, ExportedSnapshot, PgConnector, SnapshotSink, ValueConverter,
+};
 use compare::{Verdict, id_digest, judge};
 use report::{IndexReport, StaleExample};
 
 /// Reads the current rows (outside any snapshot) for `keys`, converted like
 /// streamed values; rows that no longer exist are absent.
-pub type RowRefetcher =
-    Arc<dyn Fn(Arc<Relation>, Vec<Row>) -> BoxFuture<'static, Result<Vec<Row>, String>> + Send + Sync>;
+pub type RowRefetcher = Arc<
+    dyn Fn(Arc<Relation>, Vec<Row>) -> BoxFuture<'static, Result<Vec<Row>, String>> + Send + Sync,
+>;
 
 /// Missing candidates confirmed at once (bounded memory per reader).
 const CONFIRM_BATCH: usize = 5_000;
@@ -159,7 +162,12 @@ pub fn extras_indices(mappings: &Mappings, tables: &[PublishedTable], sample: bo
     }
     by_index
         .into_iter()
-        .filter(|(n, ok)| *ok && mappings.list.iter().any(|m| matches!(&m.index, IndexName::Fixed(x) if **x == **n) && verified.contains(&*m.qualified_table)))
+        .filter(|(n, ok)| {
+            *ok && mappings.list.iter().any(|m| {
+                matches!(&m.index, IndexName::Fixed(x) if **x == **n)
+                    && verified.contains(&*m.qualified_table)
+            })
+        })
         .map(|(n, _)| n)
         .collect()
 }
@@ -366,7 +374,12 @@ impl CompareSink {
         let mut candidates = Vec::new();
         for ((op, i), found) in ops.into_iter().zip(found) {
             let expected = expected_doc(&op)?;
-            match judge(expected.as_ref(), found.as_ref(), self.shared.point, op.pipeline.is_none()) {
+            match judge(
+                expected.as_ref(),
+                found.as_ref(),
+                self.shared.point,
+                op.pipeline.is_none(),
+            ) {
                 Verdict::MissingCandidate => {
                     let ChangeKind::Insert { new } = &changes[i].kind else {
                         unreachable!("snapshot rows are inserts")
@@ -488,7 +501,12 @@ impl CompareSink {
         let found = mget(&self.shared.deps.es, &refs).await.map_err(es_err)?;
         for (c, found) in still.into_iter().zip(found) {
             let expected = expected_doc(&c.op)?;
-            let v = judge(expected.as_ref(), found.as_ref(), self.shared.point, c.op.pipeline.is_none());
+            let v = judge(
+                expected.as_ref(),
+                found.as_ref(),
+                self.shared.point,
+                c.op.pipeline.is_none(),
+            );
             self.record(c.op, v).await?;
         }
         Ok(())
@@ -608,7 +626,11 @@ impl Repairer {
 
     /// Wait for every fix; how many each index had acknowledged.
     async fn finish(self) -> Result<Vec<(String, u64)>, SnapshotError> {
-        if !self.indexer.finish(std::time::Duration::from_secs(600)).await {
+        if !self
+            .indexer
+            .finish(std::time::Duration::from_secs(600))
+            .await
+        {
             return Err(SnapshotError::Sink(SinkError::Failed(
                 "the repair writes did not finish within 10 minutes".into(),
             )));
