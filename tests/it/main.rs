@@ -49,4 +49,5 @@ mod ops_tls;
 
 // verify: `sluice verify`, `--repair` and the dead-letter commands.
 mod verify_dead_letters;
+mod verify_large;
 mod verify_repair;
