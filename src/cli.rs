@@ -1,4 +1,5 @@
-//! The command line: `sluice run | snapshot | check | status | teardown`.
+//! The command line: `sluice run | snapshot | check | status | teardown |
+//! verify | dead-letters`.
 //!
 //! Owns argument parsing; the top of the crate, importing the commands
 //! (`app`) and nothing importing it. Exit codes distinguish bad usage or
@@ -236,6 +237,43 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn verify_takes_tables_json_sample_and_repair_but_not_sample_with_repair() {
+        let cli = Cli::try_parse_from([
+            "sluice", "verify", "--table", "public.a", "--json", "--repair",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Verify(v) => {
+                let r = v.request();
+                assert_eq!(r.tables, ["public.a"]);
+                assert!(r.json && r.repair && r.sample.is_none());
+                assert_eq!(r.stream_timeout.as_secs(), 120);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["sluice", "verify", "--sample", "10", "--repair"]).is_err());
+    }
+
+    #[test]
+    fn dead_letters_list_and_retry_take_an_index() {
+        let cli =
+            Cli::try_parse_from(["sluice", "dead-letters", "retry", "--index", "items"]).unwrap();
+        match cli.command {
+            Command::DeadLetters(c) => {
+                let r = c.request();
+                assert!(r.retry && !r.json);
+                assert_eq!(r.index.as_deref(), Some("items"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["sluice", "dead-letters", "list", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::DeadLetters(DeadLettersCommand::List(_))
+        ));
     }
 
     #[test]

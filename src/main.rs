@@ -1,6 +1,7 @@
 //! The `sluice` binary: parses the command line, sets up logging, dispatches
 //! to the subcommand and turns its outcome into an exit code (2: bad usage or
-//! configuration, 1: runtime failure, 0: success).
+//! configuration, 1: runtime failure, 0: success; `verify`: 3 when it found
+//! drift).
 
 use std::path::Path;
 
