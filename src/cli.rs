@@ -1,4 +1,5 @@
-//! The command line: `sluice run | snapshot | check | status | teardown`.
+//! The command line: `sluice run | snapshot | check | status | teardown |
+//! verify | dead-letters`.
 //!
 //! Owns argument parsing; the top of the crate, importing the commands
 //! (`app`) and nothing importing it. Exit codes distinguish bad usage or
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::snapshot::SnapshotRequest;
-pub use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
+pub use crate::app::{EXIT_CONFIG, EXIT_DRIFT, EXIT_RUNTIME};
 pub use crate::ops::logging::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -58,6 +59,88 @@ pub enum Command {
     Status(StatusArgs),
     /// Drop the replication slot, the publication and Sluice's state index.
     Teardown(TeardownArgs),
+    /// Compare the tables (inside one snapshot) with the index, document by
+    /// document, while `run` streams; `--repair` mends the difference.
+    /// Exit 0: equal; 3: drift found; 1: runtime failure; 2: bad usage.
+    Verify(VerifyArgs),
+    /// List the documents Elasticsearch refused, or write their rows again
+    /// once the cause is fixed.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Print the dead letters (oldest first).
+    List(DeadLettersArgs),
+    /// Re-read the current rows of dead-lettered keys, write them through
+    /// the normal path (version P − 1) and remove the dead letters that
+    /// succeeded.
+    Retry(DeadLettersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only the dead letters of this index.
+    #[arg(long)]
+    pub index: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DeadLettersCommand {
+    pub fn request(&self) -> crate::app::dead_letters::DeadLettersRequest {
+        let (a, retry) = match self {
+            DeadLettersCommand::List(a) => (a, false),
+            DeadLettersCommand::Retry(a) => (a, true),
+        };
+        crate::app::dead_letters::DeadLettersRequest {
+            config: a.config.config.clone(),
+            index: a.index.clone(),
+            json: a.json,
+            retry,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only these tables (`schema.table`); default: every mapped table.
+    #[arg(long = "table", value_name = "SCHEMA.TABLE")]
+    pub tables: Vec<String>,
+    /// Print the report as JSON, with every drifted id.
+    #[arg(long)]
+    pub json: bool,
+    /// Compare about N rows per table (whole chunks, in random order); no
+    /// scan for extra documents.
+    #[arg(long, value_name = "N")]
+    pub sample: Option<u64>,
+    /// Write the fixes (version P − 1, so never over a newer change) and
+    /// delete extra documents (versioned deletes).
+    #[arg(long, conflicts_with = "sample")]
+    pub repair: bool,
+    /// How long to wait for `sluice run` to apply everything up to the
+    /// snapshot before giving up (exit 1).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub stream_timeout: u64,
+}
+
+impl VerifyArgs {
+    pub fn request(&self) -> crate::app::verify::VerifyRequest {
+        crate::app::verify::VerifyRequest {
+            config: self.config.config.clone(),
+            tables: self.tables.clone(),
+            json: self.json,
+            sample: self.sample,
+            repair: self.repair,
+            stream_timeout: std::time::Duration::from_secs(self.stream_timeout),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +237,43 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn verify_takes_tables_json_sample_and_repair_but_not_sample_with_repair() {
+        let cli = Cli::try_parse_from([
+            "sluice", "verify", "--table", "public.a", "--json", "--repair",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Verify(v) => {
+                let r = v.request();
+                assert_eq!(r.tables, ["public.a"]);
+                assert!(r.json && r.repair && r.sample.is_none());
+                assert_eq!(r.stream_timeout.as_secs(), 120);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["sluice", "verify", "--sample", "10", "--repair"]).is_err());
+    }
+
+    #[test]
+    fn dead_letters_list_and_retry_take_an_index() {
+        let cli =
+            Cli::try_parse_from(["sluice", "dead-letters", "retry", "--index", "items"]).unwrap();
+        match cli.command {
+            Command::DeadLetters(c) => {
+                let r = c.request();
+                assert!(r.retry && !r.json);
+                assert_eq!(r.index.as_deref(), Some("items"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["sluice", "dead-letters", "list", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::DeadLetters(DeadLettersCommand::List(_))
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `sluice` binary: parses the command line, sets up logging, dispatches
 //! to the subcommand and turns its outcome into an exit code (2: bad usage or
-//! configuration, 1: runtime failure, 0: success).
+//! configuration, 1: runtime failure, 0: success; `verify`: 3 when it found
+//! drift).
 
 use std::path::Path;
 
@@ -75,6 +76,8 @@ async fn dispatch(command: Command) -> i32 {
             )
         }
         Command::Snapshot(args) => sluice::app::snapshot::command(&args.request()).await,
+        Command::Verify(args) => sluice::app::verify::command(&args.request()).await,
+        Command::DeadLetters(c) => sluice::app::dead_letters::command(&c.request()).await,
     }
 }
 

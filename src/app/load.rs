@@ -32,7 +32,7 @@ pub fn table_specs(cfg: &Config) -> Vec<PublishedTable> {
     cfg.mappings.publication_tables()
 }
 
-fn connector(cfg: &Config) -> PgConnector {
+pub(crate) fn connector(cfg: &Config) -> PgConnector {
     let pg = cfg.postgres.clone();
     Arc::new(move || {
         let pg = pg.clone();
@@ -45,7 +45,7 @@ fn connector(cfg: &Config) -> PgConnector {
     })
 }
 
-async fn converter(pg: &tokio_postgres::Client) -> anyhow::Result<ValueConverter> {
+pub(crate) async fn converter(pg: &tokio_postgres::Client) -> anyhow::Result<ValueConverter> {
     let catalog = source::TypeCatalog::load(pg)
         .await
         .context("reading the type catalog")?;

@@ -6,6 +6,7 @@
 //!   initial load's marker); `setup`: their common start-up steps.
 //! - `check`: `sluice check` (every config, catalog and server problem at once).
 //! - `status`: `sluice status` and `sluice teardown`.
+//! - `verify`: `sluice verify [--repair]`; `dead_letters`: `sluice dead-letters`.
 //!
 //! Rules that hold here:
 //! - Only this layer opens connections (PostgreSQL sessions, the
@@ -23,13 +24,18 @@
 //! - Imports every layer below; only `cli` and `main` import this one.
 
 pub mod check;
+pub mod dead_letters;
 pub mod load;
 pub mod run;
 pub mod setup;
 pub mod snapshot;
 pub mod status;
+pub mod verify;
 
 /// Exit code for a run that failed at runtime (a server went away, ...).
 pub const EXIT_RUNTIME: i32 = 1;
 /// Exit code for bad usage or bad configuration: fix the input, do not retry.
 pub const EXIT_CONFIG: i32 = 2;
+/// Exit code of `sluice verify` when it found drift (distinct from a
+/// failure to run, so a script or an alert can tell them apart).
+pub const EXIT_DRIFT: i32 = 3;

@@ -493,6 +493,29 @@ fn spawn_side_tasks(
             signals.stopping(),
         ),
     )];
+    // The last `sluice verify` per index, for alerts on drift.
+    if let Ok(es) = crate::sink::client::build_client(&cfg.elasticsearch) {
+        let mut indices: Vec<String> = cfg
+            .mappings
+            .list
+            .iter()
+            .filter_map(|m| match &m.index {
+                crate::config::IndexName::Fixed(n) => Some(n.to_string()),
+                crate::config::IndexName::Template(_) => None,
+            })
+            .collect();
+        indices.sort();
+        indices.dedup();
+        tasks.push(signals.spawn(
+            "verify gauges",
+            crate::app::verify::run_verify_gauges(
+                es,
+                indices,
+                Duration::from_secs(10),
+                signals.stopping(),
+            ),
+        ));
+    }
     // Heartbeat messages let the slot advance while only unpublished tables
     // write (see source::heartbeat); the checkpoint confirms them in order.
     if let Some(every) = cfg.heartbeat_interval {

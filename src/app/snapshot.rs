@@ -55,7 +55,7 @@ pub async fn command(args: &SnapshotRequest) -> i32 {
 }
 
 async fn snapshot_command(args: &SnapshotRequest) -> Result<(), (i32, anyhow::Error)> {
-    let (cfg, pg, es) = open(args).await?;
+    let (cfg, pg, es) = open(&args.config).await?;
     let wanted = wanted_tables(&cfg, &args.tables).map_err(config_err)?;
     let targets = if args.reindex {
         reindex_targets(&cfg, &wanted).map_err(config_err)?
@@ -114,11 +114,11 @@ async fn snapshot_command(args: &SnapshotRequest) -> Result<(), (i32, anyhow::Er
     Ok(())
 }
 
-fn config_err(e: anyhow::Error) -> (i32, anyhow::Error) {
+pub(crate) fn config_err(e: anyhow::Error) -> (i32, anyhow::Error) {
     (EXIT_CONFIG, e)
 }
 
-fn runtime_err(e: anyhow::Error) -> (i32, anyhow::Error) {
+pub(crate) fn runtime_err(e: anyhow::Error) -> (i32, anyhow::Error) {
     (EXIT_RUNTIME, e)
 }
 
@@ -133,10 +133,10 @@ fn snapshot_failure(e: SnapshotError) -> (i32, anyhow::Error) {
 }
 
 /// The configuration, checked against PostgreSQL, and both connections.
-async fn open(
-    args: &SnapshotRequest,
+pub(crate) async fn open(
+    config: &std::path::Path,
 ) -> Result<(Config, tokio_postgres::Client, Elasticsearch), (i32, anyhow::Error)> {
-    let mut cfg = Config::load(&args.config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
+    let mut cfg = Config::load(config).map_err(|e| config_err(anyhow::anyhow!("{e}")))?;
     preflight(&cfg, crate::app::check::Preflight::Snapshot)
         .await
         .map_err(|f| (f.exit_code(), anyhow::anyhow!("{f}")))?;
@@ -154,7 +154,7 @@ async fn open(
 }
 
 /// The mapped tables `--table` names (all of them without it).
-fn wanted_tables(cfg: &Config, names: &[String]) -> anyhow::Result<Vec<PublishedTable>> {
+pub(crate) fn wanted_tables(cfg: &Config, names: &[String]) -> anyhow::Result<Vec<PublishedTable>> {
     let all = table_specs(cfg);
     if names.is_empty() {
         return Ok(all);

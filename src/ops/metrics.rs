@@ -34,6 +34,8 @@ pub mod names {
     pub const SLOT_RETAINED_WAL_BYTES: &str = "sluice_slot_retained_wal_bytes";
     pub const SNAPSHOT_ROWS_TOTAL: &str = "sluice_snapshot_rows_total";
     pub const SNAPSHOT_ROWS_EXPECTED: &str = "sluice_snapshot_rows_expected";
+    pub const VERIFY_DRIFT_DOCUMENTS: &str = "sluice_verify_drift_documents";
+    pub const VERIFY_LAST_RUN_TIMESTAMP_SECONDS: &str = "sluice_verify_last_run_timestamp_seconds";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +165,20 @@ pub const CATALOGUE: &[MetricSpec] = &[
         unit: Unit::Count,
         labels: &["table"],
         help: "Estimated rows of the table being snapshotted (planner estimate), for progress.",
+    },
+    MetricSpec {
+        name: names::VERIFY_DRIFT_DOCUMENTS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        labels: &["index", "kind"],
+        help: "Drift the last `sluice verify` found, per index and kind (missing, extra, stale, dead_lettered); 0 until an index was verified. Read from the state index every 10 s.",
+    },
+    MetricSpec {
+        name: names::VERIFY_LAST_RUN_TIMESTAMP_SECONDS,
+        kind: Kind::Gauge,
+        unit: Unit::Seconds,
+        labels: &["index"],
+        help: "When the last `sluice verify` of the index finished (Unix time; 0: never).",
     },
 ];
 

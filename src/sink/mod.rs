@@ -25,6 +25,7 @@ pub mod bulk;
 pub mod classify;
 pub mod client;
 pub mod dead_letter;
+pub mod doc_reads;
 pub mod es_config;
 pub mod health;
 pub mod indexer;

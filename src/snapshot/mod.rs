@@ -25,8 +25,10 @@
 //!   aliases through `sink::admin` (`tombstones`, `reindex`), documents
 //!   through the sink's indexer (`sink`). This module decides what the
 //!   records mean and when a chunk, a backfill or a swap is done.
-//! - Imports model, ops (metric names), source (its SQL quoting),
-//!   sink and transform; never stream, app or cli.
+//! - Imports model, ops (metric names), source (its SQL quoting), sink
+//!   and transform (and, for `verify`, the mappings from config, to know
+//!   which indices a scan for extra documents covers); never stream, app
+//!   or cli.
 
 pub mod backfill;
 pub mod catalog;
@@ -41,6 +43,8 @@ pub mod seams;
 pub mod sink;
 pub mod state;
 pub mod tombstones;
+/// `sluice verify`: tables at a snapshot vs. their documents, and repair.
+pub mod verify;
 
 pub use catalog::TableInfo;
 pub use error::{SnapshotError, postgres_code_is_retryable};

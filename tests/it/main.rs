@@ -49,3 +49,8 @@ mod ops_run;
 mod ops_secrets;
 mod ops_status;
 mod ops_tls;
+
+// verify: `sluice verify`, `--repair` and the dead-letter commands.
+mod verify_dead_letters;
+mod verify_large;
+mod verify_repair;

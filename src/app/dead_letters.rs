@@ -1,0 +1,260 @@
+//! `sluice dead-letters list | retry`: look at what Elasticsearch refused,
+//! and, once the user fixed the cause (the index mapping, the document),
+//! write the rows again through the normal path.
+//!
+//! A retry reads the dead-lettered rows as they are now, inside a snapshot
+//! exported by a temporary slot (point P), and writes them with version
+//! P − 1 like a snapshot row (DESIGN invariant 4): newer than the refused
+//! write, older than any change the stream delivers after P, so a retry
+//! never overwrites a newer streamed change. A row gone at P becomes a
+//! versioned delete. A dead letter is removed once its document is in the
+//! index (or, for a deleted row, absent); one that fails again stays, and
+//! the indexer stores the new failure beside it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::app::EXIT_RUNTIME;
+use crate::app::load::{connector, temporary_slot_exporter};
+use crate::app::setup::indexer_config;
+use crate::app::snapshot::{open, runtime_err};
+use crate::model::change::{Change, ChangeKind, Datum, Row};
+use crate::model::{BulkOp, Lsn, OpAction, OpOrigin, PublishedTable};
+use crate::sink::doc_reads::{DeadLetter, DocRef, dead_letters, delete_dead_letters, mget};
+use crate::sink::indexer::{Ack, Indexer};
+use crate::snapshot::catalog::load_table;
+use crate::snapshot::reader::import_snapshot;
+use crate::source;
+use crate::transform::Transformer;
+
+/// What `sluice dead-letters` is asked to do.
+#[derive(Debug, Clone)]
+pub struct DeadLettersRequest {
+    pub config: PathBuf,
+    pub index: Option<String>,
+    pub json: bool,
+    pub retry: bool,
+}
+
+pub async fn command(req: &DeadLettersRequest) -> i32 {
+    let outcome = if req.retry {
+        retry(req).await
+    } else {
+        list(req).await
+    };
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err((code, e)) => {
+            eprintln!("sluice dead-letters: {e:#}");
+            code
+        }
+    }
+}
+
+async fn list(req: &DeadLettersRequest) -> Result<String, (i32, anyhow::Error)> {
+    let (cfg, _pg, es) = open(&req.config).await?;
+    let found = dead_letters(&es, &cfg.pipeline.dead_letter_index, req.index.as_deref())
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+    if req.json {
+        let all: Vec<Value> = found
+            .iter()
+            .map(|d| {
+                let mut v = d.source.clone();
+                v["record_id"] = Value::String(d.record_id.clone());
+                v
+            })
+            .collect();
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&all).expect("JSON")
+        ));
+    }
+    let mut out = format!("{} dead letters\n", found.len());
+    for d in &found {
+        let s = &d.source;
+        out.push_str(&format!(
+            "{} {} index={} id={} table={} key={} lsn={} {}: {}\n",
+            d.record_id,
+            s["@timestamp"].as_str().unwrap_or("-"),
+            s["index"].as_str().unwrap_or("-"),
+            s["id"].as_str().unwrap_or("-"),
+            s["table"].as_str().unwrap_or("-"),
+            s["key"].as_str().unwrap_or("-"),
+            s["lsn"].as_str().unwrap_or("-"),
+            s["error"]["type"].as_str().unwrap_or("-"),
+            s["error"]["reason"].as_str().unwrap_or("-"),
+        ));
+    }
+    Ok(out)
+}
+
+/// A dead letter's row key, in the relation's column order.
+fn key_row(rel: &crate::model::change::Relation, key: &Value) -> Option<Row> {
+    let obj = key.as_object()?;
+    let row: Row = rel
+        .columns
+        .iter()
+        .map(|c| match (c.is_key, obj.get(&c.name)) {
+            (true, Some(v)) => Datum::Value(v.clone()),
+            _ => Datum::Null,
+        })
+        .collect();
+    Some(row)
+}
+
+async fn retry(req: &DeadLettersRequest) -> Result<String, (i32, anyhow::Error)> {
+    let (cfg, pg, es) = open(&req.config).await?;
+    let dl_index = cfg.pipeline.dead_letter_index.clone();
+    let found = dead_letters(&es, &dl_index, req.index.as_deref())
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+    if found.is_empty() {
+        return Ok("no dead letters to retry\n".into());
+    }
+    let exported = (temporary_slot_exporter(&cfg))()
+        .await
+        .map_err(|e| runtime_err(anyhow::anyhow!("exporting a snapshot: {e}")))?;
+    let point = exported.consistent_point;
+    let reader = (connector(&cfg))()
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+    import_snapshot(&reader, &exported.name)
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+    drop(exported.guard);
+    let catalog = source::TypeCatalog::load(&pg)
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+    let version = Lsn(point.0 - 1);
+    let mut by_table: BTreeMap<String, Vec<&DeadLetter>> = BTreeMap::new();
+    for d in &found {
+        if let Some(t) = d.source["table"].as_str() {
+            by_table.entry(t.to_string()).or_default().push(d);
+        }
+    }
+    let mut transformer = Transformer::new(&cfg.mappings);
+    // Per dead letter: the document it should become (or `None`: deleted).
+    let mut expect: Vec<(&DeadLetter, DocRef, bool)> = Vec::new();
+    let mut ops: Vec<BulkOp> = Vec::new();
+    for (table, letters) in &by_table {
+        let info = load_table(&reader, &PublishedTable::parse(table))
+            .await
+            .map_err(|e| runtime_err(e.into()))?;
+        let rel = info.relation.clone();
+        let keys: Vec<(&DeadLetter, Row)> = letters
+            .iter()
+            .filter_map(|d| {
+                let key: Value = serde_json::from_str(d.source["key"].as_str()?).ok()?;
+                Some((*d, key_row(&rel, &key)?))
+            })
+            .collect();
+        let rows = source::fetch_rows_by_key(
+            &reader,
+            &rel,
+            &keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>(),
+            &source::ValueOptions::default(),
+            &catalog,
+        )
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+        let mut now: HashMap<String, BulkOp> = HashMap::new();
+        for new in rows {
+            let change = Change {
+                relation: rel.clone(),
+                kind: ChangeKind::Insert { new },
+                version,
+                commit_time: Utc::now(),
+            };
+            let mut out = Vec::new();
+            let mut rejected = Vec::new();
+            transformer
+                .transform_rows(&change, &mut out, &mut rejected)
+                .map_err(|e| (EXIT_RUNTIME, anyhow::anyhow!("{table}: {e}")))?;
+            for op in out {
+                now.insert(format!("{}\u{0}{}", op.index, op.origin.key), op);
+            }
+        }
+        for (d, _) in keys {
+            let index = d.source["index"].as_str().unwrap_or_default().to_string();
+            let key = d.source["key"].as_str().unwrap_or_default();
+            match now.remove(&format!("{index}\u{0}{key}")) {
+                Some(op) => {
+                    let present = matches!(op.action, OpAction::Index { .. });
+                    expect.push((d, doc_ref(&op), present));
+                    ops.push(op);
+                }
+                None => {
+                    // The row is gone (or no longer maps to this index).
+                    if let Some(id) = d.source["id"].as_str() {
+                        let op = BulkOp {
+                            action: OpAction::Delete,
+                            index: Arc::from(index.as_str()),
+                            id: id.to_string(),
+                            routing: d.source["routing"].as_str().map(str::to_string),
+                            pipeline: None,
+                            version: version.0,
+                            origin: OpOrigin {
+                                table: Arc::from(table.as_str()),
+                                key: key.to_string(),
+                                lsn: version,
+                            },
+                        };
+                        expect.push((d, doc_ref(&op), false));
+                        ops.push(op);
+                    }
+                }
+            }
+        }
+    }
+    let _ = reader.batch_execute("COMMIT").await;
+    let written = ops.len();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Ack>>();
+    let indexer = Indexer::start(es.clone(), indexer_config(&cfg), tx);
+    indexer
+        .submit_all(ops, 1)
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+    if !indexer.finish(std::time::Duration::from_secs(300)).await {
+        return Err(runtime_err(anyhow::anyhow!(
+            "the retried writes did not finish within 5 minutes"
+        )));
+    }
+    while rx.try_recv().is_ok() {}
+    let refs: Vec<DocRef> = expect.iter().map(|(_, r, _)| r.clone()).collect();
+    let docs = mget(&es, &refs).await.map_err(|e| runtime_err(e.into()))?;
+    let mut done = Vec::new();
+    for ((d, _, present), doc) in expect.iter().zip(docs) {
+        let ok = match doc {
+            Some(doc) => *present && doc.version >= version.0,
+            None => !*present,
+        };
+        if ok {
+            done.push(d.record_id.clone());
+        }
+    }
+    delete_dead_letters(&es, &dl_index, &done)
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+    Ok(format!(
+        "{} dead letters: {written} rows written again at {point} - 1; {} indexed and removed, {} still failing\n",
+        found.len(),
+        done.len(),
+        found.len() - done.len()
+    ))
+}
+
+fn doc_ref(op: &BulkOp) -> DocRef {
+    DocRef {
+        index: op.index.to_string(),
+        id: op.id.clone(),
+        routing: op.routing.clone(),
+    }
+}

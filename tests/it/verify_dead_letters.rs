@@ -1,0 +1,103 @@
+//! Dead letters through the binary: a mapping conflict dead-letters rows,
+//! `verify` names them as known drift, the user fixes the index mapping,
+//! `sluice dead-letters retry` indexes them and removes the dead letters,
+//! and `verify` then reports zero drift.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::compare::assert_index_matches;
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, table_mapping};
+use crate::support::{Es, TestDb, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_conflict_is_known_drift_until_the_fixed_mapping_lets_retry_index_it() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let (index, dl) = (db.index("readings"), db.index("dead-letters"));
+    es.create_index(
+        &index,
+        json!({
+            "settings": {"index.gc_deletes": "1d"},
+            "mappings": {"properties": {"amount": {"type": "long"}}}
+        }),
+    )
+    .await;
+    db.sql(
+        "CREATE TABLE readings (id bigint PRIMARY KEY, amount text);
+         CREATE PUBLICATION sluice FOR TABLE readings;",
+    )
+    .await;
+    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[table_mapping("readings", &index)]);
+    sluice.start_streaming(&db).await;
+    db.sql(
+        "INSERT INTO readings SELECT g, g::text FROM generate_series(1, 20) g;
+         INSERT INTO readings VALUES (21, 'abc'), (22, 'n/a'), (23, 'x');",
+    )
+    .await;
+    wait_until(Duration::from_secs(60), "three dead letters", async || {
+        es.refresh(&dl).await;
+        (es.count(&dl).await == 3).then_some(())
+    })
+    .await;
+
+    let listed = sluice.command(&["dead-letters", "list", "--json"]);
+    assert_eq!(listed.code, Some(0), "{}", listed.text());
+    let letters: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let mut ids: Vec<&str> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["21", "22", "23"], "{letters}");
+
+    let ran = sluice.command(&["verify", "--json"]);
+    assert_eq!(ran.code, Some(3), "known drift is drift: {}", ran.text());
+    let r: Value = serde_json::from_str(&ran.stdout).unwrap();
+    let r = &r["indices"][&index];
+    assert_eq!(r["dead_lettered"]["count"], json!(3), "{r}");
+    assert_eq!(
+        r["missing"]["count"],
+        json!(0),
+        "dead letters are named as such: {r}"
+    );
+    assert_eq!(r["equal"], json!(20), "{r}");
+
+    // The fix: the field keeps malformed values in the source.
+    let resp = es
+        .client
+        .indices()
+        .put_mapping(elasticsearch::indices::IndicesPutMappingParts::Index(&[
+            &index,
+        ]))
+        .body(json!({"properties": {"amount": {"type": "long", "ignore_malformed": true}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status_code().is_success(), "{:?}", resp.text().await);
+
+    let retried = sluice.command(&["dead-letters", "retry"]);
+    assert_eq!(retried.code, Some(0), "{}", retried.text());
+    assert!(
+        retried
+            .stdout
+            .contains("3 indexed and removed, 0 still failing"),
+        "{}",
+        retried.text()
+    );
+    let listed = sluice.command(&["dead-letters", "list", "--json"]);
+    assert_eq!(listed.stdout.trim(), "[]", "{}", listed.text());
+
+    let ran = sluice.command(&["verify"]);
+    assert_eq!(
+        ran.code,
+        Some(0),
+        "zero drift after the retry: {}",
+        ran.text()
+    );
+    assert_index_matches(&db, &es, &index, "SELECT * FROM readings", &["id"]).await;
+    sluice.stop_cleanly();
+}
