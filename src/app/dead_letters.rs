@@ -172,6 +172,7 @@ async fn retry(req: &DeadLettersRequest) -> Result<String, (i32, anyhow::Error)>
                 kind: ChangeKind::Insert { new },
                 version,
                 commit_time: Utc::now(),
+                xid: 0,
             };
             let mut out = Vec::new();
             let mut rejected = Vec::new();

@@ -480,6 +480,7 @@ impl CompareSink {
                     kind: ChangeKind::Insert { new },
                     version: Lsn(self.shared.point.0 - 1),
                     commit_time: Utc::now(),
+                    xid: 0,
                 })
                 .collect();
             for (op, _) in self.transform(&changes)? {
