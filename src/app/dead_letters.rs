@@ -141,80 +141,20 @@ async fn retry(req: &DeadLettersRequest) -> Result<String, (i32, anyhow::Error)>
         }
     }
     let mut transformer = Transformer::new(&cfg.mappings);
-    // Per dead letter: the document it should become (or `None`: deleted).
-    let mut expect: Vec<(&DeadLetter, DocRef, bool)> = Vec::new();
-    let mut ops: Vec<BulkOp> = Vec::new();
+    let mut planned = Retries::default();
     for (table, letters) in &by_table {
-        let info = load_table(&reader, &PublishedTable::parse(table))
-            .await
-            .map_err(|e| runtime_err(e.into()))?;
-        let rel = info.relation.clone();
-        let keys: Vec<(&DeadLetter, Row)> = letters
-            .iter()
-            .filter_map(|d| {
-                let key: Value = serde_json::from_str(d.source["key"].as_str()?).ok()?;
-                Some((*d, key_row(&rel, &key)?))
-            })
-            .collect();
-        let rows = source::fetch_rows_by_key(
+        plan_table(
             &reader,
-            &rel,
-            &keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>(),
-            &source::ValueOptions::default(),
             &catalog,
+            &mut transformer,
+            table,
+            letters,
+            version,
+            &mut planned,
         )
-        .await
-        .map_err(|e| runtime_err(e.into()))?;
-        let mut now: HashMap<String, BulkOp> = HashMap::new();
-        for new in rows {
-            let change = Change {
-                relation: rel.clone(),
-                kind: ChangeKind::Insert { new },
-                version,
-                commit_time: Utc::now(),
-                xid: 0,
-            };
-            let mut out = Vec::new();
-            let mut rejected = Vec::new();
-            transformer
-                .transform_rows(&change, &mut out, &mut rejected)
-                .map_err(|e| (EXIT_RUNTIME, anyhow::anyhow!("{table}: {e}")))?;
-            for op in out {
-                now.insert(format!("{}\u{0}{}", op.index, op.origin.key), op);
-            }
-        }
-        for (d, _) in keys {
-            let index = d.source["index"].as_str().unwrap_or_default().to_string();
-            let key = d.source["key"].as_str().unwrap_or_default();
-            match now.remove(&format!("{index}\u{0}{key}")) {
-                Some(op) => {
-                    let present = matches!(op.action, OpAction::Index { .. });
-                    expect.push((d, doc_ref(&op), present));
-                    ops.push(op);
-                }
-                None => {
-                    // The row is gone (or no longer maps to this index).
-                    if let Some(id) = d.source["id"].as_str() {
-                        let op = BulkOp {
-                            action: OpAction::Delete,
-                            index: Arc::from(index.as_str()),
-                            id: id.to_string(),
-                            routing: d.source["routing"].as_str().map(str::to_string),
-                            pipeline: None,
-                            version: version.0,
-                            origin: OpOrigin {
-                                table: Arc::from(table.as_str()),
-                                key: key.to_string(),
-                                lsn: version,
-                            },
-                        };
-                        expect.push((d, doc_ref(&op), false));
-                        ops.push(op);
-                    }
-                }
-            }
-        }
+        .await?;
     }
+    let Retries { expect, ops } = planned;
     let _ = reader.batch_execute("COMMIT").await;
     let written = ops.len();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Ack>>();
@@ -250,6 +190,102 @@ async fn retry(req: &DeadLettersRequest) -> Result<String, (i32, anyhow::Error)>
         done.len(),
         found.len() - done.len()
     ))
+}
+
+/// The writes a retry makes, and what each should leave in the index.
+#[derive(Default)]
+struct Retries<'a> {
+    /// Per dead letter: its document, and whether it should exist (`false`:
+    /// the row is gone, so the document should be deleted).
+    expect: Vec<(&'a DeadLetter, DocRef, bool)>,
+    ops: Vec<BulkOp>,
+}
+
+/// Plan the retry of `letters`, the dead letters of `table`: each row as it
+/// is now (read inside the imported snapshot), transformed like the stream
+/// would, or a versioned delete when the row is gone; all at `version`.
+async fn plan_table<'a>(
+    reader: &tokio_postgres::Client,
+    catalog: &source::TypeCatalog,
+    transformer: &mut Transformer,
+    table: &str,
+    letters: &[&'a DeadLetter],
+    version: Lsn,
+    out: &mut Retries<'a>,
+) -> Result<(), (i32, anyhow::Error)> {
+    let info = load_table(reader, &PublishedTable::parse(table))
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+    let rel = info.relation.clone();
+    let keys: Vec<(&DeadLetter, Row)> = letters
+        .iter()
+        .filter_map(|d| {
+            let key: Value = serde_json::from_str(d.source["key"].as_str()?).ok()?;
+            Some((*d, key_row(&rel, &key)?))
+        })
+        .collect();
+    let rows = source::fetch_rows_by_key(
+        reader,
+        &rel,
+        &keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>(),
+        &source::ValueOptions::default(),
+        catalog,
+    )
+    .await
+    .map_err(|e| runtime_err(e.into()))?;
+    let mut now: HashMap<String, BulkOp> = HashMap::new();
+    for new in rows {
+        let change = Change {
+            relation: rel.clone(),
+            kind: ChangeKind::Insert { new },
+            version,
+            commit_time: Utc::now(),
+            xid: 0,
+        };
+        let mut ops = Vec::new();
+        let mut rejected = Vec::new();
+        transformer
+            .transform_rows(&change, &mut ops, &mut rejected)
+            .map_err(|e| (EXIT_RUNTIME, anyhow::anyhow!("{table}: {e}")))?;
+        for op in ops {
+            now.insert(format!("{}\u{0}{}", op.index, op.origin.key), op);
+        }
+    }
+    for (d, _) in keys {
+        let index = d.source["index"].as_str().unwrap_or_default();
+        let key = d.source["key"].as_str().unwrap_or_default();
+        let op = match now.remove(&format!("{index}\u{0}{key}")) {
+            Some(op) => op,
+            // The row is gone (or no longer maps to this index).
+            None => match gone(d, index, key, table, version) {
+                Some(op) => op,
+                None => continue,
+            },
+        };
+        let present = matches!(op.action, OpAction::Index { .. });
+        out.expect.push((d, doc_ref(&op), present));
+        out.ops.push(op);
+    }
+    Ok(())
+}
+
+/// The versioned delete of dead letter `d`'s document, whose row is gone;
+/// `None` when the dead letter names no document id.
+fn gone(d: &DeadLetter, index: &str, key: &str, table: &str, version: Lsn) -> Option<BulkOp> {
+    let id = d.source["id"].as_str()?;
+    Some(BulkOp {
+        action: OpAction::Delete,
+        index: Arc::from(index),
+        id: id.to_string(),
+        routing: d.source["routing"].as_str().map(str::to_string),
+        pipeline: None,
+        version: version.0,
+        origin: OpOrigin {
+            table: Arc::from(table),
+            key: key.to_string(),
+            lsn: version,
+        },
+    })
 }
 
 fn doc_ref(op: &BulkOp) -> DocRef {
