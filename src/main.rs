@@ -96,23 +96,6 @@ fn print_outcome(command: &str, outcome: Result<String, (String, i32)>) -> i32 {
     }
 }
 
-/// The index names the mappings write to, for `status` to read their state;
-/// a templated name (one index per period or value) has no single index.
-fn fixed_indices(cfg: &Config) -> Vec<String> {
-    let mut names: Vec<String> = cfg
-        .mappings
-        .list
-        .iter()
-        .filter_map(|m| match &m.index {
-            sluice::config::IndexName::Fixed(n) => Some(n.to_string()),
-            sluice::config::IndexName::Template(_) => None,
-        })
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
 fn load_for_ops(path: &Path) -> Option<(Config, Targets)> {
     match Config::load(path) {
         Ok(cfg) => {
@@ -121,7 +104,7 @@ fn load_for_ops(path: &Path) -> Option<(Config, Targets)> {
                 publication: cfg.publication.clone(),
                 dead_letter_index: cfg.pipeline.dead_letter_index.clone(),
                 state_index: sluice::config::STATE_INDEX.to_string(),
-                indices: fixed_indices(&cfg),
+                indices: cfg.mappings.fixed_indices(),
             };
             Some((cfg, targets))
         }

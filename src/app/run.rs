@@ -402,7 +402,7 @@ async fn stream(
             reader_stop_rx,
         ),
     );
-    background.extend(spawn_side_tasks(&cfg, &signals, confirmed_rx));
+    background.extend(spawn_side_tasks(&cfg, &es, &signals, confirmed_rx));
 
     let transform = dual.wrap(transform_step(&cfg.mappings, step));
     let mut indexer_cfg = indexer_config(&cfg);
@@ -477,10 +477,11 @@ async fn start_reindex_poller(
     ))
 }
 
-/// The tasks beside the pipeline: slot gauges, heartbeat messages (when
-/// configured) and the progress beat.
+/// The tasks beside the pipeline: slot gauges, the last verify's drift
+/// gauges, heartbeat messages (when configured) and the progress beat.
 fn spawn_side_tasks(
     cfg: &Config,
+    es: &Elasticsearch,
     signals: &Signals,
     confirmed: watch::Receiver<Lsn>,
 ) -> Vec<JoinHandle<()>> {
@@ -494,28 +495,15 @@ fn spawn_side_tasks(
         ),
     )];
     // The last `sluice verify` per index, for alerts on drift.
-    if let Ok(es) = crate::sink::client::build_client(&cfg.elasticsearch) {
-        let mut indices: Vec<String> = cfg
-            .mappings
-            .list
-            .iter()
-            .filter_map(|m| match &m.index {
-                crate::config::IndexName::Fixed(n) => Some(n.to_string()),
-                crate::config::IndexName::Template(_) => None,
-            })
-            .collect();
-        indices.sort();
-        indices.dedup();
-        tasks.push(signals.spawn(
-            "verify gauges",
-            crate::app::verify::run_verify_gauges(
-                es,
-                indices,
-                Duration::from_secs(10),
-                signals.stopping(),
-            ),
-        ));
-    }
+    tasks.push(signals.spawn(
+        "verify gauges",
+        crate::app::verify::run_verify_gauges(
+            es.clone(),
+            cfg.mappings.fixed_indices(),
+            Duration::from_secs(10),
+            signals.stopping(),
+        ),
+    ));
     // Heartbeat messages let the slot advance while only unpublished tables
     // write (see source::heartbeat); the checkpoint confirms them in order.
     if let Some(every) = cfg.heartbeat_interval {

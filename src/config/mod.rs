@@ -225,6 +225,22 @@ impl Mappings {
         out
     }
 
+    /// The index names the mappings write to, sorted, once each; a
+    /// templated name (one index per period or value) has no single index.
+    pub fn fixed_indices(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .list
+            .iter()
+            .filter_map(|m| match &m.index {
+                IndexName::Fixed(n) => Some(n.to_string()),
+                IndexName::Template(_) => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Schemas the mappings use (what `source::catalog::read_schemas` reads).
     pub fn schemas(&self) -> Vec<String> {
         let mut s: Vec<String> = self.list.iter().map(|m| m.table.schema.clone()).collect();

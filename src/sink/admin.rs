@@ -8,13 +8,15 @@
 //! Keeps DESIGN invariant 3 with its callers: `index.gc_deletes` is read and
 //! set here exactly as Elasticsearch reports it, never guessed.
 
-use elasticsearch::Elasticsearch;
+use elasticsearch::http::request::JsonBody;
 use elasticsearch::http::response::Response;
 use elasticsearch::indices::{
     IndicesCreateParts, IndicesDeleteParts, IndicesExistsParts, IndicesGetAliasParts,
     IndicesGetMappingParts, IndicesGetSettingsParts, IndicesPutIndexTemplateParts,
     IndicesPutSettingsParts, IndicesRefreshParts,
 };
+use elasticsearch::params::Refresh;
+use elasticsearch::{BulkParts, Elasticsearch};
 use serde_json::{Map, Value, json};
 
 use super::client::describe_es_error;
@@ -435,4 +437,44 @@ pub async fn ingest_pipeline_exists(es: &Elasticsearch, id: &str) -> Result<bool
         404 => Ok(false),
         s => Err(refused(what, s)),
     }
+}
+
+/// Delete the documents `ids` of `index` in one bulk request, refreshed so
+/// the next search no longer finds them; returns how many existed (a
+/// missing document or index is nothing to delete). `what` names the
+/// request in errors.
+pub async fn delete_ids(
+    es: &Elasticsearch,
+    index: &str,
+    ids: &[String],
+    what: &str,
+) -> Result<u64, AdminError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let body: Vec<JsonBody<Value>> = ids
+        .iter()
+        .map(|id| json!({"delete": {"_index": index, "_id": id}}).into())
+        .collect();
+    let sent = es
+        .bulk(BulkParts::None)
+        .refresh(Refresh::True)
+        .body(body)
+        .send()
+        .await;
+    let v = json_ok(what, sent).await?;
+    let mut deleted = 0;
+    for item in v["items"].as_array().into_iter().flatten() {
+        match item["delete"]["status"].as_u64() {
+            Some(200) => deleted += 1,
+            Some(404) => {}
+            _ => {
+                return Err(AdminError::Item {
+                    what: what.into(),
+                    detail: item["delete"]["error"].to_string(),
+                });
+            }
+        }
+    }
+    Ok(deleted)
 }

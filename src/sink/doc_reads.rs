@@ -7,11 +7,7 @@
 //! are written through the indexer, versioned like every other write
 //! (DESIGN invariant 2).
 
-use elasticsearch::http::request::JsonBody;
-use elasticsearch::params::Refresh;
-use elasticsearch::{
-    BulkParts, ClearScrollParts, Elasticsearch, MgetParts, ScrollParts, SearchParts,
-};
+use elasticsearch::{ClearScrollParts, Elasticsearch, MgetParts, ScrollParts, SearchParts};
 use serde_json::{Value, json};
 
 use super::admin::{AdminError, found_json, json_ok};
@@ -266,33 +262,5 @@ pub async fn delete_dead_letters(
     dead_letter_index: &str,
     record_ids: &[String],
 ) -> Result<u64, AdminError> {
-    if record_ids.is_empty() {
-        return Ok(0);
-    }
-    let what = "delete dead letters";
-    let body: Vec<JsonBody<Value>> = record_ids
-        .iter()
-        .map(|id| json!({"delete": {"_index": dead_letter_index, "_id": id}}).into())
-        .collect();
-    let sent = es
-        .bulk(BulkParts::None)
-        .refresh(Refresh::True)
-        .body(body)
-        .send()
-        .await;
-    let v = json_ok(what, sent).await?;
-    let mut deleted = 0;
-    for item in v["items"].as_array().into_iter().flatten() {
-        match item["delete"]["status"].as_u64() {
-            Some(200) => deleted += 1,
-            Some(404) => {}
-            _ => {
-                return Err(AdminError::Item {
-                    what: what.into(),
-                    detail: item["delete"]["error"].to_string(),
-                });
-            }
-        }
-    }
-    Ok(deleted)
+    super::admin::delete_ids(es, dead_letter_index, record_ids, "delete dead letters").await
 }

@@ -12,8 +12,7 @@
 use std::time::Duration;
 
 use elasticsearch::{
-    BulkParts, DeleteParts, Elasticsearch, GetParts, IndexParts, SearchParts,
-    http::request::JsonBody, params::Refresh,
+    DeleteParts, Elasticsearch, GetParts, IndexParts, SearchParts, params::Refresh,
 };
 use serde_json::{Value, json};
 
@@ -205,34 +204,7 @@ impl StateIndex {
     /// Delete the records `ids` (refreshed, so the next search no longer
     /// finds them); returns how many existed.
     pub async fn delete_ids(&self, ids: &[String]) -> Result<u64, AdminError> {
-        let what = "delete state records";
-        let body: Vec<JsonBody<Value>> = ids
-            .iter()
-            .map(|id| json!({"delete": {"_index": self.index, "_id": id}}).into())
-            .collect();
-        let sent = self
-            .es
-            .bulk(BulkParts::None)
-            .refresh(Refresh::True)
-            .body(body)
-            .send()
-            .await;
-        let v = json_ok(what, sent).await?;
-        let mut deleted = 0;
-        for item in v["items"].as_array().into_iter().flatten() {
-            match item["delete"]["status"].as_u64() {
-                Some(200) => deleted += 1,
-                // Not there (or the index is missing): nothing to delete.
-                Some(404) => {}
-                _ => {
-                    return Err(AdminError::Item {
-                        what: what.into(),
-                        detail: item["delete"]["error"].to_string(),
-                    });
-                }
-            }
-        }
-        Ok(deleted)
+        super::admin::delete_ids(&self.es, &self.index, ids, "delete state records").await
     }
 
     /// One search; `None` when the index does not exist.

@@ -345,7 +345,7 @@ async fn read_chunks(
 
 /// Wait for every reader, releasing the exporting session (`guard`) as soon
 /// as all of them hold the snapshot; the first failure ends the run.
-async fn join_readers(
+pub(super) async fn join_readers(
     mut set: JoinSet<Result<(), SnapshotError>>,
     mut imported_rx: tokio::sync::mpsc::Receiver<()>,
     readers: usize,

@@ -221,29 +221,13 @@ pub async fn verify(
         snapshot: exported.name.clone(),
     });
     let readers = job.readers.max(1);
-    let (imported_tx, mut imported_rx) = mpsc::channel::<()>(readers);
+    let (imported_tx, imported_rx) = mpsc::channel::<()>(readers);
     let mut set = JoinSet::new();
     for _ in 0..readers {
         set.spawn(reader(shared.clone(), infos.clone(), imported_tx.clone()));
     }
     drop(imported_tx);
-    let mut guard = Some(exported.guard);
-    let mut imported = 0;
-    loop {
-        tokio::select! {
-            got = imported_rx.recv(), if guard.is_some() => match got {
-                Some(()) => { imported += 1; if imported == readers { guard = None; } }
-                None => guard = None,
-            },
-            res = set.join_next() => match res {
-                None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => return Err(e),
-                Some(Err(e)) => return Err(SnapshotError::Reader(e.to_string())),
-            }
-        }
-    }
-    drop(guard);
+    super::run::join_readers(set, imported_rx, readers, exported.guard).await?;
     for name in &extras {
         scan_extras(&shared, name).await?;
     }
