@@ -1,9 +1,17 @@
 //! `sluice run`: the long-lived sidecar.
 //!
 //! Owns start-up order and shutdown, nothing else: load and validate the
-//! configuration, check the servers, make sure the publication, the target
-//! indices and the slot exist, take the initial snapshot when the slot is new
-//! and the mode asks for it, then stream until SIGTERM/SIGINT. Every piece of
+//! configuration, check the servers, make sure the publication and the
+//! target indices exist, wait as a standby while another process holds the
+//! slot, make sure the slot exists, take the initial snapshot when the slot
+//! is new and the mode asks for it, then stream until SIGTERM/SIGINT.
+//!
+//! Standby: two processes with the same configuration need no coordinator;
+//! PostgreSQL is the lock. The slot streams to one walsender at a time, and
+//! while it is created and loaded its loader's session is marked (see
+//! `source::standby`). A process that finds the slot held waits before
+//! touching it (`wait_while_held`), and its reader waits too if it loses a
+//! race to `START_REPLICATION`; both show in `/ready` as `standby`. Every piece of
 //! real work lives in its layer; this file only wires them.
 //!
 //! Invariant kept here: the reader confirms to the slot only what the
@@ -22,19 +30,16 @@ use tokio::task::JoinHandle;
 
 use crate::app::setup::{Failure, indexer_config, preflight, prepare_indices, source_failure};
 use crate::config::{Config, SnapshotMode};
+use crate::model::RetryPolicy;
 use crate::model::lsn::Lsn;
 use crate::ops::http::{Health, Heartbeat, HttpHandles, PipelineState, ReadyState};
 use crate::sink::Elasticsearch;
 use crate::sink::Indexer;
 use crate::snapshot::StateStore;
-use crate::source::{self, ReaderConfig, SourceError};
+use crate::source::{self, ReaderConfig, SourceError, standby};
 use crate::stream::dual_write::{DualWrite, MakeTransform, Poller, PollerSetup};
 use crate::stream::pipeline::{Pipeline, PipelineConfig};
 use crate::stream::transform_step::{StepSetup, transform_step};
-
-/// How long a restart waits for a previous process's walsender to let go
-/// of the slot before reporting it as held by someone else.
-const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// Where streaming starts.
 enum SlotStart {
@@ -49,45 +54,85 @@ enum SlotStart {
     },
 }
 
+/// The start-up gate: wait as a standby while another process keeps the
+/// slot — streams from it, or creates it and loads its initial snapshot —
+/// so a standby never snapshots, creates or resumes anything another
+/// process is doing. The wait shows in `/ready` (state `standby`) and, by
+/// this session's `application_name`, in `sluice status`. Returns whether
+/// it waited. Right after a crash this is also where a restarting process
+/// waits for its own previous walsender to exit.
+async fn wait_while_held(
+    pg: &tokio_postgres::Client,
+    cfg: &Config,
+    ready: &ReadyState,
+) -> Result<bool, SourceError> {
+    let standby = ready.standby();
+    let mut backoff = RetryPolicy::STANDBY.backoff();
+    let mut waited = false;
+    while let Some(pid) = standby::slot_holder(pg, &cfg.slot).await? {
+        if !waited {
+            standby::mark_session(pg, Some(&standby::standby_name(&cfg.slot))).await?;
+            waited = true;
+        }
+        standby.wait(Some(pid));
+        let delay = backoff.next().unwrap_or(RetryPolicy::STANDBY.max_delay);
+        tokio::time::sleep(delay).await;
+    }
+    if waited {
+        standby::mark_session(pg, None).await?;
+        standby.clear();
+    }
+    Ok(waited)
+}
+
 /// Resume the configured slot, or create it through the replication
 /// protocol so that the initial snapshot is exactly the slot's consistent
-/// point (DESIGN invariant 4).
+/// point (DESIGN invariant 4). Returns with this session marked as the
+/// slot's loader (see `source::standby`): the caller takes the mark back
+/// once the initial snapshot is done.
 async fn open_slot(
     pg: &tokio_postgres::Client,
     es: &Elasticsearch,
     cfg: &Config,
+    ready: &ReadyState,
 ) -> Result<SlotStart, SourceError> {
-    // Right after a crash the old walsender may still hold the slot for a
-    // moment; a restarting sidecar waits for it rather than failing. If the
-    // crash came while that walsender was still creating the slot, the
-    // half-made slot disappears when it exits: then create it anew.
-    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
     loop {
-        let active = source::inspect::slot(pg, &cfg.slot)
-            .await?
-            .map(|s| s.active);
-        match active {
-            None => break,
-            Some(true) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            // Free, or still held at the deadline: `ensure_slot` names the
-            // process that holds it.
-            Some(_) => {
-                let state = source::ensure_slot(pg, &cfg.slot, None).await?;
-                return Ok(SlotStart::Existing {
-                    confirmed_flush: state.confirmed_flush,
-                });
+        wait_while_held(pg, cfg, ready).await?;
+        // Two processes past the gate at once: one loads, one waits again.
+        if !standby::claim_loading(pg, &cfg.slot).await? {
+            continue;
+        }
+        if source::inspect::slot(pg, &cfg.slot).await?.is_some() {
+            match source::ensure_slot(pg, &cfg.slot, None).await {
+                // Taken since the gate looked: wait again.
+                Err(SourceError::SlotInUse { .. }) => {
+                    standby::mark_session(pg, None).await?;
+                    continue;
+                }
+                r => {
+                    return Ok(SlotStart::Existing {
+                        confirmed_flush: r?.confirmed_flush,
+                    });
+                }
             }
         }
+        return create_slot(pg, es, cfg).await;
     }
-    // No slot. A first start creates it; a start after the initial load
-    // finished means the slot was lost, and rebuilding in place would leave
-    // the index silently wrong.
+}
+
+/// No slot. A first start creates it; a start after the initial load
+/// finished means the slot was lost, and rebuilding in place would leave
+/// the index silently wrong.
+async fn create_slot(
+    pg: &tokio_postgres::Client,
+    es: &Elasticsearch,
+    cfg: &Config,
+) -> Result<SlotStart, SourceError> {
     if let Some(refusal) = crate::app::load::lost_slot_refusal(cfg, es)
         .await
         .map_err(|e| SourceError::Protocol(format!("reading the snapshot state: {e}")))?
     {
+        standby::mark_session(pg, None).await?;
         return Err(SourceError::Setup(refusal));
     }
     let export = cfg.snapshot.mode != SnapshotMode::Never;
@@ -211,18 +256,37 @@ struct Started {
 /// publication, indices and slot made sure of, and the initial snapshot
 /// taken or resumed. `None` when the mode says not to stream.
 async fn start_up(cfg: &mut Config, ready: &ReadyState) -> Result<Option<Started>, Failure> {
-    let (pg, relation_ids) = prepare_postgres(cfg).await?;
+    let (mut pg, mut relation_ids) = prepare_postgres(cfg).await?;
 
     // Elasticsearch: target indices (or templates) and the dead-letter index.
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
         .map_err(|e| Failure::Config(format!("[elasticsearch]: {e}")))?;
     prepare_indices(cfg, &es, None).await?;
 
-    // The slot: create it (with an exported snapshot for the initial load) or resume it.
-    let slot = open_slot(&pg, &es, cfg)
+    // A standby has checked everything above (so a broken configuration
+    // fails at deploy time, not at takeover) and waits here. Checking is
+    // all it does: the publication and indices it made sure of match what
+    // the active process uses (same configuration). After a wait, which
+    // may have lasted days, the catalog is read and checked again.
+    let slot_name = format!("replication slot `{}`", cfg.slot);
+    if wait_while_held(&pg, cfg, ready)
         .await
-        .map_err(|e| source_failure(e, &format!("replication slot `{}`", cfg.slot)))?;
+        .map_err(|e| source_failure(e, &slot_name))?
+    {
+        (pg, relation_ids) = prepare_postgres(cfg).await?;
+        prepare_indices(cfg, &es, None).await?;
+    }
+
+    // The slot: create it (with an exported snapshot for the initial load) or resume it.
+    let slot = open_slot(&pg, &es, cfg, ready)
+        .await
+        .map_err(|e| source_failure(e, &slot_name))?;
     let start = load_initial(cfg, &es, &pg, slot, ready).await?;
+    // Loaded: a standby may now pass the gate and race this process to
+    // START_REPLICATION, which one of them wins (the other waits on).
+    standby::mark_session(&pg, None)
+        .await
+        .map_err(|e| source_failure(e, &slot_name))?;
     if cfg.snapshot.mode == SnapshotMode::InitialOnly {
         tracing::warn!(
             slot = %cfg.slot,
@@ -392,6 +456,7 @@ async fn stream(
         vec![cfg.publication.clone()],
     );
     reader_cfg.start_lsn = start;
+    reader_cfg.standby = ready.standby();
     let reader = signals.spawn(
         "replication reader",
         source::run_reader(

@@ -35,6 +35,18 @@ impl RetryPolicy {
         jitter: true,
     };
 
+    /// A standby waiting for the replication slot to be released: from
+    /// 200 ms up to 1 s (up to 2 s with jitter), forever. Short, because
+    /// the wait is the takeover time after the active process dies, and
+    /// cheap: one query or one refused `START_REPLICATION` per try.
+    pub const STANDBY: RetryPolicy = RetryPolicy {
+        min_delay: Duration::from_millis(200),
+        max_delay: Duration::from_secs(1),
+        factor: 2.0,
+        max_times: None,
+        jitter: true,
+    };
+
     /// Bulk requests and dead-letter writes in the indexer: from 100 ms up
     /// to 10 s, for as long as Elasticsearch needs (DESIGN invariant 5:
     /// retryable failures are retried, never dropped).
@@ -159,6 +171,13 @@ mod tests {
     }
 
     #[test]
+    fn standbys_retry_from_200_ms_up_to_1_s_forever() {
+        let want = [200, 400, 800, 1000, 1000].map(ms);
+        assert_delays(&steady(RetryPolicy::STANDBY, 5), &want);
+        assert_eq!(RetryPolicy::STANDBY.backoff().take(1000).count(), 1000);
+    }
+
+    #[test]
     fn refetches_wait_like_reconnects() {
         assert_eq!(RetryPolicy::REFETCH, RetryPolicy::RECONNECT);
     }
@@ -181,6 +200,7 @@ mod tests {
     fn jitter_stretches_each_delay_by_less_than_itself() {
         for p in [
             RetryPolicy::RECONNECT,
+            RetryPolicy::STANDBY,
             RetryPolicy::BULK,
             RetryPolicy::REFETCH,
             RetryPolicy::SNAPSHOT_RESUME,

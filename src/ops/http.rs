@@ -47,6 +47,10 @@ pub enum PipelineState {
     Streaming = 2,
     /// Shutting down: finishing in-flight batches, confirming the final LSN.
     Stopping = 3,
+    /// Waiting for another process to release the replication slot (see
+    /// `ops::standby`); reported while the [`crate::ops::Standby`] board
+    /// holds a wait, whatever the pipeline was doing.
+    Standby = 4,
 }
 
 impl PipelineState {
@@ -55,6 +59,7 @@ impl PipelineState {
             1 => PipelineState::Snapshotting,
             2 => PipelineState::Streaming,
             3 => PipelineState::Stopping,
+            4 => PipelineState::Standby,
             _ => PipelineState::Starting,
         }
     }
@@ -69,6 +74,7 @@ impl PipelineState {
             PipelineState::Snapshotting => "snapshotting",
             PipelineState::Streaming => "streaming",
             PipelineState::Stopping => "stopping",
+            PipelineState::Standby => "standby",
         }
     }
 }
@@ -76,7 +82,7 @@ impl PipelineState {
 /// Shared readiness state; clone it into the pipeline, which calls `set` on
 /// each transition. Starts in `Starting`.
 #[derive(Debug, Clone, Default)]
-pub struct ReadyState(Arc<AtomicU8>, crate::ops::Holds);
+pub struct ReadyState(Arc<AtomicU8>, crate::ops::Holds, crate::ops::Standby);
 
 impl ReadyState {
     pub fn new() -> ReadyState {
@@ -88,6 +94,11 @@ impl ReadyState {
         self.1.clone()
     }
 
+    /// Where the start-up gate and the reader record a standby's wait.
+    pub fn standby(&self) -> crate::ops::Standby {
+        self.2.clone()
+    }
+
     pub fn set(&self, state: PipelineState) {
         let old = PipelineState::from_u8(self.0.swap(state as u8, Ordering::SeqCst));
         if old != state {
@@ -95,8 +106,14 @@ impl ReadyState {
         }
     }
 
+    /// The state `/ready` reports: `Standby` while waiting for the slot
+    /// (unless stopping).
     pub fn get(&self) -> PipelineState {
-        PipelineState::from_u8(self.0.load(Ordering::SeqCst))
+        let state = PipelineState::from_u8(self.0.load(Ordering::SeqCst));
+        if state != PipelineState::Stopping && self.2.waiting().is_some() {
+            return PipelineState::Standby;
+        }
+        state
     }
 }
 
@@ -351,6 +368,9 @@ struct ReadyBody {
     /// Why changes are held back, while they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     held: Option<String>,
+    /// Why a standby is not streaming: `slot held by pid N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 async fn ready_handler(State(h): State<HttpHandles>) -> Response {
@@ -362,7 +382,15 @@ async fn ready_handler(State(h): State<HttpHandles>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = ReadyBody { ready, state, held };
+    let reason = (state == PipelineState::Standby)
+        .then(|| h.ready.standby().waiting().map(|w| w.reason()))
+        .flatten();
+    let body = ReadyBody {
+        ready,
+        state,
+        held,
+        reason,
+    };
     (code, axum::Json(body)).into_response()
 }
 
@@ -414,6 +442,20 @@ mod tests {
         assert!(r.get().is_ready());
         r.set(PipelineState::Stopping);
         assert!(!r.get().is_ready());
+    }
+
+    #[test]
+    fn a_standby_is_not_ready_until_it_has_the_slot() {
+        let r = ReadyState::new();
+        r.set(PipelineState::Streaming);
+        r.standby().wait(Some(7));
+        assert_eq!(r.get(), PipelineState::Standby);
+        assert!(!r.get().is_ready());
+        r.standby().clear();
+        assert_eq!(r.get(), PipelineState::Streaming);
+        r.standby().wait(Some(7));
+        r.set(PipelineState::Stopping);
+        assert_eq!(r.get(), PipelineState::Stopping, "stopping wins");
     }
 
     #[test]

@@ -10,12 +10,16 @@
 //! - Imports only `model`: every other layer records metrics and logs
 //!   through here, so `ops` must sit below them all. What `/ready` needs
 //!   from the sink (why writes are held) is the [`Holds`] board defined
-//!   here, written by the sink's workers. Never `app` or `cli`: the log
+//!   here, written by the sink's workers; whether this process waits as a
+//!   standby for the replication slot is the [`Standby`] board, written by
+//!   the source's reader and `run`'s start-up gate. Never `app` or `cli`: the log
 //!   format is defined here and the command line takes it from here.
 
 pub mod holds;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod standby;
 
 pub use holds::Holds;
+pub use standby::Standby;

@@ -60,6 +60,13 @@ pub enum SourceError {
     /// A setup problem found by the publication/slot checks; the message says what to do.
     #[error("{0}")]
     Setup(String),
+    /// The slot is held by another server process (another Sluice streaming
+    /// from it, or a consumer such as pg_recvlogical): `sluice run` waits as
+    /// a standby; one-shot commands report it.
+    #[error(
+        "replication slot `{slot}` is in use by server process {pid} (another Sluice instance or pg_recvlogical?): stop that consumer, or end it with `SELECT pg_terminate_backend({pid});`"
+    )]
+    SlotInUse { slot: String, pid: i32 },
 }
 
 impl SourceError {
@@ -79,7 +86,10 @@ impl SourceError {
 /// missing privileges, malformed data and setup problems are not.
 pub fn is_retryable(e: &SourceError) -> bool {
     match e {
-        SourceError::Connect { .. } | SourceError::Io(_) | SourceError::Closed => true,
+        SourceError::Connect { .. }
+        | SourceError::Io(_)
+        | SourceError::Closed
+        | SourceError::SlotInUse { .. } => true,
         SourceError::Sql(err) => {
             err.code().is_none()
                 || err.is_closed()

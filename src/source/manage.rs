@@ -554,9 +554,10 @@ impl ExistingSlot {
             )));
         }
         if let Some(pid) = active_pid {
-            return Err(SourceError::Setup(format!(
-                "replication slot `{name}` is in use by server process {pid} (another Sluice instance or pg_recvlogical?): stop that consumer, or end it with `SELECT pg_terminate_backend({pid});`"
-            )));
+            return Err(SourceError::SlotInUse {
+                slot: name.to_string(),
+                pid,
+            });
         }
         let confirmed: Lsn = confirmed
             .as_deref()

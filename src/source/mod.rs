@@ -26,6 +26,8 @@
 //!   `ensure_slot`, `drop_slot`, `drop_publication` (`manage`);
 //!   `fetch_rows_by_key` (`rows_by_key`); `catalog::read_schemas`,
 //!   `read_table`, `read_relation`, `leaf_oids`, `storage` (`catalog`).
+//! - `standby`: who holds the slot (or is loading it), and the session
+//!   marks a standby and a loader show to `sluice status`.
 //! - `row_filter::validate_row_filter`: a mapping's filter is one expression
 //!   before any SQL carries it; `auth_guard`: which password exchanges are
 //!   answered over which transport (both connection kinds).
@@ -52,6 +54,7 @@ pub mod replication;
 pub mod row_filter;
 pub mod rows_by_key;
 pub mod sql;
+pub mod standby;
 pub mod tls;
 pub mod types;
 pub mod value;

@@ -31,6 +31,7 @@ use crate::source::decoder::Decoder;
 use crate::source::error::{SourceError, is_retryable};
 use crate::source::pg_config::PgConnectConfig;
 use crate::source::replication::{ReplMessage, ReplicationConnection, ReplicationStream};
+use crate::source::standby::slot_in_use;
 use crate::source::types::TypeCatalog;
 use crate::source::value::ValueOptions;
 
@@ -50,6 +51,10 @@ pub struct ReaderConfig {
     /// How reconnects wait; its `max_times` is how many consecutive failed
     /// reconnects to give up after (`None`: never).
     pub reconnect: RetryPolicy,
+    /// Where a refused `START_REPLICATION` (the slot is active for another
+    /// process) is recorded: the reader then waits as a standby, retrying
+    /// with [`RetryPolicy::STANDBY`], without counting a failure.
+    pub standby: crate::ops::Standby,
 }
 
 impl ReaderConfig {
@@ -67,6 +72,7 @@ impl ReaderConfig {
             status_interval: Duration::from_secs(10),
             value_options: ValueOptions::default(),
             reconnect: RetryPolicy::RECONNECT,
+            standby: crate::ops::Standby::new(),
         }
     }
 }
@@ -88,6 +94,7 @@ pub async fn run_reader(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SourceError> {
     let mut backoff = cfg.reconnect.backoff();
+    let mut standby_backoff = RetryPolicy::STANDBY.backoff();
     let mut failures = 0usize;
     let mut decoder = Decoder::new(cfg.value_options, TypeCatalog::new());
     let mut initial = initial;
@@ -108,6 +115,20 @@ pub async fn run_reader(
         .await;
         match result {
             Ok(End::Shutdown) => return Ok(()),
+            // Another process streams from the slot: wait as a standby. Not
+            // a failure (no retry counted, no give-up): the wait ends when
+            // that process lets go, and the next try takes over.
+            Err(e) if slot_in_use(&e).is_some() => {
+                cfg.standby.wait(slot_in_use(&e).flatten());
+                let delay = standby_backoff
+                    .next()
+                    .unwrap_or(RetryPolicy::STANDBY.max_delay);
+                tracing::debug!(error = %e, retry_in = ?delay, "the replication slot is held by another process");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
             Err(e) if is_retryable(&e) => {
                 if progressed {
                     backoff = cfg.reconnect.backoff();
@@ -174,6 +195,7 @@ async fn session(
     let mut stream = conn
         .start_replication(&cfg.slot, start, &cfg.publications, cfg.messages)
         .await?;
+    cfg.standby.clear();
     tracing::info!(slot = %cfg.slot, %start, "replication started");
     // Whatever was open is resent whole from its Begin.
     decoder.reset_transaction();

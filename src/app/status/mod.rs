@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::Lsn;
 use crate::source::PgConnectConfig;
-use crate::source::inspect;
+use crate::source::{SourceError, inspect, standby};
 
 pub mod es_health;
 mod pg_conn;
@@ -97,6 +97,35 @@ pub struct SlotInfo {
     /// Bytes that can still be written before the slot is in danger of
     /// losing WAL (`max_slot_wal_keep_size`); none when unlimited.
     pub safe_wal_size: Option<i64>,
+    /// `sluice run` processes waiting to take the slot over (their SQL
+    /// sessions' server pids), each with what it waits for.
+    pub standbys: Vec<StandbyInfo>,
+}
+
+/// One waiting `sluice run` (see `source::standby`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StandbyInfo {
+    /// The server pid of the standby's SQL session.
+    pub pid: i32,
+    /// Who holds the slot: the walsender streaming from it, or the session
+    /// of a process creating it or loading its initial snapshot.
+    pub slot_held_by: Option<i32>,
+    /// `standby, slot held by pid N`.
+    pub state: String,
+}
+
+impl StandbyInfo {
+    pub fn new(pid: i32, slot_held_by: Option<i32>) -> StandbyInfo {
+        let state = match slot_held_by {
+            Some(n) => format!("standby, slot held by pid {n}"),
+            None => "standby, slot free: taking over".into(),
+        };
+        StandbyInfo {
+            pid,
+            slot_held_by,
+            state,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -248,6 +277,20 @@ async fn read_slot(
         return Ok(SlotStatus::Missing { name: slot.into() });
     };
     let diff = |l: Option<Lsn>| l.map(|l| server_lsn.0.saturating_sub(l.0));
+    let standby_err = |e: SourceError| StatusError::PgQuery {
+        what: "reading the standbys in pg_stat_activity",
+        target: pg.to_string(),
+        message: e.to_string(),
+    };
+    let holder = standby::slot_holder(client, slot)
+        .await
+        .map_err(standby_err)?;
+    let standbys = standby::standby_pids(client, slot)
+        .await
+        .map_err(standby_err)?
+        .into_iter()
+        .map(|pid| StandbyInfo::new(pid, holder))
+        .collect();
     Ok(SlotStatus::Present(Box::new(SlotInfo {
         name: slot.into(),
         slot_type: row.slot_type,
@@ -262,6 +305,7 @@ async fn read_slot(
         retained_wal_bytes: diff(row.restart),
         wal_status: row.wal_status,
         safe_wal_size: row.safe_wal_size,
+        standbys,
     })))
 }
 

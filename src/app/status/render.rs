@@ -78,6 +78,13 @@ fn render_slot(o: &mut String, slot: &SlotStatus) {
         s.slot_type,
         s.plugin.as_deref().unwrap_or("-")
     );
+    for standby in &s.standbys {
+        let _ = writeln!(
+            o,
+            "  standby               pid {}: {}",
+            standby.pid, standby.state
+        );
+    }
     let lsn = |l: Option<Lsn>| l.map_or("-".into(), |l| l.to_string());
     let _ = writeln!(o, "  confirmed flush LSN   {}", lsn(s.confirmed_flush_lsn));
     let _ = writeln!(o, "  lag                   {}", opt_bytes(s.lag_bytes));

@@ -93,7 +93,25 @@ fn slot_info(active: bool) -> SlotInfo {
         retained_wal_bytes: Some(0x100_0000),
         wal_status: Some("reserved".into()),
         safe_wal_size: None,
+        standbys: vec![],
     }
+}
+
+#[test]
+fn standbys_show_in_text_and_json_with_the_pid_holding_the_slot() {
+    let mut slot = slot_info(true);
+    slot.standbys = vec![StandbyInfo::new(5151, Some(4242))];
+    let r = report(SlotStatus::Present(Box::new(slot)));
+    let text = render_human(&r);
+    assert!(
+        text.contains("standby               pid 5151: standby, slot held by pid 4242"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&render_json(&r)).unwrap();
+    assert_eq!(
+        json["slot"]["standbys"],
+        serde_json::json!([{"pid": 5151, "slot_held_by": 4242, "state": "standby, slot held by pid 4242"}])
+    );
 }
 
 #[test]
