@@ -37,6 +37,7 @@ mod run_outage;
 mod run_refetch;
 mod run_reindex;
 mod run_slot_lost;
+mod run_standby;
 mod run_transform_failures;
 // The long SIGKILL soak, run by `./dev soak` (ignored in the suite).
 mod run_soak;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::slot::{confirmed_flush, create_slot, hold_slot, slot_active};
+use crate::support::slot::{confirmed_flush, create_slot, hold_slot, slot_pid};
 use crate::support::sluice::{
     SNAPSHOT_NEVER, Sluice, SluiceToml, http_get, mapping, metric_sum, sluice_command,
     table_mapping,
@@ -199,11 +199,13 @@ async fn metrics_of_a_run_match_the_work_done_and_cover_the_whole_catalogue() {
     sluice.stop_cleanly();
 }
 
-/// `/ready` is 503 while `sluice run` starts — here, while it waits for
-/// another client to let go of its slot — and 200 only once it streams;
-/// `/health` is 200 throughout.
+/// `/ready` is 503 while `sluice run` waits as a standby — here for
+/// another client (pg_recvlogical) to let go of its slot — naming the pid
+/// that holds it, and `sluice status` (text and JSON) says the same; it
+/// takes over and turns ready once the holder is gone. `/health` is 200
+/// throughout: a standby is alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_flips_only_once_the_run_streams() {
+async fn a_standby_is_not_ready_names_the_holder_and_takes_over() {
     let db = TestDb::new().await;
     let index = db.index("r");
     let slot = db.slot();
@@ -214,10 +216,10 @@ async fn ready_flips_only_once_the_run_streams() {
     .await;
     create_slot(&db, &slot).await;
     let mut holder = hold_slot(&db, &slot, "sluice");
-    wait_until(
+    let pid = wait_until(
         Duration::from_secs(20),
         "pg_recvlogical to hold the slot",
-        || async { (slot_active(&db, &slot).await == Some(true)).then_some(()) },
+        || async { slot_pid(&db, &slot).await },
     )
     .await;
 
@@ -228,7 +230,15 @@ async fn ready_flips_only_once_the_run_streams() {
     })
     .await;
     let addr = sluice.http_addr();
-    // It waits (up to 30 s) for the slot: not ready, but alive.
+    let standby_body =
+        format!(r#"{{"ready":false,"state":"standby","reason":"slot held by pid {pid}"}}"#);
+    sluice
+        .wait_for(Duration::from_secs(30), "the standby state", async || {
+            http_get(&addr, "/ready").1 == standby_body
+        })
+        .await;
+    // It waits as long as the slot is held (well past the 30 s a restart
+    // used to allow), not ready but alive, and never exits.
     let mut seen = Vec::new();
     for _ in 0..10 {
         seen.push((http_get(&addr, "/ready"), http_get(&addr, "/health").0));
@@ -236,9 +246,28 @@ async fn ready_flips_only_once_the_run_streams() {
     }
     for ((code, body), health) in &seen {
         assert_eq!(*code, 503, "{body}");
-        assert_eq!(body, r#"{"ready":false,"state":"starting"}"#);
+        assert_eq!(body, &standby_body);
         assert_eq!(*health, 200);
     }
+    let status = sluice.command(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains(&format!(": standby, slot held by pid {pid}")),
+        "{}",
+        status.text()
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&sluice.command(&["status", "--json"]).stdout).unwrap();
+    let standbys = json["slot"]["standbys"].as_array().expect("standbys");
+    assert_eq!(standbys.len(), 1, "{json}");
+    assert_eq!(standbys[0]["slot_held_by"], pid, "{json}");
+    assert_eq!(
+        standbys[0]["state"],
+        format!("standby, slot held by pid {pid}")
+    );
+    assert!(sluice.exited().is_none(), "{}", sluice.log_text());
+
     holder.kill().await.unwrap();
     sluice
         .wait_for(Duration::from_secs(60), "/ready to turn 200", async || {
@@ -250,6 +279,9 @@ async fn ready_flips_only_once_the_run_streams() {
         r#"{"ready":true,"state":"streaming"}"#
     );
     sluice.wait_streaming(&db).await;
+    let json: serde_json::Value =
+        serde_json::from_str(&sluice.command(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json["slot"]["standbys"], serde_json::json!([]), "{json}");
     sluice.stop_cleanly();
 }
 

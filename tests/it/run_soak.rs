@@ -18,7 +18,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::support::compare::table_docs;
 use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, table_mapping};
-use crate::support::workload::Workload;
+use crate::support::workload::{Workload, spawn_bench};
 use crate::support::{Es, TestDb};
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -60,32 +60,6 @@ async fn catch_up(db: &TestDb, slot: &str, sluice: &mut Sluice) -> Duration {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// pgbench's TPC-B-like transaction on our own tables: update an account,
-/// log the change in the history.
-fn spawn_bench(
-    url: String,
-    stop: Arc<AtomicBool>,
-    count: Arc<AtomicU64>,
-    seed: u64,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let client = crate::support::connect(&url).await;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        while !stop.load(Ordering::Relaxed) {
-            let (aid, delta) = (rng.random_range(1..=2000), rng.random_range(-5000..5000));
-            let sql = format!(
-                "BEGIN;
-                 UPDATE bench_accounts SET abalance = abalance + {delta} WHERE id = {aid};
-                 INSERT INTO bench_history (aid, delta) VALUES ({aid}, {delta});
-                 COMMIT;"
-            );
-            client.batch_execute(&sql).await.unwrap();
-            count.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..4))).await;
-        }
-    })
 }
 
 /// Now and then a large transaction: 20k rows inserted into `big`, or all deleted.

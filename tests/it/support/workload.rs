@@ -6,7 +6,7 @@
 //! off at its COMMIT landed does not matter, tests compare end states).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
@@ -112,3 +112,41 @@ impl Workload {
         self.committed.load(Ordering::Relaxed)
     }
 }
+
+/// The tables [`spawn_bench`] writes, and its 2000 accounts (fill them
+/// after the slot exists when no snapshot loads them).
+pub const BENCH_TABLES: &str = "CREATE TABLE bench_accounts (id bigint PRIMARY KEY, bid int NOT NULL,
+                                      abalance bigint NOT NULL, filler text);
+         CREATE TABLE bench_history (id bigserial PRIMARY KEY, aid bigint NOT NULL,
+                                     delta int NOT NULL);";
+
+pub const BENCH_ACCOUNTS: &str = "INSERT INTO bench_accounts SELECT g, g % 20, 0, repeat(' ', 84)
+           FROM generate_series(1, 2000) g;";
+
+/// pgbench's TPC-B-like transaction on our own tables, until `stop`:
+/// update an account of `bench_accounts` (ids 1 to 2000), log the change in
+/// `bench_history`; `count` counts the transactions. See [`BENCH_TABLES`].
+pub fn spawn_bench(
+    url: String,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    seed: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = super::connect(&url).await;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        while !stop.load(Ordering::Relaxed) {
+            let (aid, delta) = (rng.random_range(1..=2000), rng.random_range(-5000..5000));
+            let sql = format!(
+                "BEGIN;
+                 UPDATE bench_accounts SET abalance = abalance + {delta} WHERE id = {aid};
+                 INSERT INTO bench_history (aid, delta) VALUES ({aid}, {delta});
+                 COMMIT;"
+            );
+            client.batch_execute(&sql).await.unwrap();
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..4))).await;
+        }
+    })
+}
+
