@@ -326,7 +326,8 @@ for f, docs in yaml_docs.items():
             ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
             for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
                 g = (c.get(probe) or {}).get("httpGet") or {}
-                if g.get("path") != path:
+                # A query may qualify the answer (`/ready?standby=ok`).
+                if (g.get("path") or "").split("?")[0] != path:
                     fail(f"{where}: {probe} must GET {path} (has {g.get('path')})")
                     continue
                 p = g.get("port")

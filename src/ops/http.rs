@@ -373,10 +373,24 @@ struct ReadyBody {
     reason: Option<String>,
 }
 
-async fn ready_handler(State(h): State<HttpHandles>) -> Response {
+/// `/ready`: 200 only while this process snapshots or streams (no write
+/// held). `/ready?standby=ok` also answers 200 for a standby waiting for
+/// the slot: for an orchestrator that runs the pair (a Kubernetes
+/// Deployment of 2 replicas), a healthy standby is a ready member, or a
+/// rolling update would wait forever for the new Pod (a standby until the
+/// old one goes) and a PodDisruptionBudget would never let the active one
+/// be evicted. The body still says `"state":"standby"` and why.
+async fn ready_handler(
+    State(h): State<HttpHandles>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
     let state = h.ready.get();
     let held = h.ready.holds().reason();
-    let ready = state.is_ready() && held.is_none();
+    let standby_ok = query
+        .as_deref()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "standby=ok"));
+    let ready =
+        (state.is_ready() || (standby_ok && state == PipelineState::Standby)) && held.is_none();
     let code = if ready {
         StatusCode::OK
     } else {

@@ -92,7 +92,7 @@ fn the_packaging_check_fails_on_unknown_metrics_flags_env_and_probes() {
         "- name: SLUICE_LOG\n",
         "- name: SLUICE_UNREAD\n",
     );
-    edit(&deployment, "path: /ready", "path: /health");
+    edit(&deployment, "path: \"/ready?", "path: \"/health?");
     edit(
         &root.join("docker/Dockerfile"),
         "USER 65532:65532",

@@ -249,6 +249,12 @@ async fn a_standby_is_not_ready_names_the_holder_and_takes_over() {
         assert_eq!(body, &standby_body);
         assert_eq!(*health, 200);
     }
+    // What an orchestrator running the pair asks: a healthy standby is a
+    // ready member.
+    assert_eq!(
+        http_get(&addr, "/ready?standby=ok"),
+        (200, standby_body.replace("false", "true"))
+    );
     let status = sluice.command(&["status"]);
     assert!(
         status

@@ -56,10 +56,14 @@ async fn takeover(db: &TestDb, next: &mut Sluice, old_pid: i32, killed_at: Insta
     let (slot, log) = (next.slot.clone(), next.log_path());
     let client = db.sql_client();
     let mut streaming = false;
-    next.wait_for(Duration::from_secs(90), "the standby to take over", async || {
-        streaming = streaming || ready_state(&log).as_deref() == Some("streaming");
-        streaming && slot_pid(client, &slot).await.is_some_and(|p| p != old_pid)
-    })
+    next.wait_for(
+        Duration::from_secs(90),
+        "the standby to take over",
+        async || {
+            streaming = streaming || ready_state(&log).as_deref() == Some("streaming");
+            streaming && slot_pid(client, &slot).await.is_some_and(|p| p != old_pid)
+        },
+    )
     .await;
     killed_at.elapsed()
 }

@@ -115,7 +115,8 @@ impl Workload {
 
 /// The tables [`spawn_bench`] writes, and its 2000 accounts (fill them
 /// after the slot exists when no snapshot loads them).
-pub const BENCH_TABLES: &str = "CREATE TABLE bench_accounts (id bigint PRIMARY KEY, bid int NOT NULL,
+pub const BENCH_TABLES: &str =
+    "CREATE TABLE bench_accounts (id bigint PRIMARY KEY, bid int NOT NULL,
                                       abalance bigint NOT NULL, filler text);
          CREATE TABLE bench_history (id bigserial PRIMARY KEY, aid bigint NOT NULL,
                                      delta int NOT NULL);";
@@ -149,4 +150,3 @@ pub fn spawn_bench(
         }
     })
 }
-
