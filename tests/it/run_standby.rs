@@ -159,3 +159,57 @@ async fn the_standby_takes_over_each_sigkill_and_the_index_stays_exact() {
     let standby = 1 - active;
     pair[standby].stop_cleanly();
 }
+
+/// A frozen active process (SIGSTOP: what a lost node or a network
+/// partition looks like to PostgreSQL — no FIN, the socket just goes
+/// quiet) keeps the slot until its walsender gives up after
+/// `wal_sender_timeout`; the standby then takes over. When the frozen one
+/// wakes up (SIGCONT: the partition heals) its stream is gone, and it
+/// waits as the standby; whatever it still sends is older than what the
+/// new active one wrote, and the index stays exact. Ignored in the suite:
+/// it waits out the server's `wal_sender_timeout` (60 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "waits out wal_sender_timeout (60 s); run by hand"]
+async fn a_frozen_active_is_replaced_after_wal_sender_timeout() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    db.sql(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
+         CREATE PUBLICATION sluice FOR TABLE accounts;",
+    )
+    .await;
+    let index = db.index("accounts");
+    let mappings = [table_mapping("accounts", &index)];
+    let mut pair = [
+        Sluice::new(&db, SNAPSHOT_NEVER, &mappings),
+        Sluice::new(&db, SNAPSHOT_NEVER, &mappings),
+    ];
+    pair[0].start_streaming(&db).await;
+    pair[1].start();
+    wait_standby(&mut pair[1]).await;
+    db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
+        .await;
+    let timeout: String = db.query_value("SHOW wal_sender_timeout").await;
+    let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old_pid = slot_pid(&db, &pair[0].slot).await.expect("held");
+    let frozen = pair[0].pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &frozen])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP");
+    let frozen_at = Instant::now();
+    let took = takeover(&db, &mut pair[1], old_pid, frozen_at).await;
+    eprintln!("standby: takeover from a frozen active took {took:?} (wal_sender_timeout {timeout})");
+    signal("-CONT");
+    wait_standby(&mut pair[0]).await;
+    workload.stop().await;
+    pair[1]
+        .wait_converged(&db, &es, &index, "SELECT * FROM accounts")
+        .await;
+    pair[1].stop_cleanly();
+    pair[0].stop_cleanly();
+}
