@@ -29,6 +29,7 @@
 //! with `|` (`id_separator`), after `id_prefix`.
 
 mod convert;
+pub mod nested;
 mod plan;
 pub mod versions;
 
@@ -264,12 +265,20 @@ pub struct Transformer {
     doc_hint: usize,
     scratch: String,
     times: TimeCache,
+    /// Nested mappings, fed rows read with their related rows (relation
+    /// id 0), never the stream's changes directly.
+    nested: Vec<Result<nested::NestedDoc, TransformError>>,
 }
 
 impl Transformer {
     pub fn new(mappings: &Mappings) -> Transformer {
         let mut by_table: HashMap<String, Vec<Arc<Mapping>>> = HashMap::new();
+        let mut nested = Vec::new();
         for m in &mappings.list {
+            if m.is_nested() {
+                nested.push(nested::NestedDoc::new(m));
+                continue;
+            }
             by_table
                 .entry(m.qualified_table.to_string())
                 .or_default()
@@ -282,7 +291,31 @@ impl Transformer {
             doc_hint: 256,
             scratch: String::new(),
             times: TimeCache::default(),
+            nested,
         }
+    }
+
+    /// The ops of a nested document read with its related rows (a row of
+    /// relation id 0, as `source::nested` and the snapshot read them).
+    fn transform_nested(
+        &mut self,
+        change: &Change,
+        out: &mut Vec<BulkOp>,
+    ) -> Result<usize, TransformError> {
+        let before = out.len();
+        for doc in &mut self.nested {
+            let doc = match doc {
+                Ok(d) => d,
+                Err(e) => return Err(e.clone()),
+            };
+            if **doc.relation() != *change.relation {
+                continue;
+            }
+            if let ChangeKind::Insert { new } = &change.kind {
+                doc.index(new.clone(), change.version, change.commit_time, out)?;
+            }
+        }
+        Ok(out.len() - before)
     }
 
     /// Seed the OID matching with the mapped tables' OIDs as they are now
@@ -336,6 +369,16 @@ impl Transformer {
         let start = out.len();
         let rejected_before = rejected.len();
         let rel = &change.relation;
+        if rel.id == 0 {
+            return match self.transform_nested(change, out) {
+                Err(e) if e.scope() == FailureScope::Row => {
+                    out.truncate(start);
+                    rejected.push(e);
+                    Ok(0)
+                }
+                other => other,
+            };
+        }
         let fresh = match self.relations.get_mut(&rel.id) {
             Some(e) if Arc::ptr_eq(&e.rel, rel) => false,
             Some(e) if *e.rel == **rel => {
