@@ -263,3 +263,124 @@ fn render_row(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Mappings;
+    use crate::model::{
+        Catalog, CatalogColumn, CatalogTable, ForeignKey, OpAction, ReplicaIdentity, TableRef,
+    };
+
+    fn table(name: &str, cols: &[&str], fk: Option<(&str, &str)>) -> CatalogTable {
+        CatalogTable {
+            table: TableRef::new("public", name),
+            oid: 1,
+            partitioned: false,
+            columns: cols.iter().map(|c| CatalogColumn::named(c, "text")).collect(),
+            primary_key: vec!["id".into()],
+            replica_identity: ReplicaIdentity::Full,
+            identity_index: Vec::new(),
+            readable: true,
+            foreign_keys: fk
+                .map(|(col, refs)| ForeignKey {
+                    columns: vec![col.into()],
+                    references: format!("public.{refs}"),
+                    ref_columns: vec!["id".into()],
+                })
+                .into_iter()
+                .collect(),
+            indexes: Vec::new(),
+        }
+    }
+
+    fn orders_doc() -> NestedDoc {
+        let text = r#"table = "public.orders"
+index = "orders"
+include = ["id"]
+[relations.customer]
+table = "public.customers"
+kind = "many_to_one"
+[relations.customer.fields]
+label = { template = "{name} ({id})" }
+[relations.items]
+table = "public.items"
+kind = "one_to_many"
+exclude = ["order_id"]
+[relations.items.fields]
+qty = { column = "qty", convert = "integer" }
+"#;
+        let mut ms = Mappings::from_texts(&[(Path::new("orders.toml"), text)]).unwrap();
+        let catalog = Catalog::of([
+            table("orders", &["id", "customer_id"], Some(("customer_id", "customers"))),
+            table("customers", &["id", "name"], None),
+            table("items", &["id", "order_id", "qty"], Some(("order_id", "orders"))),
+        ]);
+        ms.validate_against_catalog(&catalog).unwrap();
+        NestedDoc::new(&ms.list[0]).unwrap()
+    }
+
+    fn doc(op: &BulkOp) -> serde_json::Value {
+        match &op.action {
+            OpAction::Index { doc } => serde_json::from_slice(doc).unwrap(),
+            other => panic!("not an index: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn related_rows_become_objects_and_arrays_through_their_own_mapping() {
+        let mut d = orders_doc();
+        let row = vec![
+            Datum::Value(json!(7)),
+            Datum::Value(json!(3)),
+            Datum::Value(json!([[3, "Ada"]])),
+            Datum::Value(json!([[[1, 7, "2"]], [[2, 7, "5"]]])),
+        ];
+        let mut out = Vec::new();
+        d.index(row, Lsn(100), Utc::now(), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, "7");
+        assert_eq!(out[0].version, Lsn(100).as_version());
+        assert_eq!(
+            doc(&out[0]),
+            json!({"id": 7, "customer": {"id": 3, "name": "Ada", "label": "Ada (3)"},
+                   "items": [{"id": 1, "qty": 2}, {"id": 2, "qty": 5}]})
+        );
+    }
+
+    #[test]
+    fn a_missing_target_is_null_and_no_children_an_empty_array() {
+        let mut d = orders_doc();
+        let row = vec![Datum::Value(json!(8)), Datum::Null, Datum::Null, Datum::Value(json!([]))];
+        let mut out = Vec::new();
+        d.index(row, Lsn(5), Utc::now(), &mut out).unwrap();
+        assert_eq!(doc(&out[0]), json!({"id": 8, "customer": null, "items": []}));
+    }
+
+    #[test]
+    fn a_related_value_that_does_not_convert_is_the_rows_failure_naming_the_field() {
+        let mut d = orders_doc();
+        let row = vec![
+            Datum::Value(json!(9)),
+            Datum::Null,
+            Datum::Null,
+            Datum::Value(json!([[[1, 9, "many"]]])),
+        ];
+        let e = d.index(row, Lsn(5), Utc::now(), &mut Vec::new()).unwrap_err();
+        assert_eq!(e.scope(), crate::transform::FailureScope::Row);
+        assert!(e.to_string().contains("items.qty"), "{e}");
+    }
+
+    #[test]
+    fn a_root_that_is_gone_is_deleted_by_its_key() {
+        let mut d = orders_doc();
+        let mut out = Vec::new();
+        d.delete(&["9".to_string()], Lsn(7), Utc::now(), &mut out).unwrap();
+        assert_eq!(out[0].id, "9");
+        assert!(matches!(out[0].action, OpAction::Delete));
+    }
+}
