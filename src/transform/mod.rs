@@ -295,29 +295,6 @@ impl Transformer {
         }
     }
 
-    /// The ops of a nested document read with its related rows (a row of
-    /// relation id 0, as `source::nested` and the snapshot read them).
-    fn transform_nested(
-        &mut self,
-        change: &Change,
-        out: &mut Vec<BulkOp>,
-    ) -> Result<usize, TransformError> {
-        let before = out.len();
-        for doc in &mut self.nested {
-            let doc = match doc {
-                Ok(d) => d,
-                Err(e) => return Err(e.clone()),
-            };
-            if **doc.relation() != *change.relation {
-                continue;
-            }
-            if let ChangeKind::Insert { new } = &change.kind {
-                doc.index(new.clone(), change.version, change.commit_time, out)?;
-            }
-        }
-        Ok(out.len() - before)
-    }
-
     /// Seed the OID matching with the mapped tables' OIDs as they are now
     /// (`oid → schema.table`), so changes replayed from before a rename,
     /// whose Relation messages still carry the old name, find their mapping.

@@ -18,6 +18,31 @@ use super::{Cx, Miss, TimeCache, TransformError, View};
 use crate::config::Mapping;
 use crate::model::{BulkOp, Change, ChangeKind, Datum, DocNode, Lsn, OldRow, Relation, Row};
 
+impl super::Transformer {
+    /// The ops of a nested document read with its related rows (a row of
+    /// relation id 0, as `source::nested` and the snapshot read them).
+    pub(super) fn transform_nested(
+        &mut self,
+        change: &Change,
+        out: &mut Vec<BulkOp>,
+    ) -> Result<usize, TransformError> {
+        let before = out.len();
+        for doc in &mut self.nested {
+            let doc = match doc {
+                Ok(d) => d,
+                Err(e) => return Err(e.clone()),
+            };
+            if **doc.relation() != *change.relation {
+                continue;
+            }
+            if let ChangeKind::Insert { new } = &change.kind {
+                doc.index(new.clone(), change.version, change.commit_time, out)?;
+            }
+        }
+        Ok(out.len() - before)
+    }
+}
+
 /// One related table's plan, and its own related tables'.
 struct RelPlan {
     field: String,
@@ -281,7 +306,10 @@ mod tests {
             table: TableRef::new("public", name),
             oid: 1,
             partitioned: false,
-            columns: cols.iter().map(|c| CatalogColumn::named(c, "text")).collect(),
+            columns: cols
+                .iter()
+                .map(|c| CatalogColumn::named(c, "text"))
+                .collect(),
             primary_key: vec!["id".into()],
             replica_identity: ReplicaIdentity::Full,
             identity_index: Vec::new(),
@@ -316,9 +344,17 @@ qty = { column = "qty", convert = "integer" }
 "#;
         let mut ms = Mappings::from_texts(&[(Path::new("orders.toml"), text)]).unwrap();
         let catalog = Catalog::of([
-            table("orders", &["id", "customer_id"], Some(("customer_id", "customers"))),
+            table(
+                "orders",
+                &["id", "customer_id"],
+                Some(("customer_id", "customers")),
+            ),
             table("customers", &["id", "name"], None),
-            table("items", &["id", "order_id", "qty"], Some(("order_id", "orders"))),
+            table(
+                "items",
+                &["id", "order_id", "qty"],
+                Some(("order_id", "orders")),
+            ),
         ]);
         ms.validate_against_catalog(&catalog).unwrap();
         NestedDoc::new(&ms.list[0]).unwrap()
@@ -355,10 +391,18 @@ qty = { column = "qty", convert = "integer" }
     #[test]
     fn a_missing_target_is_null_and_no_children_an_empty_array() {
         let mut d = orders_doc();
-        let row = vec![Datum::Value(json!(8)), Datum::Null, Datum::Null, Datum::Value(json!([]))];
+        let row = vec![
+            Datum::Value(json!(8)),
+            Datum::Null,
+            Datum::Null,
+            Datum::Value(json!([])),
+        ];
         let mut out = Vec::new();
         d.index(row, Lsn(5), Utc::now(), &mut out).unwrap();
-        assert_eq!(doc(&out[0]), json!({"id": 8, "customer": null, "items": []}));
+        assert_eq!(
+            doc(&out[0]),
+            json!({"id": 8, "customer": null, "items": []})
+        );
     }
 
     #[test]
@@ -370,7 +414,9 @@ qty = { column = "qty", convert = "integer" }
             Datum::Null,
             Datum::Value(json!([[[1, 9, "many"]]])),
         ];
-        let e = d.index(row, Lsn(5), Utc::now(), &mut Vec::new()).unwrap_err();
+        let e = d
+            .index(row, Lsn(5), Utc::now(), &mut Vec::new())
+            .unwrap_err();
         assert_eq!(e.scope(), crate::transform::FailureScope::Row);
         assert!(e.to_string().contains("items.qty"), "{e}");
     }
@@ -379,7 +425,8 @@ qty = { column = "qty", convert = "integer" }
     fn a_root_that_is_gone_is_deleted_by_its_key() {
         let mut d = orders_doc();
         let mut out = Vec::new();
-        d.delete(&["9".to_string()], Lsn(7), Utc::now(), &mut out).unwrap();
+        d.delete(&["9".to_string()], Lsn(7), Utc::now(), &mut out)
+            .unwrap();
         assert_eq!(out[0].id, "9");
         assert!(matches!(out[0].action, OpAction::Delete));
     }

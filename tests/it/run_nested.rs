@@ -278,6 +278,9 @@ async fn renaming_a_category_rebuilds_every_order_that_holds_one_of_its_products
             "SELECT count(DISTINCT i.order_id) FROM order_items i JOIN products p ON p.id = i.product_id WHERE p.category_id = 2",
         )
         .await;
-    assert_eq!(renamed as i64, holding, "every order holding one of its products");
+    assert_eq!(
+        renamed as i64, holding,
+        "every order holding one of its products"
+    );
     assert!(renamed > 20, "the rename reached many roots: {renamed}");
 }

@@ -29,11 +29,15 @@ async fn renamed_count(es: &Es, index: &str) -> u64 {
     let r = es
         .client
         .count(elasticsearch::CountParts::Index(&[index]))
-        .body(json!({"query": {"match_phrase": {"items.product.category.name": "category renamed"}}}))
+        .body(
+            json!({"query": {"match_phrase": {"items.product.category.name": "category renamed"}}}),
+        )
         .send()
         .await
         .unwrap();
-    r.json::<serde_json::Value>().await.unwrap()["count"].as_u64().unwrap_or(0)
+    r.json::<serde_json::Value>().await.unwrap()["count"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,14 +60,22 @@ async fn a_category_rename_under_100k_orders_rebuilds_them_all_in_bounded_memory
     ))
     .await;
     let index = db.index("orders");
-    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &[("orders.toml", orders_mapping(&index))]);
+    let mut sluice = Sluice::new(
+        &db,
+        SNAPSHOT_NEVER,
+        &[("orders.toml", orders_mapping(&index))],
+    );
     let start = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["snapshot", "--config"])
         .arg(sluice.config_path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let snap_secs = start.elapsed().as_secs_f64();
     let total: u64 = db.query_value::<i64>("SELECT count(*) FROM orders").await as u64;
     es.refresh(&index).await;
@@ -78,14 +90,19 @@ async fn a_category_rename_under_100k_orders_rebuilds_them_all_in_bounded_memory
         .await as u64;
     assert!(affected >= roots, "{affected}");
     let start = Instant::now();
-    db.sql("UPDATE categories SET name = 'category renamed' WHERE id = 1").await;
+    db.sql("UPDATE categories SET name = 'category renamed' WHERE id = 1")
+        .await;
     let mut peak = 0;
     loop {
         peak = peak.max(peak_rss_kib(pid));
         if renamed_count(&es, &index).await == affected {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(900), "not converged:\n{}", sluice.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "not converged:\n{}",
+            sluice.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -97,5 +114,8 @@ async fn a_category_rename_under_100k_orders_rebuilds_them_all_in_bounded_memory
         affected as f64 / secs,
         peak / 1024
     );
-    assert!(peak < 256 * 1024, "over the default memory bound: {peak} KiB");
+    assert!(
+        peak < 256 * 1024,
+        "over the default memory bound: {peak} KiB"
+    );
 }

@@ -136,7 +136,7 @@ fn an_unknown_key_inside_a_relation_names_its_file_and_line() {
         "order_by = [\"qty desc\"]\nsort = \"qty\"",
     );
     let e = load(&text).unwrap_err().to_string();
-    assert!(e.contains("mappings/orders.toml:15"), "{e}");
+    assert!(e.contains("mappings/orders.toml line 13"), "{e}");
     assert!(e.contains("sort"), "{e}");
 }
 
@@ -144,10 +144,10 @@ fn an_unknown_key_inside_a_relation_names_its_file_and_line() {
 fn an_unknown_relation_kind_and_a_bad_order_by_are_located() {
     let text = ORDERS.replace("kind = \"one_to_many\"", "kind = \"one_to_few\"");
     let e = load(&text).unwrap_err().to_string();
-    assert!(e.contains(":12") && e.contains("one_to_few"), "{e}");
+    assert!(e.contains("line 11") && e.contains("one_to_few"), "{e}");
     let text = ORDERS.replace("\"qty desc\"", "\"qty sideways\"");
     let e = load(&text).unwrap_err().to_string();
-    assert!(e.contains(":13") && e.contains("qty sideways"), "{e}");
+    assert!(e.contains("line 12") && e.contains("qty sideways"), "{e}");
 }
 
 #[test]
