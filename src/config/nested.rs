@@ -338,7 +338,7 @@ impl Binder<'_> {
             for (t, c) in [(upper, u), (lower, l)] {
                 if t.column(c).is_none() {
                     ok = false;
-                    let hint = did_you_mean(c, columns(t).into_iter());
+                    let hint = did_you_mean(c, columns(t));
                     self.error(
                         r,
                         key,
