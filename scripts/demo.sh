@@ -80,7 +80,7 @@ SQL
   UNION ALL SELECT 'orders ' || count(*) FROM orders UNION ALL SELECT 'order_items ' || count(*) FROM order_items" | sed 's/^/   /'
 
 step "Clearing demo indices from earlier runs"
-for i in customers-v1 order-items orders 'orders-archive-*' products search sluice-dead-letters sluice-state; do
+for i in customers-v1 order-documents order-items orders 'orders-archive-*' products search sluice-dead-letters sluice-state; do
   curl -fsS -o /dev/null -X DELETE "$ES/$i?ignore_unavailable=true" || true
 done
 
@@ -121,7 +121,7 @@ echo "   ready: $(curl -fsS http://127.0.0.1:19187/ready)"
 count() { curl -fsS "$ES/$1/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])'; }
 wait_for "the snapshot to land" bash -c "[ \"\$(curl -fsS '$ES/customers/_count' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"count\"])')\" -ge 1002 ]"
 curl -fsS -o /dev/null -X POST "$ES/_refresh"
-for i in customers order-items orders products search; do printf '   %-12s %s documents\n' "$i" "$(count $i)"; done
+for i in customers order-documents order-items orders products search; do printf '   %-12s %s documents\n' "$i" "$(count $i)"; done
 
 step "Live changes while Sluice streams"
 echo "   INSERT a customer 'Katherine Johnson' (US, gold)"
@@ -139,6 +139,15 @@ wait_for "Katherine in the index" bash -c "curl -fsS '$ES/customers/_search?q=Ka
 wait_for "the product rename" bash -c "curl -fsS '$ES/products/_search?q=name:Noise-cancelling' | grep -q 'Noise-cancelling'"
 wait_for "order $DRAFT in the orders index" curl -fsS "$ES/orders/_doc/$DRAFT"
 wait_for "customer 3 gone" bash -c "! curl -fsS '$ES/customers-v1/_doc/3' >/dev/null 2>&1"
+
+step "A nested document follows every table it joins"
+show_order() { curl -fsS "$ES/order-documents/_doc/1" | python3 -c 'import json,sys; d=json.load(sys.stdin)["_source"]; print("   order 1:", json.dumps({k: d[k] for k in ("id","status","customer","items")}, ensure_ascii=False)[:300])'; }
+wait_for "order 1's document" curl -fsS "$ES/order-documents/_doc/1"
+show_order
+echo "   UPDATE customer 1 (of order 1): last_name 'Lovelace' -> 'King'"
+"${PSQL[@]}" "$ADMIN_URL" -c "UPDATE customers SET last_name = 'King' WHERE id = 1"
+wait_for "order 1 to carry the new customer name" bash -c "curl -fsS '$ES/order-documents/_doc/1' | grep -q 'Ada King'"
+show_order
 
 step "Searches"
 # A GET sees a write at once; a search sees it after the next refresh

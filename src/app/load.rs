@@ -28,8 +28,12 @@ use crate::transform::Transformer;
 
 /// The mapped tables as snapshot specs (row filter and column list included,
 /// so filtered rows never leave the server), one per table.
+/// The tables a snapshot reads: those a mapping is fed by (a table only
+/// joined into nested documents is read with its roots, never alone).
 pub fn table_specs(cfg: &Config) -> Vec<PublishedTable> {
-    cfg.mappings.publication_tables()
+    let mut specs = cfg.mappings.publication_tables();
+    specs.retain(|s| cfg.mappings.for_table(&s.qualified_name()).next().is_some());
+    specs
 }
 
 pub(crate) fn connector(cfg: &Config) -> PgConnector {
@@ -143,6 +147,12 @@ pub(crate) async fn deps(
         sink: Arc::new(sink),
         state: StateStore::new(es.clone(), STATE_INDEX),
         progress: Arc::new(Progress::auto()),
+        documents: cfg
+            .mappings
+            .list
+            .iter()
+            .filter_map(|m| m.tree.clone())
+            .collect(),
     })
 }
 

@@ -38,6 +38,7 @@ use crate::sink::Indexer;
 use crate::snapshot::StateStore;
 use crate::source::{self, ReaderConfig, SourceError, standby};
 use crate::stream::dual_write::{DualWrite, MakeTransform, Poller, PollerSetup};
+use crate::stream::nested::NestedStream;
 use crate::stream::pipeline::{Pipeline, PipelineConfig};
 use crate::stream::transform_step::{StepSetup, transform_step};
 
@@ -469,12 +470,20 @@ async fn stream(
     );
     background.extend(spawn_side_tasks(&cfg, &es, &signals, confirmed_rx));
 
+    let nested = NestedStream::new(
+        &cfg.mappings,
+        cfg.postgres.clone(),
+        pg.clone(),
+        step.dead_letter_index.clone(),
+    )
+    .map_err(|e| Failure::Runtime(anyhow!("nested mappings: {e}")))?
+    .map(|n| n.with_reindexes(dual.clone()));
     let transform = dual.wrap(transform_step(&cfg.mappings, step));
     let mut indexer_cfg = indexer_config(&cfg);
     indexer_cfg.holds = ready.holds();
     let (ack_tx, acks) = mpsc::unbounded_channel();
     let indexer = Indexer::start(es, indexer_cfg, ack_tx);
-    let pipeline = Pipeline::new(indexer, acks, PipelineConfig::default());
+    let pipeline = Pipeline::new(indexer, acks, PipelineConfig::default()).with_nested(nested);
     ready.set(PipelineState::Streaming);
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, %start, "streaming");
     let result = pipeline

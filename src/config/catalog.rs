@@ -56,7 +56,7 @@ fn missing_table(m: &Mapping, catalog: &Catalog) -> ConfigError {
 }
 
 /// Every column the file names exists in the table.
-fn unknown_columns(m: &Mapping, t: &CatalogTable, errors: &mut ConfigErrors) {
+pub(super) fn unknown_columns(m: &Mapping, t: &CatalogTable, errors: &mut ConfigErrors) {
     let names = column_names(t);
     for r in &m.column_refs {
         if t.column(&r.column).is_none() {

@@ -103,6 +103,42 @@ pub struct ColumnRef {
     pub line: usize,
 }
 
+/// How a related table joins its parent in a nested document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    /// The parent points at one row: an object (`customer` on an order).
+    ManyToOne,
+    /// Rows point at the parent: an array (`items` on an order).
+    OneToMany,
+    /// Through a join table: an array (`tags` on a product).
+    ManyToMany,
+}
+
+/// One `[relations.<field>]` of a mapping (or of a relation, for depth).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelatedMapping {
+    /// The document field it fills (`items`).
+    pub field: String,
+    pub kind: RelationKind,
+    /// `on = { parent_column = "child_column" }` (for many-to-many: parent
+    /// and join table); `None`: the foreign key PostgreSQL knows.
+    pub on: Option<crate::model::JoinPairs>,
+    pub through: Option<TableRef>,
+    /// `through_on = { join_table_column = "child_column" }`.
+    pub through_on: Option<crate::model::JoinPairs>,
+    /// `ORDER BY` terms for the array (`["position", "name desc"]`).
+    pub order_by: Vec<String>,
+    /// Directly under the root: a root without this related row is not
+    /// indexed.
+    pub required: bool,
+    /// The related table's part of the document: `table`, `include`,
+    /// `exclude`, `rename`, `fields`, `filter` and its own `relations`,
+    /// read like a top-level mapping's (its `index` is unused).
+    pub shape: Mapping,
+    /// Line of `[relations.<field>]`.
+    pub line: usize,
+}
+
 /// One validated mapping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapping {
@@ -153,9 +189,20 @@ pub struct Mapping {
     pub index_line: usize,
     pub pipeline_line: Option<usize>,
     pub filter_line: Option<usize>,
+    /// `[relations.*]`: tables joined into each document.
+    pub relations: Vec<RelatedMapping>,
+    /// The whole document's tables and joins, bound from the catalog
+    /// (`Mappings::validate_against_catalog`) when there are relations.
+    pub tree: Option<Arc<crate::model::DocTree>>,
 }
 
 impl Mapping {
+    /// Whether documents join related tables (built by SQL reads, not
+    /// from the changed row alone).
+    pub fn is_nested(&self) -> bool {
+        !self.relations.is_empty()
+    }
+
     /// The columns a document needs besides the copied ones: `_id`, routing,
     /// templates, conversions, merges, soft delete.
     pub fn referenced_columns(&self) -> impl Iterator<Item = &str> {

@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::diag::{ConfigErrors, FileErrors, deserialize_all, join_key};
 use super::mapping::{
     ColumnRef, Conversion, DEFAULT_ID_SEPARATOR, Field, FieldSource, IndexName, Mapping, OnDelete,
-    OnTruncate,
+    OnTruncate, RelatedMapping, RelationKind,
 };
 use super::mapping_checks::{self as checks, index_name_problem, parse_path};
 use super::template::{Template, check_strftime};
@@ -49,6 +49,30 @@ struct RawMapping {
     on_delete: Option<OnDelete>,
     soft_delete_column: Option<Spanned<String>>,
     on_truncate: Option<OnTruncate>,
+    #[serde(default)]
+    relations: BTreeMap<Spanned<String>, Spanned<RawRelated>>,
+}
+
+/// One `[relations.<field>]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelated {
+    table: Spanned<String>,
+    kind: Spanned<String>,
+    on: Option<Spanned<BTreeMap<String, String>>>,
+    through: Option<Spanned<String>>,
+    through_on: Option<Spanned<BTreeMap<String, String>>>,
+    include: Option<Names>,
+    exclude: Option<Names>,
+    #[serde(default)]
+    rename: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    fields: BTreeMap<Spanned<String>, Spanned<RawField>>,
+    order_by: Option<Names>,
+    filter: Option<Spanned<String>>,
+    required: Option<bool>,
+    #[serde(default)]
+    relations: BTreeMap<Spanned<String>, Spanned<RawRelated>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +174,7 @@ impl Parser<'_> {
         );
         let column_refs = std::mem::take(&mut self.refs);
         let target_lines = std::mem::take(&mut self.target_lines);
+        let relations = self.relations(&raw.relations, "relations");
         let line = |s: &Spanned<String>| self.out.line(s.span());
         Mapping {
             name,
@@ -182,7 +207,174 @@ impl Parser<'_> {
             index_line: line(&raw.index),
             filter_line: raw.filter.as_ref().map(line),
             target_lines,
+            relations,
+            tree: None,
         }
+    }
+
+    /// `[relations.*]` under `prefix` (`relations`, `relations.items.relations`).
+    fn relations(
+        &mut self,
+        raw: &BTreeMap<Spanned<String>, Spanned<RawRelated>>,
+        prefix: &str,
+    ) -> Vec<RelatedMapping> {
+        let mut out = Vec::new();
+        for (field, r) in raw {
+            let key = join_key(prefix, field.get_ref());
+            if let Err(m) = parse_path(field.get_ref()).and_then(|p| {
+                (p.len() == 1)
+                    .then_some(())
+                    .ok_or("must be a plain name, not a path".into())
+            }) {
+                self.out.push(field.span(), &key, m, None);
+                continue;
+            }
+            if let Some(rel) = self.related(field.get_ref(), r, &key) {
+                out.push(rel);
+            }
+        }
+        out
+    }
+
+    /// One related table: its join, and its part of the document read like
+    /// a mapping's own keys (with its own column references, checked
+    /// against its own table later).
+    fn related(
+        &mut self,
+        field: &str,
+        r: &Spanned<RawRelated>,
+        key: &str,
+    ) -> Option<RelatedMapping> {
+        let raw = r.get_ref();
+        let kind = match raw.kind.get_ref().as_str() {
+            "many_to_one" => RelationKind::ManyToOne,
+            "one_to_many" => RelationKind::OneToMany,
+            "many_to_many" => RelationKind::ManyToMany,
+            other => {
+                self.out.push(
+                    raw.kind.span(),
+                    &join_key(key, "kind"),
+                    format!("unknown relation kind `{other}`"),
+                    Some("one of `many_to_one`, `one_to_many`, `many_to_many`".into()),
+                );
+                return None;
+            }
+        };
+        let through = raw.through.as_ref().map(|t| self.table(t));
+        if (kind == RelationKind::ManyToMany) != through.is_some() {
+            let m = if through.is_some() {
+                "`through` is only for `kind = \"many_to_many\"`"
+            } else {
+                "`kind = \"many_to_many\"` needs `through`, the join table"
+            };
+            self.out.push(r.span(), key, m, None);
+        }
+        if raw.through_on.is_some() && through.is_none() {
+            self.out
+                .push(r.span(), key, "`through_on` needs `through`", None);
+        }
+        let pairs = |p: &Option<Spanned<BTreeMap<String, String>>>| {
+            p.as_ref().map(|m| {
+                m.get_ref()
+                    .iter()
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        // The related table's own part, with its own references and lines.
+        let refs = std::mem::take(&mut self.refs);
+        let lines = std::mem::take(&mut self.target_lines);
+        let table = self.table(&raw.table);
+        let include = raw.include.as_ref().map(|c| self.columns(c, "include"));
+        let exclude = raw.exclude.as_ref().map(|c| self.columns(c, "exclude"));
+        checks::include_and_exclude(&mut self.out, raw.include.as_ref(), raw.exclude.as_ref());
+        let renames = self.renames(&raw.rename);
+        let fields = self.fields(&raw.fields);
+        let filter = raw.filter.as_ref().and_then(|f| self.filter(f));
+        let order_by = self.order_by(raw, r.span(), key);
+        let column_refs = std::mem::replace(&mut self.refs, refs);
+        let target_lines = std::mem::replace(&mut self.target_lines, lines);
+        let relations = self.relations(&raw.relations, &join_key(key, "relations"));
+        let line = self.out.line(r.span());
+        let shape = Mapping {
+            name: field.into(),
+            file: self.out.file.to_path_buf(),
+            qualified_table: table.qualified_name().into(),
+            table,
+            index: IndexName::Fixed("".into()),
+            id_columns: None,
+            id_separator: DEFAULT_ID_SEPARATOR.to_string(),
+            id_prefix: String::new(),
+            primary_key: None,
+            replica_identity: None,
+            include,
+            exclude: exclude.unwrap_or_default(),
+            renames,
+            fields,
+            merge: Vec::new(),
+            filter,
+            routing: None,
+            pipeline: None,
+            pipeline_line: None,
+            alias: None,
+            index_settings: None,
+            index_mappings: None,
+            on_delete: OnDelete::Delete,
+            soft_delete_column: None,
+            on_truncate: OnTruncate::Log,
+            column_refs,
+            table_line: self.out.line(raw.table.span()),
+            index_line: line,
+            filter_line: raw.filter.as_ref().map(|f| self.out.line(f.span())),
+            target_lines,
+            relations,
+            tree: None,
+        };
+        Some(RelatedMapping {
+            field: field.to_string(),
+            kind,
+            on: pairs(&raw.on),
+            through,
+            through_on: pairs(&raw.through_on),
+            order_by: order_by.unwrap_or_default(),
+            required: raw.required.unwrap_or(false),
+            shape,
+            line,
+        })
+    }
+
+    /// `order_by = ["column", "column desc"]`.
+    fn order_by(
+        &mut self,
+        raw: &RawRelated,
+        span: std::ops::Range<usize>,
+        key: &str,
+    ) -> Option<Vec<String>> {
+        let order_by = raw.order_by.as_ref().map(|o| {
+            o.get_ref()
+                .iter()
+                .map(|t| {
+                    let col = t.get_ref().split_whitespace().next().unwrap_or_default();
+                    self.add_ref(col, "order_by", t.span());
+                    t.get_ref().clone()
+                })
+                .collect::<Vec<_>>()
+        });
+        for term in order_by.iter().flatten() {
+            let words: Vec<String> = term.split_whitespace().map(str::to_lowercase).collect();
+            let ok = matches!(words.len(), 1 | 2)
+                && (words.len() == 1 || words[1] == "asc" || words[1] == "desc");
+            if !ok {
+                let span = raw.order_by.as_ref().map_or(span.clone(), |o| o.span());
+                self.out.push(
+                    span,
+                    &join_key(key, "order_by"),
+                    format!("`{term}` is not `column` or `column asc|desc`"),
+                    None,
+                );
+            }
+        }
+        order_by
     }
 
     fn add_ref(&mut self, column: &str, key: &str, span: std::ops::Range<usize>) {

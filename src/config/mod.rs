@@ -16,6 +16,7 @@ pub mod doc_shape;
 pub mod mapping;
 pub mod mapping_checks;
 pub mod mapping_parse;
+pub mod nested;
 pub mod settings;
 pub mod template;
 
@@ -23,7 +24,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use diag::{ConfigError, ConfigErrors};
-pub use mapping::{Conversion, Field, FieldSource, IndexName, Mapping, OnDelete, OnTruncate};
+pub use mapping::{
+    Conversion, Field, FieldSource, IndexName, Mapping, OnDelete, OnTruncate, RelatedMapping,
+    RelationKind,
+};
 pub use mapping_parse::parse_mapping;
 pub use settings::{
     Env, HttpConfig, PipelineConfig, ProcessEnv, Settings, SnapshotConfig, SnapshotMode,
@@ -120,6 +124,62 @@ pub struct Mappings {
     pub list: Vec<Mapping>,
 }
 
+/// What nested mappings cannot share: a root with another nested mapping
+/// (the snapshot reads a root's rows once, as one tree's documents), and a
+/// related table with a mapping that filters rows (the publication's row
+/// filter would hide changes the documents above it need).
+fn nested_sharing(list: &[Mapping], errors: &mut ConfigErrors) {
+    for m in list.iter().filter(|m| m.is_nested()) {
+        let clash = list
+            .iter()
+            .find(|o| o.is_nested() && o.qualified_table == m.qualified_table && o.file != m.file);
+        if let Some(other) = clash {
+            errors.push(
+                ConfigError::new(
+                    &other.file,
+                    format!(
+                        "{} is already the root of {}, which has `relations`; one table roots one nested mapping",
+                        m.qualified_table,
+                        m.file.display()
+                    ),
+                )
+                .at(Some(other.table_line))
+                .key("table"),
+            );
+        }
+        let mut related = Vec::new();
+        related_tables(&m.relations, &mut |t: &TableRef| related.push(t.clone()));
+        for o in list
+            .iter()
+            .filter(|o| o.filter.is_some() && related.contains(&o.table))
+        {
+            errors.push(
+                ConfigError::new(
+                    &o.file,
+                    format!(
+                        "{} is joined into the documents of {}, so its changes must all be published: it cannot have a row filter",
+                        o.qualified_table,
+                        m.file.display()
+                    ),
+                )
+                .at(o.filter_line)
+                .key("filter"),
+            );
+        }
+    }
+}
+
+/// Every table named under `relations` (join tables included), depth first.
+fn related_tables(rels: &[RelatedMapping], add: &mut impl FnMut(&TableRef)) {
+    for r in rels {
+        if let Some(t) = &r.through {
+            add(t);
+        }
+        add(&r.shape.table);
+        related_tables(&r.shape.relations, add);
+    }
+}
+
 impl Mappings {
     /// Load every `*.toml` file of `dir` (sorted by name).
     pub fn load_dir(dir: &Path) -> Result<Mappings, ConfigErrors> {
@@ -180,6 +240,7 @@ impl Mappings {
                     .hint("add one, e.g. copy mappings/orders.toml from the Sluice repository"),
             );
         }
+        nested_sharing(&list, &mut errors);
         // All mappings of one table share one publication entry, so they
         // must agree on its row filter: PostgreSQL evaluates the filter, the
         // transformer cannot.
@@ -214,13 +275,19 @@ impl Mappings {
         errors.into_result(mappings)
     }
 
-    /// The mapped tables, each once, in mapping order.
+    /// The tables whose changes the stream needs, each once, in mapping
+    /// order: the mapped tables and every table joined into a nested
+    /// document.
     pub fn tables(&self) -> Vec<TableRef> {
         let mut out: Vec<TableRef> = Vec::new();
         for m in &self.list {
-            if !out.contains(&m.table) {
-                out.push(m.table.clone());
-            }
+            let mut add = |t: &TableRef| {
+                if !out.contains(t) {
+                    out.push(t.clone());
+                }
+            };
+            add(&m.table);
+            related_tables(&m.relations, &mut add);
         }
         out
     }
@@ -263,6 +330,11 @@ impl Mappings {
         let mut errors = ConfigErrors::default();
         for m in &mut self.list {
             catalog::validate_mapping(m, catalog, &mut errors);
+            if m.is_nested() {
+                for w in nested::bind(m, catalog, &mut errors) {
+                    tracing::warn!(mapping = %m.name, "{w}");
+                }
+            }
         }
         errors.sort_by_place();
         errors.into_result(())
@@ -278,7 +350,21 @@ impl Mappings {
             .map(|table| {
                 let q = table.qualified_name();
                 let ms: Vec<&Mapping> = self.for_table(&q).collect();
+                // A table only joined into nested documents publishes every
+                // row (their filters apply in the reads); a nested root
+                // keeps its mappings' filter but every column (its related
+                // fields are read, not published).
+                if ms.is_empty() {
+                    return PublishedTable::whole(table);
+                }
                 let row_filter = ms[0].filter.clone();
+                if ms.iter().any(|m| m.is_nested()) {
+                    return PublishedTable {
+                        table,
+                        row_filter,
+                        columns: None,
+                    };
+                }
                 let columns = ms.iter().try_fold(Vec::<String>::new(), |mut acc, m| {
                     let inc = m.include.as_ref()?;
                     let (ident, ident_cols) = m.replica_identity.as_ref()?;

@@ -32,6 +32,8 @@ fn table(cols: &[(&str, &str)], pk: &[&str], ident: ReplicaIdentity) -> CatalogT
         replica_identity: ident,
         identity_index: Vec::new(),
         readable: true,
+        foreign_keys: Vec::new(),
+        indexes: Vec::new(),
     }
 }
 

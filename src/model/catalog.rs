@@ -51,9 +51,31 @@ pub struct CatalogTable {
     pub identity_index: Vec<String>,
     /// Whether the connected role may SELECT from it.
     pub readable: bool,
+    /// Its foreign keys (the default joins of nested documents).
+    pub foreign_keys: Vec<ForeignKey>,
+    /// The columns of each of its indexes, in index order (to warn when a
+    /// join searches a column no index leads with).
+    pub indexes: Vec<Vec<String>>,
+}
+
+/// `columns` of one table reference `ref_columns` of `references`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct ForeignKey {
+    pub columns: Vec<String>,
+    /// `schema.table`.
+    pub references: String,
+    pub ref_columns: Vec<String>,
 }
 
 impl CatalogTable {
+    /// Whether some index starts with exactly these columns (in any order),
+    /// so a search on them is not a scan.
+    pub fn has_index_on(&self, columns: &[String]) -> bool {
+        self.indexes.iter().any(|ix| {
+            ix.len() >= columns.len() && columns.iter().all(|c| ix[..columns.len()].contains(c))
+        })
+    }
+
     pub fn column(&self, name: &str) -> Option<&CatalogColumn> {
         self.columns.iter().find(|c| c.name == name)
     }

@@ -14,16 +14,18 @@
 pub mod catalog;
 pub mod change;
 pub mod lsn;
+pub mod nested;
 pub mod op;
 pub mod retry;
 pub mod secret;
 pub mod table;
 
-pub use catalog::{Catalog, CatalogColumn, CatalogTable, TableStorage};
+pub use catalog::{Catalog, CatalogColumn, CatalogTable, ForeignKey, TableStorage};
 pub use change::{
     Change, ChangeKind, Column, Datum, OldRow, Relation, ReplicaIdentity, Row, SourceEvent,
 };
 pub use lsn::Lsn;
+pub use nested::{DocChild, DocNode, DocTree, JoinPairs, Link, Place};
 pub use op::{BulkOp, OpAction, OpOrigin, RejectedRow};
 pub use retry::RetryPolicy;
 pub use table::{PublishedTable, TableRef};

@@ -74,6 +74,12 @@ pub struct TableInfo {
     pub relation: Arc<Relation>,
     /// The physical tables to read (one, or every leaf partition).
     pub leaves: Vec<Leaf>,
+    /// Read as nested documents (root rows with their related rows, by
+    /// `source::nested`): `relation` is then the read's relation.
+    pub documents: Option<Arc<crate::model::DocTree>>,
+    /// With `documents`: the table's own relation, so its flat mappings
+    /// get the root columns of each document row as a row of their own.
+    pub flat: Option<Arc<Relation>>,
 }
 
 impl TableInfo {
@@ -107,7 +113,24 @@ pub async fn load_table(
         spec: spec.clone(),
         relation,
         leaves,
+        documents: None,
+        flat: None,
     })
+}
+
+impl TableInfo {
+    /// Read this table as the root of nested documents of `tree`.
+    pub fn as_documents(mut self, tree: Arc<crate::model::DocTree>) -> TableInfo {
+        let read = Arc::new(tree.root.read_relation());
+        let own = std::mem::replace(&mut self.relation, read);
+        // Same columns in the same order (every column not generated):
+        // the document row starts with the table's row.
+        if own.columns.len() == tree.root.columns.len() {
+            self.flat = Some(own);
+        }
+        self.documents = Some(tree);
+        self
+    }
 }
 
 /// The Relation pgoutput would send for `spec`: the published columns

@@ -34,6 +34,11 @@ pub async fn import_snapshot(client: &Client, name: &str) -> Result<(), Snapshot
 /// a partition with a different column order still lines up), the chunk's
 /// range and the mapping's row filter.
 pub fn chunk_copy_sql(table: &TableInfo, chunk: &Chunk) -> String {
+    if let Some(tree) = &table.documents {
+        let from = format!("ONLY {}", chunk.leaf_sql);
+        let select = crate::source::nested::documents_from(tree, &from, &chunk.bounds.predicate());
+        return format!("COPY ({select}) TO STDOUT");
+    }
     let cols = if table.relation.columns.is_empty() {
         String::new()
     } else {
@@ -87,6 +92,9 @@ pub async fn read_chunk(
     let mut batch: Vec<Change> = Vec::with_capacity(ctx.batch_rows);
     let mut texts: Vec<Option<String>> = Vec::with_capacity(ncols);
     let mut rows = 0u64;
+    // Rows (not changes: a document row of a table with flat mappings too
+    // is two) in the batch not yet reported.
+    let mut in_batch = 0u64;
     // Each CopyData message of COPY TO carries exactly one row; tolerate
     // several anyway by splitting on newlines (raw newlines end rows).
     while let Some(data) = stream.next().await {
@@ -117,6 +125,27 @@ pub async fn read_chunk(
                     }
                 });
             }
+            if let Some(flat) = &ctx.table.flat {
+                batch.push(Change {
+                    relation: flat.clone(),
+                    kind: ChangeKind::Insert {
+                        new: row[..flat.columns.len()].to_vec(),
+                    },
+                    version: ctx.version,
+                    commit_time: ctx.commit_time,
+                    xid: 0,
+                });
+            }
+            if let Some(tree) = &ctx.table.documents {
+                related_values(tree, &mut row, &*ctx.converter).map_err(|message| {
+                    SnapshotError::Convert {
+                        table: table_name.clone(),
+                        column: "relations".into(),
+                        type_oid: 0,
+                        message,
+                    }
+                })?;
+            }
             batch.push(Change {
                 relation: rel.clone(),
                 kind: ChangeKind::Insert { new: row },
@@ -125,18 +154,35 @@ pub async fn read_chunk(
                 xid: 0,
             });
             rows += 1;
+            in_batch += 1;
             if batch.len() >= ctx.batch_rows {
-                let n = batch.len() as u64;
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(ctx.batch_rows));
                 acks.push(sink.write(full).await?);
-                on_rows(n);
+                on_rows(std::mem::take(&mut in_batch));
             }
         }
     }
     if !batch.is_empty() {
-        let n = batch.len() as u64;
         acks.push(sink.write(batch).await?);
-        on_rows(n);
+        on_rows(in_batch);
     }
     Ok((rows, acks))
+}
+
+/// A nested document row's related fields, read as JSON of text values,
+/// with each value converted by its column's type.
+fn related_values(
+    tree: &crate::model::DocTree,
+    row: &mut [Datum],
+    conv: crate::source::nested::Convert<'_>,
+) -> Result<(), String> {
+    let n = tree.root.columns.len();
+    for (i, c) in tree.root.children.iter().enumerate() {
+        let raw = match std::mem::replace(&mut row[n + i], Datum::Null) {
+            Datum::Value(v) => v,
+            _ => serde_json::Value::Null,
+        };
+        row[n + i] = Datum::Value(crate::source::nested::convert_child(raw, c, conv)?);
+    }
+    Ok(())
 }

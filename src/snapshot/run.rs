@@ -71,6 +71,8 @@ pub struct SnapshotDeps {
     pub sink: Arc<dyn SnapshotSink>,
     pub state: StateStore,
     pub progress: Arc<Progress>,
+    /// Nested mappings' trees: their root tables are read as documents.
+    pub documents: Vec<Arc<crate::model::DocTree>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,7 +127,15 @@ async fn plan_or_resume(
     job: &TableJob,
     chunk_rows: u64,
 ) -> Result<Planned, SnapshotError> {
-    let info = Arc::new(load_table(client, &job.spec).await?);
+    let mut info = load_table(client, &job.spec).await?;
+    if let Some(tree) = deps
+        .documents
+        .iter()
+        .find(|t| t.root.table == job.spec.table)
+    {
+        info = info.as_documents(tree.clone());
+    }
+    let info = Arc::new(info);
     let table = job.spec.qualified_name();
     let fp = fingerprint(&info);
     let existing = deps.state.load_table(&table, &job.target).await?;

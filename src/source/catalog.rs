@@ -38,7 +38,23 @@ const TABLES: &str = "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind:
         array(SELECT a.attname::text FROM pg_index i
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
                WHERE i.indrelid = c.oid AND i.indisreplident
-               ORDER BY array_position(i.indkey::int2[], a.attnum))
+               ORDER BY array_position(i.indkey::int2[], a.attnum)),
+        array(SELECT json_build_object(
+                 'columns', (SELECT array_agg(a.attname::text ORDER BY k.n)
+                               FROM unnest(co.conkey) WITH ORDINALITY k(att, n)
+                               JOIN pg_attribute a ON a.attrelid = co.conrelid AND a.attnum = k.att),
+                 'references', (SELECT rn.nspname::text || '.' || rc.relname::text
+                                  FROM pg_class rc JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+                                 WHERE rc.oid = co.confrelid),
+                 'ref_columns', (SELECT array_agg(a.attname::text ORDER BY k.n)
+                                   FROM unnest(co.confkey) WITH ORDINALITY k(att, n)
+                                   JOIN pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = k.att))::text
+               FROM pg_constraint co WHERE co.conrelid = c.oid AND co.contype = 'f'
+               ORDER BY co.conname),
+        array(SELECT (SELECT COALESCE(json_agg(a.attname::text ORDER BY k.n), '[]')
+                        FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(att, n)
+                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.att)::text
+                FROM pg_index i WHERE i.indrelid = c.oid)
    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace";
 
 /// Ordinary and partitioned tables only (no views, sequences, ...).
@@ -83,7 +99,18 @@ fn table_of(r: &Row) -> CatalogTable {
         columns,
         primary_key: r.get(11),
         identity_index: r.get(12),
+        foreign_keys: json_list(r.get(13)),
+        indexes: json_list(r.get(14)),
     }
+}
+
+/// A text array of JSON values (what the foreign-key and index columns
+/// return), each parsed; the catalog query builds them, so they parse.
+fn json_list<T: serde::de::DeserializeOwned>(texts: Vec<String>) -> Vec<T> {
+    texts
+        .iter()
+        .filter_map(|t| serde_json::from_str(t).ok())
+        .collect()
 }
 
 /// Every ordinary or partitioned table of `schemas`, and the names of all

@@ -47,6 +47,7 @@ pub mod filter_check;
 pub mod heartbeat;
 pub mod inspect;
 pub mod manage;
+pub mod nested;
 pub mod pg_config;
 pub mod pgoutput;
 pub mod reader;

@@ -142,6 +142,29 @@ impl DualWrite {
         }
     }
 
+    /// Rebuilt nested documents during a reindex of their index: each is
+    /// also written to the build index, as the running mapping builds it
+    /// (a nested document is read whole, not made from the change, so the
+    /// route's own transform has nothing to add); once switched, only
+    /// there.
+    pub fn copy_rebuilt(&self, ops: &mut Vec<BulkOp>) {
+        let sh = self.shared.lock().expect("dual-write routes");
+        for route in &sh.routes {
+            let copies: Vec<BulkOp> = ops
+                .iter()
+                .filter(|op| *op.index == *route.alias)
+                .map(|op| BulkOp {
+                    index: route.build_index.clone(),
+                    ..op.clone()
+                })
+                .collect();
+            if route.phase == Phase::Switched {
+                ops.retain(|op| *op.index != *route.alias);
+            }
+            ops.extend(copies);
+        }
+    }
+
     /// Install a route; returns the highest commit LSN seen before it.
     fn install(&self, route: Route) -> Option<Lsn> {
         let mut sh = self.shared.lock().expect("dual-write routes");

@@ -24,6 +24,7 @@
 
 pub mod checkpoint;
 pub mod dual_write;
+pub mod nested;
 pub mod pipeline;
 pub mod transform_step;
 

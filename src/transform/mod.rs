@@ -29,6 +29,7 @@
 //! with `|` (`id_separator`), after `id_prefix`.
 
 mod convert;
+pub mod nested;
 mod plan;
 pub mod versions;
 
@@ -264,12 +265,20 @@ pub struct Transformer {
     doc_hint: usize,
     scratch: String,
     times: TimeCache,
+    /// Nested mappings, fed rows read with their related rows (relation
+    /// id 0), never the stream's changes directly.
+    nested: Vec<Result<nested::NestedDoc, TransformError>>,
 }
 
 impl Transformer {
     pub fn new(mappings: &Mappings) -> Transformer {
         let mut by_table: HashMap<String, Vec<Arc<Mapping>>> = HashMap::new();
+        let mut nested = Vec::new();
         for m in &mappings.list {
+            if m.is_nested() {
+                nested.push(nested::NestedDoc::new(m));
+                continue;
+            }
             by_table
                 .entry(m.qualified_table.to_string())
                 .or_default()
@@ -282,6 +291,7 @@ impl Transformer {
             doc_hint: 256,
             scratch: String::new(),
             times: TimeCache::default(),
+            nested,
         }
     }
 
@@ -336,6 +346,16 @@ impl Transformer {
         let start = out.len();
         let rejected_before = rejected.len();
         let rel = &change.relation;
+        if rel.id == 0 {
+            return match self.transform_nested(change, out) {
+                Err(e) if e.scope() == FailureScope::Row => {
+                    out.truncate(start);
+                    rejected.push(e);
+                    Ok(0)
+                }
+                other => other,
+            };
+        }
         let fresh = match self.relations.get_mut(&rel.id) {
             Some(e) if Arc::ptr_eq(&e.rel, rel) => false,
             Some(e) if *e.rel == **rel => {

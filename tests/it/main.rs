@@ -33,6 +33,8 @@ mod run_guard;
 mod run_heartbeat;
 mod run_held;
 mod run_mappings;
+mod run_nested;
+mod run_nested_large;
 mod run_outage;
 mod run_refetch;
 mod run_reindex;

@@ -37,6 +37,7 @@ fn rows_for_big_tests() -> i64 {
 
 fn deps(db: &TestDb, sink: Arc<dyn SnapshotSink>, log: Arc<Mutex<Vec<Exported>>>) -> SnapshotDeps {
     SnapshotDeps {
+        documents: Vec::new(),
         connector: connector(db.repl_url()),
         exporter: test_exporter(db.url(), log),
         converter: test_converter(),

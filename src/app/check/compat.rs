@@ -243,6 +243,8 @@ mod tests {
             replica_identity: crate::model::ReplicaIdentity::Default,
             identity_index: Vec::new(),
             readable: true,
+            foreign_keys: Vec::new(),
+            indexes: Vec::new(),
         };
         let col = |path: &[&str], column: &str| DocField {
             path: path.iter().map(|p| p.to_string()).collect(),

@@ -188,7 +188,16 @@ pub async fn verify(
         None => job.chunk_rows,
     };
     for (i, spec) in job.tables.iter().enumerate() {
-        let info = Arc::new(load_table(&control, spec).await?);
+        let mut info = load_table(&control, spec).await?;
+        // A nested mapping's root is compared as whole documents.
+        let tree = deps
+            .mappings
+            .for_table(&spec.qualified_name())
+            .find_map(|m| m.tree.clone());
+        if let Some(tree) = tree {
+            info = info.as_documents(tree);
+        }
+        let info = Arc::new(info);
         let mut chunks = plan_table(&control, &info, chunk_rows).await?;
         if job.sample.is_some() {
             use rand::seq::SliceRandom;

@@ -119,6 +119,7 @@ pub struct Pipeline<S> {
     sink: S,
     acks: mpsc::UnboundedReceiver<Vec<Ack>>,
     config: PipelineConfig,
+    nested: Option<crate::stream::nested::NestedStream>,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -128,7 +129,18 @@ impl<S: Sink> Pipeline<S> {
         acks: mpsc::UnboundedReceiver<Vec<Ack>>,
         config: PipelineConfig,
     ) -> Pipeline<S> {
-        Pipeline { sink, acks, config }
+        Pipeline {
+            sink,
+            acks,
+            config,
+            nested: None,
+        }
+    }
+
+    /// Rebuild the documents of nested mappings as their tables change.
+    pub fn with_nested(mut self, nested: Option<crate::stream::nested::NestedStream>) -> Self {
+        self.nested = nested;
+        self
     }
 
     /// Run until `shutdown` completes, the source closes `events`, or an
@@ -149,10 +161,15 @@ impl<S: Sink> Pipeline<S> {
         T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError> + Send + 'static,
         F: Future<Output = ()> + Send,
     {
-        let Pipeline { sink, acks, config } = self;
+        let Pipeline {
+            sink,
+            acks,
+            config,
+            nested,
+        } = self;
         let (work_tx, mut work_rx) =
             mpsc::channel((config.transform_buffer / TRANSFORM_BATCH).max(1));
-        let transformer = tokio::spawn(transform_loop(events, transform, work_tx));
+        let transformer = tokio::spawn(transform_loop(events, transform, work_tx, nested));
         tokio::pin!(shutdown);
         let co = Coordinator::start(start, confirmed);
         let mut apply = Apply::new(co, acks, shutdown, config.finish_transaction_timeout);

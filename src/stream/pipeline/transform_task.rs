@@ -14,6 +14,7 @@ use super::PipelineError;
 use crate::model::BulkOp;
 use crate::model::lsn::Lsn;
 use crate::model::{Change, ChangeKind, SourceEvent};
+use crate::stream::nested::NestedStream;
 use crate::stream::transform_step::StepError;
 use crate::transform::versions::TxVersions;
 
@@ -109,6 +110,7 @@ pub(super) async fn transform_loop<T>(
     mut events: mpsc::Receiver<SourceEvent>,
     mut transform: T,
     work: mpsc::Sender<Vec<Work>>,
+    mut nested: Option<NestedStream>,
 ) where
     T: FnMut(&Change, &mut Vec<BulkOp>) -> Result<(), StepError>,
 {
@@ -118,20 +120,38 @@ pub(super) async fn transform_loop<T>(
     // The k-th write of a document in a transaction is versioned
     // `final_lsn + k`, in stream order (DESIGN invariant 2).
     let mut versions = TxVersions::new();
+    // The open transaction: commit LSN, id and time (for nested touches).
+    let mut open = (Lsn(0), 0u32, chrono::Utc::now());
     while events.recv_many(&mut evs, TRANSFORM_BATCH).await > 0 {
         let mut out = Vec::new();
         let mut failed = false;
+        // Where the batch's rebuilt nested documents go: before the first
+        // Commit of a transaction that touched one.
+        let mut rebuild_at = None;
         for ev in evs.drain(..) {
             let w = match ev {
                 SourceEvent::Begin {
                     final_lsn,
                     commit_time,
-                    ..
+                    xid,
                 } => {
                     versions.begin(final_lsn.as_version());
+                    open = (final_lsn, xid, commit_time);
+                    if let Some(n) = nested.as_mut() {
+                        n.begin();
+                    }
                     Work::Begin(final_lsn, commit_time.into())
                 }
-                SourceEvent::Commit { end_lsn, .. } => Work::Commit(end_lsn),
+                SourceEvent::Commit { end_lsn, .. } => {
+                    pending.flush_into(&mut out);
+                    if let Some(n) = nested.as_mut()
+                        && n.commit(open.0, open.1, open.2)
+                        && rebuild_at.is_none()
+                    {
+                        rebuild_at = Some(out.len());
+                    }
+                    Work::Commit(end_lsn)
+                }
                 SourceEvent::Keepalive { wal_end } => Work::Keepalive(wal_end),
                 // A heartbeat (or any non-transactional message) is a position
                 // outside every transaction, like a keepalive's WAL end.
@@ -142,6 +162,9 @@ pub(super) async fn transform_loop<T>(
                 } => Work::Keepalive(lsn),
                 SourceEvent::Message { .. } => continue,
                 SourceEvent::Change(change) => {
+                    if let Some(n) = nested.as_mut() {
+                        n.note(&change);
+                    }
                     let before = pending.ops.len();
                     match transform(&change, &mut pending.ops) {
                         Ok(()) if pending.ops.len() == before => continue,
@@ -172,11 +195,51 @@ pub(super) async fn transform_loop<T>(
             }
         }
         pending.flush_into(&mut out);
+        if let (Some(at), Some(n), false) = (rebuild_at, nested.as_mut(), failed) {
+            let rest = out.split_off(at);
+            if !out.is_empty() && work.send(out).await.is_err() {
+                return;
+            }
+            if !send_rebuilt(n, &work).await {
+                return;
+            }
+            out = rest;
+        }
         if out.is_empty() {
             continue;
         }
         if work.send(out).await.is_err() || failed {
             return;
+        }
+    }
+}
+
+/// Hand over the batch's rebuilt nested documents page by page (each page
+/// waits for room in the channel, which bounds memory however many roots a
+/// change touched). False when the pipeline is gone or the rebuild failed.
+async fn send_rebuilt(n: &mut NestedStream, work: &mpsc::Sender<Vec<Work>>) -> bool {
+    loop {
+        let w = match n.next_page().await {
+            Ok(None) => return true,
+            Ok(Some(page)) if page.ops.is_empty() => continue,
+            Ok(Some(page)) => Work::Ops {
+                counts: vec![(page.table, "rebuild", page.roots)],
+                ops: page.ops,
+                lsn: page.lsn,
+            },
+            Err(e) => {
+                let _ = work
+                    .send(vec![Work::Failed(PipelineError::Transform {
+                        table: "nested documents".into(),
+                        lsn: Lsn(0),
+                        source: e,
+                    })])
+                    .await;
+                return false;
+            }
+        };
+        if work.send(vec![w]).await.is_err() {
+            return false;
         }
     }
 }
