@@ -228,6 +228,7 @@ async fn snapshot(ctx: &Ctx, sink: Arc<BenchSink>, readers: usize) -> (f64, f64,
     let url = ctx.db_url.clone();
     let url2 = url.clone();
     let deps = SnapshotDeps {
+        documents: Vec::new(),
         connector: Arc::new(move || {
             let url = url.clone();
             Box::pin(async move {
