@@ -17,6 +17,8 @@
 //!
 //! `/metrics` renders the Prometheus recorder installed by `metrics::install`.
 //! Nothing here prints configuration, so no secret can leak through it.
+//! `/ui` (and `/`, which redirects there) and `/status.json` serve what the
+//! app published on the [`StatusPage`] board, behind the optional token.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -27,12 +29,16 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::net::TcpListener;
+
+use crate::model::secret::Secret;
+use crate::ops::status_page;
+pub use crate::ops::status_page::StatusPage;
 
 /// Where the pipeline is. Readiness is true in `Snapshotting` and `Streaming`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -298,6 +304,10 @@ pub struct HttpHandles {
     pub metrics: PrometheusHandle,
     pub health: Health,
     pub ready: ReadyState,
+    /// The status page the app renders in the background.
+    pub page: StatusPage,
+    /// `[http] ui_token`: guards `/ui` and `/status.json` when set.
+    pub ui_token: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +329,9 @@ pub fn router(handles: HttpHandles) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health_handler))
         .route("/ready", get(ready_handler))
+        .route("/", get(root_handler))
+        .route("/ui", get(ui_handler))
+        .route("/status.json", get(status_json_handler))
         .with_state(handles)
 }
 
@@ -332,6 +345,27 @@ async fn metrics_handler(State(h): State<HttpHandles>) -> Response {
         body,
     )
         .into_response()
+}
+
+async fn root_handler(State(h): State<HttpHandles>, headers: HeaderMap) -> Response {
+    if !status_page::authorized(h.ui_token.as_ref(), &headers) {
+        return status_page::unauthorized();
+    }
+    axum::response::Redirect::to("/ui").into_response()
+}
+
+async fn ui_handler(State(h): State<HttpHandles>, headers: HeaderMap) -> Response {
+    if !status_page::authorized(h.ui_token.as_ref(), &headers) {
+        return status_page::unauthorized();
+    }
+    status_page::html_response(&h.page)
+}
+
+async fn status_json_handler(State(h): State<HttpHandles>, headers: HeaderMap) -> Response {
+    if !status_page::authorized(h.ui_token.as_ref(), &headers) {
+        return status_page::unauthorized();
+    }
+    status_page::json_response(&h.page)
 }
 
 async fn health_handler(State(h): State<HttpHandles>) -> Response {
@@ -381,7 +415,7 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics, /health and /ready");
+        tracing::info!(%addr, "serving /metrics, /health, /ready and the status page /ui");
     }
     axum::serve(listener, router(handles))
         .with_graceful_shutdown(shutdown)
