@@ -288,3 +288,6 @@ fn compose(
         status_read_at: slow.read_at,
     }
 }
+
+#[cfg(test)]
+mod tests;
