@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::pipeline::strict_long_index;
-use crate::support::sluice::{Sluice, SluiceToml, table_mapping};
+use crate::support::sluice::{Sluice, SluiceToml, mapping, table_mapping};
 use crate::support::{TestDb, wait_until};
 
 /// GET with optional `Authorization`: (status, body).
@@ -60,7 +60,9 @@ async fn scenario(db: &TestDb, config: SluiceToml) -> Sluice {
     )
     .await;
     strict_long_index(&db.index("items")).await;
-    let mut s = Sluice::with_config(&config, &[table_mapping("items", &db.index("items"))]);
+    // Only `n` goes into the document, so only the bad row is refused.
+    let only_n = mapping("public.items", &db.index("items"), "exclude = [\"id\"]");
+    let mut s = Sluice::with_config(&config, &[("items.toml".to_string(), only_n)]);
     s.start_streaming(db).await;
     db.sql(
         "INSERT INTO items SELECT g, g::text FROM generate_series(201, 260) g; \
@@ -87,7 +89,7 @@ async fn wait_page(addr: &str, auth: Option<&str>) -> Value {
 #[tokio::test]
 async fn the_status_page_shows_the_pipeline_in_a_browser_and_no_secret() {
     let db = TestDb::new().await;
-    let mut config = SluiceToml::for_db(&db);
+    let mut config = SluiceToml::as_owner(&db);
     config.es_extra = "username = \"elastic\"\npassword = \"esPassword-Secret-ui\"\n".into();
     let mut sluice = scenario(&db, config).await;
     let addr = sluice.http_addr();
@@ -112,7 +114,9 @@ async fn the_status_page_shows_the_pipeline_in_a_browser_and_no_secret() {
         dl["latest"][0]["reason"].as_str().unwrap().contains("[n]"),
         "{dl}"
     );
-    assert!(j["counters"]["bulk_items_dead_lettered"].as_u64().unwrap() >= 1);
+    assert_eq!(dl["total"], 1, "only the row whose n is not a number: {dl}");
+    assert_eq!(dl["latest"][0]["id"], "999");
+    assert_eq!(j["counters"]["bulk_items_dead_lettered"], 1);
     assert!(j["history"].as_array().is_some_and(|h| !h.is_empty()));
     // `status` is what `sluice status --json` prints: the same members.
     let cli: Value = serde_json::from_str(&sluice.command(&["status", "--json"]).stdout).unwrap();
@@ -127,10 +131,7 @@ async fn the_status_page_shows_the_pipeline_in_a_browser_and_no_secret() {
         code == 303 || code == 307 || code == 308,
         "/ redirects to /ui ({code})"
     );
-    let secrets = [
-        url_password(&db.repl_url()),
-        "esPassword-Secret-ui".to_string(),
-    ];
+    let secrets = [url_password(&db.url()), "esPassword-Secret-ui".to_string()];
     let json_text = get(&addr, "/status.json", None).1;
     for s in &secrets {
         assert!(
@@ -142,50 +143,76 @@ async fn the_status_page_shows_the_pipeline_in_a_browser_and_no_secret() {
     assert_eq!(sluice.terminate(), 0);
 }
 
-/// Headless Chromium renders `/ui`, runs its script, and shows the state,
-/// the lag, the table row with its snapshot bar and the dead letter.
-fn browser_checks(addr: &str, index: &str) {
+/// Chromium's path (installed by `scripts/ensure-chromium.sh` if missing),
+/// or `None`, said loudly, only when it cannot be installed here.
+fn chromium() -> Option<String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ensure-chromium.sh");
     let found = Command::new(script)
         .output()
         .expect("run ensure-chromium.sh");
-    let chromium = match found.status.code() {
-        Some(0) => String::from_utf8(found.stdout).unwrap().trim().to_string(),
+    match found.status.code() {
+        Some(0) => Some(String::from_utf8(found.stdout).unwrap().trim().to_string()),
         Some(77) => {
             eprintln!(
                 "SKIPPED the browser part: chromium is not installed and cannot be (scripts/ensure-chromium.sh exit 77)"
             );
-            return;
+            None
         }
         other => panic!(
             "scripts/ensure-chromium.sh failed ({other:?}): {}",
             String::from_utf8_lossy(&found.stderr)
         ),
-    };
-    let url = format!("http://{addr}/ui");
+    }
+}
+
+/// Headless Chromium on `/ui` at `addr`, after 5 s of (virtual) time for
+/// the page's script; `extra` says what to output. Returns stdout.
+fn headless(chromium: &str, addr: &str, extra: &[&str]) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let run = |extra: &[&str]| {
-        let out = Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(["--window-size=1280,1700", "--virtual-time-budget=5000"])
-            .args(extra)
-            .arg(&url)
-            .output()
-            .expect("run chromium");
-        assert!(
-            out.status.success(),
-            "chromium: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let dom = run(&["--dump-dom"]);
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--window-size=1280,1700", "--virtual-time-budget=5000"])
+        .args(extra)
+        .arg(format!("http://{addr}/ui"))
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A screenshot of `/ui` at `target/test-output/<name>`.
+fn screenshot(chromium: &str, addr: &str, name: &str) {
+    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let png = out_dir.join(name);
+    let _ = std::fs::remove_file(&png);
+    headless(
+        chromium,
+        addr,
+        &[&format!("--screenshot={}", png.display())],
+    );
+    let bytes = std::fs::read(&png).expect("the screenshot");
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+        "a PNG of the page"
+    );
+}
+
+/// Headless Chromium renders `/ui`, runs its script, and shows the state,
+/// the lag, the table row with its snapshot bar and the dead letter.
+fn browser_checks(addr: &str, index: &str) {
+    let Some(chromium) = chromium() else { return };
+    let dom = headless(&chromium, addr, &["--dump-dom"]);
     assert!(
         dom.contains("id=\"live\" class=\"live\""),
         "the script refreshed the page: {dom}"
@@ -198,22 +225,16 @@ fn browser_checks(addr: &str, index: &str) {
         dom.contains("class=\"dead-letter\"") && dom.contains(index),
         "{dom}"
     );
-    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let png = out_dir.join("status-page.png");
-    let _ = std::fs::remove_file(&png);
-    run(&[&format!("--screenshot={}", png.display())]);
-    let bytes = std::fs::read(&png).expect("the screenshot");
     assert!(
-        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
-        "a PNG of the page"
+        dom.contains("not a number"),
+        "the dead letter's reason: {dom}"
     );
+    screenshot(&chromium, addr, "status-page.png");
 }
-
 #[tokio::test]
 async fn with_a_token_the_page_needs_it_and_shows_no_secret() {
     let db = TestDb::new().await;
-    let mut config = SluiceToml::for_db(&db);
+    let mut config = SluiceToml::as_owner(&db);
     config.es_extra = "api_key = \"esApiKey-Secret-ui\"\n".into();
     config.extra = "ui_token = \"uiToken-Secret-ui\"\n".into();
     config
@@ -244,7 +265,7 @@ async fn with_a_token_the_page_needs_it_and_shows_no_secret() {
     let (code, html) = get(&addr, "/ui", Some(&basic));
     assert_eq!(code, 200);
     let json = get(&addr, "/status.json", Some(bearer)).1;
-    let pg_password = url_password(&db.repl_url());
+    let pg_password = url_password(&db.url());
     for secret in [
         "uiToken-Secret-ui",
         "esApiKey-Secret-ui",
@@ -279,8 +300,9 @@ fn percentiles(mut samples: Vec<Duration>) -> (f64, f64, f64) {
 #[ignore = "a measurement (90 s): ./dev test ops_ui::status_page_latency -- --ignored --nocapture"]
 async fn status_page_latency_under_a_scrape_every_second_while_streaming() {
     let db = TestDb::new().await;
-    db.sql("CREATE TABLE items (id bigint PRIMARY KEY, n text)").await;
-    let mut config = SluiceToml::for_db(&db);
+    db.sql("CREATE TABLE items (id bigint PRIMARY KEY, n text)")
+        .await;
+    let mut config = SluiceToml::as_owner(&db);
     config.extra = crate::support::sluice::SNAPSHOT_NEVER.into();
     let mut s = Sluice::with_config(&config, &[table_mapping("items", &db.index("items"))]);
     s.start_streaming(&db).await;
@@ -295,7 +317,10 @@ async fn status_page_latency_under_a_scrape_every_second_while_streaming() {
                 let sql = format!(
                     "INSERT INTO items SELECT g, g::text FROM generate_series({}, {}) g; \
                      UPDATE items SET n = 'u' || n WHERE id BETWEEN {} AND {}",
-                    next + 1, next + 2000, next + 1, next + 500
+                    next + 1,
+                    next + 2000,
+                    next + 1,
+                    next + 500
                 );
                 writer_db.batch_execute(&sql).await.unwrap();
                 next += 2000;
@@ -325,6 +350,11 @@ async fn status_page_latency_under_a_scrape_every_second_while_streaming() {
         j["tables"][0]["changes_per_sec"],
         get(&addr, "/ui", None).1.len(),
     );
+    // After some minutes of streaming the charts have a shape: the picture
+    // in the README.
+    if let Some(chromium) = chromium() {
+        screenshot(&chromium, &addr, "status-page-streaming.png");
+    }
     assert!(u99 <= 5.0 && j99 <= 5.0, "p99 over 5 ms");
     assert_eq!(s.terminate(), 0);
 }

@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 
-use crate::app::status::{SnapshotStatus, StatusReport, human_bytes};
+use crate::app::status::{SnapshotStatus, human_bytes};
 
 use super::view::{SnapshotProgress, TableRow, UiStatus};
 
@@ -186,14 +186,23 @@ fn tables_section(u: &UiStatus) -> String {
          <th>indices</th><th>changes/s</th><th>docs/s</th><th>changes</th><th>docs</th>\
          <th>last change</th><th>snapshot</th><th>docs/s, last hour</th></tr></thead>\
          <tbody>{rows}</tbody></table>{reindex}</section>",
-        reindex = reindex_list(u.status.as_ref()),
+        reindex = reindex_list(u),
     )
 }
 
-fn reindex_list(status: Option<&StatusReport>) -> String {
-    let Some(SnapshotStatus::Recorded { reindexes, .. }) = status.map(|s| &s.snapshots) else {
+/// The reindexes of this configuration's indices (the state index may be
+/// shared by several Sluice deployments).
+fn reindex_list(u: &UiStatus) -> String {
+    let Some(SnapshotStatus::Recorded { reindexes, .. }) = u.status.as_ref().map(|s| &s.snapshots)
+    else {
         return String::new();
     };
+    let ours = |alias: &str| {
+        u.tables
+            .iter()
+            .any(|t| t.indices.iter().any(|i| i == alias))
+    };
+    let reindexes: Vec<_> = reindexes.iter().filter(|r| ours(&r.alias)).collect();
     if reindexes.is_empty() {
         return "<p class=\"reindex none\">No reindex recorded.</p>".into();
     }

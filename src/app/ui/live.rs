@@ -229,9 +229,24 @@ pub fn progress(done: u64, expected: u64, rows_per_sec: f64) -> SnapshotProgress
         rows_done: done,
         rows_total: total,
         rows_per_sec,
-        eta_seconds: (!finished && rows_per_sec > 0.0)
+        eta_seconds: (!finished && left > 0 && rows_per_sec > 0.0)
             .then(|| (left as f64 / rows_per_sec).ceil() as u64),
         done: finished,
+    }
+}
+
+/// The snapshots this process runs are its initial load (or the resume of
+/// one), which ends before streaming starts: once the pipeline is past
+/// snapshotting every table's snapshot is done, whatever the planner's
+/// estimate said (0 for a table never analyzed).
+pub fn finish_snapshots(tables: &mut [TableRow], ready: PipelineState) {
+    if matches!(ready, PipelineState::Starting | PipelineState::Snapshotting) {
+        return;
+    }
+    for p in tables.iter_mut().filter_map(|t| t.snapshot.as_mut()) {
+        p.done = true;
+        p.eta_seconds = None;
+        p.rows_total = p.rows_done;
     }
 }
 

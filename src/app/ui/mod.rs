@@ -243,7 +243,8 @@ fn compose(
     slow: Slow,
 ) -> UiStatus {
     let o = live::observe(values);
-    let l = tracker.tick(now, &o);
+    let mut l = tracker.tick(now, &o);
+    live::finish_snapshots(&mut l.tables, setup.ready.get());
     let slot = match slow.status.as_ref().map(|s| &s.slot) {
         Some(SlotStatus::Present(s)) => Some(s.as_ref().clone()),
         _ => None,

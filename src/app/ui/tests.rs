@@ -54,6 +54,20 @@ fn a_finished_snapshot_has_no_eta_and_an_estimate_below_the_rows_is_raised() {
         (1200, 1200, None)
     );
     assert_eq!(progress(0, 1000, 0.0).eta_seconds, None);
+    assert_eq!(
+        progress(200, 0, 10.0).eta_seconds,
+        None,
+        "estimate 0: nothing left to time"
+    );
+    let mut rows = vec![TableRow {
+        snapshot: Some(progress(200, 0, 10.0)),
+        ..TableRow::default()
+    }];
+    super::live::finish_snapshots(&mut rows, PipelineState::Snapshotting);
+    assert!(!rows[0].snapshot.as_ref().unwrap().done, "still loading");
+    super::live::finish_snapshots(&mut rows, PipelineState::Streaming);
+    let p = rows[0].snapshot.as_ref().unwrap();
+    assert!(p.done && p.rows_total == 200 && p.eta_seconds.is_none());
 }
 
 #[test]
