@@ -164,11 +164,8 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
         page: page.clone(),
         ui_token: cfg.http.ui_token.clone(),
     };
-    tokio::spawn(crate::ops::http::serve_on(
-        listener,
-        handles,
-        wait_true(shutdown.clone()),
-    ));
+    crate::ops::http::serve_on_own_thread(listener, handles, wait_true(shutdown.clone()))
+        .context("starting the HTTP endpoint")?;
     // The status page runs from the start, so an initial snapshot shows
     // its progress; its client connects only when it first reads.
     let ui_es = crate::sink::client::build_client(&cfg.elasticsearch)

@@ -423,6 +423,32 @@ pub async fn serve_on(
         .map_err(HttpError::Serve)
 }
 
+/// Serves on a thread of its own with its own single-threaded runtime, so
+/// `/ui`, `/status.json`, `/metrics` and the probes answer in milliseconds
+/// even while the pipeline keeps every worker of the main runtime busy
+/// (a snapshot or a catch-up at full speed): their answers are ready-made
+/// bytes or atomics, and only a free thread was missing.
+pub fn serve_on_own_thread(
+    listener: TcpListener,
+    handles: HttpHandles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<(), HttpError>>, HttpError> {
+    let std_listener = listener.into_std().map_err(HttpError::Serve)?;
+    std::thread::Builder::new()
+        .name("sluice-http".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(HttpError::Serve)?;
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).map_err(HttpError::Serve)?;
+                serve_on(listener, handles, shutdown).await
+            })
+        })
+        .map_err(HttpError::Serve)
+}
+
 /// Binds `addr` and serves until `shutdown` completes.
 pub async fn serve(
     addr: SocketAddr,

@@ -287,6 +287,12 @@ fn base64_of(s: &str) -> String {
 
 /// p50/p99/max of `samples`, in milliseconds.
 fn percentiles(mut samples: Vec<Duration>) -> (f64, f64, f64) {
+    let slowest: Vec<(usize, Duration)> = {
+        let mut v: Vec<(usize, Duration)> = samples.iter().copied().enumerate().collect();
+        v.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+        v.into_iter().take(3).collect()
+    };
+    println!("slowest (scrape number, time): {slowest:?}");
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).saturating_sub(1)];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -294,10 +300,10 @@ fn percentiles(mut samples: Vec<Duration>) -> (f64, f64, f64) {
 }
 
 /// The figure in BENCHMARKS.md: `/ui` and `/status.json` scraped once a
-/// second for 90 s while a writer streams inserts and updates as fast as
+/// second for 180 s while a writer streams inserts and updates as fast as
 /// it can; the page must answer within 5 ms at p99.
 #[tokio::test]
-#[ignore = "a measurement (90 s): ./dev test ops_ui::status_page_latency -- --ignored --nocapture"]
+#[ignore = "a measurement (3 min): ./dev test ops_ui::status_page_latency -- --ignored --nocapture"]
 async fn status_page_latency_under_a_scrape_every_second_while_streaming() {
     let db = TestDb::new().await;
     db.sql("CREATE TABLE items (id bigint PRIMARY KEY, n text)")
@@ -329,7 +335,7 @@ async fn status_page_latency_under_a_scrape_every_second_while_streaming() {
         }
     });
     let (mut ui, mut json) = (Vec::new(), Vec::new());
-    for _ in 0..90 {
+    for _ in 0..180 {
         let started = std::time::Instant::now();
         assert_eq!(get(&addr, "/ui", None).0, 200);
         ui.push(started.elapsed());
