@@ -99,13 +99,7 @@ fn print_outcome(command: &str, outcome: Result<String, (String, i32)>) -> i32 {
 fn load_for_ops(path: &Path) -> Option<(Config, Targets)> {
     match Config::load(path) {
         Ok(cfg) => {
-            let targets = Targets {
-                slot: cfg.slot.clone(),
-                publication: cfg.publication.clone(),
-                dead_letter_index: cfg.pipeline.dead_letter_index.clone(),
-                state_index: sluice::config::STATE_INDEX.to_string(),
-                indices: cfg.mappings.fixed_indices(),
-            };
+            let targets = Targets::of(&cfg);
             Some((cfg, targets))
         }
         Err(e) => {

@@ -30,6 +30,7 @@ pub mod run;
 pub mod setup;
 pub mod snapshot;
 pub mod status;
+pub mod ui;
 pub mod verify;
 
 /// Exit code for a run that failed at runtime (a server went away, ...).

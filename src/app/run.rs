@@ -202,15 +202,25 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     let listener = crate::ops::http::bind(cfg.http.listen)
         .await
         .map_err(|e| Failure::Config(format!("[http] listen: {e}")))?;
+    let page = crate::ops::http::StatusPage::new();
     let handles = HttpHandles {
-        metrics,
+        metrics: metrics.clone(),
         health: health.clone(),
         ready: ready.clone(),
+        page: page.clone(),
+        ui_token: cfg.http.ui_token.clone(),
     };
-    tokio::spawn(crate::ops::http::serve_on(
-        listener,
-        handles,
-        wait_true(shutdown.clone()),
+    crate::ops::http::serve_on_own_thread(listener, handles, wait_true(shutdown.clone()))
+        .context("starting the HTTP endpoint")?;
+    // The status page runs from the start, so an initial snapshot shows
+    // its progress; its client connects only when it first reads.
+    let ui_es = crate::sink::client::build_client(&cfg.elasticsearch)
+        .map_err(|e| Failure::Config(format!("[elasticsearch]: {e}")))?;
+    let ui =
+        crate::app::ui::UiSetup::new(&cfg, ui_es, page, ready.clone(), health.clone(), metrics);
+    tokio::spawn(health.supervise(
+        "status page",
+        crate::app::ui::run(ui, wait_true(shutdown.clone())),
     ));
 
     // Start-up (checks, publication, slot, the initial snapshot) listens to

@@ -86,16 +86,21 @@ impl Default for SnapshotConfig {
     }
 }
 
-/// `[http]`: metrics and health endpoints.
+/// `[http]`: metrics and health endpoints, and the status page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// `ui_token` / `ui_token_file`: when set, `/ui` and `/status.json`
+    /// need `Authorization: Bearer <token>` or basic auth with the token as
+    /// password (any user name); `/metrics`, `/health` and `/ready` stay open.
+    pub ui_token: Option<crate::model::secret::Secret>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "0.0.0.0:9187".parse().unwrap(),
+            ui_token: None,
         }
     }
 }
@@ -195,6 +200,8 @@ struct RawSnapshot {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<Spanned<String>>,
+    ui_token: Option<Spanned<String>>,
+    ui_token_file: Option<Spanned<String>>,
 }
 
 /// Reads environment variables; a seam so tests need not touch the process env.
@@ -434,11 +441,28 @@ fn snapshot(cx: &mut Ctx, raw: &RawSnapshot) -> SnapshotConfig {
 
 /// `[http]`: where the operator endpoints listen.
 fn http(cx: &mut Ctx, raw: &RawHttp) -> HttpConfig {
+    let ui_token = cx
+        .secret(&raw.ui_token, &raw.ui_token_file, "http.ui_token")
+        .map(crate::model::secret::Secret::new);
+    if let (Some(t), Some(v)) = (
+        &ui_token,
+        raw.ui_token.as_ref().or(raw.ui_token_file.as_ref()),
+    ) && t.expose().is_empty()
+    {
+        cx.err(
+            v.span(),
+            "http.ui_token",
+            "is empty; remove it to leave the page open",
+        );
+    }
     let Some(l) = &raw.listen else {
-        return HttpConfig::default();
+        return HttpConfig {
+            ui_token,
+            ..HttpConfig::default()
+        };
     };
     match l.get_ref().parse::<SocketAddr>() {
-        Ok(listen) => HttpConfig { listen },
+        Ok(listen) => HttpConfig { listen, ui_token },
         Err(_) => {
             cx.err(
                 l.span(),

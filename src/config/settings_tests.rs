@@ -230,3 +230,18 @@ fn the_url_is_read_like_libpq_reads_it() {
     );
     assert_eq!((pg.user.as_str(), pg.dbname.as_str()), ("u", "shop"));
 }
+
+#[test]
+fn the_status_page_token_is_a_secret_and_unknown_http_keys_still_fail() {
+    let s = parse("[http]\nui_token = \"tok-123\"\n").unwrap();
+    let token = s.http.ui_token.expect("set");
+    assert!(token.matches("tok-123"));
+    assert_eq!(format!("{token:?}"), "<redacted>");
+    assert_eq!(parse("").unwrap().http.ui_token, None);
+    let e = parse("[http]\nui_token = \"\"\n").unwrap_err().to_string();
+    assert!(e.contains("http.ui_token") && e.contains("empty"), "{e}");
+    let e = parse("[http]\nui_tokn = \"tok-123\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ui_tokn") && !e.contains("tok-123"), "{e}");
+}

@@ -17,6 +17,8 @@
 //!
 //! `/metrics` renders the Prometheus recorder installed by `metrics::install`.
 //! Nothing here prints configuration, so no secret can leak through it.
+//! `/ui` (and `/`, which redirects there) and `/status.json` serve what the
+//! app published on the [`StatusPage`] board, behind the optional token.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -27,12 +29,16 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::net::TcpListener;
+
+use crate::model::secret::Secret;
+use crate::ops::status_page;
+pub use crate::ops::status_page::StatusPage;
 
 /// Where the pipeline is. Readiness is true in `Snapshotting` and `Streaming`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -315,6 +321,10 @@ pub struct HttpHandles {
     pub metrics: PrometheusHandle,
     pub health: Health,
     pub ready: ReadyState,
+    /// The status page the app renders in the background.
+    pub page: StatusPage,
+    /// `[http] ui_token`: guards `/ui` and `/status.json` when set.
+    pub ui_token: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +346,9 @@ pub fn router(handles: HttpHandles) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health_handler))
         .route("/ready", get(ready_handler))
+        .route("/", get(root_handler))
+        .route("/ui", get(ui_handler))
+        .route("/status.json", get(status_json_handler))
         .with_state(handles)
 }
 
@@ -349,6 +362,27 @@ async fn metrics_handler(State(h): State<HttpHandles>) -> Response {
         body,
     )
         .into_response()
+}
+
+async fn root_handler(State(h): State<HttpHandles>, headers: HeaderMap) -> Response {
+    if !status_page::authorized(h.ui_token.as_ref(), &headers) {
+        return status_page::unauthorized();
+    }
+    axum::response::Redirect::to("/ui").into_response()
+}
+
+async fn ui_handler(State(h): State<HttpHandles>, headers: HeaderMap) -> Response {
+    if !status_page::authorized(h.ui_token.as_ref(), &headers) {
+        return status_page::unauthorized();
+    }
+    status_page::html_response(&h.page)
+}
+
+async fn status_json_handler(State(h): State<HttpHandles>, headers: HeaderMap) -> Response {
+    if !status_page::authorized(h.ui_token.as_ref(), &headers) {
+        return status_page::unauthorized();
+    }
+    status_page::json_response(&h.page)
 }
 
 async fn health_handler(State(h): State<HttpHandles>) -> Response {
@@ -423,11 +457,37 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics, /health and /ready");
+        tracing::info!(%addr, "serving /metrics, /health, /ready and the status page /ui");
     }
     axum::serve(listener, router(handles))
         .with_graceful_shutdown(shutdown)
         .await
+        .map_err(HttpError::Serve)
+}
+
+/// Serves on a thread of its own with its own single-threaded runtime, so
+/// `/ui`, `/status.json`, `/metrics` and the probes answer in milliseconds
+/// even while the pipeline keeps every worker of the main runtime busy
+/// (a snapshot or a catch-up at full speed): their answers are ready-made
+/// bytes or atomics, and only a free thread was missing.
+pub fn serve_on_own_thread(
+    listener: TcpListener,
+    handles: HttpHandles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<(), HttpError>>, HttpError> {
+    let std_listener = listener.into_std().map_err(HttpError::Serve)?;
+    std::thread::Builder::new()
+        .name("sluice-http".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(HttpError::Serve)?;
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).map_err(HttpError::Serve)?;
+                serve_on(listener, handles, shutdown).await
+            })
+        })
         .map_err(HttpError::Serve)
 }
 

@@ -1,5 +1,5 @@
 //! What operators see of a running Sluice: the HTTP endpoints (`/health`,
-//! `/ready`, `/metrics`), the Prometheus metrics and their names (one
+//! `/ready`, `/metrics`, and the status page `app::ui` renders), the Prometheus metrics and their names (one
 //! place), and logging with secrets redacted.
 //!
 //! Rules that hold here:
@@ -18,8 +18,10 @@
 pub mod holds;
 pub mod http;
 pub mod logging;
+pub mod metric_values;
 pub mod metrics;
 pub mod standby;
+pub mod status_page;
 
 pub use holds::Holds;
 pub use standby::Standby;

@@ -255,6 +255,66 @@ pub async fn dead_letters(
     Ok(out)
 }
 
+/// The dead letters at a glance: how many per target index and the newest
+/// few. One search (an aggregation and `latest` hits), for the status page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetterSummary {
+    pub total: u64,
+    /// Target index → records, most first.
+    pub per_index: Vec<(String, u64)>,
+    /// Newest first.
+    pub latest: Vec<DeadLetter>,
+}
+
+/// [`DeadLetterSummary`] of `dead_letter_index`; `None` when it does not
+/// exist (nothing was ever rejected).
+pub async fn dead_letter_summary(
+    es: &Elasticsearch,
+    dead_letter_index: &str,
+    latest: usize,
+) -> Result<Option<DeadLetterSummary>, AdminError> {
+    let sent = es
+        .search(SearchParts::Index(&[dead_letter_index]))
+        .body(json!({
+            "size": latest,
+            "track_total_hits": true,
+            "sort": [{"@timestamp": {"order": "desc", "unmapped_type": "date"}}],
+            "_source": {"excludes": ["doc", "row", "old_row"]},
+            "aggs": {"per_index": {"terms": {"field": "index", "size": 100}}}
+        }))
+        .send()
+        .await;
+    let Some(body) = found_json("summarize the dead letters", sent).await? else {
+        return Ok(None);
+    };
+    let per_index = body["aggregations"]["per_index"]["buckets"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter_map(|b| Some((b["key"].as_str()?.to_string(), b["doc_count"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let latest = body["hits"]["hits"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| {
+                    Some(DeadLetter {
+                        record_id: h["_id"].as_str()?.to_string(),
+                        source: h["_source"].clone(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(DeadLetterSummary {
+        total: body["hits"]["total"]["value"].as_u64().unwrap_or(0),
+        per_index,
+        latest,
+    }))
+}
+
 /// Delete dead-letter records (refreshed, so a listing right after no
 /// longer shows them); returns how many existed.
 pub async fn delete_dead_letters(

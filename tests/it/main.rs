@@ -52,6 +52,7 @@ mod ops_run;
 mod ops_secrets;
 mod ops_status;
 mod ops_tls;
+mod ops_ui;
 
 // verify: `sluice verify`, `--repair` and the dead-letter commands.
 mod verify_dead_letters;

@@ -43,6 +43,8 @@ async fn start_server() -> Server {
         metrics: sluice::ops::metrics::install().expect("install recorder"),
         health: Health::new(),
         ready: ReadyState::new(),
+        page: sluice::ops::http::StatusPage::new(),
+        ui_token: None,
     };
     let listener = sluice::ops::http::bind("127.0.0.1:0".parse().unwrap())
         .await

@@ -47,6 +47,18 @@ pub struct Targets {
     pub indices: Vec<String>,
 }
 
+impl Targets {
+    pub fn of(cfg: &crate::config::Config) -> Targets {
+        Targets {
+            slot: cfg.slot.clone(),
+            publication: cfg.publication.clone(),
+            dead_letter_index: cfg.pipeline.dead_letter_index.clone(),
+            state_index: crate::config::STATE_INDEX.to_string(),
+            indices: cfg.mappings.fixed_indices(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     /// `user@host:port/dbname` (never the password).
@@ -356,12 +368,23 @@ pub async fn gather(
     targets: &Targets,
 ) -> Result<StatusReport, StatusError> {
     let client = connect_pg(pg, "sluice-status").await?;
-    let (server_version, wal_level) = inspect::version_and_wal_level(&client)
+    gather_with(&client, pg, es, targets).await
+}
+
+/// [`gather`] on an open session (the status page keeps one open instead
+/// of connecting for every read).
+pub async fn gather_with(
+    client: &tokio_postgres::Client,
+    pg: &PgConnectConfig,
+    es: &Elasticsearch,
+    targets: &Targets,
+) -> Result<StatusReport, StatusError> {
+    let (server_version, wal_level) = inspect::version_and_wal_level(client)
         .await
         .map_err(pg_err("reading server settings", pg))?;
-    let (server_lsn, in_recovery) = server_wal_lsn(&client, pg).await?;
-    let slot = read_slot(&client, pg, &targets.slot, server_lsn).await?;
-    let publication = read_publication(&client, pg, &targets.publication).await?;
+    let (server_lsn, in_recovery) = server_wal_lsn(client, pg).await?;
+    let slot = read_slot(client, pg, &targets.slot, server_lsn).await?;
+    let publication = read_publication(client, pg, &targets.publication).await?;
     // During an Elasticsearch outage the slot is what an operator needs to
     // see (is WAL piling up?), so Elasticsearch errors become part of the
     // report instead of hiding it.
