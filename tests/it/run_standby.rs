@@ -203,7 +203,9 @@ async fn a_frozen_active_is_replaced_after_wal_sender_timeout() {
     signal("-STOP");
     let frozen_at = Instant::now();
     let took = takeover(&db, &mut pair[1], old_pid, frozen_at).await;
-    eprintln!("standby: takeover from a frozen active took {took:?} (wal_sender_timeout {timeout})");
+    eprintln!(
+        "standby: takeover from a frozen active took {took:?} (wal_sender_timeout {timeout})"
+    );
     signal("-CONT");
     wait_standby(&mut pair[0]).await;
     workload.stop().await;

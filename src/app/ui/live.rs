@@ -270,6 +270,12 @@ pub fn pipeline_state(
     if ready == PipelineState::Stopping {
         return word("stopping", None);
     }
+    if ready == PipelineState::Standby {
+        return word(
+            "standby",
+            Some("another `sluice run` holds the replication slot: this one takes over when it stops".into()),
+        );
+    }
     if standby {
         return word(
             "standby",

@@ -109,6 +109,9 @@ fn the_state_word_says_stalled_with_a_reason() {
             .unwrap()
             .contains("replication reader")
     );
+    let waiting = pipeline_state(PipelineState::Standby, None, &ok, false, None, 0.0);
+    assert_eq!(waiting.0, "standby");
+    assert!(waiting.1.unwrap().contains("holds the replication slot"));
     let standby = pipeline_state(PipelineState::Starting, None, &ok, true, None, 0.0);
     assert_eq!(standby.0, "standby");
 }
