@@ -25,7 +25,7 @@ if [ ! -x "$BIN" ]; then
   (cd "$HERE" && cargo build --quiet --bin sluice)
 fi
 exec python3 - "$ROOT" "$BIN" <<'PY'
-import json, os, re, subprocess, sys
+import glob, json, os, re, subprocess, sys
 
 root, binary = sys.argv[1], sys.argv[2]
 failures, passes, skipped = [], [], []
@@ -305,6 +305,30 @@ for d in yaml_docs.get(compose, []):
     for s in ("elasticsearch", "kibana"):
         if s not in d["services"]:
             fail(f"docker/compose.yml: no {s} service")
+    tag = lambda s: str((d["services"].get(s) or {}).get("image", "")).rsplit(":", 1)[-1]
+    if tag("kibana") != tag("elasticsearch"):
+        fail(f"docker/compose.yml: Kibana {tag('kibana')} is not Elasticsearch's version {tag('elasticsearch')}")
+    else:
+        ok(f"docker/compose.yml: Kibana pinned to Elasticsearch's {tag('elasticsearch')}")
+    # The saved objects the setup service imports: valid NDJSON, every data
+    # view over an index a shipped mapping writes, every reference resolved.
+    saved = os.path.join(root, "docker", "kibana", "saved-objects.ndjson")
+    setup = d["services"].get("kibana-setup") or {}
+    if "./kibana:/kibana:ro" not in " ".join(map(str, setup.get("volumes", []))):
+        fail("docker/compose.yml: kibana-setup must mount ./kibana with the saved objects")
+    targets = set()
+    for f in glob.glob(os.path.join(root, "mappings", "*.toml")):
+        text = open(f).read()
+        targets.update(re.findall(r'^(?:index|alias)\s*=\s*"([^"]+)"', text, re.M))
+    objs = [json.loads(l) for l in open(saved) if l.strip()]
+    ids = {o["id"] for o in objs}
+    for o in objs:
+        if targets and o["type"] == "index-pattern" and o["attributes"]["title"] not in targets:
+            fail(f"docker/kibana/saved-objects.ndjson: data view `{o['attributes']['title']}` is no shipped mapping's index")
+        for r in o.get("references", []):
+            if r["id"] not in ids:
+                fail(f"docker/kibana/saved-objects.ndjson: {o['id']} references unknown {r['id']}")
+    ok(f"docker/kibana/saved-objects.ndjson: {len(objs)} saved objects over shipped indices")
 
 # Kubernetes: every container named sluice.
 k8s_toml = next((v[0] for k, v in tomls.items() if k.startswith("deploy/") and k.endswith("/sluice.toml")), "")

@@ -54,6 +54,10 @@ struct Doc {
     /// above it.
     places: HashMap<String, Vec<(usize, Vec<String>)>>,
     all_places: Vec<Place>,
+    /// Per place: when the rows above it are the roots themselves, joined
+    /// on the root's key (items under their order), where each root key
+    /// column is among the place's columns — no query needed to find them.
+    root_from: Vec<Option<Vec<usize>>>,
     /// Touched roots of the batch → the latest version.
     direct: HashMap<RootKey, Lsn>,
     /// (place, join values) of the batch → the latest version.
@@ -106,6 +110,27 @@ pub struct NestedStream {
     dual: Option<crate::stream::dual_write::DualWrite>,
 }
 
+/// For a table directly under the root whose join names the root's key
+/// (`orders.id = order_items.order_id`): the position, among the place's
+/// columns, of each root key column's value.
+fn roots_by_join(tree: &DocTree, place: &Place) -> Option<Vec<usize>> {
+    if place.path.len() != 1 || place.as_through {
+        return None;
+    }
+    let (_, child) = tree.at(&place.path);
+    let on = match &child?.link {
+        crate::model::Link::OneToMany { on } | crate::model::Link::ManyToOne { on } => on,
+        crate::model::Link::Through { .. } => return None,
+    };
+    let key = &tree.root.key;
+    if on.len() != key.len() {
+        return None;
+    }
+    key.iter()
+        .map(|k| on.iter().position(|(upper, _)| upper == k))
+        .collect()
+}
+
 /// A value as the text PostgreSQL would parse back (`t`/`f` for booleans).
 fn text(d: &Datum) -> Option<String> {
     match d {
@@ -140,7 +165,9 @@ impl NestedStream {
                     all_places.push(p);
                 }
             }
+            let root_from = all_places.iter().map(|p| roots_by_join(&tree, p)).collect();
             docs.push(Doc {
+                root_from,
                 mapping: Arc::new(m.clone()),
                 tree,
                 doc,
@@ -219,10 +246,12 @@ impl NestedStream {
                         continue; // a NULL join value joins nothing
                     };
                     let root = doc.all_places[*p].path.is_empty();
-                    self.open.push(if root {
-                        Touch::Root(d, values)
-                    } else {
-                        Touch::Up(d, *p, values)
+                    self.open.push(match &doc.root_from[*p] {
+                        _ if root => Touch::Root(d, values),
+                        Some(order) => {
+                            Touch::Root(d, order.iter().map(|&i| values[i].clone()).collect())
+                        }
+                        None => Touch::Up(d, *p, values),
                     });
                 }
             }
@@ -279,17 +308,22 @@ impl NestedStream {
                     keys: chunk.to_vec(),
                 });
             }
-            let mut by_place: HashMap<(usize, Lsn), Vec<Vec<String>>> = HashMap::new();
+            // One query per page of join values of a place, whatever
+            // transactions they came from. The roots found are written with
+            // the newest of those versions: their documents are read after
+            // every transaction of the batch is visible, so their content
+            // is at least that new, and any later change has a later commit.
+            let mut by_place: HashMap<usize, Vec<(Vec<String>, Lsn)>> = HashMap::new();
             for ((p, v), version) in doc.upward.drain() {
-                by_place.entry((p, version)).or_default().push(v);
+                by_place.entry(p).or_default().push((v, version));
             }
-            for ((place, version), values) in by_place {
+            for (place, values) in by_place {
                 for chunk in values.chunks(VALUES_PAGE) {
                     self.jobs.push_back(Job::Find {
                         doc: d,
                         place,
-                        values: chunk.to_vec(),
-                        version,
+                        values: chunk.iter().map(|(v, _)| v.clone()).collect(),
+                        version: chunk.iter().map(|(_, l)| *l).max().unwrap_or(Lsn(0)),
                         after: None,
                     });
                 }
