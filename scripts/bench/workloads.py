@@ -574,9 +574,14 @@ def nested_tool(ctx, tool, tpl, n, run, raw_index, best):
         t = Sluice(env, work, db, index, slot=slot, mode="initial", readers=a.readers,
                    mapping=nd.sluice_mapping(index))
     p = t.start()
-    mark = marker()
-    nd.set_sentinel(env, db, mark)
-    wait_until(sentinel_visible(es, index, mark), 300, f"{tool} to stream", alive=p.alive)
+    # Twice, a few seconds apart: PGSync reads its slot once at start, then
+    # listens to its triggers; a change committed between the two was lost in
+    # a trial run, and that start-up race is not what this workload measures.
+    for pause in (0, 3):
+        time.sleep(pause)
+        mark = marker()
+        nd.set_sentinel(env, db, mark)
+        wait_until(sentinel_visible(es, index, mark), 300, f"{tool} to stream", alive=p.alive)
     ceiling = tool == ctx.tools()[0]
     try:
         for phase, version in (("items", 2), ("products", 3)):
@@ -615,7 +620,7 @@ def fanout(ctx, t, tool, db, index, run, phase, cmp, raw_index, best, version):
             log(f"{tool} did not rebuild every document within {a.catchup_timeout} s")
             finished = False
     cpu, rss = use.read()
-    res = check(env, db, index, settle_s=20, cmp=cmp) if finished else unfinished(ctx, w_s)
+    res = check(env, db, index, cmp=cmp) if finished else unfinished(ctx, w_s)
     ctx.record(f"nested_{phase}", tool, {"rate": done_rate(roots, ph.seconds, res), "seconds": ph.seconds,
                                          "rate_at_sentinel": roots / ph.seconds, "changes": roots, "writes": writes,
                                          "writer_rate": roots / w_s, "lag_after_writer_s": ph.seconds - w_s,
