@@ -19,12 +19,14 @@ LABELS = {"raw": "raw _bulk", "ceiling": "co-tenant ceiling", "pg_recvlogical": 
 TITLES = {"snapshot": "Snapshot", "stream1": "Streaming, single-row transactions",
           "stream100": "Streaming, 100-change transactions", "drain": "Backlog drain, single-row transactions",
           "decode": "Decode (null sink)", "nested_snapshot": "Nested documents: snapshot",
-          "nested_items": "Nested documents: child changes (one item in each of N orders)",
+          "nested_items": "Nested documents: child changes (one item in each of N orders), single-row transactions",
+          "nested_items100": "Nested documents: child changes, 100-row transactions",
           "nested_products": "Nested documents: fan-out (products renamed, every order with one rebuilt)"}
 BASE = {"snapshot": "raw", "stream1": "ceiling", "stream100": "ceiling", "drain": "ceiling",
-        "decode": "pg_recvlogical", "nested_snapshot": "raw", "nested_items": "raw",
+        "decode": "pg_recvlogical", "nested_snapshot": "raw", "nested_items": "raw", "nested_items100": "raw",
         "nested_products": "raw"}
 UNITS = {"snapshot": "rows/s", "nested_snapshot": "root documents/s", "nested_items": "root documents/s",
+         "nested_items100": "root documents/s",
          "nested_products": "root documents/s"}
 
 

@@ -156,17 +156,20 @@ def pgsync_nodes():
 
 
 # ---- the changes ---------------------------------------------------------------
-def item_updates(env, db, orders, items, n):
-    """`n` single-row transactions, each changing one item of a different
-    order (a one-to-many child change: one root each). Returns (seconds,
-    the orders touched)."""
+def item_updates(env, db, orders, items, n, per_tx=1, add=1000, shift=False):
+    """`n` item updates, `per_tx` to a transaction, each adding `add` to the
+    quantity of one item of a different order (a one-to-many child change:
+    one root each); `shift` picks other orders than without. Returns
+    (seconds, the orders touched)."""
     n = min(n, orders)
     step = max(1, orders // n)
-    targets = [1 + (k * step) % orders for k in range(n)]
+    off = max(1, step // 2) if shift else 0
+    targets = [1 + (k * step + off) % orders for k in range(n)]
     t0 = time.monotonic()
     with connect(env, db) as c:
-        for o in targets:
-            c.execute(f"UPDATE {ITEMS} SET qty = qty + 1000 WHERE id = %s", (o * items + 1,))
+        for i in range(0, n, per_tx):
+            ids = [o * items + 1 for o in targets[i:i + per_tx]]
+            c.execute(f"UPDATE {ITEMS} SET qty = qty + %s WHERE id = ANY(%s)", (add, ids))
     return time.monotonic() - t0, len(set(targets))
 
 
@@ -189,16 +192,16 @@ def product_renames(env, db, orders, n, tag):
 
 # How many documents already show each phase's changes (a search: what the
 # tools wrote, as of the index's last refresh).
-def items_done_query():
-    return {"query": {"range": {"items.qty": {"gte": 1000}}}}
+def items_done_query(add):
+    return {"query": {"range": {"items.qty": {"gte": add}}}}
 
 
 def products_done_query(tag):
     return {"query": {"prefix": {"items.product.title": f"renamed {tag} "}}}
 
 
-def items_changed_where():
-    return "WHERE o.id IN (SELECT order_id FROM order_items WHERE qty >= 1000)", None
+def items_changed_where(add):
+    return "WHERE o.id IN (SELECT order_id FROM order_items WHERE qty >= %s)", (add,)
 
 
 def products_changed_where(tag):

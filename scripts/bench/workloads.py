@@ -584,7 +584,7 @@ def nested_tool(ctx, tool, tpl, n, run, raw_index, best):
         wait_until(sentinel_visible(es, index, mark), 300, f"{tool} to stream", alive=p.alive)
     ceiling = tool == ctx.tools()[0]
     try:
-        for phase, version in (("items", 2), ("products", 3)):
+        for phase, version in (("items", 2), ("items100", 3), ("products", 4)):
             fanout(ctx, t, tool, db, index, run, phase, cmp, raw_index if ceiling else None, best, version)
     finally:
         t.stop()
@@ -593,17 +593,21 @@ def nested_tool(ctx, tool, tpl, n, run, raw_index, best):
 
 
 def fanout(ctx, t, tool, db, index, run, phase, cmp, raw_index, best, version):
-    """One burst of single-row transactions to a joined table while `t`
-    streams; done when a search finds every root document they touch
-    changed (then the whole index is compared). The rate counts root
+    """One burst of transactions to a joined table while `t`
+    streams; done when a search (after a refresh) finds every root
+    document they touch changed; then the whole index is compared. The rate counts root
     documents, each once however many of its rows changed."""
     env, es, a = ctx.env, ctx.es, ctx.args
     tag = f"{run}{tool[0]}"
     use = Usage(t)
     with Phase(env, db) as ph:
-        if phase == "items":
-            w_s, roots = nd.item_updates(env, db, a.nested_orders, a.nested_items, a.nested_item_updates)
-            query, (where, params) = nd.items_done_query(), nd.items_changed_where()
+        if phase.startswith("items"):
+            # Single-row transactions, then transactions of 100 items (of
+            # other orders, adding more, so each phase has its own marks).
+            per_tx, add = (1, 1000) if phase == "items" else (100, 10000)
+            w_s, roots = nd.item_updates(env, db, a.nested_orders, a.nested_items, a.nested_item_updates,
+                                         per_tx=per_tx, add=add, shift=per_tx > 1)
+            query, (where, params) = nd.items_done_query(add), nd.items_changed_where(add)
             writes = roots
         else:
             w_s, roots = nd.product_renames(env, db, a.nested_orders, a.nested_renames, tag)
@@ -611,9 +615,12 @@ def fanout(ctx, t, tool, db, index, run, phase, cmp, raw_index, best, version):
             writes = min(a.nested_renames, nd.sizes(a.nested_orders)["products"])
 
         def shown():
+            # Refreshed first: visible in search, without waiting out the
+            # index's 1 s refresh interval (the ceiling is timed the same way).
+            es.refresh(index)
             return es.request("POST", f"/{index}/_count", query)["count"] >= roots
         try:
-            wait_until(shown, a.catchup_timeout, f"{tool} to rebuild {roots} documents", interval=0.2,
+            wait_until(shown, a.catchup_timeout, f"{tool} to rebuild {roots} documents", interval=0.25,
                        alive=lambda: bool(t.processes()))
             finished = True
         except TimeoutError:
@@ -632,7 +639,9 @@ def fanout(ctx, t, tool, db, index, run, phase, cmp, raw_index, best, version):
         docs = nd.bulk_docs(env, db, version=version, where=where, params=params)
         b = bodies(docs, best["batch"], raw_index)
         with Phase(env) as ph:
-            secs = raw_bulk(env, b, best["concurrency"])
+            raw_bulk(env, b, best["concurrency"])
+            es.refresh(raw_index)
+        secs = ph.seconds
         ctx.record(f"nested_{phase}", "raw", {"rate": len(docs) / secs, "seconds": secs, "changes": len(docs),
                                                   "es_cpu": ph.es_cpu})
 
