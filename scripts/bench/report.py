@@ -217,9 +217,9 @@ def nested_targets(res, med):
     for wl in NESTED:
         s, p = med(wl, "sluice"), med(wl, "pgsync")
         if s and p:
-            out.append(f"| ≥ 10× PGSync: {TITLES[wl].lower()} (issue 12) | {s / p:.1f}× | {'yes' if s / p >= 10 else 'no'} |")
-    runs = [r for wl in NESTED
-            for r in res.get(wl, {}).get("sluice", [])]
+            out.append(f"| ≥ 10× PGSync: {TITLES[wl].lower()} (issue 12) | {s / p:.1f}× | "
+                       f"{'yes' if s / p >= 10 else 'no'} |")
+    runs = [r for wl in NESTED for r in res.get(wl, {}).get("sluice", [])]
     if runs:
         ok = sum(1 for r in runs if r.get("exact"))
         out.append(f"| Sluice's nested end state exact (issue 12) | {ok}/{len(runs)} phases | "
@@ -271,9 +271,9 @@ def nested_section(res):
           "different order (one root document each), committed back to back by one connection while the tool "
           "streams (Sluice: `sluice run` from the slot its snapshot left; PGSync: `pgsync --daemon`). Clock "
           "from the first write until a search (polled every 0.25 s, each time after a `_refresh`) finds "
-          "every touched document changed. Ceiling: raw `_bulk` of "
-          "the same documents as SQL renders them afterwards, onto the raw snapshot's index (updates, as the "
-          "tools write), timed until a `_refresh` returns; no tool can outrun the writer, so the ratio is to the lower of the ceiling and the "
+          "every touched document changed. Ceiling: raw `_bulk` of the same documents as SQL renders them "
+          "afterwards, onto the raw snapshot's index (updates, as the tools write), timed until a `_refresh` "
+          "returns; no tool can outrun the writer, so the ratio is to the lower of the ceiling and the "
           "writer's rate.", "",
           *throughput_table("nested_items", res.get("nested_items", {}), "raw", "root docs/s", "doc"),
           *examples(res.get("nested_items", {})), *versus(res.get("nested_items", {})), "",
