@@ -227,6 +227,15 @@ def nested_targets(res, med):
     return out
 
 
+def nested_writer_note(data):
+    parts = [f"{NAMES[t]}'s database {fsum(col(data[t], 'writer_rate'))}/s" for t in ("sluice", "pgsync")
+             if data.get(t)]
+    if not parts:
+        return []
+    return ["", "The writer's own rate (single-row transactions, one connection): " + "; ".join(parts) +
+            " (PGSync's triggers run inside the writer's transactions)."]
+
+
 def nested_section(res):
     n = res["nested"]
     if "skipped" in n:
@@ -276,7 +285,8 @@ def nested_section(res):
           "returns; no tool can outrun the writer, so the ratio is to the lower of the ceiling and the "
           "writer's rate.", "",
           *throughput_table("nested_items", res.get("nested_items", {}), "raw", "root docs/s", "doc"),
-          *examples(res.get("nested_items", {})), *versus(res.get("nested_items", {})), "",
+          *examples(res.get("nested_items", {})), *versus(res.get("nested_items", {})),
+          *nested_writer_note(res.get("nested_items", {})), "",
           f"**Child changes, 100-row transactions**: the same number of item updates to other orders, 100 to a "
           "transaction (so the writer is no longer the limit). Same clock and ceiling.", "",
           *throughput_table("nested_items100", res.get("nested_items100", {}), "raw", "root docs/s", "doc"),
