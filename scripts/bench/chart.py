@@ -113,7 +113,9 @@ def draw(res, out, only=None):
     captioned with the meta of the run that measured it."""
     for wl in BASE:
         if res.get(wl) and (only is None or wl in only):
-            meta = res.get("metas", {}).get(wl.split("_")[0], res["meta"])
+            # The workload that wrote these results (decode: drain's; nested_*: nested's).
+            owner = "drain" if wl == "decode" else wl.split("_")[0]
+            meta = res.get("metas", {}).get(owner, res["meta"])
             throughput(wl, res[wl], meta, os.path.join(out, f"{wl}.png"))
     if res.get("latency") and (only is None or "latency" in only):
         latency(res["latency"], res.get("metas", {}).get("latency", res["meta"]), os.path.join(out, "latency.png"))

@@ -22,7 +22,8 @@ from tools import ensure_pgsync  # noqa: E402
 
 WORKLOADS = ["snapshot", "stream1", "stream100", "drain", "latency", "nested"]
 
-# Sizes: defaults fit a 2-core machine in about 30 minutes, --quick in about 5.
+# Sizes: defaults fit a 2-core machine in about 30 minutes (and the nested
+# workload about 7 more), --quick in about 5.
 DEFAULTS = dict(runs=3, snapshot_rows=1_000_000, sweep_docs=200_000, stream_rows=50_000, stream1_tx=20_000,
                 stream100_tx=200, drain_tx=20_000, latency_seconds=20, catchup_timeout=300,
                 nested_orders=50_000, nested_items=3, nested_item_updates=5_000, nested_renames=100)

@@ -270,7 +270,8 @@ def nested_section(res):
           "PGSync's arrays are compared as sets (it has no array ordering; Sluice's must be in `order_by` "
           "order) and its `_meta` field is left out. Rates are root documents per second.", "",
           "**Snapshot**: Sluice `sluice run` with `snapshot.mode = \"initial_only\"` "
-          f"({a['readers']} readers); PGSync `bootstrap`, then one pass of `pgsync` (bootstrap not counted). "
+          f"({a['readers']} readers); PGSync `bootstrap`, then one pass of `pgsync` (bootstrap not counted); "
+          "each clocked from process start to exit (connections and Sluice's slot creation included). "
           "Raw `_bulk`: the documents as SQL builds them, pre-rendered (rendering not counted), at the best "
           f"point of a sweep on {sw['docs']:,} of them ({pts}; best {sw['best']['concurrency']}×"
           f"{sw['best']['batch']}).", "",
