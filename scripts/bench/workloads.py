@@ -477,11 +477,12 @@ def latency(ctx):
 # ---- nested documents (issue 12) ----------------------------------------------------
 def nested(ctx):
     """One order document built from four tables (customer{}, items[] →
-    product{}; scripts/bench/nested_data.py), three measures per run:
+    product{}; scripts/bench/nested_data.py), four measures per run:
     the snapshot (root documents/s, against raw `_bulk` of the same
     documents rendered by SQL), then with the tool streaming, child changes
-    (one item of each of N orders: one root each) and many-to-one fan-out
-    (R products renamed: every order with an item of one), in root documents
+    (one item of each of N orders: one root each; in single-row and in
+    100-row transactions) and many-to-one fan-out (R products renamed:
+    every order with an item of one), in root documents
     rebuilt per second until the index shows them all, against raw `_bulk`
     of the same rebuilt documents. Every phase ends with the whole index
     compared with the documents SQL builds."""
