@@ -18,9 +18,16 @@ LABELS = {"raw": "raw _bulk", "ceiling": "co-tenant ceiling", "pg_recvlogical": 
           "sluice": "Sluice", "pgsync": "PGSync"}
 TITLES = {"snapshot": "Snapshot", "stream1": "Streaming, single-row transactions",
           "stream100": "Streaming, 100-change transactions", "drain": "Backlog drain, single-row transactions",
-          "decode": "Decode (null sink)"}
+          "decode": "Decode (null sink)", "nested_snapshot": "Nested documents: snapshot",
+          "nested_items": "Nested documents: child changes (one item in each of N orders), single-row transactions",
+          "nested_items100": "Nested documents: child changes, 100-row transactions",
+          "nested_products": "Nested documents: fan-out (products renamed, every order with one rebuilt)"}
 BASE = {"snapshot": "raw", "stream1": "ceiling", "stream100": "ceiling", "drain": "ceiling",
-        "decode": "pg_recvlogical"}
+        "decode": "pg_recvlogical", "nested_snapshot": "raw", "nested_items": "raw", "nested_items100": "raw",
+        "nested_products": "raw"}
+UNITS = {"snapshot": "rows/s", "nested_snapshot": "root documents/s", "nested_items": "root documents/s",
+         "nested_items100": "root documents/s",
+         "nested_products": "root documents/s"}
 
 
 def caveat(meta):
@@ -48,8 +55,7 @@ def throughput(wl, data, meta, path):
     ax.barh(y, meds, xerr=[lo, hi] if several else None, color=[COLORS[t] for t in tools], capsize=4)
     ax.set_yticks(list(y), [LABELS[t] if not (wl == "decode" and t == "sluice") else "Sluice reader" for t in tools])
     ax.invert_yaxis()
-    unit = "rows/s" if wl == "snapshot" else "changes/s"
-    ax.set_xlabel(unit)
+    ax.set_xlabel(UNITS.get(wl, "changes/s"))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     for i, (t, m) in enumerate(zip(tools, meds)):
         txt = f" {m:,.0f}"
@@ -102,10 +108,14 @@ def latency(data, meta, path):
     plt.close(fig)
 
 
-def draw(res, out):
-    meta = res["meta"]
+def draw(res, out, only=None):
+    """Charts of the workloads in `only` (default: all in `res`), each
+    captioned with the meta of the run that measured it."""
     for wl in BASE:
-        if res.get(wl):
+        if res.get(wl) and (only is None or wl in only):
+            # The workload that wrote these results (decode: drain's; nested_*: nested's).
+            owner = "drain" if wl == "decode" else wl.split("_")[0]
+            meta = res.get("metas", {}).get(owner, res["meta"])
             throughput(wl, res[wl], meta, os.path.join(out, f"{wl}.png"))
-    if res.get("latency"):
-        latency(res["latency"], meta, os.path.join(out, "latency.png"))
+    if res.get("latency") and (only is None or "latency" in only):
+        latency(res["latency"], res.get("metas", {}).get("latency", res["meta"]), os.path.join(out, "latency.png"))

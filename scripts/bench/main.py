@@ -22,11 +22,14 @@ from tools import ensure_pgsync  # noqa: E402
 
 WORKLOADS = ["snapshot", "stream1", "stream100", "drain", "latency", "nested"]
 
-# Sizes: defaults fit a 2-core machine in about 30 minutes, --quick in about 5.
+# Sizes: defaults fit a 2-core machine in about 30 minutes (and the nested
+# workload about 7 more), --quick in about 5.
 DEFAULTS = dict(runs=3, snapshot_rows=1_000_000, sweep_docs=200_000, stream_rows=50_000, stream1_tx=20_000,
-                stream100_tx=200, drain_tx=20_000, latency_seconds=20, catchup_timeout=300)
+                stream100_tx=200, drain_tx=20_000, latency_seconds=20, catchup_timeout=300,
+                nested_orders=50_000, nested_items=3, nested_item_updates=5_000, nested_renames=100)
 QUICK = dict(runs=1, snapshot_rows=100_000, sweep_docs=50_000, stream_rows=20_000, stream1_tx=5_000,
-             stream100_tx=50, drain_tx=5_000, latency_seconds=10, catchup_timeout=120)
+             stream100_tx=50, drain_tx=5_000, latency_seconds=10, catchup_timeout=120,
+             nested_orders=20_000, nested_items=3, nested_item_updates=1_000, nested_renames=25)
 
 
 def parse(argv):
@@ -49,6 +52,10 @@ def parse(argv):
     p.add_argument("--latency-rate", type=int, default=1000, help="changes/s during the latency workload")
     p.add_argument("--latency-seconds", type=int)
     p.add_argument("--probe-rate", type=int, default=10, help="sampled (timed) changes per second")
+    p.add_argument("--nested-orders", type=int, help="root documents (orders) of the nested workload")
+    p.add_argument("--nested-items", type=int, help="items per order (each with its product)")
+    p.add_argument("--nested-item-updates", type=int, help="single-row item updates, each in another order")
+    p.add_argument("--nested-renames", type=int, help="single-row product renames (each fans out to its orders)")
     p.add_argument("--readers", type=int, default=4, help="Sluice's parallel snapshot readers")
     p.add_argument("--snapshot-timeout", type=int, default=1800, help="seconds a snapshot may take")
     p.add_argument("--catchup-timeout", type=int,

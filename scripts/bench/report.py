@@ -23,7 +23,16 @@ TITLES = {
     "drain": "Backlog drain, single-row transactions",
     "decode": "Decode: Sluice's reader vs `pg_recvlogical`",
     "latency": "Latency, commit to visible in search",
+    "nested_snapshot": "Nested snapshot",
+    "nested_items": "Nested child changes, single-row transactions",
+    "nested_items100": "Nested child changes, 100-row transactions",
+    "nested_products": "Nested fan-out",
 }
+# The result keys each workload writes (a run of some workloads replaces
+# only these in the saved results; see merge()).
+KEYS = {"snapshot": ["snapshot", "sweep"], "drain": ["drain", "decode"],
+        "nested": ["nested", "nested_snapshot", "nested_items", "nested_items100", "nested_products"]}
+NESTED = ("nested_snapshot", "nested_items", "nested_items100", "nested_products")
 
 
 def fnum(v, digits=0):
@@ -75,10 +84,10 @@ def examples(data):
     return ["", *[f"- {o}" for o in out]] if out else []
 
 
-def throughput_table(wl, data, base_key):
+def throughput_table(wl, data, base_key, unit=None, per="change"):
     base = data.get(base_key)
-    unit = "rows/s" if wl == "snapshot" else "changes/s"
-    lines = [f"| | {unit} | ratio to ceiling | tool CPU s | CPU µs/change | PostgreSQL CPU s | "
+    unit = unit or ("rows/s" if wl == "snapshot" else "changes/s")
+    lines = [f"| | {unit} | ratio to ceiling | tool CPU s | CPU µs/{per} | PostgreSQL CPU s | "
              f"Elasticsearch CPU s | peak RSS MiB | end state |", "|---|---|---|---|---|---|---|---|---|"]
     for tool in (base_key, "sluice", "pgsync"):
         runs = data.get(tool)
@@ -192,9 +201,105 @@ def targets(res):
            for r in res.get(wl, {}).get("sluice", []) if r.get("rss_mib")]
     if rss:
         line("Sluice peak RSS ≤ 64 MB in every workload", f"{max(rss):.0f} MiB (largest)", max(rss) * 1.048576 <= 64)
+    out += nested_targets(res, med)
     if not out:
         return []
-    return ["| goal (issue 19) | measured (median) | met |", "|---|---|---|", *out]
+    return ["| goal (issue 19 unless noted) | measured (median) | met |", "|---|---|---|", *out]
+
+
+def nested_targets(res, med):
+    """Issue 12's goals for the nested workload."""
+    out = []
+    snap = ratios(res.get("nested_snapshot", {}).get("sluice", []), res.get("nested_snapshot", {}).get("raw"))
+    if snap:
+        out.append(f"| nested snapshot ≥ 0.8× raw `_bulk` (issue 12) | {snap['median']:.2f}× | "
+                   f"{'yes' if snap['median'] >= 0.8 else 'no'} |")
+    for wl in NESTED:
+        s, p = med(wl, "sluice"), med(wl, "pgsync")
+        if s and p:
+            out.append(f"| ≥ 10× PGSync: {TITLES[wl].lower()} (issue 12) | {s / p:.1f}× | "
+                       f"{'yes' if s / p >= 10 else 'no'} |")
+    runs = [r for wl in NESTED for r in res.get(wl, {}).get("sluice", [])]
+    if runs:
+        ok = sum(1 for r in runs if r.get("exact"))
+        out.append(f"| Sluice's nested end state exact (issue 12) | {ok}/{len(runs)} phases | "
+                   f"{'yes' if ok == len(runs) else 'no'} |")
+    return out
+
+
+def nested_writer_note(data):
+    parts = [f"{NAMES[t]}'s database {fsum(col(data[t], 'writer_rate'))}/s" for t in ("sluice", "pgsync")
+             if data.get(t)]
+    if not parts:
+        return []
+    return ["", "The writer's own rate (single-row transactions, one connection): " + "; ".join(parts) +
+            " (PGSync's triggers run inside the writer's transactions)."]
+
+
+def nested_section(res):
+    n = res["nested"]
+    if "skipped" in n:
+        return ["### Nested documents", "", f"Not measured: {n['skipped']}.", ""]
+    m = res.get("metas", {}).get("nested", res["meta"])
+    a = m["args"]
+    L = ["### Nested documents (issue 12)", "",
+         "![nested snapshot](docs/bench/nested_snapshot.png)", "",
+         "![nested child changes](docs/bench/nested_items.png)", "",
+         "![nested child changes, 100-row transactions](docs/bench/nested_items100.png)", "",
+         "![nested fan-out](docs/bench/nested_products.png)", ""]
+    if m is not res["meta"]:
+        runs = f"{a['runs']} run{'s' if a['runs'] > 1 else ''}"
+        L += [f"Measured apart from the figures above, by `./dev bench --workloads nested"
+              f"{' --quick' if m['quick'] else ''}`: {m['date']} at commit `{m['commit']}`"
+              f"{' (with uncommitted changes)' if m['dirty'] else ''}, median (min–max) of {runs}, "
+              f"{m['workload_seconds'].get('nested', m['seconds']) / 60:.1f} min"
+              + (f"; load average {m['load']['min']:.1f}–{m['load']['max']:.1f} on 2 cores from other "
+                 "sessions building and testing (a **busy machine**: the ratios mean more than the rates)"
+                 if m["load"]["max"] > 1.5 else "") + ".", ""]
+    sw = n["sweep"]
+    pts = ", ".join(f"{p['concurrency']}×{p['batch']}: {p['rate']:,.0f}/s" for p in sw["points"])
+    L += [f"{n['orders']:,} order documents, each with its customer (many-to-one: an object) and its "
+          f"{n['items_per_order']} items (one-to-many: an array), each item with its product (many-to-one, two "
+          f"levels down): four tables, {n['customers']:,} customers, {n['products']:,} products, "
+          f"≈{n['doc_bytes']:,.0f} bytes of JSON per document. Sluice: one mapping with `[relations.customer]`, "
+          "`[relations.items]` (`order_by = [\"id\"]`) and `[relations.items.relations.product]`; PGSync: the "
+          "same document as `children` nodes of schema.json (`one_to_one` objects for the customer and the "
+          "product, `one_to_many` for the items, foreign keys given). After every phase the whole index is "
+          "compared with the documents SQL builds from the tables (`json_build_object`, as "
+          "tests/it/run_nested.rs does), document by document and field by field (numbers by value). "
+          "PGSync's arrays are compared as sets (it has no array ordering; Sluice's must be in `order_by` "
+          "order) and its `_meta` field is left out. Rates are root documents per second.", "",
+          "**Snapshot**: Sluice `sluice run` with `snapshot.mode = \"initial_only\"` "
+          f"({a['readers']} readers); PGSync `bootstrap`, then one pass of `pgsync` (bootstrap not counted); "
+          "each clocked from process start to exit (connections and Sluice's slot creation included). "
+          "Raw `_bulk`: the documents as SQL builds them, pre-rendered (rendering not counted), at the best "
+          f"point of a sweep on {sw['docs']:,} of them ({pts}; best {sw['best']['concurrency']}×"
+          f"{sw['best']['batch']}).", "",
+          *throughput_table("nested_snapshot", res.get("nested_snapshot", {}), "raw", "root docs/s", "doc"),
+          *examples(res.get("nested_snapshot", {})), *versus(res.get("nested_snapshot", {})), "",
+          f"**Child changes**: {n['item_updates']:,} single-row transactions, each changing one item of a "
+          "different order (one root document each), committed back to back by one connection while the tool "
+          "streams (Sluice: `sluice run` from the slot its snapshot left; PGSync: `pgsync --daemon`). Clock "
+          "from the first write until a search (polled every 0.25 s, each time after a `_refresh`) finds "
+          "every touched document changed. Ceiling: raw `_bulk` of the same documents as SQL renders them "
+          "afterwards, onto the raw snapshot's index (updates, as the tools write), timed until a `_refresh` "
+          "returns; no tool can outrun the writer, so the ratio is to the lower of the ceiling and the "
+          "writer's rate.", "",
+          *throughput_table("nested_items", res.get("nested_items", {}), "raw", "root docs/s", "doc"),
+          *examples(res.get("nested_items", {})), *versus(res.get("nested_items", {})),
+          *nested_writer_note(res.get("nested_items", {})), "",
+          f"**Child changes, 100-row transactions**: the same number of item updates to other orders, 100 to a "
+          "transaction (so the writer is no longer the limit). Same clock and ceiling.", "",
+          *throughput_table("nested_items100", res.get("nested_items100", {}), "raw", "root docs/s", "doc"),
+          *examples(res.get("nested_items100", {})), *versus(res.get("nested_items100", {})), ""]
+    roots = col(res.get("nested_products", {}).get("sluice") or res.get("nested_products", {}).get("pgsync")
+                or [], "changes")
+    L += [f"**Fan-out**: {n['renames']:,} single-row transactions, each renaming one product (a many-to-one "
+          f"target two levels down), which touch {fsum(roots)} orders: every one is rebuilt. Same clock and "
+          "ceiling as above.", "",
+          *throughput_table("nested_products", res.get("nested_products", {}), "raw", "root docs/s", "doc"),
+          *examples(res.get("nested_products", {})), *versus(res.get("nested_products", {})), ""]
+    return L
 
 
 def section(res):
@@ -262,8 +367,7 @@ def section(res):
               "real-time `_mget` first saw it: the tool's part; the rest is waiting for the index's refresh.", "",
               *latency_table(res["latency"]), *examples(res["latency"]), ""]
     if "nested" in res:
-        L += ["### Nested documents", "", f"Not measured yet: {res['nested']['skipped']}. The workload hook "
-              "is `nested()` in scripts/bench/workloads.py.", ""]
+        L += nested_section(res)
     for name, err in res.get("failed", {}).items():
         L += [f"**The {name} workload failed in this run**: `{err}` (full log in the work directory).", ""]
     t = targets(res)
@@ -283,13 +387,39 @@ def section(res):
     return "\n".join(L) + "\n"
 
 
+def merge(res, path):
+    """A run of some workloads only (`--workloads`) replaces those
+    workloads' results in the saved results and keeps every other figure, so
+    BENCHMARKS.md never loses what it did not measure again. The page's
+    header keeps describing the run the other figures come from; each
+    workload run apart keeps its own date, commit and sizes in `metas`."""
+    ran = res["meta"]["args"]["workloads"]
+    if not os.path.exists(path):
+        return res
+    with open(path) as f:
+        old = json.load(f)
+    if not set(old["meta"]["args"]["workloads"]) - set(ran):
+        return res
+    keys = {k for wl in ran for k in KEYS.get(wl, [wl])}
+    merged = {k: v for k, v in old.items() if k not in keys and k != "failed"}
+    merged.update({k: v for k, v in res.items() if k in keys})
+    failed = {k: v for k, v in old.get("failed", {}).items() if not any(k.startswith(wl) for wl in ran)}
+    failed.update(res.get("failed", {}))
+    if failed:
+        merged["failed"] = failed
+    merged["metas"] = {**old.get("metas", {}), **{wl: res["meta"] for wl in ran}}
+    return merged
+
+
 def write(res):
     os.makedirs(DOCS, exist_ok=True)
-    slim = json.loads(json.dumps(res))
-    with open(os.path.join(DOCS, "results.json"), "w") as f:
-        json.dump(slim, f, indent=1)
+    path = os.path.join(DOCS, "results.json")
+    ran = {k for wl in res["meta"]["args"]["workloads"] for k in KEYS.get(wl, [wl])}
+    res = merge(json.loads(json.dumps(res)), path)
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
     import chart
-    chart.draw(res, DOCS)
+    chart.draw(res, DOCS, only=ran)
     text = open(BENCHMARKS).read() if os.path.exists(BENCHMARKS) else "# Benchmarks\n"
     new = section(res)
     if BEGIN in text and END in text:

@@ -68,11 +68,12 @@ _patch()
 class Sluice:
     name = "sluice"
 
-    def __init__(self, env, work, db, index, slot, mode="initial", readers=4):
+    def __init__(self, env, work, db, index, slot, mode="initial", readers=4, mapping=None):
+        """`mapping`: the mapping file's text (default: the bench table, every column)."""
         self.env, self.work, self.db, self.index, self.slot = env, work, db, index, slot
         os.makedirs(os.path.join(work, "mappings"), exist_ok=True)
         with open(os.path.join(work, "mappings", "bench.toml"), "w") as f:
-            f.write(f'table = "public.{TABLE}"\nindex = "{index}"\n')
+            f.write(mapping or f'table = "public.{TABLE}"\nindex = "{index}"\n')
         self.config = os.path.join(work, "sluice.toml")
         with open(self.config, "w") as f:
             f.write(f'''mappings_dir = "mappings"
@@ -152,11 +153,13 @@ class Redis:
 class PgSync:
     name = "pgsync"
 
-    def __init__(self, env, work, db, index, es_version):
+    def __init__(self, env, work, db, index, es_version, nodes=None):
+        """`nodes`: schema.json's `nodes` (default: the bench table, every column)."""
         self.env, self.work, self.db, self.index = env, work, db, index
         self.schema = os.path.join(work, "schema.json")
         with open(self.schema, "w") as f:
-            json.dump([{"database": db, "index": index, "nodes": {"table": TABLE, "columns": COLUMNS}}], f)
+            json.dump([{"database": db, "index": index,
+                        "nodes": nodes or {"table": TABLE, "columns": COLUMNS}}], f, indent=1)
         self.penv = dict(os.environ, PG_HOST=env.pg_host, PG_PORT=str(env.pg_port), PG_USER=env.pg_user,
                          PG_PASSWORD=env.pg_password, ELASTICSEARCH_URL=env.es_url, REDIS_HOST="127.0.0.1",
                          CHECKPOINT_PATH=work + "/", BENCH_ES_VERSION=es_version,

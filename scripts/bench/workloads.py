@@ -1,6 +1,6 @@
 """The workloads: snapshot, streaming single-row and 100-change
-transactions, backlog drain (with decode), latency at a fixed rate, and the
-hook for nested documents. Each run of each tool gets a fresh copy of the
+transactions, backlog drain (with decode), latency at a fixed rate, and
+nested documents (snapshot and child-change fan-out). Each run of each tool gets a fresh copy of the
 template database and a fresh index with the same body, so no tool sees
 another's slot, triggers or documents.
 
@@ -17,11 +17,12 @@ import os
 import threading
 import time
 
-from common import HZ, Es, Phase, connect, hwm_kib, log, reset_hwm, ticks, wait_until
+import nested_data as nd
+from common import HZ, Es, Phase, Proc, connect, hwm_kib, log, reset_hwm, ticks, wait_until
 from data import (INDEX_BODY, PROBES, SENTINEL, TABLE, bodies, copy_db, create_slots,
                   decoded_changes, drop_db, make_template, pgbench, row_count, set_sentinel, snapshot_docs)
 from tools import PgSync, Sluice, pg_recvlogical, raw_bulk, source_drain
-from verify import compare
+from verify import compare, compare_nested
 
 _marker = itertools.count(1)
 
@@ -54,14 +55,15 @@ class Ctx:
             if k not in ("samples", "indexed", "check", "examples")))
 
 
-def check(env, db, index, settle_s=30):
+def check(env, db, index, settle_s=30, cmp=compare):
     """End state, checked again every 2 s for up to `settle_s` if it is not
     exact at first (a tool that applies changes out of order may still be
-    at work when the sentinel shows; the report says how long it took)."""
+    at work when the sentinel shows; the report says how long it took).
+    `cmp(env, db, index)` compares (default: the bench table's rows)."""
     t0 = time.monotonic()
     while True:
         at = time.monotonic() - t0
-        res = compare(env, db, index)
+        res = cmp(env, db, index)
         res["settled_after_s"] = round(at, 1) if res["exact"] else None
         if res["exact"] or time.monotonic() - t0 > settle_s:
             return res
@@ -474,13 +476,175 @@ def latency(ctx):
 
 # ---- nested documents (issue 12) ----------------------------------------------------
 def nested(ctx):
-    """Child-change fan-out into nested documents. Sluice has no mapping
-    syntax for nested documents yet (issue 12); when it does, this workload
-    creates a parent and a child table, maps the children into the parent's
-    document (PGSync: a `children` node), streams child changes and measures
-    parent documents updated per second, with the same end-state check."""
-    ctx.results["nested"] = {"skipped": "needs nested-document mappings (issue 12)"}
-    log("nested: skipped until issue 12 adds nested-document mappings")
+    """One order document built from four tables (customer{}, items[] →
+    product{}; scripts/bench/nested_data.py), four measures per run:
+    the snapshot (root documents/s, against raw `_bulk` of the same
+    documents rendered by SQL), then with the tool streaming, child changes
+    (one item of each of N orders: one root each; in single-row and in
+    100-row transactions) and many-to-one fan-out (R products renamed:
+    every order with an item of one), in root documents
+    rebuilt per second until the index shows them all, against raw `_bulk`
+    of the same rebuilt documents. Every phase ends with the whole index
+    compared with the documents SQL builds."""
+    env, a, es = ctx.env, ctx.args, ctx.es
+    tpl = "sb_tpl_nested"
+    nd.make_template(env, tpl, a.nested_orders, a.nested_items)
+    docs = nd.bulk_docs(env, tpl)
+    n = len(docs)
+    raw_index = "sluice-bench-nested-raw"
+    # The raw loader's best concurrency and batch for these (larger) documents.
+    sweep_docs = docs[:min(n, a.sweep_docs, 50_000)]
+    sweep = []
+    for conc in a.sweep_concurrency:
+        for batch in a.sweep_batch:
+            es.create_index(raw_index, nd.INDEX_BODY)
+            secs = raw_bulk(env, bodies(sweep_docs, batch, raw_index), conc)
+            sweep.append({"concurrency": conc, "batch": batch, "rate": len(sweep_docs) / secs})
+            log(f"nested sweep: {conc} in flight x {batch} docs: {len(sweep_docs) / secs:,.0f} docs/s")
+    best = max(sweep, key=lambda s: s["rate"])
+    best = {"concurrency": best["concurrency"], "batch": best["batch"]}
+    ctx.results["nested"] = {"orders": n, "items_per_order": a.nested_items, **nd.sizes(a.nested_orders),
+                             "item_updates": a.nested_item_updates, "renames": a.nested_renames,
+                             "sweep": {"docs": len(sweep_docs), "points": sweep, "best": best},
+                             "doc_bytes": sum(len(d) for _, d in docs) / n}
+    raw_bodies = bodies(docs, best["batch"], raw_index)
+    del docs
+    for run in range(a.runs):
+        es.create_index(raw_index, nd.INDEX_BODY)
+        with Phase(env) as ph:
+            raw_bulk(env, raw_bodies, best["concurrency"])
+            es.refresh(raw_index)
+        ctx.record("nested_snapshot", "raw", {"rate": n / ph.seconds, "seconds": ph.seconds, "changes": n,
+                                              "es_cpu": ph.es_cpu, "exact": es.count(raw_index) == n})
+        for tool in ctx.tools():
+            try:
+                nested_tool(ctx, tool, tpl, n, run, raw_index, best)
+            except Exception as e:  # noqa: BLE001 - one tool's failure must not lose the other's runs
+                log(f"nested {tool} run {run} FAILED: {e!r}")
+                ctx.results.setdefault("failed", {})[f"nested ({tool}, run {run + 1})"] = repr(e)[:500]
+                Proc.stop_all()
+                drop_db(env, f"sb_nested_{tool}")
+        es.delete_index(raw_index)
+    drop_db(env, tpl)
+
+
+def nested_cmp(unordered):
+    """PGSync has no array order (its json_agg has no ORDER BY), so its
+    arrays are compared as sets of elements by id; Sluice's as written
+    (`order_by = ["id"]`)."""
+    return lambda env, db, index: compare_nested(env, nd.expected_docs(env, db), index, unordered=unordered)
+
+
+def nested_tool(ctx, tool, tpl, n, run, raw_index, best):
+    env, es, a = ctx.env, ctx.es, ctx.args
+    db, index = f"sb_nested_{tool}", f"sluice-bench-nested-{tool}"
+    work = ctx.rundir("nested", f"{tool}-{run}")
+    copy_db(env, tpl, db)
+    es.create_index(index, nd.INDEX_BODY)
+    cmp = nested_cmp(unordered=tool == "pgsync")
+    slot = f"sb_nested_{run}_{os.getpid()}"
+    extra = {}
+    if tool == "sluice":
+        t = Sluice(env, work, db, index, slot=slot, mode="initial_only", readers=a.readers,
+                   mapping=nd.sluice_mapping(index))
+        with Phase(env, db) as ph:
+            p = t.start()
+            rc = p.wait(a.snapshot_timeout)
+            es.refresh(index)
+    else:
+        t = PgSync(env, work, db, index, ctx.es_version, nodes=nd.pgsync_nodes())
+        b = t.bootstrap()
+        extra = {"bootstrap_s": time.monotonic() - b.started, "bootstrap_cpu": b.cpu_s}
+        with Phase(env, db) as ph:
+            p = t.one_pass()
+            rc = p.wait(a.snapshot_timeout)
+            es.refresh(index)
+    if rc is None:
+        p.stop()
+        raise RuntimeError(f"{tool} snapshot unfinished after {a.snapshot_timeout} s")
+    if rc != 0:
+        raise RuntimeError(f"{tool} snapshot exited {rc}:\n{p.tail()}")
+    res = check(env, db, index, settle_s=0, cmp=cmp)
+    ctx.record("nested_snapshot", tool, {"rate": n / ph.seconds, "seconds": ph.seconds, "changes": n,
+                                         "tool_cpu": p.cpu_s, "pg_cpu": ph.pg_cpu, "es_cpu": ph.es_cpu,
+                                         "rss_mib": p.rss_mib, "exact": res["exact"], "check": summary_of(res),
+                                         **counts(res), "extra_fields": res["extra_fields"], **extra})
+    # Streaming: Sluice from the slot its snapshot left, PGSync `--daemon`
+    # from its checkpoint; both shown streaming by a change to order 0.
+    if tool == "sluice":
+        t = Sluice(env, work, db, index, slot=slot, mode="initial", readers=a.readers,
+                   mapping=nd.sluice_mapping(index))
+    p = t.start()
+    # Twice, a few seconds apart: PGSync reads its slot once at start, then
+    # listens to its triggers; a change committed between the two was lost in
+    # a trial run, and that start-up race is not what this workload measures.
+    for pause in (0, 3):
+        time.sleep(pause)
+        mark = marker()
+        nd.set_sentinel(env, db, mark)
+        wait_until(sentinel_visible(es, index, mark), 300, f"{tool} to stream", alive=p.alive)
+    ceiling = tool == ctx.tools()[0]
+    try:
+        for phase, version in (("items", 2), ("items100", 3), ("products", 4)):
+            fanout(ctx, t, tool, db, index, run, phase, cmp, raw_index if ceiling else None, best, version)
+    finally:
+        t.stop()
+    es.delete_index(index)
+    drop_db(env, db)
+
+
+def fanout(ctx, t, tool, db, index, run, phase, cmp, raw_index, best, version):
+    """One burst of transactions to a joined table while `t`
+    streams; done when a search (after a refresh) finds every root
+    document they touch changed; then the whole index is compared. The rate counts root
+    documents, each once however many of its rows changed."""
+    env, es, a = ctx.env, ctx.es, ctx.args
+    tag = f"{run}{tool[0]}"
+    use = Usage(t)
+    with Phase(env, db) as ph:
+        if phase.startswith("items"):
+            # Single-row transactions, then transactions of 100 items (of
+            # other orders, adding more, so each phase has its own marks).
+            per_tx, add = (1, 1000) if phase == "items" else (100, 10000)
+            w_s, roots = nd.item_updates(env, db, a.nested_orders, a.nested_items, a.nested_item_updates,
+                                         per_tx=per_tx, add=add, shift=per_tx > 1)
+            query, (where, params) = nd.items_done_query(add), nd.items_changed_where(add)
+            writes = roots
+        else:
+            w_s, roots = nd.product_renames(env, db, a.nested_orders, a.nested_renames, tag)
+            query, (where, params) = nd.products_done_query(tag), nd.products_changed_where(tag)
+            writes = min(a.nested_renames, nd.sizes(a.nested_orders)["products"])
+
+        def shown():
+            # Refreshed first: visible in search, without waiting out the
+            # index's 1 s refresh interval (the ceiling is timed the same way).
+            es.refresh(index)
+            return es.request("POST", f"/{index}/_count", query)["count"] >= roots
+        try:
+            wait_until(shown, a.catchup_timeout, f"{tool} to rebuild {roots} documents", interval=0.25,
+                       alive=lambda: bool(t.processes()))
+            finished = True
+        except TimeoutError:
+            log(f"{tool} did not rebuild every document within {a.catchup_timeout} s")
+            finished = False
+    cpu, rss = use.read()
+    res = check(env, db, index, cmp=cmp) if finished else unfinished(ctx, w_s)
+    ctx.record(f"nested_{phase}", tool, {"rate": done_rate(roots, ph.seconds, res), "seconds": ph.seconds,
+                                         "rate_at_sentinel": roots / ph.seconds, "changes": roots, "writes": writes,
+                                         "writer_rate": roots / w_s, "lag_after_writer_s": ph.seconds - w_s,
+                                         "tool_cpu": cpu, "pg_cpu": ph.pg_cpu, "es_cpu": ph.es_cpu, "rss_mib": rss,
+                                         "exact": res["exact"], "check": summary_of(res), **counts(res)})
+    if raw_index:
+        # The same rebuilt documents (as SQL renders them now) onto the raw
+        # snapshot's index: updates of existing documents, as the tools did.
+        docs = nd.bulk_docs(env, db, version=version, where=where, params=params)
+        b = bodies(docs, best["batch"], raw_index)
+        with Phase(env) as ph:
+            raw_bulk(env, b, best["concurrency"])
+            es.refresh(raw_index)
+        secs = ph.seconds
+        ctx.record(f"nested_{phase}", "raw", {"rate": len(docs) / secs, "seconds": secs, "changes": len(docs),
+                                                  "es_cpu": ph.es_cpu})
 
 
 def cleanup(ctx):
