@@ -53,7 +53,7 @@ pub fn bind(m: &mut Mapping, catalog: &Catalog, errors: &mut ConfigErrors) -> Ve
         warnings: Vec::new(),
         file: &m.file,
     };
-    let mut root = node(root_table, key, None, Vec::new());
+    let mut root = node(root_table, key, m.filter.clone(), Vec::new());
     let mut ancestors = vec![root_table.table.clone()];
     root.children = b.children(&mut m.relations, root_table, &mut ancestors, true);
     for f in &m.relations {

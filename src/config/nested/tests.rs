@@ -85,6 +85,7 @@ fn relations_parse_into_a_tree_bound_to_the_foreign_keys_postgres_knows() {
     let tree = m.list[0].tree.clone().expect("bound");
     let root = &tree.root;
     assert_eq!(root.children.len(), 2);
+    assert_eq!(root.filter, None);
     let customer = &root.children[0];
     assert_eq!(customer.field, "customer");
     assert_eq!(
@@ -127,6 +128,18 @@ fn relations_parse_into_a_tree_bound_to_the_foreign_keys_postgres_knows() {
             .iter()
             .all(|t| t.row_filter.is_none() && t.columns.is_none())
     );
+}
+
+#[test]
+fn the_roots_filter_applies_when_documents_are_read() {
+    let text = ORDERS.replace(
+        "index = \"orders\"",
+        "index = \"orders\"\nfilter = \"status <> 'draft'\"",
+    );
+    let mut m = load(&text).unwrap();
+    m.validate_against_catalog(&shop()).unwrap();
+    let tree = m.list[0].tree.clone().unwrap();
+    assert_eq!(tree.root.filter.as_deref(), Some("status <> 'draft'"));
 }
 
 #[test]
