@@ -610,6 +610,8 @@ fn mapping_files() -> Vec<Vec<u8>> {
         include_str!("../../mappings/products.toml"),
         include_str!("../../mappings/search_customers.toml"),
         include_str!("../../mappings/search_products.toml"),
+        // Nested relations, four tables deep.
+        include_str!("../../mappings/order_documents.toml"),
     ];
     let mut out: Vec<Vec<u8>> = all.iter().map(|t| t.as_bytes().to_vec()).collect();
     out.push([all[0], "\0", all[3]].concat().into_bytes());
