@@ -41,20 +41,17 @@ def _same(col, a, b):
     return a == b
 
 
-def compare(env, db, index, limit_examples=3):
-    """Returns {"exact", "rows", "docs", "missing", "extra", "differ", "examples", "extra_fields"}."""
-    es = Es(env)
-    es.refresh(index)
-    rows = table_rows(env, db)
-    docs = es.scan(index)
+def _walk(rows, docs, differs, limit_examples):
+    """Rows ((id, ...) in id order) against documents (in `_id` order),
+    merged: counts missing, extra and differing documents, with a few
+    examples. `differs(row, doc, res)` says how a pair differs (or None)."""
     res = {"rows": 0, "docs": 0, "missing": 0, "extra": 0, "differ": 0, "examples": [], "extra_fields": set()}
 
     def example(kind, doc_id, detail=""):
         if len(res["examples"]) < limit_examples:
             res["examples"].append(f"{kind} {doc_id} {detail}".strip())
 
-    row = next(rows, None)
-    doc = next(docs, None)
+    row, doc = next(rows, None), next(docs, None)
     while row is not None or doc is not None:
         rid = row[0] if row else None
         did = int(doc["_id"]) if doc else None
@@ -71,18 +68,29 @@ def compare(env, db, index, limit_examples=3):
         else:
             res["rows"] += 1
             res["docs"] += 1
-            want = json.loads(row[1], parse_float=Decimal)
-            got = doc["_source"]
-            res["extra_fields"] |= set(got) - set(COLUMNS)
-            bad = [c for c in COLUMNS if not _same(c, want.get(c), got.get(c))]
-            if bad:
+            d = differs(row, doc, res)
+            if d:
                 res["differ"] += 1
-                example("differs", rid, ", ".join(f"{c}: {want.get(c)!r} vs {got.get(c)!r}" for c in bad[:3]))
-            row = next(rows, None)
-            doc = next(docs, None)
+                example("differs", rid, d)
+            row, doc = next(rows, None), next(docs, None)
     res["exact"] = res["missing"] == res["extra"] == res["differ"] == 0
     res["extra_fields"] = sorted(res["extra_fields"])
     return res
+
+
+def compare(env, db, index, limit_examples=3):
+    """Returns {"exact", "rows", "docs", "missing", "extra", "differ", "examples", "extra_fields"}."""
+    es = Es(env)
+    es.refresh(index)
+
+    def differs(row, doc, res):
+        want = json.loads(row[1], parse_float=Decimal)
+        got = doc["_source"]
+        res["extra_fields"] |= set(got) - set(COLUMNS)
+        bad = [c for c in COLUMNS if not _same(c, want.get(c), got.get(c))]
+        return ", ".join(f"{c}: {want.get(c)!r} vs {got.get(c)!r}" for c in bad[:3]) or None
+
+    return _walk(table_rows(env, db), es.scan(index), differs, limit_examples)
 
 
 # ---- nested documents ----------------------------------------------------------
@@ -138,43 +146,16 @@ def compare_nested(env, rows, index, unordered=False, ignore=("_meta",), limit_e
     left out (PGSync's `_meta`) and listed in extra_fields."""
     es = Es(env)
     es.refresh(index)
-    docs = es.scan(index)
-    res = {"rows": 0, "docs": 0, "missing": 0, "extra": 0, "differ": 0, "examples": [], "extra_fields": set()}
 
-    def example(kind, doc_id, detail=""):
-        if len(res["examples"]) < limit_examples:
-            res["examples"].append(f"{kind} {doc_id} {detail}".strip())
+    def differs(row, doc, res):
+        got = dict(doc["_source"])
+        for k in ignore:
+            if k in got:
+                res["extra_fields"].add(k)
+                del got[k]
+        want = json.loads(row[1])
+        # Fast path: the same JSON values (numbers parsed alike on both
+        # sides); only documents that differ so are normalized and diffed.
+        return None if want == got else _diff(_norm(want, unordered), _norm(got, unordered))
 
-    row, doc = next(rows, None), next(docs, None)
-    while row is not None or doc is not None:
-        rid = row[0] if row else None
-        did = int(doc["_id"]) if doc else None
-        if doc is None or (row is not None and rid < did):
-            res["rows"] += 1
-            res["missing"] += 1
-            example("missing", rid)
-            row = next(rows, None)
-        elif row is None or did < rid:
-            res["docs"] += 1
-            res["extra"] += 1
-            example("extra", did)
-            doc = next(docs, None)
-        else:
-            res["rows"] += 1
-            res["docs"] += 1
-            got = dict(doc["_source"])
-            for k in ignore:
-                if k in got:
-                    res["extra_fields"].add(k)
-                    del got[k]
-            want = json.loads(row[1])
-            # Fast path: the same JSON values (numbers parsed alike on both
-            # sides); only documents that differ so are normalized and diffed.
-            d = None if want == got else _diff(_norm(want, unordered), _norm(got, unordered))
-            if d:
-                res["differ"] += 1
-                example("differs", rid, d)
-            row, doc = next(rows, None), next(docs, None)
-    res["exact"] = res["missing"] == res["extra"] == res["differ"] == 0
-    res["extra_fields"] = sorted(res["extra_fields"])
-    return res
+    return _walk(rows, es.scan(index), differs, limit_examples)

@@ -502,9 +502,15 @@ pub fn streaming_at(addr: &str) -> bool {
 
 /// A bare HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_get_auth(addr, path, None)
+}
+
+/// A bare HTTP/1.0 GET with an optional `Authorization` value: (status, body).
+pub fn http_get_auth(addr: &str, path: &str, auth: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out
