@@ -44,6 +44,12 @@ mod run_transform_failures;
 // The long SIGKILL soak, run by `./dev soak` (ignored in the suite).
 mod run_soak;
 
+// fault: the fault matrix (`./dev faults` turns its report lines into
+// RELIABILITY.md's table).
+mod fault_es;
+mod fault_net;
+mod fault_pg;
+
 // ops: what an operator sees and runs (check, status, HTTP, secrets, packaging).
 mod ops_check;
 mod ops_http;

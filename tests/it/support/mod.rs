@@ -17,7 +17,8 @@
 //! - `status`: what `sluice status` and `teardown` are pointed at;
 //! - `private_pg`, `es_cluster`, `proxy`: private servers and a faulty
 //!   network, for tests that restart, kill or cut what they talk to;
-//! - `workload`: random writes that run until stopped.
+//! - `workload`: random writes that run until stopped;
+//! - `faults`: the fault matrix's catch-up clock and report line.
 
 #![allow(dead_code)]
 
@@ -33,6 +34,7 @@ use tokio_postgres::{Client, NoTls};
 pub mod compare;
 pub mod es;
 pub mod es_cluster;
+pub mod faults;
 pub mod pipeline;
 pub mod private_pg;
 pub mod proxy;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# ./dev faults [cargo test filter]
+#
+# The fault matrix (tests/it/fault_*.rs, also part of `./dev test`): runs the
+# cases with SLUICE_FAULT_REPORT set, each case writes one table row (area,
+# fault, test, seconds held, seconds to recover, outcome), and the rows
+# replace the table between the fault-matrix markers in RELIABILITY.md, under
+# a line with the date and commit. A failing case still fails the command.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+filter=${1:-fault_}
+report=$(mktemp)
+trap 'rm -f "$report"' EXIT
+set +e
+SLUICE_FAULT_REPORT=$report cargo test --release --test it "$filter" -- --nocapture
+rc=$?
+set -e
+commit=$(git rev-parse --short HEAD)
+dirty=$(git diff --quiet HEAD -- src tests || echo "+changes")
+python3 - "$report" "$commit$dirty" "$rc" <<'PY'
+import datetime, re, sys
+report, commit, rc = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = sorted(set(l.rstrip("\n") for l in open(report) if l.startswith("|")))
+when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+table = [f"Last run: {when}, commit {commit}, {len(rows)} cases"
+         + ("" if rc == "0" else f", cargo test exit {rc} (a case failed: see its output)") + ".", "",
+         "| area | fault | test | held (s) | recovery (s) | outcome |",
+         "|---|---|---|---|---|---|", *rows]
+text = open("RELIABILITY.md").read()
+begin, end = "<!-- fault-matrix:begin -->", "<!-- fault-matrix:end -->"
+new = re.sub(re.escape(begin) + ".*?" + re.escape(end),
+             lambda _: begin + "\n" + "\n".join(table) + "\n" + end, text, flags=re.S)
+open("RELIABILITY.md", "w").write(new)
+print(f"[faults] {len(rows)} rows written to RELIABILITY.md", file=sys.stderr)
+PY
+exit "$rc"

@@ -1,0 +1,93 @@
+//! The fault matrix's shared pieces (issue 18): how long a pipeline takes to
+//! catch up after a fault heals, and the one report line each case writes.
+//!
+//! Every `fault_*` test ends with the index compared to its tables (or with
+//! Sluice stopped on purpose, with its exit code and message checked), then
+//! calls `report`. `./dev faults` runs the cases with `SLUICE_FAULT_REPORT`
+//! set and turns the lines into RELIABILITY.md's fault-matrix table; in the
+//! plain suite the line only goes to the test's output.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use super::SqlClient;
+use super::sluice::Sluice;
+
+/// What one fault case measured.
+pub struct FaultCase<'a> {
+    /// The link or server the fault hit: `Sluice→Elasticsearch`, `PostgreSQL`, ...
+    pub area: &'a str,
+    /// The fault, as a reader of the table would name it.
+    pub fault: &'a str,
+    /// How long the fault was held before it healed.
+    pub held: Duration,
+    /// From the heal until the slot confirmed everything written before it.
+    pub recovery: Duration,
+    /// `exact` when missing/extra/stale are all 0, else what Sluice did
+    /// (for example `stopped: exit 2, names the slot and the rebuild`).
+    pub outcome: &'a str,
+}
+
+/// Print the case's line and, under `./dev faults`, append it to the report.
+pub fn report(test: &str, case: &FaultCase) {
+    let line = format!(
+        "| {} | {} | {} | {:.0} | {:.1} | {} |",
+        case.area,
+        case.fault,
+        test.rsplit("::").next().unwrap_or(test),
+        case.held.as_secs_f64(),
+        case.recovery.as_secs_f64(),
+        case.outcome
+    );
+    eprintln!("[fault matrix] {line}");
+    if let Ok(path) = std::env::var("SLUICE_FAULT_REPORT") {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot open the fault report {path}: {e}"));
+        writeln!(file, "{line}").expect("write the fault report");
+    }
+}
+
+/// Wait until the slot confirmed every WAL position written up to now, and
+/// return how long that took. Panics (with the log) if Sluice exits, or
+/// after `limit`.
+pub async fn catch_up(
+    db: &impl SqlClient,
+    slot: &str,
+    sluice: &mut Sluice,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let client = db.sql_client();
+    let target: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("read the current WAL position")
+        .get(0);
+    let query = format!(
+        "SELECT coalesce(bool_or(confirmed_flush_lsn >= '{target}'::pg_lsn), false)
+           FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    );
+    loop {
+        if let Some(code) = sluice.exited() {
+            panic!(
+                "sluice exited with {code} while catching up:\n{}",
+                sluice.log_text()
+            );
+        }
+        // A restarted server may refuse for a moment: that is still "not yet".
+        if let Ok(row) = client.query_one(&query, &[]).await
+            && row.get::<_, bool>(0)
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no catch-up within {limit:?}:\n{}",
+            sluice.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
