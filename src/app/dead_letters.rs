@@ -29,7 +29,9 @@ use crate::sink::indexer::{Ack, Indexer};
 use crate::snapshot::catalog::load_table;
 use crate::snapshot::reader::import_snapshot;
 use crate::source;
+use crate::config::Mapping;
 use crate::transform::Transformer;
+use crate::transform::nested::NestedDoc;
 
 /// What `sluice dead-letters` is asked to do.
 #[derive(Debug, Clone)]
@@ -143,16 +145,18 @@ async fn retry(req: &DeadLettersRequest) -> Result<String, (i32, anyhow::Error)>
     let mut transformer = Transformer::new(&cfg.mappings);
     let mut planned = Retries::default();
     for (table, letters) in &by_table {
-        plan_table(
-            &reader,
-            &catalog,
-            &mut transformer,
-            table,
-            letters,
-            version,
-            &mut planned,
-        )
-        .await?;
+        // A nested mapping's dead letters name its root table: their
+        // documents are read whole, like the stream rebuilds them.
+        let nested = cfg.mappings.for_table(table).find(|m| m.is_nested());
+        let (docs, rows): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
+            letters.iter().partition(|d| nested.is_some_and(|m| of_mapping(d, m)));
+        if let Some(m) = nested.filter(|_| !docs.is_empty()) {
+            plan_documents(&reader, &catalog, m, &docs, version, &mut planned).await?;
+        }
+        if !rows.is_empty() {
+            let cx = (&reader, &catalog, &mut transformer);
+            plan_table(cx, table, &rows, version, &mut planned).await?;
+        }
     }
     let Retries { expect, ops } = planned;
     let _ = reader.batch_execute("COMMIT").await;
@@ -205,9 +209,7 @@ struct Retries<'a> {
 /// is now (read inside the imported snapshot), transformed like the stream
 /// would, or a versioned delete when the row is gone; all at `version`.
 async fn plan_table<'a>(
-    reader: &tokio_postgres::Client,
-    catalog: &source::TypeCatalog,
-    transformer: &mut Transformer,
+    (reader, catalog, transformer): Cx<'_>,
     table: &str,
     letters: &[&'a DeadLetter],
     version: Lsn,
@@ -261,6 +263,91 @@ async fn plan_table<'a>(
                 Some(op) => op,
                 None => continue,
             },
+        };
+        let present = matches!(op.action, OpAction::Index { .. });
+        out.expect.push((d, doc_ref(&op), present));
+        out.ops.push(op);
+    }
+    Ok(())
+}
+
+/// What planning a retry reads with: the snapshot's connection, the type
+/// catalog and the stream's transformer.
+type Cx<'c> = (
+    &'c tokio_postgres::Client,
+    &'c source::TypeCatalog,
+    &'c mut Transformer,
+);
+
+/// Whether dead letter `d` is of nested mapping `m` (a document it built,
+/// or one Elasticsearch refused in its index).
+fn of_mapping(d: &DeadLetter, m: &Mapping) -> bool {
+    d.source["mapping"].as_str() == Some(&*m.name)
+        || d.source["index"].as_str() == Some(&m.index_pattern())
+}
+
+/// A root key, as text in key column order, from a dead letter's or an
+/// op's key (a JSON object of the key columns).
+fn root_key(key: &str, columns: &[String]) -> Option<source::nested::RootKey> {
+    let obj: serde_json::Map<String, Value> = serde_json::from_str(key).ok()?;
+    columns
+        .iter()
+        .map(|c| match obj.get(c)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            v => Some(v.to_string()),
+        })
+        .collect()
+}
+
+/// Plan the retry of nested mapping `m`'s dead letters: each root's
+/// document read whole inside the imported snapshot and built like the
+/// stream builds it, or a versioned delete when the root is gone.
+async fn plan_documents<'a>(
+    reader: &tokio_postgres::Client,
+    catalog: &source::TypeCatalog,
+    m: &Mapping,
+    letters: &[&'a DeadLetter],
+    version: Lsn,
+    out: &mut Retries<'a>,
+) -> Result<(), (i32, anyhow::Error)> {
+    let tree = m.tree.as_ref().expect("bound by open()");
+    let keys: Vec<(&DeadLetter, source::nested::RootKey)> = letters
+        .iter()
+        .filter_map(|d| Some((*d, root_key(d.source["key"].as_str()?, &tree.root.key)?)))
+        .collect();
+    let opts = source::ValueOptions::default();
+    let conv = source::nested::converter(catalog, &opts);
+    let roots: Vec<_> = keys.iter().map(|(_, k)| k.clone()).collect();
+    let rows = source::nested::read_documents(reader, tree, &roots, &conv)
+        .await
+        .map_err(|e| runtime_err(e.into()))?;
+    let mut doc = NestedDoc::new(m).map_err(|e| (EXIT_RUNTIME, anyhow::anyhow!("{e}")))?;
+    let mut now: HashMap<source::nested::RootKey, BulkOp> = HashMap::new();
+    for row in rows {
+        let mut ops = Vec::new();
+        // A document that still cannot be built stays a dead letter.
+        if doc.index(row, version, Utc::now(), &mut ops).is_err() {
+            continue;
+        }
+        for op in ops {
+            if let Some(k) = root_key(&op.origin.key, &tree.root.key) {
+                now.insert(k, op);
+            }
+        }
+    }
+    for (d, key) in keys {
+        let op = match now.remove(&key) {
+            Some(op) => op,
+            // Gone (or outside the filter): its document is deleted.
+            None => {
+                let mut ops = Vec::new();
+                let deleted = doc.delete(&key, version, Utc::now(), &mut ops);
+                match (deleted, ops.pop()) {
+                    (Ok(()), Some(op)) => op,
+                    _ => continue,
+                }
+            }
         };
         let present = matches!(op.action, OpAction::Index { .. });
         out.expect.push((d, doc_ref(&op), present));

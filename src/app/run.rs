@@ -487,13 +487,14 @@ async fn stream(
         step.dead_letter_index.clone(),
     )
     .map_err(|e| Failure::Runtime(anyhow!("nested mappings: {e}")))?
-    .map(|n| n.with_reindexes(dual.clone()));
+    .with_reindexes(dual.clone());
     let transform = dual.wrap(transform_step(&cfg.mappings, step));
     let mut indexer_cfg = indexer_config(&cfg);
     indexer_cfg.holds = ready.holds();
     let (ack_tx, acks) = mpsc::unbounded_channel();
     let indexer = Indexer::start(es, indexer_cfg, ack_tx);
-    let pipeline = Pipeline::new(indexer, acks, PipelineConfig::default()).with_nested(nested);
+    let pipeline =
+        Pipeline::new(indexer, acks, PipelineConfig::default()).with_nested(Some(nested));
     ready.set(PipelineState::Streaming);
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, %start, "streaming");
     let result = pipeline

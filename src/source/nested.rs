@@ -194,16 +194,58 @@ fn order_term(term: &str, alias: &str) -> String {
         .to_string()
 }
 
-/// The statement finding up to `limit` root keys above rows at `place`
-/// whose joining columns hold one of `values`, after `after` in key order.
-/// The values are those of the columns `lower_columns(tree, place)` names.
+/// Which roots [`roots_select`] pages through.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// The roots above the rows at a place holding one of these join
+    /// values (the place's [`lower_columns`]).
+    Above(&'a Place, &'a [Vec<String>]),
+    /// Every root the mapping's filter admits: what a TRUNCATE of a
+    /// related table touches.
+    Every,
+}
+
+/// Up to `limit` root keys in `scope` after `after`, in key order, each as
+/// the key columns' text then their values (for the keyset order).
 pub fn roots_select(
     tree: &DocTree,
-    place: &Place,
-    values: &[Vec<String>],
+    scope: Scope<'_>,
     after: Option<&RootKey>,
     limit: usize,
 ) -> String {
+    let root = &tree.root;
+    let (from, mut wheres) = match scope {
+        Scope::Above(place, values) => above(tree, place, values),
+        Scope::Every => (
+            format!("{} r", quote_table(&root.table.schema, &root.table.name)),
+            root.filter.iter().map(|f| format!("({f})")).collect(),
+        ),
+    };
+    let keys: Vec<String> = root
+        .key
+        .iter()
+        .map(|k| format!("r.{}", quote_ident(k)))
+        .collect();
+    if let Some(a) = after {
+        let lits: Vec<String> = a.iter().map(|v| quote_literal(v)).collect();
+        wheres.push(format!("({}) > ({})", keys.join(", "), lits.join(", ")));
+    }
+    if wheres.is_empty() {
+        wheres.push("true".into());
+    }
+    let text: Vec<String> = keys.iter().map(|k| format!("{k}::text")).collect();
+    format!(
+        "SELECT DISTINCT {}, {} FROM {from} WHERE {} ORDER BY {} LIMIT {limit}",
+        text.join(", "),
+        keys.join(", "),
+        wheres.join(" AND "),
+        keys.join(", ")
+    )
+}
+
+/// The `FROM` (root `r` joined down to the changed row's parent) and the
+/// condition on the join values, for [`Scope::Above`].
+fn above(tree: &DocTree, place: &Place, values: &[Vec<String>]) -> (String, Vec<String>) {
     let root = &tree.root;
     let mut from = format!("{} r", quote_table(&root.table.schema, &root.table.name));
     let (mut node, mut alias) = (root, "r".to_string());
@@ -243,24 +285,7 @@ pub fn roots_select(
             (j, child_on.iter().map(|p| p.0.clone()).collect())
         }
     };
-    let keys: Vec<String> = root
-        .key
-        .iter()
-        .map(|k| format!("r.{}", quote_ident(k)))
-        .collect();
-    let mut wheres = vec![key_in(&cols, &cond_alias, values)];
-    if let Some(a) = after {
-        let lits: Vec<String> = a.iter().map(|v| quote_literal(v)).collect();
-        wheres.push(format!("({}) > ({})", keys.join(", "), lits.join(", ")));
-    }
-    let text: Vec<String> = keys.iter().map(|k| format!("{k}::text")).collect();
-    format!(
-        "SELECT DISTINCT {}, {} FROM {from} WHERE {} ORDER BY {} LIMIT {limit}",
-        text.join(", "),
-        keys.join(", "),
-        wheres.join(" AND "),
-        keys.join(", ")
-    )
+    (from, vec![key_in(&cols, &cond_alias, values)])
 }
 
 /// ` JOIN child a ON ...` (through the join table for many-to-many).
@@ -423,18 +448,17 @@ fn convert_related(raw: Value, node: &DocNode, conv: Convert<'_>) -> Result<Valu
     Ok(Value::Array(row))
 }
 
-/// Up to `limit` root keys above rows at `place` holding `values`, after
-/// `after`; fewer than `limit` means there are no more.
+/// Up to `limit` root keys in `scope` after `after`; fewer than `limit`
+/// means there are no more.
 pub async fn find_roots(
     client: &Client,
     tree: &DocTree,
-    place: &Place,
-    values: &[Vec<String>],
+    scope: Scope<'_>,
     after: Option<&RootKey>,
     limit: usize,
 ) -> Result<Vec<RootKey>, SourceError> {
     let n = tree.root.key.len();
-    let sql = roots_select(tree, place, values, after, limit);
+    let sql = roots_select(tree, scope, after, limit);
     let mut out = Vec::new();
     for m in client.simple_query(&sql).await? {
         if let tokio_postgres::SimpleQueryMessage::Row(r) = m {

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::config::{IndexName, Mappings};
+use crate::config::{IndexName, Mapping, Mappings};
 use crate::model::BulkOp;
 use crate::model::Change;
 use crate::model::lsn::Lsn;
@@ -66,6 +66,10 @@ struct Route {
     build_index: Arc<str>,
     phase: Phase,
     transform: TransformFn,
+    /// The reindex's nested mappings: their documents are read whole, not
+    /// made from a change, so `stream::nested` rebuilds them for the build
+    /// index (see [`DualWrite::observe`]).
+    nested: Vec<Arc<Mapping>>,
 }
 
 #[derive(Default)]
@@ -73,6 +77,22 @@ struct Shared {
     routes: Vec<Route>,
     /// Highest commit LSN of any change transformed so far.
     last_version: Option<Lsn>,
+    /// Bumped whenever the routes change.
+    generation: u64,
+}
+
+impl Shared {
+    fn saw(&mut self, version: Lsn) {
+        self.last_version = Some(self.last_version.map_or(version, |v| v.max(version)));
+    }
+}
+
+/// A nested mapping of a reindex: its documents go to `build_index`.
+#[derive(Clone)]
+pub struct NestedRoute {
+    pub alias: Arc<str>,
+    pub build_index: Arc<str>,
+    pub mapping: Arc<Mapping>,
 }
 
 /// Routes shared between the transform step and the poller.
@@ -101,10 +121,7 @@ impl DualWrite {
         let dead_letters = self.dead_letter_index.clone();
         move |change, out| {
             let mut sh = shared.lock().expect("dual-write routes");
-            sh.last_version = Some(
-                sh.last_version
-                    .map_or(change.version, |v| v.max(change.version)),
-            );
+            sh.saw(change.version);
             if sh.routes.is_empty() {
                 drop(sh);
                 return main(change, out);
@@ -142,26 +159,38 @@ impl DualWrite {
         }
     }
 
-    /// Rebuilt nested documents during a reindex of their index: each is
-    /// also written to the build index, as the running mapping builds it
-    /// (a nested document is read whole, not made from the change, so the
-    /// route's own transform has nothing to add); once switched, only
-    /// there.
-    pub fn copy_rebuilt(&self, ops: &mut Vec<BulkOp>) {
-        let sh = self.shared.lock().expect("dual-write routes");
-        for route in &sh.routes {
-            let copies: Vec<BulkOp> = ops
-                .iter()
-                .filter(|op| *op.index == *route.alias)
-                .map(|op| BulkOp {
-                    index: route.build_index.clone(),
-                    ..op.clone()
+    /// The nested side's view, taken as each change is noted: records
+    /// `version` as seen (under the same lock as a route's install, so a
+    /// route installed after this reports it, and every change the route
+    /// must cover is noted with the route in place), and returns the
+    /// nested routes when they changed since generation `known`.
+    pub fn observe(&self, version: Lsn, known: u64) -> Option<(u64, Vec<NestedRoute>)> {
+        let mut sh = self.shared.lock().expect("dual-write routes");
+        sh.saw(version);
+        if sh.generation == known {
+            return None;
+        }
+        let routes = sh
+            .routes
+            .iter()
+            .flat_map(|r| {
+                r.nested.iter().map(|m| NestedRoute {
+                    alias: r.alias.clone(),
+                    build_index: r.build_index.clone(),
+                    mapping: m.clone(),
                 })
-                .collect();
-            if route.phase == Phase::Switched {
-                ops.retain(|op| *op.index != *route.alias);
-            }
-            ops.extend(copies);
+            })
+            .collect();
+        Some((sh.generation, routes))
+    }
+
+    /// Rebuilt documents of the running mappings: those for an alias whose
+    /// reindex switched go nowhere (the route's own documents replace
+    /// them in the build index).
+    pub fn drop_switched(&self, ops: &mut Vec<BulkOp>) {
+        let sh = self.shared.lock().expect("dual-write routes");
+        for route in sh.routes.iter().filter(|r| r.phase == Phase::Switched) {
+            ops.retain(|op| *op.index != *route.alias);
         }
     }
 
@@ -174,6 +203,7 @@ impl DualWrite {
         sh.routes
             .retain(|r| !(r.alias == route.alias && r.build_index == route.build_index));
         sh.routes.push(route);
+        sh.generation += 1;
         sh.last_version
     }
 
@@ -187,6 +217,7 @@ impl DualWrite {
         for r in sh.routes.iter_mut().filter(|r| &*r.alias == alias) {
             r.phase = Phase::Switched;
         }
+        sh.generation += 1;
         sh.last_version
     }
 
@@ -196,6 +227,7 @@ impl DualWrite {
         let mut sh = self.shared.lock().expect("dual-write routes");
         sh.routes
             .retain(|r| !(&*r.alias == alias && &*r.build_index == build_index));
+        sh.generation += 1;
         sh.last_version
     }
 
@@ -280,18 +312,18 @@ impl Poller {
                     r.alias
                 ));
             }
-            if self
-                .setup
-                .loaded
-                .for_table(&nm.qualified_table)
-                .next()
-                .is_none()
-            {
+        }
+        let streamed = self.setup.loaded.tables();
+        for nm in &m.list {
+            let one = Mappings {
+                list: vec![nm.clone()],
+            };
+            if let Some(t) = one.tables().into_iter().find(|t| !streamed.contains(t)) {
                 return Err(format!(
                     "{} reads {}, which this `sluice run` does not stream (restart it with \
                      the new mapping directory so the publication includes the table)",
                     nm.file.display(),
-                    nm.qualified_table
+                    t.qualified_name()
                 ));
             }
         }
@@ -367,6 +399,12 @@ impl Poller {
             build_index: r.build_index.as_str().into(),
             phase,
             transform: (self.setup.make_transform)(&mappings),
+            nested: mappings
+                .list
+                .iter()
+                .filter(|m| m.is_nested())
+                .map(|m| Arc::new(m.clone()))
+                .collect(),
         });
         let from = dual_write_from(seen, self.setup.start);
         tracing::info!(alias = %r.alias, build_index = %r.build_index, %from,
@@ -461,7 +499,7 @@ mod tests {
     use crate::model::{ChangeKind, Relation, ReplicaIdentity};
     use crate::model::{OpAction, OpOrigin};
 
-    fn change(version: u64) -> Change {
+    pub(super) fn change(version: u64) -> Change {
         Change {
             relation: Arc::new(Relation {
                 id: 1,
@@ -477,7 +515,7 @@ mod tests {
         }
     }
 
-    fn op(index: &str, doc: &str, c: &Change) -> BulkOp {
+    pub(super) fn op(index: &str, doc: &str, c: &Change) -> BulkOp {
         BulkOp {
             action: OpAction::Index {
                 doc: doc.as_bytes().to_vec(),
@@ -513,6 +551,7 @@ mod tests {
                 out.push(op("elsewhere", "new", c));
                 Ok(())
             }),
+            nested: Vec::new(),
         }
     }
 
@@ -584,6 +623,7 @@ mod tests {
                 out.push(op("dead-letters", "refused", c));
                 Ok(())
             }),
+            nested: Vec::new(),
         });
         let mut out = Vec::new();
         step(&change(60), &mut out).unwrap();
@@ -647,6 +687,7 @@ mod tests {
                 out.push(op("items", "newer", c));
                 Ok(())
             }),
+            nested: Vec::new(),
         });
         let mut out = Vec::new();
         step(&change(50), &mut out).unwrap();
@@ -678,5 +719,82 @@ mod tests {
         assert_eq!(dual.routes().len(), 1);
         dual.remove("items", "items-2");
         assert!(dual.routes().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod nested_tests {
+    use super::*;
+
+    fn nested_mapping() -> Arc<Mapping> {
+        let m = Mappings::from_texts(&[(
+            std::path::Path::new("orders.toml"),
+            "table = \"public.orders\"\nindex = \"orders\"\n",
+        )])
+        .unwrap();
+        Arc::new(m.list[0].clone())
+    }
+
+    fn nested_route(mapping: &Arc<Mapping>) -> Route {
+        Route {
+            alias: "orders".into(),
+            build_index: "orders-2".into(),
+            phase: Phase::Building,
+            transform: Box::new(|_: &Change, _: &mut Vec<BulkOp>| Ok(())),
+            nested: vec![mapping.clone()],
+        }
+    }
+
+    #[test]
+    fn a_version_observed_before_a_route_is_installed_is_reported_by_the_install() {
+        let dual = DualWrite::new("dead-letters".into());
+        assert!(dual.observe(Lsn(40), 0).is_none(), "no route: nothing new");
+        // The nested side noted a change at 50 before the route existed:
+        // the route's acknowledgement must not claim it.
+        assert!(dual.observe(Lsn(50), 0).is_none());
+        let m = nested_mapping();
+        let seen = dual.install(nested_route(&m));
+        assert_eq!(seen, Some(Lsn(50)));
+        assert_eq!(dual_write_from(seen, Lsn(1)), Lsn(51));
+    }
+
+    #[test]
+    fn nested_routes_are_reported_once_per_change_of_the_routes() {
+        let dual = DualWrite::new("dead-letters".into());
+        let m = nested_mapping();
+        dual.install(nested_route(&m));
+        let (generation, routes) = dual.observe(Lsn(60), 0).expect("a new route");
+        assert_eq!(routes.len(), 1);
+        assert_eq!(&*routes[0].build_index, "orders-2");
+        assert!(
+            Arc::ptr_eq(&routes[0].mapping, &m),
+            "the same mapping each time"
+        );
+        assert!(dual.observe(Lsn(61), generation).is_none(), "unchanged");
+        dual.remove("orders", "orders-2");
+        let (_, routes) = dual.observe(Lsn(62), generation).expect("the route ended");
+        assert!(routes.is_empty());
+    }
+
+    #[test]
+    fn rebuilt_documents_for_a_switched_alias_are_dropped_and_others_kept() {
+        let dual = DualWrite::new("dead-letters".into());
+        let m = nested_mapping();
+        dual.install(nested_route(&m));
+        let c = super::tests::change(70);
+        let mut ops = vec![
+            super::tests::op("orders", "old", &c),
+            super::tests::op("other", "old", &c),
+        ];
+        dual.drop_switched(&mut ops);
+        assert_eq!(
+            ops.len(),
+            2,
+            "building: the old shape still goes to the alias"
+        );
+        dual.switch("orders", "orders-2");
+        dual.drop_switched(&mut ops);
+        let left: Vec<&str> = ops.iter().map(|o| &*o.index).collect();
+        assert_eq!(left, ["other"]);
     }
 }

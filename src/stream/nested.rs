@@ -26,14 +26,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Mapping, Mappings};
+use crate::config::{Mapping, Mappings, OnTruncate};
 use crate::model::{
     BulkOp, Change, ChangeKind, Datum, DocTree, Lsn, OldRow, Place, RejectedRow, Row,
 };
 use crate::sink::dead_letter;
 use crate::source::nested::{self as sql, RootKey};
 use crate::source::{self, SourceError};
+use crate::stream::dual_write::DualWrite;
 use crate::stream::transform_step::StepError;
+use crate::transform::TransformError;
 use crate::transform::nested::NestedDoc;
 
 /// Root keys per statement when reading documents.
@@ -62,12 +64,31 @@ struct Doc {
     direct: HashMap<RootKey, Lsn>,
     /// (place, join values) of the batch → the latest version.
     upward: HashMap<(usize, Vec<String>), Lsn>,
+    /// A related table was truncated in the batch: every root is rebuilt,
+    /// at the latest such version.
+    every: Option<Lsn>,
+    /// A reindex's mapping: (alias, build index) its documents go to
+    /// instead of the alias. `None` for a mapping this process loaded.
+    target: Option<(Arc<str>, Arc<str>)>,
+    /// The reindex ended: its pending work is dropped (its build index
+    /// may be gone, and a write would create it again).
+    retired: bool,
 }
 
 /// What the open transaction touched: (doc, place or root, values).
 enum Touch {
     Root(usize, RootKey),
     Up(usize, usize, Vec<String>),
+    Every(usize),
+}
+
+/// Which roots a find job pages through (see [`sql::Scope`]).
+enum Finding {
+    Above {
+        place: usize,
+        values: Vec<Vec<String>>,
+    },
+    Every,
 }
 
 /// A unit of rebuild work: a page of known roots, or roots still to find.
@@ -78,8 +99,7 @@ enum Job {
     },
     Find {
         doc: usize,
-        place: usize,
-        values: Vec<Vec<String>>,
+        finding: Finding,
         version: Lsn,
         after: Option<RootKey>,
     },
@@ -106,8 +126,47 @@ pub struct NestedStream {
     xids: Vec<u32>,
     jobs: VecDeque<Job>,
     commit_time: DateTime<Utc>,
-    /// Reindexes in progress: rebuilt documents go to their build index too.
-    dual: Option<crate::stream::dual_write::DualWrite>,
+    /// Reindexes in progress: their nested mappings' documents are
+    /// rebuilt for their build index too.
+    dual: Option<DualWrite>,
+    /// The generation of the reindex routes `docs` follows.
+    routes_seen: u64,
+}
+
+impl Doc {
+    fn new(
+        mapping: Arc<Mapping>,
+        target: Option<(Arc<str>, Arc<str>)>,
+    ) -> Result<Doc, TransformError> {
+        let doc = NestedDoc::new(&mapping)?;
+        let tree = mapping.tree.clone().expect("bound with the doc");
+        let mut places: HashMap<String, Vec<(usize, Vec<String>)>> = HashMap::new();
+        let mut all_places = Vec::new();
+        for t in tree.tables() {
+            for p in tree.places(&t) {
+                let cols = sql::lower_columns(&tree, &p);
+                places
+                    .entry(t.qualified_name())
+                    .or_default()
+                    .push((all_places.len(), cols));
+                all_places.push(p);
+            }
+        }
+        let root_from = all_places.iter().map(|p| roots_by_join(&tree, p)).collect();
+        Ok(Doc {
+            root_from,
+            mapping,
+            tree,
+            doc,
+            places,
+            all_places,
+            direct: HashMap::new(),
+            upward: HashMap::new(),
+            every: None,
+            target,
+            retired: false,
+        })
+    }
 }
 
 /// For a table directly under the root whose join names the root's key
@@ -142,45 +201,22 @@ fn text(d: &Datum) -> Option<String> {
 }
 
 impl NestedStream {
-    /// `None` when no mapping is nested.
+    /// The nested mappings of `mappings` (there may be none: a reindex
+    /// can bring one).
     pub fn new(
         mappings: &Mappings,
         pg_cfg: source::PgConnectConfig,
         pg: Arc<tokio_postgres::Client>,
         dead_letter_index: Arc<str>,
-    ) -> Result<Option<NestedStream>, StepError> {
-        let mut docs = Vec::new();
-        for m in mappings.list.iter().filter(|m| m.is_nested()) {
-            let doc = NestedDoc::new(m).map_err(|e| StepError::Mapping(Box::new(e)))?;
-            let tree = m.tree.clone().expect("bound with the doc");
-            let mut places: HashMap<String, Vec<(usize, Vec<String>)>> = HashMap::new();
-            let mut all_places = Vec::new();
-            for t in tree.tables() {
-                for p in tree.places(&t) {
-                    let cols = sql::lower_columns(&tree, &p);
-                    places
-                        .entry(t.qualified_name())
-                        .or_default()
-                        .push((all_places.len(), cols));
-                    all_places.push(p);
-                }
-            }
-            let root_from = all_places.iter().map(|p| roots_by_join(&tree, p)).collect();
-            docs.push(Doc {
-                root_from,
-                mapping: Arc::new(m.clone()),
-                tree,
-                doc,
-                places,
-                all_places,
-                direct: HashMap::new(),
-                upward: HashMap::new(),
-            });
-        }
-        if docs.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(NestedStream {
+    ) -> Result<NestedStream, StepError> {
+        let docs = mappings
+            .list
+            .iter()
+            .filter(|m| m.is_nested())
+            .map(|m| Doc::new(Arc::new(m.clone()), None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StepError::Mapping(Box::new(e)))?;
+        Ok(NestedStream {
             docs,
             pg_cfg,
             pg: Some(pg),
@@ -192,13 +228,49 @@ impl NestedStream {
             jobs: VecDeque::new(),
             commit_time: Utc::now(),
             dual: None,
-        }))
+            routes_seen: 0,
+        })
     }
 
-    /// Write rebuilt documents to the build index of a reindex too.
-    pub fn with_reindexes(mut self, dual: crate::stream::dual_write::DualWrite) -> Self {
+    /// Follow reindexes: a reindex's nested mapping gets documents of its
+    /// own, rebuilt for its build index from the same touches.
+    pub fn with_reindexes(mut self, dual: DualWrite) -> Self {
         self.dual = Some(dual);
         self
+    }
+
+    /// Take the reindex routes in effect for a change at `version`: a new
+    /// route's mapping starts noting touches from this change on, an ended
+    /// one's documents retire.
+    fn follow_routes(&mut self, version: Lsn) -> Result<(), TransformError> {
+        let Some((generation, routes)) = self
+            .dual
+            .as_ref()
+            .and_then(|d| d.observe(version, self.routes_seen))
+        else {
+            return Ok(());
+        };
+        self.routes_seen = generation;
+        for doc in self.docs.iter_mut() {
+            if let Some((_, build)) = &doc.target {
+                doc.retired |= !routes
+                    .iter()
+                    .any(|r| r.build_index == *build && Arc::ptr_eq(&r.mapping, &doc.mapping));
+            }
+        }
+        for r in routes {
+            let have = self.docs.iter().any(|d| {
+                !d.retired
+                    && d.target.as_ref().is_some_and(|(_, b)| *b == r.build_index)
+                    && Arc::ptr_eq(&d.mapping, &r.mapping)
+            });
+            if !have {
+                tracing::info!(mapping = %r.mapping.name, build_index = %r.build_index, "rebuilding nested documents for the reindex's build index too");
+                let target = Some((r.alias.clone(), r.build_index.clone()));
+                self.docs.push(Doc::new(r.mapping, target)?);
+            }
+        }
+        Ok(())
     }
 
     /// A transaction begins: touches of one left open (the reader
@@ -207,14 +279,45 @@ impl NestedStream {
         self.open.clear();
     }
 
-    /// Note what `change` (of the open transaction) touches.
-    pub fn note(&mut self, change: &Change) {
+    /// Note what `change` (of the open transaction) touches. A TRUNCATE
+    /// of a nested mapping's root table follows its `on_truncate` (like a
+    /// flat mapping's; `fail` is the error); of a related table it touches
+    /// every root, since every document may have held its rows.
+    pub fn note(&mut self, change: &Change) -> Result<(), TransformError> {
+        self.follow_routes(change.version)?;
+        if self.docs.is_empty() {
+            return Ok(());
+        }
         let rel = &change.relation;
         let q = rel.qualified_name();
         for (d, doc) in self.docs.iter().enumerate() {
+            if doc.retired {
+                continue;
+            }
             let Some(places) = doc.places.get(&q) else {
                 continue;
             };
+            if matches!(change.kind, ChangeKind::Truncate) {
+                let root = places
+                    .iter()
+                    .any(|(p, _)| doc.all_places[*p].path.is_empty());
+                match (root, doc.mapping.on_truncate) {
+                    (false, _) => {
+                        tracing::warn!(table = %q, mapping = %doc.mapping.name, "TRUNCATE of a table joined into nested documents: rebuilding every document of the mapping");
+                        self.open.push(Touch::Every(d));
+                    }
+                    (true, OnTruncate::Log) => {
+                        tracing::error!(table = %q, mapping = %doc.mapping.name, index = %doc.mapping.index_pattern(), "TRUNCATE received: its documents stay in Elasticsearch; run `sluice snapshot --reindex` to rebuild the index");
+                    }
+                    (true, OnTruncate::Fail) => {
+                        return Err(TransformError::Truncated {
+                            table: q.into(),
+                            mapping: doc.mapping.name.clone(),
+                        });
+                    }
+                }
+                continue;
+            }
             let rows: Vec<&Row> = match &change.kind {
                 ChangeKind::Insert { new } => vec![new],
                 ChangeKind::Update { old, new } => {
@@ -223,10 +326,7 @@ impl NestedStream {
                     r
                 }
                 ChangeKind::Delete { old } => vec![old.row()],
-                ChangeKind::Truncate => {
-                    tracing::error!(table = %q, mapping = %doc.mapping.name, "TRUNCATE of a table of a nested mapping: its documents are not rebuilt; run `sluice snapshot --reindex`");
-                    continue;
-                }
+                ChangeKind::Truncate => continue, // handled above
             };
             for (p, cols) in places {
                 let Some(pos) = cols
@@ -256,6 +356,7 @@ impl NestedStream {
                 }
             }
         }
+        Ok(())
     }
 
     /// The open transaction committed at `version`: its touches join the
@@ -271,6 +372,9 @@ impl NestedStream {
                 }
                 Touch::Up(d, p, v) => {
                     self.docs[d].upward.insert((p, v), version);
+                }
+                Touch::Every(d) => {
+                    self.docs[d].every = Some(version);
                 }
             }
         }
@@ -301,6 +405,12 @@ impl NestedStream {
             pause = (pause * 2).min(Duration::from_millis(50));
         }
         for (d, doc) in self.docs.iter_mut().enumerate() {
+            if doc.retired {
+                doc.direct.clear();
+                doc.upward.clear();
+                doc.every = None;
+                continue;
+            }
             let direct: Vec<(RootKey, Lsn)> = doc.direct.drain().collect();
             for chunk in direct.chunks(READ_PAGE) {
                 self.jobs.push_back(Job::Read {
@@ -321,12 +431,24 @@ impl NestedStream {
                 for chunk in values.chunks(VALUES_PAGE) {
                     self.jobs.push_back(Job::Find {
                         doc: d,
-                        place,
-                        values: chunk.iter().map(|(v, _)| v.clone()).collect(),
+                        finding: Finding::Above {
+                            place,
+                            values: chunk.iter().map(|(v, _)| v.clone()).collect(),
+                        },
                         version: chunk.iter().map(|(_, l)| *l).max().unwrap_or(Lsn(0)),
                         after: None,
                     });
                 }
+            }
+            // Read after every transaction of the batch is visible, like
+            // the finds above: the newest truncating version is safe.
+            if let Some(version) = doc.every.take() {
+                self.jobs.push_back(Job::Find {
+                    doc: d,
+                    finding: Finding::Every,
+                    version,
+                    after: None,
+                });
             }
         }
         Ok(())
@@ -378,44 +500,50 @@ impl NestedStream {
         let Some(job) = self.jobs.pop_front() else {
             return Ok(None);
         };
+        let d = match &job {
+            Job::Read { doc, .. } | Job::Find { doc, .. } => *doc,
+        };
+        if self.docs[d].retired {
+            return Ok(Some(Page {
+                ops: Vec::new(),
+                table: self.docs[d].mapping.qualified_table.clone(),
+                roots: 0,
+                lsn: Lsn(0),
+            }));
+        }
         let client = self.client().await?;
         let (d, keys) = match job {
             Job::Read { doc, keys } => (doc, keys),
             Job::Find {
                 doc,
-                place,
-                values,
+                finding,
                 version,
                 after,
             } => {
                 let tree = self.docs[doc].tree.clone();
-                let p = &self.docs[doc].all_places[place];
-                let found =
-                    match sql::find_roots(&client, &tree, p, &values, after.as_ref(), FIND_PAGE)
-                        .await
-                    {
-                        Ok(f) => f,
-                        Err(e) => {
-                            self.jobs.push_front(Job::Find {
-                                doc,
-                                place,
-                                values,
-                                version,
-                                after,
-                            });
-                            return Err(e);
-                        }
-                    };
-                if found.len() == FIND_PAGE {
-                    let after = found.last().cloned();
+                let scope = match &finding {
+                    Finding::Above { place, values } => {
+                        sql::Scope::Above(&self.docs[doc].all_places[*place], values)
+                    }
+                    Finding::Every => sql::Scope::Every,
+                };
+                let found = sql::find_roots(&client, &tree, scope, after.as_ref(), FIND_PAGE).await;
+                // Still to do: this page again after an error, else the
+                // pages after it.
+                let next = match &found {
+                    Err(_) => Some(after),
+                    Ok(f) if f.len() == FIND_PAGE => Some(f.last().cloned()),
+                    Ok(_) => None,
+                };
+                if let Some(after) = next {
                     self.jobs.push_front(Job::Find {
                         doc,
-                        place,
-                        values,
+                        finding,
                         version,
                         after,
                     });
                 }
+                let found = found?;
                 (doc, found.into_iter().map(|k| (k, version)).collect())
             }
         };
@@ -480,8 +608,14 @@ impl NestedStream {
                 tracing::error!(mapping = %doc.mapping.name, error = %e, "deleting a nested document");
             }
         }
-        if let Some(dual) = &self.dual {
-            dual.copy_rebuilt(&mut ops);
+        match (&doc.target, &self.dual) {
+            (Some((alias, build)), _) => {
+                for op in ops.iter_mut().filter(|op| *op.index == **alias) {
+                    op.index = build.clone();
+                }
+            }
+            (None, Some(dual)) => dual.drop_switched(&mut ops),
+            (None, None) => {}
         }
         Ok(Page {
             ops,

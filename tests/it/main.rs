@@ -35,6 +35,7 @@ mod run_held;
 mod run_mappings;
 mod run_nested;
 mod run_nested_large;
+mod run_nested_reindex;
 mod run_outage;
 mod run_refetch;
 mod run_reindex;

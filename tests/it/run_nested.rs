@@ -137,6 +137,19 @@ pub async fn actual(es: &Es, index: &str) -> BTreeMap<String, Value> {
 
 /// Wait until the index holds exactly the expected documents.
 pub async fn wait_exact(db: &TestDb, es: &Es, sluice: &mut Sluice, index: &str, within: Duration) {
+    wait_shaped(db, es, sluice, index, within, |_| {}).await
+}
+
+/// [`wait_exact`] against the SQL-built documents reshaped by `shape`
+/// (what another mapping of the same tables makes of them).
+pub async fn wait_shaped(
+    db: &TestDb,
+    es: &Es,
+    sluice: &mut Sluice,
+    index: &str,
+    within: Duration,
+    shape: fn(&mut Value),
+) {
     let mut last = None;
     let waited = tokio::time::timeout(
         within,
@@ -144,7 +157,8 @@ pub async fn wait_exact(db: &TestDb, es: &Es, sluice: &mut Sluice, index: &str, 
             Duration::from_secs(3600),
             "the index to equal the tables",
             async || {
-                let want = expected(db).await;
+                let mut want = expected(db).await;
+                want.values_mut().for_each(shape);
                 last = docs_diff(&want, &actual(es, index).await);
                 last.is_none()
             },
@@ -161,7 +175,7 @@ pub async fn wait_exact(db: &TestDb, es: &Es, sluice: &mut Sluice, index: &str, 
 }
 
 /// One random transaction over the shop's tables.
-fn random_tx(rng: &mut impl RngExt, next_id: &mut i64) -> String {
+pub fn random_tx(rng: &mut impl RngExt, next_id: &mut i64) -> String {
     let o = rng.random_range(1..=220);
     let p = rng.random_range(1..=40);
     let i = rng.random_range(1..=600);
@@ -283,4 +297,49 @@ async fn renaming_a_category_rebuilds_every_order_that_holds_one_of_its_products
         "every order holding one of its products"
     );
     assert!(renamed > 20, "the rename reached many roots: {renamed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncating_a_joined_table_rebuilds_every_document_that_held_its_rows() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    db.sql(SHOP_SCHEMA).await;
+    let index = db.index("orders");
+    let mappings = [("orders.toml", orders_mapping(&index))];
+    let mut sluice = Sluice::with_config(&SluiceToml::as_owner(&db), &mappings);
+    sluice.start_streaming(&db).await;
+    wait_exact(&db, &es, &mut sluice, &index, Duration::from_secs(120)).await;
+    let tagged = |docs: &BTreeMap<String, Value>| {
+        docs.values()
+            .filter(|d| {
+                d["items"].as_array().is_some_and(|is| {
+                    is.iter().any(|i| {
+                        i["product"]["tags"]
+                            .as_array()
+                            .is_some_and(|t| !t.is_empty())
+                    })
+                })
+            })
+            .count()
+    };
+    assert!(
+        tagged(&es.sources(&index).await) > 100,
+        "tags reached the documents"
+    );
+    // Two levels down, many-to-many: every order loses its products' tags.
+    db.sql("TRUNCATE product_tags").await;
+    wait_exact(&db, &es, &mut sluice, &index, Duration::from_secs(60)).await;
+    assert_eq!(tagged(&es.sources(&index).await), 0, "no tag is left");
+    // Directly under the root, with a change to a root in the same
+    // transaction: every order's items array empties, order 5 is gone.
+    db.sql("BEGIN; TRUNCATE order_items; DELETE FROM orders WHERE id = 5; UPDATE orders SET status = 'x' WHERE id = 6; COMMIT;")
+        .await;
+    wait_exact(&db, &es, &mut sluice, &index, Duration::from_secs(60)).await;
+    let docs = es.sources(&index).await;
+    assert!(docs.values().all(|d| d["items"] == serde_json::json!([])));
+    assert!(!docs.contains_key("5") && docs["6"]["status"] == "x");
+    assert!(
+        sluice.log_text().contains("rebuilding every document"),
+        "the log says why every document was rebuilt"
+    );
 }

@@ -100,10 +100,10 @@ fn roots_above_a_deep_row_are_found_by_joining_down_to_its_parent() {
         as_through: false,
     };
     assert_eq!(lower_columns(&tree, &place), ["id"]);
+    let values = [vec!["5".into()]];
     let sql = roots_select(
         &tree,
-        &place,
-        &[vec!["5".into()]],
+        Scope::Above(&place, &values),
         Some(&vec!["10".into()]),
         100,
     );
@@ -114,4 +114,18 @@ fn roots_above_a_deep_row_are_found_by_joining_down_to_its_parent() {
     assert!(sql.contains(r#"(u0."product_id") IN (('5'))"#), "{sql}");
     assert!(sql.contains(r#"(r."id") > ('10')"#), "{sql}");
     assert!(sql.ends_with(r#"ORDER BY r."id" LIMIT 100"#), "{sql}");
+}
+
+#[test]
+fn every_root_is_paged_by_key_under_the_mapping_filter_after_a_truncate() {
+    let mut tree = orders();
+    tree.root.filter = Some("status <> 'draft'".into());
+    let sql = roots_select(&tree, Scope::Every, Some(&vec!["10".into()]), 1000);
+    assert_eq!(
+        sql,
+        r#"SELECT DISTINCT r."id"::text, r."id" FROM "public"."orders" r WHERE (status <> 'draft') AND (r."id") > ('10') ORDER BY r."id" LIMIT 1000"#
+    );
+    tree.root.filter = None;
+    let first = roots_select(&tree, Scope::Every, None, 1000);
+    assert!(first.contains(" WHERE true ORDER BY"), "{first}");
 }

@@ -162,11 +162,12 @@ pub(super) async fn transform_loop<T>(
                 } => Work::Keepalive(lsn),
                 SourceEvent::Message { .. } => continue,
                 SourceEvent::Change(change) => {
-                    if let Some(n) = nested.as_mut() {
-                        n.note(&change);
-                    }
+                    let noted = match nested.as_mut() {
+                        Some(n) => n.note(&change).map_err(|e| StepError::Mapping(Box::new(e))),
+                        None => Ok(()),
+                    };
                     let before = pending.ops.len();
-                    match transform(&change, &mut pending.ops) {
+                    match noted.and_then(|()| transform(&change, &mut pending.ops)) {
                         Ok(()) if pending.ops.len() == before => continue,
                         Ok(()) => {
                             versions.stamp(&mut pending.ops[before..]);
