@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# ./dev faults [cargo test filter]
+# ./dev faults [--ignored] [cargo test filter]
 #
 # The fault matrix (tests/it/fault_*.rs, also part of `./dev test`): runs the
 # cases with SLUICE_FAULT_REPORT set, each case writes one table row (area,
 # fault, test, seconds held, seconds to recover, outcome), and the rows
 # replace the table between the fault-matrix markers in RELIABILITY.md, under
 # a line with the date and commit. A failing case still fails the command.
+# --ignored also runs the long cases (a SIGKILL during a 1M-row transaction).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+ignored=()
+if [ "${1:-}" = --ignored ]; then ignored=(--include-ignored); shift; fi
 filter=${1:-fault_}
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 set +e
-SLUICE_FAULT_REPORT=$report cargo test --release --test it "$filter" -- --nocapture
+SLUICE_FAULT_REPORT=$report cargo test --release --test it "$filter" -- --nocapture "${ignored[@]}"
 rc=$?
 set -e
 commit=$(git rev-parse --short HEAD)

@@ -22,6 +22,7 @@ use crate::app::EXIT_RUNTIME;
 use crate::app::load::{connector, temporary_slot_exporter};
 use crate::app::setup::indexer_config;
 use crate::app::snapshot::{open, runtime_err};
+use crate::config::Mapping;
 use crate::model::change::{Change, ChangeKind, Datum, Row};
 use crate::model::{BulkOp, Lsn, OpAction, OpOrigin, PublishedTable};
 use crate::sink::doc_reads::{DeadLetter, DocRef, dead_letters, delete_dead_letters, mget};
@@ -29,7 +30,6 @@ use crate::sink::indexer::{Ack, Indexer};
 use crate::snapshot::catalog::load_table;
 use crate::snapshot::reader::import_snapshot;
 use crate::source;
-use crate::config::Mapping;
 use crate::transform::Transformer;
 use crate::transform::nested::NestedDoc;
 
@@ -148,8 +148,9 @@ async fn retry(req: &DeadLettersRequest) -> Result<String, (i32, anyhow::Error)>
         // A nested mapping's dead letters name its root table: their
         // documents are read whole, like the stream rebuilds them.
         let nested = cfg.mappings.for_table(table).find(|m| m.is_nested());
-        let (docs, rows): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
-            letters.iter().partition(|d| nested.is_some_and(|m| of_mapping(d, m)));
+        let (docs, rows): (Vec<&DeadLetter>, Vec<&DeadLetter>) = letters
+            .iter()
+            .partition(|d| nested.is_some_and(|m| of_mapping(d, m)));
         if let Some(m) = nested.filter(|_| !docs.is_empty()) {
             plan_documents(&reader, &catalog, m, &docs, version, &mut planned).await?;
         }
@@ -158,7 +159,7 @@ async fn retry(req: &DeadLettersRequest) -> Result<String, (i32, anyhow::Error)>
             plan_table(cx, table, &rows, version, &mut planned).await?;
         }
     }
-    let Retries { expect, ops } = planned;
+    let Retries { expect, ops, .. } = planned;
     let _ = reader.batch_execute("COMMIT").await;
     let written = ops.len();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Ack>>();
@@ -203,6 +204,22 @@ struct Retries<'a> {
     /// the row is gone, so the document should be deleted).
     expect: Vec<(&'a DeadLetter, DocRef, bool)>,
     ops: Vec<BulkOp>,
+    /// (index, id) of every document in `ops`.
+    written: std::collections::HashSet<(String, String)>,
+}
+
+impl<'a> Retries<'a> {
+    /// Dead letter `d` is settled by `op`. A document gets one write
+    /// however many dead letters name it (a row refused again has two).
+    fn add(&mut self, d: &'a DeadLetter, op: BulkOp) {
+        let present = matches!(op.action, OpAction::Index { .. });
+        let r = doc_ref(&op);
+        let first = self.written.insert((r.index.clone(), r.id.clone()));
+        self.expect.push((d, r, present));
+        if first {
+            self.ops.push(op);
+        }
+    }
 }
 
 /// Plan the retry of `letters`, the dead letters of `table`: each row as it
@@ -256,17 +273,15 @@ async fn plan_table<'a>(
     for (d, _) in keys {
         let index = d.source["index"].as_str().unwrap_or_default();
         let key = d.source["key"].as_str().unwrap_or_default();
-        let op = match now.remove(&format!("{index}\u{0}{key}")) {
-            Some(op) => op,
+        let op = match now.get(&format!("{index}\u{0}{key}")) {
+            Some(op) => op.clone(),
             // The row is gone (or no longer maps to this index).
             None => match gone(d, index, key, table, version) {
                 Some(op) => op,
                 None => continue,
             },
         };
-        let present = matches!(op.action, OpAction::Index { .. });
-        out.expect.push((d, doc_ref(&op), present));
-        out.ops.push(op);
+        out.add(d, op);
     }
     Ok(())
 }
@@ -337,8 +352,8 @@ async fn plan_documents<'a>(
         }
     }
     for (d, key) in keys {
-        let op = match now.remove(&key) {
-            Some(op) => op,
+        let op = match now.get(&key) {
+            Some(op) => op.clone(),
             // Gone (or outside the filter): its document is deleted.
             None => {
                 let mut ops = Vec::new();
@@ -349,9 +364,7 @@ async fn plan_documents<'a>(
                 }
             }
         };
-        let present = matches!(op.action, OpAction::Index { .. });
-        out.expect.push((d, doc_ref(&op), present));
-        out.ops.push(op);
+        out.add(d, op);
     }
     Ok(())
 }
@@ -380,5 +393,58 @@ fn doc_ref(op: &BulkOp) -> DocRef {
         index: op.index.to_string(),
         id: op.id.clone(),
         routing: op.routing.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DeadLetter, Retries, root_key};
+    use crate::model::{BulkOp, Lsn, OpAction, OpOrigin};
+
+    #[test]
+    fn two_dead_letters_of_one_row_make_one_write_and_both_wait_for_it() {
+        let letter = |id: &str| DeadLetter {
+            record_id: id.into(),
+            source: serde_json::json!({"index": "orders", "id": "7"}),
+        };
+        let (first, again) = (letter("a"), letter("b"));
+        let op = BulkOp {
+            action: OpAction::Index {
+                doc: b"{}".to_vec(),
+            },
+            index: "orders".into(),
+            id: "7".into(),
+            routing: None,
+            pipeline: None,
+            version: 99,
+            origin: OpOrigin {
+                table: "public.orders".into(),
+                key: r#"{"id":7}"#.into(),
+                lsn: Lsn(99),
+            },
+        };
+        let mut r = Retries::default();
+        r.add(&first, op.clone());
+        r.add(&again, op);
+        assert_eq!(r.ops.len(), 1, "one write for the document");
+        assert_eq!(r.expect.len(), 2, "both dead letters settle on it");
+        assert!(r.expect.iter().all(|(_, _, present)| *present));
+    }
+
+    #[test]
+    fn a_root_key_reads_an_ops_typed_key_and_a_dead_letters_text_key_alike() {
+        let cols = ["shop".to_string(), "id".to_string()];
+        let typed = root_key(r#"{"id":5,"shop":"eu"}"#, &cols);
+        let text = root_key(r#"{"shop":"eu","id":"5"}"#, &cols);
+        assert_eq!(typed, Some(vec!["eu".to_string(), "5".to_string()]));
+        assert_eq!(typed, text);
+    }
+
+    #[test]
+    fn a_key_without_every_root_key_column_names_no_root() {
+        let cols = ["id".to_string()];
+        assert_eq!(root_key(r#"{"other":1}"#, &cols), None);
+        assert_eq!(root_key(r#"{"id":null}"#, &cols), None);
+        assert_eq!(root_key(r#"["5"]"#, &cols), None);
     }
 }

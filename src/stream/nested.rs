@@ -590,7 +590,17 @@ impl NestedStream {
                     index: doc.mapping.index_pattern(),
                     table: doc.mapping.qualified_table.clone(),
                     change: "update",
-                    key: serde_json::json!(key).to_string(),
+                    // Like an op's key: the key columns by name.
+                    key: serde_json::Value::Object(
+                        doc.tree
+                            .root
+                            .key
+                            .iter()
+                            .cloned()
+                            .zip(key.iter().map(|v| serde_json::Value::String(v.clone())))
+                            .collect(),
+                    )
+                    .to_string(),
                     lsn: version,
                     kind: e.kind(),
                     reason: e.to_string(),
