@@ -123,11 +123,13 @@ fn assert_gap_stop(code: i32, log: &str, what: &str) {
 /// publication again (the replication role may not), start: time from the
 /// start until the slot confirmed everything, then the index equals the table.
 async fn rebuild(db: &TestDb, es: &Es, sluice: &mut Sluice, index: &str) -> Duration {
+    // The owner drops and creates the publication (the replication role
+    // may not); teardown drops the rest.
+    db.sql("DROP PUBLICATION IF EXISTS sluice").await;
     let torn = sluice.command(&["teardown", "--yes-drop-slot"]);
     assert_eq!(torn.code, Some(0), "{}", torn.text());
     es.delete_indices(index).await.unwrap();
-    db.sql("DROP PUBLICATION IF EXISTS sluice; CREATE PUBLICATION sluice FOR TABLE accounts;")
-        .await;
+    db.sql("CREATE PUBLICATION sluice FOR TABLE accounts").await;
     sluice.start_streaming(db).await;
     let slot = sluice.slot.clone();
     let recovery = catch_up(db, &slot, sluice, Duration::from_secs(120)).await;
