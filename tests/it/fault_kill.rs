@@ -325,7 +325,7 @@ async fn fault_kill_sigkill_during_a_million_row_transaction() {
     let db = TestDb::new().await;
     let es = Es::new();
     let (index, big) = (db.index("accounts"), db.index("big"));
-    accounts(&db, 200, "'seed'").await;
+    accounts(&db, 0, "'seed'").await;
     db.sql(
         "CREATE TABLE big (id int PRIMARY KEY, n int);
          ALTER PUBLICATION sluice ADD TABLE big;",

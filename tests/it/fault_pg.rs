@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::support::compare::{assert_index_holds, table_docs};
 use crate::support::faults::{FaultCase, catch_up, report};
 use crate::support::slot::slot_pid;
-use crate::support::sluice::{Sluice, table_mapping};
+use crate::support::sluice::{Sluice, mapping, table_mapping};
 use crate::support::workload::Workload;
 use crate::support::{Es, TestDb};
 
@@ -331,6 +331,68 @@ async fn fault_pg_column_added_dropped_retyped_with_a_backlog() {
             held,
             recovery,
             outcome: "exact",
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_pg_a_mapped_column_dropped_with_a_backlog_stops_until_the_mapping_is_fixed() {
+    let db = TestDb::new().await;
+    let es = Es::new();
+    let index = db.index("accounts");
+    db.sql(&format!(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
+         INSERT INTO accounts SELECT g, g, 'seed' FROM generate_series(1, {SEED_ROWS}) g;
+         CREATE PUBLICATION sluice FOR TABLE accounts;"
+    ))
+    .await;
+    // The mapping names `note`: it cannot apply once the column is gone.
+    let renamed = mapping("public.accounts", &index, "[rename]\nnote = \"title\"\n");
+    let mut sluice = Sluice::new(&db, "", &[("accounts.toml", renamed)]);
+    sluice.start_streaming(&db).await;
+    let workload = workload(&db);
+    progress(&mut sluice, &workload, 100).await;
+    sluice.stop_cleanly();
+    let started = Instant::now();
+    let committed = workload.stop().await;
+    db.sql(
+        "ALTER TABLE accounts DROP COLUMN note;
+         UPDATE accounts SET balance = balance + 1 WHERE id % 5 = 0;",
+    )
+    .await;
+    sluice.start();
+    let code = sluice.wait_for_exit(Duration::from_secs(60)).await;
+    let log = sluice.log_text();
+    assert_eq!(
+        code, 2,
+        "a mapping that cannot apply is for a person to fix:\n{log}"
+    );
+    assert!(
+        log.contains("accounts.toml")
+            && log.contains("column `note` does not exist in public.accounts"),
+        "the stop names the mapping file and the column:\n{log}"
+    );
+    // The fix: the mapping without the column; the backlog then drains, and
+    // the next change of each row gives its document the table's shape.
+    sluice.write_mapping("accounts.toml", &mapping("public.accounts", &index, ""));
+    let held = started.elapsed();
+    sluice.start_streaming(&db).await;
+    let slot = sluice.slot.clone();
+    let recovery = catch_up(&db, &slot, &mut sluice, Duration::from_secs(120)).await;
+    db.sql("UPDATE accounts SET balance = balance").await;
+    sluice
+        .wait_converged(&db, &es, &index, "SELECT * FROM accounts")
+        .await;
+    sluice.stop_cleanly();
+    eprintln!("{committed} transactions before the DDL");
+    report(
+        "fault_pg_a_mapped_column_dropped_with_a_backlog_stops_until_the_mapping_is_fixed",
+        &FaultCase {
+            area: "PostgreSQL",
+            fault: "a column the mapping names dropped with a backlog pending",
+            held,
+            recovery,
+            outcome: "stopped: exit 2, names the mapping file and column; fixed mapping exact",
         },
     );
 }
