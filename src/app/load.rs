@@ -163,6 +163,14 @@ pub(crate) fn marker_id(slot: &str) -> String {
     format!("initial|{slot}")
 }
 
+/// The state-index record of the publication's identity a `sluice run` on
+/// `slot` streams with (see `source::publication_guard`). Keyed by the
+/// database too: publication and table OIDs mean nothing in another one,
+/// and deployments on other servers may reuse the slot name.
+pub(crate) fn publication_record_id(slot: &str, pg: &crate::source::PgConnectConfig) -> String {
+    format!("publication|{slot}|{}:{}/{}", pg.host, pg.port, pg.dbname)
+}
+
 pub(crate) fn target(slot: &str) -> String {
     format!("initial:{slot}")
 }

@@ -36,6 +36,9 @@ use crate::ops::http::{Health, Heartbeat, HttpHandles, PipelineState, ReadyState
 use crate::sink::Elasticsearch;
 use crate::sink::Indexer;
 use crate::snapshot::StateStore;
+use crate::source::publication_guard::{
+    self, PublicationGuard, PublicationIdentity, read_identity,
+};
 use crate::source::{self, ReaderConfig, SourceError, standby};
 use crate::stream::dual_write::{DualWrite, MakeTransform, Poller, PollerSetup};
 use crate::stream::nested::NestedStream;
@@ -261,13 +264,15 @@ struct Started {
     /// not after it, when a table renamed meanwhile would no longer be
     /// found under its mapped name and its changes would look unmapped.
     relation_ids: Vec<(u32, String)>,
+    /// The publication's identity the stream must keep (see `publication_guard`).
+    publication: PublicationIdentity,
 }
 
 /// Everything before streaming: the servers and mappings checked, the
 /// publication, indices and slot made sure of, and the initial snapshot
 /// taken or resumed. `None` when the mode says not to stream.
 async fn start_up(cfg: &mut Config, ready: &ReadyState) -> Result<Option<Started>, Failure> {
-    let (mut pg, mut relation_ids) = prepare_postgres(cfg).await?;
+    let (mut pg, mut relation_ids, mut seen) = prepare_postgres(cfg).await?;
 
     // Elasticsearch: target indices (or templates) and the dead-letter index.
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
@@ -284,7 +289,7 @@ async fn start_up(cfg: &mut Config, ready: &ReadyState) -> Result<Option<Started
         .await
         .map_err(|e| source_failure(e, &slot_name))?
     {
-        (pg, relation_ids) = prepare_postgres(cfg).await?;
+        (pg, relation_ids, seen) = prepare_postgres(cfg).await?;
         prepare_indices(cfg, &es, None).await?;
     }
 
@@ -292,6 +297,8 @@ async fn start_up(cfg: &mut Config, ready: &ReadyState) -> Result<Option<Started
     let slot = open_slot(&pg, &es, cfg, ready)
         .await
         .map_err(|e| source_failure(e, &slot_name))?;
+    let slot_existed = matches!(slot, SlotStart::Existing { .. });
+    check_publication_since_last_run(cfg, &es, slot_existed, &seen).await?;
     let start = load_initial(cfg, &es, &pg, slot, ready).await?;
     // Loaded: a standby may now pass the gate and race this process to
     // START_REPLICATION, which one of them wins (the other waits on).
@@ -313,6 +320,7 @@ async fn start_up(cfg: &mut Config, ready: &ReadyState) -> Result<Option<Started
         es,
         start,
         relation_ids,
+        publication: seen.after,
     }))
 }
 
@@ -321,7 +329,7 @@ async fn start_up(cfg: &mut Config, ready: &ReadyState) -> Result<Option<Started
 /// the session and the mapped tables' OIDs from the catalog it checked.
 async fn prepare_postgres(
     cfg: &mut Config,
-) -> Result<(tokio_postgres::Client, Vec<(u32, String)>), Failure> {
+) -> Result<(tokio_postgres::Client, Vec<(u32, String)>, PublicationSeen), Failure> {
     let pg = source::connect_sql(&cfg.postgres)
         .await
         .map_err(|e| source_failure(e, &format!("connecting to PostgreSQL {}", cfg.postgres)))?;
@@ -345,9 +353,21 @@ async fn prepare_postgres(
     source::check_tables(&pg, &published)
         .await
         .map_err(|e| source_failure(e, "published tables"))?;
+    let pub_name = format!("publication `{}`", cfg.publication);
+    let before = read_identity(&pg, &cfg.publication)
+        .await
+        .map_err(|e| source_failure(e, &pub_name))?;
     source::ensure_publication(&pg, &cfg.publication, &published)
         .await
-        .map_err(|e| source_failure(e, &format!("publication `{}`", cfg.publication)))?;
+        .map_err(|e| source_failure(e, &pub_name))?;
+    let after = read_identity(&pg, &cfg.publication)
+        .await
+        .map_err(|e| source_failure(e, &pub_name))?
+        .ok_or_else(|| {
+            Failure::Runtime(anyhow!(
+                "{pub_name} vanished right after it was made sure of"
+            ))
+        })?;
     // Every mapped table is in the catalog: validation refused a missing one.
     let relation_ids = cfg
         .mappings
@@ -358,7 +378,56 @@ async fn prepare_postgres(
             catalog.tables.get(&name).map(|found| (found.oid, name))
         })
         .collect();
-    Ok((pg, relation_ids))
+    Ok((pg, relation_ids, PublicationSeen { before, after }))
+}
+
+/// The publication's identity as start-up found it and as it left it.
+struct PublicationSeen {
+    /// Before start-up made sure of it (`None`: it did not exist).
+    before: Option<PublicationIdentity>,
+    after: PublicationIdentity,
+}
+
+/// Changes made to the publication while Sluice was stopped: compare what
+/// start-up found with what the previous run streamed with (recorded in the
+/// state index), if the slot those changes wait in still exists; then record
+/// the identity this run streams with. A gap stops with the rebuild.
+async fn check_publication_since_last_run(
+    cfg: &Config,
+    es: &Elasticsearch,
+    slot_existed: bool,
+    seen: &PublicationSeen,
+) -> Result<(), Failure> {
+    let state = StateStore::new(es.clone(), crate::config::STATE_INDEX);
+    state.ensure().await.context("creating the state index")?;
+    let id = crate::app::load::publication_record_id(&cfg.slot, &cfg.postgres);
+    if slot_existed
+        && let Some(doc) = state.get(&id).await.context("reading the state index")?
+        && let Ok(was) = serde_json::from_value::<PublicationIdentity>(doc["identity"].clone())
+    {
+        let mapped: Vec<String> = cfg
+            .mappings
+            .tables()
+            .iter()
+            .map(|t| t.qualified_name())
+            .collect();
+        if let Some(what) =
+            publication_guard::what_changed(&cfg.publication, &was, seen.before.as_ref(), &mapped)
+        {
+            let e = publication_guard::gap_error(&cfg.slot, &format!("since the last run, {what}"));
+            return Err(source_failure(
+                e,
+                &format!("publication `{}`", cfg.publication),
+            ));
+        }
+    }
+    let doc =
+        serde_json::json!({ "kind": "publication", "slot": cfg.slot, "identity": seen.after });
+    state
+        .put(&id, &doc)
+        .await
+        .context("recording the publication in the state index")?;
+    Ok(())
 }
 
 /// Take the initial snapshot from a slot just created, or finish one an
@@ -445,6 +514,7 @@ async fn stream(
         es,
         start,
         relation_ids,
+        publication,
     } = started;
     let (events_tx, events_rx) = mpsc::channel(4096);
     let (confirmed_tx, confirmed_rx) = watch::channel(start);
@@ -468,6 +538,18 @@ async fn stream(
     );
     reader_cfg.start_lsn = start;
     reader_cfg.standby = ready.standby();
+    reader_cfg.guard = Some(PublicationGuard {
+        publication: cfg.publication.clone(),
+        slot: cfg.slot.clone(),
+        expected: publication,
+        mapped: cfg
+            .mappings
+            .tables()
+            .iter()
+            .map(|t| t.qualified_name())
+            .collect(),
+        every: PUBLICATION_CHECK_EVERY,
+    });
     let reader = signals.spawn(
         "replication reader",
         source::run_reader(
@@ -625,6 +707,9 @@ async fn report_progress(heartbeat: Heartbeat, mut confirmed: watch::Receiver<Ls
         }
     }
 }
+
+/// How often the stream checks that its publication was not changed by hand.
+const PUBLICATION_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// How often `sluice run` logs its confirmed position.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(60);

@@ -50,6 +50,7 @@ pub mod manage;
 pub mod nested;
 pub mod pg_config;
 pub mod pgoutput;
+pub mod publication_guard;
 pub mod reader;
 pub mod replication;
 pub mod row_filter;

@@ -30,6 +30,7 @@ use crate::ops::metrics::names;
 use crate::source::decoder::Decoder;
 use crate::source::error::{SourceError, is_retryable};
 use crate::source::pg_config::PgConnectConfig;
+use crate::source::publication_guard::{PublicationGuard, gap_error, is_publication_missing};
 use crate::source::replication::{ReplMessage, ReplicationConnection, ReplicationStream};
 use crate::source::standby::slot_in_use;
 use crate::source::types::TypeCatalog;
@@ -55,6 +56,9 @@ pub struct ReaderConfig {
     /// process) is recorded: the reader then waits as a standby, retrying
     /// with [`RetryPolicy::STANDBY`], without counting a failure.
     pub standby: crate::ops::Standby,
+    /// Stop (with the rebuild) if the publication changes under the
+    /// stream: checked before each start of replication and on its timer.
+    pub guard: Option<PublicationGuard>,
 }
 
 impl ReaderConfig {
@@ -73,6 +77,7 @@ impl ReaderConfig {
             value_options: ValueOptions::default(),
             reconnect: RetryPolicy::RECONNECT,
             standby: crate::ops::Standby::new(),
+            guard: None,
         }
     }
 }
@@ -113,6 +118,13 @@ pub async fn run_reader(
             &mut progressed,
         )
         .await;
+        let result = result.map_err(|e| {
+            if is_publication_missing(&e) {
+                gap_error(&cfg.slot, &format!("the publication was dropped ({e})"))
+            } else {
+                e
+            }
+        });
         match result {
             Ok(End::Shutdown) => return Ok(()),
             // Another process streams from the slot: wait as a standby. Not
@@ -191,6 +203,10 @@ async fn session(
         Some(c) => c,
         None => ReplicationConnection::connect(&cfg.pg).await?,
     };
+    let mut sql: Option<tokio_postgres::Client> = None;
+    // Changes the publication stopped carrying while the reader was away
+    // must not be streamed past (see `publication_guard`).
+    check_guard(cfg, &mut sql).await?;
     let start = cfg.start_lsn.max(*flushed.borrow());
     let mut stream = conn
         .start_replication(&cfg.slot, start, &cfg.publications, cfg.messages)
@@ -202,7 +218,12 @@ async fn session(
     let mut timer = tokio::time::interval(cfg.status_interval);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut out = Vec::with_capacity(8);
-    let mut sql: Option<tokio_postgres::Client> = None;
+    let mut guard_timer = tokio::time::interval(
+        cfg.guard
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |g| g.every),
+    );
+    guard_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut stop_watch = StopWatch::default();
     // Messages read while blocked on a full channel (see `forward`).
     let mut pending: VecDeque<ReplMessage> = VecDeque::new();
@@ -215,6 +236,10 @@ async fn session(
                 _ = shutdown.changed() => return Ok(close(stream, flushed).await),
                 _ = timer.tick() => {
                     send_status(&mut stream, flushed).await?;
+                    continue;
+                }
+                _ = guard_timer.tick(), if cfg.guard.is_some() => {
+                    check_guard(cfg, &mut sql).await?;
                     continue;
                 }
                 msg = stream.recv() => match msg? {
@@ -401,6 +426,20 @@ async fn forward(
             },
         }
     }
+}
+
+/// Run the publication guard, if any, on the reader's SQL session.
+async fn check_guard(
+    cfg: &ReaderConfig,
+    sql: &mut Option<tokio_postgres::Client>,
+) -> Result<(), SourceError> {
+    let Some(guard) = &cfg.guard else {
+        return Ok(());
+    };
+    if sql.as_ref().is_none_or(|c| c.is_closed()) {
+        *sql = Some(crate::source::manage::connect_sql(&cfg.pg).await?);
+    }
+    guard.check(sql.as_ref().unwrap()).await
 }
 
 /// Look up type OIDs that Relation messages named and the catalog did not

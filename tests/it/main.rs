@@ -48,6 +48,7 @@ mod run_soak;
 // fault: the fault matrix (`./dev faults` turns its report lines into
 // RELIABILITY.md's table).
 mod fault_es;
+mod fault_kill;
 mod fault_net;
 mod fault_pg;
 

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::faults::{FaultCase, catch_up, report};
 use crate::support::sluice::{Sluice, mapping, table_mapping};
 use crate::support::{Es, TestDb};
 
@@ -235,10 +236,22 @@ async fn sigterm_during_the_initial_snapshot_stops_within_seconds_and_a_restart_
     sluice.start();
     db.sql("UPDATE big SET pad = 'changed after the restart' WHERE id % 1000 = 0")
         .await;
+    let slot = sluice.slot.clone();
+    let recovery = catch_up(&db, &slot, &mut sluice, Duration::from_secs(180)).await;
     sluice
         .wait_converged(&db, &es, &index, "SELECT * FROM big")
         .await;
     let log = sluice.log_text();
     assert!(log.contains("resuming its remaining chunks"), "{log}");
     sluice.stop_cleanly();
+    report(
+        "sigterm_during_the_initial_snapshot_stops_within_seconds_and_a_restart_converges",
+        &FaultCase {
+            area: "Sluice",
+            fault: "SIGTERM during the initial snapshot (100k rows), restart",
+            held: took,
+            recovery,
+            outcome: "exact",
+        },
+    );
 }

@@ -12,6 +12,7 @@ use sluice::Lsn;
 
 use crate::support::compare::assert_index_matches;
 use crate::support::es::Indices;
+use crate::support::faults::{FaultCase, catch_up, report};
 use crate::support::private_pg::PrivatePg;
 use crate::support::proxy::Proxy;
 use crate::support::slot::confirmed_flush;
@@ -183,6 +184,7 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
         .unwrap();
     let workload = Workload::start(pg.url(), "accounts", 201, rand::rng().random());
 
+    let mut figures = Vec::new();
     for mode in ["fast", "immediate"] {
         let before = workload.committed();
         sluice
@@ -195,7 +197,12 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
         tokio::task::spawn_blocking(move || p.restart_mode(mode))
             .await
             .unwrap();
-        eprintln!("pg_ctl restart -m {mode}: {:?}", started.elapsed());
+        let held = started.elapsed();
+        eprintln!("pg_ctl restart -m {mode}: {held:?}");
+        let fresh = crate::support::connect(&pg.url()).await;
+        let slot = sluice.slot.clone();
+        let recovery = catch_up(&fresh, &slot, &mut sluice, Duration::from_secs(120)).await;
+        figures.push((mode, held, recovery));
         // Sluice reconnects by itself and streams what was written since.
         let before = workload.committed();
         sluice
@@ -232,6 +239,22 @@ async fn a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step() {
         "the reader never reconnected:\n{log}"
     );
     sluice.stop_cleanly();
+    for (mode, held, recovery) in figures {
+        let fault = match mode {
+            "fast" => "fast restart (pg_ctl restart -m fast) mid-stream",
+            _ => "crash (pg_ctl stop -m immediate) and restart mid-stream",
+        };
+        report(
+            "a_postgres_restart_and_crash_mid_stream_heal_without_a_manual_step",
+            &FaultCase {
+                area: "PostgreSQL",
+                fault,
+                held,
+                recovery,
+                outcome: "exact",
+            },
+        );
+    }
 }
 
 /// A fast PostgreSQL shutdown while Sluice cannot apply (its Elasticsearch

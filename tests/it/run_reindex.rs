@@ -12,6 +12,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::task::JoinHandle;
 
 use crate::support::compare::assert_index_matches;
+use crate::support::faults::{FaultCase, catch_up, report};
 use crate::support::sluice::{Ran, Sluice, mapping, sluice_command, table_mapping};
 use crate::support::{Es, TestDb};
 
@@ -344,8 +345,12 @@ async fn a_stream_killed_during_the_build_dual_writes_everything_it_replays_afte
         )
         .await;
     sluice.kill9();
+    let killed = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     sluice.start();
+    let held = killed.elapsed();
+    let slot = sluice.slot.clone();
+    let recovery = catch_up(&db, &slot, &mut sluice, Duration::from_secs(120)).await;
     let out = command.await.unwrap();
     assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, sluice.log_text());
     assert!(
@@ -357,4 +362,14 @@ async fn a_stream_killed_during_the_build_dual_writes_everything_it_replays_afte
     assert!(writes.await.unwrap() > 10);
     sluice.wait_converged(&db, &es, &name, V2_QUERY).await;
     sluice.stop_cleanly();
+    report(
+        "a_stream_killed_during_the_build_dual_writes_everything_it_replays_after_restart",
+        &FaultCase {
+            area: "Sluice",
+            fault: "SIGKILL of `sluice run` while it dual-writes a reindex build",
+            held,
+            recovery,
+            outcome: "exact",
+        },
+    );
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::es::Indices;
+use crate::support::faults::{FaultCase, report};
 use crate::support::private_pg::PrivatePg;
 use crate::support::sluice::{Sluice, SluiceToml, table_mapping};
 use crate::support::{Es, connect};
@@ -39,6 +40,7 @@ async fn an_invalidated_slot_stops_run_with_exit_2_and_the_way_to_rebuild() {
 
     // With Sluice stopped, write far more WAL than the slot may keep; a
     // checkpoint then removes it and marks the slot lost.
+    let outage = Instant::now();
     admin
         .batch_execute("INSERT INTO items VALUES (51, 'written while stopped')")
         .await
@@ -75,12 +77,26 @@ async fn an_invalidated_slot_stops_run_with_exit_2_and_the_way_to_rebuild() {
     assert_ne!(check.code, Some(0), "check passed a lost slot:\n{out}");
     assert!(out.contains("has been invalidated"), "{out}");
 
+    let held = outage.elapsed();
     sluice.start();
+    let started = Instant::now();
     let code = sluice.wait_for_exit(Duration::from_secs(60)).await;
+    let stopped = started.elapsed();
     let log = sluice.log_text();
     assert_eq!(code, 2, "a lost slot is for a person to fix:\n{log}");
     assert!(
         log.contains("has been invalidated") && log.contains("sluice teardown --yes-drop-slot"),
         "the error names the problem and the way out:\n{log}"
+    );
+    // Recovery here is how long `run` took to stop with the rebuild.
+    report(
+        "an_invalidated_slot_stops_run_with_exit_2_and_the_way_to_rebuild",
+        &FaultCase {
+            area: "PostgreSQL",
+            fault: "slot invalidated by max_slot_wal_keep_size during an outage",
+            held,
+            recovery: stopped,
+            outcome: "stopped: exit 2, names the slot and the rebuild",
+        },
     );
 }

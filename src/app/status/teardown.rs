@@ -7,8 +7,9 @@
 //! initial-load markers, snapshot progress and reindexes in it. Deleting the
 //! whole index made such a deployment take an unfinished initial load for
 //! done after a crash. So only this slot's records go: its `initial|<slot>`
-//! marker, the `table|…|initial:<slot>` progress of its initial load with
-//! their `chunk|<run>|…` records, and the reindexes it runs (`"slot"`).
+//! marker, the `publication|<slot>|…` identity `run` streams with, the
+//! `table|…|initial:<slot>` progress of its initial load with their
+//! `chunk|<run>|…` records, and the reindexes it runs (`"slot"`).
 //! Backfills (`sluice snapshot`) record their progress by table and target,
 //! not by slot, so nothing says whose they are: they stay.
 
@@ -125,7 +126,7 @@ pub async fn teardown(
         tracing::info!(publication = %targets.publication, "dropped publication");
     }
     report.state_records_deleted =
-        delete_own_state(es, &targets.state_index, &targets.slot).await?;
+        delete_own_state(es, &targets.state_index, &targets.slot, pg).await?;
     tracing::info!(index = %targets.state_index, slot = %targets.slot,
         deleted = report.state_records_deleted, "deleted this slot's state records");
     Ok(report)
@@ -216,7 +217,12 @@ fn query_failed(what: &'static str, pg: &PgConnectConfig, e: SourceError) -> Sta
 
 /// Delete `slot`'s records from the state index (see the module docs);
 /// returns how many there were. A missing state index holds none.
-async fn delete_own_state(es: &Elasticsearch, index: &str, slot: &str) -> Result<u64, StatusError> {
+async fn delete_own_state(
+    es: &Elasticsearch,
+    index: &str,
+    slot: &str,
+    pg: &PgConnectConfig,
+) -> Result<u64, StatusError> {
     let records = StateIndex::new(es.clone(), index);
     // Searches see what was written before (a missing index has nothing).
     match records.refresh().await {
@@ -237,7 +243,10 @@ async fn delete_own_state(es: &Elasticsearch, index: &str, slot: &str) -> Result
         .iter()
         .filter_map(|r| r.source.get("run_id").cloned())
         .collect();
-    let mut ids: Vec<String> = vec![crate::app::load::marker_id(slot)];
+    let mut ids: Vec<String> = vec![
+        crate::app::load::marker_id(slot),
+        crate::app::load::publication_record_id(slot, pg),
+    ];
     ids.extend(tables.into_iter().map(|r| r.id));
     ids.extend(
         reindexes
