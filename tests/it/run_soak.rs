@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 
 use crate::support::compare::table_docs;
+use crate::support::faults::catch_up;
 use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, table_mapping};
 use crate::support::workload::{Workload, spawn_bench};
 use crate::support::{Es, TestDb};
@@ -33,33 +34,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// Time until the slot confirms everything written before the restart:
-/// the restarted process has caught up with what the kill interrupted.
-async fn catch_up(db: &TestDb, slot: &str, sluice: &mut Sluice) -> Duration {
-    let started = Instant::now();
-    let target: String = db.query_value("SELECT pg_current_wal_lsn()::text").await;
-    let query = format!(
-        "SELECT coalesce(bool_or(confirmed_flush_lsn >= '{target}'::pg_lsn), false)
-           FROM pg_replication_slots WHERE slot_name = '{slot}'"
-    );
-    loop {
-        if let Some(code) = sluice.exited() {
-            panic!(
-                "sluice exited with {code} during the soak:\n{}",
-                sluice.log_text()
-            );
-        }
-        if db.query_value::<bool>(&query).await {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no catch-up within 300 s of a restart"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Now and then a large transaction: 20k rows inserted into `big`, or all deleted.
@@ -164,7 +138,7 @@ async fn soak_sigkill_under_load_loses_and_duplicates_nothing() {
         sluice.kill9();
         kills += 1;
         sluice.start();
-        catch_ups.push(catch_up(&db, &slot, &mut sluice).await);
+        catch_ups.push(catch_up(&db, &slot, &mut sluice, Duration::from_secs(300)).await);
         if kills % 10 == 0 {
             eprintln!("soak: {kills} kills after {:?}", started.elapsed());
         }
