@@ -224,7 +224,10 @@ async fn session(
         .map_err(|_| {
             SourceError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no answer to START_REPLICATION within {:?}", cfg.receive_timeout),
+                format!(
+                    "no answer to START_REPLICATION within {:?}",
+                    cfg.receive_timeout
+                ),
             ))
         })??;
     let mut liveness = Liveness::new(cfg.receive_timeout, Instant::now());
