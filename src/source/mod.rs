@@ -46,6 +46,7 @@ pub mod error;
 pub mod filter_check;
 pub mod heartbeat;
 pub mod inspect;
+pub mod liveness;
 pub mod manage;
 pub mod nested;
 pub mod pg_config;

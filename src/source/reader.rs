@@ -9,6 +9,8 @@
 //!   ahead, in order), so backpressure never gets the connection killed by
 //!   `wal_sender_timeout`.
 //! - Changes are forwarded one by one as they are decoded (invariant 7).
+//! - A connection the server stopped talking on (a half-open TCP
+//!   connection) is given up after `receive_timeout` (see `liveness`).
 //! - After a connection loss the stream restarts from the slot's confirmed
 //!   position: a transaction that was open when the connection dropped is
 //!   sent again from its Begin. Consumers therefore may see `Begin` while a
@@ -18,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
@@ -29,6 +31,7 @@ use crate::model::lsn::Lsn;
 use crate::ops::metrics::names;
 use crate::source::decoder::Decoder;
 use crate::source::error::{SourceError, is_retryable};
+use crate::source::liveness::{Liveness, RECEIVE_TIMEOUT, Verdict};
 use crate::source::pg_config::PgConnectConfig;
 use crate::source::publication_guard::{PublicationGuard, gap_error, is_publication_missing};
 use crate::source::replication::{ReplMessage, ReplicationConnection, ReplicationStream};
@@ -48,6 +51,9 @@ pub struct ReaderConfig {
     pub messages: bool,
     /// Standby status update period; keep it well under `wal_sender_timeout`.
     pub status_interval: Duration,
+    /// How long the server may stay silent before the connection is
+    /// presumed dead and reopened (see `liveness`).
+    pub receive_timeout: Duration,
     pub value_options: ValueOptions,
     /// How reconnects wait; its `max_times` is how many consecutive failed
     /// reconnects to give up after (`None`: never).
@@ -74,6 +80,7 @@ impl ReaderConfig {
             start_lsn: Lsn::ZERO,
             messages: true,
             status_interval: Duration::from_secs(10),
+            receive_timeout: RECEIVE_TIMEOUT,
             value_options: ValueOptions::default(),
             reconnect: RetryPolicy::RECONNECT,
             standby: crate::ops::Standby::new(),
@@ -171,6 +178,23 @@ async fn send_status(
     stream.send_status(lsn, lsn, lsn, false).await
 }
 
+/// The status timer: a status update, asking for an answer once the server
+/// has been quiet a while; a connection quiet for too long ends the session
+/// (a retryable connection loss, see `liveness`).
+async fn on_timer(
+    stream: &mut ReplicationStream,
+    flushed: &watch::Receiver<Lsn>,
+    liveness: &Liveness,
+) -> Result<(), SourceError> {
+    let ask = match liveness.check(Instant::now()) {
+        Verdict::Alive => false,
+        Verdict::AskForReply => true,
+        Verdict::Dead { quiet } => return Err(SourceError::Io(Liveness::dead_error(quiet))),
+    };
+    let lsn = *flushed.borrow();
+    stream.send_status(lsn, lsn, lsn, ask).await
+}
+
 /// How long a shutdown waits for the server to acknowledge the end of the
 /// stream before simply closing the socket.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -208,9 +232,21 @@ async fn session(
     // must not be streamed past (see `publication_guard`).
     check_guard(cfg, &mut sql).await?;
     let start = cfg.start_lsn.max(*flushed.borrow());
-    let mut stream = conn
-        .start_replication(&cfg.slot, start, &cfg.publications, cfg.messages)
-        .await?;
+    // A connection that died after the handshake would leave this waiting
+    // for an answer forever.
+    let started = conn.start_replication(&cfg.slot, start, &cfg.publications, cfg.messages);
+    let mut stream = tokio::time::timeout(cfg.receive_timeout, started)
+        .await
+        .map_err(|_| {
+            SourceError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer to START_REPLICATION within {:?}",
+                    cfg.receive_timeout
+                ),
+            ))
+        })??;
+    let mut liveness = Liveness::new(cfg.receive_timeout, Instant::now());
     cfg.standby.clear();
     tracing::info!(slot = %cfg.slot, %start, "replication started");
     // Whatever was open is resent whole from its Begin.
@@ -235,7 +271,7 @@ async fn session(
                 biased;
                 _ = shutdown.changed() => return Ok(close(stream, flushed).await),
                 _ = timer.tick() => {
-                    send_status(&mut stream, flushed).await?;
+                    on_timer(&mut stream, flushed, &liveness).await?;
                     continue;
                 }
                 _ = guard_timer.tick(), if cfg.guard.is_some() => {
@@ -244,7 +280,10 @@ async fn session(
                 }
                 msg = stream.recv() => match msg? {
                     None => return Err(SourceError::Closed),
-                    Some(m) => m,
+                    Some(m) => {
+                        liveness.heard(Instant::now());
+                        m
+                    }
                 },
             },
         };
@@ -283,6 +322,7 @@ async fn session(
                         flushed,
                         pending: &mut pending,
                         stop_watch: &mut stop_watch,
+                        liveness: &mut liveness,
                         cfg,
                     };
                     if !forward(ev, tx, &mut link, shutdown).await? {
@@ -339,6 +379,7 @@ struct Link<'a> {
     flushed: &'a watch::Receiver<Lsn>,
     pending: &'a mut VecDeque<ReplMessage>,
     stop_watch: &'a mut StopWatch,
+    liveness: &'a mut Liveness,
     cfg: &'a ReaderConfig,
 }
 
@@ -408,13 +449,17 @@ async fn forward(
                 };
             }
             _ = link.timer.tick() => {
-                send_status(link.stream, link.flushed).await?;
+                if !can_read {
+                    // Not listening: unread messages say nothing yet.
+                    link.liveness.heard(Instant::now());
+                }
+                on_timer(link.stream, link.flushed, link.liveness).await?;
                 if blocked_since.elapsed() >= STALL_BEFORE_PROBE {
                     let confirmed = *link.flushed.borrow();
                     link.stop_watch.stalled(link.cfg, confirmed).await?;
                 }
             }
-            msg = link.stream.recv(), if can_read => match msg? {
+            msg = link.stream.recv(), if can_read => match msg.inspect(|_| link.liveness.heard(Instant::now()))? {
                 None => return Err(SourceError::Closed),
                 Some(ReplMessage::Keepalive { wal_end, reply_requested: true }) => {
                     send_status(link.stream, link.flushed).await?;
