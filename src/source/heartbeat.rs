@@ -78,13 +78,19 @@ pub async fn run_heartbeat(
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
         }
-        let result = async {
+        // A connection whose server end is gone without a word (a lost
+        // node, a half-open link) never answers: give up on it in time
+        // and connect again, or heartbeats would stop for good.
+        let limit = interval.max(Duration::from_secs(10));
+        let attempt = async {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = Some(connect_sql(&pg).await?);
             }
             emit(client.as_ref().expect("connected")).await
-        }
-        .await;
+        };
+        let result = tokio::time::timeout(limit, attempt)
+            .await
+            .unwrap_or_else(|_| Err(SourceError::Protocol(format!("no answer within {limit:?}"))));
         match result {
             Ok(lsn) => {
                 if failing {
