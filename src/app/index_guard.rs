@@ -140,7 +140,11 @@ pub async fn clear_lost_before_snapshot(
 
 /// After the snapshot loaded every table writing to them: the rebuilt
 /// indices are whole again.
-pub async fn forget_lost(cfg: &Config, es: &Elasticsearch, indices: &[String]) -> anyhow::Result<()> {
+pub async fn forget_lost(
+    cfg: &Config,
+    es: &Elasticsearch,
+    indices: &[String],
+) -> anyhow::Result<()> {
     let state = StateIndex::new(es.clone(), STATE_INDEX);
     for index in indices {
         state

@@ -506,13 +506,7 @@ async fn stream(
     ready.set(PipelineState::Streaming);
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, %start, "streaming");
     let result = pipeline
-        .run(
-            start,
-            events_rx,
-            transform,
-            confirmed_tx,
-            stop,
-        )
+        .run(start, events_rx, transform, confirmed_tx, stop)
         .await;
 
     // The pipeline has published its final LSN; now let the reader send it.
@@ -527,7 +521,9 @@ async fn stream(
     if let Some(lost) = lost {
         crate::app::index_guard::record(&cfg, &guard_es, &lost).await?;
         return Err(Failure::Config(crate::app::index_guard::message(
-            &cfg, &lost.index, lost.what,
+            &cfg,
+            &lost.index,
+            lost.what,
         )));
     }
     match reader_result {

@@ -262,7 +262,10 @@ mod tests {
         assert!(r["doc"].as_str().unwrap().starts_with("{\"note\":\"é"));
         while shrink(&mut r) {}
         let left = r["doc"].as_str().unwrap().len();
-        assert!((MIN_STORED_DOC_BYTES - 1..=MIN_STORED_DOC_BYTES).contains(&left), "{left}");
+        assert!(
+            (MIN_STORED_DOC_BYTES - 1..=MIN_STORED_DOC_BYTES).contains(&left),
+            "{left}"
+        );
         assert_eq!(r["error"]["type"], "http_413", "the rest is kept");
         let mut delete = record(&op(b"{}"), 413, "http_413", "x");
         delete["doc"] = Value::Null;

@@ -164,7 +164,10 @@ mod tests {
     #[test]
     fn a_settings_answer_tells_an_index_from_an_alias() {
         let v = json!({"items": {"settings": {"index": {"uuid": "U1"}}}});
-        assert_eq!(IndexIdentity::from_settings("items", Some(&v)), concrete("U1"));
+        assert_eq!(
+            IndexIdentity::from_settings("items", Some(&v)),
+            concrete("U1")
+        );
         let v = json!({"items-2": {"settings": {"index": {"uuid": "U2"}}},
                        "items-1": {"settings": {"index": {"uuid": "U1"}}}});
         assert_eq!(
@@ -172,7 +175,10 @@ mod tests {
             alias(&[("items-1", "U1"), ("items-2", "U2")])
         );
         assert_eq!(IndexIdentity::from_settings("items", None), Missing);
-        assert_eq!(IndexIdentity::from_settings("items", Some(&json!({}))), Missing);
+        assert_eq!(
+            IndexIdentity::from_settings("items", Some(&json!({}))),
+            Missing
+        );
     }
 
     #[test]

@@ -177,7 +177,10 @@ fn noisy_neighbour(
                     let mut lines: Vec<String> = Vec::new();
                     for _ in 0..200 {
                         n += 1;
-                        lines.push(json!({"index": {"_index": index, "_id": format!("{w}-{n}")}}).to_string());
+                        lines.push(
+                            json!({"index": {"_index": index, "_id": format!("{w}-{n}")}})
+                                .to_string(),
+                        );
                         lines.push(json!({"n": n, "pad": "x".repeat(200)}).to_string());
                     }
                     let Ok(r) = es
@@ -191,10 +194,7 @@ fn noisy_neighbour(
                     };
                     let v: Value = r.json().await.unwrap_or_default();
                     let refused = v["items"].as_array().map_or(0, |items| {
-                        items
-                            .iter()
-                            .filter(|i| i["index"]["status"] == 429)
-                            .count()
+                        items.iter().filter(|i| i["index"]["status"] == 429).count()
                     });
                     rejected.fetch_add(refused as u64, Ordering::Relaxed);
                 }
@@ -216,7 +216,10 @@ async fn fault_es_429_storm_from_a_tiny_write_queue_converges_exactly() {
 
     // The storm: a neighbour's bulk load keeps the one-slot queue full.
     let storm = Duration::from_secs(25);
-    let (stop, rejected) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (stop, rejected) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let noise = noisy_neighbour(&url, "noise", 6, stop.clone(), rejected.clone());
     let committed_before = case.committed();
     let max_confirmed = case.hold_for(storm).await;
@@ -354,7 +357,12 @@ async fn fault_es_target_index_deleted_mid_stream_stops_and_the_snapshot_rebuild
     let ran = case
         .sluice
         .command(&["snapshot", "--table", "public.accounts"]);
-    assert_eq!(ran.code, Some(0), "the snapshot rebuilds it: {}", ran.text());
+    assert_eq!(
+        ran.code,
+        Some(0),
+        "the snapshot rebuilds it: {}",
+        ran.text()
+    );
     let held = deleted.elapsed();
     let settings = case.es.settings(&case.index).await;
     assert!(
@@ -407,6 +415,17 @@ async fn fault_es_document_over_http_max_content_length_is_dead_lettered_and_the
         dead["status"]
     );
     assert_eq!(case.sluice.exited(), None, "the stream keeps going");
+    // The record itself had to fit the limit: its copy of the document was
+    // cut (to at most 1 MiB when stored, less when the cluster refused that).
+    assert_eq!(dead["doc_truncated"], true, "{}", dead["doc_truncated"]);
+    let stored = dead["doc"].as_str().map_or(0, str::len);
+    eprintln!(
+        "dead letter stores {stored} bytes of the document; shrunk for the limit: {}",
+        case.sluice
+            .log_text()
+            .contains("storing less of their documents")
+    );
+    assert!(stored < 1 << 20, "{stored} bytes stored");
 
     let recovery = case
         .heal_and_converge("SELECT * FROM accounts WHERE id <> -1")

@@ -75,8 +75,11 @@ impl Worker {
             }
         }
         if any {
-            tracing::warn!(worker = self.id, records = records.len(),
-                "dead-letter records exceed the cluster's http.max_content_length; storing less of their documents");
+            tracing::warn!(
+                worker = self.id,
+                records = records.len(),
+                "dead-letter records exceed the cluster's http.max_content_length; storing less of their documents"
+            );
         }
         any
     }

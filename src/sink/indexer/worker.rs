@@ -295,7 +295,9 @@ fn refused_whole(status: u16, body: &Bytes) -> ItemResult {
         (413, true) => "the document alone is larger than the cluster accepts in one request \
                         (HTTP 413 Request Entity Too Large: see http.max_content_length)"
             .to_string(),
-        (_, true) => format!("the request holding only this document was refused with HTTP {status}"),
+        (_, true) => {
+            format!("the request holding only this document was refused with HTTP {status}")
+        }
         _ => truncate(&text, 4096),
     };
     ItemResult {
