@@ -15,10 +15,12 @@
 //! makes the stream's replay after it exact) and clears the record.
 
 use anyhow::Context;
-use serde_json::json;
+use backon::Retryable;
+use serde_json::{Value, json};
 
-use crate::app::EXIT_CONFIG;
+use crate::app::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::config::{Config, STATE_INDEX};
+use crate::model::RetryPolicy;
 use crate::sink::Elasticsearch;
 use crate::sink::admin::{self, AdminError};
 use crate::sink::index_watch::{IndexIdentity, LostIndex, identity};
@@ -43,6 +45,23 @@ fn tables_of(cfg: &Config, index: &str) -> Vec<String> {
     tables.sort();
     tables.dedup();
     tables
+}
+
+/// Whether `index` has a loss recorded: read like index preparation reads
+/// (a busy or briefly unreachable cluster is tried again with
+/// [`RetryPolicy::ADMIN`]), so this check adds no new way to fail a start.
+async fn recorded(state: &StateIndex, slot: &str, index: &str) -> anyhow::Result<Option<Value>> {
+    let id = record_id(slot, index);
+    match (|| state.get(&id))
+        .retry(RetryPolicy::ADMIN.builder())
+        .when(AdminError::is_retryable)
+        .await
+    {
+        Ok(r) => Ok(r),
+        // No state index yet: nothing was ever recorded.
+        Err(AdminError::Status { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e).context("reading lost indices from the state index"),
+    }
 }
 
 /// The operator's message for a lost index: what happened, why streaming
@@ -83,15 +102,9 @@ pub async fn record(cfg: &Config, es: &Elasticsearch, lost: &LostIndex) -> anyho
 pub async fn refusal(cfg: &Config, es: &Elasticsearch) -> anyhow::Result<Option<String>> {
     let state = StateIndex::new(es.clone(), STATE_INDEX);
     for index in cfg.mappings.fixed_indices() {
-        match state.get(&record_id(&cfg.slot, &index)).await {
-            Ok(Some(doc)) => {
-                let what = doc["what"].as_str().unwrap_or("it was deleted");
-                return Ok(Some(message(cfg, &index, what)));
-            }
-            Ok(None) => {}
-            // No state index yet: nothing was ever recorded.
-            Err(AdminError::Status { status: 404, .. }) => return Ok(None),
-            Err(e) => return Err(e).context("reading lost indices from the state index"),
+        if let Some(doc) = recorded(&state, &cfg.slot, &index).await? {
+            let what = doc["what"].as_str().unwrap_or("it was deleted");
+            return Ok(Some(message(cfg, &index, what)));
         }
     }
     Ok(None)
@@ -105,33 +118,41 @@ pub async fn clear_lost_before_snapshot(
     cfg: &Config,
     es: &Elasticsearch,
     tables: &[String],
-) -> anyhow::Result<Vec<String>> {
+) -> Result<Vec<String>, (i32, anyhow::Error)> {
+    let runtime = |e: anyhow::Error| (EXIT_RUNTIME, e);
     let state = StateIndex::new(es.clone(), STATE_INDEX);
     let mut lost = Vec::new();
     for index in cfg.mappings.fixed_indices() {
         let mine = tables_of(cfg, &index).iter().any(|t| tables.contains(t));
-        let recorded = match state.get(&record_id(&cfg.slot, &index)).await {
-            Ok(r) => r.is_some(),
-            Err(AdminError::Status { status: 404, .. }) => false,
-            Err(e) => return Err(e).context("reading lost indices from the state index"),
-        };
-        if !mine || !recorded {
+        if !mine
+            || recorded(&state, &cfg.slot, &index)
+                .await
+                .map_err(runtime)?
+                .is_none()
+        {
             continue;
         }
         let all = tables_of(cfg, &index);
         if let Some(left_out) = all.iter().find(|t| !tables.contains(t)) {
-            anyhow::bail!(
-                "target index `{index}` was lost and must be rebuilt from every table that \
+            return Err((
+                EXIT_CONFIG,
+                anyhow::anyhow!(
+                    "target index `{index}` was lost and must be rebuilt from every table that \
                  writes to it, but `{left_out}` is not in this snapshot: run `sluice snapshot {}`",
-                all.iter()
-                    .map(|t| format!("--table {t}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
+                    all.iter()
+                        .map(|t| format!("--table {t}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            ));
         }
-        if let IndexIdentity::Concrete { .. } = identity(es, &index).await? {
+        if let IndexIdentity::Concrete { .. } =
+            identity(es, &index).await.map_err(|e| runtime(e.into()))?
+        {
             tracing::warn!(index = %index, "deleting the index Elasticsearch created after the loss; the snapshot rebuilds it");
-            admin::delete_indices(es, &[&index], true).await?;
+            admin::delete_indices(es, &[&index], true)
+                .await
+                .map_err(|e| runtime(e.into()))?;
         }
         lost.push(index);
     }

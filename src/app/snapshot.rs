@@ -70,9 +70,7 @@ async fn snapshot_command(args: &SnapshotRequest) -> Result<(), (i32, anyhow::Er
         // A backfill may come before any `sluice run`: create what is missing.
         let names: Vec<String> = wanted.iter().map(PublishedTable::qualified_name).collect();
         // An index `run` found deleted is rebuilt whole (see index_guard).
-        rebuilt = crate::app::index_guard::clear_lost_before_snapshot(&cfg, &es, &names)
-            .await
-            .map_err(config_err)?;
+        rebuilt = crate::app::index_guard::clear_lost_before_snapshot(&cfg, &es, &names).await?;
         prepare_indices(&cfg, &es, Some(&names))
             .await
             .map_err(runtime_err)?;
