@@ -25,6 +25,7 @@
 
 pub mod check;
 pub mod dead_letters;
+pub mod index_guard;
 pub mod load;
 pub mod run;
 pub mod setup;

@@ -277,6 +277,11 @@ async fn start_up(cfg: &mut Config, ready: &ReadyState) -> Result<Option<Started
     // Elasticsearch: target indices (or templates) and the dead-letter index.
     let es = crate::sink::client::build_client(&cfg.elasticsearch)
         .map_err(|e| Failure::Config(format!("[elasticsearch]: {e}")))?;
+    // Checked before the indices are made sure of, which would create a
+    // deleted one anew and hide that it was lost.
+    if let Some(refusal) = crate::app::index_guard::refusal(cfg, &es).await? {
+        return Err(Failure::Config(refusal));
+    }
     prepare_indices(cfg, &es, None).await?;
 
     // A standby has checked everything above (so a broken configuration
@@ -574,19 +579,17 @@ async fn stream(
     let mut indexer_cfg = indexer_config(&cfg);
     indexer_cfg.holds = ready.holds();
     let (ack_tx, acks) = mpsc::unbounded_channel();
+    // A target index deleted under the stream stops it (see index_guard).
+    let (watcher, stop, lost_rx) = watch_indices(&cfg, &es, &signals);
+    background.push(watcher);
+    let guard_es = es.clone();
     let indexer = Indexer::start(es, indexer_cfg, ack_tx);
     let pipeline =
         Pipeline::new(indexer, acks, PipelineConfig::default()).with_nested(Some(nested));
     ready.set(PipelineState::Streaming);
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, %start, "streaming");
     let result = pipeline
-        .run(
-            start,
-            events_rx,
-            transform,
-            confirmed_tx,
-            signals.stopping(),
-        )
+        .run(start, events_rx, transform, confirmed_tx, stop)
         .await;
 
     // The pipeline has published its final LSN; now let the reader send it.
@@ -597,6 +600,15 @@ async fn stream(
     }
     let summary = result.context("pipeline")?;
     tracing::info!(confirmed = %summary.confirmed, drained = summary.drained, ops = summary.ops_submitted, "stopped");
+    let lost = lost_rx.borrow().clone();
+    if let Some(lost) = lost {
+        crate::app::index_guard::record(&cfg, &guard_es, &lost).await?;
+        return Err(Failure::Config(crate::app::index_guard::message(
+            &cfg,
+            &lost.index,
+            lost.what,
+        )));
+    }
     match reader_result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(source_failure(e, "replication stream")),
@@ -604,6 +616,37 @@ async fn stream(
             "the replication reader panicked: {e}"
         ))),
     }
+}
+
+/// The task watching the target indices for a deletion, the pipeline's
+/// stop (a signal, or a lost index), and the lost index once there is one.
+#[allow(clippy::type_complexity)]
+fn watch_indices(
+    cfg: &Config,
+    es: &Elasticsearch,
+    signals: &Signals,
+) -> (
+    JoinHandle<()>,
+    impl Future<Output = ()> + Send + 'static,
+    watch::Receiver<Option<crate::sink::index_watch::LostIndex>>,
+) {
+    let (lost_tx, lost_rx) = watch::channel(None);
+    let watched = crate::sink::index_watch::watch(
+        es.clone(),
+        cfg.mappings.fixed_indices(),
+        crate::app::index_guard::WATCH_EVERY,
+    );
+    let task = signals.spawn("index watch", async move {
+        let _ = lost_tx.send(Some(watched.await));
+    });
+    let (stopping, mut lost) = (signals.stopping(), lost_rx.clone());
+    let stop = async move {
+        tokio::select! {
+            _ = stopping => {}
+            _ = lost.wait_for(Option::is_some) => {}
+        }
+    };
+    (task, stop, lost_rx)
 }
 
 /// Reindexes: polled once before any change is transformed (so a restart

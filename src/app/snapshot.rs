@@ -65,9 +65,12 @@ async fn snapshot_command(args: &SnapshotRequest) -> Result<(), (i32, anyhow::Er
     if args.abandon {
         return abandon(&es, &targets, args.stream_timeout).await;
     }
+    let mut rebuilt = Vec::new();
     if !args.reindex {
         // A backfill may come before any `sluice run`: create what is missing.
         let names: Vec<String> = wanted.iter().map(PublishedTable::qualified_name).collect();
+        // An index `run` found deleted is rebuilt whole (see index_guard).
+        rebuilt = crate::app::index_guard::clear_lost_before_snapshot(&cfg, &es, &names).await?;
         prepare_indices(&cfg, &es, Some(&names))
             .await
             .map_err(runtime_err)?;
@@ -111,6 +114,9 @@ async fn snapshot_command(args: &SnapshotRequest) -> Result<(), (i32, anyhow::Er
     if args.reindex {
         print_swaps(&es, &req.targets, args.delete_old).await;
     }
+    crate::app::index_guard::forget_lost(&cfg, &es, &rebuilt)
+        .await
+        .map_err(runtime_err)?;
     Ok(())
 }
 

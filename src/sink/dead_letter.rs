@@ -137,6 +137,36 @@ pub fn rejected_row_op(r: &RejectedRow, dead_letter_index: &std::sync::Arc<str>)
     }
 }
 
+/// A stored document is never cut below this many bytes.
+const MIN_STORED_DOC_BYTES: usize = 1024;
+
+/// Halve the documents a dead-letter record stores (`doc`, `row`,
+/// `old_row`), keeping them as text, for a cluster whose
+/// `http.max_content_length` refused the record (HTTP 413): the record is
+/// what says a change was rejected, so it must fit, even with less of the
+/// document. False when nothing is left to cut.
+pub fn shrink(body: &mut Value) -> bool {
+    let mut shrunk = false;
+    for field in ["doc", "row", "old_row"] {
+        let text = match &body[field] {
+            Value::Null => continue,
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if text.len() <= MIN_STORED_DOC_BYTES {
+            continue;
+        }
+        let mut end = (text.len() / 2).max(MIN_STORED_DOC_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        body[field] = Value::String(text[..end].to_string());
+        body["doc_truncated"] = Value::Bool(true);
+        shrunk = true;
+    }
+    shrunk
+}
+
 /// The original document: as JSON when it parses and fits, else as a string.
 fn stored_doc(doc: &[u8]) -> (Value, bool) {
     if doc.len() > MAX_STORED_DOC_BYTES {
@@ -218,6 +248,28 @@ mod tests {
                 lsn: Lsn(0x16_B374_D848),
             },
         }
+    }
+
+    #[test]
+    fn a_record_too_large_for_the_cluster_is_halved_down_to_a_floor() {
+        let doc = format!("{{\"note\":\"{}\"}}", "é".repeat(300_000));
+        let mut r = record(&op(doc.as_bytes()), 413, "http_413", "too large");
+        let before = r.to_string().len();
+        assert!(shrink(&mut r));
+        let after = r.to_string().len();
+        assert!(after < before / 2 + 2048, "{before} -> {after}");
+        assert_eq!(r["doc_truncated"], true);
+        assert!(r["doc"].as_str().unwrap().starts_with("{\"note\":\"é"));
+        while shrink(&mut r) {}
+        let left = r["doc"].as_str().unwrap().len();
+        assert!(
+            (MIN_STORED_DOC_BYTES - 1..=MIN_STORED_DOC_BYTES).contains(&left),
+            "{left}"
+        );
+        assert_eq!(r["error"]["type"], "http_413", "the rest is kept");
+        let mut delete = record(&op(b"{}"), 413, "http_413", "x");
+        delete["doc"] = Value::Null;
+        assert!(!shrink(&mut delete), "nothing to cut");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod dead_letter;
 pub mod doc_reads;
 pub mod es_config;
 pub mod health;
+pub mod index_watch;
 pub mod indexer;
 pub mod indices;
 pub mod seam;

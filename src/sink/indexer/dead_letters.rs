@@ -50,6 +50,9 @@ impl Worker {
                 _ => None,
             };
             let Some(results) = results else {
+                if matches!(&sent, Ok((413, _))) && self.shrink(&mut records) {
+                    continue;
+                }
                 self.note_request_refusal(&sent);
                 log_request_failure(self.id, &sent, records.len(), attempt);
                 continue;
@@ -59,6 +62,26 @@ impl Worker {
         let items: Vec<Item> = dead.into_iter().map(|(i, _)| i).collect();
         self.config.holds.clear(self.id);
         self.ack(&items);
+    }
+
+    /// The records refused as too large for the cluster (HTTP 413): cut
+    /// their documents in half and say so; false when none can shrink.
+    fn shrink(&self, records: &mut [Record]) -> bool {
+        let mut any = false;
+        for r in records.iter_mut() {
+            if dead_letter::shrink(&mut r.body) {
+                r.as_text = true;
+                any = true;
+            }
+        }
+        if any {
+            tracing::warn!(
+                worker = self.id,
+                records = records.len(),
+                "dead-letter records exceed the cluster's http.max_content_length; storing less of their documents"
+            );
+        }
+        any
     }
 
     /// Create the dead-letter index at the first dead letter, so it gets its

@@ -288,11 +288,23 @@ impl Worker {
 /// A lone op whose request was refused as a whole: the refusal is its
 /// result.
 fn refused_whole(status: u16, body: &Bytes) -> ItemResult {
+    let text = String::from_utf8_lossy(body);
+    // Elasticsearch answers a request over `http.max_content_length` with a
+    // bare 413: the dead letter must still say why.
+    let reason = match (status, text.trim().is_empty()) {
+        (413, true) => "the document alone is larger than the cluster accepts in one request \
+                        (HTTP 413 Request Entity Too Large: see http.max_content_length)"
+            .to_string(),
+        (_, true) => {
+            format!("the request holding only this document was refused with HTTP {status}")
+        }
+        _ => truncate(&text, 4096),
+    };
     ItemResult {
         status,
         error: Some(bulk::ItemError {
             kind: Some(format!("http_{status}")),
-            reason: Some(truncate(&String::from_utf8_lossy(body), 4096)),
+            reason: Some(reason),
         }),
     }
 }

@@ -27,6 +27,12 @@ impl EsCluster {
     /// Start `n` master-eligible data nodes (256 MB heap each) and wait until
     /// all of them have joined.
     pub async fn start(n: usize) -> EsCluster {
+        EsCluster::start_with(n, "").await
+    }
+
+    /// [`EsCluster::start`] with `settings` (`elasticsearch.yml` lines, e.g.
+    /// `thread_pool.write.queue_size: 1`) added to every node's config.
+    pub async fn start_with(n: usize, settings: &str) -> EsCluster {
         let home = PathBuf::from(env("SLUICE_TEST_ES_HOME"));
         let user = env("SLUICE_TEST_ES_USER");
         let dir = tempfile::Builder::new()
@@ -59,7 +65,8 @@ impl EsCluster {
                      path.logs: {d}/logs\nnetwork.host: 127.0.0.1\nhttp.port: {h}\n\
                      transport.port: {t}\ndiscovery.seed_hosts: [{seeds}]\n\
                      cluster.initial_master_nodes: [{masters}]\nxpack.security.enabled: false\n\
-                     xpack.ml.enabled: false\ncluster.routing.allocation.disk.threshold_enabled: false\n",
+                     xpack.ml.enabled: false\ncluster.routing.allocation.disk.threshold_enabled: false\n\
+                     {settings}\n",
                     k = i + 1,
                     d = node.display(),
                     h = http[i],
