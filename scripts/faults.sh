@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # ./dev faults [--ignored] [cargo test filter]
 #
-# The fault matrix (tests/it/fault_*.rs, also part of `./dev test`): runs the
-# cases with SLUICE_FAULT_REPORT set, each case writes one table row (area,
+# The fault matrix (tests/it/fault_*.rs, and the outage, slot-loss, SIGTERM
+# and reindex cases in tests/it/run_*.rs; all part of `./dev test`): runs the
+# integration suite (or the tests a filter names) with SLUICE_FAULT_REPORT
+# set, each fault case writes one table row (area,
 # fault, test, seconds held, seconds to recover, outcome), and the rows
 # replace the table between the fault-matrix markers in RELIABILITY.md, under
 # a line with the date and commit. A failing case still fails the command.
-# --ignored also runs the long cases (a SIGKILL during a 1M-row transaction).
+# --ignored also runs the long fault cases (a SIGKILL during a 1M-row
+# transaction); with it and no filter, only the fault_* tests run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ignored=()
 if [ "${1:-}" = --ignored ]; then ignored=(--include-ignored); shift; fi
-filter=${1:-fault_}
+filter=${1:-}
+# The ignored long cases are fault cases only (never the soak or the 1M-row runs of other areas).
+if [ ${#ignored[@]} -gt 0 ] && [ -z "$filter" ]; then filter=fault_; fi
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 set +e
