@@ -214,6 +214,28 @@ async fn close(mut stream: ReplicationStream, flushed: &watch::Receiver<Lsn>) ->
     End::Shutdown
 }
 
+/// `START_REPLICATION` at `start`, bounded by the receive timeout: a
+/// connection that died after the handshake would leave it waiting for an
+/// answer forever.
+async fn start_within_timeout(
+    cfg: &ReaderConfig,
+    conn: ReplicationConnection,
+    start: Lsn,
+) -> Result<ReplicationStream, SourceError> {
+    let started = conn.start_replication(&cfg.slot, start, &cfg.publications, cfg.messages);
+    tokio::time::timeout(cfg.receive_timeout, started)
+        .await
+        .map_err(|_| {
+            SourceError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer to START_REPLICATION within {:?}",
+                    cfg.receive_timeout
+                ),
+            ))
+        })?
+}
+
 async fn session(
     cfg: &ReaderConfig,
     conn: Option<ReplicationConnection>,
@@ -232,20 +254,7 @@ async fn session(
     // must not be streamed past (see `publication_guard`).
     check_guard(cfg, &mut sql).await?;
     let start = cfg.start_lsn.max(*flushed.borrow());
-    // A connection that died after the handshake would leave this waiting
-    // for an answer forever.
-    let started = conn.start_replication(&cfg.slot, start, &cfg.publications, cfg.messages);
-    let mut stream = tokio::time::timeout(cfg.receive_timeout, started)
-        .await
-        .map_err(|_| {
-            SourceError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "no answer to START_REPLICATION within {:?}",
-                    cfg.receive_timeout
-                ),
-            ))
-        })??;
+    let mut stream = start_within_timeout(cfg, conn, start).await?;
     let mut liveness = Liveness::new(cfg.receive_timeout, Instant::now());
     cfg.standby.clear();
     tracing::info!(slot = %cfg.slot, %start, "replication started");

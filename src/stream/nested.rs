@@ -307,7 +307,7 @@ impl NestedStream {
                         self.open.push(Touch::Every(d));
                     }
                     (true, OnTruncate::Log) => {
-                        tracing::error!(table = %q, mapping = %doc.mapping.name, index = %doc.mapping.index_pattern(), "TRUNCATE received: its documents stay in Elasticsearch; run `sluice snapshot --reindex` to rebuild the index");
+                        tracing::error!(table = %q, mapping = %doc.mapping.name, index = %doc.mapping.index_pattern(), "TRUNCATE received: its documents stay in the index; run `sluice snapshot --reindex` to rebuild it");
                     }
                     (true, OnTruncate::Fail) => {
                         return Err(TransformError::Truncated {
