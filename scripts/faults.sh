@@ -29,17 +29,25 @@ dirty=$(git diff --quiet HEAD -- src tests || echo "+changes")
 python3 - "$report" "$commit$dirty" "$rc" <<'PY'
 import datetime, re, sys
 report, commit, rc = sys.argv[1], sys.argv[2], sys.argv[3]
-rows = sorted(set(l.rstrip("\n") for l in open(report) if l.startswith("|")))
-when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-table = [f"Last run: {when}, commit {commit}, {len(rows)} cases"
-         + ("" if rc == "0" else f", cargo test exit {rc} (a case failed: see its output)") + ".", "",
-         "| area | fault | test | held (s) | recovery (s) | outcome |",
-         "|---|---|---|---|---|---|", *rows]
+def key(row):
+    return tuple(c.strip() for c in row.split("|")[1:4])  # area, fault, test
+
+new_rows = {key(l): l.rstrip("\n") for l in open(report) if l.startswith("|")}
 text = open("RELIABILITY.md").read()
 begin, end = "<!-- fault-matrix:begin -->", "<!-- fault-matrix:end -->"
+# A run of some cases (a filter) replaces their rows and keeps the others'.
+old = re.search(re.escape(begin) + "(.*?)" + re.escape(end), text, flags=re.S).group(1)
+rows = {key(l): l for l in old.splitlines() if l.startswith("| ") and not l.startswith("| area")}
+rows.update(new_rows)
+when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+table = [f"Latest run: {when}, commit {commit}, {len(new_rows)} cases"
+         + ("" if rc == "0" else f", cargo test exit {rc} (a case failed: see its output)")
+         + f"; the table keeps each case's latest row ({len(rows)} cases).", "",
+         "| area | fault | test | held (s) | recovery (s) | outcome |",
+         "|---|---|---|---|---|---|", *sorted(rows.values())]
 new = re.sub(re.escape(begin) + ".*?" + re.escape(end),
              lambda _: begin + "\n" + "\n".join(table) + "\n" + end, text, flags=re.S)
 open("RELIABILITY.md", "w").write(new)
-print(f"[faults] {len(rows)} rows written to RELIABILITY.md", file=sys.stderr)
+print(f"[faults] {len(new_rows)} rows written to RELIABILITY.md", file=sys.stderr)
 PY
 exit "$rc"

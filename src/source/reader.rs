@@ -490,10 +490,27 @@ async fn check_guard(
     let Some(guard) = &cfg.guard else {
         return Ok(());
     };
-    if sql.as_ref().is_none_or(|c| c.is_closed()) {
-        *sql = Some(crate::source::manage::connect_sql(&cfg.pg).await?);
+    let check = async {
+        if sql.as_ref().is_none_or(|c| c.is_closed()) {
+            *sql = Some(crate::source::manage::connect_sql(&cfg.pg).await?);
+        }
+        guard.check(sql.as_ref().unwrap()).await
+    };
+    // The session waits on this check: a SQL connection that never answers
+    // (half-open) must not hold the replication stream with it.
+    match tokio::time::timeout(cfg.receive_timeout, check).await {
+        Ok(result) => result,
+        Err(_) => {
+            *sql = None;
+            Err(SourceError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the publication check got no answer within {:?}",
+                    cfg.receive_timeout
+                ),
+            )))
+        }
     }
-    guard.check(sql.as_ref().unwrap()).await
 }
 
 /// Look up type OIDs that Relation messages named and the catalog did not
@@ -511,8 +528,17 @@ async fn resolve_types(
         }
         catalog.refresh(sql.as_ref().unwrap()).await?;
         Ok::<_, SourceError>(())
-    }
-    .await;
+    };
+    let result = match tokio::time::timeout(cfg.receive_timeout, result).await {
+        Ok(r) => r,
+        Err(_) => {
+            *sql = None;
+            Err(SourceError::Protocol(format!(
+                "no answer within {:?}",
+                cfg.receive_timeout
+            )))
+        }
+    };
     if let Err(e) = result {
         tracing::warn!(error = %e, "cannot read the type catalog; columns of unknown types are indexed as text");
     }
