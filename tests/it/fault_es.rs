@@ -142,21 +142,6 @@ impl Case {
     }
 }
 
-/// The `_version` (commit LSN) of document `id`, once it is there.
-async fn doc_version(es: &Es, index: &str, id: &str) -> Option<u64> {
-    let r = es
-        .client
-        .get(elasticsearch::GetParts::IndexId(index, id))
-        .send()
-        .await
-        .ok()?;
-    let v: Value = r.json().await.ok()?;
-    v["found"]
-        .as_bool()
-        .filter(|f| *f)
-        .and(v["_version"].as_u64())
-}
-
 /// Another client's bulk load on the same node: `writers` loops of
 /// 200-document bulks into `index` until `stop`; counts the items the node
 /// refused with 429.
@@ -292,7 +277,7 @@ async fn fault_es_read_only_allow_delete_block_held_a_minute_holds_changes_then_
         "the workload kept writing during the block"
     );
     assert_eq!(
-        doc_version(&case.es, &case.index, "-1").await,
+        case.es.doc_version(&case.index, "-1").await,
         None,
         "written through the block?"
     );
@@ -303,7 +288,7 @@ async fn fault_es_read_only_allow_delete_block_held_a_minute_holds_changes_then_
     let version = crate::support::wait_until(
         Duration::from_secs(120),
         "the marker to be applied after the block",
-        || doc_version(&case.es, &case.index, "-1"),
+        || case.es.doc_version(&case.index, "-1"),
     )
     .await;
     assert!(

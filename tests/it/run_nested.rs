@@ -174,6 +174,18 @@ pub async fn wait_shaped(
     }
 }
 
+/// The shop schema with its order documents snapshotted and streaming:
+/// the running `sluice` and the index, already equal to the tables.
+pub async fn shop_streaming(db: &TestDb, es: &Es) -> (Sluice, String) {
+    db.sql(SHOP_SCHEMA).await;
+    let index = db.index("orders");
+    let mappings = [("orders.toml", orders_mapping(&index))];
+    let mut sluice = Sluice::with_config(&SluiceToml::as_owner(db), &mappings);
+    sluice.start_streaming(db).await;
+    wait_exact(db, es, &mut sluice, &index, Duration::from_secs(120)).await;
+    (sluice, index)
+}
+
 /// One random transaction over the shop's tables.
 pub fn random_tx(rng: &mut impl RngExt, next_id: &mut i64) -> String {
     let o = rng.random_range(1..=220);
@@ -268,12 +280,7 @@ async fn nested_order_documents_equal_the_tables_after_random_changes_to_every_t
 async fn renaming_a_category_rebuilds_every_order_that_holds_one_of_its_products() {
     let db = TestDb::new().await;
     let es = Es::new();
-    db.sql(SHOP_SCHEMA).await;
-    let index = db.index("orders");
-    let mappings = [("orders.toml", orders_mapping(&index))];
-    let mut sluice = Sluice::with_config(&SluiceToml::as_owner(&db), &mappings);
-    sluice.start_streaming(&db).await;
-    wait_exact(&db, &es, &mut sluice, &index, Duration::from_secs(120)).await;
+    let (mut sluice, index) = shop_streaming(&db, &es).await;
     // One row changes; every order with a product of category 2 changes.
     db.sql("UPDATE categories SET name = 'renamed' WHERE id = 2; UPDATE customers SET name = 'Ada' WHERE id = 7; DELETE FROM tags WHERE id = 3;").await;
     wait_exact(&db, &es, &mut sluice, &index, Duration::from_secs(60)).await;
@@ -303,12 +310,7 @@ async fn renaming_a_category_rebuilds_every_order_that_holds_one_of_its_products
 async fn truncating_a_joined_table_rebuilds_every_document_that_held_its_rows() {
     let db = TestDb::new().await;
     let es = Es::new();
-    db.sql(SHOP_SCHEMA).await;
-    let index = db.index("orders");
-    let mappings = [("orders.toml", orders_mapping(&index))];
-    let mut sluice = Sluice::with_config(&SluiceToml::as_owner(&db), &mappings);
-    sluice.start_streaming(&db).await;
-    wait_exact(&db, &es, &mut sluice, &index, Duration::from_secs(120)).await;
+    let (mut sluice, index) = shop_streaming(&db, &es).await;
     let tagged = |docs: &BTreeMap<String, Value>| {
         docs.values()
             .filter(|d| {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use rand::SeedableRng;
 use serde_json::Value;
 
-use crate::run_nested::{SHOP_SCHEMA, orders_mapping, random_tx, wait_exact, wait_shaped};
-use crate::support::sluice::{Sluice, SluiceToml, sluice_command};
+use crate::run_nested::{orders_mapping, random_tx, shop_streaming, wait_shaped};
+use crate::support::sluice::{Sluice, sluice_command};
 use crate::support::{Es, TestDb};
 
 /// The new mapping: `status` is called `state`, the customer object
@@ -56,12 +56,7 @@ fn reindex(sluice: &Sluice, extra: &[&str]) -> (i32, String) {
 async fn reindexing_a_nested_mapping_under_load_builds_the_new_shape_from_snapshot_and_stream() {
     let db = TestDb::new().await;
     let es = Es::new();
-    db.sql(SHOP_SCHEMA).await;
-    let index = db.index("orders");
-    let mappings = [("orders.toml", orders_mapping(&index))];
-    let mut sluice = Sluice::with_config(&SluiceToml::as_owner(&db), &mappings);
-    sluice.start_streaming(&db).await;
-    wait_exact(&db, &es, &mut sluice, &index, Duration::from_secs(120)).await;
+    let (mut sluice, index) = shop_streaming(&db, &es).await;
     // The concrete index becomes an alias first (same mapping).
     let (code, stderr) = tokio::task::block_in_place(|| reindex(&sluice, &["--delete-old"]));
     assert_eq!(code, 0, "{stderr}\n{}", sluice.log_text());

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use serde_json::Value;
 use sluice::Lsn;
 
 use crate::support::compare::assert_index_matches;
@@ -23,21 +22,6 @@ use crate::support::{Es, TestDb};
 const ACCOUNTS: &str =
     "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
      CREATE PUBLICATION sluice FOR TABLE accounts;";
-
-/// The `_version` of a document (its commit LSN), once it is in the index.
-async fn doc_version(es: &Es, index: &str, id: &str) -> Option<u64> {
-    let r = es
-        .client
-        .get(elasticsearch::GetParts::IndexId(index, id))
-        .send()
-        .await
-        .ok()?;
-    let v: Value = r.json().await.ok()?;
-    v["found"]
-        .as_bool()
-        .filter(|f| *f)
-        .and(v["_version"].as_u64())
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Outage {
@@ -120,7 +104,7 @@ async fn an_elasticsearch_outage_mid_stream_holds_the_slot_and_heals_without_a_m
         let version = crate::support::wait_until(
             Duration::from_secs(60),
             "the marker to be applied after the outage",
-            || doc_version(&es, &index, &marker),
+            || es.doc_version(&index, &marker),
         )
         .await;
         assert!(

@@ -181,6 +181,21 @@ impl Es {
         v["count"].as_u64().ok_or(v)
     }
 
+    /// The `_version` of a document (its commit LSN), once it is there.
+    pub async fn doc_version(&self, index: &str, id: &str) -> Option<u64> {
+        let r = self
+            .client
+            .get(elasticsearch::GetParts::IndexId(index, id))
+            .send()
+            .await
+            .ok()?;
+        let v: Value = r.json().await.ok()?;
+        v["found"]
+            .as_bool()
+            .filter(|f| *f)
+            .and(v["_version"].as_u64())
+    }
+
     /// The version number of the node we talk to (`8.19.21`, or `2.19.1` for
     /// OpenSearch), read from `_nodes` because some test distributions refuse
     /// `GET /`.
