@@ -5,11 +5,16 @@
 //! runs for many minutes); `./dev soak` runs it with its figures going to
 //! RELIABILITY.md.
 //!
+//! One kill in four follows a fault from the fault matrix, held 0.5–4 s:
+//! Elasticsearch refusing connections or frozen (behind a proxy), or the
+//! walsender terminated.
+//!
 //! Settings (environment): `SLUICE_SOAK_KILLS` (default 100),
 //! `SLUICE_SOAK_MINUTES` (stop killing after this long even if fewer kills
 //! were made), `SLUICE_SOAK_REPORT` (a file the figures are written to as
 //! one Markdown table row).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +23,9 @@ use rand::{RngExt, SeedableRng};
 
 use crate::support::compare::table_docs;
 use crate::support::faults::catch_up;
-use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, table_mapping};
+use crate::support::proxy::Proxy;
+use crate::support::services;
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, table_mapping};
 use crate::support::workload::{Workload, spawn_bench};
 use crate::support::{Es, TestDb};
 
@@ -34,6 +41,39 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// One fault from the fault matrix, held briefly and healed (the kill that
+/// follows may land while Sluice is still recovering from it). Its name.
+async fn inject_fault(
+    rng: &mut rand::rngs::StdRng,
+    proxy: &Proxy,
+    db: &TestDb,
+    slot: &str,
+) -> &'static str {
+    let hold = Duration::from_millis(rng.random_range(500..4000));
+    match rng.random_range(0..3) {
+        0 => {
+            proxy.cut();
+            tokio::time::sleep(hold).await;
+            proxy.restore().await;
+            "Elasticsearch outages"
+        }
+        1 => {
+            proxy.hang();
+            tokio::time::sleep(hold).await;
+            proxy.restore().await;
+            "Elasticsearch freezes"
+        }
+        _ => {
+            db.sql(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                  WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"
+            ))
+            .await;
+            "walsenders terminated"
+        }
+    }
 }
 
 /// Now and then a large transaction: 20k rows inserted into `big`, or all deleted.
@@ -107,7 +147,14 @@ async fn soak_sigkill_under_load_loses_and_duplicates_nothing() {
         .zip(&indices)
         .map(|(t, i)| table_mapping(t, i))
         .collect();
-    let mut sluice = Sluice::new(&db, SNAPSHOT_NEVER, &mappings);
+    // Elasticsearch behind a proxy the soak cuts and freezes now and then.
+    let proxy = Proxy::start(&services().es_url).await;
+    let config = SluiceToml {
+        extra: SNAPSHOT_NEVER.into(),
+        es_url: proxy.url(),
+        ..SluiceToml::for_db(&db)
+    };
+    let mut sluice = Sluice::with_config(&config, &mappings);
     sluice.start_streaming(&db).await;
     // Rows written after the slot exists, so they stream (no snapshot).
     db.sql(
@@ -130,8 +177,15 @@ async fn soak_sigkill_under_load_loses_and_duplicates_nothing() {
     let started = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     let (mut kills, mut catch_ups, mut peak_kib) = (0u64, Vec::new(), 0u64);
+    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     while kills < kills_wanted && time_cap.is_none_or(|c| started.elapsed() < c) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..2000))).await;
+        // One kill in four follows a fault, so some kills land mid-recovery.
+        if rng.random_range(0..4) == 0 {
+            *faults
+                .entry(inject_fault(&mut rng, &proxy, &db, &slot).await)
+                .or_default() += 1;
+        }
         if let Some(pid) = sluice.pid() {
             peak_kib = peak_kib.max(peak_rss_kib(pid));
         }
@@ -175,8 +229,14 @@ async fn soak_sigkill_under_load_loses_and_duplicates_nothing() {
         .unwrap_or_default();
     let max = catch_ups.last().copied().unwrap_or_default();
     let changes = workload_tx + bench_tx.load(Ordering::Relaxed) + big_rows.load(Ordering::Relaxed);
+    let faults: Vec<String> = faults.iter().map(|(f, n)| format!("{n} {f}")).collect();
+    let faults = if faults.is_empty() {
+        String::new()
+    } else {
+        format!("; faults: {}", faults.join(", "))
+    };
     let row = format!(
-        "| {kills} | {:.1} | {workload_tx} random tx, {} bench tx, {} rows in large tx | {:.2} | {:.2} | {} | {} / {} / {} |",
+        "| {kills} | {:.1} | {workload_tx} random tx, {} bench tx, {} rows in large tx{faults} | {:.2} | {:.2} | {} | {} / {} / {} |",
         kill_phase.as_secs_f64() / 60.0,
         bench_tx.load(Ordering::Relaxed),
         big_rows.load(Ordering::Relaxed),
@@ -188,7 +248,7 @@ async fn soak_sigkill_under_load_loses_and_duplicates_nothing() {
         diff.2
     );
     eprintln!(
-        "soak: kills {kills}, changes (transactions + large-tx rows) {changes}, catch-up max {max:?} median {median:?}, peak RSS {} MiB, missing/extra/stale {}/{}/{}",
+        "soak: kills {kills}{faults}, changes (transactions + large-tx rows) {changes}, catch-up max {max:?} median {median:?}, peak RSS {} MiB, missing/extra/stale {}/{}/{}",
         peak_kib / 1024,
         diff.0,
         diff.1,
