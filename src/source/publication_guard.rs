@@ -131,6 +131,10 @@ pub fn what_changed(
     }
     for table in mapped {
         match (was.tables.get(table), now.tables.get(table)) {
+            // Renamed (`ALTER TABLE … RENAME`): the same publication row
+            // under another name still carries its changes, and the stream
+            // follows the table by its relation id.
+            (Some(w), None) if now.tables.values().any(|n| n == w) => {}
             (Some(_), None) => {
                 return Some(format!(
                     "publication `{publication}` no longer publishes {table} (`ALTER PUBLICATION … DROP TABLE`?)"
@@ -251,6 +255,14 @@ mod tests {
         now.tables.insert("public.a".into(), 7);
         let msg = what_changed("p", &identity(), Some(&now), &mapped()).unwrap();
         assert!(msg.contains("public.a was removed"), "{msg}");
+    }
+
+    #[test]
+    fn a_mapped_table_renamed_is_still_published_and_no_change() {
+        let mut now = identity();
+        let row = now.tables.remove("public.a").unwrap();
+        now.tables.insert("public.a_renamed".into(), row);
+        assert_eq!(what_changed("p", &identity(), Some(&now), &mapped()), None);
     }
 
     #[test]
