@@ -15,15 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rand::RngExt;
 use serde_json::{Value, json};
 use sluice::Lsn;
 
 use crate::support::es_cluster::EsCluster;
 use crate::support::faults::{FaultCase, catch_up, report};
 use crate::support::slot::confirmed_flush;
-use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, table_mapping};
-use crate::support::workload::Workload;
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml};
+use crate::support::workload::{Workload, accounts_under_load};
 use crate::support::{Es, TestDb};
 
 const ACCOUNTS: &str =
@@ -63,17 +62,8 @@ impl Case {
             extra: SNAPSHOT_NEVER.into(),
             ..SluiceToml::for_db(&db)
         };
-        let mut sluice = Sluice::with_config(&setup, &[table_mapping("accounts", &index)]);
-        sluice.start_streaming(&db).await;
-        db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
-            .await;
-        let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
         let es = Es::at(&es_url.unwrap_or(shared));
-        sluice
-            .wait_for(Duration::from_secs(60), "the first documents", async || {
-                es.count(&index).await > 100
-            })
-            .await;
+        let (sluice, workload) = accounts_under_load(&db, &es, &setup, &index).await;
         Case {
             db,
             es,

@@ -11,13 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use rand::RngExt;
-
 use crate::support::faults::{FaultCase, catch_up, report};
 use crate::support::proxy::{Fault, Proxy};
 use crate::support::slot::confirmed_flush;
-use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, table_mapping};
-use crate::support::workload::Workload;
+use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml};
+use crate::support::workload::accounts_under_load;
 use crate::support::{Es, TestDb, services};
 
 const ACCOUNTS: &str =
@@ -108,16 +106,7 @@ async fn fault_case(test: &str, link: Link, fault: NetFault) {
             (proxy, SluiceToml { pg_url, ..base })
         }
     };
-    let mut sluice = Sluice::with_config(&setup, &[table_mapping("accounts", &index)]);
-    sluice.start_streaming(&db).await;
-    db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
-        .await;
-    let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
-    sluice
-        .wait_for(Duration::from_secs(60), "the first documents", async || {
-            es.count(&index).await > 100
-        })
-        .await;
+    let (mut sluice, workload) = accounts_under_load(&db, &es, &setup, &index).await;
 
     let retries_before = sluice.metric("sluice_retries_total");
     let confirmed_before = confirmed_flush(&db, &sluice.slot).await;

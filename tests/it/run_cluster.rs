@@ -8,8 +8,8 @@ use std::time::Duration;
 use rand::RngExt;
 
 use crate::support::es_cluster::EsCluster;
-use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, table_mapping};
-use crate::support::workload::Workload;
+use crate::support::sluice::{SNAPSHOT_NEVER, SluiceToml};
+use crate::support::workload::accounts_under_load;
 use crate::support::{Es, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,18 +31,7 @@ async fn a_node_killed_mid_stream_in_a_three_node_cluster_costs_no_change() {
         extra: SNAPSHOT_NEVER.into(),
         ..SluiceToml::for_db(&db)
     };
-    let mut sluice = Sluice::with_config(&setup, &[table_mapping("accounts", &index)]);
-    sluice.start_streaming(&db).await;
-    db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
-        .await;
-    let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
-    sluice
-        .wait_for(
-            Duration::from_secs(60),
-            "documents on the cluster",
-            async || es.count(&index).await > 100,
-        )
-        .await;
+    let (mut sluice, workload) = accounts_under_load(&db, &es, &setup, &index).await;
     cluster.wait_green().await;
 
     // Any node, the elected master included: a new election must not cost a change.

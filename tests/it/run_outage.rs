@@ -16,7 +16,7 @@ use crate::support::private_pg::PrivatePg;
 use crate::support::proxy::Proxy;
 use crate::support::slot::confirmed_flush;
 use crate::support::sluice::{SNAPSHOT_NEVER, Sluice, SluiceToml, table_mapping};
-use crate::support::workload::Workload;
+use crate::support::workload::{Workload, accounts_under_load};
 use crate::support::{Es, TestDb};
 
 const ACCOUNTS: &str =
@@ -44,16 +44,7 @@ async fn an_elasticsearch_outage_mid_stream_holds_the_slot_and_heals_without_a_m
         extra: SNAPSHOT_NEVER.into(),
         ..SluiceToml::for_db(&db)
     };
-    let mut sluice = Sluice::with_config(&setup, &[table_mapping("accounts", &index)]);
-    sluice.start_streaming(&db).await;
-    db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
-        .await;
-    let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
-    sluice
-        .wait_for(Duration::from_secs(30), "documents", async || {
-            es.count(&index).await > 100
-        })
-        .await;
+    let (mut sluice, workload) = accounts_under_load(&db, &es, &setup, &index).await;
 
     for (n, outage) in [Outage::Refuse, Outage::Hang].into_iter().enumerate() {
         let retries_before = sluice.metric("sluice_retries_total");

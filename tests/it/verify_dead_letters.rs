@@ -67,17 +67,11 @@ async fn a_mapping_conflict_is_known_drift_until_the_fixed_mapping_lets_retry_in
     assert_eq!(r["equal"], json!(20), "{r}");
 
     // The fix: the field keeps malformed values in the source.
-    let resp = es
-        .client
-        .indices()
-        .put_mapping(elasticsearch::indices::IndicesPutMappingParts::Index(&[
-            &index,
-        ]))
-        .body(json!({"properties": {"amount": {"type": "long", "ignore_malformed": true}}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status_code().is_success(), "{:?}", resp.text().await);
+    es.put_mapping(
+        &index,
+        json!({"properties": {"amount": {"type": "long", "ignore_malformed": true}}}),
+    )
+    .await;
 
     let retried = sluice.command(&["dead-letters", "retry"]);
     assert_eq!(retried.code, Some(0), "{}", retried.text());
@@ -152,15 +146,7 @@ async fn nested_documents_refused_by_the_index_are_rebuilt_whole_by_retry_once_i
         .await;
     db.sql(&format!("DELETE FROM orders WHERE id = {gone}"))
         .await;
-    let resp = es
-        .client
-        .indices()
-        .put_mapping(elasticsearch::indices::IndicesPutMappingParts::Index(&[&index]))
-        .body(json!({"properties": {"customer": {"properties": {"name": {"type": "long", "ignore_malformed": true}}}}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status_code().is_success(), "{:?}", resp.text().await);
+    es.put_mapping(&index, json!({"properties": {"customer": {"properties": {"name": {"type": "long", "ignore_malformed": true}}}}})).await;
 
     let retried = sluice.command(&["dead-letters", "retry"]);
     assert_eq!(retried.code, Some(0), "{}", retried.text());

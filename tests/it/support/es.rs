@@ -181,6 +181,21 @@ impl Es {
         v["count"].as_u64().ok_or(v)
     }
 
+    /// Add to (or loosen) an index's mapping; panics if refused.
+    pub async fn put_mapping(&self, index: &str, body: Value) {
+        let resp = self
+            .client
+            .indices()
+            .put_mapping(elasticsearch::indices::IndicesPutMappingParts::Index(&[
+                index,
+            ]))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status_code().is_success(), "{:?}", resp.text().await);
+    }
+
     /// The `_version` of a document (its commit LSN), once it is there.
     pub async fn doc_version(&self, index: &str, id: &str) -> Option<u64> {
         let r = self

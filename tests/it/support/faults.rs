@@ -108,14 +108,9 @@ fn parse_lsn(text: &str) -> u64 {
 /// `sluice_confirmed_flush_lsn` from the running process's `/metrics`;
 /// `None` while it is not serving (starting, restarting).
 fn confirmed_lsn(sluice: &Sluice) -> Option<u64> {
-    use std::io::{Read, Write};
     let addr = super::sluice::http_addr_in(&sluice.log_text())?;
-    let mut s = std::net::TcpStream::connect(&addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let line = out
+    let (_, body) = super::sluice::try_http_get(&addr, "/metrics", None).ok()?;
+    let line = body
         .lines()
         .find(|l| l.starts_with("sluice_confirmed_flush_lsn "))?;
     // Exact as an f64 up to 2^53 bytes of WAL (8 PiB).

@@ -507,12 +507,19 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// A bare HTTP/1.0 GET with an optional `Authorization` value: (status, body).
 pub fn http_get_auth(addr: &str, path: &str, auth: Option<&str>) -> (u16, String) {
+    try_http_get(addr, path, auth).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// [`http_get_auth`] that reports failure (nothing listening yet, a
+/// process restarting) instead of panicking; gives up after 10 s of silence.
+pub fn try_http_get(addr: &str, path: &str, auth: Option<&str>) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n")?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    s.read_to_string(&mut out)?;
     let status = out
         .split(' ')
         .nth(1)
@@ -522,7 +529,7 @@ pub fn http_get_auth(addr: &str, path: &str, auth: Option<&str>) -> (u16, String
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// The sum of a Prometheus metric's series whose labels contain all `labels`.

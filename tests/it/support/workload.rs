@@ -150,3 +150,26 @@ pub fn spawn_bench(
         }
     })
 }
+
+/// `sluice run` with `setup` on an existing, empty `accounts` table mapped
+/// to `index`: 200 seed rows, then a random workload from id 201, returned
+/// once `es` (the cluster Sluice writes to) shows more than 100 documents.
+pub async fn accounts_under_load(
+    db: &super::TestDb,
+    es: &super::Es,
+    setup: &super::sluice::SluiceToml,
+    index: &str,
+) -> (super::sluice::Sluice, Workload) {
+    use super::sluice::{Sluice, table_mapping};
+    let mut sluice = Sluice::with_config(setup, &[table_mapping("accounts", index)]);
+    sluice.start_streaming(db).await;
+    db.sql("INSERT INTO accounts SELECT g, 0, 'seed' FROM generate_series(1, 200) g")
+        .await;
+    let workload = Workload::start(db.url(), "accounts", 201, rand::rng().random());
+    sluice
+        .wait_for(Duration::from_secs(60), "the first documents", async || {
+            es.count(index).await > 100
+        })
+        .await;
+    (sluice, workload)
+}
