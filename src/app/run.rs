@@ -393,6 +393,13 @@ struct PublicationSeen {
     after: PublicationIdentity,
 }
 
+/// Every table the stream needs (`schema.table`): what the publication
+/// must keep carrying.
+fn mapped_tables(cfg: &Config) -> Vec<String> {
+    let tables = cfg.mappings.tables();
+    tables.iter().map(|t| t.qualified_name()).collect()
+}
+
 /// Changes made to the publication while Sluice was stopped: compare what
 /// start-up found with what the previous run streamed with (recorded in the
 /// state index), if the slot those changes wait in still exists; then record
@@ -409,22 +416,18 @@ async fn check_publication_since_last_run(
     if slot_existed
         && let Some(doc) = state.get(&id).await.context("reading the state index")?
         && let Ok(was) = serde_json::from_value::<PublicationIdentity>(doc["identity"].clone())
+        && let Some(what) = publication_guard::what_changed(
+            &cfg.publication,
+            &was,
+            seen.before.as_ref(),
+            &mapped_tables(cfg),
+        )
     {
-        let mapped: Vec<String> = cfg
-            .mappings
-            .tables()
-            .iter()
-            .map(|t| t.qualified_name())
-            .collect();
-        if let Some(what) =
-            publication_guard::what_changed(&cfg.publication, &was, seen.before.as_ref(), &mapped)
-        {
-            let e = publication_guard::gap_error(&cfg.slot, &format!("since the last run, {what}"));
-            return Err(source_failure(
-                e,
-                &format!("publication `{}`", cfg.publication),
-            ));
-        }
+        let e = publication_guard::gap_error(&cfg.slot, &format!("since the last run, {what}"));
+        return Err(source_failure(
+            e,
+            &format!("publication `{}`", cfg.publication),
+        ));
     }
     let doc =
         serde_json::json!({ "kind": "publication", "slot": cfg.slot, "identity": seen.after });
@@ -547,12 +550,7 @@ async fn stream(
         publication: cfg.publication.clone(),
         slot: cfg.slot.clone(),
         expected: publication,
-        mapped: cfg
-            .mappings
-            .tables()
-            .iter()
-            .map(|t| t.qualified_name())
-            .collect(),
+        mapped: mapped_tables(&cfg),
         every: PUBLICATION_CHECK_EVERY,
     });
     let reader = signals.spawn(
